@@ -1,0 +1,111 @@
+/* common.c: SIMD dispatch, thread count, scratch accounting. */
+#include "common.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+int sft_simd_path = SFT_SIMD_PORTABLE;
+static int sft_threads = 0; /* 0: not set yet, use the OpenMP default */
+
+int sft_simd_avx2_compiled(void) {
+    return SFT_X86;
+}
+
+int sft_simd_avx2_supported(void) {
+#if SFT_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
+void sft_simd_init(void) {
+    const char *env = getenv("SPARSEFT_SIMD");
+    int force_portable = env != NULL && strcmp(env, "portable") == 0;
+    sft_simd_path = (!force_portable && sft_simd_avx2_supported()) ? SFT_SIMD_AVX2 : SFT_SIMD_PORTABLE;
+}
+
+int sft_simd_set(int path) {
+    if (path == SFT_SIMD_PORTABLE) {
+        sft_simd_path = path;
+        return 0;
+    }
+    if (path == SFT_SIMD_AVX2 && sft_simd_avx2_supported()) {
+        sft_simd_path = path;
+        return 0;
+    }
+    return -1;
+}
+
+int sft_openmp_enabled(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int sft_get_num_threads(void) {
+#ifdef _OPENMP
+    return sft_threads > 0 ? sft_threads : omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+void sft_set_num_threads(int n) {
+    sft_threads = n > 0 ? n : 0;
+#ifdef _OPENMP
+    if (n > 0) omp_set_num_threads(n);
+#endif
+}
+
+/* Scratch accounting: a 64-byte header in front of each block holds its size. */
+static int64_t scratch_current = 0;
+static int64_t scratch_peak = 0;
+
+void *sft_scratch_alloc(size_t bytes) {
+    const size_t header = 64;
+    if (bytes > (size_t)INT64_MAX - header) return NULL;
+    unsigned char *raw = NULL;
+    if (posix_memalign((void **)&raw, 64, bytes + header) != 0) return NULL;
+    memcpy(raw, &bytes, sizeof bytes);
+    int64_t now;
+#pragma omp atomic capture
+    now = scratch_current += (int64_t)bytes;
+#pragma omp critical(sft_scratch_peak)
+    {
+        if (now > scratch_peak) scratch_peak = now;
+    }
+    return raw + header;
+}
+
+void sft_scratch_free(void *p) {
+    if (p == NULL) return;
+    unsigned char *raw = (unsigned char *)p - 64;
+    size_t bytes;
+    memcpy(&bytes, raw, sizeof bytes);
+#pragma omp atomic
+    scratch_current -= (int64_t)bytes;
+    free(raw);
+}
+
+int64_t sft_scratch_current(void) {
+    return scratch_current;
+}
+int64_t sft_scratch_peak(void) {
+    return scratch_peak;
+}
+void sft_scratch_reset_peak(void) {
+    scratch_peak = scratch_current;
+}
+
+int64_t sft_count_nonfinite(const float *x, int64_t n) {
+    /* scan in blocks so a NaN early on returns quickly; isfinite per element */
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(x[i])) return 1;
+    }
+    return 0;
+}

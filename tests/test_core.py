@@ -1,0 +1,186 @@
+"""The foundation: build info, threads, SIMD dispatch, argument validation and the GEMM core."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sparseft
+from sparseft import _core
+
+from . import reference as ref
+
+
+def test_build_info_reports_paths() -> None:
+    info = sparseft.build_info()
+    assert set(info) >= {"compiler", "openmp", "simd_compiled", "simd", "num_threads"}
+    assert "portable" in info["simd_compiled"]
+    assert info["simd"] in info["simd_compiled"]
+    assert isinstance(info["openmp"], bool)
+    assert info["num_threads"] >= 1
+    if info["avx2_supported"] and os.environ.get("SPARSEFT_SIMD") != "portable":
+        assert info["simd"] == "avx2"
+
+
+def test_env_var_forces_portable_path() -> None:
+    code = "import sparseft; print(sparseft.build_info()['simd'])"
+    env = dict(os.environ, SPARSEFT_SIMD="portable")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "portable"
+
+
+def test_set_num_threads_roundtrip_and_errors() -> None:
+    before = sparseft.get_num_threads()
+    try:
+        sparseft.set_num_threads(1)
+        assert sparseft.get_num_threads() == 1
+        assert sparseft.build_info()["num_threads"] == 1
+    finally:
+        sparseft.set_num_threads(before)
+    with pytest.raises(ValueError, match="n: expected a thread count >= 1, got 0"):
+        sparseft.set_num_threads(0)
+    with pytest.raises(TypeError, match="n: expected an int"):
+        sparseft.set_num_threads(2.0)  # type: ignore[arg-type]
+
+
+def test_simd_path_context_restores() -> None:
+    before = sparseft.build_info()["simd"]
+    with sparseft.simd_path("portable"):
+        assert sparseft.build_info()["simd"] == "portable"
+    assert sparseft.build_info()["simd"] == before
+    with pytest.raises(ValueError, match="path: expected 'avx2', 'portable' or 'auto'"):
+        with sparseft.simd_path("sse9"):
+            pass
+
+
+SHAPES = [
+    (1, 1, 1),
+    (1, 7, 3),
+    (5, 1, 9),
+    (6, 16, 1),
+    (7, 17, 5),
+    (13, 33, 257),
+    (145, 31, 300),
+    (64, 1025, 40),
+]
+
+
+@pytest.mark.parametrize(("m", "n", "k"), SHAPES)
+@pytest.mark.parametrize(("ta", "tb"), [(False, False), (True, False), (False, True), (True, True)])
+def test_matmul_matches_reference(
+    simd: str, rng: np.random.Generator, m: int, n: int, k: int, ta: bool, tb: bool
+) -> None:
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
+    a0, b0 = a.copy(), b.copy()
+    got = _core.matmul(a, b, trans_a=ta, trans_b=tb)
+    want = ref.matmul(a, b, ta, tb)
+    assert got.dtype == np.float32 and got.shape == (m, n)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.sqrt(k))
+    np.testing.assert_array_equal(a, a0)  # inputs never modified
+    np.testing.assert_array_equal(b, b0)
+
+
+def test_matmul_empty_depth_gives_zeros(simd: str) -> None:
+    got = _core.matmul(np.zeros((3, 0), np.float32), np.zeros((0, 4), np.float32))
+    np.testing.assert_array_equal(got, np.zeros((3, 4), np.float32))
+    assert _core.matmul(np.zeros((0, 5), np.float32), np.zeros((5, 2), np.float32)).shape == (0, 2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    m=st.integers(1, 40),
+    n=st.integers(1, 40),
+    k=st.integers(1, 300),
+    ta=st.booleans(),
+    tb=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_matmul_hypothesis(m: int, n: int, k: int, ta: bool, tb: bool, seed: int) -> None:
+    r = np.random.default_rng(seed)
+    a = r.uniform(-1, 1, (k, m) if ta else (m, k)).astype(np.float32)
+    b = r.uniform(-1, 1, (n, k) if tb else (k, n)).astype(np.float32)
+    for path in sparseft.build_info()["simd_compiled"]:
+        if path == "avx2" and not sparseft.build_info()["avx2_supported"]:
+            continue
+        with sparseft.simd_path(path):
+            np.testing.assert_allclose(
+                _core.matmul(a, b, trans_a=ta, trans_b=tb),
+                ref.matmul(a, b, ta, tb),
+                rtol=1e-4,
+                atol=1e-4 * np.sqrt(k),
+            )
+
+
+def test_matmul_deterministic_for_fixed_threads(rng: np.random.Generator) -> None:
+    a = rng.standard_normal((300, 700)).astype(np.float32)
+    b = rng.standard_normal((700, 500)).astype(np.float32)
+    np.testing.assert_array_equal(_core.matmul(a, b), _core.matmul(a, b))
+
+
+def test_matmul_thread_counts_agree(rng: np.random.Generator) -> None:
+    a = rng.standard_normal((200, 300)).astype(np.float32)
+    b = rng.standard_normal((300, 100)).astype(np.float32)
+    before = sparseft.get_num_threads()
+    try:
+        sparseft.set_num_threads(1)
+        one = _core.matmul(a, b)
+        sparseft.set_num_threads(2)
+        two = _core.matmul(a, b)
+    finally:
+        sparseft.set_num_threads(before)
+    np.testing.assert_array_equal(one, two)  # each element is summed by one thread in one order
+
+
+def test_scratch_is_released() -> None:
+    a = np.ones((300, 300), np.float32)
+    for _ in range(20):
+        _core.matmul(a, a)
+    stats = _core.scratch_stats()
+    assert stats["current"] == 0
+    assert stats["peak"] > 0
+
+
+# ---- bad input: every error names the argument, what was expected and what came ----
+
+GOOD = np.ones((3, 4), np.float32)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "exc", "match"),
+    [
+        (GOOD.astype(np.float64), GOOD.T.copy(), TypeError, r"a: expected dtype float32, got float64"),
+        (GOOD, GOOD.T.astype(np.float64), TypeError, r"b: expected dtype float32, got float64"),
+        ([[1.0]], GOOD, TypeError, r"a: expected a numpy.ndarray, got list"),
+        (np.ones((4, 3), np.float32).T, GOOD.T.copy(), ValueError, r"a: expected a C-contiguous"),
+        (GOOD, np.ones((8, 3), np.float32)[::2], ValueError, r"b: expected a C-contiguous"),
+        (np.ones(3, np.float32), GOOD, ValueError, r"a: expected a 2-D array, got shape \(3,\)"),
+        (
+            GOOD,
+            np.ones((5, 2), np.float32),
+            ValueError,
+            r"b: expected axis 0 of length 4 .*got shape \(5, 2\)",
+        ),
+    ],
+)
+def test_matmul_bad_input(a: object, b: object, exc: type[Exception], match: str) -> None:
+    with pytest.raises(exc, match=match):
+        _core.matmul(a, b)  # type: ignore[arg-type]
+
+
+def test_stub_matches_compiled_module() -> None:
+    """mypy.stubtest: sparseft/_core.pyi says exactly what the compiled module holds."""
+    pytest.importorskip("mypy")
+    out = subprocess.run(
+        [sys.executable, "-m", "mypy.stubtest", "sparseft._core"],
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Build sparseft._core with AddressSanitizer + UndefinedBehaviorSanitizer and run the test suite
+# against it, then rebuild the normal extension. Usage: tools/sanitize.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python}
+san="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
+rm -rf build
+CFLAGS="$san -O1 -g" LDFLAGS="$san" "$python" setup.py build_ext --inplace --force >/dev/null
+preload="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
+# Python itself is not built with ASan: leaks at exit are CPython's, so leak checking is off.
+status=0
+LD_PRELOAD="$preload" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    SPARSEFT_SANITIZE=1 "$python" -m pytest -q -p no:cacheprovider "$@" || status=$?
+rm -rf build
+"$python" setup.py build_ext --inplace --force >/dev/null
+exit $status
