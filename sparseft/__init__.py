@@ -9,13 +9,24 @@ from __future__ import annotations
 from sparseft import _core
 from sparseft._runtime import build_info, get_num_threads, set_num_threads, simd_path
 
+# ---- remat ----
+from sparseft import graphs
+from sparseft.graph import Graph
+from sparseft.planner import Planner, Schedule, simulate
+# ---- remat end ----
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "Graph",
+    "Planner",
+    "Schedule",
     "__version__",
     "_core",
     "build_info",
     "get_num_threads",
+    "graphs",
     "set_num_threads",
     "simd_path",
+    "simulate",
 ]
