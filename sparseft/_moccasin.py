@@ -103,11 +103,17 @@ def solve_moccasin(
     demands = []
     cost_terms = []
     cost_coefs = []
+    # the last stage that can read v: the latest first computation among its descendants
+    # (a recomputation of a successor is only useful for a first computation further down)
+    last_read = np.full(n, -1, dtype=np.int64)
+    for v in order[::-1].tolist():
+        for s in succs[v]:
+            last_read[v] = max(last_read[v], pos[s], last_read[s])
     # the copies of every node
     for v in range(n):
         p = int(pos[v])
         tau0 = p * (n + 1)
-        last_stage = max((int(pos[s]) for s in succs[v]), default=-1)
+        last_stage = int(last_read[v])
         last_end = last_stage * (n + 1) + 1 if succs[v] else tau0 + 1
         ncopy = max_copies if last_stage >= p + 1 else 1
         sv, ev, pv, tv_ = [], [], [], []
