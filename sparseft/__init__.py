@@ -6,13 +6,12 @@ holds the objects and does I/O. See ``README.md`` and ``DESIGN.md`` for the API 
 
 from __future__ import annotations
 
-from sparseft import _core
-from sparseft._runtime import build_info, get_num_threads, set_num_threads, simd_path
-
 # ---- remat ----
-from sparseft import graphs
+from sparseft import _core, graphs
+from sparseft._runtime import build_info, get_num_threads, set_num_threads, simd_path
 from sparseft.graph import Graph
 from sparseft.planner import Planner, Schedule, simulate
+
 # ---- remat end ----
 
 __version__ = "0.1.0"

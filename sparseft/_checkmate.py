@@ -26,8 +26,8 @@ from sparseft.graph import Graph
 
 def solve_checkmate(g: Graph, budget: int, *, time_limit: float, t0: float) -> SolverResult:
     """Build and solve the MILP; returns the compute sequence of the best solution found."""
-    from scipy.optimize import Bounds, LinearConstraint, milp
-    from scipy.sparse import coo_array
+    from scipy.optimize import Bounds, LinearConstraint, milp  # type: ignore[import-untyped,unused-ignore]
+    from scipy.sparse import coo_array  # type: ignore[import-untyped,unused-ignore]
 
     n = g.n
     order = g.order_idx

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -93,16 +94,15 @@ def solve_moccasin(
     preds = g._preds
     succs = g._succs
     m = cp_model.CpModel()
-    horizon = n * n + 1
 
-    starts: list[list[object]] = []  # affine expressions or ints
-    ends: list[list[object]] = []
-    present: list[list[object]] = []
-    stages: list[list[object]] = []
-    intervals = []
-    demands = []
-    cost_terms = []
-    cost_coefs = []
+    starts: list[list[Any]] = []  # affine expressions or ints
+    ends: list[list[Any]] = []
+    present: list[list[Any]] = []
+    stages: list[list[Any]] = []
+    intervals: list[Any] = []
+    demands: list[int] = []
+    cost_terms: list[Any] = []
+    cost_coefs: list[int] = []
     # the last stage that can read v: the latest first computation among its descendants
     # (a recomputation of a successor is only useful for a first computation further down)
     last_read = np.full(n, -1, dtype=np.int64)
@@ -116,25 +116,28 @@ def solve_moccasin(
         last_stage = int(last_read[v])
         last_end = last_stage * (n + 1) + 1 if succs[v] else tau0 + 1
         ncopy = max_copies if last_stage >= p + 1 else 1
-        sv, ev, pv, tv_ = [], [], [], []
+        sv: list[Any] = []
+        ev: list[Any] = []
+        pv: list[Any] = []
+        tv_: list[Any] = []
         for i in range(ncopy):
             if i == 0:
-                start: object = tau0
-                lit: object = True
-                st = None
-                end = m.NewIntVar(tau0 + 1, last_end, f"e_{v}_0")
-                size = m.NewIntVar(1, last_end - tau0, f"z_{v}_0")
-                iv = m.NewIntervalVar(tau0, size, end, f"iv_{v}_0")
+                start: Any = tau0
+                lit: Any = True
+                st: Any = None
+                end = m.new_int_var(tau0 + 1, last_end, f"e_{v}_0")
+                size = m.new_int_var(1, last_end - tau0, f"z_{v}_0")
+                iv = m.new_interval_var(tau0, size, end, f"iv_{v}_0")
             else:
-                st = m.NewIntVar(p + 1, last_stage, f"t_{v}_{i}")
+                st = m.new_int_var(p + 1, last_stage, f"t_{v}_{i}")
                 start = st * n + p
-                lit = m.NewBoolVar(f"p_{v}_{i}")
-                end = m.NewIntVar((p + 1) * n + p + 1, last_end, f"e_{v}_{i}")
-                size = m.NewIntVar(1, last_end - tau0, f"z_{v}_{i}")
-                iv = m.NewOptionalIntervalVar(start, size, end, lit, f"iv_{v}_{i}")
+                lit = m.new_bool_var(f"p_{v}_{i}")
+                end = m.new_int_var((p + 1) * n + p + 1, last_end, f"e_{v}_{i}")
+                size = m.new_int_var(1, last_end - tau0, f"z_{v}_{i}")
+                iv = m.new_optional_interval_var(start, size, end, lit, f"iv_{v}_{i}")
                 # copies come one after the other; copy i needs copy i - 1
-                m.AddImplication(lit, pv[i - 1])
-                m.Add(start >= ev[i - 1]).OnlyEnforceIf(lit)
+                m.add_implication(lit, pv[i - 1])
+                m.add(start >= ev[i - 1]).only_enforce_if(lit)
                 cost_terms.append(lit)
                 cost_coefs.append(int(dur[v]))
             sv.append(start)
@@ -154,26 +157,26 @@ def solve_moccasin(
             lit_v = present[v][i]
             for u in preds[v]:
                 if len(starts[u]) == 1:
-                    c = m.Add(ends[u][0] >= tv + 1)
+                    c = m.add(ends[u][0] >= tv + 1)
                     if i > 0:
-                        c.OnlyEnforceIf(lit_v)
+                        c.only_enforce_if(lit_v)
                     continue
                 zs = []
                 for j in range(len(starts[u])):
-                    z = m.NewBoolVar(f"c_{u}_{j}_{v}_{i}")
+                    z = m.new_bool_var(f"c_{u}_{j}_{v}_{i}")
                     zs.append(z)
                     if j > 0:
-                        m.AddImplication(z, present[u][j])
-                        m.Add(starts[u][j] <= tv).OnlyEnforceIf(z)
-                    m.Add(ends[u][j] >= tv + 1).OnlyEnforceIf(z)
+                        m.add_implication(z, present[u][j])
+                        m.add(starts[u][j] <= tv).only_enforce_if(z)
+                    m.add(ends[u][j] >= tv + 1).only_enforce_if(z)
                 if i == 0:
-                    m.AddBoolOr(zs)
+                    m.add_bool_or(zs)
                 else:
-                    m.AddBoolOr(zs).OnlyEnforceIf(lit_v)
+                    m.add_bool_or(zs).only_enforce_if(lit_v)
 
     # memory: the live copies never exceed the budget
-    m.AddCumulative(intervals, demands, int(budget))
-    m.Minimize(sum(c * x for c, x in zip(cost_coefs, cost_terms)) if cost_terms else 0)
+    m.add_cumulative(intervals, demands, int(budget))
+    m.minimize(sum(c * x for c, x in zip(cost_coefs, cost_terms, strict=True)) if cost_terms else 0)
 
     # hint: the best heuristic schedule, when it fits the copy limit
     if hint is not None:
@@ -183,14 +186,14 @@ def solve_moccasin(
                 for i in range(len(starts[v])):
                     if i < len(copies[v]):
                         s0, e0 = copies[v][i]
-                        m.AddHint(ends[v][i], e0)
+                        m.add_hint(ends[v][i], e0)
                         if i > 0:
-                            m.AddHint(present[v][i], True)
-                            m.AddHint(stages[v][i], s0 // n)
+                            m.add_hint(present[v][i], True)
+                            m.add_hint(stages[v][i], s0 // n)
                     else:
-                        m.AddHint(present[v][i], False)
-                        m.AddHint(stages[v][i], int(pos[v]) + 1)
-                        m.AddHint(ends[v][i], (int(pos[v]) + 1) * n + int(pos[v]) + 1)
+                        m.add_hint(present[v][i], False)
+                        m.add_hint(stages[v][i], int(pos[v]) + 1)
+                        m.add_hint(ends[v][i], (int(pos[v]) + 1) * n + int(pos[v]) + 1)
 
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = max(0.01, float(time_limit) - (time.perf_counter() - t0))
@@ -204,29 +207,29 @@ def solve_moccasin(
             self.t_best: float | None = None
 
         def on_solution_callback(self) -> None:
-            obj = self.ObjectiveValue()
+            obj = self.objective_value
             if self.best is None or obj < self.best:
                 self.best = obj
                 self.t_best = time.perf_counter() - t0
 
     cb = _Cb()
-    st = solver.Solve(m, cb)
+    status = solver.solve(m, cb)
     total = int(dur.sum())
-    if st in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+    if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         events = []
         for v in range(n):
             for i in range(len(starts[v])):
-                if i == 0 or solver.BooleanValue(present[v][i]):
-                    t_v = int(starts[v][0]) if i == 0 else int(solver.Value(stages[v][i])) * n + int(pos[v])
+                if i == 0 or solver.boolean_value(present[v][i]):
+                    t_v = int(starts[v][0]) if i == 0 else int(solver.value(stages[v][i])) * n + int(pos[v])
                     events.append((t_v, v))
         events.sort()
-        lb = int(np.ceil(solver.BestObjectiveBound() - 1e-6)) + total
+        lb = int(np.ceil(solver.best_objective_bound - 1e-6)) + total
         return SolverResult(
             computes=[v for _, v in events],
-            status="optimal" if st == cp_model.OPTIMAL else "feasible",
+            status="optimal" if status == cp_model.OPTIMAL else "feasible",
             time_to_best=cb.t_best,
             lower_bound=lb,
         )
-    if st == cp_model.INFEASIBLE:
+    if status == cp_model.INFEASIBLE:
         return SolverResult(None, "infeasible", None, None)
     return SolverResult(None, "unknown", None, None)

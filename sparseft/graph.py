@@ -107,12 +107,12 @@ class Graph:
         self,
         nodes: Sequence[Hashable],
         edges: Iterable[tuple[Hashable, Hashable]],
-        memory: Sequence[int] | Mapping[Hashable, int],
-        duration: Sequence[int] | Mapping[Hashable, int],
+        memory: Sequence[int] | Mapping[Any, int],
+        duration: Sequence[int] | Mapping[Any, int],
         *,
         order: Sequence[Hashable] | None = None,
-        labels: Sequence[str] | Mapping[Hashable, str] | None = None,
-        backward: Sequence[bool] | Mapping[Hashable, bool] | None = None,
+        labels: Sequence[str] | Mapping[Any, str] | None = None,
+        backward: Sequence[bool] | Mapping[Any, bool] | None = None,
         name: str = "",
     ) -> None:
         if isinstance(nodes, (str, bytes)) or not isinstance(nodes, Iterable):
@@ -136,14 +136,14 @@ class Graph:
 
         self._memory = self._per_node(memory, "memory", required=True)
         self._duration = self._per_node(duration, "duration", required=True)
-        mem = np.array([_as_count(x, f"memory of node {v!r}") for v, x in zip(node_list, self._memory)], dtype=np.int64)
-        dur = np.array([_as_count(x, f"duration of node {v!r}") for v, x in zip(node_list, self._duration)], dtype=np.int64)
+        mem = np.array([_as_count(x, f"memory of node {v!r}") for v, x in zip(node_list, self._memory, strict=True)], dtype=np.int64)
+        dur = np.array([_as_count(x, f"duration of node {v!r}") for v, x in zip(node_list, self._duration, strict=True)], dtype=np.int64)
         mem.flags.writeable = False
         dur.flags.writeable = False
         self._mem = mem
         self._dur = dur
         lab = self._per_node(labels, "labels", required=False)
-        self._labels = [str(v) if x is None else str(x) for v, x in zip(node_list, lab)]
+        self._labels = [str(v) if x is None else str(x) for v, x in zip(node_list, lab, strict=True)]
         bw = self._per_node(backward, "backward", required=False)
         self._backward = np.array([bool(x) if x is not None else False for x in bw], dtype=bool)
         self._has_backward = backward is not None
@@ -209,7 +209,7 @@ class Graph:
                 raise ValueError(f"{what} is required: one value per node")
             return [None] * n
         if isinstance(values, Mapping):
-            out = []
+            out: list[Any] = []
             for v in self._nodes:
                 if v not in values:
                     if required:

@@ -87,7 +87,7 @@ def random_layered(
     layers: list[list[int]] = []
     nxt = 2
     while nxt < n:
-        w = int(round(rng.normal(mu, layer_var * mu)))
+        w = round(rng.normal(mu, layer_var * mu))
         w = max(1, min(w, n - nxt))
         layers.append(list(range(nxt, nxt + w)))
         nxt += w
@@ -185,7 +185,7 @@ def training_graph(
         b = f"b{i}"
         nodes.append(b)
         m[b] = mem[i - 1] if i > 0 else mem[0]
-        d[b] = int(round(backward_factor * float(dur[i])))
+        d[b] = round(backward_factor * float(dur[i]))
         bw[b] = True
         edges.append(("loss" if i == L - 1 else f"b{i + 1}", b))
         edges.append((f"f{i}", b))

@@ -348,7 +348,7 @@ class Planner:
             b = float(budget)
             if not (0.0 < b <= 1.0):
                 raise ValueError(f"budget as a float must be a fraction in (0, 1] of the no-remat peak, got {b}")
-            value = int(math.floor(b * self.no_remat_peak))
+            value = math.floor(b * self.no_remat_peak)
         else:
             value = int(budget)
             if value <= 0:
@@ -400,7 +400,7 @@ class Planner:
         rc, steps, _, dur = _core.remat_greedy(
             g.memory, g.duration, g.pred_ptr, g.pred_idx, g.succ_ptr, g.succ_idx, g.order_idx, self.budget
         )
-        if rc != 0:
+        if rc != 0 or steps is None:
             return None, 0
         steps = self._compact(steps)
         _, dur, _ = _sim(g, steps, profile=False)
@@ -442,7 +442,7 @@ class Planner:
             rc, steps, _, _ = _core.remat_plan_stages(
                 g.memory, g.duration, g.pred_ptr, g.pred_idx, g.succ_ptr, g.succ_idx, order, seg_end, big, 1.0, 1.0
             )
-            if rc != 0:
+            if rc != 0 or steps is None:
                 continue
             steps = self._compact(steps)
             peak, dur, _ = _sim(g, steps, profile=False)
