@@ -8,7 +8,8 @@ position. Variables (positions index nodes):
 - ``S[t, i]`` (i < t): node i is kept from stage t - 1 into stage t;
 - ``FREE[t, i, k]`` (i an input of k, or i = k): node i is freed right after computing k in
   stage t (allowed only when k is computed, i is not kept into stage t + 1 and no later
-  computation of stage t reads i);
+  computation of stage t reads i). One inequality per hazard instead of Checkmate's single
+  aggregated one lets FREE stay continuous: it is 0 or 1 at every integral R, S;
 - ``U[t, k]``: memory right after computing (or skipping) k in stage t, at most the budget.
 
 The objective is the total duration of the recomputations (plus the fixed first computations).
@@ -103,16 +104,17 @@ def solve_checkmate(g: Graph, budget: int, *, time_limit: float, t0: float) -> S
                 terms.append((u_idx[t, k - 1], -1.0))
                 terms += [(f_idx[t, i, k - 1], mem[i]) for i in [*preds[k - 1], k - 1]]
             add(terms, 0.0, 0.0)
-        # a free is allowed only without hazards: kappa * FREE + hazards <= kappa
+        # a free is allowed only without hazards: k computed, i not kept, no later read in the stage;
+        # one row per hazard keeps FREE continuous (it is 0 or 1 whenever R and S are integral)
         for k in range(t + 1):
             for i in [*preds[k], k]:
-                haz: list[tuple[int, float]] = [(r_idx[t, k], -1.0)]
-                const = 1.0
+                f = f_idx[t, i, k]
+                add([(f, 1.0), (r_idx[t, k], -1.0)], -inf, 0.0)
                 if t + 1 < n and (t + 1, i) in s_idx:
-                    haz.append((s_idx[t + 1, i], 1.0))
-                haz += [(r_idx[t, j], 1.0) for j in succs[i] if k < j <= t]
-                kappa = float(len(haz))
-                add([(f_idx[t, i, k], kappa), *haz], -inf, kappa - const)
+                    add([(f, 1.0), (s_idx[t + 1, i], 1.0)], -inf, 1.0)
+                for j in succs[i]:
+                    if k < j <= t:
+                        add([(f, 1.0), (r_idx[t, j], 1.0)], -inf, 1.0)
 
     a = coo_array((vals, (rows, cols)), shape=(len(lo), nvar)).tocsr()
     c = np.zeros(nvar)
@@ -125,7 +127,8 @@ def solve_checkmate(g: Graph, budget: int, *, time_limit: float, t0: float) -> S
             lb[j] = 1.0
     for j in u_idx.values():
         integrality[j] = 0
-        ub[j] = 1.0
+    for j in f_idx.values():
+        integrality[j] = 0
     remaining = max(0.01, float(time_limit) - (time.perf_counter() - t0))
     res = milp(
         c,
