@@ -230,6 +230,33 @@ static int64_t next_use(const int64_t *spos, int64_t *cursor, const int64_t *suc
     return cursor[u] < end ? spos[cursor[u]] : INT64_MAX;
 }
 
+/* Cost of recomputing u from what is resident: u's duration plus those of the non-resident
+ * ancestors it would need (each once). The search stops after `limit` nodes; the cost found
+ * so far is then scaled up as a penalty. seen (n,) holds visit stamps, stack (n,) is scratch. */
+static double recompute_cost(int64_t *seen, int64_t *stack, int64_t stamp, const uint8_t *resident,
+                             const int64_t *duration, const int64_t *pred_ptr, const int64_t *pred_idx,
+                             int64_t u, int64_t limit) {
+    double cost = 0.0;
+    int64_t sp = 0, visited = 0;
+    seen[u] = stamp;
+    stack[sp++] = u;
+    /* depth-first over the missing ancestors */
+    while (sp > 0) {
+        int64_t x = stack[--sp];
+        cost += (double)duration[x] + 1.0;
+        if (++visited >= limit) return cost * 4.0;
+        /* push x's inputs that are neither resident nor visited */
+        for (int64_t k = pred_ptr[x]; k < pred_ptr[x + 1]; k++) {
+            int64_t p = pred_idx[k];
+            if (!resident[p] && seen[p] != stamp) {
+                seen[p] = stamp;
+                stack[sp++] = p;
+            }
+        }
+    }
+    return cost;
+}
+
 int remat_plan_stages(int64_t *out_steps, int64_t *info, const int64_t *memory, const int64_t *duration,
                       const int64_t *pred_ptr, const int64_t *pred_idx, const int64_t *succ_ptr,
                       const int64_t *succ_idx, const int64_t *order, const int64_t *seg_end, int64_t n,
@@ -246,10 +273,13 @@ int remat_plan_stages(int64_t *out_steps, int64_t *info, const int64_t *memory, 
     int64_t *mark = (int64_t *)malloc(nn * sizeof(int64_t));
     int64_t *list = (int64_t *)malloc((nn + 1) * sizeof(int64_t));
     int64_t *stack = (int64_t *)malloc(nn * sizeof(int64_t));
+    int64_t *seen = (int64_t *)malloc(nn * sizeof(int64_t));
+    int64_t *stack2 = (int64_t *)malloc(nn * sizeof(int64_t));
     uint8_t *resident = (uint8_t *)calloc(nn, 1);
     uint8_t *primary = (uint8_t *)calloc(nn, 1);
     int status = REMAT_OK;
-    if (!pos || !spos || !cursor || !cnt || !mark || !list || !stack || !resident || !primary) {
+    if (!pos || !spos || !cursor || !cnt || !mark || !list || !stack || !seen || !stack2 || !resident ||
+        !primary) {
         status = REMAT_ENOMEM;
         goto done;
     }
@@ -261,7 +291,9 @@ int remat_plan_stages(int64_t *out_steps, int64_t *info, const int64_t *memory, 
         qsort(spos + succ_ptr[u], (size_t)(succ_ptr[u + 1] - succ_ptr[u]), sizeof(int64_t), cmp_i64);
         cursor[u] = succ_ptr[u];
         mark[u] = -1;
+        seen[u] = -1;
     }
+    int64_t stamp = 0;
     int64_t cur = 0, peak = 0, dur = 0, w = 0;
 #define EMIT(x)                       \
     do {                              \
@@ -316,8 +348,9 @@ int remat_plan_stages(int64_t *out_steps, int64_t *info, const int64_t *memory, 
                     if (!resident[u] || cnt[u] > 0) continue;
                     int64_t nu = next_use(spos, cursor, succ_ptr, u, t);
                     double dist = nu == INT64_MAX ? (double)(n + 1) : (double)(nu - t);
-                    double score = pow((double)memory[u] + 1.0, mem_exp) * pow(dist, dist_exp) /
-                                   ((double)duration[u] + 1.0);
+                    double cost =
+                        recompute_cost(seen, stack2, stamp++, resident, duration, pred_ptr, pred_idx, u, 256);
+                    double score = pow((double)memory[u] + 1.0, mem_exp) * pow(dist, dist_exp) / cost;
                     if (score > best_score) {
                         best_score = score;
                         best = u;
@@ -379,6 +412,8 @@ done:
     free(mark);
     free(list);
     free(stack);
+    free(seen);
+    free(stack2);
     free(resident);
     free(primary);
     return status;

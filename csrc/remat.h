@@ -56,8 +56,8 @@ int remat_compact(int64_t *out_steps, int64_t *out_n, const int64_t *steps, cons
  * order[t]); before it, the missing inputs are recomputed (in order position) from
  * whatever is resident. A node is freed once it has no use left; when memory would go
  * over the budget, resident nodes not needed in the current stage are evicted, the one
- * with the largest score memory^mem_exp * (distance to next use)^dist_exp /
- * (duration + 1) first.
+ * with the largest score memory^mem_exp * (distance to next use)^dist_exp / (cost of
+ * recomputing it: its duration plus those of the non-resident ancestors it needs) first.
  * seg_end: (n,) or NULL. If given, node v (not needed by the current stage) is also
  *          freed at the end of stage seg_end[v] when it is still resident from its
  *          first computation (checkpointing policies; seg_end[v] >= n keeps it).
