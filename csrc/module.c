@@ -7,8 +7,11 @@
 #define NPY_NO_DEPRECATED_API NPY_2_0_API_VERSION
 #include <numpy/arrayobject.h>
 
+#include <math.h>
+
 #include "common.h"
 #include "gemm.h"
+#include "lors.h"
 
 /* ---- argument helpers ---------------------------------------------------------------------- */
 
@@ -198,6 +201,189 @@ static PyObject *py_matmul(PyObject *self, PyObject *args, PyObject *kwargs) {
     return (PyObject *)c;
 }
 
+/* ---- lors ---------------------------------------------------------------------------------- */
+
+/* The adapter operands every LoRS kernel takes, validated against each other:
+ * mask (out, in) uint8 or bool, W (out, in) float32 (when Wo is not NULL), A (r, in), B (out, r). */
+typedef struct {
+    PyArrayObject *W, *M, *A, *B;
+    npy_intp out, in, r;
+} lors_args;
+
+static int lors_parse(PyObject *Wo, PyObject *Mo, PyObject *Ao, PyObject *Bo, int check_weights,
+                      lors_args *a) {
+    if (PyArray_Check(Mo) && PyArray_TYPE((PyArrayObject *)Mo) == NPY_BOOL)
+        a->M = arg_array(Mo, "mask", NPY_BOOL, 2);
+    else
+        a->M = arg_array(Mo, "mask", NPY_UINT8, 2);
+    if (a->M == NULL) return -1;
+    a->out = PyArray_DIM(a->M, 0), a->in = PyArray_DIM(a->M, 1);
+    a->W = NULL;
+    if (Wo != NULL) {
+        if ((a->W = arg_f32(Wo, "W", 2)) == NULL) return -1;
+        if (arg_dim(a->W, "W", 0, a->out, "out, from mask") < 0 ||
+            arg_dim(a->W, "W", 1, a->in, "in, from mask") < 0)
+            return -1;
+    }
+    if ((a->A = arg_f32(Ao, "A", 2)) == NULL) return -1;
+    if (arg_dim(a->A, "A", 1, a->in, "in, from mask") < 0) return -1;
+    a->r = PyArray_DIM(a->A, 0);
+    if ((a->B = arg_f32(Bo, "B", 2)) == NULL) return -1;
+    if (arg_dim(a->B, "B", 0, a->out, "out, from mask") < 0 || arg_dim(a->B, "B", 1, a->r, "r, from A") < 0)
+        return -1;
+    if (arg_finite(a->A, "A") < 0 || arg_finite(a->B, "B") < 0) return -1;
+    if (a->W != NULL && check_weights && arg_finite(a->W, "W") < 0) return -1;
+    return 0;
+}
+
+static int lors_scale_ok(float s) {
+    if (isfinite(s)) return 0;
+    PyErr_SetString(PyExc_ValueError, "scale: expected a finite number, got NaN or infinity");
+    return -1;
+}
+
+/* A 2-D activation (rows, cols) with cols fixed by the weights. */
+static PyArrayObject *lors_act(PyObject *o, const char *name, npy_intp cols, const char *what) {
+    PyArrayObject *a = arg_f32(o, name, 2);
+    if (a == NULL || arg_dim(a, name, 1, cols, what) < 0 || arg_finite(a, name) < 0) return NULL;
+    return a;
+}
+
+static PyObject *py_lors_forward(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"x", "W", "mask", "A", "B", "scale", "bias", "check_weights", "naive", NULL};
+    PyObject *xo, *Wo, *Mo, *Ao, *Bo, *bo = Py_None;
+    float s;
+    int check = 1, naive = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOf|Opp:lors_forward", kwlist, &xo, &Wo, &Mo, &Ao, &Bo,
+                                     &s, &bo, &check, &naive))
+        return NULL;
+    lors_args a;
+    if (lors_parse(Wo, Mo, Ao, Bo, check, &a) < 0 || lors_scale_ok(s) < 0) return NULL;
+    PyArrayObject *x = lors_act(xo, "x", a.in, "in, from W");
+    if (x == NULL) return NULL;
+    PyArrayObject *bias = NULL;
+    if (bo != Py_None) {
+        if ((bias = arg_f32(bo, "bias", 1)) == NULL || arg_dim(bias, "bias", 0, a.out, "out, from W") < 0 ||
+            arg_finite(bias, "bias") < 0)
+            return NULL;
+    }
+    npy_intp N = PyArray_DIM(x, 0), dims[2] = {N, a.out};
+    PyArrayObject *y = new_f32(2, dims);
+    if (y == NULL) return NULL;
+    float *Y = (float *)PyArray_DATA(y);
+    const float *X = (const float *)PyArray_DATA(x), *W = (const float *)PyArray_DATA(a.W);
+    const uint8_t *M = (const uint8_t *)PyArray_DATA(a.M);
+    const float *A = (const float *)PyArray_DATA(a.A), *B = (const float *)PyArray_DATA(a.B);
+    const float *bias_p = bias != NULL ? (const float *)PyArray_DATA(bias) : NULL;
+    int rc = 0;
+    Py_BEGIN_ALLOW_THREADS if (naive) lors_forward_naive(Y, X, W, M, A, B, bias_p, s, N, a.in, a.out, a.r);
+    else rc = lors_forward(Y, X, W, M, A, B, bias_p, s, N, a.in, a.out, a.r);
+    Py_END_ALLOW_THREADS if (rc != 0) {
+        Py_DECREF(y);
+        return scratch_error();
+    }
+    return (PyObject *)y;
+}
+
+static PyObject *py_lors_backward_input(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"gy", "W", "mask", "A", "B", "scale", "check_weights", "naive", NULL};
+    PyObject *go, *Wo, *Mo, *Ao, *Bo;
+    float s;
+    int check = 1, naive = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOf|pp:lors_backward_input", kwlist, &go, &Wo, &Mo,
+                                     &Ao, &Bo, &s, &check, &naive))
+        return NULL;
+    lors_args a;
+    if (lors_parse(Wo, Mo, Ao, Bo, check, &a) < 0 || lors_scale_ok(s) < 0) return NULL;
+    PyArrayObject *gy = lors_act(go, "gy", a.out, "out, from W");
+    if (gy == NULL) return NULL;
+    npy_intp N = PyArray_DIM(gy, 0), dims[2] = {N, a.in};
+    PyArrayObject *gx = new_f32(2, dims);
+    if (gx == NULL) return NULL;
+    float *GX = (float *)PyArray_DATA(gx);
+    const float *GY = (const float *)PyArray_DATA(gy), *W = (const float *)PyArray_DATA(a.W);
+    const uint8_t *M = (const uint8_t *)PyArray_DATA(a.M);
+    const float *A = (const float *)PyArray_DATA(a.A), *B = (const float *)PyArray_DATA(a.B);
+    int rc = 0;
+    Py_BEGIN_ALLOW_THREADS if (naive) lors_backward_input_naive(GX, GY, W, M, A, B, s, N, a.in, a.out, a.r);
+    else rc = lors_backward_input(GX, GY, W, M, A, B, s, N, a.in, a.out, a.r);
+    Py_END_ALLOW_THREADS if (rc != 0) {
+        Py_DECREF(gx);
+        return scratch_error();
+    }
+    return (PyObject *)gx;
+}
+
+static PyObject *py_lors_backward_exact(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"gy", "x", "mask", "A", "B", "scale", "naive", NULL};
+    PyObject *go, *xo, *Mo, *Ao, *Bo;
+    float s;
+    int naive = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOf|p:lors_backward_exact", kwlist, &go, &xo, &Mo, &Ao,
+                                     &Bo, &s, &naive))
+        return NULL;
+    lors_args a;
+    if (lors_parse(NULL, Mo, Ao, Bo, 0, &a) < 0 || lors_scale_ok(s) < 0) return NULL;
+    PyArrayObject *gy = lors_act(go, "gy", a.out, "out, from mask");
+    if (gy == NULL) return NULL;
+    PyArrayObject *x = lors_act(xo, "x", a.in, "in, from mask");
+    if (x == NULL) return NULL;
+    npy_intp N = PyArray_DIM(gy, 0);
+    if (arg_dim(x, "x", 0, N, "tokens, from gy") < 0) return NULL;
+    npy_intp da[2] = {a.r, a.in}, db[2] = {a.out, a.r};
+    PyArrayObject *dA = new_f32(2, da), *dB = dA ? new_f32(2, db) : NULL;
+    if (dB == NULL) {
+        Py_XDECREF(dA);
+        return NULL;
+    }
+    float *DA = (float *)PyArray_DATA(dA), *DB = (float *)PyArray_DATA(dB);
+    const float *GY = (const float *)PyArray_DATA(gy), *X = (const float *)PyArray_DATA(x);
+    const uint8_t *M = (const uint8_t *)PyArray_DATA(a.M);
+    const float *A = (const float *)PyArray_DATA(a.A), *B = (const float *)PyArray_DATA(a.B);
+    int rc = 0;
+    Py_BEGIN_ALLOW_THREADS if (naive)
+        lors_backward_exact_naive(DA, DB, GY, X, M, A, B, s, N, a.in, a.out, a.r);
+    else rc = lors_backward_exact(DA, DB, GY, X, M, A, B, s, N, a.in, a.out, a.r);
+    Py_END_ALLOW_THREADS if (rc != 0) {
+        Py_DECREF(dA);
+        Py_DECREF(dB);
+        return scratch_error();
+    }
+    return Py_BuildValue("NN", dA, dB);
+}
+
+static PyObject *py_lors_merge(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"W", "mask", "A", "B", "scale", "naive", NULL};
+    PyObject *Wo, *Mo, *Ao, *Bo;
+    float s;
+    int naive = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOf|p:lors_merge", kwlist, &Wo, &Mo, &Ao, &Bo, &s,
+                                     &naive))
+        return NULL;
+    lors_args a;
+    if (lors_parse(Wo, Mo, Ao, Bo, 1, &a) < 0 || lors_scale_ok(s) < 0) return NULL;
+    npy_intp dims[2] = {a.out, a.in};
+    PyArrayObject *w2 = new_f32(2, dims);
+    if (w2 == NULL) return NULL;
+    float *W2 = (float *)PyArray_DATA(w2);
+    const float *W = (const float *)PyArray_DATA(a.W);
+    const uint8_t *M = (const uint8_t *)PyArray_DATA(a.M);
+    const float *A = (const float *)PyArray_DATA(a.A), *B = (const float *)PyArray_DATA(a.B);
+    Py_BEGIN_ALLOW_THREADS if (naive) lors_merge_naive(W2, W, M, A, B, s, a.in, a.out, a.r);
+    else lors_merge(W2, W, M, A, B, s, a.in, a.out, a.r);
+    Py_END_ALLOW_THREADS return (PyObject *)w2;
+}
+
+static PyObject *py_lors_scratch_bytes(PyObject *self, PyObject *noargs) {
+    (void)self, (void)noargs;
+    return PyLong_FromLongLong(
+        (long long)(lors_scratch_bytes() + sgemm_scratch_bytes(sft_get_num_threads())));
+}
+
 /* ---- module -------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -214,6 +400,21 @@ static PyMethodDef methods[] = {
     {"matmul", (PyCFunction)(void (*)(void))py_matmul, METH_VARARGS | METH_KEYWORDS,
      "matmul(a, b, trans_a=False, trans_b=False) -> ndarray\n\nop(a) @ op(b) for float32 C-contiguous 2-D "
      "arrays with the packed SIMD GEMM core."},
+    /* lors */
+    {"lors_forward", (PyCFunction)(void (*)(void))py_lors_forward, METH_VARARGS | METH_KEYWORDS,
+     "lors_forward(x, W, mask, A, B, scale, bias=None, check_weights=True, naive=False) -> ndarray\n\n"
+     "y (N, out) = x @ W'^T (+ bias), W' = W + scale*(B@A)*mask rebuilt tile by tile."},
+    {"lors_backward_input", (PyCFunction)(void (*)(void))py_lors_backward_input, METH_VARARGS | METH_KEYWORDS,
+     "lors_backward_input(gy, W, mask, A, B, scale, check_weights=True, naive=False) -> ndarray\n\n"
+     "gx (N, in) = gy @ W', W' rebuilt tile by tile."},
+    {"lors_backward_exact", (PyCFunction)(void (*)(void))py_lors_backward_exact, METH_VARARGS | METH_KEYWORDS,
+     "lors_backward_exact(gy, x, mask, A, B, scale, naive=False) -> (dA, dB)\n\n"
+     "Exact adapter gradient: dB = scale*((gy^T x)*mask) A^T, dA = scale*B^T ((gy^T x)*mask), tile by tile."},
+    {"lors_merge", (PyCFunction)(void (*)(void))py_lors_merge, METH_VARARGS | METH_KEYWORDS,
+     "lors_merge(W, mask, A, B, scale, naive=False) -> ndarray\n\n"
+     "W + scale*(B@A) at the mask, W elsewhere (zeros exact); unmerge with -scale."},
+    {"lors_scratch_bytes", py_lors_scratch_bytes, METH_NOARGS,
+     "lors_scratch_bytes() -> int\n\nUpper bound of the kernel scratch bytes one LoRS call holds."},
     {NULL, NULL, 0, NULL},
 };
 

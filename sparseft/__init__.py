@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from sparseft import _core
 from sparseft._runtime import build_info, get_num_threads, set_num_threads, simd_path
+from sparseft.formats_dense import DenseBase
+from sparseft.lors import LoRSConfig, LoRSLinear
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DenseBase",
+    "LoRSConfig",
+    "LoRSLinear",
     "__version__",
     "_core",
     "build_info",

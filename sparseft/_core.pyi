@@ -14,3 +14,44 @@ def reset_scratch_peak() -> None: ...
 def matmul(
     a: npt.NDArray[np.float32], b: npt.NDArray[np.float32], trans_a: bool = ..., trans_b: bool = ...
 ) -> npt.NDArray[np.float32]: ...
+
+# ---- lors ----
+def lors_forward(
+    x: npt.NDArray[np.float32],
+    W: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.uint8] | npt.NDArray[np.bool_],
+    A: npt.NDArray[np.float32],
+    B: npt.NDArray[np.float32],
+    scale: float,
+    bias: npt.NDArray[np.float32] | None = ...,
+    check_weights: bool = ...,
+    naive: bool = ...,
+) -> npt.NDArray[np.float32]: ...
+def lors_backward_input(
+    gy: npt.NDArray[np.float32],
+    W: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.uint8] | npt.NDArray[np.bool_],
+    A: npt.NDArray[np.float32],
+    B: npt.NDArray[np.float32],
+    scale: float,
+    check_weights: bool = ...,
+    naive: bool = ...,
+) -> npt.NDArray[np.float32]: ...
+def lors_backward_exact(
+    gy: npt.NDArray[np.float32],
+    x: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.uint8] | npt.NDArray[np.bool_],
+    A: npt.NDArray[np.float32],
+    B: npt.NDArray[np.float32],
+    scale: float,
+    naive: bool = ...,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+def lors_merge(
+    W: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.uint8] | npt.NDArray[np.bool_],
+    A: npt.NDArray[np.float32],
+    B: npt.NDArray[np.float32],
+    scale: float,
+    naive: bool = ...,
+) -> npt.NDArray[np.float32]: ...
+def lors_scratch_bytes() -> int: ...
