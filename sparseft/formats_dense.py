@@ -15,11 +15,35 @@ dB = scale·((gyᵀx) ⊙ M) Aᵀ, reduced tile by tile.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
 from sparseft import _core
 
-__all__ = ["DenseBase", "validate_base"]
+__all__ = ["BaseFormat", "DenseBase", "validate_base"]
+
+
+class BaseFormat(Protocol):
+    """The interface every base format implements (see the module docstring)."""
+
+    format: str
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
+    @property
+    def nnz(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+    def to_dense(self) -> np.ndarray: ...
+    def mask_dense(self) -> np.ndarray: ...
+    def forward(self, x: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float) -> np.ndarray: ...
+    def backward_input(self, gy: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float) -> np.ndarray: ...
+    def masked_grad(
+        self, gy: np.ndarray, x: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+    def merged(self, A: np.ndarray, B: np.ndarray, scale: float) -> BaseFormat: ...
+    def unmerged(self, A: np.ndarray, B: np.ndarray, scale: float) -> BaseFormat: ...
 
 
 def validate_base(W: object, mask: object) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from sparseft import _core
-from sparseft.formats_dense import DenseBase, validate_base
+from sparseft.formats_dense import BaseFormat, DenseBase, validate_base
 from sparseft.init import LORS_SCALES, gaussian_init, lora_init, lors_init
 
 __all__ = ["FORMATS", "GRADS", "INITS", "LoRSConfig", "LoRSLinear", "resolve_format"]
@@ -37,7 +37,7 @@ def _compressed_formats() -> Any:
         return None
 
 
-def resolve_format(mask: np.ndarray, format: str = "auto") -> type:
+def resolve_format(mask: np.ndarray, format: str = "auto") -> Any:
     """The base-format class for a mask: ``DenseBase``, or ``CSRBase``/``NMBase`` of
     :mod:`sparseft.formats`.
 
@@ -273,7 +273,7 @@ class LoRSLinear:
         if not isinstance(lors_scale, (str, int, float)) or isinstance(lors_scale, bool):
             raise TypeError(f"lors_scale: expected {LORS_SCALES} or a float, got {type(lors_scale).__name__}")
         self._format_request = format
-        self.base = resolve_format(mask, format).from_dense(W, mask)
+        self.base: BaseFormat = resolve_format(mask, format).from_dense(W, mask)
         self.in_features, self.out_features = int(in_), int(out)
         self.bias = None if bias is None else bias.copy()
         self.A = np.zeros((self.r, in_), np.float32)
