@@ -335,10 +335,11 @@ def main() -> None:
         f"  {'GEMM core / NumPy sgemm':<52} {gc_core / gc_np:6.2f}  (>= 0.85: {'met' if gc_core / gc_np >= 0.85 else 'NOT met'})"
     )
     if not args.no_memory:
-        bound = _core.lors_scratch_bytes()
+        bound = _core.lors_scratch_bytes(in_, out, r)
         print(
-            f"  kernel scratch bound {bound / 2**20:.2f} MiB ({args.threads} threads; fixed, independent of out x in); "
-            "the memory columns include the step's outputs y, gx, dA, dB"
+            f"  kernel scratch bound {bound / 2**20:.2f} MiB ({args.threads} threads; G tiles + GEMM panels + "
+            "O(r (in+out)) partials, independent of out x in); the memory columns include the step's "
+            "outputs y, gx, dA, dB"
         )
 
 

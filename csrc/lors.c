@@ -284,8 +284,9 @@ SFT_TARGET_AVX2 static void mask_tile_avx2(float *G, const uint8_t *m, int64_t l
 }
 #endif
 
-int64_t lors_scratch_bytes(void) {
-    return (int64_t)sizeof(float) * LORS_TILE_O * LORS_TILE_I;
+int64_t lors_scratch_bytes(int nthreads, int64_t in, int64_t out, int64_t r) {
+    return (int64_t)sizeof(float) *
+           ((int64_t)nthreads * LORS_TILE_O * LORS_TILE_I + (nthreads - 1) * r * (in + out));
 }
 
 int lors_backward_exact(float *dA, float *dB, const float *gy, const float *x, const uint8_t *M,
@@ -294,30 +295,60 @@ int lors_backward_exact(float *dA, float *dB, const float *gy, const float *x, c
     memset(dA, 0, sizeof(float) * (size_t)(r * in));
     memset(dB, 0, sizeof(float) * (size_t)(out * r));
     if (N <= 0 || r <= 0 || in <= 0 || out <= 0) return 0;
-    float *G = (float *)sft_scratch_alloc((size_t)lors_scratch_bytes());
-    if (G == NULL) return -1;
+    int nth = sft_get_num_threads();
+    int64_t n_to = (out + LORS_TILE_O - 1) / LORS_TILE_O, n_ti = (in + LORS_TILE_I - 1) / LORS_TILE_I;
+    if ((int64_t)nth > n_to * n_ti) nth = (int)(n_to * n_ti);
+    /* per thread: one G tile, and (threads after the first) partial dA and dB summed at the end */
+    float *G_all = (float *)sft_scratch_alloc(sizeof(float) * (size_t)nth * LORS_TILE_O * LORS_TILE_I);
+    float *part =
+        nth > 1 ? (float *)sft_scratch_alloc(sizeof(float) * (size_t)(nth - 1) * (size_t)(r * (in + out)))
+                : NULL;
+    if (G_all == NULL || (nth > 1 && part == NULL)) {
+        sft_scratch_free(G_all);
+        sft_scratch_free(part);
+        return -1;
+    }
+    if (part != NULL) memset(part, 0, sizeof(float) * (size_t)(nth - 1) * (size_t)(r * (in + out)));
     void (*mask_tile)(float *, const uint8_t *, int64_t, int64_t, int64_t) = mask_tile_portable;
 #if SFT_X86
     if (sft_simd_path == SFT_SIMD_AVX2) mask_tile = mask_tile_avx2;
 #endif
     int rc = 0;
-    // tiles in a fixed order (deterministic); each GEMM below is itself threaded
-    for (int64_t o0 = 0; o0 < out && rc == 0; o0 += LORS_TILE_O) {
-        int64_t to = SFT_MIN(LORS_TILE_O, out - o0);
-        for (int64_t i0 = 0; i0 < in && rc == 0; i0 += LORS_TILE_I) {
-            int64_t ti = SFT_MIN(LORS_TILE_I, in - i0);
+#pragma omp parallel num_threads(nth) reduction(| : rc)
+    {
+#ifdef _OPENMP
+        int tid = omp_get_thread_num();
+#else
+        int tid = 0;
+#endif
+        float *G = G_all + (int64_t)tid * LORS_TILE_O * LORS_TILE_I;
+        float *pA = tid == 0 ? dA : part + (int64_t)(tid - 1) * r * (in + out);
+        float *pB = tid == 0 ? dB : pA + r * in;
+        // tiles dealt out statically (a fixed thread count gives a fixed partition and order);
+        // the GEMMs inside run on this thread alone (nested regions are inactive)
+#pragma omp for schedule(static)
+        for (int64_t tile = 0; tile < n_to * n_ti; tile++) {
+            int64_t o0 = (tile / n_ti) * LORS_TILE_O, i0 = (tile % n_ti) * LORS_TILE_I;
+            int64_t to = SFT_MIN(LORS_TILE_O, out - o0), ti = SFT_MIN(LORS_TILE_I, in - i0);
             const uint8_t *m = M + o0 * in + i0;
             if (!tile_any(m, in, to, ti)) continue;
             // G = gy[:, o-tile]^T x[:, i-tile]  (to, ti), over the N tokens
             rc |= sgemm(G, ti, gy + o0, 1, out, x + i0, in, 1, to, ti, N, 0.0f);
             mask_tile(G, m, in, to, ti);
             // dB[o-tile] += G A[:, i-tile]^T  (to, r)
-            rc |= sgemm(dB + o0 * r, r, G, ti, 1, A + i0, 1, in, to, r, ti, 1.0f);
+            rc |= sgemm(pB + o0 * r, r, G, ti, 1, A + i0, 1, in, to, r, ti, 1.0f);
             // dA[:, i-tile] += B[o-tile]^T G  (r, ti)
-            rc |= sgemm(dA + i0, in, B + o0 * r, 1, r, G, ti, 1, r, ti, to, 1.0f);
+            rc |= sgemm(pA + i0, in, B + o0 * r, 1, r, G, ti, 1, r, ti, to, 1.0f);
         }
     }
-    sft_scratch_free(G);
+    // partial sums of the other threads, in thread order
+    for (int t = 1; t < nth; t++) {
+        const float *pA = part + (int64_t)(t - 1) * r * (in + out), *pB = pA + r * in;
+        for (int64_t i = 0; i < r * in; i++) dA[i] += pA[i];
+        for (int64_t i = 0; i < out * r; i++) dB[i] += pB[i];
+    }
+    sft_scratch_free(part);
+    sft_scratch_free(G_all);
     // the scale, once at the end
     for (int64_t i = 0; i < r * in; i++) dA[i] *= s;
     for (int64_t i = 0; i < out * r; i++) dB[i] *= s;

@@ -7,10 +7,11 @@
 
 #include <stdint.h>
 
-/* Rows and columns of the (gy^T x) tile the exact masked gradient works on: one tile of
- * LORS_TILE_O * LORS_TILE_I floats (576 KiB), shared by the threads of the GEMM core.
- * LORS_TILE_O is two GEMM_MC row blocks, so both threads of the GEMM get one each. */
-#define LORS_TILE_O 288
+/* Rows and columns of the (gy^T x) tiles the exact masked gradient works on: each thread owns one
+ * tile of LORS_TILE_O * LORS_TILE_I floats (288 KiB) and runs the tile GEMMs on its own (one
+ * parallel region and one barrier per call, so a busy machine does not stall it at every GEMM).
+ * LORS_TILE_O is one GEMM_MC row block. */
+#define LORS_TILE_O 144
 #define LORS_TILE_I 512
 
 /* y = x W'^T (+ bias). */
@@ -39,7 +40,9 @@ void lors_backward_input_naive(float *gx, const float *gy, const float *W, const
 
 /* Exact adapter gradient with G = gy^T x (out, in) needed only at the mask:
  * dB = s (G*M) A^T, dA = s B^T (G*M). Tiles of G are formed, masked and reduced straight into
- * dA and dB; tiles whose mask is all zero are skipped. dA and dB are overwritten. */
+ * dA and dB; tiles whose mask is all zero are skipped. Threads take tiles in a static partition
+ * and keep partial dA, dB (O(r (in + out)) each) summed in thread order at the end: deterministic
+ * for a fixed thread count. dA and dB are overwritten. */
 int lors_backward_exact(float *dA,        /* (r, in) */
                         float *dB,        /* (out, r) */
                         const float *gy,  /* (N, out) */
@@ -62,7 +65,8 @@ void lors_merge(float *Wout,      /* (out, in) */
 void lors_merge_naive(float *Wout, const float *W, const uint8_t *M, const float *A, const float *B, float s,
                       int64_t in, int64_t out, int64_t r);
 
-/* Scratch bytes lors_backward_exact needs (besides the GEMM core's), for memory reports. */
-int64_t lors_scratch_bytes(void);
+/* Scratch bytes lors_backward_exact holds with nthreads threads besides the GEMM core's (one G
+ * tile per thread, partial dA and dB per extra thread), for memory reports. */
+int64_t lors_scratch_bytes(int nthreads, int64_t in, int64_t out, int64_t r);
 
 #endif

@@ -378,10 +378,19 @@ static PyObject *py_lors_merge(PyObject *self, PyObject *args, PyObject *kwargs)
     Py_END_ALLOW_THREADS return (PyObject *)w2;
 }
 
-static PyObject *py_lors_scratch_bytes(PyObject *self, PyObject *noargs) {
-    (void)self, (void)noargs;
+static PyObject *py_lors_scratch_bytes(PyObject *self, PyObject *args) {
+    (void)self;
+    long long in, out, r;
+    if (!PyArg_ParseTuple(args, "LLL:lors_scratch_bytes", &in, &out, &r)) return NULL;
+    if (in < 0 || out < 0 || r < 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "in_features, out_features, r: expected sizes >= 0, got %lld, %lld, %lld", in, out, r);
+        return NULL;
+    }
+    int nth = sft_get_num_threads();
+    // the exact gradient's tiles and partials, plus one GEMM core's scratch per thread
     return PyLong_FromLongLong(
-        (long long)(lors_scratch_bytes() + sgemm_scratch_bytes(sft_get_num_threads())));
+        (long long)(lors_scratch_bytes(nth, in, out, r) + (int64_t)nth * sgemm_scratch_bytes(nth)));
 }
 
 /* ---- module -------------------------------------------------------------------------------- */
@@ -413,8 +422,9 @@ static PyMethodDef methods[] = {
     {"lors_merge", (PyCFunction)(void (*)(void))py_lors_merge, METH_VARARGS | METH_KEYWORDS,
      "lors_merge(W, mask, A, B, scale, naive=False) -> ndarray\n\n"
      "W + scale*(B@A) at the mask, W elsewhere (zeros exact); unmerge with -scale."},
-    {"lors_scratch_bytes", py_lors_scratch_bytes, METH_NOARGS,
-     "lors_scratch_bytes() -> int\n\nUpper bound of the kernel scratch bytes one LoRS call holds."},
+    {"lors_scratch_bytes", py_lors_scratch_bytes, METH_VARARGS,
+     "lors_scratch_bytes(in_features, out_features, r) -> int\n\nUpper bound of the kernel scratch bytes one "
+     "LoRS kernel call holds with the current thread count (independent of out x in)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -172,7 +172,10 @@ def test_kernels_empty_token_batch(rng: np.random.Generator) -> None:
 
 
 def test_kernels_deterministic_and_thread_count_independent(rng: np.random.Generator) -> None:
-    p = problem(rng, 200, 300, 310, 8)
+    """Bit-identical repeats for a fixed thread count; forward, input gradient and merge are also
+    identical across thread counts (each output summed by one thread in one order); the exact
+    gradient sums per-thread partials, so across counts it agrees to rounding."""
+    p = problem(rng, 200, 1100, 310, 8)
     m8 = p["mask"].astype(np.uint8)
 
     def run() -> list[np.ndarray]:
@@ -180,8 +183,8 @@ def test_kernels_deterministic_and_thread_count_independent(rng: np.random.Gener
         return [
             _core.lors_forward(p["x"], *args, bias=p["bias"]),
             _core.lors_backward_input(p["gy"], *args),
-            *_core.lors_backward_exact(p["gy"], p["x"], m8, p["A"], p["B"], 0.3),
             _core.lors_merge(*args),
+            *_core.lors_backward_exact(p["gy"], p["x"], m8, p["A"], p["B"], 0.3),
         ]
 
     before = sparseft.get_num_threads()
@@ -189,12 +192,15 @@ def test_kernels_deterministic_and_thread_count_independent(rng: np.random.Gener
         sparseft.set_num_threads(2)
         two, again = run(), run()
         sparseft.set_num_threads(1)
-        one = run()
+        one, one_again = run(), run()
     finally:
         sparseft.set_num_threads(before)
-    for a, b, c in zip(two, again, one, strict=True):
+    for a, b in zip(two + one, again + one_again, strict=True):
         np.testing.assert_array_equal(a, b)
+    for a, c in zip(two[:3], one[:3], strict=True):
         np.testing.assert_array_equal(a, c)
+    for a, c in zip(two[3:], one[3:], strict=True):
+        np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-3)
 
 
 def test_exact_gradient_skips_density_zero(rng: np.random.Generator) -> None:
@@ -204,9 +210,7 @@ def test_exact_gradient_skips_density_zero(rng: np.random.Generator) -> None:
 
 
 def test_scratch_bounded_independent_of_out_in(rng: np.random.Generator) -> None:
-    """Kernel scratch of a fwd+bwd is at most the tile + GEMM panels, whatever out×in is."""
-    bound = _core.lors_scratch_bytes()
-    assert bound <= 2 * 2**20 * max(1, sparseft.get_num_threads())  # ≤ 1 MiB per thread (+ slack)
+    """Kernel scratch of a fwd+bwd stays within the tiles + GEMM panels, whatever out×in is."""
     for out, in_ in [(64, 64), (1200, 1100)]:
         p = problem(rng, 16, in_, out, 4)
         m8 = p["mask"].astype(np.uint8)
@@ -216,8 +220,13 @@ def test_scratch_bounded_independent_of_out_in(rng: np.random.Generator) -> None
         _core.lors_backward_exact(p["gy"], p["x"], m8, p["A"], p["B"], 1.0)
         stats = _core.scratch_stats()
         assert stats["current"] == 0
-        assert 0 < stats["peak"] <= bound
-    assert bound < 1200 * 1100 * 4  # the large layer's scratch is far below one out×in array
+        assert 0 < stats["peak"] <= _core.lors_scratch_bytes(in_, out, 4)
+    # the bound grows with r·(in + out) only: far below one out×in array for large layers
+    small, big = _core.lors_scratch_bytes(1024, 1024, 16), _core.lors_scratch_bytes(8192, 8192, 16)
+    assert big - small == (sparseft.get_num_threads() - 1) * 16 * (2 * 8192 - 2 * 1024) * 4
+    assert big < 8192 * 8192 * 4 / 40
+    with pytest.raises(ValueError, match="expected sizes >= 0"):
+        _core.lors_scratch_bytes(-1, 2, 3)
 
 
 # ---- the reference itself: finite differences and torch ----
