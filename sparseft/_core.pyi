@@ -14,3 +14,30 @@ def reset_scratch_peak() -> None: ...
 def matmul(
     a: npt.NDArray[np.float32], b: npt.NDArray[np.float32], trans_a: bool = ..., trans_b: bool = ...
 ) -> npt.NDArray[np.float32]: ...
+
+# ---- weightnorm ----
+def weightnorm_norms(v: npt.NDArray[np.float32], dim: int, /) -> npt.NDArray[np.float32]: ...
+def weightnorm_forward(
+    v: npt.NDArray[np.float32], g: npt.NDArray[np.float32], dim: int, /
+) -> npt.NDArray[np.float32]: ...
+def weightnorm_backward(
+    grad_w: npt.NDArray[np.float32], v: npt.NDArray[np.float32], g: npt.NDArray[np.float32], dim: int, /
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+def dora_rownorm_forward(
+    W: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.bool_],
+    A: npt.NDArray[np.float32],
+    B: npt.NDArray[np.float32],
+    scale: float,
+    /,
+) -> npt.NDArray[np.float32]: ...
+def dora_rownorm_backward(
+    grad_n: npt.NDArray[np.float32],
+    n: npt.NDArray[np.float32],
+    W: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.bool_],
+    A: npt.NDArray[np.float32],
+    B: npt.NDArray[np.float32],
+    scale: float,
+    /,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
