@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from sparseft import _core
 from sparseft._runtime import build_info, get_num_threads, set_num_threads, simd_path
+from sparseft.weightnorm import WeightNorm
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "WeightNorm",
     "__version__",
     "_core",
     "build_info",
