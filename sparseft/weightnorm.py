@@ -128,6 +128,9 @@ class WeightNorm:
            [0. , 3. ]], dtype=float32)
     """
 
+    _v: F32
+    _g: F32
+
     def __init__(self, v: npt.ArrayLike, g: npt.ArrayLike | None = None, dim: int | None = 0) -> None:
         self.dim = _check_dim(dim)
         self.v = v  # type: ignore[assignment]  # the setter validates and copies
