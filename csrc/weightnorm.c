@@ -18,6 +18,14 @@
 #define WN_CHUNK 16384
 /* Columns per block of the per-column reductions of dim = 1 (a block is one task). */
 #define WN_COLBLOCK 512
+/* Below this many multiply-adds a kernel runs on one thread: waking a team costs more than it saves
+ * (and on a busy machine a spinning team can cost milliseconds). */
+#define WN_PARALLEL_MIN (1 << 16)
+
+/* Threads for a kernel doing `work` multiply-adds. */
+static int wn_threads(int64_t work) {
+    return work < WN_PARALLEL_MIN ? 1 : sft_get_num_threads();
+}
 
 int64_t weightnorm_num_norms(int64_t R, int64_t C, int dim) {
     return dim == WN_DIM_ROWS ? R : dim == WN_DIM_COLS ? C : 1;
@@ -474,7 +482,7 @@ static int all_sums(double *ss, double *dot, const float *a, const float *v, int
 
 int weightnorm_norms(float *norms, const float *v, int64_t R, int64_t C, int dim) {
     const wn_ops *op = select_ops();
-    int nthreads = sft_get_num_threads();
+    int nthreads = wn_threads(R * C);
     if (dim == WN_DIM_ROWS) {
         // one norm per row
 #pragma omp parallel for schedule(static) num_threads(nthreads)
@@ -520,7 +528,7 @@ void weightnorm_forward_naive(float *w, const float *v, const float *g, int64_t 
 
 int weightnorm_forward(float *w, const float *v, const float *g, int64_t R, int64_t C, int dim) {
     const wn_ops *op = select_ops();
-    int nthreads = sft_get_num_threads();
+    int nthreads = wn_threads(R * C);
     if (dim == WN_DIM_ROWS) {
         // each row: norm in double, then scale (the row is read again from cache)
 #pragma omp parallel for schedule(static) num_threads(nthreads)
@@ -610,7 +618,7 @@ void weightnorm_backward_naive(float *grad_v, float *grad_g, const float *grad_w
 int weightnorm_backward(float *grad_v, float *grad_g, const float *grad_w, const float *v, const float *g,
                         int64_t R, int64_t C, int dim) {
     const wn_ops *op = select_ops();
-    int nthreads = sft_get_num_threads();
+    int nthreads = wn_threads(R * C);
     if (dim == WN_DIM_ROWS) {
         // each row: <grad_w, v> and ||v||^2 in one pass, then grad_v (rows read again from cache)
 #pragma omp parallel for schedule(static) num_threads(nthreads)
@@ -706,7 +714,7 @@ void dora_rownorm_forward_naive(float *n, const float *W, const uint8_t *M, cons
 int dora_rownorm_forward(float *n, const float *W, const uint8_t *M, const float *A, const float *B, float s,
                          int64_t out, int64_t in, int64_t r) {
     const wn_ops *op = select_ops();
-    int nthreads = sft_get_num_threads();
+    int nthreads = wn_threads(out * in * (r + 1));
     float *tmp = (float *)sft_scratch_alloc(sizeof(float) * (size_t)nthreads * (size_t)SFT_MAX(in, 1));
     if (tmp == NULL) return -1;
 #pragma omp parallel num_threads(nthreads)
@@ -755,7 +763,7 @@ int dora_rownorm_backward(float *dA, float *dB, const float *grad_n, const float
                           const uint8_t *M, const float *A, const float *B, float s, int64_t out, int64_t in,
                           int64_t r) {
     const wn_ops *op = select_ops();
-    int nthreads = sft_get_num_threads();
+    int nthreads = wn_threads(out * in * (r + 1));
     size_t rin = (size_t)r * (size_t)in;
     float *tmp = (float *)sft_scratch_alloc(sizeof(float) * (size_t)nthreads * (size_t)SFT_MAX(in, 1));
     float *part = (float *)sft_scratch_alloc(sizeof(float) * (size_t)nthreads * SFT_MAX(rin, 1));
