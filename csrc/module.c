@@ -11,6 +11,7 @@
 
 #include "common.h"
 #include "gemm.h"
+#include "weightnorm.h"
 #include "lors.h"
 
 /* ---- argument helpers ---------------------------------------------------------------------- */
@@ -393,6 +394,166 @@ static PyObject *py_lors_scratch_bytes(PyObject *self, PyObject *args) {
         (long long)(lors_scratch_bytes(nth, in, out, r) + (int64_t)nth * sgemm_scratch_bytes(nth)));
 }
 
+/* ---- weightnorm ---------------------------------------------------------------------------- */
+
+/* Parses dim (0: per row, 1: per column, -1: whole tensor) and returns the number of norms K. */
+static int wn_dim(int dim, PyArrayObject *v, npy_intp *K) {
+    if (dim != 0 && dim != 1 && dim != -1) {
+        PyErr_Format(PyExc_ValueError, "dim: expected 0, 1 or -1 (whole tensor), got %d", dim);
+        return -1;
+    }
+    *K = (npy_intp)weightnorm_num_norms(PyArray_DIM(v, 0), PyArray_DIM(v, 1), dim);
+    return 0;
+}
+
+static PyObject *py_weightnorm_norms(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *vo;
+    int dim, rc;
+    if (!PyArg_ParseTuple(args, "Oi:weightnorm_norms", &vo, &dim)) return NULL;
+    PyArrayObject *v = arg_f32(vo, "v", 2);
+    npy_intp K;
+    if (v == NULL || wn_dim(dim, v, &K) < 0) return NULL;
+    PyArrayObject *n = new_f32(1, &K);
+    if (n == NULL) return NULL;
+    float *np_ = (float *)PyArray_DATA(n);
+    const float *vp = (const float *)PyArray_DATA(v);
+    int64_t R = PyArray_DIM(v, 0), C = PyArray_DIM(v, 1);
+    Py_BEGIN_ALLOW_THREADS rc = weightnorm_norms(np_, vp, R, C, dim);
+    Py_END_ALLOW_THREADS if (rc != 0) {
+        Py_DECREF(n);
+        return scratch_error();
+    }
+    return (PyObject *)n;
+}
+
+static PyObject *py_weightnorm_forward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *vo, *go;
+    int dim, rc;
+    if (!PyArg_ParseTuple(args, "OOi:weightnorm_forward", &vo, &go, &dim)) return NULL;
+    PyArrayObject *v = arg_f32(vo, "v", 2), *g = v ? arg_f32(go, "g", 1) : NULL;
+    npy_intp K;
+    if (g == NULL || wn_dim(dim, v, &K) < 0) return NULL;
+    if (arg_dim(g, "g", 0, K, "one value per norm") < 0) return NULL;
+    PyArrayObject *w = new_f32(2, PyArray_DIMS(v));
+    if (w == NULL) return NULL;
+    float *wp = (float *)PyArray_DATA(w);
+    const float *vp = (const float *)PyArray_DATA(v), *gp = (const float *)PyArray_DATA(g);
+    int64_t R = PyArray_DIM(v, 0), C = PyArray_DIM(v, 1);
+    Py_BEGIN_ALLOW_THREADS rc = weightnorm_forward(wp, vp, gp, R, C, dim);
+    Py_END_ALLOW_THREADS if (rc != 0) {
+        Py_DECREF(w);
+        return scratch_error();
+    }
+    return (PyObject *)w;
+}
+
+static PyObject *py_weightnorm_backward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *gwo, *vo, *go;
+    int dim, rc;
+    if (!PyArg_ParseTuple(args, "OOOi:weightnorm_backward", &gwo, &vo, &go, &dim)) return NULL;
+    PyArrayObject *gw = arg_f32(gwo, "grad_w", 2), *v = gw ? arg_f32(vo, "v", 2) : NULL;
+    PyArrayObject *g = v ? arg_f32(go, "g", 1) : NULL;
+    npy_intp K;
+    if (g == NULL || wn_dim(dim, v, &K) < 0) return NULL;
+    if (arg_dim(gw, "grad_w", 0, PyArray_DIM(v, 0), "rows of v") < 0 ||
+        arg_dim(gw, "grad_w", 1, PyArray_DIM(v, 1), "columns of v") < 0 ||
+        arg_dim(g, "g", 0, K, "one value per norm") < 0)
+        return NULL;
+    PyArrayObject *gv = new_f32(2, PyArray_DIMS(v)), *gg = gv ? new_f32(1, &K) : NULL;
+    if (gg == NULL) {
+        Py_XDECREF(gv);
+        return NULL;
+    }
+    float *gvp = (float *)PyArray_DATA(gv), *ggp = (float *)PyArray_DATA(gg);
+    const float *gwp = (const float *)PyArray_DATA(gw), *vp = (const float *)PyArray_DATA(v);
+    const float *gp = (const float *)PyArray_DATA(g);
+    int64_t R = PyArray_DIM(v, 0), C = PyArray_DIM(v, 1);
+    Py_BEGIN_ALLOW_THREADS rc = weightnorm_backward(gvp, ggp, gwp, vp, gp, R, C, dim);
+    Py_END_ALLOW_THREADS if (rc != 0) {
+        Py_DECREF(gv);
+        Py_DECREF(gg);
+        return scratch_error();
+    }
+    return Py_BuildValue("NN", gv, gg);
+}
+
+/* Checks the DoRA operands W (out, in), mask (out, in) bool, A (r, in), B (out, r). */
+static int dora_args(PyObject *wo, PyObject *mo, PyObject *ao, PyObject *bo, PyArrayObject **W,
+                     PyArrayObject **M, PyArrayObject **A, PyArrayObject **B) {
+    *W = arg_f32(wo, "W", 2);
+    *M = *W ? arg_array(mo, "mask", NPY_BOOL, 2) : NULL;
+    *A = *M ? arg_f32(ao, "A", 2) : NULL;
+    *B = *A ? arg_f32(bo, "B", 2) : NULL;
+    if (*B == NULL) return -1;
+    npy_intp out = PyArray_DIM(*W, 0), in = PyArray_DIM(*W, 1), r = PyArray_DIM(*A, 0);
+    if (arg_dim(*M, "mask", 0, out, "rows of W") < 0 || arg_dim(*M, "mask", 1, in, "columns of W") < 0 ||
+        arg_dim(*A, "A", 1, in, "columns of W") < 0 || arg_dim(*B, "B", 0, out, "rows of W") < 0 ||
+        arg_dim(*B, "B", 1, r, "rows of A") < 0)
+        return -1;
+    return 0;
+}
+
+static PyObject *py_dora_rownorm_forward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *wo, *mo, *ao, *bo;
+    float s;
+    int rc;
+    if (!PyArg_ParseTuple(args, "OOOOf:dora_rownorm_forward", &wo, &mo, &ao, &bo, &s)) return NULL;
+    PyArrayObject *W, *M, *A, *B;
+    if (dora_args(wo, mo, ao, bo, &W, &M, &A, &B) < 0) return NULL;
+    npy_intp out = PyArray_DIM(W, 0);
+    PyArrayObject *n = new_f32(1, &out);
+    if (n == NULL) return NULL;
+    float *np_ = (float *)PyArray_DATA(n);
+    const float *Wp = (const float *)PyArray_DATA(W), *Ap = (const float *)PyArray_DATA(A);
+    const float *Bp = (const float *)PyArray_DATA(B);
+    const uint8_t *Mp = (const uint8_t *)PyArray_DATA(M);
+    int64_t in = PyArray_DIM(W, 1), r = PyArray_DIM(A, 0);
+    Py_BEGIN_ALLOW_THREADS rc = dora_rownorm_forward(np_, Wp, Mp, Ap, Bp, s, out, in, r);
+    Py_END_ALLOW_THREADS if (rc != 0) {
+        Py_DECREF(n);
+        return scratch_error();
+    }
+    return (PyObject *)n;
+}
+
+static PyObject *py_dora_rownorm_backward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *gno, *no, *wo, *mo, *ao, *bo;
+    float s;
+    int rc;
+    if (!PyArg_ParseTuple(args, "OOOOOOf:dora_rownorm_backward", &gno, &no, &wo, &mo, &ao, &bo, &s))
+        return NULL;
+    PyArrayObject *gn = arg_f32(gno, "grad_n", 1), *n = gn ? arg_f32(no, "n", 1) : NULL;
+    PyArrayObject *W, *M, *A, *B;
+    if (n == NULL || dora_args(wo, mo, ao, bo, &W, &M, &A, &B) < 0) return NULL;
+    npy_intp out = PyArray_DIM(W, 0), in = PyArray_DIM(W, 1), r = PyArray_DIM(A, 0);
+    if (arg_dim(gn, "grad_n", 0, out, "rows of W") < 0 || arg_dim(n, "n", 0, out, "rows of W") < 0)
+        return NULL;
+    npy_intp da_dims[2] = {r, in}, db_dims[2] = {out, r};
+    PyArrayObject *dA = (PyArrayObject *)PyArray_ZEROS(2, da_dims, NPY_FLOAT32, 0);
+    PyArrayObject *dB = dA ? (PyArrayObject *)PyArray_ZEROS(2, db_dims, NPY_FLOAT32, 0) : NULL;
+    if (dB == NULL) {
+        Py_XDECREF(dA);
+        return NULL;
+    }
+    float *dAp = (float *)PyArray_DATA(dA), *dBp = (float *)PyArray_DATA(dB);
+    const float *gnp = (const float *)PyArray_DATA(gn), *np_ = (const float *)PyArray_DATA(n);
+    const float *Wp = (const float *)PyArray_DATA(W), *Ap = (const float *)PyArray_DATA(A);
+    const float *Bp = (const float *)PyArray_DATA(B);
+    const uint8_t *Mp = (const uint8_t *)PyArray_DATA(M);
+    Py_BEGIN_ALLOW_THREADS rc = dora_rownorm_backward(dAp, dBp, gnp, np_, Wp, Mp, Ap, Bp, s, out, in, r);
+    Py_END_ALLOW_THREADS if (rc != 0) {
+        Py_DECREF(dA);
+        Py_DECREF(dB);
+        return scratch_error();
+    }
+    return Py_BuildValue("NN", dA, dB);
+}
+
 /* ---- module -------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -425,6 +586,23 @@ static PyMethodDef methods[] = {
     {"lors_scratch_bytes", py_lors_scratch_bytes, METH_VARARGS,
      "lors_scratch_bytes(in_features, out_features, r) -> int\n\nUpper bound of the kernel scratch bytes one "
      "LoRS kernel call holds with the current thread count (independent of out x in)."},
+    /* weightnorm */
+    {"weightnorm_norms", py_weightnorm_norms, METH_VARARGS,
+     "weightnorm_norms(v, dim) -> ndarray\n\nNorms of v (R, C) float32 per row (dim 0), per column (dim 1) "
+     "or "
+     "whole (dim -1), accumulated in double."},
+    {"weightnorm_forward", py_weightnorm_forward, METH_VARARGS,
+     "weightnorm_forward(v, g, dim) -> ndarray\n\nw = g * v / ||v|| (g 1-D, one value per norm); a zero-norm "
+     "slice gives 0."},
+    {"weightnorm_backward", py_weightnorm_backward, METH_VARARGS,
+     "weightnorm_backward(grad_w, v, g, dim) -> (grad_v, grad_g)\n\nGradients of w = g * v / ||v||; a "
+     "zero-norm slice gives 0."},
+    {"dora_rownorm_forward", py_dora_rownorm_forward, METH_VARARGS,
+     "dora_rownorm_forward(W, mask, A, B, scale) -> ndarray\n\nRow norms of W + scale * (B @ A) * mask, "
+     "accumulated in double, without an (out, in) buffer."},
+    {"dora_rownorm_backward", py_dora_rownorm_backward, METH_VARARGS,
+     "dora_rownorm_backward(grad_n, n, W, mask, A, B, scale) -> (dA, dB)\n\nGradients of the adapters A, B "
+     "through the row norms n (0 for rows with n == 0)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -10,6 +10,7 @@ from sparseft import _core
 from sparseft._runtime import build_info, get_num_threads, set_num_threads, simd_path
 from sparseft.formats_dense import DenseBase
 from sparseft.lors import LoRSConfig, LoRSLinear
+from sparseft.weightnorm import WeightNorm
 
 __version__ = "0.1.0"
 
@@ -17,6 +18,7 @@ __all__ = [
     "DenseBase",
     "LoRSConfig",
     "LoRSLinear",
+    "WeightNorm",
     "__version__",
     "_core",
     "build_info",

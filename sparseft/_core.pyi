@@ -55,3 +55,29 @@ def lors_merge(
     naive: bool = ...,
 ) -> npt.NDArray[np.float32]: ...
 def lors_scratch_bytes(in_features: int, out_features: int, r: int, /) -> int: ...
+# ---- weightnorm ----
+def weightnorm_norms(v: npt.NDArray[np.float32], dim: int, /) -> npt.NDArray[np.float32]: ...
+def weightnorm_forward(
+    v: npt.NDArray[np.float32], g: npt.NDArray[np.float32], dim: int, /
+) -> npt.NDArray[np.float32]: ...
+def weightnorm_backward(
+    grad_w: npt.NDArray[np.float32], v: npt.NDArray[np.float32], g: npt.NDArray[np.float32], dim: int, /
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+def dora_rownorm_forward(
+    W: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.bool_],
+    A: npt.NDArray[np.float32],
+    B: npt.NDArray[np.float32],
+    scale: float,
+    /,
+) -> npt.NDArray[np.float32]: ...
+def dora_rownorm_backward(
+    grad_n: npt.NDArray[np.float32],
+    n: npt.NDArray[np.float32],
+    W: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.bool_],
+    A: npt.NDArray[np.float32],
+    B: npt.NDArray[np.float32],
+    scale: float,
+    /,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
