@@ -81,3 +81,39 @@ def dora_rownorm_backward(
     scale: float,
     /,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+# ---- remat ----
+def remat_simulate(
+    steps: npt.NDArray[np.int64],
+    memory: npt.NDArray[np.int64],
+    duration: npt.NDArray[np.int64],
+    pred_ptr: npt.NDArray[np.int64],
+    pred_idx: npt.NDArray[np.int64],
+    profile: bool = ...,
+) -> tuple[int, int, int, int, int, npt.NDArray[np.int64] | None]: ...
+def remat_compact(
+    steps: npt.NDArray[np.int64], pred_ptr: npt.NDArray[np.int64], pred_idx: npt.NDArray[np.int64], n: int
+) -> npt.NDArray[np.int64]: ...
+def remat_plan_stages(
+    memory: npt.NDArray[np.int64],
+    duration: npt.NDArray[np.int64],
+    pred_ptr: npt.NDArray[np.int64],
+    pred_idx: npt.NDArray[np.int64],
+    succ_ptr: npt.NDArray[np.int64],
+    succ_idx: npt.NDArray[np.int64],
+    order: npt.NDArray[np.int64],
+    seg_end: npt.NDArray[np.int64] | None,
+    budget: int,
+    mem_exp: float,
+    dist_exp: float,
+) -> tuple[int, npt.NDArray[np.int64] | None, int, int]: ...
+def remat_greedy(
+    memory: npt.NDArray[np.int64],
+    duration: npt.NDArray[np.int64],
+    pred_ptr: npt.NDArray[np.int64],
+    pred_idx: npt.NDArray[np.int64],
+    succ_ptr: npt.NDArray[np.int64],
+    succ_idx: npt.NDArray[np.int64],
+    order: npt.NDArray[np.int64],
+    budget: int,
+) -> tuple[int, npt.NDArray[np.int64] | None, int, int]: ...
+
