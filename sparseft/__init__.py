@@ -7,6 +7,7 @@ holds the objects and does I/O. See ``README.md`` and ``DESIGN.md`` for the API 
 from __future__ import annotations
 
 from sparseft import _core
+from sparseft import prune as prune
 from sparseft._runtime import build_info, get_num_threads, set_num_threads, simd_path
 
 __version__ = "0.1.0"
@@ -16,6 +17,7 @@ __all__ = [
     "_core",
     "build_info",
     "get_num_threads",
+    "prune",
     "set_num_threads",
     "simd_path",
 ]
