@@ -20,18 +20,20 @@
 #include <immintrin.h>
 #endif
 
-#define TOK_VEC 8               /* tokens per vector; thread token ranges are multiples of it */
-#define TOK_TILE 64             /* tokens of one forward register tile (8 vectors) */
-#define CHUNK_NNZ 8192          /* nonzeros of a row chunk (W' and columns: 64 KiB) */
-#define CHUNK_ROWS 256          /* rows of a row chunk */
-#define PANEL_BYTES (768 << 10) /* bytes of token panels per thread */
+#define TOK_VEC 8             /* tokens per vector; thread token ranges are multiples of it */
+#define TOK_TILE 64           /* tokens of one forward register tile (8 vectors) */
+#define CHUNK_NNZ 8192        /* nonzeros of a row chunk (W' and columns: 64 KiB) */
+#define CHUNK_ROWS 256        /* rows of a row chunk */
+#define PANEL_BYTES (1 << 20) /* bytes of token panels per thread */
+#define KC 128                /* columns of a column block (a 64-token panel slab of 32 KiB) */
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
 int64_t sparse_token_block(int64_t in, int nthreads, int backward) {
     int64_t per_token = 4 * SFT_MAX(in, 1) * (backward ? 2 : 1);
-    int64_t nc = (int64_t)PANEL_BYTES * SFT_MAX(nthreads, 1) / per_token;
-    nc = nc / TOK_VEC * TOK_VEC;
-    // at least one vector, at most 512 tokens per block
+    int64_t nc = (int64_t)PANEL_BYTES / per_token;
+    (void)nthreads;
+    // whole 64-token tiles when possible; at least one vector, at most 512 tokens per block
+    nc = nc >= TOK_TILE ? nc / TOK_TILE * TOK_TILE : nc / TOK_VEC * TOK_VEC;
     return SFT_MIN(SFT_MAX(nc, TOK_VEC), 512);
 }
 
@@ -65,12 +67,13 @@ static ALWAYS_INLINE void fill_cols(int32_t *col, const sparse_base *W, int64_t 
         memcpy(col + (b - off0), W->colidx + b, sizeof(int32_t) * (size_t)(e - b));
         return;
     }
-    int64_t kpr = W->in / W->m * W->n;
-    // loop over rows, then kept entries (group kk / n, position idx inside the group)
+    int64_t n = W->n, m = W->m, ngroups = W->in / m, kpr = ngroups * n;
+    // loop over rows, groups, kept positions inside the group
     for (int64_t i = i_lo; i < i_hi; i++) {
-        int64_t b = i * kpr;
-        for (int64_t kk = 0; kk < kpr; kk++)
-            col[b + kk - off0] = (int32_t)((kk / W->n) * W->m + W->idx[b + kk]);
+        const uint8_t *ix = W->idx + i * kpr;
+        int32_t *cl = col + i * kpr - off0;
+        for (int64_t gr = 0; gr < ngroups; gr++)
+            for (int64_t q = 0; q < n; q++) cl[gr * n + q] = (int32_t)(gr * m + ix[gr * n + q]);
     }
 }
 
@@ -98,16 +101,17 @@ SFT_TARGET_AVX2 static ALWAYS_INLINE float hsum_avx2(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* Lane u of the result = sum of the lanes of v[u]. */
-SFT_TARGET_AVX2 static ALWAYS_INLINE __m256 hsum8_avx2(const __m256 *v) {
-    __m256 t0 = _mm256_hadd_ps(v[0], v[1]), t1 = _mm256_hadd_ps(v[2], v[3]);
-    __m256 t2 = _mm256_hadd_ps(v[4], v[5]), t3 = _mm256_hadd_ps(v[6], v[7]);
+/* Lane u of the result = sum of the lanes of vu. */
+SFT_TARGET_AVX2 static ALWAYS_INLINE __m256 hsum8_avx2(__m256 v0, __m256 v1, __m256 v2, __m256 v3, __m256 v4,
+                                                       __m256 v5, __m256 v6, __m256 v7) {
+    __m256 t0 = _mm256_hadd_ps(v0, v1), t1 = _mm256_hadd_ps(v2, v3);
+    __m256 t2 = _mm256_hadd_ps(v4, v5), t3 = _mm256_hadd_ps(v6, v7);
     t0 = _mm256_hadd_ps(t0, t1);
     t2 = _mm256_hadd_ps(t2, t3);
     return _mm256_add_ps(_mm256_permute2f128_ps(t0, t2, 0x20), _mm256_permute2f128_ps(t0, t2, 0x31));
 }
 
-/* The same, 8 nonzeros at a time: 8 vector dot products reduced together. */
+/* The same, 8 nonzeros at a time: 8 vector dot products in registers, reduced together. */
 SFT_TARGET_AVX2 static void recompute_avx2(float *wv, const int32_t *col, const float *v, const float *Bi,
                                            const float *AT, float scale, int64_t cnt, int64_t r) {
     int64_t r8 = r / 8 * 8;
@@ -115,17 +119,34 @@ SFT_TARGET_AVX2 static void recompute_avx2(float *wv, const int32_t *col, const 
     int64_t k = 0;
     // blocks of 8 nonzeros
     for (; k + 8 <= cnt; k += 8) {
-        __m256 acc[8];
-        float tail[8] = {0};
-        for (int u = 0; u < 8; u++) {
-            const float *a = AT + (int64_t)col[k + u] * r;
-            __m256 s = _mm256_setzero_ps();
-            for (int64_t q = 0; q < r8; q += 8)
-                s = _mm256_fmadd_ps(_mm256_loadu_ps(Bi + q), _mm256_loadu_ps(a + q), s);
-            acc[u] = s;
-            for (int64_t q = r8; q < r; q++) tail[u] += Bi[q] * a[q];
+        const float *a0 = AT + (int64_t)col[k] * r, *a1 = AT + (int64_t)col[k + 1] * r;
+        const float *a2 = AT + (int64_t)col[k + 2] * r, *a3 = AT + (int64_t)col[k + 3] * r;
+        const float *a4 = AT + (int64_t)col[k + 4] * r, *a5 = AT + (int64_t)col[k + 5] * r;
+        const float *a6 = AT + (int64_t)col[k + 6] * r, *a7 = AT + (int64_t)col[k + 7] * r;
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
+        for (int64_t q = 0; q < r8; q += 8) {
+            __m256 b = _mm256_loadu_ps(Bi + q);
+            s0 = _mm256_fmadd_ps(b, _mm256_loadu_ps(a0 + q), s0);
+            s1 = _mm256_fmadd_ps(b, _mm256_loadu_ps(a1 + q), s1);
+            s2 = _mm256_fmadd_ps(b, _mm256_loadu_ps(a2 + q), s2);
+            s3 = _mm256_fmadd_ps(b, _mm256_loadu_ps(a3 + q), s3);
+            s4 = _mm256_fmadd_ps(b, _mm256_loadu_ps(a4 + q), s4);
+            s5 = _mm256_fmadd_ps(b, _mm256_loadu_ps(a5 + q), s5);
+            s6 = _mm256_fmadd_ps(b, _mm256_loadu_ps(a6 + q), s6);
+            s7 = _mm256_fmadd_ps(b, _mm256_loadu_ps(a7 + q), s7);
         }
-        __m256 dot = _mm256_add_ps(hsum8_avx2(acc), _mm256_loadu_ps(tail));
+        __m256 dot = hsum8_avx2(s0, s1, s2, s3, s4, s5, s6, s7);
+        if (r8 < r) {
+            // the last r % 8 terms, scalar
+            float tail[8];
+            const float *au[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
+            for (int u = 0; u < 8; u++) {
+                float t = 0.0f;
+                for (int64_t q = r8; q < r; q++) t += Bi[q] * au[u][q];
+                tail[u] = t;
+            }
+            dot = _mm256_add_ps(dot, _mm256_loadu_ps(tail));
+        }
         _mm256_storeu_ps(wv + k, _mm256_fmadd_ps(vs, dot, _mm256_loadu_ps(v + k)));
     }
     // remaining nonzeros one by one
@@ -151,18 +172,6 @@ static recompute_fn select_recompute(void) {
     return recompute_portable;
 }
 
-/* Columns (and W' values when wv != NULL) of rows [i_lo, i_hi), stored at [k - off0]. */
-static void fill_rows(float *wv, int32_t *col, const sparse_base *W, const float *AT, const float *B,
-                      float scale, int64_t r, int64_t i_lo, int64_t i_hi, int64_t off0, recompute_fn rc) {
-    fill_cols(col, W, i_lo, i_hi, off0);
-    if (wv == NULL) return;
-    // one row at a time: B[i,:] is shared by the row's nonzeros
-    for (int64_t i = i_lo; i < i_hi; i++) {
-        int64_t b = row_begin(W, i), e = row_begin(W, i + 1);
-        rc(wv + (b - off0), col + (b - off0), W->values + b, B + i * r, AT, scale, e - b, r);
-    }
-}
-
 /* AT (in, r) = A (r, in)^T, rows split among the threads of the enclosing parallel region. */
 static void transpose_A(float *AT, const float *A, int64_t r, int64_t in) {
 #pragma omp for schedule(static)
@@ -170,213 +179,400 @@ static void transpose_A(float *AT, const float *A, int64_t r, int64_t in) {
         for (int64_t q = 0; q < r; q++) AT[j * r + q] = A[q * in + j];
 }
 
-/* dst (cols, ld) panel: dst[j*ld + t] = src[(t0+t)*cols + j] for t < nc, 0 for nc <= t < ncpad.
- * Column blocks split among the threads of the enclosing parallel region. */
-static void pack_transposed(float *dst, int64_t ld, const float *src, int64_t cols, int64_t t0, int64_t nc,
-                            int64_t ncpad) {
-#pragma omp for schedule(static)
-    for (int64_t jb = 0; jb < cols; jb += 64) {
-        int64_t je = SFT_MIN(cols, jb + 64);
-        // tokens outer (contiguous reads of a row of src), columns inner
-        for (int64_t t = 0; t < nc; t++) {
-            const float *s = src + (t0 + t) * cols;
-            for (int64_t j = jb; j < je; j++) dst[j * ld + t] = s[j];
+/* ---- a row chunk and its column-block segments --------------------------------------------- */
+
+/* A chunk of rows with W' recomputed (row order) and, for every row, where its entries of each
+ * column block start: a sweep over the rows for one column block touches only that block's rows
+ * of the token panels (KC columns * 64 tokens * 4 B = 32 KiB, L1). */
+typedef struct {
+    int64_t i0, rows, cnt, nkb;
+    int32_t *seg;    /* (rows, nkb+1) start of row i's entries of column block kb (chunk offsets) */
+    int32_t *rowcol; /* (cap) columns */
+    float *wrow;     /* (cap) W' */
+    float *g;        /* (cap) sampled gradient */
+} chunk;
+
+/* Column blocks of a base: KC columns (CSR) or KC/m whole groups (N:M). */
+static int64_t n_col_blocks(const sparse_base *W, int64_t *groups_per_block) {
+    if (W->kind == SPARSE_CSR) {
+        *groups_per_block = 0;
+        return (W->in + KC - 1) / KC;
+    }
+    int64_t gpb = SFT_MAX((int64_t)1, KC / W->m), ngroups = W->in / W->m;
+    *groups_per_block = gpb;
+    return SFT_MAX((int64_t)1, (ngroups + gpb - 1) / gpb);
+}
+
+static int64_t chunk_bytes(const sparse_base *W) {
+    int64_t gpb, cap = chunk_capacity(W), nkb = n_col_blocks(W, &gpb);
+    return 4 * (3 * cap + CHUNK_ROWS * (nkb + 1)) + 64 * 4;
+}
+
+/* Carves the chunk arrays out of one scratch block of chunk_bytes(W) bytes. */
+static void chunk_init(chunk *c, void *mem, const sparse_base *W) {
+    int64_t gpb, cap = chunk_capacity(W);
+    c->nkb = n_col_blocks(W, &gpb);
+    char *p = (char *)mem;
+    c->rowcol = (int32_t *)p, p += 4 * cap;
+    c->wrow = (float *)p, p += 4 * cap;
+    c->g = (float *)p, p += 4 * cap;
+    c->seg = (int32_t *)p;
+}
+
+/* Loads rows [i0, i1): columns, W' (when need_w) and the column-block segments. */
+static void chunk_build(chunk *c, const sparse_base *W, int64_t i0, int64_t i1, const float *AT,
+                        const float *B, float scale, int64_t r, int need_w, recompute_fn rcf) {
+    int64_t rows = i1 - i0, off0 = row_begin(W, i0), nkb = c->nkb, gpb;
+    n_col_blocks(W, &gpb);
+    c->i0 = i0, c->rows = rows, c->cnt = row_begin(W, i1) - off0;
+    fill_cols(c->rowcol, W, i0, i1, off0);
+    if (need_w)
+        // W' row by row (B[i,:] shared by the row's nonzeros)
+        for (int64_t i = i0; i < i1; i++) {
+            int64_t b = row_begin(W, i) - off0, e = row_begin(W, i + 1) - off0;
+            rcf(c->wrow + b, c->rowcol + b, W->values + off0 + b, B + i * r, AT, scale, e - b, r);
         }
-        for (int64_t j = jb; j < je; j++)
-            for (int64_t t = nc; t < ncpad; t++) dst[j * ld + t] = 0.0f;
+    // segment starts: N:M by formula, CSR by one scan of each row's increasing columns
+    for (int64_t i = 0; i < rows; i++) {
+        int32_t *sg = c->seg + i * (nkb + 1);
+        int64_t b = row_begin(W, i0 + i) - off0, e = row_begin(W, i0 + i + 1) - off0;
+        if (W->kind == SPARSE_NM) {
+            int64_t ngroups = W->in / W->m;
+            for (int64_t kb = 0; kb <= nkb; kb++) sg[kb] = (int32_t)(b + SFT_MIN(kb * gpb, ngroups) * W->n);
+            continue;
+        }
+        int64_t k = b;
+        for (int64_t kb = 0; kb < nkb; kb++) {
+            sg[kb] = (int32_t)k;
+            int64_t lim = (kb + 1) * KC;
+            while (k < e && c->rowcol[k] < lim) k++;
+        }
+        sg[nkb] = (int32_t)e;
     }
 }
 
-/* Token range [ta, tb) of thread tid of nth in a block of ncpad tokens (multiples of TOK_VEC). */
-static void token_range(int64_t ncpad, int tid, int nth, int64_t *ta, int64_t *tb) {
-    int64_t units = ncpad / TOK_VEC;
-    *ta = units * tid / nth * TOK_VEC;
-    *tb = units * (tid + 1) / nth * TOK_VEC;
+/* dst (cols, nt) = src[t0 : t0+nvalid, :]^T, zero-padded to nt tokens. */
+static void pack_panel(float *dst, const float *src, int64_t cols, int64_t t0, int64_t nvalid, int64_t nt) {
+    // tokens outer (contiguous reads of a row of src), columns inner
+    for (int64_t t = 0; t < nvalid; t++) {
+        const float *s = src + (t0 + t) * cols;
+        for (int64_t j = 0; j < cols; j++) dst[j * nt + t] = s[j];
+    }
+    for (int64_t j = 0; j < cols; j++)
+        for (int64_t t = nvalid; t < nt; t++) dst[j * nt + t] = 0.0f;
 }
 
-/* ---- forward row tiles: yt[t] = sum_k wv[k] * xT[col[k]*ldx + t], t < nv*8 ------------------ */
+/* The token range [*ta, *tb) of thread tid of nth (multiples of TOK_VEC, clipped to N). */
+static void thread_tokens(int64_t N, int tid, int nth, int64_t *ta, int64_t *tb) {
+    int64_t units = (N + TOK_VEC - 1) / TOK_VEC;
+    *ta = SFT_MIN(N, units * tid / nth * TOK_VEC);
+    *tb = SFT_MIN(N, units * (tid + 1) / nth * TOK_VEC);
+}
 
-static void fwd_tile_portable(float *yt, const float *wv, const int32_t *col, int64_t cnt, const float *xT,
-                              int64_t ldx, int64_t nt) {
+/* ---- forward segment: yt[t] += sum_k w[k] * xT[col[k]*ld + t], t < nv*8 --------------------- */
+
+static void fwd_seg_portable(float *yt, const float *w, const int32_t *col, int64_t cnt, const float *xT,
+                             int64_t ld, int64_t nt) {
     float acc[TOK_TILE];
-    memset(acc, 0, sizeof acc);
-    // loop over the row's nonzeros, a run of tokens each
+    memcpy(acc, yt, sizeof(float) * (size_t)nt);
+    // loop over the segment's nonzeros, a run of tokens each
     for (int64_t k = 0; k < cnt; k++) {
-        const float w = wv[k];
-        const float *p = xT + (int64_t)col[k] * ldx;
-        for (int64_t t = 0; t < nt; t++) acc[t] += w * p[t];
+        const float wk = w[k];
+        const float *p = xT + (int64_t)col[k] * ld;
+        for (int64_t t = 0; t < nt; t++) acc[t] += wk * p[t];
     }
     memcpy(yt, acc, sizeof(float) * (size_t)nt);
 }
 
 #if SFT_X86
-/* 8 accumulators (64 tokens) kept in registers across all nonzeros of the row. */
-SFT_TARGET_AVX2 static void fwd_tile64_avx2(float *yt, const float *wv, const int32_t *col, int64_t cnt,
-                                            const float *xT, int64_t ldx) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps();
-    __m256 a3 = _mm256_setzero_ps(), a4 = _mm256_setzero_ps(), a5 = _mm256_setzero_ps();
-    __m256 a6 = _mm256_setzero_ps(), a7 = _mm256_setzero_ps();
-    // loop over the row's nonzeros: one broadcast, 8 loads, 8 FMAs
-    for (int64_t k = 0; k < cnt; k++) {
-        __m256 w = _mm256_broadcast_ss(wv + k);
-        const float *p = xT + (int64_t)col[k] * ldx;
-        a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(p + 0), a0);
-        a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(p + 8), a1);
-        a2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(p + 16), a2);
-        a3 = _mm256_fmadd_ps(w, _mm256_loadu_ps(p + 24), a3);
-        a4 = _mm256_fmadd_ps(w, _mm256_loadu_ps(p + 32), a4);
-        a5 = _mm256_fmadd_ps(w, _mm256_loadu_ps(p + 40), a5);
-        a6 = _mm256_fmadd_ps(w, _mm256_loadu_ps(p + 48), a6);
-        a7 = _mm256_fmadd_ps(w, _mm256_loadu_ps(p + 56), a7);
+/* NV accumulators (8*NV tokens) kept in registers across the segment: one broadcast, NV loads,
+ * NV FMAs per nonzero (XNNPACK spmm style). */
+#define FWD_LOAD(v) __m256 a##v = NV > v ? _mm256_loadu_ps(yt + 8 * v) : _mm256_setzero_ps()
+#define FWD_FMA(v) \
+    if (NV > v) a##v = _mm256_fmadd_ps(wk, _mm256_loadu_ps(p + 8 * v), a##v)
+#define FWD_STORE(v) \
+    if (NV > v) _mm256_storeu_ps(yt + 8 * v, a##v)
+#define DEF_FWD_AVX2(NV_)                                                                         \
+    SFT_TARGET_AVX2 static void fwd_seg_avx2_##NV_(float *yt, const float *w, const int32_t *col, \
+                                                   int64_t cnt, const float *xT, int64_t ld) {    \
+        enum { NV = NV_ };                                                                        \
+                                                                                                  \
+        FWD_LOAD(0);                                                                              \
+        FWD_LOAD(1);                                                                              \
+        FWD_LOAD(2);                                                                              \
+        FWD_LOAD(3);                                                                              \
+        FWD_LOAD(4);                                                                              \
+        FWD_LOAD(5);                                                                              \
+        FWD_LOAD(6);                                                                              \
+        FWD_LOAD(7);                                                                              \
+        for (int64_t k = 0; k < cnt; k++) {                                                       \
+            __m256 wk = _mm256_broadcast_ss(w + k);                                               \
+            const float *p = xT + (int64_t)col[k] * ld;                                           \
+            FWD_FMA(0);                                                                           \
+            FWD_FMA(1);                                                                           \
+            FWD_FMA(2);                                                                           \
+            FWD_FMA(3);                                                                           \
+            FWD_FMA(4);                                                                           \
+            FWD_FMA(5);                                                                           \
+            FWD_FMA(6);                                                                           \
+            FWD_FMA(7);                                                                           \
+        }                                                                                         \
+        FWD_STORE(0);                                                                             \
+        FWD_STORE(1);                                                                             \
+        FWD_STORE(2);                                                                             \
+        FWD_STORE(3);                                                                             \
+        FWD_STORE(4);                                                                             \
+        FWD_STORE(5);                                                                             \
+        FWD_STORE(6);                                                                             \
+        FWD_STORE(7);                                                                             \
     }
-    _mm256_storeu_ps(yt + 0, a0), _mm256_storeu_ps(yt + 8, a1), _mm256_storeu_ps(yt + 16, a2);
-    _mm256_storeu_ps(yt + 24, a3), _mm256_storeu_ps(yt + 32, a4), _mm256_storeu_ps(yt + 40, a5);
-    _mm256_storeu_ps(yt + 48, a6), _mm256_storeu_ps(yt + 56, a7);
-}
+DEF_FWD_AVX2(1)
+DEF_FWD_AVX2(2)
+DEF_FWD_AVX2(3)
+DEF_FWD_AVX2(4)
+DEF_FWD_AVX2(5)
+DEF_FWD_AVX2(6)
+DEF_FWD_AVX2(7)
+DEF_FWD_AVX2(8)
 
-/* Fewer than 64 tokens: one vector at a time, two accumulators (even/odd nonzeros). */
-SFT_TARGET_AVX2 static void fwd_tile_avx2(float *yt, const float *wv, const int32_t *col, int64_t cnt,
-                                          const float *xT, int64_t ldx, int64_t nt) {
-    if (nt == TOK_TILE) {
-        fwd_tile64_avx2(yt, wv, col, cnt, xT, ldx);
-        return;
-    }
-    // loop over vectors of tokens, then nonzeros
-    for (int64_t t = 0; t < nt; t += 8) {
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-        int64_t k = 0;
-        for (; k + 2 <= cnt; k += 2) {
-            a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(wv + k), _mm256_loadu_ps(xT + (int64_t)col[k] * ldx + t),
-                                 a0);
-            a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(wv + k + 1),
-                                 _mm256_loadu_ps(xT + (int64_t)col[k + 1] * ldx + t), a1);
-        }
-        if (k < cnt)
-            a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(wv + k), _mm256_loadu_ps(xT + (int64_t)col[k] * ldx + t),
-                                 a0);
-        _mm256_storeu_ps(yt + t, _mm256_add_ps(a0, a1));
+SFT_TARGET_AVX2 static void fwd_seg_avx2(float *yt, const float *w, const int32_t *col, int64_t cnt,
+                                         const float *xT, int64_t ld, int64_t nt) {
+    switch (nt / 8) {
+        case 1:
+            fwd_seg_avx2_1(yt, w, col, cnt, xT, ld);
+            break;
+        case 2:
+            fwd_seg_avx2_2(yt, w, col, cnt, xT, ld);
+            break;
+        case 3:
+            fwd_seg_avx2_3(yt, w, col, cnt, xT, ld);
+            break;
+        case 4:
+            fwd_seg_avx2_4(yt, w, col, cnt, xT, ld);
+            break;
+        case 5:
+            fwd_seg_avx2_5(yt, w, col, cnt, xT, ld);
+            break;
+        case 6:
+            fwd_seg_avx2_6(yt, w, col, cnt, xT, ld);
+            break;
+        case 7:
+            fwd_seg_avx2_7(yt, w, col, cnt, xT, ld);
+            break;
+        default:
+            fwd_seg_avx2_8(yt, w, col, cnt, xT, ld);
+            break;
     }
 }
 #endif
 
-typedef void (*fwd_tile_fn)(float *, const float *, const int32_t *, int64_t, const float *, int64_t,
-                            int64_t);
+typedef void (*fwd_seg_fn)(float *, const float *, const int32_t *, int64_t, const float *, int64_t, int64_t);
 
-/* ---- backward rows: gxT[col[k]] += wv[k] * gyrow;  gpart[k] = <gyrow, xT[col[k]]> ------------ */
+/* ---- backward segment: gxT[col[k]] += w[k] * gyrow;  g[k] += <gyrow, xT[col[k]]> ------------- */
 
-static void bwd_row_portable(float *gpart, float *gxT, const float *wv, const int32_t *col, int64_t cnt,
+static void bwd_seg_portable(float *g, float *gxT, const float *w, const int32_t *col, int64_t cnt,
                              const float *gyrow, const float *xT, int64_t ld, int64_t nt) {
-    // loop over the row's nonzeros, then the thread's tokens
+    // loop over the segment's nonzeros, then the tile's tokens
     for (int64_t k = 0; k < cnt; k++) {
         int64_t off = (int64_t)col[k] * ld;
         if (gxT != NULL) {
-            float w = wv[k];
-            float *g = gxT + off;
-            for (int64_t t = 0; t < nt; t++) g[t] += w * gyrow[t];
+            float wk = w[k];
+            float *gx = gxT + off;
+            for (int64_t t = 0; t < nt; t++) gx[t] += wk * gyrow[t];
         }
-        if (gpart != NULL) {
+        if (g != NULL) {
             const float *p = xT + off;
             float s[8] = {0};
             for (int64_t t = 0; t < nt; t += 8)
                 for (int u = 0; u < 8; u++) s[u] += gyrow[t + u] * p[t + u];
-            gpart[k] = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+            g[k] += ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
         }
     }
 }
 
 #if SFT_X86
-SFT_TARGET_AVX2 static void bwd_row_avx2(float *gpart, float *gxT, const float *wv, const int32_t *col,
+/* The tile's gy row stays in NV registers; per nonzero one pass over the tokens serves both the
+ * scatter into gx^T and the sampled product (SparseProp's fused backward). */
+#define BWD_GY(v) __m256 y##v = NV > v ? _mm256_loadu_ps(gyrow + 8 * v) : _mm256_setzero_ps()
+#define BWD_BOTH(v)                                                                           \
+    if (NV > v) {                                                                             \
+        if (v % 2 == 0)                                                                       \
+            s0 = _mm256_fmadd_ps(y##v, _mm256_loadu_ps(xT + off + 8 * v), s0);                \
+        else                                                                                  \
+            s1 = _mm256_fmadd_ps(y##v, _mm256_loadu_ps(xT + off + 8 * v), s1);                \
+        _mm256_storeu_ps(px + 8 * v, _mm256_fmadd_ps(wk, y##v, _mm256_loadu_ps(px + 8 * v))); \
+    }
+#define BWD_GX(v) \
+    if (NV > v) _mm256_storeu_ps(px + 8 * v, _mm256_fmadd_ps(wk, y##v, _mm256_loadu_ps(px + 8 * v)))
+#define BWD_G(v)                                                               \
+    if (NV > v) {                                                              \
+        if (v % 2 == 0)                                                        \
+            s0 = _mm256_fmadd_ps(y##v, _mm256_loadu_ps(xT + off + 8 * v), s0); \
+        else                                                                   \
+            s1 = _mm256_fmadd_ps(y##v, _mm256_loadu_ps(xT + off + 8 * v), s1); \
+    }
+#define BWD_ALL(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
+#define BWD_ALLS(M) \
+    M(0);           \
+    M(1);           \
+    M(2);           \
+    M(3);           \
+    M(4);           \
+    M(5);           \
+    M(6);           \
+    M(7)
+/* The per-nonzero partial sums wait in sb and are reduced 8 at a time (one hsum8 per 8 nonzeros). */
+#define SG_PUSH(k)                                                                                       \
+    _mm256_store_ps(sb + 8 * ((k) & 7), _mm256_add_ps(s0, s1));                                          \
+    if (((k) & 7) == 7) {                                                                                \
+        __m256 h = hsum8_avx2(_mm256_load_ps(sb), _mm256_load_ps(sb + 8), _mm256_load_ps(sb + 16),       \
+                              _mm256_load_ps(sb + 24), _mm256_load_ps(sb + 32), _mm256_load_ps(sb + 40), \
+                              _mm256_load_ps(sb + 48), _mm256_load_ps(sb + 56));                         \
+        _mm256_storeu_ps(g + (k) - 7, _mm256_add_ps(_mm256_loadu_ps(g + (k) - 7), h));                   \
+    }
+#define SG_TAIL() \
+    for (int64_t kk = cnt / 8 * 8; kk < cnt; kk++) g[kk] += hsum_avx2(_mm256_load_ps(sb + 8 * (kk & 7)))
+#define DEF_BWD_AVX2(NV_)                                                                                    \
+    SFT_TARGET_AVX2 static void bwd_seg_avx2_##NV_(float *g, float *gxT, const float *w, const int32_t *col, \
+                                                   int64_t cnt, const float *gyrow, const float *xT,         \
+                                                   int64_t ld) {                                             \
+        enum { NV = NV_ };                                                                                   \
+        float sb[64] __attribute__((aligned(32)));                                                           \
+                                                                                                             \
+        BWD_ALLS(BWD_GY);                                                                                    \
+        if (gxT != NULL && g != NULL) {                                                                      \
+            for (int64_t k = 0; k < cnt; k++) {                                                              \
+                int64_t off = (int64_t)col[k] * ld;                                                          \
+                float *px = gxT + off;                                                                       \
+                __m256 wk = _mm256_broadcast_ss(w + k), s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();  \
+                BWD_ALL(BWD_BOTH)                                                                            \
+                SG_PUSH(k);                                                                                  \
+            }                                                                                                \
+            SG_TAIL();                                                                                       \
+        } else if (gxT != NULL) {                                                                            \
+            for (int64_t k = 0; k < cnt; k++) {                                                              \
+                float *px = gxT + (int64_t)col[k] * ld;                                                      \
+                __m256 wk = _mm256_broadcast_ss(w + k);                                                      \
+                BWD_ALLS(BWD_GX);                                                                            \
+            }                                                                                                \
+        } else {                                                                                             \
+            for (int64_t k = 0; k < cnt; k++) {                                                              \
+                int64_t off = (int64_t)col[k] * ld;                                                          \
+                __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();                                   \
+                BWD_ALL(BWD_G)                                                                               \
+                SG_PUSH(k);                                                                                  \
+            }                                                                                                \
+            SG_TAIL();                                                                                       \
+        }                                                                                                    \
+    }
+DEF_BWD_AVX2(1)
+DEF_BWD_AVX2(2)
+DEF_BWD_AVX2(3)
+DEF_BWD_AVX2(4)
+DEF_BWD_AVX2(5)
+DEF_BWD_AVX2(6)
+DEF_BWD_AVX2(7)
+DEF_BWD_AVX2(8)
+
+SFT_TARGET_AVX2 static void bwd_seg_avx2(float *g, float *gxT, const float *w, const int32_t *col,
                                          int64_t cnt, const float *gyrow, const float *xT, int64_t ld,
                                          int64_t nt) {
-    if (gxT != NULL && gpart != NULL) {
-        // fused: per nonzero one pass over the tokens for both products
-        for (int64_t k = 0; k < cnt; k++) {
-            int64_t off = (int64_t)col[k] * ld;
-            __m256 w = _mm256_broadcast_ss(wv + k);
-            const float *p = xT + off;
-            float *g = gxT + off;
-            __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-            int64_t t = 0;
-            for (; t + 16 <= nt; t += 16) {
-                __m256 y0 = _mm256_loadu_ps(gyrow + t), y1 = _mm256_loadu_ps(gyrow + t + 8);
-                s0 = _mm256_fmadd_ps(y0, _mm256_loadu_ps(p + t), s0);
-                s1 = _mm256_fmadd_ps(y1, _mm256_loadu_ps(p + t + 8), s1);
-                _mm256_storeu_ps(g + t, _mm256_fmadd_ps(w, y0, _mm256_loadu_ps(g + t)));
-                _mm256_storeu_ps(g + t + 8, _mm256_fmadd_ps(w, y1, _mm256_loadu_ps(g + t + 8)));
-            }
-            if (t < nt) {
-                __m256 y0 = _mm256_loadu_ps(gyrow + t);
-                s0 = _mm256_fmadd_ps(y0, _mm256_loadu_ps(p + t), s0);
-                _mm256_storeu_ps(g + t, _mm256_fmadd_ps(w, y0, _mm256_loadu_ps(g + t)));
-            }
-            gpart[k] = hsum_avx2(_mm256_add_ps(s0, s1));
-        }
-    } else if (gxT != NULL) {
-        // input gradient only: scatter w' * gy into the rows of gx^T
-        for (int64_t k = 0; k < cnt; k++) {
-            __m256 w = _mm256_broadcast_ss(wv + k);
-            float *g = gxT + (int64_t)col[k] * ld;
-            for (int64_t t = 0; t < nt; t += 8)
-                _mm256_storeu_ps(g + t,
-                                 _mm256_fmadd_ps(w, _mm256_loadu_ps(gyrow + t), _mm256_loadu_ps(g + t)));
-        }
-    } else {
-        // sampled products only (SDDMM)
-        for (int64_t k = 0; k < cnt; k++) {
-            const float *p = xT + (int64_t)col[k] * ld;
-            __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-            int64_t t = 0;
-            for (; t + 16 <= nt; t += 16) {
-                s0 = _mm256_fmadd_ps(_mm256_loadu_ps(gyrow + t), _mm256_loadu_ps(p + t), s0);
-                s1 = _mm256_fmadd_ps(_mm256_loadu_ps(gyrow + t + 8), _mm256_loadu_ps(p + t + 8), s1);
-            }
-            if (t < nt) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(gyrow + t), _mm256_loadu_ps(p + t), s0);
-            gpart[k] = hsum_avx2(_mm256_add_ps(s0, s1));
-        }
+    switch (nt / 8) {
+        case 1:
+            bwd_seg_avx2_1(g, gxT, w, col, cnt, gyrow, xT, ld);
+            break;
+        case 2:
+            bwd_seg_avx2_2(g, gxT, w, col, cnt, gyrow, xT, ld);
+            break;
+        case 3:
+            bwd_seg_avx2_3(g, gxT, w, col, cnt, gyrow, xT, ld);
+            break;
+        case 4:
+            bwd_seg_avx2_4(g, gxT, w, col, cnt, gyrow, xT, ld);
+            break;
+        case 5:
+            bwd_seg_avx2_5(g, gxT, w, col, cnt, gyrow, xT, ld);
+            break;
+        case 6:
+            bwd_seg_avx2_6(g, gxT, w, col, cnt, gyrow, xT, ld);
+            break;
+        case 7:
+            bwd_seg_avx2_7(g, gxT, w, col, cnt, gyrow, xT, ld);
+            break;
+        default:
+            bwd_seg_avx2_8(g, gxT, w, col, cnt, gyrow, xT, ld);
+            break;
     }
 }
 #endif
 
-typedef void (*bwd_row_fn)(float *, float *, const float *, const int32_t *, int64_t, const float *,
+typedef void (*bwd_seg_fn)(float *, float *, const float *, const int32_t *, int64_t, const float *,
                            const float *, int64_t, int64_t);
 
 /* ---- gradient reduction: dB[i,:] += s*g*AT[j,:],  dAT[j,:] += s*g*B[i,:] --------------------- */
 
-static ALWAYS_INLINE void reduce_body(float *dB, float *dAT, const float *g, const int32_t *col,
-                                      const float *AT, const float *B, float scale, int64_t cnt, int64_t i,
-                                      int64_t r) {
-    float *db = dB + i * r;
-    const float *bi = B + i * r;
-    // one rank-1 update of length r per nonzero
-    for (int64_t k = 0; k < cnt; k++) {
-        float sg = scale * g[k];
-        if (sg == 0.0f) continue;
-        const float *a = AT + (int64_t)col[k] * r;
-        float *da = dAT + (int64_t)col[k] * r;
-        for (int64_t q = 0; q < r; q++) {
-            db[q] += sg * a[q];
-            da[q] += sg * bi[q];
+static ALWAYS_INLINE void reduce_body(float *dB, float *dAT, const chunk *c, const float *AT, const float *B,
+                                      float scale, int64_t r) {
+    // rows, then their entries: one rank-1 update of length r each
+    for (int64_t i = 0; i < c->rows; i++) {
+        float *db = dB + (c->i0 + i) * r;
+        const float *bi = B + (c->i0 + i) * r;
+        int64_t b = c->seg[i * (c->nkb + 1)], e = c->seg[i * (c->nkb + 1) + c->nkb];
+        for (int64_t k = b; k < e; k++) {
+            float sg = scale * c->g[k];
+            const float *a = AT + (int64_t)c->rowcol[k] * r;
+            float *da = dAT + (int64_t)c->rowcol[k] * r;
+            for (int64_t q = 0; q < r; q++) {
+                db[q] += sg * a[q];
+                da[q] += sg * bi[q];
+            }
         }
     }
 }
 
-static void reduce_portable(float *dB, float *dAT, const float *g, const int32_t *col, const float *AT,
-                            const float *B, float scale, int64_t cnt, int64_t i, int64_t r) {
-    reduce_body(dB, dAT, g, col, AT, B, scale, cnt, i, r);
+static void reduce_portable(float *dB, float *dAT, const chunk *c, const float *AT, const float *B,
+                            float scale, int64_t r) {
+    reduce_body(dB, dAT, c, AT, B, scale, r);
 }
 
 #if SFT_X86
-SFT_TARGET_AVX2 static void reduce_avx2(float *dB, float *dAT, const float *g, const int32_t *col,
-                                        const float *AT, const float *B, float scale, int64_t cnt, int64_t i,
-                                        int64_t r) {
-    reduce_body(dB, dAT, g, col, AT, B, scale, cnt, i, r);
+SFT_TARGET_AVX2 static void reduce_avx2(float *dB, float *dAT, const chunk *c, const float *AT,
+                                        const float *B, float scale, int64_t r) {
+    if (r != 16) {
+        reduce_body(dB, dAT, c, AT, B, scale, r);
+        return;
+    }
+    // r = 16: the row's dB and B in registers, two vectors per rank-1 update of dA^T
+    __m256 vs = _mm256_set1_ps(scale);
+    for (int64_t i = 0; i < c->rows; i++) {
+        float *db = dB + (c->i0 + i) * 16;
+        const float *bi = B + (c->i0 + i) * 16;
+        __m256 d0 = _mm256_loadu_ps(db), d1 = _mm256_loadu_ps(db + 8);
+        __m256 b0 = _mm256_loadu_ps(bi), b1 = _mm256_loadu_ps(bi + 8);
+        int64_t b = c->seg[i * (c->nkb + 1)], e = c->seg[i * (c->nkb + 1) + c->nkb];
+        for (int64_t k = b; k < e; k++) {
+            __m256 sg = _mm256_mul_ps(vs, _mm256_broadcast_ss(c->g + k));
+            const float *a = AT + (int64_t)c->rowcol[k] * 16;
+            float *da = dAT + (int64_t)c->rowcol[k] * 16;
+            d0 = _mm256_fmadd_ps(sg, _mm256_loadu_ps(a), d0);
+            d1 = _mm256_fmadd_ps(sg, _mm256_loadu_ps(a + 8), d1);
+            _mm256_storeu_ps(da, _mm256_fmadd_ps(sg, b0, _mm256_loadu_ps(da)));
+            _mm256_storeu_ps(da + 8, _mm256_fmadd_ps(sg, b1, _mm256_loadu_ps(da + 8)));
+        }
+        _mm256_storeu_ps(db, d0);
+        _mm256_storeu_ps(db + 8, d1);
+    }
 }
 #endif
 
-typedef void (*reduce_fn)(float *, float *, const float *, const int32_t *, const float *, const float *,
-                          float, int64_t, int64_t, int64_t);
+typedef void (*reduce_fn)(float *, float *, const chunk *, const float *, const float *, float, int64_t);
 
 /* ---- drivers ------------------------------------------------------------------------------- */
+
+/* Every thread takes a contiguous range of tokens and works on it alone (no barriers in the main
+ * loop; the machine is often shared, where barriers cost whole time slices): blocks of NCt
+ * tokens, transposed into tiles of <= 64 tokens; for each row chunk, W' recomputed once per block;
+ * tiles -> column blocks -> rows -> register-tiled segment kernel. */
 
 int sparse_forward(float *y, const sparse_base *W, const float *x, const float *A, const float *B,
                    float scale, int64_t N, int64_t r) {
@@ -387,23 +583,22 @@ int sparse_forward(float *y, const sparse_base *W, const float *x, const float *
         return 0;
     }
     int nthreads = sft_get_num_threads();
-    int64_t NC = sparse_token_block(in, nthreads, 0);
-    int64_t ncpad_max = SFT_MIN(NC, (N + TOK_VEC - 1) / TOK_VEC * TOK_VEC);
-    int64_t cap = chunk_capacity(W);
-    float *xT = (float *)sft_scratch_alloc(sizeof(float) * (size_t)(in * ncpad_max));
+    int64_t NCt = sparse_token_block(in, nthreads, 0);
+    int64_t per = SFT_MIN(NCt, (N + TOK_VEC - 1) / TOK_VEC * TOK_VEC);
+    int64_t ntiles_max = (per + TOK_TILE - 1) / TOK_TILE;
+    size_t per_thread =
+        sizeof(float) * (size_t)(in * ntiles_max * TOK_TILE + CHUNK_ROWS * TOK_TILE) + (size_t)chunk_bytes(W);
     float *AT = (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(in * r, 1));
-    float *wv = (float *)sft_scratch_alloc(sizeof(float) * (size_t)cap);
-    int32_t *col = (int32_t *)sft_scratch_alloc(sizeof(int32_t) * (size_t)cap);
-    float *ytile_all = (float *)sft_scratch_alloc(sizeof(float) * (size_t)nthreads * CHUNK_ROWS * TOK_TILE);
-    int rc = 0;
-    if (xT == NULL || AT == NULL || wv == NULL || col == NULL || ytile_all == NULL) {
-        rc = -1;
-        goto done;
+    char *mem = (char *)sft_scratch_alloc(per_thread * (size_t)nthreads);
+    if (AT == NULL || mem == NULL) {
+        sft_scratch_free(mem);
+        sft_scratch_free(AT);
+        return -1;
     }
     recompute_fn rcf = select_recompute();
-    fwd_tile_fn tile = fwd_tile_portable;
+    fwd_seg_fn seg = fwd_seg_portable;
 #if SFT_X86
-    if (sft_simd_path == SFT_SIMD_AVX2) tile = fwd_tile_avx2;
+    if (sft_simd_path == SFT_SIMD_AVX2) seg = fwd_seg_avx2;
 #endif
 
 #pragma omp parallel num_threads(nthreads)
@@ -413,46 +608,49 @@ int sparse_forward(float *y, const sparse_base *W, const float *x, const float *
 #else
         int tid = 0, nth = 1;
 #endif
-        float *ytile = ytile_all + (int64_t)tid * CHUNK_ROWS * TOK_TILE;
-        transpose_A(AT, A, r, in);
-        // loop over token blocks
-        for (int64_t jc = 0; jc < N; jc += NC) {
-            int64_t nc = SFT_MIN(NC, N - jc);
-            int64_t ncpad = (nc + TOK_VEC - 1) / TOK_VEC * TOK_VEC;
-            pack_transposed(xT, ncpad, x, in, jc, nc, ncpad);
-            int64_t ta, tb;
-            token_range(ncpad, tid, nth, &ta, &tb);
+        char *my = mem + per_thread * (size_t)tid;
+        float *xT = (float *)my;                        /* tiles (in, 64) */
+        float *ytile = xT + in * ntiles_max * TOK_TILE; /* (CHUNK_ROWS, 64) */
+        chunk c;
+        chunk_init(&c, ytile + CHUNK_ROWS * TOK_TILE, W);
+        transpose_A(AT, A, r, in); /* ends with a barrier */
+        int64_t ta, tb;
+        thread_tokens(N, tid, nth, &ta, &tb);
+        // loop over this thread's token blocks
+        for (int64_t t0 = ta; t0 < tb; t0 += NCt) {
+            int64_t nblk = SFT_MIN(NCt, tb - t0), ntiles = (nblk + TOK_TILE - 1) / TOK_TILE;
+            // transpose the block into tiles of up to 64 tokens (padded to vectors)
+            for (int64_t p = 0; p < ntiles; p++) {
+                int64_t nv = SFT_MIN(TOK_TILE, nblk - p * TOK_TILE);
+                pack_panel(xT + p * in * TOK_TILE, x, in, t0 + p * TOK_TILE, nv, (nv + 7) / 8 * 8);
+            }
             // loop over row chunks
             for (int64_t i0 = 0; i0 < out; i0 = chunk_end(W, i0)) {
-                int64_t i1 = chunk_end(W, i0), off0 = row_begin(W, i0);
-                // recompute the chunk's W' (rows split among threads)
-#pragma omp for schedule(static)
-                for (int64_t i = i0; i < i1; i++) fill_rows(wv, col, W, AT, B, scale, r, i, i + 1, off0, rcf);
-                // this thread's tokens: tiles of up to 64 tokens, all rows of the chunk
-                for (int64_t ts = ta; ts < tb; ts += TOK_TILE) {
-                    int64_t nt = SFT_MIN(TOK_TILE, tb - ts);
-                    for (int64_t i = i0; i < i1; i++) {
-                        int64_t b = row_begin(W, i) - off0, e = row_begin(W, i + 1) - off0;
-                        tile(ytile + (i - i0) * TOK_TILE, wv + b, col + b, e - b, xT + ts, ncpad, nt);
-                    }
-                    // write the tile transposed: y[jc+ts+t, i0:i1]
-                    int64_t nvalid = SFT_MIN(nt, nc - ts);
-                    for (int64_t t = 0; t < nvalid; t++) {
-                        float *yr = y + (jc + ts + t) * out;
-                        for (int64_t i = i0; i < i1; i++) yr[i] = ytile[(i - i0) * TOK_TILE + t];
+                int64_t i1 = chunk_end(W, i0);
+                chunk_build(&c, W, i0, i1, AT, B, scale, r, 1, rcf);
+                // loop over tiles, column blocks, rows
+                for (int64_t p = 0; p < ntiles; p++) {
+                    int64_t nv = SFT_MIN(TOK_TILE, nblk - p * TOK_TILE), nt = (nv + 7) / 8 * 8;
+                    const float *panel = xT + p * in * TOK_TILE;
+                    memset(ytile, 0, sizeof(float) * (size_t)(c.rows * TOK_TILE));
+                    for (int64_t kb = 0; kb < c.nkb; kb++)
+                        for (int64_t i = 0; i < c.rows; i++) {
+                            int64_t b = c.seg[i * (c.nkb + 1) + kb], e = c.seg[i * (c.nkb + 1) + kb + 1];
+                            if (b < e)
+                                seg(ytile + i * TOK_TILE, c.wrow + b, c.rowcol + b, e - b, panel, nt, nt);
+                        }
+                    // write the tile transposed: y[t0 + p*64 + t, i0:i1]
+                    for (int64_t t = 0; t < nv; t++) {
+                        float *yr = y + (t0 + p * TOK_TILE + t) * out + i0;
+                        for (int64_t i = 0; i < c.rows; i++) yr[i] = ytile[i * TOK_TILE + t];
                     }
                 }
-#pragma omp barrier
             }
         }
     }
-done:
-    sft_scratch_free(ytile_all);
-    sft_scratch_free(col);
-    sft_scratch_free(wv);
+    sft_scratch_free(mem);
     sft_scratch_free(AT);
-    sft_scratch_free(xT);
-    return rc;
+    return 0;
 }
 
 int sparse_backward(float *gx, float *dA, float *dB, const sparse_base *W, const float *gy, const float *x,
@@ -463,34 +661,27 @@ int sparse_backward(float *gx, float *dA, float *dB, const sparse_base *W, const
         memset(dA, 0, sizeof(float) * (size_t)(r * in));
         memset(dB, 0, sizeof(float) * (size_t)(out * r));
     }
-    if (gx != NULL && (out <= 0 || N <= 0)) memset(gx, 0, sizeof(float) * (size_t)SFT_MAX(N * in, 0));
+    if (gx != NULL) memset(gx, 0, sizeof(float) * (size_t)SFT_MAX(N * in, 0));
     if (N <= 0 || out <= 0 || in <= 0 || (gx == NULL && !want_g)) return 0;
     int nthreads = sft_get_num_threads();
-    int64_t NC = sparse_token_block(in, nthreads, 1);
-    int64_t ncpad_max = SFT_MIN(NC, (N + TOK_VEC - 1) / TOK_VEC * TOK_VEC);
-    int64_t cap = chunk_capacity(W);
-    size_t panel = sizeof(float) * (size_t)(in * ncpad_max);
-    float *xT = want_g ? (float *)sft_scratch_alloc(panel) : NULL;
-    float *gxT = gx != NULL ? (float *)sft_scratch_alloc(panel) : NULL;
-    float *gyT = (float *)sft_scratch_alloc(sizeof(float) * (size_t)(CHUNK_ROWS * ncpad_max));
+    int64_t NCt = sparse_token_block(in, nthreads, 1);
+    int64_t per = SFT_MIN(NCt, (N + TOK_VEC - 1) / TOK_VEC * TOK_VEC);
+    int64_t ntiles_max = (per + TOK_TILE - 1) / TOK_TILE;
+    int64_t panel = in * ntiles_max * TOK_TILE;
+    size_t per_thread = sizeof(float) * (size_t)(2 * panel + CHUNK_ROWS * ntiles_max * TOK_TILE) +
+                        (size_t)chunk_bytes(W) + (want_g ? sizeof(float) * (size_t)((in + out) * r) : 0);
     float *AT = (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(in * r, 1));
-    float *dAT_all =
-        want_g ? (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(nthreads * in * r, 1)) : NULL;
-    float *wv = gx != NULL ? (float *)sft_scratch_alloc(sizeof(float) * (size_t)cap) : NULL;
-    int32_t *col = (int32_t *)sft_scratch_alloc(sizeof(int32_t) * (size_t)cap);
-    float *gpart_all = want_g ? (float *)sft_scratch_alloc(sizeof(float) * (size_t)(nthreads * cap)) : NULL;
-    int rc = 0;
-    if ((want_g && (xT == NULL || dAT_all == NULL || gpart_all == NULL)) ||
-        (gx != NULL && (gxT == NULL || wv == NULL)) || gyT == NULL || AT == NULL || col == NULL) {
-        rc = -1;
-        goto done;
+    char *mem = (char *)sft_scratch_alloc(per_thread * (size_t)nthreads);
+    if (AT == NULL || mem == NULL) {
+        sft_scratch_free(mem);
+        sft_scratch_free(AT);
+        return -1;
     }
-    if (want_g) memset(dAT_all, 0, sizeof(float) * (size_t)(nthreads * in * r));
     recompute_fn rcf = select_recompute();
-    bwd_row_fn row = bwd_row_portable;
+    bwd_seg_fn seg = bwd_seg_portable;
     reduce_fn red = reduce_portable;
 #if SFT_X86
-    if (sft_simd_path == SFT_SIMD_AVX2) row = bwd_row_avx2, red = reduce_avx2;
+    if (sft_simd_path == SFT_SIMD_AVX2) seg = bwd_seg_avx2, red = reduce_avx2;
 #endif
 
 #pragma omp parallel num_threads(nthreads)
@@ -500,87 +691,88 @@ int sparse_backward(float *gx, float *dA, float *dB, const sparse_base *W, const
 #else
         int tid = 0, nth = 1;
 #endif
-        float *dAT = want_g ? dAT_all + (int64_t)tid * in * r : NULL;
-        float *gpart = want_g ? gpart_all + (int64_t)tid * cap : NULL;
-        transpose_A(AT, A, r, in);
-        // loop over token blocks
-        for (int64_t jc = 0; jc < N; jc += NC) {
-            int64_t nc = SFT_MIN(NC, N - jc);
-            int64_t ncpad = (nc + TOK_VEC - 1) / TOK_VEC * TOK_VEC;
-            if (want_g) pack_transposed(xT, ncpad, x, in, jc, nc, ncpad);
-            int64_t ta, tb;
-            token_range(ncpad, tid, nth, &ta, &tb);
-            // zero this thread's columns of the gx^T panel
-            if (gx != NULL)
-                for (int64_t j = 0; j < in; j++)
-                    memset(gxT + j * ncpad + ta, 0, sizeof(float) * (size_t)(tb - ta));
+        char *my = mem + per_thread * (size_t)tid;
+        float *xT = (float *)my;                               /* tiles (in, 64) */
+        float *gxT = xT + panel;                               /* tiles (in, 64) */
+        float *gyT = gxT + panel;                              /* tiles (CHUNK_ROWS, 64) */
+        float *dBu = gyT + CHUNK_ROWS * ntiles_max * TOK_TILE; /* (out, r) */
+        float *dATu = dBu + out * r;                           /* (in, r) */
+        chunk c;
+        chunk_init(&c, (char *)(dBu + (want_g ? (out + in) * r : 0)), W);
+        if (want_g) memset(dBu, 0, sizeof(float) * (size_t)((out + in) * r));
+        transpose_A(AT, A, r, in); /* ends with a barrier */
+        int64_t ta, tb;
+        thread_tokens(N, tid, nth, &ta, &tb);
+        // loop over this thread's token blocks
+        for (int64_t t0 = ta; t0 < tb; t0 += NCt) {
+            int64_t nblk = SFT_MIN(NCt, tb - t0), ntiles = (nblk + TOK_TILE - 1) / TOK_TILE;
+            // transpose x into tiles, zero the gx tiles
+            for (int64_t p = 0; p < ntiles; p++) {
+                int64_t nv = SFT_MIN(TOK_TILE, nblk - p * TOK_TILE), nt = (nv + 7) / 8 * 8;
+                if (want_g) pack_panel(xT + p * in * TOK_TILE, x, in, t0 + p * TOK_TILE, nv, nt);
+                if (gx != NULL) memset(gxT + p * in * TOK_TILE, 0, sizeof(float) * (size_t)(in * nt));
+            }
             // loop over row chunks
             for (int64_t i0 = 0; i0 < out; i0 = chunk_end(W, i0)) {
-                int64_t i1 = chunk_end(W, i0), off0 = row_begin(W, i0);
-                // recompute the chunk's W', expand columns, transpose the chunk's gy columns
-#pragma omp for schedule(static)
-                for (int64_t i = i0; i < i1; i++) {
-                    fill_rows(wv, col, W, AT, B, scale, r, i, i + 1, off0, rcf);
-                    float *g = gyT + (i - i0) * ncpad;
-                    for (int64_t t = 0; t < nc; t++) g[t] = gy[(jc + t) * out + i];
-                    for (int64_t t = nc; t < ncpad; t++) g[t] = 0.0f;
-                }
-                // this thread's tokens, all rows of the chunk
-                int64_t cnt_chunk = row_begin(W, i1) - off0;
-                if (gpart != NULL && ta == tb) memset(gpart, 0, sizeof(float) * (size_t)cnt_chunk);
-                if (ta < tb)
-                    for (int64_t i = i0; i < i1; i++) {
-                        int64_t b = row_begin(W, i) - off0, e = row_begin(W, i + 1) - off0;
-                        row(gpart != NULL ? gpart + b : NULL, gxT != NULL ? gxT + ta : NULL,
-                            wv != NULL ? wv + b : NULL, col + b, e - b, gyT + (i - i0) * ncpad + ta,
-                            xT != NULL ? xT + ta : NULL, ncpad, tb - ta);
+                int64_t i1 = chunk_end(W, i0);
+                chunk_build(&c, W, i0, i1, AT, B, scale, r, gx != NULL, rcf);
+                if (want_g) memset(c.g, 0, sizeof(float) * (size_t)c.cnt);
+                // loop over tiles: transpose the chunk's gy columns, then column blocks, rows
+                for (int64_t p = 0; p < ntiles; p++) {
+                    int64_t nv = SFT_MIN(TOK_TILE, nblk - p * TOK_TILE), nt = (nv + 7) / 8 * 8;
+                    float *gyt = gyT + p * CHUNK_ROWS * TOK_TILE;
+                    for (int64_t i = 0; i < c.rows; i++)
+                        for (int64_t t = nv; t < nt; t++) gyt[i * TOK_TILE + t] = 0.0f;
+                    for (int64_t t = 0; t < nv; t++) {
+                        const float *gr = gy + (t0 + p * TOK_TILE + t) * out + i0;
+                        for (int64_t i = 0; i < c.rows; i++) gyt[i * TOK_TILE + t] = gr[i];
                     }
-#pragma omp barrier
-                if (want_g) {
-                    // sum the threads' partial g in thread order, reduce into dB and this thread's dA^T
-#pragma omp for schedule(static)
-                    for (int64_t i = i0; i < i1; i++) {
-                        int64_t b = row_begin(W, i) - off0, e = row_begin(W, i + 1) - off0;
-                        float *g0 = gpart_all + b;
-                        for (int u = 1; u < nth; u++) {
-                            const float *gu = gpart_all + (int64_t)u * cap + b;
-                            for (int64_t k = 0; k < e - b; k++) g0[k] += gu[k];
+                    float *gxp = gx != NULL ? gxT + p * in * TOK_TILE : NULL;
+                    const float *xp = want_g ? xT + p * in * TOK_TILE : NULL;
+                    for (int64_t kb = 0; kb < c.nkb; kb++)
+                        for (int64_t i = 0; i < c.rows; i++) {
+                            int64_t b = c.seg[i * (c.nkb + 1) + kb], e = c.seg[i * (c.nkb + 1) + kb + 1];
+                            if (b < e)
+                                seg(want_g ? c.g + b : NULL, gxp, c.wrow + b, c.rowcol + b, e - b,
+                                    gyt + i * TOK_TILE, xp, nt, nt);
                         }
-                        red(dB, dAT, g0, col + b, AT, B, scale, e - b, i, r);
+                }
+                // the chunk's sampled gradient of this block into this thread's dB, dA^T
+                if (want_g) red(dBu, dATu, &c, AT, B, scale, r);
+            }
+            // write this block's gx (transposed back)
+            if (gx != NULL)
+                for (int64_t p = 0; p < ntiles; p++) {
+                    int64_t nv = SFT_MIN(TOK_TILE, nblk - p * TOK_TILE), nt = (nv + 7) / 8 * 8;
+                    const float *gp = gxT + p * in * TOK_TILE;
+                    for (int64_t t = 0; t < nv; t++) {
+                        float *gr = gx + (t0 + p * TOK_TILE + t) * in;
+                        for (int64_t j = 0; j < in; j++) gr[j] = gp[j * nt + t];
                     }
                 }
-            }
-            // write this thread's tokens of gx
-            if (gx != NULL) {
-                int64_t te = SFT_MIN(tb, nc);
-                for (int64_t t = ta; t < te; t++) {
-                    float *gr = gx + (jc + t) * in;
-                    for (int64_t j = 0; j < in; j++) gr[j] = gxT[j * ncpad + t];
-                }
-#pragma omp barrier
-            }
         }
         if (want_g) {
-            // dA[q, j] = sum over threads (in order) of dAT_u[j, q]
+#pragma omp barrier
+            // dB, dA: the threads' partial sums added in thread order
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < out; i++)
+                for (int u = 0; u < nth; u++) {
+                    const float *src = (const float *)(mem + per_thread * (size_t)u) + 2 * panel +
+                                       CHUNK_ROWS * ntiles_max * TOK_TILE + i * r;
+                    for (int64_t q = 0; q < r; q++) dB[i * r + q] += src[q];
+                }
 #pragma omp for schedule(static)
             for (int64_t j = 0; j < in; j++)
-                for (int64_t q = 0; q < r; q++) {
-                    float s = 0.0f;
-                    for (int u = 0; u < nth; u++) s += dAT_all[(int64_t)u * in * r + j * r + q];
-                    dA[q * in + j] = s;
+                for (int u = 0; u < nth; u++) {
+                    const float *src = (const float *)(mem + per_thread * (size_t)u) + 2 * panel +
+                                       CHUNK_ROWS * ntiles_max * TOK_TILE + out * r + j * r;
+                    for (int64_t q = 0; q < r; q++) dA[q * in + j] += src[q];
                 }
         }
     }
-done:
-    sft_scratch_free(gpart_all);
-    sft_scratch_free(col);
-    sft_scratch_free(wv);
-    sft_scratch_free(dAT_all);
+    sft_scratch_free(mem);
     sft_scratch_free(AT);
-    sft_scratch_free(gyT);
-    sft_scratch_free(gxT);
-    sft_scratch_free(xT);
-    return rc;
+    return 0;
 }
 
 int sparse_merge(float *values_out, const sparse_base *W, const float *A, const float *B, float scale,
