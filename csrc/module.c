@@ -400,10 +400,12 @@ static PyObject *py_sparse_merge(PyObject *self, PyObject *args, PyObject *kwarg
 
 static PyObject *py_sparse_token_block(PyObject *self, PyObject *args) {
     (void)self;
-    Py_ssize_t in;
+    PyObject *baseo;
     int backward;
-    if (!PyArg_ParseTuple(args, "np:sparse_token_block", &in, &backward)) return NULL;
-    return PyLong_FromLongLong((long long)sparse_token_block(in, sft_get_num_threads(), backward));
+    if (!PyArg_ParseTuple(args, "Op:sparse_token_block", &baseo, &backward)) return NULL;
+    sparse_base W;
+    if (parse_sparse_base(baseo, &W) < 0) return NULL;
+    return PyLong_FromLongLong((long long)sparse_token_block(&W, backward));
 }
 
 /* ---- module -------------------------------------------------------------------------------- */
@@ -434,7 +436,7 @@ static PyMethodDef methods[] = {
      "sparse_merge(base, A, B, scale) -> ndarray\n\nThe stored values of W' = W + scale*(B A) (same "
      "layout)."},
     {"sparse_token_block", py_sparse_token_block, METH_VARARGS,
-     "sparse_token_block(in_features, backward) -> int\n\nTokens per block the sparse kernels use now."},
+     "sparse_token_block(base, backward) -> int\n\nTokens per thread block the sparse kernels use for base."},
     {NULL, NULL, 0, NULL},
 };
 

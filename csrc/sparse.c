@@ -20,22 +20,13 @@
 #include <immintrin.h>
 #endif
 
-#define TOK_VEC 8             /* tokens per vector; thread token ranges are multiples of it */
-#define TOK_TILE 64           /* tokens of one forward register tile (8 vectors) */
-#define CHUNK_NNZ 8192        /* nonzeros of a row chunk (W' and columns: 64 KiB) */
-#define CHUNK_ROWS 256        /* rows of a row chunk */
-#define PANEL_BYTES (1 << 20) /* bytes of token panels per thread */
-#define KC 128                /* columns of a column block (a 64-token panel slab of 32 KiB) */
+#define TOK_VEC 8            /* tokens per vector; thread token ranges are multiples of it */
+#define TOK_TILE 64          /* tokens of one forward register tile (8 vectors) */
+#define CHUNK_NNZ 4096       /* nonzeros of a row chunk (columns, W', g: 48 KiB) */
+#define CHUNK_ROWS 64        /* rows of a row chunk */
+#define TILE_BYTES (1 << 20) /* tile scratch per thread: token panels + chunk buffers */
+#define KC 128               /* columns of a column block (a 64-token panel slab of 32 KiB) */
 #define ALWAYS_INLINE inline __attribute__((always_inline))
-
-int64_t sparse_token_block(int64_t in, int nthreads, int backward) {
-    int64_t per_token = 4 * SFT_MAX(in, 1) * (backward ? 2 : 1);
-    int64_t nc = (int64_t)PANEL_BYTES / per_token;
-    (void)nthreads;
-    // whole 64-token tiles when possible; at least one vector, at most 512 tokens per block
-    nc = nc >= TOK_TILE ? nc / TOK_TILE * TOK_TILE : nc / TOK_VEC * TOK_VEC;
-    return SFT_MIN(SFT_MAX(nc, TOK_VEC), 512);
-}
 
 /* ---- format access ------------------------------------------------------------------------- */
 
@@ -206,6 +197,15 @@ static int64_t n_col_blocks(const sparse_base *W, int64_t *groups_per_block) {
 static int64_t chunk_bytes(const sparse_base *W) {
     int64_t gpb, cap = chunk_capacity(W), nkb = n_col_blocks(W, &gpb);
     return 4 * (3 * cap + CHUNK_ROWS * (nkb + 1)) + 64 * 4;
+}
+
+int64_t sparse_token_block(const sparse_base *W, int backward) {
+    // what is left of TILE_BYTES after the chunk buffers (and the forward's output tile)
+    int64_t budget = TILE_BYTES - chunk_bytes(W) - (backward ? 0 : 4 * CHUNK_ROWS * TOK_TILE);
+    int64_t per_token = 4 * SFT_MAX(W->in, 1) * (backward ? 2 : 1) + (backward ? 4 * CHUNK_ROWS : 0);
+    int64_t nc = budget / per_token / TOK_VEC * TOK_VEC;
+    // at least one vector, at most 512 tokens per block
+    return SFT_MIN(SFT_MAX(nc, TOK_VEC), 512);
 }
 
 /* Carves the chunk arrays out of one scratch block of chunk_bytes(W) bytes. */
@@ -583,11 +583,9 @@ int sparse_forward(float *y, const sparse_base *W, const float *x, const float *
         return 0;
     }
     int nthreads = sft_get_num_threads();
-    int64_t NCt = sparse_token_block(in, nthreads, 0);
+    int64_t NCt = sparse_token_block(W, 0);
     int64_t per = SFT_MIN(NCt, (N + TOK_VEC - 1) / TOK_VEC * TOK_VEC);
-    int64_t ntiles_max = (per + TOK_TILE - 1) / TOK_TILE;
-    size_t per_thread =
-        sizeof(float) * (size_t)(in * ntiles_max * TOK_TILE + CHUNK_ROWS * TOK_TILE) + (size_t)chunk_bytes(W);
+    size_t per_thread = sizeof(float) * (size_t)(in * per + CHUNK_ROWS * TOK_TILE) + (size_t)chunk_bytes(W);
     float *AT = (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(in * r, 1));
     char *mem = (char *)sft_scratch_alloc(per_thread * (size_t)nthreads);
     if (AT == NULL || mem == NULL) {
@@ -609,8 +607,8 @@ int sparse_forward(float *y, const sparse_base *W, const float *x, const float *
         int tid = 0, nth = 1;
 #endif
         char *my = mem + per_thread * (size_t)tid;
-        float *xT = (float *)my;                        /* tiles (in, 64) */
-        float *ytile = xT + in * ntiles_max * TOK_TILE; /* (CHUNK_ROWS, 64) */
+        float *xT = (float *)my;      /* tiles (in, 64) */
+        float *ytile = xT + in * per; /* (CHUNK_ROWS, 64) */
         chunk c;
         chunk_init(&c, ytile + CHUNK_ROWS * TOK_TILE, W);
         transpose_A(AT, A, r, in); /* ends with a barrier */
@@ -664,10 +662,10 @@ int sparse_backward(float *gx, float *dA, float *dB, const sparse_base *W, const
     if (gx != NULL) memset(gx, 0, sizeof(float) * (size_t)SFT_MAX(N * in, 0));
     if (N <= 0 || out <= 0 || in <= 0 || (gx == NULL && !want_g)) return 0;
     int nthreads = sft_get_num_threads();
-    int64_t NCt = sparse_token_block(in, nthreads, 1);
+    int64_t NCt = sparse_token_block(W, 1);
     int64_t per = SFT_MIN(NCt, (N + TOK_VEC - 1) / TOK_VEC * TOK_VEC);
     int64_t ntiles_max = (per + TOK_TILE - 1) / TOK_TILE;
-    int64_t panel = in * ntiles_max * TOK_TILE;
+    int64_t panel = in * per;
     size_t per_thread = sizeof(float) * (size_t)(2 * panel + CHUNK_ROWS * ntiles_max * TOK_TILE) +
                         (size_t)chunk_bytes(W) + (want_g ? sizeof(float) * (size_t)((in + out) * r) : 0);
     float *AT = (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(in * r, 1));

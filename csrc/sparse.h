@@ -53,7 +53,7 @@ void sparse_backward_naive(float *gx, float *dA, float *dB, const sparse_base *W
  * 4 in not a multiple of m or n > m. */
 int sparse_check(const sparse_base *W, int64_t nnz);
 
-/* Token block sizes the kernels use with nthreads threads (for memory reports and tests). */
-int64_t sparse_token_block(int64_t in, int nthreads, int backward);
+/* Tokens per thread block the kernels use for W (what fits the 1 MiB per thread of tile scratch). */
+int64_t sparse_token_block(const sparse_base *W, int backward);
 
 #endif

@@ -7,6 +7,7 @@ holds the objects and does I/O. See ``README.md`` and ``DESIGN.md`` for the API 
 from __future__ import annotations
 
 from sparseft import _core
+from sparseft import formats as formats
 from sparseft import prune as prune
 from sparseft._runtime import build_info, get_num_threads, set_num_threads, simd_path
 
@@ -16,6 +17,7 @@ __all__ = [
     "__version__",
     "_core",
     "build_info",
+    "formats",
     "get_num_threads",
     "prune",
     "set_num_threads",

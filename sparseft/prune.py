@@ -9,6 +9,7 @@ entries keeps ``n - round(sparsity * n)`` of them, with Python's ``round`` (half
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import numpy as np
 
@@ -37,11 +38,11 @@ def _check_sparsity(sparsity: object) -> float:
     return s
 
 
-def _check_nm(n: object, m: object, in_features: int | None, name: str = "") -> tuple[int, int]:
+def _check_nm(n: Any, m: Any, in_features: int | None, name: str = "") -> tuple[int, int]:
     for label, v in ((f"{name}n", n), (f"{name}m", m)):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral):
             raise TypeError(f"{label}: expected an int, got {type(v).__name__}")
-    n, m = int(n), int(m)  # type: ignore[call-overload]
+    n, m = int(n), int(m)
     if m < 1:
         raise ValueError(f"{name}m: expected m >= 1, got {m}")
     if not 0 <= n <= m:
