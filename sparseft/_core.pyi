@@ -15,6 +15,74 @@ def matmul(
     a: npt.NDArray[np.float32], b: npt.NDArray[np.float32], trans_a: bool = ..., trans_b: bool = ...
 ) -> npt.NDArray[np.float32]: ...
 
+# ---- lors ----
+def lors_forward(
+    x: npt.NDArray[np.float32],
+    W: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.uint8] | npt.NDArray[np.bool_],
+    A: npt.NDArray[np.float32],
+    B: npt.NDArray[np.float32],
+    scale: float,
+    bias: npt.NDArray[np.float32] | None = ...,
+    check_weights: bool = ...,
+    naive: bool = ...,
+) -> npt.NDArray[np.float32]: ...
+def lors_backward_input(
+    gy: npt.NDArray[np.float32],
+    W: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.uint8] | npt.NDArray[np.bool_],
+    A: npt.NDArray[np.float32],
+    B: npt.NDArray[np.float32],
+    scale: float,
+    check_weights: bool = ...,
+    naive: bool = ...,
+) -> npt.NDArray[np.float32]: ...
+def lors_backward_exact(
+    gy: npt.NDArray[np.float32],
+    x: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.uint8] | npt.NDArray[np.bool_],
+    A: npt.NDArray[np.float32],
+    B: npt.NDArray[np.float32],
+    scale: float,
+    naive: bool = ...,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+def lors_merge(
+    W: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.uint8] | npt.NDArray[np.bool_],
+    A: npt.NDArray[np.float32],
+    B: npt.NDArray[np.float32],
+    scale: float,
+    naive: bool = ...,
+) -> npt.NDArray[np.float32]: ...
+def lors_scratch_bytes(in_features: int, out_features: int, r: int, /) -> int: ...
+
+# ---- weightnorm ----
+def weightnorm_norms(v: npt.NDArray[np.float32], dim: int, /) -> npt.NDArray[np.float32]: ...
+def weightnorm_forward(
+    v: npt.NDArray[np.float32], g: npt.NDArray[np.float32], dim: int, /
+) -> npt.NDArray[np.float32]: ...
+def weightnorm_backward(
+    grad_w: npt.NDArray[np.float32], v: npt.NDArray[np.float32], g: npt.NDArray[np.float32], dim: int, /
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+def dora_rownorm_forward(
+    W: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.bool_],
+    A: npt.NDArray[np.float32],
+    B: npt.NDArray[np.float32],
+    scale: float,
+    /,
+) -> npt.NDArray[np.float32]: ...
+def dora_rownorm_backward(
+    grad_n: npt.NDArray[np.float32],
+    n: npt.NDArray[np.float32],
+    W: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.bool_],
+    A: npt.NDArray[np.float32],
+    B: npt.NDArray[np.float32],
+    scale: float,
+    /,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+
 # ---- remat ----
 def remat_simulate(
     steps: npt.NDArray[np.int64],
@@ -51,4 +119,32 @@ def remat_greedy(
     budget: int,
 ) -> tuple[int, npt.NDArray[np.int64] | None, int, int]: ...
 
-# ---- remat end ----
+# ---- sparse ----
+def sparse_forward(
+    base: tuple[Any, ...],
+    x: npt.NDArray[np.float32],
+    A: npt.NDArray[np.float32],
+    B: npt.NDArray[np.float32],
+    scale: float,
+    naive: bool = ...,
+) -> npt.NDArray[np.float32]: ...
+def sparse_backward(
+    base: tuple[Any, ...],
+    gy: npt.NDArray[np.float32],
+    x: npt.NDArray[np.float32] | None,
+    A: npt.NDArray[np.float32],
+    B: npt.NDArray[np.float32],
+    scale: float,
+    input_grad: bool = ...,
+    weight_grad: bool = ...,
+    naive: bool = ...,
+) -> tuple[
+    npt.NDArray[np.float32] | None, npt.NDArray[np.float32] | None, npt.NDArray[np.float32] | None
+]: ...
+def sparse_merge(
+    base: tuple[Any, ...],
+    A: npt.NDArray[np.float32],
+    B: npt.NDArray[np.float32],
+    scale: float,
+) -> npt.NDArray[np.float32]: ...
+def sparse_token_block(base: tuple[Any, ...], backward: bool, /) -> int: ...

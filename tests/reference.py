@@ -17,6 +17,128 @@ def matmul(a: np.ndarray, b: np.ndarray, trans_a: bool = False, trans_b: bool = 
     b64 = np.asarray(b, dtype=np.float64)
     return (a64.T if trans_a else a64) @ (b64.T if trans_b else b64)
 
+
+# ---- lors ----
+
+
+def lors_merged_weight(W: np.ndarray, mask: np.ndarray, A: np.ndarray, B: np.ndarray, s: float) -> np.ndarray:
+    """W' = W + s·(B A) ⊙ M in float64."""
+    f = np.float64
+    return np.asarray(W, f) + s * (np.asarray(B, f) @ np.asarray(A, f)) * np.asarray(mask, bool)
+
+
+def lors_forward(
+    x: np.ndarray,
+    W: np.ndarray,
+    mask: np.ndarray,
+    A: np.ndarray,
+    B: np.ndarray,
+    s: float,
+    bias: np.ndarray | None = None,
+) -> np.ndarray:
+    """y = x W'ᵀ (+ bias) in float64."""
+    y = np.asarray(x, np.float64) @ lors_merged_weight(W, mask, A, B, s).T
+    return y if bias is None else y + np.asarray(bias, np.float64)
+
+
+def lors_backward_input(
+    gy: np.ndarray, W: np.ndarray, mask: np.ndarray, A: np.ndarray, B: np.ndarray, s: float
+) -> np.ndarray:
+    """gx = gy W' in float64."""
+    return np.asarray(gy, np.float64) @ lors_merged_weight(W, mask, A, B, s)
+
+
+def lors_grad_exact(
+    gy: np.ndarray, x: np.ndarray, mask: np.ndarray, A: np.ndarray, B: np.ndarray, s: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(dA, dB) of the masked adapter: G = gyᵀx, dA = s·Bᵀ(G ⊙ M), dB = s·(G ⊙ M) Aᵀ (float64)."""
+    G = (np.asarray(gy, np.float64).T @ np.asarray(x, np.float64)) * np.asarray(mask, bool)
+    return s * np.asarray(B, np.float64).T @ G, s * G @ np.asarray(A, np.float64).T
+
+
+def lors_grad_lors(
+    gy: np.ndarray, x: np.ndarray, A: np.ndarray, B: np.ndarray, s: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(dA, dB) of the paper's rearranged gradient: dA = s·(gy B)ᵀ x, dB = s·gyᵀ(x Aᵀ) (float64)."""
+    gy64, x64 = np.asarray(gy, np.float64), np.asarray(x, np.float64)
+    dA = s * (gy64 @ np.asarray(B, np.float64)).T @ x64
+    dB = s * gy64.T @ (x64 @ np.asarray(A, np.float64).T)
+    return dA, dB
+
+
+# ---- weightnorm ----
+
+
+def _wn_axis(dim: int | None) -> int | None:
+    """numpy axis summed over for torch's dim: dim 0 -> per row (sum over axis 1), 1 -> per column."""
+    return None if dim is None else 1 - dim
+
+
+def weightnorm_norms(v: np.ndarray, dim: int | None) -> np.ndarray:
+    """Norms of v in float64 with torch's g shape: (out, 1), (1, in) or ()."""
+    v64 = np.asarray(v, dtype=np.float64)
+    return np.sqrt((v64 * v64).sum(axis=_wn_axis(dim), keepdims=dim is not None))
+
+
+def weightnorm_forward(v: np.ndarray, g: np.ndarray, dim: int | None) -> np.ndarray:
+    """w = g * v / ||v|| in float64; a zero-norm slice gives 0."""
+    v64 = np.asarray(v, dtype=np.float64)
+    n = weightnorm_norms(v64, dim)
+    coef = np.divide(np.asarray(g, dtype=np.float64), n, out=np.zeros(np.shape(n)), where=n > 0)
+    return coef * v64
+
+
+def weightnorm_backward(
+    grad_w: np.ndarray, v: np.ndarray, g: np.ndarray, dim: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(grad_v, grad_g) of w = g * v / ||v|| in float64; zero-norm slices give 0."""
+    v64 = np.asarray(v, dtype=np.float64)
+    gw = np.asarray(grad_w, dtype=np.float64)
+    g64 = np.asarray(g, dtype=np.float64)
+    n = weightnorm_norms(v64, dim)
+    dot = (gw * v64).sum(axis=_wn_axis(dim), keepdims=dim is not None)
+    safe = np.where(n > 0, n, 1.0)
+    grad_g = np.where(n > 0, dot / safe, 0.0)
+    a = np.where(n > 0, g64 / safe, 0.0)
+    b = np.where(n > 0, g64 * grad_g / safe**2, 0.0)
+    return a * gw - b * v64, grad_g
+
+
+def weightnorm_data_init(
+    v: np.ndarray, x: np.ndarray, init_scale: float = 1.0, eps: float = 1e-10
+) -> tuple[np.ndarray, np.ndarray]:
+    """Salimans & Kingma data-dependent init in float64: g (out, 1), b (out,)."""
+    v64 = np.asarray(v, dtype=np.float64)
+    n = np.linalg.norm(v64, axis=1)
+    t = np.asarray(x, dtype=np.float64) @ v64.T
+    t = t / np.where(n > 0, n, np.inf)
+    g = init_scale / np.sqrt(t.var(axis=0) + eps)
+    return g[:, None], -t.mean(axis=0) * g
+
+
+def dora_merged(W: np.ndarray, mask: np.ndarray, A: np.ndarray, B: np.ndarray, s: float) -> np.ndarray:
+    """W' = W + s * (B A) * M in float64."""
+    M = np.asarray(mask, dtype=np.float64)
+    return np.asarray(W, np.float64) + s * (np.asarray(B, np.float64) @ np.asarray(A, np.float64)) * M
+
+
+def dora_rownorm_forward(
+    W: np.ndarray, mask: np.ndarray, A: np.ndarray, B: np.ndarray, s: float
+) -> np.ndarray:
+    """Row norms of W' (float64, shape (out,))."""
+    return np.linalg.norm(dora_merged(W, mask, A, B, s), axis=1)
+
+
+def dora_rownorm_backward(
+    grad_n: np.ndarray, n: np.ndarray, W: np.ndarray, mask: np.ndarray, A: np.ndarray, B: np.ndarray, s: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(dA, dB) of sum_i grad_n_i * ||W'_i|| through W' = W + s (BA) * M; rows with n = 0 give 0."""
+    n64 = np.asarray(n, dtype=np.float64)
+    alpha = np.divide(np.asarray(grad_n, np.float64), n64, out=np.zeros_like(n64), where=n64 > 0)
+    G = alpha[:, None] * dora_merged(W, mask, A, B, s) * np.asarray(mask, dtype=np.float64)
+    return s * np.asarray(B, np.float64).T @ G, s * G @ np.asarray(A, np.float64).T
+
+
 # ---- remat ----
 
 
@@ -106,3 +228,73 @@ def remat_brute_force(memory, duration, preds, order, budget):
                 dist[nxt] = nd
                 heapq.heappush(heap, (nd, nxt))
     return None
+
+
+# ---- sparse ----
+
+
+def lors_weight(W: np.ndarray, mask: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float) -> np.ndarray:
+    """W' = W + scale·(B A) ⊙ M in float64."""
+    W64 = np.asarray(W, np.float64) * mask
+    return W64 + scale * (np.asarray(B, np.float64) @ np.asarray(A, np.float64)) * mask
+
+
+def sparse_forward(
+    W: np.ndarray, mask: np.ndarray, x: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float
+) -> np.ndarray:
+    """y = x W'^T in float64."""
+    return np.asarray(x, np.float64) @ lors_weight(W, mask, A, B, scale).T
+
+
+def sparse_backward_input(
+    W: np.ndarray, mask: np.ndarray, gy: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float
+) -> np.ndarray:
+    """gx = gy W' in float64."""
+    return np.asarray(gy, np.float64) @ lors_weight(W, mask, A, B, scale)
+
+
+def sparse_masked_grad(
+    mask: np.ndarray, gy: np.ndarray, x: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(dA, dB) = (s·B^T (G ⊙ M), s·(G ⊙ M) A^T) with G = gy^T x, in float64."""
+    G = (np.asarray(gy, np.float64).T @ np.asarray(x, np.float64)) * mask
+    return scale * np.asarray(B, np.float64).T @ G, scale * G @ np.asarray(A, np.float64).T
+
+
+def prune_magnitude(W: np.ndarray, sparsity: float, scope: str = "row") -> np.ndarray:
+    """Keep the largest |W| (ties: lower index pruned first) with Python sorting, row by row or globally."""
+    W = np.asarray(W, np.float64)
+    rows = [W.ravel()] if scope == "global" else list(W)
+    out = []
+    for row in rows:
+        n_prune = round(sparsity * row.size)
+        order = sorted(range(row.size), key=lambda j: (abs(row[j]), j))
+        keep = np.ones(row.size, bool)
+        keep[order[:n_prune]] = False
+        out.append(keep)
+    return np.array(out).reshape(W.shape)
+
+
+def prune_nm_scores(score: np.ndarray, n: int, m: int) -> np.ndarray:
+    """In every group of m consecutive columns keep the n highest scores (ties: lower column pruned)."""
+    score = np.asarray(score, np.float64)
+    keep = np.zeros(score.shape, bool)
+    for i in range(score.shape[0]):
+        for g in range(0, score.shape[1], m):
+            order = sorted(range(g, g + m), key=lambda j: (score[i, j], j))
+            keep[i, order[m - n :]] = True
+    return keep
+
+
+def prune_wanda(
+    W: np.ndarray, X: np.ndarray, sparsity: float, nm: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Wanda: score |W_ij|·||X_:j||, per row (or N:M groups)."""
+    score = np.abs(np.asarray(W, np.float64)) * np.linalg.norm(np.asarray(X, np.float64), axis=0)[None, :]
+    if nm is not None:
+        return prune_nm_scores(score, *nm)
+    keep = np.zeros(score.shape, bool)
+    for i, row in enumerate(score):
+        order = sorted(range(row.size), key=lambda j: (row[j], j))
+        keep[i, order[round(sparsity * row.size) :]] = True
+    return keep
