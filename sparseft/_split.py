@@ -12,6 +12,7 @@ removes the most over-budget memory per unit of recomputation. Times are the sta
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
@@ -59,41 +60,8 @@ def split_heuristic(
             order_idx = np.argsort(st, kind="stable")
             return [node[c] for c in order_idx.tolist()]
         best = None
-        # the fullest events first; at each, the copies live across it but not read there
-        for k in np.argsort(-prof, kind="stable")[:64].tolist():
-            if excess[k] <= 0:
-                break
-            tau = int(times[k])
-            for c in np.nonzero((st < tau) & (en > tau))[0].tolist():
-                r = reads[c]
-                if tau in r:
-                    continue
-                nxt = next((x for x in r if x > tau), None)
-                if nxt is None:
-                    continue
-                last_before = max([x for x in r if x < tau], default=start[c])
-                v = node[c]
-                # recompute as late as possible: in the stage of the next read, or earlier (but
-                # after tau) where its inputs are live or cheap to rebuild
-                plan = None
-                for stage in range(nxt // n, tau // n, -1):
-                    t_new = stage * n + int(pos[v])
-                    if t_new >= nxt or t_new <= tau:
-                        continue
-                    plan = _plan_inputs(v, t_new, stage, n, pos, preds, start, reads, live_of, limit=4)
-                    if plan is not None:
-                        break
-                if plan is None:
-                    continue
-                cost = float(dur[v]) + sum(float(dur[w]) for w in plan[0]) + 1.0
-                lo = int(np.searchsorted(times, last_before, "right"))
-                hi = int(np.searchsorted(times, t_new, "left"))
-                gain = int(np.minimum(excess[lo:hi], mem[v]).sum()) if hi > lo else 0
-                if gain <= 0:
-                    continue
-                score = gain / cost
-                if best is None or score > best[0]:
-                    best = (score, c, nxt, t_new, plan)
+        for depth in (4, 64):
+            best = _best_cut(depth, prof, excess, times, st, en, start, reads, node, live_of, mem, dur, pos, preds, n)
             if best is not None:
                 break
         if best is None:
@@ -168,3 +136,62 @@ def _plan_inputs(
             feeds.append((("new", w), tx))
             todo.append((w, new[w]))
     return new, feeds
+
+
+def _best_cut(
+    depth: int,
+    prof: np.ndarray,
+    excess: np.ndarray,
+    times: np.ndarray,
+    st: np.ndarray,
+    en: np.ndarray,
+    start: list[int],
+    reads: list[list[int]],
+    node: list[int],
+    live_of: list[list[int]],
+    mem: np.ndarray,
+    dur: np.ndarray,
+    pos: np.ndarray,
+    preds: list[list[int]],
+    n: int,
+) -> Any:
+    """The best interval cut at the fullest over-budget events (None if there is none)."""
+    best: Any = None
+    # the fullest events first; at each, the copies live across it but not read there
+    for k in np.argsort(-prof, kind="stable")[:64].tolist():
+        if excess[k] <= 0:
+            break
+        tau = int(times[k])
+        for c in np.nonzero((st < tau) & (en > tau))[0].tolist():
+            r = reads[c]
+            if tau in r:
+                continue
+            nxt = next((x for x in r if x > tau), None)
+            if nxt is None:
+                continue
+            last_before = max([x for x in r if x < tau], default=start[c])
+            v = node[c]
+            # recompute as late as possible: in the stage of the next read, or earlier (but
+            # after tau) where its inputs are live or cheap to rebuild
+            plan = None
+            for stage in range(nxt // n, tau // n, -1):
+                t_new = stage * n + int(pos[v])
+                if t_new >= nxt or t_new <= tau:
+                    continue
+                plan = _plan_inputs(v, t_new, stage, n, pos, preds, start, reads, live_of, limit=depth)
+                if plan is not None:
+                    break
+            if plan is None:
+                continue
+            cost = float(dur[v]) + sum(float(dur[w]) for w in plan[0]) + 1.0
+            lo = int(np.searchsorted(times, last_before, "right"))
+            hi = int(np.searchsorted(times, t_new, "left"))
+            gain = int(np.minimum(excess[lo:hi], mem[v]).sum()) if hi > lo else 0
+            if gain <= 0:
+                continue
+            score = gain / cost
+            if best is None or score > best[0]:
+                best = (score, c, nxt, t_new, plan)
+        if best is not None:
+            break
+    return best

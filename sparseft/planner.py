@@ -480,7 +480,8 @@ class Planner:
             max_copies=self.max_copies,
             threads=self.threads,
             seed=self.seed,
-            hint=None if hint is None else hint.tolist(),
+            # without a heuristic schedule, the no-remat schedule (over budget) still guides the search
+            hint=(self._compact(self.graph.order_idx.copy()) if hint is None else hint).tolist(),
             t0=t0,
         )
         return self._best_of(res, hint, hint_dur, t_hint)
