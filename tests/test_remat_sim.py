@@ -135,14 +135,22 @@ def test_core_argument_validation() -> None:
 
 
 def test_million_steps_chain() -> None:
-    # a chain computed forward, each node freed after its user: 10^6 steps
+    # a chain computed forward, each node freed after its user: 10^6 steps (CSR built directly)
     n = 500_000
-    g = sft.Graph(list(range(n)), [(i, i + 1) for i in range(n - 1)], [3] * n, [2] * n)
+    ptr = np.arange(n + 1, dtype=np.int64) - 1
+    ptr[0] = 0
+    idx = np.arange(n - 1, dtype=np.int64)
+    mem = np.full(n, 3, dtype=np.int64)
+    dur = np.full(n, 2, dtype=np.int64)
     steps = np.empty(2 * n, dtype=np.int64)
     steps[0] = 0
     steps[1::2][: n - 1] = np.arange(1, n)
     steps[2::2][: n - 1] = -1 - np.arange(0, n - 1)
     steps[-1] = -n
-    rc, peak, dur, _, _, prof = _core.remat_simulate(steps, g.memory, g.duration, g.pred_ptr, g.pred_idx, profile=True)
-    assert (rc, peak, dur) == (0, 6, 2 * n)
+    rc, peak, total, _, _, prof = _core.remat_simulate(steps, mem, dur, ptr, idx, profile=True)
+    assert (rc, peak, total) == (0, 6, 2 * n)
     assert prof.max() == 6 and prof[-1] == 0
+    # an invalid step deep in the list is caught
+    bad = steps.copy()
+    bad[2] = 1  # compute node 1 twice in a row
+    assert _core.remat_simulate(bad, mem, dur, ptr, idx)[0] == 3
