@@ -18,10 +18,17 @@ def matmul(
 # ---- weightnorm ----
 def weightnorm_norms(v: npt.NDArray[np.float32], dim: int, /) -> npt.NDArray[np.float32]: ...
 def weightnorm_forward(
-    v: npt.NDArray[np.float32], g: npt.NDArray[np.float32], dim: int, /
+    v: npt.NDArray[np.float32],
+    g: npt.NDArray[np.float32],
+    dim: int,
+    out: npt.NDArray[np.float32] | None = ...,
 ) -> npt.NDArray[np.float32]: ...
 def weightnorm_backward(
-    grad_w: npt.NDArray[np.float32], v: npt.NDArray[np.float32], g: npt.NDArray[np.float32], dim: int, /
+    grad_w: npt.NDArray[np.float32],
+    v: npt.NDArray[np.float32],
+    g: npt.NDArray[np.float32],
+    dim: int,
+    out: npt.NDArray[np.float32] | None = ...,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
 def dora_rownorm_forward(
     W: npt.NDArray[np.float32],
