@@ -302,11 +302,13 @@ static PyObject *py_weightnorm_backward(PyObject *self, PyObject *args, PyObject
     return Py_BuildValue("NN", gv, gg);
 }
 
-/* Checks the DoRA operands W (out, in), mask (out, in) bool, A (r, in), B (out, r). */
+/* Checks the DoRA operands W (out, in), mask (out, in) bool or uint8 (nonzero = kept, as the LoRS
+ * kernels take it), A (r, in), B (out, r). */
 static int dora_args(PyObject *wo, PyObject *mo, PyObject *ao, PyObject *bo, PyArrayObject **W,
                      PyArrayObject **M, PyArrayObject **A, PyArrayObject **B) {
     *W = arg_f32(wo, "W", 2);
-    *M = *W ? arg_array(mo, "mask", NPY_BOOL, 2) : NULL;
+    int mtype = PyArray_Check(mo) && PyArray_TYPE((PyArrayObject *)mo) == NPY_UINT8 ? NPY_UINT8 : NPY_BOOL;
+    *M = *W ? arg_array(mo, "mask", mtype, 2) : NULL;
     *A = *M ? arg_f32(ao, "A", 2) : NULL;
     *B = *A ? arg_f32(bo, "B", 2) : NULL;
     if (*B == NULL) return -1;

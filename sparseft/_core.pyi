@@ -32,7 +32,7 @@ def weightnorm_backward(
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
 def dora_rownorm_forward(
     W: npt.NDArray[np.float32],
-    mask: npt.NDArray[np.bool_],
+    mask: npt.NDArray[np.bool_] | npt.NDArray[np.uint8],
     A: npt.NDArray[np.float32],
     B: npt.NDArray[np.float32],
     scale: float,
@@ -42,7 +42,7 @@ def dora_rownorm_backward(
     grad_n: npt.NDArray[np.float32],
     n: npt.NDArray[np.float32],
     W: npt.NDArray[np.float32],
-    mask: npt.NDArray[np.bool_],
+    mask: npt.NDArray[np.bool_] | npt.NDArray[np.uint8],
     A: npt.NDArray[np.float32],
     B: npt.NDArray[np.float32],
     scale: float,

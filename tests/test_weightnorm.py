@@ -512,6 +512,7 @@ def test_dora_rownorm_kernels_match_reference(
     inputs = [a.copy() for a in (W, M, A, B)]
     n = _core.dora_rownorm_forward(W, M, A, B, s)
     _close(n, ref.dora_rownorm_forward(W, M, A, B, s), rtol=1e-5)
+    np.testing.assert_array_equal(_core.dora_rownorm_forward(W, M.astype(np.uint8), A, B, s), n)
     grad_n = rng.standard_normal(out).astype(np.float32)
     dA, dB = _core.dora_rownorm_backward(grad_n, n, W, M, A, B, s)
     want_dA, want_dB = ref.dora_rownorm_backward(grad_n, n, W, M, A, B, s)
