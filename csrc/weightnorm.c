@@ -152,6 +152,17 @@ static void axpy_portable(float *y, float a, const float *x, int64_t n) {
     for (int64_t j = 0; j < n; j++) y[j] += a * x[j];
 }
 
+/* One row's share of the DoRA row-norm backward:
+ * db[k] += sa * <t, A[k, :]>,  pa[k, :] += sa * b[k] * t   for k < r  (A, pa (r, n)) */
+static void rowgrad_portable(float *db, float *pa, const float *t, const float *A, const float *b, float sa,
+                             int64_t r, int64_t n) {
+    // one dot and one axpy per adapter row
+    for (int64_t k = 0; k < r; k++) {
+        db[k] += sa * dot_portable(t, A + k * n, n);
+        axpy_portable(pa + k * n, sa * b[k], t, n);
+    }
+}
+
 /* ---- vector primitives: AVX2/FMA ------------------------------------------------------------ */
 #if SFT_X86
 
@@ -370,6 +381,48 @@ SFT_TARGET_AVX2 static void axpy_avx2(float *y, float a, const float *x, int64_t
     // tail
     for (; j < n; j++) y[j] += a * x[j];
 }
+
+/* rowgrad with four adapter rows per sweep over t: t is loaded once for 4 dots and 4 axpys. */
+SFT_TARGET_AVX2 static void rowgrad_avx2(float *db, float *pa, const float *t, const float *A, const float *b,
+                                         float sa, int64_t r, int64_t n) {
+    int64_t k = 0;
+    // groups of four adapter rows
+    for (; k + 4 <= r; k += 4) {
+        const float *a0 = A + k * n, *a1 = a0 + n, *a2 = a1 + n, *a3 = a2 + n;
+        float *p0 = pa + k * n, *p1 = p0 + n, *p2 = p1 + n, *p3 = p2 + n;
+        __m256 c0 = _mm256_set1_ps(sa * b[k]), c1 = _mm256_set1_ps(sa * b[k + 1]);
+        __m256 c2 = _mm256_set1_ps(sa * b[k + 2]), c3 = _mm256_set1_ps(sa * b[k + 3]);
+        __m256 d0 = _mm256_setzero_ps(), d1 = _mm256_setzero_ps(), d2 = _mm256_setzero_ps(),
+               d3 = _mm256_setzero_ps();
+        int64_t j = 0;
+        // 8 columns per step: 4 dot accumulators, 4 partial-row updates
+        for (; j + 8 <= n; j += 8) {
+            __m256 tj = _mm256_loadu_ps(t + j);
+            d0 = _mm256_fmadd_ps(tj, _mm256_loadu_ps(a0 + j), d0);
+            d1 = _mm256_fmadd_ps(tj, _mm256_loadu_ps(a1 + j), d1);
+            d2 = _mm256_fmadd_ps(tj, _mm256_loadu_ps(a2 + j), d2);
+            d3 = _mm256_fmadd_ps(tj, _mm256_loadu_ps(a3 + j), d3);
+            _mm256_storeu_ps(p0 + j, _mm256_fmadd_ps(c0, tj, _mm256_loadu_ps(p0 + j)));
+            _mm256_storeu_ps(p1 + j, _mm256_fmadd_ps(c1, tj, _mm256_loadu_ps(p1 + j)));
+            _mm256_storeu_ps(p2 + j, _mm256_fmadd_ps(c2, tj, _mm256_loadu_ps(p2 + j)));
+            _mm256_storeu_ps(p3 + j, _mm256_fmadd_ps(c3, tj, _mm256_loadu_ps(p3 + j)));
+        }
+        float e0 = hsum_ps(d0), e1 = hsum_ps(d1), e2 = hsum_ps(d2), e3 = hsum_ps(d3);
+        // tail columns
+        for (; j < n; j++) {
+            e0 += t[j] * a0[j], e1 += t[j] * a1[j], e2 += t[j] * a2[j], e3 += t[j] * a3[j];
+            p0[j] += sa * b[k] * t[j], p1[j] += sa * b[k + 1] * t[j];
+            p2[j] += sa * b[k + 2] * t[j], p3[j] += sa * b[k + 3] * t[j];
+        }
+        db[k] += sa * e0, db[k + 1] += sa * e1, db[k + 2] += sa * e2, db[k + 3] += sa * e3;
+    }
+    // remaining adapter rows one at a time
+    for (; k < r; k++) {
+        db[k] += sa * dot_avx2(t, A + k * n, n);
+        axpy_avx2(pa + k * n, sa * b[k], t, n);
+    }
+}
+
 #endif
 
 #if SFT_X86
@@ -450,6 +503,7 @@ typedef struct {
     void (*masked_row)(float *, const float *, const uint8_t *, float, int64_t);
     float (*dot)(const float *, const float *, int64_t);
     void (*axpy)(float *, float, const float *, int64_t);
+    void (*rowgrad)(float *, float *, const float *, const float *, const float *, float, int64_t, int64_t);
     /* the four output writers again, with streaming stores (portable: the same functions) */
     void (*scale_nt)(float *, const float *, float, int64_t);
     void (*axpby_nt)(float *, float, const float *, float, const float *, int64_t);
@@ -471,6 +525,7 @@ static const wn_ops ops_portable = {
     .masked_row = masked_row_portable,
     .dot = dot_portable,
     .axpy = axpy_portable,
+    .rowgrad = rowgrad_portable,
     .scale_nt = scale_portable,
     .axpby_nt = axpby_portable,
     .vscale_nt = vscale_portable,
@@ -491,6 +546,7 @@ static const wn_ops ops_avx2 = {
     .masked_row = masked_row_avx2,
     .dot = dot_avx2,
     .axpy = axpy_avx2,
+    .rowgrad = rowgrad_avx2,
     .scale_nt = scale_nt_avx2,
     .axpby_nt = axpby_nt_avx2,
     .vscale_nt = vscale_nt_avx2,
@@ -901,11 +957,7 @@ int dora_rownorm_backward(float *dA, float *dB, const float *grad_n, const float
             else
                 op->row_ba(t, bi, A, r, in);
             op->masked_row(t, W + i * in, M + i * in, s, in);
-            float sa = s * alpha;
-            for (int64_t k = 0; k < r; k++) {
-                dB[i * r + k] += sa * op->dot(t, A + k * in, in);
-                op->axpy(pa + k * in, sa * bi[k], t, in);
-            }
+            op->rowgrad(dB + i * r, pa, t, A, bi, s * alpha, r, in);
         }
         // dA += the thread partials, summed in thread order (rows of dA split among threads)
 #pragma omp for schedule(static)
