@@ -11,6 +11,7 @@
 
 #include "common.h"
 #include "gemm.h"
+#include "sparse.h"
 #include "remat.h"
 #include "weightnorm.h"
 #include "lors.h"
@@ -773,6 +774,215 @@ static PyObject *py_remat_greedy(PyObject *self, PyObject *args, PyObject *kwarg
     return remat_run_planner(args, kwargs, 1);
 }
 
+/* ---- sparse ---- */
+
+/* Parses base = (kind, out, in, n, m, values, indices, rowptr) into W (pointers borrowed from the
+ * tuple's arrays) and checks dtypes, shapes and the index structure. */
+static int parse_sparse_base(PyObject *base, sparse_base *W) {
+    const char *kind;
+    Py_ssize_t out, in, n, m;
+    PyObject *vo, *io, *ro;
+    if (!PyTuple_Check(base)) {
+        PyErr_Format(PyExc_TypeError,
+                     "base: expected a tuple (kind, out, in, n, m, values, indices, rowptr), got %s",
+                     Py_TYPE(base)->tp_name);
+        return -1;
+    }
+    if (!PyArg_ParseTuple(base, "snnnnOOO;base: expected (kind, out, in, n, m, values, indices, rowptr)",
+                          &kind, &out, &in, &n, &m, &vo, &io, &ro))
+        return -1;
+    if (out < 0 || in < 0) {
+        PyErr_Format(PyExc_ValueError, "base: expected out, in >= 0, got (%zd, %zd)", out, in);
+        return -1;
+    }
+    memset(W, 0, sizeof *W);
+    W->out = out, W->in = in, W->n = n, W->m = m;
+    int64_t nnz;
+    if (strcmp(kind, "csr") == 0) {
+        PyArrayObject *v = arg_f32(vo, "values", 1);
+        PyArrayObject *c = v ? arg_array(io, "indices", NPY_INT32, 1) : NULL;
+        PyArrayObject *rp = c ? arg_array(ro, "rowptr", NPY_INT64, 1) : NULL;
+        if (rp == NULL) return -1;
+        nnz = PyArray_DIM(v, 0);
+        if (arg_dim(c, "indices", 0, nnz, "one column index per stored value") < 0) return -1;
+        if (arg_dim(rp, "rowptr", 0, out + 1, "out + 1") < 0) return -1;
+        W->kind = SPARSE_CSR;
+        W->values = (const float *)PyArray_DATA(v);
+        W->colidx = (const int32_t *)PyArray_DATA(c);
+        W->rowptr = (const int64_t *)PyArray_DATA(rp);
+        if (arg_finite(v, "values") < 0) return -1;
+    } else if (strcmp(kind, "nm") == 0) {
+        if (m < 1 || m > 256 || n < 0 || n > m || in % m != 0) {
+            PyErr_Format(PyExc_ValueError,
+                         "base: expected 0 <= n <= m <= 256 and in %% m == 0, got n=%zd, m=%zd, in=%zd", n, m,
+                         in);
+            return -1;
+        }
+        PyArrayObject *v = arg_f32(vo, "values", 2);
+        PyArrayObject *c = v ? arg_array(io, "indices", NPY_UINT8, 2) : NULL;
+        if (c == NULL) return -1;
+        if (arg_dim(v, "values", 0, out, "out") < 0 ||
+            arg_dim(v, "values", 1, in / m * n, "in / m * n") < 0 ||
+            arg_dim(c, "indices", 0, out, "out") < 0 ||
+            arg_dim(c, "indices", 1, in / m * n, "in / m * n") < 0)
+            return -1;
+        W->kind = SPARSE_NM;
+        W->values = (const float *)PyArray_DATA(v);
+        W->idx = (const uint8_t *)PyArray_DATA(c);
+        nnz = (int64_t)out * (in / m * n);
+        if (arg_finite(v, "values") < 0) return -1;
+    } else {
+        PyErr_Format(PyExc_ValueError, "base: expected kind 'csr' or 'nm', got '%s'", kind);
+        return -1;
+    }
+    int bad;
+    Py_BEGIN_ALLOW_THREADS bad = sparse_check(W, nnz);
+    Py_END_ALLOW_THREADS if (bad) {
+        static const char *why[] = {"", "rowptr: expected 0, nondecreasing, ending at the number of values",
+                                    "indices: expected increasing column indices in [0, in) within each row",
+                                    "indices: expected increasing positions in [0, m) within each group",
+                                    "base: expected in to be a multiple of m and n <= m"};
+        PyErr_SetString(PyExc_ValueError, why[bad]);
+        return -1;
+    }
+    return 0;
+}
+
+/* Checks the adapter A (r, in), B (out, r) against W; returns r or -1. */
+static npy_intp parse_adapter(PyObject *ao, PyObject *bo, const sparse_base *W, PyArrayObject **a,
+                              PyArrayObject **b) {
+    *a = arg_f32(ao, "A", 2);
+    *b = *a ? arg_f32(bo, "B", 2) : NULL;
+    if (*b == NULL) return -1;
+    npy_intp r = PyArray_DIM(*a, 0);
+    if (arg_dim(*a, "A", 1, W->in, "in") < 0 || arg_dim(*b, "B", 0, W->out, "out") < 0 ||
+        arg_dim(*b, "B", 1, r, "r, the rows of A") < 0 || arg_finite(*a, "A") < 0 || arg_finite(*b, "B") < 0)
+        return -1;
+    return r;
+}
+
+static int check_scale(double scale) {
+    if (isfinite(scale)) return 0;
+    PyErr_Format(PyExc_ValueError, "scale: expected a finite number, got %s", isnan(scale) ? "nan" : "inf");
+    return -1;
+}
+
+static PyObject *py_sparse_forward(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"base", "x", "A", "B", "scale", "naive", NULL};
+    PyObject *baseo, *xo, *ao, *bo;
+    double scale;
+    int naive = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOd|p:sparse_forward", kwlist, &baseo, &xo, &ao, &bo,
+                                     &scale, &naive))
+        return NULL;
+    sparse_base W;
+    if (parse_sparse_base(baseo, &W) < 0 || check_scale(scale) < 0) return NULL;
+    PyArrayObject *x = arg_f32(xo, "x", 2), *a, *b;
+    if (x == NULL || arg_dim(x, "x", 1, W.in, "in") < 0 || arg_finite(x, "x") < 0) return NULL;
+    npy_intp r = parse_adapter(ao, bo, &W, &a, &b);
+    if (r < 0) return NULL;
+    npy_intp N = PyArray_DIM(x, 0);
+    npy_intp dims[2] = {N, (npy_intp)W.out};
+    PyArrayObject *y = new_f32(2, dims);
+    if (y == NULL) return NULL;
+    float *Y = (float *)PyArray_DATA(y);
+    const float *X = (const float *)PyArray_DATA(x), *A = (const float *)PyArray_DATA(a),
+                *B = (const float *)PyArray_DATA(b);
+    int rc = 0;
+    Py_BEGIN_ALLOW_THREADS if (naive) sparse_forward_naive(Y, &W, X, A, B, (float)scale, N, r);
+    else rc = sparse_forward(Y, &W, X, A, B, (float)scale, N, r);
+    Py_END_ALLOW_THREADS if (rc != 0) {
+        Py_DECREF(y);
+        return scratch_error();
+    }
+    return (PyObject *)y;
+}
+
+static PyObject *py_sparse_backward(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"base",  "gy",         "x",           "A",     "B",
+                             "scale", "input_grad", "weight_grad", "naive", NULL};
+    PyObject *baseo, *gyo, *xo, *ao, *bo;
+    double scale;
+    int want_gx = 1, want_g = 1, naive = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOd|ppp:sparse_backward", kwlist, &baseo, &gyo, &xo,
+                                     &ao, &bo, &scale, &want_gx, &want_g, &naive))
+        return NULL;
+    sparse_base W;
+    if (parse_sparse_base(baseo, &W) < 0 || check_scale(scale) < 0) return NULL;
+    PyArrayObject *gy = arg_f32(gyo, "gy", 2), *x = NULL, *a, *b;
+    if (gy == NULL || arg_dim(gy, "gy", 1, W.out, "out") < 0 || arg_finite(gy, "gy") < 0) return NULL;
+    npy_intp N = PyArray_DIM(gy, 0);
+    if (want_g) {
+        x = arg_f32(xo, "x", 2);
+        if (x == NULL || arg_dim(x, "x", 0, N, "tokens, the rows of gy") < 0 ||
+            arg_dim(x, "x", 1, W.in, "in") < 0 || arg_finite(x, "x") < 0)
+            return NULL;
+    }
+    npy_intp r = parse_adapter(ao, bo, &W, &a, &b);
+    if (r < 0) return NULL;
+    npy_intp gdims[2] = {N, (npy_intp)W.in}, adims[2] = {r, (npy_intp)W.in}, bdims[2] = {(npy_intp)W.out, r};
+    PyArrayObject *gx = want_gx ? new_f32(2, gdims) : NULL;
+    PyArrayObject *da = want_g ? new_f32(2, adims) : NULL;
+    PyArrayObject *db = want_g ? new_f32(2, bdims) : NULL;
+    if ((want_gx && gx == NULL) || (want_g && (da == NULL || db == NULL))) {
+        Py_XDECREF(gx), Py_XDECREF(da), Py_XDECREF(db);
+        return NULL;
+    }
+    float *GX = gx ? (float *)PyArray_DATA(gx) : NULL, *DA = da ? (float *)PyArray_DATA(da) : NULL,
+          *DB = db ? (float *)PyArray_DATA(db) : NULL;
+    const float *GY = (const float *)PyArray_DATA(gy), *X = x ? (const float *)PyArray_DATA(x) : NULL,
+                *A = (const float *)PyArray_DATA(a), *B = (const float *)PyArray_DATA(b);
+    int rc = 0;
+    Py_BEGIN_ALLOW_THREADS if (naive) sparse_backward_naive(GX, DA, DB, &W, GY, X, A, B, (float)scale, N, r);
+    else rc = sparse_backward(GX, DA, DB, &W, GY, X, A, B, (float)scale, N, r);
+    Py_END_ALLOW_THREADS if (rc != 0) {
+        Py_XDECREF(gx), Py_XDECREF(da), Py_XDECREF(db);
+        return scratch_error();
+    }
+    PyObject *none = Py_None;
+    return Py_BuildValue("(NNN)", gx ? (PyObject *)gx : (Py_INCREF(none), none),
+                         da ? (PyObject *)da : (Py_INCREF(none), none),
+                         db ? (PyObject *)db : (Py_INCREF(none), none));
+}
+
+static PyObject *py_sparse_merge(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"base", "A", "B", "scale", NULL};
+    PyObject *baseo, *ao, *bo;
+    double scale;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOd:sparse_merge", kwlist, &baseo, &ao, &bo, &scale))
+        return NULL;
+    sparse_base W;
+    if (parse_sparse_base(baseo, &W) < 0 || check_scale(scale) < 0) return NULL;
+    PyArrayObject *a, *b;
+    npy_intp r = parse_adapter(ao, bo, &W, &a, &b);
+    if (r < 0) return NULL;
+    PyArrayObject *vals = (PyArrayObject *)PyArray_NewLikeArray((PyArrayObject *)PyTuple_GET_ITEM(baseo, 5),
+                                                                NPY_CORDER, NULL, 0);
+    if (vals == NULL) return NULL;
+    float *V = (float *)PyArray_DATA(vals);
+    const float *A = (const float *)PyArray_DATA(a), *B = (const float *)PyArray_DATA(b);
+    int rc;
+    Py_BEGIN_ALLOW_THREADS rc = sparse_merge(V, &W, A, B, (float)scale, r);
+    Py_END_ALLOW_THREADS if (rc != 0) {
+        Py_DECREF(vals);
+        return scratch_error();
+    }
+    return (PyObject *)vals;
+}
+
+static PyObject *py_sparse_token_block(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *baseo;
+    int backward;
+    if (!PyArg_ParseTuple(args, "Op:sparse_token_block", &baseo, &backward)) return NULL;
+    sparse_base W;
+    if (parse_sparse_base(baseo, &W) < 0) return NULL;
+    return PyLong_FromLongLong((long long)sparse_token_block(&W, backward));
+}
+
 /* ---- module -------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -838,6 +1048,19 @@ static PyMethodDef methods[] = {
     {"remat_greedy", (PyCFunction)(void (*)(void))py_remat_greedy, METH_VARARGS | METH_KEYWORDS,
      "remat_greedy(memory, duration, pred_ptr, pred_idx, succ_ptr, succ_idx, order, budget) -> (status, "
      "steps | None, peak, duration)\n\nBest of several eviction heuristics under a memory budget."},
+    /* sparse */
+    {"sparse_forward", (PyCFunction)(void (*)(void))py_sparse_forward, METH_VARARGS | METH_KEYWORDS,
+     "sparse_forward(base, x, A, B, scale, naive=False) -> ndarray\n\ny (N, out) = x @ W'^T with W' = W + "
+     "scale*(B A) at the stored positions of base = (kind, out, in, n, m, values, indices, rowptr)."},
+    {"sparse_backward", (PyCFunction)(void (*)(void))py_sparse_backward, METH_VARARGS | METH_KEYWORDS,
+     "sparse_backward(base, gy, x, A, B, scale, input_grad=True, weight_grad=True, naive=False) -> (gx, dA, "
+     "dB)"
+     "\n\ngx = gy @ W' and the exact masked adapter gradients (None where not requested), one fused pass."},
+    {"sparse_merge", (PyCFunction)(void (*)(void))py_sparse_merge, METH_VARARGS | METH_KEYWORDS,
+     "sparse_merge(base, A, B, scale) -> ndarray\n\nThe stored values of W' = W + scale*(B A) (same "
+     "layout)."},
+    {"sparse_token_block", py_sparse_token_block, METH_VARARGS,
+     "sparse_token_block(base, backward) -> int\n\nTokens per thread block the sparse kernels use for base."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -6,7 +6,7 @@ holds the objects and does I/O. See ``README.md`` and ``DESIGN.md`` for the API 
 
 from __future__ import annotations
 
-from sparseft import _core, graphs
+from sparseft import _core, formats, graphs, prune
 from sparseft._runtime import build_info, get_num_threads, set_num_threads, simd_path
 from sparseft.formats_dense import DenseBase
 from sparseft.graph import Graph
@@ -27,8 +27,10 @@ __all__ = [
     "__version__",
     "_core",
     "build_info",
+    "formats",
     "get_num_threads",
     "graphs",
+    "prune",
     "set_num_threads",
     "simd_path",
     "simulate",

@@ -55,6 +55,7 @@ def lors_merge(
     naive: bool = ...,
 ) -> npt.NDArray[np.float32]: ...
 def lors_scratch_bytes(in_features: int, out_features: int, r: int, /) -> int: ...
+
 # ---- weightnorm ----
 def weightnorm_norms(v: npt.NDArray[np.float32], dim: int, /) -> npt.NDArray[np.float32]: ...
 def weightnorm_forward(
@@ -88,6 +89,7 @@ def dora_rownorm_backward(
     scale: float,
     /,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+
 # ---- remat ----
 def remat_simulate(
     steps: npt.NDArray[np.int64],
@@ -124,3 +126,32 @@ def remat_greedy(
     budget: int,
 ) -> tuple[int, npt.NDArray[np.int64] | None, int, int]: ...
 
+# ---- sparse ----
+def sparse_forward(
+    base: tuple[Any, ...],
+    x: npt.NDArray[np.float32],
+    A: npt.NDArray[np.float32],
+    B: npt.NDArray[np.float32],
+    scale: float,
+    naive: bool = ...,
+) -> npt.NDArray[np.float32]: ...
+def sparse_backward(
+    base: tuple[Any, ...],
+    gy: npt.NDArray[np.float32],
+    x: npt.NDArray[np.float32] | None,
+    A: npt.NDArray[np.float32],
+    B: npt.NDArray[np.float32],
+    scale: float,
+    input_grad: bool = ...,
+    weight_grad: bool = ...,
+    naive: bool = ...,
+) -> tuple[
+    npt.NDArray[np.float32] | None, npt.NDArray[np.float32] | None, npt.NDArray[np.float32] | None
+]: ...
+def sparse_merge(
+    base: tuple[Any, ...],
+    A: npt.NDArray[np.float32],
+    B: npt.NDArray[np.float32],
+    scale: float,
+) -> npt.NDArray[np.float32]: ...
+def sparse_token_block(base: tuple[Any, ...], backward: bool, /) -> int: ...

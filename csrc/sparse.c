@@ -1,0 +1,892 @@
+/* sparse.c: SpMM / SDDMM kernels over the CSR and N:M base formats with W' recomputed on the fly.
+ *
+ * Blocking (outer to inner), the same for forward and backward:
+ *   token block of NC tokens -> transpose x (and gx) into (in, NCpad) panels, tokens contiguous
+ *   -> row chunk (<= CHUNK_NNZ nonzeros, <= CHUNK_ROWS rows): W' values of the chunk recomputed once
+ *      (shared by the threads), N:M indices expanded to columns
+ *   -> every thread takes its own token range of the block and sweeps all rows of the chunk:
+ *      forward: a register tile of up to 64 tokens per row, accumulated over the row's nonzeros;
+ *      backward: per nonzero, gx panel row j += w' * gy row (scatter) and g_ij += <gy row, x row j>
+ *   -> backward: the per-thread partial g of the chunk are summed in thread order and reduced into
+ *      dB (rows split among threads) and a per-thread dA^T, summed in thread order at the end.
+ * Deterministic for a fixed thread count (every sum has a fixed order). */
+#include "sparse.h"
+
+#include <string.h>
+
+#include "common.h"
+
+#if SFT_X86
+#include <immintrin.h>
+#endif
+
+#define TOK_VEC 8            /* tokens per vector; thread token ranges are multiples of it */
+#define TOK_TILE 64          /* tokens of one forward register tile (8 vectors) */
+#define CHUNK_NNZ 4096       /* nonzeros of a row chunk (columns, W', g: 48 KiB) */
+#define CHUNK_ROWS 64        /* rows of a row chunk */
+#define TILE_BYTES (1 << 20) /* tile scratch per thread: token panels + chunk buffers */
+#define KC 128               /* columns of a column block (a 64-token panel slab of 32 KiB) */
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+/* ---- format access ------------------------------------------------------------------------- */
+
+/* Offset of row i's first nonzero in W->values. */
+static ALWAYS_INLINE int64_t row_begin(const sparse_base *W, int64_t i) {
+    if (W->kind == SPARSE_CSR) return W->rowptr[i];
+    return i * (W->m > 0 ? W->in / W->m * W->n : 0);
+}
+
+/* End (exclusive) of the row chunk starting at row i0. */
+static int64_t chunk_end(const sparse_base *W, int64_t i0) {
+    int64_t i1 = i0 + 1;
+    int64_t lim = SFT_MIN(W->out, i0 + CHUNK_ROWS);
+    // grow while the chunk stays within CHUNK_NNZ nonzeros
+    while (i1 < lim && row_begin(W, i1 + 1) - row_begin(W, i0) <= CHUNK_NNZ) i1++;
+    return i1;
+}
+
+/* Largest number of nonzeros a chunk can hold (a single long row may exceed CHUNK_NNZ). */
+static int64_t chunk_capacity(const sparse_base *W) {
+    return SFT_MAX((int64_t)CHUNK_NNZ, W->in);
+}
+
+/* Columns of the nonzeros of rows [i_lo, i_hi) into col[k - off0]. */
+static ALWAYS_INLINE void fill_cols(int32_t *col, const sparse_base *W, int64_t i_lo, int64_t i_hi,
+                                    int64_t off0) {
+    if (W->kind == SPARSE_CSR) {
+        int64_t b = W->rowptr[i_lo], e = W->rowptr[i_hi];
+        memcpy(col + (b - off0), W->colidx + b, sizeof(int32_t) * (size_t)(e - b));
+        return;
+    }
+    int64_t n = W->n, m = W->m, ngroups = W->in / m, kpr = ngroups * n;
+    // loop over rows, groups, kept positions inside the group
+    for (int64_t i = i_lo; i < i_hi; i++) {
+        const uint8_t *ix = W->idx + i * kpr;
+        int32_t *cl = col + i * kpr - off0;
+        for (int64_t gr = 0; gr < ngroups; gr++)
+            for (int64_t q = 0; q < n; q++) cl[gr * n + q] = (int32_t)(gr * m + ix[gr * n + q]);
+    }
+}
+
+/* ---- W' recompute: w'[k] = v[k] + s * <B[i,:], A[:,col[k]]>, with AT (in, r) = A^T ---------- */
+
+static void recompute_portable(float *wv, const int32_t *col, const float *v, const float *Bi,
+                               const float *AT, float scale, int64_t cnt, int64_t r) {
+    // one dot product of length r per nonzero
+    for (int64_t k = 0; k < cnt; k++) {
+        const float *a = AT + (int64_t)col[k] * r;
+        float s0 = 0.0f, s1 = 0.0f;
+        int64_t q = 0;
+        for (; q + 1 < r; q += 2) s0 += Bi[q] * a[q], s1 += Bi[q + 1] * a[q + 1];
+        if (q < r) s0 += Bi[q] * a[q];
+        wv[k] = v[k] + scale * (s0 + s1);
+    }
+}
+
+#if SFT_X86
+/* Sum of the 8 lanes of v. */
+SFT_TARGET_AVX2 static ALWAYS_INLINE float hsum_avx2(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+/* Lane u of the result = sum of the lanes of vu. */
+SFT_TARGET_AVX2 static ALWAYS_INLINE __m256 hsum8_avx2(__m256 v0, __m256 v1, __m256 v2, __m256 v3, __m256 v4,
+                                                       __m256 v5, __m256 v6, __m256 v7) {
+    __m256 t0 = _mm256_hadd_ps(v0, v1), t1 = _mm256_hadd_ps(v2, v3);
+    __m256 t2 = _mm256_hadd_ps(v4, v5), t3 = _mm256_hadd_ps(v6, v7);
+    t0 = _mm256_hadd_ps(t0, t1);
+    t2 = _mm256_hadd_ps(t2, t3);
+    return _mm256_add_ps(_mm256_permute2f128_ps(t0, t2, 0x20), _mm256_permute2f128_ps(t0, t2, 0x31));
+}
+
+/* The same, 8 nonzeros at a time: 8 vector dot products in registers, reduced together. */
+SFT_TARGET_AVX2 static void recompute_avx2(float *wv, const int32_t *col, const float *v, const float *Bi,
+                                           const float *AT, float scale, int64_t cnt, int64_t r) {
+    int64_t r8 = r / 8 * 8;
+    __m256 vs = _mm256_set1_ps(scale);
+    int64_t k = 0;
+    // blocks of 8 nonzeros
+    for (; k + 8 <= cnt; k += 8) {
+        const float *a0 = AT + (int64_t)col[k] * r, *a1 = AT + (int64_t)col[k + 1] * r;
+        const float *a2 = AT + (int64_t)col[k + 2] * r, *a3 = AT + (int64_t)col[k + 3] * r;
+        const float *a4 = AT + (int64_t)col[k + 4] * r, *a5 = AT + (int64_t)col[k + 5] * r;
+        const float *a6 = AT + (int64_t)col[k + 6] * r, *a7 = AT + (int64_t)col[k + 7] * r;
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
+        for (int64_t q = 0; q < r8; q += 8) {
+            __m256 b = _mm256_loadu_ps(Bi + q);
+            s0 = _mm256_fmadd_ps(b, _mm256_loadu_ps(a0 + q), s0);
+            s1 = _mm256_fmadd_ps(b, _mm256_loadu_ps(a1 + q), s1);
+            s2 = _mm256_fmadd_ps(b, _mm256_loadu_ps(a2 + q), s2);
+            s3 = _mm256_fmadd_ps(b, _mm256_loadu_ps(a3 + q), s3);
+            s4 = _mm256_fmadd_ps(b, _mm256_loadu_ps(a4 + q), s4);
+            s5 = _mm256_fmadd_ps(b, _mm256_loadu_ps(a5 + q), s5);
+            s6 = _mm256_fmadd_ps(b, _mm256_loadu_ps(a6 + q), s6);
+            s7 = _mm256_fmadd_ps(b, _mm256_loadu_ps(a7 + q), s7);
+        }
+        __m256 dot = hsum8_avx2(s0, s1, s2, s3, s4, s5, s6, s7);
+        if (r8 < r) {
+            // the last r % 8 terms, scalar
+            float tail[8];
+            const float *au[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
+            for (int u = 0; u < 8; u++) {
+                float t = 0.0f;
+                for (int64_t q = r8; q < r; q++) t += Bi[q] * au[u][q];
+                tail[u] = t;
+            }
+            dot = _mm256_add_ps(dot, _mm256_loadu_ps(tail));
+        }
+        _mm256_storeu_ps(wv + k, _mm256_fmadd_ps(vs, dot, _mm256_loadu_ps(v + k)));
+    }
+    // remaining nonzeros one by one
+    for (; k < cnt; k++) {
+        const float *a = AT + (int64_t)col[k] * r;
+        __m256 s = _mm256_setzero_ps();
+        for (int64_t q = 0; q < r8; q += 8)
+            s = _mm256_fmadd_ps(_mm256_loadu_ps(Bi + q), _mm256_loadu_ps(a + q), s);
+        float t = hsum_avx2(s);
+        for (int64_t q = r8; q < r; q++) t += Bi[q] * a[q];
+        wv[k] = v[k] + scale * t;
+    }
+}
+#endif
+
+typedef void (*recompute_fn)(float *, const int32_t *, const float *, const float *, const float *, float,
+                             int64_t, int64_t);
+
+static recompute_fn select_recompute(void) {
+#if SFT_X86
+    if (sft_simd_path == SFT_SIMD_AVX2) return recompute_avx2;
+#endif
+    return recompute_portable;
+}
+
+/* AT (in, r) = A (r, in)^T, rows split among the threads of the enclosing parallel region. */
+static void transpose_A(float *AT, const float *A, int64_t r, int64_t in) {
+#pragma omp for schedule(static)
+    for (int64_t j = 0; j < in; j++)
+        for (int64_t q = 0; q < r; q++) AT[j * r + q] = A[q * in + j];
+}
+
+/* ---- a row chunk and its column-block segments --------------------------------------------- */
+
+/* A chunk of rows with W' recomputed (row order) and, for every row, where its entries of each
+ * column block start: a sweep over the rows for one column block touches only that block's rows
+ * of the token panels (KC columns * 64 tokens * 4 B = 32 KiB, L1). */
+typedef struct {
+    int64_t i0, rows, cnt, nkb;
+    int32_t *seg;    /* (rows, nkb+1) start of row i's entries of column block kb (chunk offsets) */
+    int32_t *rowcol; /* (cap) columns */
+    float *wrow;     /* (cap) W' */
+    float *g;        /* (cap) sampled gradient */
+} chunk;
+
+/* Column blocks of a base: KC columns (CSR) or KC/m whole groups (N:M). */
+static int64_t n_col_blocks(const sparse_base *W, int64_t *groups_per_block) {
+    if (W->kind == SPARSE_CSR) {
+        *groups_per_block = 0;
+        return (W->in + KC - 1) / KC;
+    }
+    int64_t gpb = SFT_MAX((int64_t)1, KC / W->m), ngroups = W->in / W->m;
+    *groups_per_block = gpb;
+    return SFT_MAX((int64_t)1, (ngroups + gpb - 1) / gpb);
+}
+
+static int64_t chunk_bytes(const sparse_base *W) {
+    int64_t gpb, cap = chunk_capacity(W), nkb = n_col_blocks(W, &gpb);
+    return 4 * (3 * cap + CHUNK_ROWS * (nkb + 1)) + 64 * 4;
+}
+
+int64_t sparse_token_block(const sparse_base *W, int backward) {
+    // what is left of TILE_BYTES after the chunk buffers (and the forward's output tile)
+    int64_t budget = TILE_BYTES - chunk_bytes(W) - (backward ? 0 : 4 * CHUNK_ROWS * TOK_TILE);
+    int64_t per_token = 4 * SFT_MAX(W->in, 1) * (backward ? 2 : 1) + (backward ? 4 * CHUNK_ROWS : 0);
+    int64_t nc = budget / per_token / TOK_VEC * TOK_VEC;
+    // at least one vector, at most 512 tokens per block
+    return SFT_MIN(SFT_MAX(nc, TOK_VEC), 512);
+}
+
+/* Carves the chunk arrays out of one scratch block of chunk_bytes(W) bytes. */
+static void chunk_init(chunk *c, void *mem, const sparse_base *W) {
+    int64_t gpb, cap = chunk_capacity(W);
+    c->nkb = n_col_blocks(W, &gpb);
+    char *p = (char *)mem;
+    c->rowcol = (int32_t *)p, p += 4 * cap;
+    c->wrow = (float *)p, p += 4 * cap;
+    c->g = (float *)p, p += 4 * cap;
+    c->seg = (int32_t *)p;
+}
+
+/* Loads rows [i0, i1): columns, W' (when need_w) and the column-block segments. */
+static void chunk_build(chunk *c, const sparse_base *W, int64_t i0, int64_t i1, const float *AT,
+                        const float *B, float scale, int64_t r, int need_w, recompute_fn rcf) {
+    int64_t rows = i1 - i0, off0 = row_begin(W, i0), nkb = c->nkb, gpb;
+    n_col_blocks(W, &gpb);
+    c->i0 = i0, c->rows = rows, c->cnt = row_begin(W, i1) - off0;
+    fill_cols(c->rowcol, W, i0, i1, off0);
+    if (need_w)
+        // W' row by row (B[i,:] shared by the row's nonzeros)
+        for (int64_t i = i0; i < i1; i++) {
+            int64_t b = row_begin(W, i) - off0, e = row_begin(W, i + 1) - off0;
+            rcf(c->wrow + b, c->rowcol + b, W->values + off0 + b, B + i * r, AT, scale, e - b, r);
+        }
+    // segment starts: N:M by formula, CSR by one scan of each row's increasing columns
+    for (int64_t i = 0; i < rows; i++) {
+        int32_t *sg = c->seg + i * (nkb + 1);
+        int64_t b = row_begin(W, i0 + i) - off0, e = row_begin(W, i0 + i + 1) - off0;
+        if (W->kind == SPARSE_NM) {
+            int64_t ngroups = W->in / W->m;
+            for (int64_t kb = 0; kb <= nkb; kb++) sg[kb] = (int32_t)(b + SFT_MIN(kb * gpb, ngroups) * W->n);
+            continue;
+        }
+        int64_t k = b;
+        for (int64_t kb = 0; kb < nkb; kb++) {
+            sg[kb] = (int32_t)k;
+            int64_t lim = (kb + 1) * KC;
+            while (k < e && c->rowcol[k] < lim) k++;
+        }
+        sg[nkb] = (int32_t)e;
+    }
+}
+
+/* dst (cols, nt) = src[t0 : t0+nvalid, :]^T, zero-padded to nt tokens. */
+static void pack_panel(float *dst, const float *src, int64_t cols, int64_t t0, int64_t nvalid, int64_t nt) {
+    // tokens outer (contiguous reads of a row of src), columns inner
+    for (int64_t t = 0; t < nvalid; t++) {
+        const float *s = src + (t0 + t) * cols;
+        for (int64_t j = 0; j < cols; j++) dst[j * nt + t] = s[j];
+    }
+    for (int64_t j = 0; j < cols; j++)
+        for (int64_t t = nvalid; t < nt; t++) dst[j * nt + t] = 0.0f;
+}
+
+/* The token range [*ta, *tb) of thread tid of nth (multiples of TOK_VEC, clipped to N). */
+static void thread_tokens(int64_t N, int tid, int nth, int64_t *ta, int64_t *tb) {
+    int64_t units = (N + TOK_VEC - 1) / TOK_VEC;
+    *ta = SFT_MIN(N, units * tid / nth * TOK_VEC);
+    *tb = SFT_MIN(N, units * (tid + 1) / nth * TOK_VEC);
+}
+
+/* ---- forward segment: yt[t] += sum_k w[k] * xT[col[k]*ld + t], t < nv*8 --------------------- */
+
+static void fwd_seg_portable(float *yt, const float *w, const int32_t *col, int64_t cnt, const float *xT,
+                             int64_t ld, int64_t nt) {
+    float acc[TOK_TILE];
+    memcpy(acc, yt, sizeof(float) * (size_t)nt);
+    // loop over the segment's nonzeros, a run of tokens each
+    for (int64_t k = 0; k < cnt; k++) {
+        const float wk = w[k];
+        const float *p = xT + (int64_t)col[k] * ld;
+        for (int64_t t = 0; t < nt; t++) acc[t] += wk * p[t];
+    }
+    memcpy(yt, acc, sizeof(float) * (size_t)nt);
+}
+
+#if SFT_X86
+/* NV accumulators (8*NV tokens) kept in registers across the segment: one broadcast, NV loads,
+ * NV FMAs per nonzero (XNNPACK spmm style). */
+#define FWD_LOAD(v) __m256 a##v = NV > v ? _mm256_loadu_ps(yt + 8 * v) : _mm256_setzero_ps()
+#define FWD_FMA(v) \
+    if (NV > v) a##v = _mm256_fmadd_ps(wk, _mm256_loadu_ps(p + 8 * v), a##v)
+#define FWD_STORE(v) \
+    if (NV > v) _mm256_storeu_ps(yt + 8 * v, a##v)
+#define DEF_FWD_AVX2(NV_)                                                                         \
+    SFT_TARGET_AVX2 static void fwd_seg_avx2_##NV_(float *yt, const float *w, const int32_t *col, \
+                                                   int64_t cnt, const float *xT, int64_t ld) {    \
+        enum { NV = NV_ };                                                                        \
+                                                                                                  \
+        FWD_LOAD(0);                                                                              \
+        FWD_LOAD(1);                                                                              \
+        FWD_LOAD(2);                                                                              \
+        FWD_LOAD(3);                                                                              \
+        FWD_LOAD(4);                                                                              \
+        FWD_LOAD(5);                                                                              \
+        FWD_LOAD(6);                                                                              \
+        FWD_LOAD(7);                                                                              \
+        for (int64_t k = 0; k < cnt; k++) {                                                       \
+            __m256 wk = _mm256_broadcast_ss(w + k);                                               \
+            const float *p = xT + (int64_t)col[k] * ld;                                           \
+            FWD_FMA(0);                                                                           \
+            FWD_FMA(1);                                                                           \
+            FWD_FMA(2);                                                                           \
+            FWD_FMA(3);                                                                           \
+            FWD_FMA(4);                                                                           \
+            FWD_FMA(5);                                                                           \
+            FWD_FMA(6);                                                                           \
+            FWD_FMA(7);                                                                           \
+        }                                                                                         \
+        FWD_STORE(0);                                                                             \
+        FWD_STORE(1);                                                                             \
+        FWD_STORE(2);                                                                             \
+        FWD_STORE(3);                                                                             \
+        FWD_STORE(4);                                                                             \
+        FWD_STORE(5);                                                                             \
+        FWD_STORE(6);                                                                             \
+        FWD_STORE(7);                                                                             \
+    }
+DEF_FWD_AVX2(1)
+DEF_FWD_AVX2(2)
+DEF_FWD_AVX2(3)
+DEF_FWD_AVX2(4)
+DEF_FWD_AVX2(5)
+DEF_FWD_AVX2(6)
+DEF_FWD_AVX2(7)
+DEF_FWD_AVX2(8)
+
+SFT_TARGET_AVX2 static void fwd_seg_avx2(float *yt, const float *w, const int32_t *col, int64_t cnt,
+                                         const float *xT, int64_t ld, int64_t nt) {
+    switch (nt / 8) {
+        case 1:
+            fwd_seg_avx2_1(yt, w, col, cnt, xT, ld);
+            break;
+        case 2:
+            fwd_seg_avx2_2(yt, w, col, cnt, xT, ld);
+            break;
+        case 3:
+            fwd_seg_avx2_3(yt, w, col, cnt, xT, ld);
+            break;
+        case 4:
+            fwd_seg_avx2_4(yt, w, col, cnt, xT, ld);
+            break;
+        case 5:
+            fwd_seg_avx2_5(yt, w, col, cnt, xT, ld);
+            break;
+        case 6:
+            fwd_seg_avx2_6(yt, w, col, cnt, xT, ld);
+            break;
+        case 7:
+            fwd_seg_avx2_7(yt, w, col, cnt, xT, ld);
+            break;
+        default:
+            fwd_seg_avx2_8(yt, w, col, cnt, xT, ld);
+            break;
+    }
+}
+#endif
+
+typedef void (*fwd_seg_fn)(float *, const float *, const int32_t *, int64_t, const float *, int64_t, int64_t);
+
+/* ---- backward segment: gxT[col[k]] += w[k] * gyrow;  g[k] += <gyrow, xT[col[k]]> ------------- */
+
+static void bwd_seg_portable(float *g, float *gxT, const float *w, const int32_t *col, int64_t cnt,
+                             const float *gyrow, const float *xT, int64_t ld, int64_t nt) {
+    // loop over the segment's nonzeros, then the tile's tokens
+    for (int64_t k = 0; k < cnt; k++) {
+        int64_t off = (int64_t)col[k] * ld;
+        if (gxT != NULL) {
+            float wk = w[k];
+            float *gx = gxT + off;
+            for (int64_t t = 0; t < nt; t++) gx[t] += wk * gyrow[t];
+        }
+        if (g != NULL) {
+            const float *p = xT + off;
+            float s[8] = {0};
+            for (int64_t t = 0; t < nt; t += 8)
+                for (int u = 0; u < 8; u++) s[u] += gyrow[t + u] * p[t + u];
+            g[k] += ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+        }
+    }
+}
+
+#if SFT_X86
+/* The tile's gy row stays in NV registers; per nonzero one pass over the tokens serves both the
+ * scatter into gx^T and the sampled product (SparseProp's fused backward). */
+#define BWD_GY(v) __m256 y##v = NV > v ? _mm256_loadu_ps(gyrow + 8 * v) : _mm256_setzero_ps()
+#define BWD_BOTH(v)                                                                           \
+    if (NV > v) {                                                                             \
+        if (v % 2 == 0)                                                                       \
+            s0 = _mm256_fmadd_ps(y##v, _mm256_loadu_ps(xT + off + 8 * v), s0);                \
+        else                                                                                  \
+            s1 = _mm256_fmadd_ps(y##v, _mm256_loadu_ps(xT + off + 8 * v), s1);                \
+        _mm256_storeu_ps(px + 8 * v, _mm256_fmadd_ps(wk, y##v, _mm256_loadu_ps(px + 8 * v))); \
+    }
+#define BWD_GX(v) \
+    if (NV > v) _mm256_storeu_ps(px + 8 * v, _mm256_fmadd_ps(wk, y##v, _mm256_loadu_ps(px + 8 * v)))
+#define BWD_G(v)                                                               \
+    if (NV > v) {                                                              \
+        if (v % 2 == 0)                                                        \
+            s0 = _mm256_fmadd_ps(y##v, _mm256_loadu_ps(xT + off + 8 * v), s0); \
+        else                                                                   \
+            s1 = _mm256_fmadd_ps(y##v, _mm256_loadu_ps(xT + off + 8 * v), s1); \
+    }
+#define BWD_ALL(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
+#define BWD_ALLS(M) \
+    M(0);           \
+    M(1);           \
+    M(2);           \
+    M(3);           \
+    M(4);           \
+    M(5);           \
+    M(6);           \
+    M(7)
+/* The per-nonzero partial sums wait in sb and are reduced 8 at a time (one hsum8 per 8 nonzeros). */
+#define SG_PUSH(k)                                                                                       \
+    _mm256_store_ps(sb + 8 * ((k) & 7), _mm256_add_ps(s0, s1));                                          \
+    if (((k) & 7) == 7) {                                                                                \
+        __m256 h = hsum8_avx2(_mm256_load_ps(sb), _mm256_load_ps(sb + 8), _mm256_load_ps(sb + 16),       \
+                              _mm256_load_ps(sb + 24), _mm256_load_ps(sb + 32), _mm256_load_ps(sb + 40), \
+                              _mm256_load_ps(sb + 48), _mm256_load_ps(sb + 56));                         \
+        _mm256_storeu_ps(g + (k) - 7, _mm256_add_ps(_mm256_loadu_ps(g + (k) - 7), h));                   \
+    }
+#define SG_TAIL() \
+    for (int64_t kk = cnt / 8 * 8; kk < cnt; kk++) g[kk] += hsum_avx2(_mm256_load_ps(sb + 8 * (kk & 7)))
+#define DEF_BWD_AVX2(NV_)                                                                                    \
+    SFT_TARGET_AVX2 static void bwd_seg_avx2_##NV_(float *g, float *gxT, const float *w, const int32_t *col, \
+                                                   int64_t cnt, const float *gyrow, const float *xT,         \
+                                                   int64_t ld) {                                             \
+        enum { NV = NV_ };                                                                                   \
+        float sb[64] __attribute__((aligned(32)));                                                           \
+                                                                                                             \
+        BWD_ALLS(BWD_GY);                                                                                    \
+        if (gxT != NULL && g != NULL) {                                                                      \
+            for (int64_t k = 0; k < cnt; k++) {                                                              \
+                int64_t off = (int64_t)col[k] * ld;                                                          \
+                float *px = gxT + off;                                                                       \
+                __m256 wk = _mm256_broadcast_ss(w + k), s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();  \
+                BWD_ALL(BWD_BOTH)                                                                            \
+                SG_PUSH(k);                                                                                  \
+            }                                                                                                \
+            SG_TAIL();                                                                                       \
+        } else if (gxT != NULL) {                                                                            \
+            for (int64_t k = 0; k < cnt; k++) {                                                              \
+                float *px = gxT + (int64_t)col[k] * ld;                                                      \
+                __m256 wk = _mm256_broadcast_ss(w + k);                                                      \
+                BWD_ALLS(BWD_GX);                                                                            \
+            }                                                                                                \
+        } else {                                                                                             \
+            for (int64_t k = 0; k < cnt; k++) {                                                              \
+                int64_t off = (int64_t)col[k] * ld;                                                          \
+                __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();                                   \
+                BWD_ALL(BWD_G)                                                                               \
+                SG_PUSH(k);                                                                                  \
+            }                                                                                                \
+            SG_TAIL();                                                                                       \
+        }                                                                                                    \
+    }
+DEF_BWD_AVX2(1)
+DEF_BWD_AVX2(2)
+DEF_BWD_AVX2(3)
+DEF_BWD_AVX2(4)
+DEF_BWD_AVX2(5)
+DEF_BWD_AVX2(6)
+DEF_BWD_AVX2(7)
+DEF_BWD_AVX2(8)
+
+SFT_TARGET_AVX2 static void bwd_seg_avx2(float *g, float *gxT, const float *w, const int32_t *col,
+                                         int64_t cnt, const float *gyrow, const float *xT, int64_t ld,
+                                         int64_t nt) {
+    switch (nt / 8) {
+        case 1:
+            bwd_seg_avx2_1(g, gxT, w, col, cnt, gyrow, xT, ld);
+            break;
+        case 2:
+            bwd_seg_avx2_2(g, gxT, w, col, cnt, gyrow, xT, ld);
+            break;
+        case 3:
+            bwd_seg_avx2_3(g, gxT, w, col, cnt, gyrow, xT, ld);
+            break;
+        case 4:
+            bwd_seg_avx2_4(g, gxT, w, col, cnt, gyrow, xT, ld);
+            break;
+        case 5:
+            bwd_seg_avx2_5(g, gxT, w, col, cnt, gyrow, xT, ld);
+            break;
+        case 6:
+            bwd_seg_avx2_6(g, gxT, w, col, cnt, gyrow, xT, ld);
+            break;
+        case 7:
+            bwd_seg_avx2_7(g, gxT, w, col, cnt, gyrow, xT, ld);
+            break;
+        default:
+            bwd_seg_avx2_8(g, gxT, w, col, cnt, gyrow, xT, ld);
+            break;
+    }
+}
+#endif
+
+typedef void (*bwd_seg_fn)(float *, float *, const float *, const int32_t *, int64_t, const float *,
+                           const float *, int64_t, int64_t);
+
+/* ---- gradient reduction: dB[i,:] += s*g*AT[j,:],  dAT[j,:] += s*g*B[i,:] --------------------- */
+
+static ALWAYS_INLINE void reduce_body(float *dB, float *dAT, const chunk *c, const float *AT, const float *B,
+                                      float scale, int64_t r) {
+    // rows, then their entries: one rank-1 update of length r each
+    for (int64_t i = 0; i < c->rows; i++) {
+        float *db = dB + (c->i0 + i) * r;
+        const float *bi = B + (c->i0 + i) * r;
+        int64_t b = c->seg[i * (c->nkb + 1)], e = c->seg[i * (c->nkb + 1) + c->nkb];
+        for (int64_t k = b; k < e; k++) {
+            float sg = scale * c->g[k];
+            const float *a = AT + (int64_t)c->rowcol[k] * r;
+            float *da = dAT + (int64_t)c->rowcol[k] * r;
+            for (int64_t q = 0; q < r; q++) {
+                db[q] += sg * a[q];
+                da[q] += sg * bi[q];
+            }
+        }
+    }
+}
+
+static void reduce_portable(float *dB, float *dAT, const chunk *c, const float *AT, const float *B,
+                            float scale, int64_t r) {
+    reduce_body(dB, dAT, c, AT, B, scale, r);
+}
+
+#if SFT_X86
+SFT_TARGET_AVX2 static void reduce_avx2(float *dB, float *dAT, const chunk *c, const float *AT,
+                                        const float *B, float scale, int64_t r) {
+    if (r != 16) {
+        reduce_body(dB, dAT, c, AT, B, scale, r);
+        return;
+    }
+    // r = 16: the row's dB and B in registers, two vectors per rank-1 update of dA^T
+    __m256 vs = _mm256_set1_ps(scale);
+    for (int64_t i = 0; i < c->rows; i++) {
+        float *db = dB + (c->i0 + i) * 16;
+        const float *bi = B + (c->i0 + i) * 16;
+        __m256 d0 = _mm256_loadu_ps(db), d1 = _mm256_loadu_ps(db + 8);
+        __m256 b0 = _mm256_loadu_ps(bi), b1 = _mm256_loadu_ps(bi + 8);
+        int64_t b = c->seg[i * (c->nkb + 1)], e = c->seg[i * (c->nkb + 1) + c->nkb];
+        for (int64_t k = b; k < e; k++) {
+            __m256 sg = _mm256_mul_ps(vs, _mm256_broadcast_ss(c->g + k));
+            const float *a = AT + (int64_t)c->rowcol[k] * 16;
+            float *da = dAT + (int64_t)c->rowcol[k] * 16;
+            d0 = _mm256_fmadd_ps(sg, _mm256_loadu_ps(a), d0);
+            d1 = _mm256_fmadd_ps(sg, _mm256_loadu_ps(a + 8), d1);
+            _mm256_storeu_ps(da, _mm256_fmadd_ps(sg, b0, _mm256_loadu_ps(da)));
+            _mm256_storeu_ps(da + 8, _mm256_fmadd_ps(sg, b1, _mm256_loadu_ps(da + 8)));
+        }
+        _mm256_storeu_ps(db, d0);
+        _mm256_storeu_ps(db + 8, d1);
+    }
+}
+#endif
+
+typedef void (*reduce_fn)(float *, float *, const chunk *, const float *, const float *, float, int64_t);
+
+/* ---- drivers ------------------------------------------------------------------------------- */
+
+/* Every thread takes a contiguous range of tokens and works on it alone (no barriers in the main
+ * loop; the machine is often shared, where barriers cost whole time slices): blocks of NCt
+ * tokens, transposed into tiles of <= 64 tokens; for each row chunk, W' recomputed once per block;
+ * tiles -> column blocks -> rows -> register-tiled segment kernel. */
+
+int sparse_forward(float *y, const sparse_base *W, const float *x, const float *A, const float *B,
+                   float scale, int64_t N, int64_t r) {
+    int64_t out = W->out, in = W->in;
+    if (N <= 0 || out <= 0) return 0;
+    if (in <= 0) {
+        memset(y, 0, sizeof(float) * (size_t)(N * out));
+        return 0;
+    }
+    int nthreads = sft_get_num_threads();
+    int64_t NCt = sparse_token_block(W, 0);
+    int64_t per = SFT_MIN(NCt, (N + TOK_VEC - 1) / TOK_VEC * TOK_VEC);
+    size_t per_thread = sizeof(float) * (size_t)(in * per + CHUNK_ROWS * TOK_TILE) + (size_t)chunk_bytes(W);
+    float *AT = (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(in * r, 1));
+    char *mem = (char *)sft_scratch_alloc(per_thread * (size_t)nthreads);
+    if (AT == NULL || mem == NULL) {
+        sft_scratch_free(mem);
+        sft_scratch_free(AT);
+        return -1;
+    }
+    recompute_fn rcf = select_recompute();
+    fwd_seg_fn seg = fwd_seg_portable;
+#if SFT_X86
+    if (sft_simd_path == SFT_SIMD_AVX2) seg = fwd_seg_avx2;
+#endif
+
+#pragma omp parallel num_threads(nthreads)
+    {
+#ifdef _OPENMP
+        int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+#else
+        int tid = 0, nth = 1;
+#endif
+        char *my = mem + per_thread * (size_t)tid;
+        float *xT = (float *)my;      /* tiles (in, 64) */
+        float *ytile = xT + in * per; /* (CHUNK_ROWS, 64) */
+        chunk c;
+        chunk_init(&c, ytile + CHUNK_ROWS * TOK_TILE, W);
+        transpose_A(AT, A, r, in); /* ends with a barrier */
+        int64_t ta, tb;
+        thread_tokens(N, tid, nth, &ta, &tb);
+        // loop over this thread's token blocks
+        for (int64_t t0 = ta; t0 < tb; t0 += NCt) {
+            int64_t nblk = SFT_MIN(NCt, tb - t0), ntiles = (nblk + TOK_TILE - 1) / TOK_TILE;
+            // transpose the block into tiles of up to 64 tokens (padded to vectors)
+            for (int64_t p = 0; p < ntiles; p++) {
+                int64_t nv = SFT_MIN(TOK_TILE, nblk - p * TOK_TILE);
+                pack_panel(xT + p * in * TOK_TILE, x, in, t0 + p * TOK_TILE, nv, (nv + 7) / 8 * 8);
+            }
+            // loop over row chunks
+            for (int64_t i0 = 0; i0 < out; i0 = chunk_end(W, i0)) {
+                int64_t i1 = chunk_end(W, i0);
+                chunk_build(&c, W, i0, i1, AT, B, scale, r, 1, rcf);
+                // loop over tiles, column blocks, rows
+                for (int64_t p = 0; p < ntiles; p++) {
+                    int64_t nv = SFT_MIN(TOK_TILE, nblk - p * TOK_TILE), nt = (nv + 7) / 8 * 8;
+                    const float *panel = xT + p * in * TOK_TILE;
+                    memset(ytile, 0, sizeof(float) * (size_t)(c.rows * TOK_TILE));
+                    for (int64_t kb = 0; kb < c.nkb; kb++)
+                        for (int64_t i = 0; i < c.rows; i++) {
+                            int64_t b = c.seg[i * (c.nkb + 1) + kb], e = c.seg[i * (c.nkb + 1) + kb + 1];
+                            if (b < e)
+                                seg(ytile + i * TOK_TILE, c.wrow + b, c.rowcol + b, e - b, panel, nt, nt);
+                        }
+                    // write the tile transposed: y[t0 + p*64 + t, i0:i1]
+                    for (int64_t t = 0; t < nv; t++) {
+                        float *yr = y + (t0 + p * TOK_TILE + t) * out + i0;
+                        for (int64_t i = 0; i < c.rows; i++) yr[i] = ytile[i * TOK_TILE + t];
+                    }
+                }
+            }
+        }
+    }
+    sft_scratch_free(mem);
+    sft_scratch_free(AT);
+    return 0;
+}
+
+int sparse_backward(float *gx, float *dA, float *dB, const sparse_base *W, const float *gy, const float *x,
+                    const float *A, const float *B, float scale, int64_t N, int64_t r) {
+    int64_t out = W->out, in = W->in;
+    int want_g = dA != NULL;
+    if (want_g) {
+        memset(dA, 0, sizeof(float) * (size_t)(r * in));
+        memset(dB, 0, sizeof(float) * (size_t)(out * r));
+    }
+    if (gx != NULL) memset(gx, 0, sizeof(float) * (size_t)SFT_MAX(N * in, 0));
+    if (N <= 0 || out <= 0 || in <= 0 || (gx == NULL && !want_g)) return 0;
+    int nthreads = sft_get_num_threads();
+    int64_t NCt = sparse_token_block(W, 1);
+    int64_t per = SFT_MIN(NCt, (N + TOK_VEC - 1) / TOK_VEC * TOK_VEC);
+    int64_t ntiles_max = (per + TOK_TILE - 1) / TOK_TILE;
+    int64_t panel = in * per;
+    size_t per_thread = sizeof(float) * (size_t)(2 * panel + CHUNK_ROWS * ntiles_max * TOK_TILE) +
+                        (size_t)chunk_bytes(W) + (want_g ? sizeof(float) * (size_t)((in + out) * r) : 0);
+    float *AT = (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(in * r, 1));
+    char *mem = (char *)sft_scratch_alloc(per_thread * (size_t)nthreads);
+    if (AT == NULL || mem == NULL) {
+        sft_scratch_free(mem);
+        sft_scratch_free(AT);
+        return -1;
+    }
+    recompute_fn rcf = select_recompute();
+    bwd_seg_fn seg = bwd_seg_portable;
+    reduce_fn red = reduce_portable;
+#if SFT_X86
+    if (sft_simd_path == SFT_SIMD_AVX2) seg = bwd_seg_avx2, red = reduce_avx2;
+#endif
+
+#pragma omp parallel num_threads(nthreads)
+    {
+#ifdef _OPENMP
+        int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+#else
+        int tid = 0, nth = 1;
+#endif
+        char *my = mem + per_thread * (size_t)tid;
+        float *xT = (float *)my;                               /* tiles (in, 64) */
+        float *gxT = xT + panel;                               /* tiles (in, 64) */
+        float *gyT = gxT + panel;                              /* tiles (CHUNK_ROWS, 64) */
+        float *dBu = gyT + CHUNK_ROWS * ntiles_max * TOK_TILE; /* (out, r) */
+        float *dATu = dBu + out * r;                           /* (in, r) */
+        chunk c;
+        chunk_init(&c, (char *)(dBu + (want_g ? (out + in) * r : 0)), W);
+        if (want_g) memset(dBu, 0, sizeof(float) * (size_t)((out + in) * r));
+        transpose_A(AT, A, r, in); /* ends with a barrier */
+        int64_t ta, tb;
+        thread_tokens(N, tid, nth, &ta, &tb);
+        // loop over this thread's token blocks
+        for (int64_t t0 = ta; t0 < tb; t0 += NCt) {
+            int64_t nblk = SFT_MIN(NCt, tb - t0), ntiles = (nblk + TOK_TILE - 1) / TOK_TILE;
+            // transpose x into tiles, zero the gx tiles
+            for (int64_t p = 0; p < ntiles; p++) {
+                int64_t nv = SFT_MIN(TOK_TILE, nblk - p * TOK_TILE), nt = (nv + 7) / 8 * 8;
+                if (want_g) pack_panel(xT + p * in * TOK_TILE, x, in, t0 + p * TOK_TILE, nv, nt);
+                if (gx != NULL) memset(gxT + p * in * TOK_TILE, 0, sizeof(float) * (size_t)(in * nt));
+            }
+            // loop over row chunks
+            for (int64_t i0 = 0; i0 < out; i0 = chunk_end(W, i0)) {
+                int64_t i1 = chunk_end(W, i0);
+                chunk_build(&c, W, i0, i1, AT, B, scale, r, gx != NULL, rcf);
+                if (want_g) memset(c.g, 0, sizeof(float) * (size_t)c.cnt);
+                // loop over tiles: transpose the chunk's gy columns, then column blocks, rows
+                for (int64_t p = 0; p < ntiles; p++) {
+                    int64_t nv = SFT_MIN(TOK_TILE, nblk - p * TOK_TILE), nt = (nv + 7) / 8 * 8;
+                    float *gyt = gyT + p * CHUNK_ROWS * TOK_TILE;
+                    for (int64_t i = 0; i < c.rows; i++)
+                        for (int64_t t = nv; t < nt; t++) gyt[i * TOK_TILE + t] = 0.0f;
+                    for (int64_t t = 0; t < nv; t++) {
+                        const float *gr = gy + (t0 + p * TOK_TILE + t) * out + i0;
+                        for (int64_t i = 0; i < c.rows; i++) gyt[i * TOK_TILE + t] = gr[i];
+                    }
+                    float *gxp = gx != NULL ? gxT + p * in * TOK_TILE : NULL;
+                    const float *xp = want_g ? xT + p * in * TOK_TILE : NULL;
+                    for (int64_t kb = 0; kb < c.nkb; kb++)
+                        for (int64_t i = 0; i < c.rows; i++) {
+                            int64_t b = c.seg[i * (c.nkb + 1) + kb], e = c.seg[i * (c.nkb + 1) + kb + 1];
+                            if (b < e)
+                                seg(want_g ? c.g + b : NULL, gxp, c.wrow + b, c.rowcol + b, e - b,
+                                    gyt + i * TOK_TILE, xp, nt, nt);
+                        }
+                }
+                // the chunk's sampled gradient of this block into this thread's dB, dA^T
+                if (want_g) red(dBu, dATu, &c, AT, B, scale, r);
+            }
+            // write this block's gx (transposed back)
+            if (gx != NULL)
+                for (int64_t p = 0; p < ntiles; p++) {
+                    int64_t nv = SFT_MIN(TOK_TILE, nblk - p * TOK_TILE), nt = (nv + 7) / 8 * 8;
+                    const float *gp = gxT + p * in * TOK_TILE;
+                    for (int64_t t = 0; t < nv; t++) {
+                        float *gr = gx + (t0 + p * TOK_TILE + t) * in;
+                        for (int64_t j = 0; j < in; j++) gr[j] = gp[j * nt + t];
+                    }
+                }
+        }
+        if (want_g) {
+#pragma omp barrier
+            // dB, dA: the threads' partial sums added in thread order
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < out; i++)
+                for (int u = 0; u < nth; u++) {
+                    const float *src = (const float *)(mem + per_thread * (size_t)u) + 2 * panel +
+                                       CHUNK_ROWS * ntiles_max * TOK_TILE + i * r;
+                    for (int64_t q = 0; q < r; q++) dB[i * r + q] += src[q];
+                }
+#pragma omp for schedule(static)
+            for (int64_t j = 0; j < in; j++)
+                for (int u = 0; u < nth; u++) {
+                    const float *src = (const float *)(mem + per_thread * (size_t)u) + 2 * panel +
+                                       CHUNK_ROWS * ntiles_max * TOK_TILE + out * r + j * r;
+                    for (int64_t q = 0; q < r; q++) dA[q * in + j] += src[q];
+                }
+        }
+    }
+    sft_scratch_free(mem);
+    sft_scratch_free(AT);
+    return 0;
+}
+
+int sparse_merge(float *values_out, const sparse_base *W, const float *A, const float *B, float scale,
+                 int64_t r) {
+    int64_t out = W->out, in = W->in;
+    if (out <= 0 || in <= 0) return 0;
+    int nthreads = sft_get_num_threads();
+    int64_t cap = chunk_capacity(W);
+    float *AT = (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(in * r, 1));
+    int32_t *col_all = (int32_t *)sft_scratch_alloc(sizeof(int32_t) * (size_t)(nthreads * cap));
+    if (AT == NULL || col_all == NULL) {
+        sft_scratch_free(col_all);
+        sft_scratch_free(AT);
+        return -1;
+    }
+    recompute_fn rcf = select_recompute();
+#pragma omp parallel num_threads(nthreads)
+    {
+#ifdef _OPENMP
+        int tid = omp_get_thread_num();
+#else
+        int tid = 0;
+#endif
+        int32_t *col = col_all + (int64_t)tid * cap;
+        transpose_A(AT, A, r, in);
+        // one row at a time: columns into the thread's buffer, W' straight into the output
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < out; i++) {
+            int64_t b = row_begin(W, i);
+            fill_cols(col, W, i, i + 1, b);
+            rcf(values_out + b, col, W->values + b, B + i * r, AT, scale, row_begin(W, i + 1) - b, r);
+        }
+    }
+    sft_scratch_free(col_all);
+    sft_scratch_free(AT);
+    return 0;
+}
+
+int sparse_check(const sparse_base *W, int64_t nnz) {
+    if (W->kind == SPARSE_CSR) {
+        if (W->rowptr[0] != 0 || W->rowptr[W->out] != nnz) return 1;
+        // rows: pointers nondecreasing, columns increasing and inside [0, in)
+        for (int64_t i = 0; i < W->out; i++) {
+            if (W->rowptr[i + 1] < W->rowptr[i]) return 1;
+            for (int64_t k = W->rowptr[i]; k < W->rowptr[i + 1]; k++) {
+                if (W->colidx[k] < 0 || W->colidx[k] >= W->in) return 2;
+                if (k > W->rowptr[i] && W->colidx[k] <= W->colidx[k - 1]) return 2;
+            }
+        }
+        return 0;
+    }
+    if (W->m < 1 || W->n < 0 || W->n > W->m || W->in % W->m != 0) return 4;
+    if (W->out * (W->in / W->m * W->n) != nnz) return 1;
+    // groups: indices increasing and below m
+    for (int64_t k = 0; k < nnz; k++) {
+        if (W->idx[k] >= W->m) return 3;
+        if (k % W->n != 0 && W->idx[k] <= W->idx[k - 1]) return 3;
+    }
+    return 0;
+}
+
+/* ---- naive references ---------------------------------------------------------------------- */
+
+/* Column of the k-th stored entry of row i (k counted from the row's start). */
+static int64_t naive_col(const sparse_base *W, int64_t i, int64_t k) {
+    if (W->kind == SPARSE_CSR) return W->colidx[W->rowptr[i] + k];
+    return (k / W->n) * W->m + W->idx[row_begin(W, i) + k];
+}
+
+/* W'_ij at the k-th stored entry of row i. */
+static float naive_wprime(const sparse_base *W, const float *A, const float *B, float scale, int64_t r,
+                          int64_t i, int64_t k) {
+    int64_t j = naive_col(W, i, k);
+    float d = 0.0f;
+    for (int64_t q = 0; q < r; q++) d += B[i * r + q] * A[q * W->in + j];
+    return W->values[row_begin(W, i) + k] + scale * d;
+}
+
+void sparse_forward_naive(float *y, const sparse_base *W, const float *x, const float *A, const float *B,
+                          float scale, int64_t N, int64_t r) {
+    // one sparse dot product per output element
+    for (int64_t t = 0; t < N; t++)
+        for (int64_t i = 0; i < W->out; i++) {
+            float acc = 0.0f;
+            int64_t cnt = row_begin(W, i + 1) - row_begin(W, i);
+            for (int64_t k = 0; k < cnt; k++)
+                acc += naive_wprime(W, A, B, scale, r, i, k) * x[t * W->in + naive_col(W, i, k)];
+            y[t * W->out + i] = acc;
+        }
+}
+
+void sparse_backward_naive(float *gx, float *dA, float *dB, const sparse_base *W, const float *gy,
+                           const float *x, const float *A, const float *B, float scale, int64_t N,
+                           int64_t r) {
+    int64_t out = W->out, in = W->in;
+    if (gx != NULL) memset(gx, 0, sizeof(float) * (size_t)(N * in));
+    if (dA != NULL) {
+        memset(dA, 0, sizeof(float) * (size_t)(r * in));
+        memset(dB, 0, sizeof(float) * (size_t)(out * r));
+    }
+    // loop over stored entries: scatter into gx, sample g_ij, rank-1 updates of dA and dB
+    for (int64_t i = 0; i < out; i++) {
+        int64_t cnt = row_begin(W, i + 1) - row_begin(W, i);
+        for (int64_t k = 0; k < cnt; k++) {
+            int64_t j = naive_col(W, i, k);
+            float w = naive_wprime(W, A, B, scale, r, i, k);
+            float g = 0.0f;
+            for (int64_t t = 0; t < N; t++) {
+                if (gx != NULL) gx[t * in + j] += gy[t * out + i] * w;
+                g += gy[t * out + i] * x[t * in + j];
+            }
+            if (dA == NULL) continue;
+            for (int64_t q = 0; q < r; q++) {
+                dB[i * r + q] += scale * g * A[q * in + j];
+                dA[q * in + j] += scale * g * B[i * r + q];
+            }
+        }
+    }
+}

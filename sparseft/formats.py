@@ -1,0 +1,419 @@
+"""Compressed storage of a masked base weight, with the LoRS adapter applied on the fly.
+
+A base holds W (out, in), zero off its mask M, and computes with W' = W + s·(B A) ⊙ M without ever
+storing W': the C kernels recompute W'_ij = W_ij + s·B[i,:]·A[:,j] at the stored positions only.
+
+``CSRBase``
+    Low-density masks: CSR values (nnz,) float32, int32 column indices, int64 row pointers.
+    8 bytes per stored entry (+ 8 per row), i.e. smaller than dense float32 below density 0.5.
+    CSR was chosen over a bitmask because the kernels walk the nonzeros of a row in order and need
+    their columns directly (a bitmask needs a popcount/decode step per 64 columns in the inner
+    loop); a bitmask (4 bytes per entry + out·in/8) is smaller only above density 1/32, where the
+    dense path is the faster choice anyway (see ``DENSITY_CROSSOVER``).
+``NMBase``
+    N:M masks (n kept in every group of m consecutive inputs): values (out, in·n/m) float32 and
+    the kept positions inside each group as uint8 (out, in·n/m). 2:4 stores 2.5 bytes per weight.
+
+Every base implements the same contract as ``sparseft.lors.DenseBase``: ``format``, ``shape``,
+``nnz``, ``nbytes``, ``from_dense``, ``to_dense``, ``mask_dense``, ``forward``,
+``backward_input``, ``masked_grad``, ``merged``, ``unmerged`` (and the fused ``backward``).
+``choose_format`` picks the format from a mask.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, ClassVar
+
+import numpy as np
+
+from sparseft import _core
+
+__all__ = [
+    "DENSITY_CROSSOVER",
+    "NM_MAX_DENSITY",
+    "CSRBase",
+    "NMBase",
+    "choose_format",
+    "detect_nm",
+]
+
+#: Above this density the dense-masked path is faster than CSR. Measured by
+#: ``benchmarks/bench_sparse.py`` on the project machine (2-core Xeon, AVX2 kernels, N=2048,
+#: 2048x2048, r=16, fwd+bwd, against NumPy dense GEMMs of the same shapes as the dense stand-in).
+#: See the README section "Masks and sparse formats" for the measurement.
+DENSITY_CROSSOVER = 0.05
+
+#: N:M masks with n/m at most this use the N:M format under ``format="auto"``.
+NM_MAX_DENSITY = 0.5
+
+_NM_CANDIDATES = (4, 8, 16, 32, 2)
+
+
+# ---- validation ---------------------------------------------------------------------------------
+
+
+def _f32(a: object, name: str, ndim: int = 2) -> np.ndarray:
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != np.float32:
+        raise TypeError(f"{name}: expected dtype float32, got {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {a.shape}")
+    return a
+
+
+def _check_mask(mask: object, name: str = "mask") -> np.ndarray:
+    if not isinstance(mask, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(mask).__name__}")
+    if mask.dtype != np.bool_:
+        raise TypeError(f"{name}: expected dtype bool, got {mask.dtype}")
+    if mask.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array (out, in), got shape {mask.shape}")
+    return mask
+
+
+def _check_w_mask(W: object, mask: object) -> tuple[np.ndarray, np.ndarray]:
+    W = _f32(W, "W")
+    mask = _check_mask(mask)
+    if mask.shape != W.shape:
+        raise ValueError(f"mask: expected shape {W.shape} (the shape of W), got {mask.shape}")
+    if not np.isfinite(W).all():
+        raise ValueError("W: contains NaN or infinity")
+    off = np.count_nonzero(W[~mask])
+    if off:
+        raise ValueError(f"W: expected zeros where mask is False, found {off} nonzero entries there")
+    return W, mask
+
+
+def _check_scale(scale: object) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale: expected a real number, got {type(scale).__name__}")
+    s = float(scale)
+    if not np.isfinite(s):
+        raise ValueError(f"scale: expected a finite number, got {scale}")
+    return s
+
+
+def _check_adapter(A: object, B: object, shape: tuple[int, int]) -> None:
+    A = _f32(A, "A")
+    B = _f32(B, "B")
+    if A.shape[0] < 1:
+        raise ValueError(f"A: expected at least one row (r >= 1), got shape {A.shape}")
+    if A.shape[1] != shape[1]:
+        raise ValueError(f"A: expected shape (r, {shape[1]}), got {A.shape}")
+    if B.shape != (shape[0], A.shape[0]):
+        raise ValueError(f"B: expected shape ({shape[0]}, {A.shape[0]}) (out, r), got {B.shape}")
+
+
+def detect_nm(mask: np.ndarray) -> tuple[int, int] | None:
+    """Return ``(n, m)`` when every group of ``m`` consecutive inputs keeps exactly ``n`` (0 < n < m).
+
+    The group sizes tried are 4, 8, 16, 32, then 2 (so a 2:4 mask is reported as ``(2, 4)``).
+    Returns None for any other mask.
+    """
+    mask = _check_mask(mask)
+    out, inn = mask.shape
+    if out == 0 or inn == 0:
+        return None
+    for m in _NM_CANDIDATES:
+        if inn % m:
+            continue
+        counts = mask.reshape(out, inn // m, m).sum(axis=2)
+        n = int(counts.flat[0])
+        if 0 < n < m and bool((counts == n).all()):
+            return n, m
+    return None
+
+
+def choose_format(mask: np.ndarray, format: str = "auto") -> str:
+    """Pick the base format for a mask: ``"dense"``, ``"csr"`` or ``"nm"``.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (out, in)
+    format : {"auto", "dense", "csr", "nm"}
+        ``"auto"``: ``"nm"`` for an N:M mask with n/m <= ``NM_MAX_DENSITY``, else ``"csr"`` when the
+        density is at most ``DENSITY_CROSSOVER`` (measured), else ``"dense"``. Any other value forces
+        that format if it fits the mask (every mask fits "dense" and "csr"; "nm" needs an N:M mask).
+
+    Raises
+    ------
+    TypeError
+        ``mask`` not a bool ndarray, ``format`` not a str.
+    ValueError
+        Unknown ``format``, or ``"nm"`` forced on a mask that is not N:M.
+    """
+    mask = _check_mask(mask)
+    if not isinstance(format, str):
+        raise TypeError(f"format: expected a str, got {type(format).__name__}")
+    if format in ("dense", "csr"):
+        return format
+    if format == "nm":
+        if detect_nm(mask) is None:
+            raise ValueError(
+                "format: 'nm' needs an N:M mask (exactly n of every m consecutive inputs kept), "
+                "and this mask is not one"
+            )
+        return "nm"
+    if format != "auto":
+        raise ValueError(f"format: expected 'auto', 'dense', 'csr' or 'nm', got {format!r}")
+    nm = detect_nm(mask)
+    if nm is not None and nm[0] / nm[1] <= NM_MAX_DENSITY:
+        return "nm"
+    density = np.count_nonzero(mask) / max(mask.size, 1)
+    return "csr" if density <= DENSITY_CROSSOVER else "dense"
+
+
+# ---- bases --------------------------------------------------------------------------------------
+
+
+class _SparseBase:
+    """Shared methods: the kernels take the base as a tuple of its arrays."""
+
+    format: ClassVar[str] = ""
+    shape: tuple[int, int]
+    values: np.ndarray
+    indices: np.ndarray
+
+    def _tuple(self) -> tuple[Any, ...]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @property
+    def nnz(self) -> int:
+        """Number of stored entries (the mask's True count)."""
+        return int(self.values.size)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored base (values and index arrays)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def _x(self, x: object, name: str, cols: int) -> np.ndarray:
+        x = _f32(x, name)
+        if x.shape[1] != cols:
+            raise ValueError(f"{name}: expected shape (N, {cols}), got {x.shape}")
+        return x
+
+    def forward(self, x: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float) -> np.ndarray:
+        """``y (N, out) = x @ W'^T`` with ``W' = W + scale·(B A) ⊙ M`` recomputed on the fly.
+
+        Parameters
+        ----------
+        x : float32 (N, in), C-contiguous
+        A : float32 (r, in);  B : float32 (out, r);  scale : float
+        """
+        s = _check_scale(scale)
+        x = self._x(x, "x", self.shape[1])
+        _check_adapter(A, B, self.shape)
+        return _core.sparse_forward(self._tuple(), x, A, B, s)
+
+    def backward_input(self, gy: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float) -> np.ndarray:
+        """``gx (N, in) = gy @ W'`` (SpMM with recomputed values)."""
+        s = _check_scale(scale)
+        gy = self._x(gy, "gy", self.shape[0])
+        _check_adapter(A, B, self.shape)
+        gx, _, _ = _core.sparse_backward(self._tuple(), gy, None, A, B, s, input_grad=True, weight_grad=False)
+        assert gx is not None
+        return gx
+
+    def masked_grad(
+        self, gy: np.ndarray, x: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact adapter gradients ``(dA (r, in), dB (out, r))`` through the mask.
+
+        ``G = gy^T x`` is sampled only at the stored positions (SDDMM) and reduced on the fly:
+        ``dB = scale·(G ⊙ M) A^T``, ``dA = scale·B^T (G ⊙ M)``; no (out, in) buffer.
+        """
+        s = _check_scale(scale)
+        gy = self._x(gy, "gy", self.shape[0])
+        x = self._x(x, "x", self.shape[1])
+        if x.shape[0] != gy.shape[0]:
+            raise ValueError(
+                f"x: expected shape ({gy.shape[0]}, {self.shape[1]}) (rows of gy), got {x.shape}"
+            )
+        _check_adapter(A, B, self.shape)
+        _, dA, dB = _core.sparse_backward(self._tuple(), gy, x, A, B, s, input_grad=False, weight_grad=True)
+        assert dA is not None and dB is not None
+        return dA, dB
+
+    def backward(
+        self, gy: np.ndarray, x: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(gx, dA, dB)`` in one fused pass over the nonzeros (faster than the two calls)."""
+        s = _check_scale(scale)
+        gy = self._x(gy, "gy", self.shape[0])
+        x = self._x(x, "x", self.shape[1])
+        if x.shape[0] != gy.shape[0]:
+            raise ValueError(
+                f"x: expected shape ({gy.shape[0]}, {self.shape[1]}) (rows of gy), got {x.shape}"
+            )
+        _check_adapter(A, B, self.shape)
+        gx, dA, dB = _core.sparse_backward(self._tuple(), gy, x, A, B, s)
+        assert gx is not None and dA is not None and dB is not None
+        return gx, dA, dB
+
+    def _merged_values(self, A: np.ndarray, B: np.ndarray, scale: float) -> np.ndarray:
+        s = _check_scale(scale)
+        _check_adapter(A, B, self.shape)
+        return _core.sparse_merge(self._tuple(), A, B, s)
+
+    def __repr__(self) -> str:
+        out, inn = self.shape
+        return f"{type(self).__name__}(shape=({out}, {inn}), nnz={self.nnz}, nbytes={self.nbytes})"
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+class CSRBase(_SparseBase):
+    """CSR storage of a masked base: ``values`` (nnz,) float32, ``indices`` (nnz,) int32 columns
+    (increasing within a row), ``indptr`` (out+1,) int64 row pointers. Build with ``from_dense``."""
+
+    format: ClassVar[str] = "csr"
+
+    def __init__(self, values: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple[int, int]):
+        self.values = _readonly(values)
+        self.indices = _readonly(indices)
+        self.indptr = _readonly(indptr)
+        self.shape = (int(shape[0]), int(shape[1]))
+
+    def _tuple(self) -> tuple[Any, ...]:
+        return ("csr", self.shape[0], self.shape[1], 0, 0, self.values, self.indices, self.indptr)
+
+    @classmethod
+    def from_dense(cls, W: np.ndarray, mask: np.ndarray) -> CSRBase:
+        """Store ``W`` (float32 (out, in), zero off the mask) at the True positions of ``mask``."""
+        W, mask = _check_w_mask(W, mask)
+        rows, cols = np.nonzero(mask)
+        indptr = np.zeros(W.shape[0] + 1, np.int64)
+        np.cumsum(np.count_nonzero(mask, axis=1), out=indptr[1:])
+        values = np.ascontiguousarray(W[rows, cols], dtype=np.float32)
+        return cls(values, cols.astype(np.int32), indptr, W.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of values + column indices + row pointers."""
+        return int(self.values.nbytes + self.indices.nbytes + self.indptr.nbytes)
+
+    def _rows(self) -> np.ndarray:
+        return np.repeat(np.arange(self.shape[0]), np.diff(self.indptr))
+
+    def to_dense(self) -> np.ndarray:
+        """W as float32 (out, in), exact zeros off the mask."""
+        W = np.zeros(self.shape, np.float32)
+        W[self._rows(), self.indices] = self.values
+        return W
+
+    def mask_dense(self) -> np.ndarray:
+        """The mask as bool (out, in)."""
+        M = np.zeros(self.shape, bool)
+        M[self._rows(), self.indices] = True
+        return M
+
+    def merged(self, A: np.ndarray, B: np.ndarray, scale: float) -> CSRBase:
+        """A new base holding W' = W + scale·(B A) ⊙ M (same positions, zeros kept)."""
+        return CSRBase(self._merged_values(A, B, scale), self.indices, self.indptr, self.shape)
+
+    def unmerged(self, A: np.ndarray, B: np.ndarray, scale: float) -> CSRBase:
+        """The inverse of ``merged``: W = W' - scale·(B A) ⊙ M."""
+        return CSRBase(self._merged_values(A, B, -_check_scale(scale)), self.indices, self.indptr, self.shape)
+
+
+class NMBase(_SparseBase):
+    """N:M storage: ``values`` (out, in·n/m) float32 and ``indices`` (out, in·n/m) uint8, the kept
+    positions (increasing) inside each group of ``m`` consecutive inputs. Build with ``from_dense``."""
+
+    format: ClassVar[str] = "nm"
+
+    def __init__(self, values: np.ndarray, indices: np.ndarray, n: int, m: int, shape: tuple[int, int]):
+        self.values = _readonly(values)
+        self.indices = _readonly(indices)
+        self.n, self.m = int(n), int(m)
+        self.shape = (int(shape[0]), int(shape[1]))
+
+    def _tuple(self) -> tuple[Any, ...]:
+        return ("nm", self.shape[0], self.shape[1], self.n, self.m, self.values, self.indices, None)
+
+    @classmethod
+    def from_dense(
+        cls, W: np.ndarray, mask: np.ndarray, n: int | None = None, m: int | None = None
+    ) -> NMBase:
+        """Store ``W`` (float32 (out, in), zero off the mask) for an N:M ``mask``.
+
+        ``n, m`` default to the ones detected from the mask (:func:`detect_nm`); when given, the
+        mask must keep exactly ``n`` of every ``m`` consecutive inputs (``in`` a multiple of ``m``,
+        ``m <= 256``).
+        """
+        W, mask = _check_w_mask(W, mask)
+        out, inn = W.shape
+        if n is None and m is None:
+            found = detect_nm(mask)
+            if found is None:
+                raise ValueError(
+                    "mask: expected an N:M mask (exactly n of every m consecutive inputs kept, "
+                    f"m in {_NM_CANDIDATES}), got one that is not"
+                )
+            n, m = found
+        if n is None or m is None:
+            raise ValueError("n, m: give both or neither")
+        for label, v in (("n", n), ("m", m)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise TypeError(f"{label}: expected an int, got {type(v).__name__}")
+        n, m = int(n), int(m)
+        if not 1 <= m <= 256:
+            raise ValueError(f"m: expected 1 <= m <= 256 (positions stored as uint8), got {m}")
+        if not 0 <= n <= m:
+            raise ValueError(f"n: expected 0 <= n <= m = {m}, got {n}")
+        if inn % m:
+            raise ValueError(f"W: expected the input dimension to be a multiple of m = {m}, got {inn}")
+        groups = mask.reshape(out, inn // m, m)
+        counts = groups.sum(axis=2)
+        if not bool((counts == n).all()):
+            bad = int(np.count_nonzero(counts != n))
+            raise ValueError(f"mask: expected exactly {n} of every {m} inputs kept, {bad} groups differ")
+        # positions of the kept entries, increasing within each group (stable sort of ~mask)
+        pos = np.sort(np.argsort(~groups, axis=2, kind="stable")[:, :, :n], axis=2)
+        vals = np.take_along_axis(W.reshape(out, inn // m, m), pos, axis=2)
+        return cls(
+            np.ascontiguousarray(vals.reshape(out, -1), dtype=np.float32),
+            np.ascontiguousarray(pos.reshape(out, -1), dtype=np.uint8),
+            n,
+            m,
+            W.shape,
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of values + uint8 positions."""
+        return int(self.values.nbytes + self.indices.nbytes)
+
+    def _cols(self) -> np.ndarray:
+        out, inn = self.shape
+        g = inn // self.m
+        base = (np.arange(g) * self.m)[None, :, None]
+        return (base + self.indices.reshape(out, g, self.n).astype(np.int64)).reshape(out, -1)
+
+    def to_dense(self) -> np.ndarray:
+        """W as float32 (out, in), exact zeros off the mask."""
+        W = np.zeros(self.shape, np.float32)
+        np.put_along_axis(W, self._cols(), self.values, axis=1)
+        return W
+
+    def mask_dense(self) -> np.ndarray:
+        """The mask as bool (out, in)."""
+        M = np.zeros(self.shape, bool)
+        np.put_along_axis(M, self._cols(), True, axis=1)
+        return M
+
+    def merged(self, A: np.ndarray, B: np.ndarray, scale: float) -> NMBase:
+        """A new base holding W' = W + scale·(B A) ⊙ M (same positions, zeros kept)."""
+        return NMBase(self._merged_values(A, B, scale), self.indices, self.n, self.m, self.shape)
+
+    def unmerged(self, A: np.ndarray, B: np.ndarray, scale: float) -> NMBase:
+        """The inverse of ``merged``: W = W' - scale·(B A) ⊙ M."""
+        return NMBase(
+            self._merged_values(A, B, -_check_scale(scale)), self.indices, self.n, self.m, self.shape
+        )

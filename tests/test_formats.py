@@ -1,0 +1,331 @@
+"""CSR and N:M bases: every kernel against the float64 reference, merges, memory, choose_format."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sparseft as sft
+from sparseft import _core
+from sparseft.formats import CSRBase, NMBase, choose_format, detect_nm
+
+from . import reference as ref
+
+# (N tokens, out, in, r): odd sizes, one token, r = 1, in > 128 (several column blocks),
+# out > 256 (several row chunks), N > the token block (several blocks per thread)
+SHAPES = [
+    (1, 1, 8, 1),
+    (1, 7, 8, 3),
+    (5, 13, 16, 1),
+    (33, 17, 40, 16),
+    (70, 9, 136, 5),
+    (130, 31, 264, 16),
+    (9, 300, 24, 2),
+    (150, 6, 2048, 2),
+]
+
+
+def _mask(rng: np.random.Generator, out: int, inn: int, kind: str) -> np.ndarray:
+    if kind in ("2:4", "4:8"):
+        n, m = (2, 4) if kind == "2:4" else (4, 8)
+        scores = rng.random((out, inn))
+        return sft.prune.nm(scores, n, m)
+    return rng.random((out, inn)) < float(kind)
+
+
+def _problem(rng: np.random.Generator, N: int, out: int, inn: int, r: int, kind: str):  # type: ignore[no-untyped-def]
+    mask = _mask(rng, out, inn, kind)
+    W = (rng.standard_normal((out, inn)) * mask).astype(np.float32)
+    A = rng.standard_normal((r, inn)).astype(np.float32)
+    B = rng.standard_normal((out, r)).astype(np.float32)
+    x = rng.standard_normal((N, inn)).astype(np.float32)
+    gy = rng.standard_normal((N, out)).astype(np.float32)
+    return W, mask, A, B, x, gy
+
+
+def _build(kind: str, W: np.ndarray, mask: np.ndarray) -> CSRBase | NMBase:
+    return NMBase.from_dense(W, mask) if ":" in kind else CSRBase.from_dense(W, mask)
+
+
+def _close(got: np.ndarray, want: np.ndarray, depth: int) -> None:
+    assert got.dtype == np.float32 and got.shape == want.shape
+    scale = max(1.0, float(np.abs(want).max(initial=0.0)))
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5 * scale * np.sqrt(max(depth, 1)))
+
+
+KINDS = ["0", "0.1", "0.5", "1", "2:4", "4:8"]
+
+
+@pytest.mark.parametrize(("N", "out", "inn", "r"), SHAPES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_kernels_match_reference(
+    simd: str, rng: np.random.Generator, N: int, out: int, inn: int, r: int, kind: str
+) -> None:
+    W, mask, A, B, x, gy = _problem(rng, N, out, inn, r, kind)
+    base = _build(kind, W, mask)
+    copies = [a.copy() for a in (W, mask, A, B, x, gy)]
+    s = 0.75
+    assert base.format == ("nm" if ":" in kind else "csr")
+    assert base.shape == (out, inn) and base.nnz == int(mask.sum())
+    _close(base.forward(x, A, B, s), ref.sparse_forward(W, mask, x, A, B, s), inn)
+    gx_want = ref.sparse_backward_input(W, mask, gy, A, B, s)
+    dA_want, dB_want = ref.sparse_masked_grad(mask, gy, x, A, B, s)
+    _close(base.backward_input(gy, A, B, s), gx_want, out)
+    dA, dB = base.masked_grad(gy, x, A, B, s)
+    _close(dA, dA_want, N * out)
+    _close(dB, dB_want, N * inn)
+    gx, dA2, dB2 = base.backward(gy, x, A, B, s)
+    _close(gx, gx_want, out)
+    np.testing.assert_array_equal(dA2, dA)  # fused and separate passes sum in the same order
+    np.testing.assert_array_equal(dB2, dB)
+    merged = base.merged(A, B, s)
+    _close(merged.to_dense(), ref.lors_weight(W, mask, A, B, s), r)
+    _close(merged.unmerged(A, B, s).to_dense(), W.astype(np.float64), r)
+    for a, a0 in zip((W, mask, A, B, x, gy), copies, strict=True):
+        np.testing.assert_array_equal(a, a0)  # inputs never modified
+
+
+@pytest.mark.parametrize("kind", ["0.3", "2:4"])
+def test_naive_c_reference_agrees(simd: str, rng: np.random.Generator, kind: str) -> None:
+    W, mask, A, B, x, gy = _problem(rng, 11, 10, 24, 3, kind)
+    t = _build(kind, W, mask)._tuple()  # type: ignore[union-attr]
+    np.testing.assert_allclose(
+        _core.sparse_forward(t, x, A, B, 0.5, naive=True),
+        _core.sparse_forward(t, x, A, B, 0.5),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    for fast, slow in zip(
+        _core.sparse_backward(t, gy, x, A, B, 0.5),
+        _core.sparse_backward(t, gy, x, A, B, 0.5, naive=True),
+        strict=True,
+    ):
+        np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-4)
+
+
+def test_torch_autograd_agrees(rng: np.random.Generator) -> None:
+    torch = pytest.importorskip("torch")
+    W, mask, A, B, x, gy = _problem(rng, 20, 12, 32, 4, "0.3")
+    s = 1.5
+    t = {
+        k: torch.tensor(v.astype(np.float64), requires_grad=k in "AB") for k, v in dict(W=W, A=A, B=B).items()
+    }
+    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    M = torch.tensor(mask)
+    y = xt @ (t["W"] + s * (t["B"] @ t["A"]) * M).T
+    (y * torch.tensor(gy.astype(np.float64))).sum().backward()
+    base = CSRBase.from_dense(W, mask)
+    gx, dA, dB = base.backward(gy, x, A, B, s)
+    np.testing.assert_allclose(base.forward(x, A, B, s), y.detach().numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dA, t["A"].grad.numpy(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(dB, t["B"].grad.numpy(), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["0.1", "0.5", "2:4", "4:8"])
+def test_merge_keeps_every_zero_and_roundtrips(rng: np.random.Generator, kind: str) -> None:
+    W, mask, A, B, _, _ = _problem(rng, 1, 16, 64, 4, kind)
+    base = _build(kind, W, mask)
+    np.testing.assert_array_equal(base.to_dense(), W)
+    np.testing.assert_array_equal(base.mask_dense(), mask)
+    merged = base.merged(A, B, 2.0)
+    Wm = merged.to_dense()
+    assert type(merged) is type(base) and merged.nnz == base.nnz
+    np.testing.assert_array_equal(merged.mask_dense(), mask)
+    assert (Wm[~mask] == 0).all()  # positions and count of zeros kept
+    assert np.count_nonzero(Wm) <= mask.sum()
+    np.testing.assert_allclose(merged.unmerged(A, B, 2.0).to_dense(), W, atol=1e-5)
+    # forward of the merged base with a zero adapter equals forward with the adapter applied on the fly
+    x = rng.standard_normal((5, 64)).astype(np.float32)
+    np.testing.assert_allclose(
+        merged.forward(x, np.zeros_like(A), B, 2.0), base.forward(x, A, B, 2.0), rtol=1e-5, atol=1e-4
+    )
+
+
+def test_nbytes_below_dense(rng: np.random.Generator) -> None:
+    W = rng.standard_normal((64, 256)).astype(np.float32)
+    dense = W.nbytes
+    m = sft.prune.magnitude(W, 0.9)
+    csr = CSRBase.from_dense(W * m, m)
+    assert csr.nbytes == m.sum() * 8 + 65 * 8 and csr.nbytes < 0.25 * dense
+    m24 = sft.prune.nm(W, 2, 4)
+    nm = NMBase.from_dense(W * m24, m24)
+    assert nm.nbytes == W.size // 2 * 5 and nm.nbytes < 0.7 * dense
+    assert "nnz=" in repr(nm)
+
+
+def test_deterministic_and_thread_counts_agree(rng: np.random.Generator) -> None:
+    W, mask, A, B, x, gy = _problem(rng, 300, 40, 96, 16, "0.3")
+    base = CSRBase.from_dense(W, mask)
+    before = sft.get_num_threads()
+    try:
+        sft.set_num_threads(2)
+        one = base.backward(gy, x, A, B, 0.5)
+        for a, b in zip(one, base.backward(gy, x, A, B, 0.5), strict=True):
+            np.testing.assert_array_equal(a, b)
+        sft.set_num_threads(1)
+        for a, b in zip(one, base.backward(gy, x, A, B, 0.5), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+    finally:
+        sft.set_num_threads(before)
+
+
+def test_scratch_released_and_bounded(rng: np.random.Generator) -> None:
+    W, mask, A, B, x, gy = _problem(rng, 256, 64, 512, 16, "0.5")
+    base = CSRBase.from_dense(W, mask)
+    _core.reset_scratch_peak()
+    base.forward(x, A, B, 1.0)
+    base.backward(gy, x, A, B, 1.0)
+    stats = _core.scratch_stats()
+    assert stats["current"] == 0
+    nth = sft.get_num_threads()
+    # <= 1 MiB of tiles and chunk buffers per thread, plus (in + out) * r floats per thread and A^T
+    assert 0 < stats["peak"] <= nth * (2**20 + 4 * (512 + 64) * 16) + 4 * 512 * 16
+    assert _core.sparse_token_block(base._tuple(), True) <= _core.sparse_token_block(base._tuple(), False)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    N=st.integers(1, 40),
+    out=st.integers(1, 20),
+    groups=st.integers(1, 12),
+    r=st.integers(1, 9),
+    density=st.sampled_from([0.0, 0.2, 0.6, 1.0]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_csr_hypothesis(N: int, out: int, groups: int, r: int, density: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    W, mask, A, B, x, gy = _problem(rng, N, out, 4 * groups, r, str(density))
+    for path in ("portable", "avx2") if sft.build_info()["avx2_supported"] else ("portable",):
+        with sft.simd_path(path):
+            base = CSRBase.from_dense(W, mask)
+            _close(base.forward(x, A, B, 0.3), ref.sparse_forward(W, mask, x, A, B, 0.3), 4 * groups)
+            gx, dA, dB = base.backward(gy, x, A, B, 0.3)
+            dA_want, dB_want = ref.sparse_masked_grad(mask, gy, x, A, B, 0.3)
+            _close(gx, ref.sparse_backward_input(W, mask, gy, A, B, 0.3), out)
+            _close(dA, dA_want, N * out)
+            _close(dB, dB_want, N * 4 * groups)
+
+
+# ---- choose_format ----
+
+
+def test_choose_format(rng: np.random.Generator) -> None:
+    W = rng.standard_normal((32, 64)).astype(np.float32)
+    assert choose_format(sft.prune.nm(W, 2, 4)) == "nm"
+    assert choose_format(sft.prune.nm(W, 4, 8)) == "nm"
+    assert detect_nm(sft.prune.nm(W, 4, 8)) == (4, 8)
+    assert detect_nm(sft.prune.nm(W, 2, 4)) == (2, 4)
+    assert choose_format(sft.prune.nm(W, 3, 4)) != "nm"  # 75% dense N:M is not worth it
+    assert choose_format(sft.prune.magnitude(W, 0.99)) == "csr"
+    assert choose_format(sft.prune.magnitude(W, 0.3)) == "dense"
+    random_half = rng.random((32, 64)) < 0.5
+    for fmt in ("dense", "csr"):
+        assert choose_format(random_half, format=fmt) == fmt
+    assert choose_format(sft.prune.nm(W, 2, 4), format="csr") == "csr"
+    with pytest.raises(ValueError, match="format: 'nm' needs an N:M mask"):
+        choose_format(random_half, format="nm")
+    with pytest.raises(ValueError, match="format: expected 'auto', 'dense', 'csr' or 'nm', got 'bsr'"):
+        choose_format(random_half, format="bsr")
+    with pytest.raises(TypeError, match="mask: expected dtype bool, got float32"):
+        choose_format(W)
+
+
+# ---- bad input ----
+
+M_OK = np.zeros((4, 8), bool)
+M_OK[:, ::2] = True
+W_OK = M_OK.astype(np.float32)
+A_OK = np.ones((2, 8), np.float32)
+B_OK = np.ones((4, 2), np.float32)
+X_OK = np.ones((3, 8), np.float32)
+GY_OK = np.ones((3, 4), np.float32)
+CSR_OK = CSRBase.from_dense(W_OK, M_OK)
+NM_OK = NMBase.from_dense(W_OK, M_OK)
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "match"),
+    [
+        (
+            lambda: CSRBase.from_dense(W_OK.astype(np.float64), M_OK),
+            TypeError,
+            r"W: expected dtype float32, got float64",
+        ),
+        (lambda: CSRBase.from_dense(W_OK, M_OK.astype(int)), TypeError, r"mask: expected dtype bool"),
+        (lambda: CSRBase.from_dense(W_OK, M_OK[:, :4]), ValueError, r"mask: expected shape \(4, 8\)"),
+        (lambda: CSRBase.from_dense(W_OK[0], M_OK[0]), ValueError, r"W: expected a 2-D array"),
+        (
+            lambda: CSRBase.from_dense(np.ones((4, 8), np.float32), M_OK),
+            ValueError,
+            r"W: expected zeros where mask",
+        ),
+        (lambda: CSRBase.from_dense(W_OK * np.nan, M_OK), ValueError, r"W: contains NaN"),
+        (lambda: NMBase.from_dense(W_OK, ~M_OK | M_OK), ValueError, r"mask: expected an N:M mask"),
+        (lambda: NMBase.from_dense(W_OK, M_OK, n=1, m=3), ValueError, r"multiple of m = 3, got 8"),
+        (lambda: NMBase.from_dense(W_OK, M_OK, n=1, m=4), ValueError, r"exactly 1 of every 4 inputs kept"),
+        (lambda: NMBase.from_dense(W_OK, M_OK, n=2), ValueError, r"n, m: give both or neither"),
+        (
+            lambda: CSR_OK.forward(X_OK.astype(np.float64), A_OK, B_OK, 1.0),
+            TypeError,
+            r"x: expected dtype float32",
+        ),
+        (lambda: CSR_OK.forward(X_OK[:, :7], A_OK, B_OK, 1.0), ValueError, r"x: expected shape \(N, 8\)"),
+        (
+            lambda: CSR_OK.forward(np.ones((8, 3), np.float32).T, A_OK, B_OK, 1.0),
+            ValueError,
+            r"x: expected a C-contig",
+        ),
+        (lambda: CSR_OK.forward(X_OK * np.nan, A_OK, B_OK, 1.0), ValueError, r"x: contains NaN"),
+        (lambda: NM_OK.forward(X_OK, A_OK[:, :4], B_OK, 1.0), ValueError, r"A: expected shape \(r, 8\)"),
+        (lambda: NM_OK.forward(X_OK, A_OK, B_OK[:, :1], 1.0), ValueError, r"B: expected shape \(4, 2\)"),
+        (
+            lambda: NM_OK.forward(X_OK, A_OK[:0], B_OK[:, :0], 1.0),
+            ValueError,
+            r"A: expected at least one row",
+        ),
+        (
+            lambda: NM_OK.forward(X_OK, A_OK, B_OK, float("nan")),
+            ValueError,
+            r"scale: expected a finite number",
+        ),
+        (lambda: NM_OK.forward(X_OK, A_OK, B_OK, "1"), TypeError, r"scale: expected a real number"),
+        (lambda: CSR_OK.backward_input(X_OK, A_OK, B_OK, 1.0), ValueError, r"gy: expected shape \(N, 4\)"),
+        (
+            lambda: CSR_OK.masked_grad(GY_OK, X_OK[:2], A_OK, B_OK, 1.0),
+            ValueError,
+            r"x: expected shape \(3, 8\)",
+        ),
+        (lambda: NM_OK.merged(A_OK, B_OK * np.inf, 1.0), ValueError, r"B: contains NaN"),
+    ],
+)
+def test_bad_input(call: object, exc: type[Exception], match: str) -> None:
+    with pytest.raises(exc, match=match):
+        call()  # type: ignore[operator]
+
+
+def test_core_rejects_corrupt_bases() -> None:
+    v = np.ones(3, np.float32)
+    good = ("csr", 2, 4, 0, 0, v, np.array([0, 1, 3], np.int32), np.array([0, 2, 3], np.int64))
+    _core.sparse_forward(good, X_OK[:, :4].copy(), A_OK[:, :4].copy(), B_OK[:2].copy(), 1.0)
+    cases = [
+        ((*good[:6], np.array([0, 1, 4], np.int32), good[7]), r"indices: expected increasing column indices"),
+        ((*good[:6], np.array([1, 0, 3], np.int32), good[7]), r"indices: expected increasing column indices"),
+        ((*good[:7], np.array([0, 2, 4], np.int64)), r"rowptr: expected 0, nondecreasing"),
+        ((*good[:7], np.array([0, 2], np.int64)), r"rowptr: expected axis 0 of length 3"),
+        (("coo", *good[1:]), r"base: expected kind 'csr' or 'nm', got 'coo'"),
+        (
+            ("nm", 2, 4, 1, 4, np.ones((2, 1), np.float32), np.array([[0], [4]], np.uint8), None),
+            r"positions in \[0, m\)",
+        ),
+        (("nm", 2, 6, 1, 4, np.ones((2, 1), np.float32), np.zeros((2, 1), np.uint8), None), r"in % m == 0"),
+    ]
+    for base, match in cases:
+        with pytest.raises(ValueError, match=match):
+            _core.sparse_forward(
+                base, X_OK[:, : base[2]].copy(), A_OK[:, : base[2]].copy(), B_OK[:2].copy(), 1.0
+            )
+    with pytest.raises(TypeError, match="base: expected a tuple"):
+        _core.sparse_forward([1], X_OK, A_OK, B_OK, 1.0)  # type: ignore[arg-type]
