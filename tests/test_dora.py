@@ -21,6 +21,10 @@ class NumpyBase:
         self._W = W.astype(np.float32)
         self._M = mask.astype(np.uint8)
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self._W.shape[0]), int(self._W.shape[1]))
+
     def _wp(self, A: np.ndarray, B: np.ndarray, scale: float) -> np.ndarray:
         return ref.dora_merged(self._W, self._M, A, B, scale)
 
@@ -379,3 +383,46 @@ def test_lors_magnitude_sgd_lowers_a_regression_loss(rng: np.random.Generator) -
             param -= 0.5 * layer.gradients()[name]
     assert losses[-1] < 0.7 * losses[0], losses
     assert np.isfinite(losses).all()
+
+
+@pytest.mark.parametrize("fmt", ["csr", "nm"])
+@pytest.mark.parametrize("norm_grad", [True, False])
+def test_lors_magnitude_compressed_formats(
+    simd: str, rng: np.random.Generator, fmt: str, norm_grad: bool
+) -> None:
+    """CSR and N:M bases: row norms from the merged values, the norm term by two SpMMs (no out x in)."""
+    import sparseft as sft
+
+    pytest.importorskip("sparseft.formats")
+    out, inn, r, N = 19, 48, 4, 7
+    W = rng.standard_normal((out, inn)).astype(np.float32)
+    mask = sft.prune.nm(W, 2, 4) if fmt == "nm" else rng.random((out, inn)) < 0.2
+    if fmt == "csr":
+        mask[4] = False  # a fully pruned unit (an N:M mask keeps n per group in every row)
+    W = W * mask
+    bias = rng.standard_normal(out).astype(np.float32)
+    layer = sft.LoRSLinear(
+        W, mask, r=r, alpha=8.0, bias=bias, format=fmt, magnitude=True, norm_grad=norm_grad
+    )
+    assert layer.base.format == fmt
+    layer.B[:] = rng.standard_normal(layer.B.shape).astype(np.float32) * 0.3
+    layer.magnitude[:] *= rng.uniform(0.5, 1.5, out).astype(np.float32)
+    x = rng.standard_normal((N, inn)).astype(np.float32)
+    gy = rng.standard_normal((N, out)).astype(np.float32)
+    want = ref.dora_layer(x, W, mask, layer.A, layer.B, layer.scaling, layer.magnitude, bias, gy, norm_grad)
+    terms = ref.dora_layer(x, W, mask, layer.A, layer.B, layer.scaling, layer.magnitude, bias, gy, False)
+    _close(layer.forward(x), want["y"])
+    _close(layer.backward(gy), want["gx"])
+    _close(layer.grad_A, want["dA"], scale=float(np.abs(terms["dA"]).max()))
+    _close(layer.grad_B, want["dB"], scale=float(np.abs(terms["dB"]).max()))
+    _close(layer.grad_magnitude, want["dm"])
+    assert np.isfinite(layer.grad_A).all() and np.isfinite(layer.grad_magnitude).all()
+    W2 = layer.merged_weight()
+    _close(W2, want["W2"])
+    assert (W2[~mask] == 0).all()
+    y0 = layer.forward(x)
+    layer.merge()
+    assert layer.base.format == fmt
+    np.testing.assert_allclose(layer.forward(x), y0, rtol=1e-5, atol=1e-5)
+    layer.unmerge()
+    np.testing.assert_array_equal(layer.forward(x), y0)
