@@ -219,7 +219,8 @@ class WeightNorm:
         grad_v : numpy.ndarray
             float32 ``(out, in)``.
         grad_g : numpy.ndarray
-            float32 with the shape of ``g``. Both are 0 on slices where ``||v|| = 0``.
+            float32 with the shape of ``g``. Both are 0 on slices where ``||v|| = 0``. ``grad_w`` is
+            not scanned for NaN/inf (that would cost a pass over memory): they propagate.
 
         Raises
         ------
