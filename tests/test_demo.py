@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -19,7 +20,7 @@ def test_demo_quick_runs_and_keeps_sparsity() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout
     assert text.count("every pruned zero kept: True") == 2
-    assert "moccasin" in text and "status optimal" in text
+    assert re.search(r"moccasin +budget 70%: status (optimal|feasible)", text), text
     assert "LoRS fine-tuned" in text
 
 
