@@ -429,16 +429,30 @@ static PyObject *py_weightnorm_norms(PyObject *self, PyObject *args) {
     return (PyObject *)n;
 }
 
-static PyObject *py_weightnorm_forward(PyObject *self, PyObject *args) {
+/* An optional output array `out` shaped like v (Py_None -> a new one); returns a new reference. */
+static PyArrayObject *wn_out(PyObject *oo, const char *name, PyArrayObject *v) {
+    if (oo == NULL || oo == Py_None) return new_f32(2, PyArray_DIMS(v));
+    PyArrayObject *o = arg_f32(oo, name, 2);
+    if (o == NULL || arg_dim(o, name, 0, PyArray_DIM(v, 0), "rows of v") < 0 ||
+        arg_dim(o, name, 1, PyArray_DIM(v, 1), "columns of v") < 0)
+        return NULL;
+    if (PyArray_FailUnlessWriteable(o, name) < 0) return NULL;
+    Py_INCREF(o);
+    return o;
+}
+
+static PyObject *py_weightnorm_forward(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
-    PyObject *vo, *go;
+    static char *kwlist[] = {"v", "g", "dim", "out", NULL};
+    PyObject *vo, *go, *oo = NULL;
     int dim, rc;
-    if (!PyArg_ParseTuple(args, "OOi:weightnorm_forward", &vo, &go, &dim)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOi|O:weightnorm_forward", kwlist, &vo, &go, &dim, &oo))
+        return NULL;
     PyArrayObject *v = arg_f32(vo, "v", 2), *g = v ? arg_f32(go, "g", 1) : NULL;
     npy_intp K;
     if (g == NULL || wn_dim(dim, v, &K) < 0) return NULL;
     if (arg_dim(g, "g", 0, K, "one value per norm") < 0) return NULL;
-    PyArrayObject *w = new_f32(2, PyArray_DIMS(v));
+    PyArrayObject *w = wn_out(oo, "out", v);
     if (w == NULL) return NULL;
     float *wp = (float *)PyArray_DATA(w);
     const float *vp = (const float *)PyArray_DATA(v), *gp = (const float *)PyArray_DATA(g);
@@ -451,11 +465,14 @@ static PyObject *py_weightnorm_forward(PyObject *self, PyObject *args) {
     return (PyObject *)w;
 }
 
-static PyObject *py_weightnorm_backward(PyObject *self, PyObject *args) {
+static PyObject *py_weightnorm_backward(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
-    PyObject *gwo, *vo, *go;
+    static char *kwlist[] = {"grad_w", "v", "g", "dim", "out", NULL};
+    PyObject *gwo, *vo, *go, *oo = NULL;
     int dim, rc;
-    if (!PyArg_ParseTuple(args, "OOOi:weightnorm_backward", &gwo, &vo, &go, &dim)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOi|O:weightnorm_backward", kwlist, &gwo, &vo, &go, &dim,
+                                     &oo))
+        return NULL;
     PyArrayObject *gw = arg_f32(gwo, "grad_w", 2), *v = gw ? arg_f32(vo, "v", 2) : NULL;
     PyArrayObject *g = v ? arg_f32(go, "g", 1) : NULL;
     npy_intp K;
@@ -464,7 +481,7 @@ static PyObject *py_weightnorm_backward(PyObject *self, PyObject *args) {
         arg_dim(gw, "grad_w", 1, PyArray_DIM(v, 1), "columns of v") < 0 ||
         arg_dim(g, "g", 0, K, "one value per norm") < 0)
         return NULL;
-    PyArrayObject *gv = new_f32(2, PyArray_DIMS(v)), *gg = gv ? new_f32(1, &K) : NULL;
+    PyArrayObject *gv = wn_out(oo, "out", v), *gg = gv ? new_f32(1, &K) : NULL;
     if (gg == NULL) {
         Py_XDECREF(gv);
         return NULL;
@@ -482,11 +499,13 @@ static PyObject *py_weightnorm_backward(PyObject *self, PyObject *args) {
     return Py_BuildValue("NN", gv, gg);
 }
 
-/* Checks the DoRA operands W (out, in), mask (out, in) bool, A (r, in), B (out, r). */
+/* Checks the DoRA operands W (out, in), mask (out, in) bool or uint8 (nonzero = kept, as the LoRS
+ * kernels take it), A (r, in), B (out, r). */
 static int dora_args(PyObject *wo, PyObject *mo, PyObject *ao, PyObject *bo, PyArrayObject **W,
                      PyArrayObject **M, PyArrayObject **A, PyArrayObject **B) {
     *W = arg_f32(wo, "W", 2);
-    *M = *W ? arg_array(mo, "mask", NPY_BOOL, 2) : NULL;
+    int mtype = PyArray_Check(mo) && PyArray_TYPE((PyArrayObject *)mo) == NPY_UINT8 ? NPY_UINT8 : NPY_BOOL;
+    *M = *W ? arg_array(mo, "mask", mtype, 2) : NULL;
     *A = *M ? arg_f32(ao, "A", 2) : NULL;
     *B = *A ? arg_f32(bo, "B", 2) : NULL;
     if (*B == NULL) return -1;
@@ -1001,12 +1020,13 @@ static PyMethodDef methods[] = {
      "weightnorm_norms(v, dim) -> ndarray\n\nNorms of v (R, C) float32 per row (dim 0), per column (dim 1) "
      "or "
      "whole (dim -1), accumulated in double."},
-    {"weightnorm_forward", py_weightnorm_forward, METH_VARARGS,
-     "weightnorm_forward(v, g, dim) -> ndarray\n\nw = g * v / ||v|| (g 1-D, one value per norm); a zero-norm "
-     "slice gives 0."},
-    {"weightnorm_backward", py_weightnorm_backward, METH_VARARGS,
-     "weightnorm_backward(grad_w, v, g, dim) -> (grad_v, grad_g)\n\nGradients of w = g * v / ||v||; a "
-     "zero-norm slice gives 0."},
+    {"weightnorm_forward", (PyCFunction)(void (*)(void))py_weightnorm_forward, METH_VARARGS | METH_KEYWORDS,
+     "weightnorm_forward(v, g, dim, out=None) -> ndarray\n\nw = g * v / ||v|| (g 1-D, one value per norm); a "
+     "zero-norm slice gives 0. out: a float32 array shaped like v to write w into (may be v)."},
+    {"weightnorm_backward", (PyCFunction)(void (*)(void))py_weightnorm_backward, METH_VARARGS | METH_KEYWORDS,
+     "weightnorm_backward(grad_w, v, g, dim, out=None) -> (grad_v, grad_g)\n\nGradients of w = g * v / "
+     "||v||; a zero-norm slice gives 0. out: a float32 array shaped like v to write grad_v into (may be "
+     "grad_w or v)."},
     {"dora_rownorm_forward", py_dora_rownorm_forward, METH_VARARGS,
      "dora_rownorm_forward(W, mask, A, B, scale) -> ndarray\n\nRow norms of W + scale * (B @ A) * mask, "
      "accumulated in double, without an (out, in) buffer."},

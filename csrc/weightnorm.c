@@ -21,6 +21,8 @@
 /* Below this many multiply-adds a kernel runs on one thread: waking a team costs more than it saves
  * (and on a busy machine a spinning team can cost milliseconds). */
 #define WN_PARALLEL_MIN (1 << 16)
+/* Outputs of at least this many floats (16 MiB, beyond the caches) are written with streaming stores. */
+#define WN_STREAM_MIN (1 << 22)
 
 /* Threads for a kernel doing `work` multiply-adds. */
 static int wn_threads(int64_t work) {
@@ -148,6 +150,17 @@ static float dot_portable(const float *x, const float *y, int64_t n) {
 static void axpy_portable(float *y, float a, const float *x, int64_t n) {
     // elementwise
     for (int64_t j = 0; j < n; j++) y[j] += a * x[j];
+}
+
+/* One row's share of the DoRA row-norm backward:
+ * db[k] += sa * <t, A[k, :]>,  pa[k, :] += sa * b[k] * t   for k < r  (A, pa (r, n)) */
+static void rowgrad_portable(float *db, float *pa, const float *t, const float *A, const float *b, float sa,
+                             int64_t r, int64_t n) {
+    // one dot and one axpy per adapter row
+    for (int64_t k = 0; k < r; k++) {
+        db[k] += sa * dot_portable(t, A + k * n, n);
+        axpy_portable(pa + k * n, sa * b[k], t, n);
+    }
 }
 
 /* ---- vector primitives: AVX2/FMA ------------------------------------------------------------ */
@@ -368,6 +381,111 @@ SFT_TARGET_AVX2 static void axpy_avx2(float *y, float a, const float *x, int64_t
     // tail
     for (; j < n; j++) y[j] += a * x[j];
 }
+
+/* rowgrad with four adapter rows per sweep over t: t is loaded once for 4 dots and 4 axpys. */
+SFT_TARGET_AVX2 static void rowgrad_avx2(float *db, float *pa, const float *t, const float *A, const float *b,
+                                         float sa, int64_t r, int64_t n) {
+    int64_t k = 0;
+    // groups of four adapter rows
+    for (; k + 4 <= r; k += 4) {
+        const float *a0 = A + k * n, *a1 = a0 + n, *a2 = a1 + n, *a3 = a2 + n;
+        float *p0 = pa + k * n, *p1 = p0 + n, *p2 = p1 + n, *p3 = p2 + n;
+        __m256 c0 = _mm256_set1_ps(sa * b[k]), c1 = _mm256_set1_ps(sa * b[k + 1]);
+        __m256 c2 = _mm256_set1_ps(sa * b[k + 2]), c3 = _mm256_set1_ps(sa * b[k + 3]);
+        __m256 d0 = _mm256_setzero_ps(), d1 = _mm256_setzero_ps(), d2 = _mm256_setzero_ps(),
+               d3 = _mm256_setzero_ps();
+        int64_t j = 0;
+        // 8 columns per step: 4 dot accumulators, 4 partial-row updates
+        for (; j + 8 <= n; j += 8) {
+            __m256 tj = _mm256_loadu_ps(t + j);
+            d0 = _mm256_fmadd_ps(tj, _mm256_loadu_ps(a0 + j), d0);
+            d1 = _mm256_fmadd_ps(tj, _mm256_loadu_ps(a1 + j), d1);
+            d2 = _mm256_fmadd_ps(tj, _mm256_loadu_ps(a2 + j), d2);
+            d3 = _mm256_fmadd_ps(tj, _mm256_loadu_ps(a3 + j), d3);
+            _mm256_storeu_ps(p0 + j, _mm256_fmadd_ps(c0, tj, _mm256_loadu_ps(p0 + j)));
+            _mm256_storeu_ps(p1 + j, _mm256_fmadd_ps(c1, tj, _mm256_loadu_ps(p1 + j)));
+            _mm256_storeu_ps(p2 + j, _mm256_fmadd_ps(c2, tj, _mm256_loadu_ps(p2 + j)));
+            _mm256_storeu_ps(p3 + j, _mm256_fmadd_ps(c3, tj, _mm256_loadu_ps(p3 + j)));
+        }
+        float e0 = hsum_ps(d0), e1 = hsum_ps(d1), e2 = hsum_ps(d2), e3 = hsum_ps(d3);
+        // tail columns
+        for (; j < n; j++) {
+            e0 += t[j] * a0[j], e1 += t[j] * a1[j], e2 += t[j] * a2[j], e3 += t[j] * a3[j];
+            p0[j] += sa * b[k] * t[j], p1[j] += sa * b[k + 1] * t[j];
+            p2[j] += sa * b[k + 2] * t[j], p3[j] += sa * b[k + 3] * t[j];
+        }
+        db[k] += sa * e0, db[k + 1] += sa * e1, db[k + 2] += sa * e2, db[k + 3] += sa * e3;
+    }
+    // remaining adapter rows one at a time
+    for (; k < r; k++) {
+        db[k] += sa * dot_avx2(t, A + k * n, n);
+        axpy_avx2(pa + k * n, sa * b[k], t, n);
+    }
+}
+
+#endif
+
+#if SFT_X86
+/* Streaming (non-temporal) stores for outputs much larger than the caches: the output lines are not
+ * read before being written (no read-for-ownership), saving a third of the write traffic. The head is
+ * peeled to a 32-byte boundary; sfence orders the stores before the kernel returns. */
+#define NT_HEAD(y, j, n, expr) \
+    for (; (j) < (n) && ((uintptr_t)((y) + (j)) & 31); (j)++) (y)[j] = (expr)
+
+SFT_TARGET_AVX2 static void scale_nt_avx2(float *y, const float *x, float a, int64_t n) {
+    __m256 va = _mm256_set1_ps(a);
+    int64_t j = 0;
+    // scalar head to an aligned y
+    NT_HEAD(y, j, n, a * x[j]);
+    // 8 floats per step, streamed
+    for (; j + 8 <= n; j += 8) _mm256_stream_ps(y + j, _mm256_mul_ps(va, _mm256_loadu_ps(x + j)));
+    // tail
+    for (; j < n; j++) y[j] = a * x[j];
+    _mm_sfence();
+}
+
+SFT_TARGET_AVX2 static void axpby_nt_avx2(float *y, float a, const float *x, float b, const float *z,
+                                          int64_t n) {
+    __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
+    int64_t j = 0;
+    // scalar head to an aligned y
+    NT_HEAD(y, j, n, a * x[j] + b * z[j]);
+    // 8 floats per step, streamed
+    for (; j + 8 <= n; j += 8) {
+        __m256 t = _mm256_mul_ps(vb, _mm256_loadu_ps(z + j));
+        _mm256_stream_ps(y + j, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + j), t));
+    }
+    // tail
+    for (; j < n; j++) y[j] = a * x[j] + b * z[j];
+    _mm_sfence();
+}
+
+SFT_TARGET_AVX2 static void vscale_nt_avx2(float *y, const float *x, const float *s, int64_t n) {
+    int64_t j = 0;
+    // scalar head to an aligned y
+    NT_HEAD(y, j, n, s[j] * x[j]);
+    // 8 floats per step, streamed
+    for (; j + 8 <= n; j += 8)
+        _mm256_stream_ps(y + j, _mm256_mul_ps(_mm256_loadu_ps(s + j), _mm256_loadu_ps(x + j)));
+    // tail
+    for (; j < n; j++) y[j] = s[j] * x[j];
+    _mm_sfence();
+}
+
+SFT_TARGET_AVX2 static void vaxpby_nt_avx2(float *y, const float *a, const float *x, const float *b,
+                                           const float *z, int64_t n) {
+    int64_t j = 0;
+    // scalar head to an aligned y
+    NT_HEAD(y, j, n, a[j] * x[j] + b[j] * z[j]);
+    // 8 floats per step, streamed
+    for (; j + 8 <= n; j += 8) {
+        __m256 t = _mm256_mul_ps(_mm256_loadu_ps(b + j), _mm256_loadu_ps(z + j));
+        _mm256_stream_ps(y + j, _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(x + j), t));
+    }
+    // tail
+    for (; j < n; j++) y[j] = a[j] * x[j] + b[j] * z[j];
+    _mm_sfence();
+}
 #endif
 
 /* The primitives of one SIMD path. */
@@ -385,17 +503,55 @@ typedef struct {
     void (*masked_row)(float *, const float *, const uint8_t *, float, int64_t);
     float (*dot)(const float *, const float *, int64_t);
     void (*axpy)(float *, float, const float *, int64_t);
+    void (*rowgrad)(float *, float *, const float *, const float *, const float *, float, int64_t, int64_t);
+    /* the four output writers again, with streaming stores (portable: the same functions) */
+    void (*scale_nt)(float *, const float *, float, int64_t);
+    void (*axpby_nt)(float *, float, const float *, float, const float *, int64_t);
+    void (*vscale_nt)(float *, const float *, const float *, int64_t);
+    void (*vaxpby_nt)(float *, const float *, const float *, const float *, const float *, int64_t);
 } wn_ops;
 
 static const wn_ops ops_portable = {
-    sumsq_portable,         dot_sumsq_portable, scale_portable,  axpby_portable,  col_sumsq_portable,
-    col_dot_sumsq_portable, vscale_portable,    vaxpby_portable, row_ba_portable, masked_sumsq_portable,
-    masked_row_portable,    dot_portable,       axpy_portable};
+    .sumsq = sumsq_portable,
+    .dot_sumsq = dot_sumsq_portable,
+    .scale = scale_portable,
+    .axpby = axpby_portable,
+    .col_sumsq = col_sumsq_portable,
+    .col_dot_sumsq = col_dot_sumsq_portable,
+    .vscale = vscale_portable,
+    .vaxpby = vaxpby_portable,
+    .row_ba = row_ba_portable,
+    .masked_sumsq = masked_sumsq_portable,
+    .masked_row = masked_row_portable,
+    .dot = dot_portable,
+    .axpy = axpy_portable,
+    .rowgrad = rowgrad_portable,
+    .scale_nt = scale_portable,
+    .axpby_nt = axpby_portable,
+    .vscale_nt = vscale_portable,
+    .vaxpby_nt = vaxpby_portable,
+};
 #if SFT_X86
-static const wn_ops ops_avx2 = {sumsq_avx2,     dot_sumsq_avx2,     scale_avx2,      axpby_avx2,
-                                col_sumsq_avx2, col_dot_sumsq_avx2, vscale_avx2,     vaxpby_avx2,
-                                row_ba_avx2,    masked_sumsq_avx2,  masked_row_avx2, dot_avx2,
-                                axpy_avx2};
+static const wn_ops ops_avx2 = {
+    .sumsq = sumsq_avx2,
+    .dot_sumsq = dot_sumsq_avx2,
+    .scale = scale_avx2,
+    .axpby = axpby_avx2,
+    .col_sumsq = col_sumsq_avx2,
+    .col_dot_sumsq = col_dot_sumsq_avx2,
+    .vscale = vscale_avx2,
+    .vaxpby = vaxpby_avx2,
+    .row_ba = row_ba_avx2,
+    .masked_sumsq = masked_sumsq_avx2,
+    .masked_row = masked_row_avx2,
+    .dot = dot_avx2,
+    .axpy = axpy_avx2,
+    .rowgrad = rowgrad_avx2,
+    .scale_nt = scale_nt_avx2,
+    .axpby_nt = axpby_nt_avx2,
+    .vscale_nt = vscale_nt_avx2,
+    .vaxpby_nt = vaxpby_nt_avx2,
+};
 #endif
 
 static const wn_ops *select_ops(void) {
@@ -528,14 +684,16 @@ void weightnorm_forward_naive(float *w, const float *v, const float *g, int64_t 
 
 int weightnorm_forward(float *w, const float *v, const float *g, int64_t R, int64_t C, int dim) {
     const wn_ops *op = select_ops();
-    int nthreads = wn_threads(R * C);
+    int nthreads = wn_threads(R * C), stream = R * C >= WN_STREAM_MIN;
+    void (*scale)(float *, const float *, float, int64_t) = stream ? op->scale_nt : op->scale;
+    void (*vscale)(float *, const float *, const float *, int64_t) = stream ? op->vscale_nt : op->vscale;
     if (dim == WN_DIM_ROWS) {
         // each row: norm in double, then scale (the row is read again from cache)
 #pragma omp parallel for schedule(static) num_threads(nthreads)
         for (int64_t i = 0; i < R; i++) {
             double a = fwd_coef(op->sumsq(v + i * C, C), g[i]);
             if (fits_f32(a))
-                op->scale(w + i * C, v + i * C, (float)a, C);
+                scale(w + i * C, v + i * C, (float)a, C);
             else
                 scale_f64(w + i * C, v + i * C, a, C);
         }
@@ -561,7 +719,7 @@ int weightnorm_forward(float *w, const float *v, const float *g, int64_t R, int6
 #pragma omp parallel for schedule(static) num_threads(nthreads)
         for (int64_t i = 0; i < R; i++) {
             if (all_fit) {
-                op->vscale(w + i * C, v + i * C, a32, C);
+                vscale(w + i * C, v + i * C, a32, C);
             } else {
                 for (int64_t j = 0; j < C; j++) w[i * C + j] = (float)(ss[j] * v[i * C + j]);
             }
@@ -580,7 +738,7 @@ int weightnorm_forward(float *w, const float *v, const float *g, int64_t R, int6
     for (int64_t c = 0; c < nchunks; c++) {
         int64_t j0 = c * WN_CHUNK, nc = SFT_MIN(WN_CHUNK, n - j0);
         if (fit)
-            op->scale(w + j0, v + j0, (float)a, nc);
+            scale(w + j0, v + j0, (float)a, nc);
         else
             scale_f64(w + j0, v + j0, a, nc);
     }
@@ -618,7 +776,11 @@ void weightnorm_backward_naive(float *grad_v, float *grad_g, const float *grad_w
 int weightnorm_backward(float *grad_v, float *grad_g, const float *grad_w, const float *v, const float *g,
                         int64_t R, int64_t C, int dim) {
     const wn_ops *op = select_ops();
-    int nthreads = wn_threads(R * C);
+    int nthreads = wn_threads(R * C), stream = R * C >= WN_STREAM_MIN;
+    void (*axpby)(float *, float, const float *, float, const float *, int64_t) =
+        stream ? op->axpby_nt : op->axpby;
+    void (*vaxpby)(float *, const float *, const float *, const float *, const float *, int64_t) =
+        stream ? op->vaxpby_nt : op->vaxpby;
     if (dim == WN_DIM_ROWS) {
         // each row: <grad_w, v> and ||v||^2 in one pass, then grad_v (rows read again from cache)
 #pragma omp parallel for schedule(static) num_threads(nthreads)
@@ -628,7 +790,7 @@ int weightnorm_backward(float *grad_v, float *grad_g, const float *grad_w, const
             bwd_coef(ss, dot, g[i], &a, &b, &gg);
             grad_g[i] = (float)gg;
             if (fits_f32(a) && fits_f32(b))
-                op->axpby(grad_v + i * C, (float)a, grad_w + i * C, (float)b, v + i * C, C);
+                axpby(grad_v + i * C, (float)a, grad_w + i * C, (float)b, v + i * C, C);
             else
                 axpby_f64(grad_v + i * C, a, grad_w + i * C, b, v + i * C, C);
         }
@@ -659,7 +821,7 @@ int weightnorm_backward(float *grad_v, float *grad_g, const float *grad_w, const
 #pragma omp parallel for schedule(static) num_threads(nthreads)
         for (int64_t i = 0; i < R; i++) {
             if (all_fit) {
-                op->vaxpby(grad_v + i * C, a32, grad_w + i * C, b32, v + i * C, C);
+                vaxpby(grad_v + i * C, a32, grad_w + i * C, b32, v + i * C, C);
             } else {
                 for (int64_t j = 0; j < C; j++)
                     grad_v[i * C + j] = (float)(ss[j] * grad_w[i * C + j] + dot[j] * v[i * C + j]);
@@ -680,7 +842,7 @@ int weightnorm_backward(float *grad_v, float *grad_g, const float *grad_w, const
     for (int64_t c = 0; c < nchunks; c++) {
         int64_t j0 = c * WN_CHUNK, nc = SFT_MIN(WN_CHUNK, n - j0);
         if (fit)
-            op->axpby(grad_v + j0, (float)a, grad_w + j0, (float)b, v + j0, nc);
+            axpby(grad_v + j0, (float)a, grad_w + j0, (float)b, v + j0, nc);
         else
             axpby_f64(grad_v + j0, a, grad_w + j0, b, v + j0, nc);
     }
@@ -795,11 +957,7 @@ int dora_rownorm_backward(float *dA, float *dB, const float *grad_n, const float
             else
                 op->row_ba(t, bi, A, r, in);
             op->masked_row(t, W + i * in, M + i * in, s, in);
-            float sa = s * alpha;
-            for (int64_t k = 0; k < r; k++) {
-                dB[i * r + k] += sa * op->dot(t, A + k * in, in);
-                op->axpy(pa + k * in, sa * bi[k], t, in);
-            }
+            op->rowgrad(dB + i * r, pa, t, A, bi, s * alpha, r, in);
         }
         // dA += the thread partials, summed in thread order (rows of dA split among threads)
 #pragma omp for schedule(static)

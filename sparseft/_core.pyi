@@ -59,14 +59,21 @@ def lors_scratch_bytes(in_features: int, out_features: int, r: int, /) -> int: .
 # ---- weightnorm ----
 def weightnorm_norms(v: npt.NDArray[np.float32], dim: int, /) -> npt.NDArray[np.float32]: ...
 def weightnorm_forward(
-    v: npt.NDArray[np.float32], g: npt.NDArray[np.float32], dim: int, /
+    v: npt.NDArray[np.float32],
+    g: npt.NDArray[np.float32],
+    dim: int,
+    out: npt.NDArray[np.float32] | None = ...,
 ) -> npt.NDArray[np.float32]: ...
 def weightnorm_backward(
-    grad_w: npt.NDArray[np.float32], v: npt.NDArray[np.float32], g: npt.NDArray[np.float32], dim: int, /
+    grad_w: npt.NDArray[np.float32],
+    v: npt.NDArray[np.float32],
+    g: npt.NDArray[np.float32],
+    dim: int,
+    out: npt.NDArray[np.float32] | None = ...,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
 def dora_rownorm_forward(
     W: npt.NDArray[np.float32],
-    mask: npt.NDArray[np.bool_],
+    mask: npt.NDArray[np.bool_] | npt.NDArray[np.uint8],
     A: npt.NDArray[np.float32],
     B: npt.NDArray[np.float32],
     scale: float,
@@ -76,7 +83,7 @@ def dora_rownorm_backward(
     grad_n: npt.NDArray[np.float32],
     n: npt.NDArray[np.float32],
     W: npt.NDArray[np.float32],
-    mask: npt.NDArray[np.bool_],
+    mask: npt.NDArray[np.bool_] | npt.NDArray[np.uint8],
     A: npt.NDArray[np.float32],
     B: npt.NDArray[np.float32],
     scale: float,

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sparseft import _core
+from sparseft import _core, dora
 from sparseft.formats_dense import BaseFormat, DenseBase, validate_base
 from sparseft.init import LORS_SCALES, gaussian_init, lora_init, lors_init
 
@@ -82,6 +82,12 @@ def _check_int(name: str, value: object, lo: int, hi: int | None = None) -> int:
     return v
 
 
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+    return bool(value)
+
+
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
@@ -125,6 +131,10 @@ class LoRSConfig:
         Base storage.
     seed : int
         Seed of the initializers.
+    magnitude : bool
+        Weight-normalized adapters (sparse DoRA), see :class:`LoRSLinear`.
+    norm_grad : bool
+        With ``magnitude``: differentiate through the row norms (False: DoRA's detached norm).
     """
 
     r: int = 8
@@ -134,6 +144,8 @@ class LoRSConfig:
     use_rslora: bool = False
     format: str = "auto"
     seed: int = 0
+    magnitude: bool = False
+    norm_grad: bool = True
 
     def __post_init__(self) -> None:
         _check_int("r", self.r, 1)
@@ -147,6 +159,8 @@ class LoRSConfig:
         _check_choice("grad", self.grad, GRADS)
         _check_choice("format", self.format, FORMATS)
         _check_int("seed", self.seed, 0)
+        _check_bool("magnitude", self.magnitude)
+        _check_bool("norm_grad", self.norm_grad)
 
     def make(self, W: np.ndarray, mask: np.ndarray | None = None, **kwargs: Any) -> LoRSLinear:
         """A :class:`LoRSLinear` on ``W`` with these settings (``kwargs`` go to the constructor)."""
@@ -160,7 +174,7 @@ class LoRSConfig:
             seed=self.seed,
             use_rslora=self.use_rslora,
             format=self.format,
-            **kwargs,
+            **{"magnitude": self.magnitude, "norm_grad": self.norm_grad, **kwargs},
         )
 
 
@@ -209,6 +223,16 @@ class LoRSLinear:
     lors_scale : {"lora", "unit"} or float
         Row norm of A for ``init="lors"``: "lora" (1/√3, the expected row norm of the "lora"
         init), "unit" (orthonormal rows) or a positive float.
+    magnitude : bool
+        Weight-normalized adapters ("sparse DoRA"): the layer's weight becomes
+        W'' = m ⊙ W'/‖W'‖_row with a trainable magnitude m (out,), initialized to the row norms of W
+        so the output is unchanged at step 0 (B = 0). Still no out×in buffer: y = (x W'ᵀ) ⊙ m/n with
+        the row norms n computed row by row in C (see :mod:`sparseft.dora`). A row with ‖W'‖ = 0
+        gives output 0 and zero gradients through it (not NaN). PEFT's name for m is
+        ``lora_magnitude_vector``.
+    norm_grad : bool
+        With ``magnitude``: True differentiates through ‖W'‖ (the exact gradient); False treats it
+        as a constant (DoRA's detached norm, PEFT's choice), which drops an O(out·in·r) term.
 
     Attributes
     ----------
@@ -216,6 +240,8 @@ class LoRSLinear:
         Parameters (float32; update them in place, e.g. ``layer.A -= lr * layer.grad_A``).
     grad_A, grad_B, grad_bias : numpy.ndarray
         Accumulated gradients (zeroed by :meth:`zero_grad`).
+    magnitude, grad_magnitude : numpy.ndarray or None
+        With ``magnitude=True``: m (float32 (out,), a parameter) and its accumulated gradient.
     scaling : float
         s.
     base : object
@@ -245,8 +271,12 @@ class LoRSLinear:
         calibration: Iterable[Any] | None = None,
         loss_grad: Callable[[np.ndarray], np.ndarray] | None = None,
         lors_scale: str | float = "lora",
+        magnitude: bool = False,
+        norm_grad: bool = True,
     ) -> None:
         _check_f32("W", W, (None, None))
+        use_magnitude = _check_bool("magnitude", magnitude)
+        self.norm_grad = _check_bool("norm_grad", norm_grad)
         out, in_ = W.shape
         if mask is None:
             mask = W != 0
@@ -283,9 +313,16 @@ class LoRSLinear:
         self.grad_bias = None if bias is None else np.zeros_like(self.bias)
         self._merged = False
         self._saved: tuple[np.ndarray, tuple[int, ...]] | None = None
+        self.magnitude: np.ndarray | None = None  # set below: init_adapters may run a DoRA-less forward
+        self.grad_magnitude: np.ndarray | None = None
+        self._dora_saved: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # z, n, m/n
+        self._premerge_base: BaseFormat | None = None
         self.init_adapters(
             init, init_grad=init_grad, calibration=calibration, loss_grad=loss_grad, lors_scale=lors_scale
         )
+        if use_magnitude:
+            self.magnitude = dora.magnitude_init(self.base)
+            self.grad_magnitude = np.zeros_like(self.magnitude)
 
     # ---- adapters and their init ----
 
@@ -395,10 +432,20 @@ class LoRSLinear:
             raise ValueError(f"{name}: expected shape (..., {features}), got {a.shape}")
         return np.ascontiguousarray(a.reshape(-1, features)), tuple(a.shape[:-1])
 
+    def _dora_active(self) -> bool:
+        return self.magnitude is not None and not self._merged
+
     def _forward_2d(self, x2: np.ndarray) -> np.ndarray:
         """y (N, out) for x (N, in): the base with the adapter recomputed (override point)."""
         s = 0.0 if self._merged else self.scaling
         y = self.base.forward(x2, self.A, self.B, s)
+        if self._dora_active():
+            assert self.magnitude is not None
+            # weight-normalized: y = (x W'^T) * m / ||W'||_row, z and the norms kept for backward
+            n = dora.row_norms(self.base, self.A, self.B, s)
+            c = dora.forward_scales(self.magnitude, n)
+            self._dora_saved = (y, n, c)
+            y = y * c
         if self.bias is not None:
             y += self.bias
         return y
@@ -471,15 +518,39 @@ class LoRSLinear:
         x2, lead = self._saved
         _check_f32("gy", gy, (*lead, self.out_features))
         gy2 = np.ascontiguousarray(gy.reshape(-1, self.out_features))
-        gx2 = self._backward_input_2d(gy2)  # checks gy for NaN/inf in C
-        dA, dB = self._adapter_grads(gy2, x2)
+        dora_saved = self._dora_saved if self._dora_active() else None
+        gz2 = gy2 if dora_saved is None else gy2 * dora_saved[2]  # DoRA: through y = z * m/n
+        gx2 = self._backward_input_2d(gz2)  # checks gy for NaN/inf in C
+        dA, dB = self._adapter_grads(gz2, x2)
+        dm = None
+        if dora_saved is not None:
+            dm, dA, dB = self._magnitude_grads(gy2, dora_saved, dA, dB)
         # all computed: only now touch the state
         self.grad_A += dA
         self.grad_B += dB
+        if dm is not None and self.grad_magnitude is not None:
+            self.grad_magnitude += dm
         if self.grad_bias is not None:
             self.grad_bias += gy2.sum(axis=0, dtype=np.float32)
         self._saved = None
+        self._dora_saved = None
         return gx2.reshape(*lead, self.in_features)
+
+    def _magnitude_grads(
+        self,
+        gy2: np.ndarray,
+        saved: tuple[np.ndarray, np.ndarray, np.ndarray],
+        dA: np.ndarray,
+        dB: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """DoRA: grad m, and dA, dB plus the gradient through the row norms (when ``norm_grad``)."""
+        assert self.magnitude is not None
+        z, n, _ = saved
+        dm, grad_n = dora.backward_scales(gy2, z, self.magnitude, n, self.norm_grad)
+        if grad_n is not None:
+            cA, cB = dora.norm_grad_adapters(self.base, grad_n, n, self.A, self.B, self.scaling)
+            dA, dB = dA + cA, dB + cB
+        return dm, dA, dB
 
     def zero_grad(self) -> None:
         """Set ``grad_A``, ``grad_B`` (and ``grad_bias``) to zero."""
@@ -487,12 +558,16 @@ class LoRSLinear:
         self.grad_B.fill(0.0)
         if self.grad_bias is not None:
             self.grad_bias.fill(0.0)
+        if self.grad_magnitude is not None:
+            self.grad_magnitude.fill(0.0)
 
     def parameters(self) -> dict[str, np.ndarray]:
-        """Trainable arrays by name (``A``, ``B``, and ``bias`` when present); the live arrays."""
+        """Trainable arrays by name (``A``, ``B``, and ``bias``/``magnitude`` when present); the live arrays."""
         p = {"A": self.A, "B": self.B}
         if self.bias is not None:
             p["bias"] = self.bias
+        if self.magnitude is not None:
+            p["magnitude"] = self.magnitude
         return p
 
     def gradients(self) -> dict[str, np.ndarray]:
@@ -500,6 +575,8 @@ class LoRSLinear:
         g = {"A": self.grad_A, "B": self.grad_B}
         if self.grad_bias is not None:
             g["bias"] = self.grad_bias
+        if self.grad_magnitude is not None:
+            g["magnitude"] = self.grad_magnitude
         return g
 
     # ---- merge ----
@@ -515,9 +592,12 @@ class LoRSLinear:
         return self.base.mask_dense()
 
     def merged_weight(self) -> np.ndarray:
-        """W' = W + s·(B A) ⊙ M as a new float32 (out, in) array, exactly 0 wherever M is False."""
+        """W' = W + s·(B A) ⊙ M as a new float32 (out, in) array, exactly 0 wherever M is False
+        (with ``magnitude``: W'' = m ⊙ W'/‖W'‖_row, also exactly 0 off the mask)."""
         if self._merged:
             return self.base.to_dense()
+        if self.magnitude is not None:
+            return dora.merged_dense(self.base, self.A, self.B, self.scaling, self.magnitude)
         return self.base.merged(self.A, self.B, self.scaling).to_dense()
 
     def merge(self) -> None:
@@ -525,18 +605,34 @@ class LoRSLinear:
 
         Forward and backward then use the merged base (no recompute); A and B are kept, so
         gradients still flow to them, but changing them has no effect until :meth:`unmerge`.
-        A no-op when already merged.
+        A no-op when already merged. With ``magnitude`` the merged base holds W'' (built densely
+        once, then stored in the layer's format) and the unmerged base is kept for :meth:`unmerge`;
+        while merged the magnitude gets no gradient.
         """
         if not self._merged:
-            self.base = self.base.merged(self.A, self.B, self.scaling)
+            if self.magnitude is not None:
+                self._premerge_base = self.base
+                fmt: Any = type(self.base)  # every base format has from_dense (see formats_dense)
+                self.base = fmt.from_dense(self.merged_weight(), self.base.mask_dense())
+            else:
+                self.base = self.base.merged(self.A, self.B, self.scaling)
             self._merged = True
 
     def unmerge(self) -> None:
         """Undo :meth:`merge` (W' − s·(B A) at the mask; equal to W up to float32 rounding,
-        zeros exact). A no-op when not merged."""
+        zeros exact; with ``magnitude``, the kept unmerged base, bit for bit). A no-op when not merged."""
         if self._merged:
-            self.base = self.base.unmerged(self.A, self.B, self.scaling)
+            self.base = self._unmerged_base()
+            self._premerge_base = None
             self._merged = False
+
+    def _unmerged_base(self) -> BaseFormat:
+        """The base without the adapter folded in (the current one when not merged)."""
+        if not self._merged:
+            return self.base
+        if self._premerge_base is not None:
+            return self._premerge_base
+        return self.base.unmerged(self.A, self.B, self.scaling)
 
     # ---- state ----
 
@@ -548,8 +644,9 @@ class LoRSLinear:
     def state_dict(self) -> dict[str, np.ndarray]:
         """PEFT-named copies: ``lora_A.weight`` (r, in), ``lora_B.weight`` (out, r),
         ``base_layer.weight`` (out, in), ``base_layer.weight_mask`` (bool, torch.nn.utils.prune's
-        name) and ``base_layer.bias`` when present. A merged layer reports its unmerged base."""
-        base = self.base.unmerged(self.A, self.B, self.scaling) if self._merged else self.base
+        name), ``base_layer.bias`` when present and ``lora_magnitude_vector`` (out,) with
+        ``magnitude``. A merged layer reports its unmerged base."""
+        base = self._unmerged_base()
         sd = {
             "lora_A.weight": self.A.copy(),
             "lora_B.weight": self.B.copy(),
@@ -558,13 +655,16 @@ class LoRSLinear:
         }
         if self.bias is not None:
             sd["base_layer.bias"] = self.bias.copy()
+        if self.magnitude is not None:
+            sd["lora_magnitude_vector"] = self.magnitude.copy()
         return sd
 
     def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
         """Load arrays named as in :meth:`state_dict` (copies; all checked before anything changes).
 
         ``lora_A.weight`` and ``lora_B.weight`` are required; ``base_layer.weight`` (with
-        ``base_layer.weight_mask``, else the current mask) and ``base_layer.bias`` are optional.
+        ``base_layer.weight_mask``, else the current mask), ``base_layer.bias`` and, for a layer
+        with ``magnitude``, ``lora_magnitude_vector`` are optional.
         The layer ends unmerged, with its pending forward dropped.
 
         Raises
@@ -582,6 +682,8 @@ class LoRSLinear:
             "base_layer.weight_mask",
             "base_layer.bias",
         }
+        if self.magnitude is not None:
+            known.add("lora_magnitude_vector")
         missing = sorted({"lora_A.weight", "lora_B.weight"} - set(state))
         if missing:
             raise ValueError(f"state: missing keys {missing}")
@@ -594,7 +696,7 @@ class LoRSLinear:
         for name, a in (("lora_A.weight", A), ("lora_B.weight", B)):
             if not np.isfinite(a).all():
                 raise ValueError(f"{name}: contains NaN or infinity")
-        base = self.base.unmerged(self.A, self.B, self.scaling) if self._merged else self.base
+        base = self._unmerged_base()
         if "base_layer.weight" in state:
             W = _check_f32("base_layer.weight", state["base_layer.weight"], (out, in_))
             mask = state.get("base_layer.weight_mask", base.mask_dense())
@@ -606,6 +708,11 @@ class LoRSLinear:
             bias = _check_f32("base_layer.bias", state["base_layer.bias"], (out,)).copy()
             if not np.isfinite(bias).all():
                 raise ValueError("base_layer.bias: contains NaN or infinity")
+        magnitude = self.magnitude
+        if magnitude is not None and "lora_magnitude_vector" in state:
+            magnitude = _check_f32("lora_magnitude_vector", state["lora_magnitude_vector"], (out,)).copy()
+            if not np.isfinite(magnitude).all():
+                raise ValueError("lora_magnitude_vector: contains NaN or infinity")
         # everything checked: commit
         self.base = base
         self._merged = False
@@ -614,9 +721,13 @@ class LoRSLinear:
             self.grad_bias = np.zeros_like(bias)
         self.bias = bias
         self._saved = None
+        self.magnitude = magnitude
+        self._premerge_base = None
+        self._dora_saved = None
 
     def __repr__(self) -> str:
         return (
             f"LoRSLinear(in={self.in_features}, out={self.out_features}, r={self.r}, scaling={self.scaling:g}, "
-            f"format={self.base.format!r}, grad={self.grad!r}, nnz={self.base.nnz}, merged={self._merged})"
+            f"format={self.base.format!r}, grad={self.grad!r}, nnz={self.base.nnz}, merged={self._merged}"
+            + (f", magnitude=True, norm_grad={self.norm_grad})" if self.magnitude is not None else ")")
         )

@@ -184,11 +184,23 @@ class WeightNorm:
         n = _core.weightnorm_norms(self._v, _core_dim(self.dim))
         return n.reshape(self._g.shape)
 
-    def weight(self) -> F32:
-        """The weight ``w = g * v / ||v||``, a new float32 ``(out, in)`` array (0 where ``||v|| = 0``)."""
-        return _core.weightnorm_forward(self._v, self._g.reshape(-1), _core_dim(self.dim))
+    def weight(self, out: F32 | None = None) -> F32:
+        """The weight ``w = g * v / ||v||`` (0 where ``||v|| = 0``).
 
-    def backward(self, grad_w: npt.ArrayLike) -> tuple[F32, F32]:
+        Parameters
+        ----------
+        out : numpy.ndarray, optional
+            A float32 C-contiguous ``(out, in)`` array to write the weight into (reusing one buffer
+            across training steps saves an allocation and its page faults). Default: a new array.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 ``(out, in)`` (``out`` itself when given).
+        """
+        return _core.weightnorm_forward(self._v, self._g.reshape(-1), _core_dim(self.dim), out)
+
+    def backward(self, grad_w: npt.ArrayLike, out: F32 | None = None) -> tuple[F32, F32]:
         """Gradients of ``v`` and ``g`` from the gradient of the weight.
 
         ``grad_g = <grad_w, v> / ||v||`` and
@@ -198,13 +210,17 @@ class WeightNorm:
         ----------
         grad_w : numpy.ndarray
             Gradient of the loss with respect to ``weight()``, shape ``(out, in)``, floating point.
+        out : numpy.ndarray, optional
+            A float32 C-contiguous ``(out, in)`` array to write ``grad_v`` into; it may be ``grad_w``
+            itself (computed in place). Default: a new array.
 
         Returns
         -------
         grad_v : numpy.ndarray
             float32 ``(out, in)``.
         grad_g : numpy.ndarray
-            float32 with the shape of ``g``. Both are 0 on slices where ``||v|| = 0``.
+            float32 with the shape of ``g``. Both are 0 on slices where ``||v|| = 0``. ``grad_w`` is
+            not scanned for NaN/inf (that would cost a pass over memory): they propagate.
 
         Raises
         ------
@@ -216,7 +232,7 @@ class WeightNorm:
         gw = _float_array("grad_w", grad_w)
         if gw.shape != self._v.shape:
             raise ValueError(f"grad_w: expected shape {self._v.shape}, got {gw.shape}")
-        grad_v, grad_g = _core.weightnorm_backward(gw, self._v, self._g.reshape(-1), _core_dim(self.dim))
+        grad_v, grad_g = _core.weightnorm_backward(gw, self._v, self._g.reshape(-1), _core_dim(self.dim), out)
         return grad_v, grad_g.reshape(self._g.shape)
 
     # -- constructors / initialisation --

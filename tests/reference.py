@@ -139,6 +139,48 @@ def dora_rownorm_backward(
     return s * np.asarray(B, np.float64).T @ G, s * G @ np.asarray(A, np.float64).T
 
 
+def dora_layer(
+    x: np.ndarray,
+    W: np.ndarray,
+    mask: np.ndarray,
+    A: np.ndarray,
+    B: np.ndarray,
+    s: float,
+    m: np.ndarray,
+    bias: np.ndarray | None,
+    gy: np.ndarray,
+    norm_grad: bool = True,
+) -> dict[str, np.ndarray]:
+    """Weight-normalized LoRS in float64, through the dense (out, in) weight (the slow way):
+    W'' = (m / ||W'||_row) W' (0 for a zero row), y = x W''^T + bias, and the gradients of
+    <gy, y> with respect to x, A, B, m (and bias). norm_grad=False treats ||W'|| as a constant."""
+    x64, gy64 = np.asarray(x, np.float64), np.asarray(gy, np.float64)
+    M = np.asarray(mask, np.float64)
+    Wp = dora_merged(W, mask, A, B, s)
+    n = np.linalg.norm(Wp, axis=1)
+    live = n > 0
+    c = np.divide(np.asarray(m, np.float64), n, out=np.zeros_like(n), where=live)
+    W2 = c[:, None] * Wp
+    y = x64 @ W2.T + (0.0 if bias is None else np.asarray(bias, np.float64))
+    G = gy64.T @ x64  # gradient of the full weight W''
+    GW = (G * Wp).sum(axis=1)
+    grad_m = np.divide(GW, n, out=np.zeros_like(n), where=live)
+    gWp = c[:, None] * G
+    if norm_grad:
+        k = np.divide(np.asarray(m, np.float64) * GW, n**3, out=np.zeros_like(n), where=live)
+        gWp -= k[:, None] * Wp
+    gWp *= M
+    return {
+        "y": y,
+        "gx": gy64 @ W2,
+        "dA": s * np.asarray(B, np.float64).T @ gWp,
+        "dB": s * gWp @ np.asarray(A, np.float64).T,
+        "dm": grad_m,
+        "dbias": gy64.sum(axis=0),
+        "W2": W2,
+    }
+
+
 # ---- remat ----
 
 

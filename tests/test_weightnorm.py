@@ -243,6 +243,53 @@ def test_tiny_norms_stay_finite_and_exact(simd: str) -> None:
         _close(grad_g, want_gg, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dim", DIMS)
+def test_out_buffers_including_in_place(simd: str, rng: np.random.Generator, dim: int | None) -> None:
+    v, g, gw = _random_case(rng, (40, 70), dim)
+    wn = WeightNorm(v, g, dim)
+    want_w = wn.weight()
+    want_gv, want_gg = wn.backward(gw)
+    buf = np.full_like(v, np.nan)
+    assert wn.weight(out=buf) is buf
+    np.testing.assert_array_equal(buf, want_w)
+    gbuf = np.full_like(v, np.nan)
+    gv, gg = wn.backward(gw, out=gbuf)
+    assert gv is gbuf
+    np.testing.assert_array_equal(gv, want_gv)
+    np.testing.assert_array_equal(gg, want_gg)
+    gw_inplace = gw.copy()
+    gv, _ = wn.backward(gw_inplace, out=gw_inplace)  # grad_v overwrites grad_w
+    assert gv is gw_inplace
+    np.testing.assert_array_equal(gv, want_gv)
+    v_inplace = v.copy()
+    _core.weightnorm_forward(v_inplace, g.reshape(-1), -1 if dim is None else dim, v_inplace)
+    np.testing.assert_array_equal(v_inplace, want_w)  # the kernel may write w over v
+    with pytest.raises(ValueError, match=r"out: expected axis 1 of length 70"):
+        wn.weight(out=np.empty((40, 71), np.float32))
+    with pytest.raises(TypeError, match=r"out: expected dtype float32, got float64"):
+        wn.backward(gw, out=np.empty((40, 70)))
+    ro = np.empty_like(v)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match=r"out.*read-only"):
+        wn.weight(out=ro)
+
+
+def test_large_outputs_use_streaming_stores(simd: str, rng: np.random.Generator) -> None:
+    """Outputs >= 2^22 floats take the streaming-store writers (peeled to 32 bytes: misaligned out too)."""
+    shape = (1031, 4099)  # 4.2M floats, odd row length
+    v, _, gw = _random_case(rng, shape, 0)
+    raw = np.empty(v.size + 3, np.float32)
+    misaligned = raw[3:].reshape(shape)  # 12 bytes past a 64-byte boundary (numpy aligns to >= 16)
+    for dim in DIMS:
+        g = rng.uniform(0.5, 2, _g_shape(shape, dim)).astype(np.float32)
+        wn = WeightNorm(v, g, dim)
+        _close(wn.weight(out=misaligned), ref.weightnorm_forward(v, g, dim))
+        gv, gg = wn.backward(gw)
+        want_gv, want_gg = ref.weightnorm_backward(gw, v, g, dim)
+        _close(gv, want_gv, scale=_grad_scale(v, g, gw, dim))
+        _close(gg, want_gg)
+
+
 # ---- constructors, data-dependent init ----
 
 
@@ -465,6 +512,7 @@ def test_dora_rownorm_kernels_match_reference(
     inputs = [a.copy() for a in (W, M, A, B)]
     n = _core.dora_rownorm_forward(W, M, A, B, s)
     _close(n, ref.dora_rownorm_forward(W, M, A, B, s), rtol=1e-5)
+    np.testing.assert_array_equal(_core.dora_rownorm_forward(W, M.astype(np.uint8), A, B, s), n)
     grad_n = rng.standard_normal(out).astype(np.float32)
     dA, dB = _core.dora_rownorm_backward(grad_n, n, W, M, A, B, s)
     want_dA, want_dB = ref.dora_rownorm_backward(grad_n, n, W, M, A, B, s)
