@@ -130,9 +130,14 @@ def _plan_inputs(
             if d is not None:
                 feeds.append((d, tx))
                 continue
+            t_w = stage * n + int(pos[w])
+            d = next((d for d in live_of[w] if start[d] == t_w), None)
+            if d is not None:  # w is already computed in this slot: read that copy longer
+                feeds.append((d, tx))
+                continue
             if len(new) >= limit or int(pos[w]) >= stage:
                 return None
-            new[w] = stage * n + int(pos[w])
+            new[w] = t_w
             feeds.append((("new", w), tx))
             todo.append((w, new[w]))
     return new, feeds

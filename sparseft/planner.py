@@ -414,8 +414,11 @@ class Planner:
             found.append(np.array(comp, dtype=np.int64))
         best: tuple[np.ndarray | None, int] = (None, 0)
         for steps in found:
-            steps = self._compact(steps)
-            peak, dur, _ = _sim(g, steps, profile=False)
+            try:
+                steps = self._compact(steps)
+                peak, dur, _ = _sim(g, steps, profile=False)
+            except ValueError:  # a heuristic bug must not break solve(): skip that schedule
+                continue
             if peak <= self.budget and (best[0] is None or dur < best[1]):
                 best = (steps, dur)
         return best
@@ -497,9 +500,12 @@ class Planner:
     ) -> tuple[np.ndarray | None, str, float | None, int | None]:
         codes = None
         if res.computes is not None:
-            codes = self._compact(np.array(res.computes, dtype=np.int64))
-            peak, dur, _ = _sim(self.graph, codes, profile=False)
-            if peak > self.budget:
+            try:
+                codes = self._compact(np.array(res.computes, dtype=np.int64))
+                peak, dur, _ = _sim(self.graph, codes, profile=False)
+            except ValueError:  # never hand out an invalid schedule
+                codes = None
+            if codes is not None and peak > self.budget:
                 codes = None
         if codes is not None and (hint is None or dur <= hint_dur):
             return codes, res.status, res.time_to_best, res.lower_bound
