@@ -101,14 +101,8 @@ static void pack_a(pack_a_fn panel, float *dst, const float *A, int64_t rsa, int
         panel(dst + p * kc, A + (i0 + p) * rsa + k0 * csa, rsa, csa, SFT_MIN(GEMM_MR, mc - p), kc);
 }
 
-/* Strided op(B) source for the plain sgemm. */
-typedef struct {
-    const float *B;
-    int64_t rsb, csb;
-} strided_b;
-
 static void pack_b_strided_c(float *dst, const void *ctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc) {
-    const strided_b *s = (const strided_b *)ctx;
+    const gemm_strided_b *s = (const gemm_strided_b *)ctx;
     const float *b = s->B + k0 * s->rsb + j0 * s->csb;
     if (s->csb == 1) {
         // rows of op(B) contiguous: copy nc floats per k
@@ -154,7 +148,7 @@ SFT_TARGET_AVX2 static inline void transpose8(__m256 r[8]) {
  * columns contiguous in k (rsb == 1). Edge panels fall back to the portable packer. */
 SFT_TARGET_AVX2 static void pack_b_strided_avx2(float *dst, const void *ctx, int64_t k0, int64_t kc,
                                                 int64_t j0, int64_t nc) {
-    const strided_b *s = (const strided_b *)ctx;
+    const gemm_strided_b *s = (const gemm_strided_b *)ctx;
     if (nc != GEMM_NR || (s->csb != 1 && s->rsb != 1)) {
         pack_b_strided_c(dst, ctx, k0, kc, j0, nc);
         return;
@@ -818,6 +812,10 @@ static int gemm_run(gemm_args *g) {
     return gemm_many_rows(g, kern, (int)SFT_MAX(1, SFT_MIN(nthreads, tiles)));
 }
 
+void gemm_pack_b_strided(float *dst, const void *ctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc) {
+    select_kernels().pack_b_strided(dst, ctx, k0, kc, j0, nc);
+}
+
 int sgemm_packb_ab(float *C, int64_t ldc, const float *A, int64_t rsa, int64_t csa, gemm_pack_b_fn pack_b,
                    const void *ctx, int64_t M, int64_t N, int64_t K, float alpha, float beta) {
     gemm_args g = {C, ldc, A, rsa, csa, pack_b, ctx, NULL, 0, 0, M, N, K, alpha, beta};
@@ -831,7 +829,7 @@ int sgemm_packb(float *C, int64_t ldc, const float *A, int64_t rsa, int64_t csa,
 
 int sgemm_ab(float *C, int64_t ldc, const float *A, int64_t rsa, int64_t csa, const float *B, int64_t rsb,
              int64_t csb, int64_t M, int64_t N, int64_t K, float alpha, float beta) {
-    strided_b s = {B, rsb, csb};
+    gemm_strided_b s = {B, rsb, csb};
     gemm_args g = {C, ldc, A, rsa, csa, NULL, &s, B, rsb, csb == 1, M, N, K, alpha, beta};
     return gemm_run(&g);
 }

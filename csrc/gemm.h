@@ -21,6 +21,14 @@
  * Called concurrently from several threads on disjoint panels: it must be pure. */
 typedef void (*gemm_pack_b_fn)(float *dst, const void *ctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc);
 
+/* A strided op(B)[k][j] = B[k*rsb + j*csb], and the packer sgemm uses for it (vectorised on the
+ * AVX2 path), usable as a pack_b callback with ctx pointing at a gemm_strided_b. */
+typedef struct {
+    const float *B;
+    int64_t rsb, csb;
+} gemm_strided_b;
+void gemm_pack_b_strided(float *dst, const void *ctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc);
+
 /* C (M, N), row stride ldc  =  beta * C + op(A) (M, K) @ op(B) (K, N)
  * op(A)[i][k] = A[i*rsa + k*csa];  op(B)[k][j] = B[k*rsb + j*csb].
  * beta == 0 never reads C (C may hold garbage). Returns 0, or -1 when scratch allocation fails. */
