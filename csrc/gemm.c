@@ -84,7 +84,7 @@ SFT_TARGET_AVX2 static void pack_a_panel_avx2(float *d, const float *a, int64_t 
             const float *s = a + kk * csa;
             float *o = d + kk * GEMM_MR;
             _mm_storeu_ps(o, _mm_loadu_ps(s));
-            _mm_storel_pi((__m64 *)(o + 4), _mm_castpd_ps(_mm_load_sd((const double *)(s + 4))));
+            _mm_storel_pi((__m64 *)(o + 4), _mm_castsi128_ps(_mm_loadl_epi64((const __m128i_u *)(s + 4))));
         }
     }
 }
