@@ -204,23 +204,53 @@ static inline void store_tile(float *C, int64_t ldc, const float *acc, int m, in
     }
 }
 
-/* Portable micro-kernel (auto-vectorisable: the inner loop is NR contiguous floats). */
+/* Portable micro-kernel. With GCC/Clang it uses generic 4-float vectors (SSE2 on baseline
+ * x86-64, NEON on ARM): the tile in two 6 x 8 halves, 12 vector accumulators each, which fit the
+ * 16 registers of either. Other compilers get the plain loops. Padding rows of a are zero, so all
+ * MR rows are computed. */
+#if defined(__GNUC__) || defined(__clang__)
+typedef float sft_v4 __attribute__((vector_size(16)));
+
 static void ukernel_portable(int64_t kc, const float *a, const float *b, float *C, int64_t ldc, int m, int n,
                              int first, float alpha, float beta) {
     float acc[GEMM_MR * GEMM_NR];
-    memset(acc, 0, sizeof acc);
-    // accumulate rank-1 updates over the depth, only over the valid rows
-    for (int64_t k = 0; k < kc; k++) {
-        const float *ak = a + k * GEMM_MR;
-        const float *bk = b + k * GEMM_NR;
-        for (int i = 0; i < m; i++) {
-            float ai = ak[i];
-            float *ci = acc + i * GEMM_NR;
-            for (int j = 0; j < GEMM_NR; j++) ci[j] += ai * bk[j];
+    // loop over the two column halves, then rank-1 updates over the depth
+    for (int h = 0; h < GEMM_NR; h += 8) {
+        sft_v4 t0[GEMM_MR], t1[GEMM_MR];
+        for (int i = 0; i < GEMM_MR; i++) t0[i] = t1[i] = (sft_v4){0.0f, 0.0f, 0.0f, 0.0f};
+        for (int64_t k = 0; k < kc; k++) {
+            const float *ak = a + k * GEMM_MR;
+            sft_v4 b0, b1;
+            memcpy(&b0, b + k * GEMM_NR + h, sizeof b0);
+            memcpy(&b1, b + k * GEMM_NR + h + 4, sizeof b1);
+            for (int i = 0; i < GEMM_MR; i++) {
+                sft_v4 ai = {ak[i], ak[i], ak[i], ak[i]};
+                t0[i] += ai * b0;
+                t1[i] += ai * b1;
+            }
+        }
+        for (int i = 0; i < GEMM_MR; i++) {
+            memcpy(acc + i * GEMM_NR + h, &t0[i], sizeof t0[i]);
+            memcpy(acc + i * GEMM_NR + h + 4, &t1[i], sizeof t1[i]);
         }
     }
     store_tile(C, ldc, acc, m, n, first, alpha, beta);
 }
+#else
+static void ukernel_portable(int64_t kc, const float *a, const float *b, float *C, int64_t ldc, int m, int n,
+                             int first, float alpha, float beta) {
+    float acc[GEMM_MR * GEMM_NR];
+    memset(acc, 0, sizeof acc);
+    // accumulate rank-1 updates over the depth
+    for (int64_t k = 0; k < kc; k++) {
+        const float *ak = a + k * GEMM_MR;
+        const float *bk = b + k * GEMM_NR;
+        for (int i = 0; i < GEMM_MR; i++)
+            for (int j = 0; j < GEMM_NR; j++) acc[i * GEMM_NR + j] += ak[i] * bk[j];
+    }
+    store_tile(C, ldc, acc, m, n, first, alpha, beta);
+}
+#endif
 
 #if SFT_X86
 /* One rank-1 update of the 6 x 16 tile in asm: row i of a (byte offset OFF + 4*i) times the B
