@@ -1,11 +1,11 @@
 /* gemm.c: packed, blocked SGEMM in the BLIS style.
  *
  * Two drivers share the micro-kernels:
- * - many rows (M > MC): jc over NC columns -> pc over KC depth -> pack the B block (panels
- *   shared out among threads, one barrier) -> each thread walks its own contiguous range of
- *   rows (balanced to the MR granularity) in blocks of <= MC rows: pack the A block, then
- *   jr over NR panels -> ir over MR rows -> micro-kernel. A barrier before the B block is
- *   packed again.
+ * - many rows (M > MC): jc over NC columns -> pc over KC depth -> pack the B block (groups of
+ *   panels handed out to the threads) -> row blocks of <= MC rows, as many as a multiple of the
+ *   thread count, handed out dynamically: pack the A block, then jr over NR panels -> ir over MR
+ *   rows -> micro-kernel. Two barriers per (jc, pc): the B block is complete before use and
+ *   unused before it is packed again.
  * - few rows (M <= MC, e.g. M = r = 16 or one token): the columns are shared out instead, so
  *   every thread is busy even for M = 1, without any barrier: each thread packs the small A
  *   block of every depth block itself, then its own B panels chunk by chunk.
@@ -522,6 +522,13 @@ static gemm_kernels select_kernels(void) {
 
 /* ---- driver ------------------------------------------------------------------------------ */
 
+/* Row blocks per thread at least (when M allows) in the many-rows driver, for dynamic balance. */
+#ifndef GEMM_MANY_BLOCKS
+#define GEMM_MANY_BLOCKS 4
+#endif
+/* B micro-panels per packing work item in the many-rows driver (128 columns). */
+#define GEMM_PACK_GROUP 8
+
 /* Columns of the B chunk each thread packs at a time in the few-rows driver. */
 #define GEMM_FEW_NC 256
 
@@ -592,7 +599,9 @@ static void pack_b_range(const gemm_args *g, const gemm_kernels *kern, float *ds
     }
 }
 
-/* Many rows: shared packed B block, rows shared out among threads. */
+/* Many rows: shared packed B block; equal-size row blocks and B panel groups handed out to the
+ * threads dynamically, so a thread slowed down (a shared machine) does not hold the others up
+ * at the barriers. Which thread takes a block does not change any result. */
 static int gemm_many_rows(const gemm_args *g, gemm_kernels kern, int nthreads) {
     const int64_t M = g->M, N = g->N, K = g->K;
     const int64_t tiles = (M + GEMM_MR - 1) / GEMM_MR;
@@ -600,9 +609,13 @@ static int gemm_many_rows(const gemm_args *g, gemm_kernels kern, int nthreads) {
     const int64_t n_jc = (N + GEMM_NC - 1) / GEMM_NC;
     const int64_t nc_max = round_up((N + n_jc - 1) / n_jc, GEMM_NR);
     const int64_t kc_max = SFT_MIN(K, GEMM_KC);
-    const int64_t mc_cap = SFT_MIN(GEMM_MC, (tiles + nthreads - 1) / nthreads * GEMM_MR);
+    // row blocks: a multiple of the thread count (when M allows), at most MC rows, sizes
+    // differing by at most one micro-tile: block ib holds tiles [ib*tiles/nb, (ib+1)*tiles/nb)
+    int64_t nb = (M + GEMM_MC - 1) / GEMM_MC;
+    nb = SFT_MIN(tiles, round_up(SFT_MAX(nb, GEMM_MANY_BLOCKS * (int64_t)nthreads), nthreads));
+    const int64_t mc_blk = (tiles + nb - 1) / nb * GEMM_MR;
     float *pb = (float *)sft_scratch_alloc(sizeof(float) * (size_t)(kc_max * nc_max));
-    float *pa_all = (float *)sft_scratch_alloc(sizeof(float) * (size_t)(nthreads * mc_cap * kc_max));
+    float *pa_all = (float *)sft_scratch_alloc(sizeof(float) * (size_t)(nthreads * mc_blk * kc_max));
     if (pb == NULL || pa_all == NULL) {
         sft_scratch_free(pb);
         sft_scratch_free(pa_all);
@@ -613,41 +626,35 @@ static int gemm_many_rows(const gemm_args *g, gemm_kernels kern, int nthreads) {
     {
 #ifdef _OPENMP
         int tid = omp_get_thread_num();
-        int nth = omp_get_num_threads();
 #else
-        int tid = 0, nth = 1;
+        int tid = 0;
 #endif
-        float *pa = pa_all + (int64_t)tid * mc_cap * kc_max;
-        // this thread's rows: a contiguous, balanced range of row tiles
-        int64_t t_lo, t_hi;
-        share(tiles, tid, nth, &t_lo, &t_hi);
-        const int64_t i_lo = t_lo * GEMM_MR, i_hi = SFT_MIN(M, t_hi * GEMM_MR);
-        // blocks of at most mc_cap <= MC rows, of equal size up to the MR granularity
-        const int64_t my_tiles = t_hi - t_lo;
-        const int64_t n_blocks = (my_tiles * GEMM_MR + mc_cap - 1) / mc_cap;
-        const int64_t mc_max = n_blocks > 0 ? (my_tiles + n_blocks - 1) / n_blocks * GEMM_MR : 0;
+        float *pa = pa_all + (int64_t)tid * mc_blk * kc_max;
         // loop over column blocks of C
         for (int64_t jc = 0; jc < N; jc += nc_max) {
-            int64_t nc = SFT_MIN(nc_max, N - jc);
-            int64_t n_panels = (nc + GEMM_NR - 1) / GEMM_NR;
+            const int64_t nc = SFT_MIN(nc_max, N - jc);
+            const int64_t n_panels = (nc + GEMM_NR - 1) / GEMM_NR;
+            const int64_t n_groups = (n_panels + GEMM_PACK_GROUP - 1) / GEMM_PACK_GROUP;
             // loop over depth blocks
             for (int64_t pc = 0; pc < K; pc += GEMM_KC) {
-                int64_t kc = SFT_MIN(GEMM_KC, K - pc);
-                int first = pc == 0;
-                // pack the B block, panels shared out among threads
-                int64_t p_lo, p_hi;
-                share(n_panels, tid, nth, &p_lo, &p_hi);
-                pack_b_range(g, &kern, pb + p_lo * kc * GEMM_NR, pc, kc, jc, nc, p_lo, p_hi);
-#pragma omp barrier
-                // this thread's row blocks against the whole B block
-                for (int64_t ic = i_lo; ic < i_hi; ic += mc_max) {
-                    int64_t mc = SFT_MIN(mc_max, i_hi - ic);
+                const int64_t kc = SFT_MIN(GEMM_KC, K - pc);
+                const int first = pc == 0;
+                // pack the B block, groups of panels handed out (implicit barrier at the end)
+#pragma omp for schedule(dynamic, 1)
+                for (int64_t q = 0; q < n_groups; q++) {
+                    int64_t q0 = q * GEMM_PACK_GROUP, q1 = SFT_MIN(n_panels, q0 + GEMM_PACK_GROUP);
+                    pack_b_range(g, &kern, pb + q0 * kc * GEMM_NR, pc, kc, jc, nc, q0, q1);
+                }
+                // row blocks against the whole B block (the implicit barrier keeps the B block
+                // until everyone is done with it)
+#pragma omp for schedule(dynamic, 1)
+                for (int64_t ib = 0; ib < nb; ib++) {
+                    int64_t ic = ib * tiles / nb * GEMM_MR;
+                    int64_t mc = SFT_MIN(M, (ib + 1) * tiles / nb * GEMM_MR) - ic;
                     pack_a(kern.pack_a_panel, pa, g->A, g->rsa, g->csa, ic, mc, pc, kc);
                     macro_kernel(kern.uk, g->C + ic * g->ldc + jc, g->ldc, pa, pb, mc, nc, kc, 0, n_panels,
                                  first, g->alpha, g->beta);
                 }
-                // everyone is done with the B block before it is packed again
-#pragma omp barrier
             }
         }
     }
