@@ -9,11 +9,14 @@
  * - few rows (M <= MC, e.g. M = r = 16 or one token): the columns are shared out instead, so
  *   every thread is busy even for M = 1, without any barrier: each thread packs the small A
  *   block of every depth block itself, then its own B panels chunk by chunk.
+ * - streamed rows (M <= 4 with a strided op(B) of contiguous rows): memory-bound, so B is not
+ *   packed; each thread streams the rows of its columns, four at a time.
  * A strided op(B) with contiguous rows is packed row by row (streaming reads), a transposed one
  * with 8 x 8 transposes, a callback one micro-panel at a time. Micro-kernels are specialised on
  * the number of valid rows (1..MR) so thin problems do no wasted FMAs; edge columns use masked
- * loads and stores. Every C element is summed over the same KC blocks in the same order whatever
- * the driver and thread count, so results are identical for any number of threads. */
+ * loads and stores. The two tile drivers compute every C element identically (one thread, the
+ * same micro-tile rows, the same KC blocks in order); the streamed one is chosen by M and the B
+ * source only. So results are identical for any number of threads. */
 #include "gemm.h"
 
 #include <string.h>
