@@ -7,13 +7,13 @@
 
 #include <stdint.h>
 
+/* Blocking for L1d 48 KiB / L2 2 MiB per core. One thread's scratch (B block + A block) is at
+ * most 880 KiB + 144 KiB = 1 MiB. */
 #define GEMM_MR 6   /* rows of a micro-tile */
 #define GEMM_NR 16  /* columns of a micro-tile (two AVX2 vectors) */
 #define GEMM_MC 144 /* rows of a packed A block (multiple of MR); 144 KiB at KC = 256, in L2 */
-#define GEMM_KC 256 /* depth of a packed block; a 16 KiB B micro-panel stays in L1 (48 KiB) */
-#define GEMM_NC                                                                      \
-    880 /* columns of a packed B block (multiple of NR); 880 KiB at KC = 256, so one \
-         * thread's scratch (B block + A block) is at most 1 MiB */
+#define GEMM_KC 256 /* depth of a packed block; a 16 KiB B micro-panel stays in L1 */
+#define GEMM_NC 880 /* columns of a packed B block (multiple of NR); 880 KiB at KC = 256, in L2 */
 
 /* Packs op(B)[k0 : k0+kc, j0 : j0+nc] (nc <= GEMM_NR, kc <= GEMM_KC) into one micro-panel:
  * dst[kk*GEMM_NR + jj] = op(B)[k0+kk][j0+jj] for jj < nc, and 0 for nc <= jj < GEMM_NR.
@@ -31,7 +31,9 @@ void gemm_pack_b_strided(float *dst, const void *ctx, int64_t k0, int64_t kc, in
 
 /* C (M, N), row stride ldc  =  beta * C + op(A) (M, K) @ op(B) (K, N)
  * op(A)[i][k] = A[i*rsa + k*csa];  op(B)[k][j] = B[k*rsb + j*csb].
- * beta == 0 never reads C (C may hold garbage). Returns 0, or -1 when scratch allocation fails. */
+ * beta == 0 never reads C (C may hold garbage). Returns 0, or -1 when scratch allocation fails.
+ * Runs on sft_get_num_threads() threads (one inside a parallel region that cannot nest); the
+ * result does not depend on the thread count. */
 int sgemm(float *C, int64_t ldc, const float *A, int64_t rsa, int64_t csa, const float *B, int64_t rsb,
           int64_t csb, int64_t M, int64_t N, int64_t K, float beta);
 
