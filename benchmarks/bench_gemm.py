@@ -181,6 +181,13 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _loadavg() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" on {os.cpu_count()} CPUs"
+    except OSError:
+        return "unknown"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
@@ -229,7 +236,8 @@ def main() -> None:
         print(
             f"  WARNING: OPENBLAS_CORETYPE=Haswell not honoured, OpenBLAS reports core {hsw[0].get('core')}"
         )
-    print(f"rounds: {args.rounds} (interleaved); numbers are medians of all timed calls\n")
+    print(f"rounds: {args.rounds} (interleaved); numbers are medians of all timed calls")
+    print(f"load average before: {_loadavg()} (the machine is shared: other jobs slow every column)\n")
 
     labels = [s[0] for s in specs]
     times: dict[tuple[tuple[int, int, int], str], list[float]] = {}
@@ -249,6 +257,7 @@ def main() -> None:
         print(f"  round {r + 1}/{args.rounds} done ({time.time() - t_start:.0f} s)", file=sys.stderr)
     for w in workers.values():
         w.close()
+    print(f"load average after: {_loadavg()}\n")
 
     def gflops(size: tuple[int, int, int], label: str, best: bool = False) -> float:
         m, n, k = size
