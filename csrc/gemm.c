@@ -5,7 +5,7 @@
  *   panels handed out to the threads) -> row blocks of <= MC rows, as many as a multiple of the
  *   thread count, handed out dynamically: pack the A block, then jr over NR panels -> ir over MR
  *   rows -> micro-kernel. Two barriers per (jc, pc): the B block is complete before use and
- *   unused before it is packed again.
+ *   unused before it is packed again; their waiters yield the CPU after a short spin.
  * - few rows (M <= MC, e.g. M = r = 16 or one token): the columns are shared out instead, so
  *   every thread is busy even for M = 1, without any barrier: each thread packs the small A
  *   block of every depth block itself, then its own B panels chunk by chunk.
@@ -19,6 +19,8 @@
  * source only. So results are identical for any number of threads. */
 #include "gemm.h"
 
+#include <sched.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "common.h"
@@ -532,6 +534,9 @@ static gemm_kernels select_kernels(void) {
 /* B micro-panels per packing work item in the many-rows driver (128 columns). */
 #define GEMM_PACK_GROUP 8
 
+/* M*N*K below which one thread does the whole product (2 MFLOP). */
+#define GEMM_MIN_PARALLEL_MNK (1 << 20)
+
 /* Columns of the B chunk each thread packs at a time in the few-rows driver. */
 #define GEMM_FEW_NC 256
 
@@ -602,9 +607,47 @@ static void pack_b_range(const gemm_args *g, const gemm_kernels *kern, float *ds
     }
 }
 
+/* ---- team synchronisation that yields ------------------------------------------------------ */
+
+/* Work counters and a barrier for the threads of one parallel region. Waiters spin briefly, then
+ * yield the CPU: on a shared, oversubscribed machine a waiting thread that keeps spinning (as
+ * the OpenMP barrier does) steals the time the thread it waits for needs. */
+typedef struct {
+    _Atomic int64_t next_pack, next_rows; /* next work item of the current depth block */
+    _Atomic int arrived;                  /* threads at the barrier */
+    _Atomic int phase;                    /* barriers completed */
+    int nth;                              /* threads in the team */
+} team_sync;
+
+static void cpu_relax(void) {
+#if SFT_X86
+    _mm_pause();
+#endif
+}
+
+/* Waits until all nth threads have arrived. The last one to arrive first resets *counter (no
+ * thread touches it again before the next phase), then releases the others. */
+static void team_barrier(team_sync *ts, int *phase, _Atomic int64_t *counter) {
+    const int ph = *phase;
+    if (atomic_fetch_add(&ts->arrived, 1) == ts->nth - 1) {
+        atomic_store(&ts->arrived, 0);
+        atomic_store(counter, 0);
+        atomic_store(&ts->phase, ph + 1);
+    } else {
+        // spin a little, then give the CPU away until the phase moves
+        for (int spin = 0; atomic_load(&ts->phase) == ph; spin++) {
+            if (spin < 256)
+                cpu_relax();
+            else
+                sched_yield();
+        }
+    }
+    *phase = ph + 1;
+}
+
 /* Many rows: shared packed B block; equal-size row blocks and B panel groups handed out to the
- * threads dynamically, so a thread slowed down (a shared machine) does not hold the others up
- * at the barriers. Which thread takes a block does not change any result. */
+ * threads dynamically (atomic counters), so a thread slowed down (a shared machine) does not
+ * hold the others up. Which thread takes a block does not change any result. */
 static int gemm_many_rows(const gemm_args *g, gemm_kernels kern, int nthreads) {
     const int64_t M = g->M, N = g->N, K = g->K;
     const int64_t tiles = (M + GEMM_MR - 1) / GEMM_MR;
@@ -624,14 +667,23 @@ static int gemm_many_rows(const gemm_args *g, gemm_kernels kern, int nthreads) {
         sft_scratch_free(pa_all);
         return -1;
     }
+    team_sync ts;
+    atomic_init(&ts.next_pack, 0);
+    atomic_init(&ts.next_rows, 0);
+    atomic_init(&ts.arrived, 0);
+    atomic_init(&ts.phase, 0);
+    ts.nth = 1;
 
 #pragma omp parallel num_threads(nthreads)
     {
 #ifdef _OPENMP
         int tid = omp_get_thread_num();
+#pragma omp single
+        ts.nth = omp_get_num_threads(); /* the team may be smaller than asked (implicit barrier) */
 #else
         int tid = 0;
 #endif
+        int phase = 0;
         float *pa = pa_all + (int64_t)tid * mc_blk * kc_max;
         // loop over column blocks of C
         for (int64_t jc = 0; jc < N; jc += nc_max) {
@@ -642,22 +694,22 @@ static int gemm_many_rows(const gemm_args *g, gemm_kernels kern, int nthreads) {
             for (int64_t pc = 0; pc < K; pc += GEMM_KC) {
                 const int64_t kc = SFT_MIN(GEMM_KC, K - pc);
                 const int first = pc == 0;
-                // pack the B block, groups of panels handed out (implicit barrier at the end)
-#pragma omp for schedule(dynamic, 1)
-                for (int64_t q = 0; q < n_groups; q++) {
+                // pack the B block, groups of panels handed out
+                for (int64_t q; (q = atomic_fetch_add(&ts.next_pack, 1)) < n_groups;) {
                     int64_t q0 = q * GEMM_PACK_GROUP, q1 = SFT_MIN(n_panels, q0 + GEMM_PACK_GROUP);
                     pack_b_range(g, &kern, pb + q0 * kc * GEMM_NR, pc, kc, jc, nc, q0, q1);
                 }
-                // row blocks against the whole B block (the implicit barrier keeps the B block
-                // until everyone is done with it)
-#pragma omp for schedule(dynamic, 1)
-                for (int64_t ib = 0; ib < nb; ib++) {
+                team_barrier(&ts, &phase, &ts.next_pack);
+                // row blocks handed out, each against the whole B block
+                for (int64_t ib; (ib = atomic_fetch_add(&ts.next_rows, 1)) < nb;) {
                     int64_t ic = ib * tiles / nb * GEMM_MR;
                     int64_t mc = SFT_MIN(M, (ib + 1) * tiles / nb * GEMM_MR) - ic;
                     pack_a(kern.pack_a_panel, pa, g->A, g->rsa, g->csa, ic, mc, pc, kc);
                     macro_kernel(kern.uk, g->C + ic * g->ldc + jc, g->ldc, pa, pb, mc, nc, kc, 0, n_panels,
                                  first, g->alpha, g->beta);
                 }
+                // everyone is done with the B block before it is packed again
+                team_barrier(&ts, &phase, &ts.next_rows);
             }
         }
     }
@@ -840,6 +892,8 @@ static int gemm_run(gemm_args *g) {
     // inside a parallel region that cannot nest further the team has one thread
     if (omp_get_active_level() >= omp_get_max_active_levels()) nthreads = 1;
 #endif
+    // tiny products (a few microseconds on one core) cost less than waking a second thread
+    if ((double)g->M * (double)g->N * (double)g->K < GEMM_MIN_PARALLEL_MNK) nthreads = 1;
     const int64_t tiles = (g->M + GEMM_MR - 1) / GEMM_MR, n_panels = (g->N + GEMM_NR - 1) / GEMM_NR;
     // one to a few rows against contiguous B rows: memory-bound, stream B without packing
     if (g->rows_b && g->M <= GEMM_STREAM_M) {
