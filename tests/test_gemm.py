@@ -13,7 +13,8 @@ import sparseft
 from sparseft import _core
 
 # (M, N, K) chosen to reach each driver and edge: GEMM_MR = 6, GEMM_NR = 16, GEMM_KC = 256,
-# GEMM_MC = 144, GEMM_NC = 880; M <= 4 with contiguous op(B) rows streams B.
+# GEMM_MC = 144, GEMM_NC = 880; M <= 4 with contiguous op(B) rows streams B; M*N*K < 2**20
+# runs on one thread.
 SHAPES = [
     (1, 33, 300),  # one row: streamed (packed through the callback), K > KC
     (3, 1100, 9),  # streamed, several column chunks per thread
@@ -26,6 +27,12 @@ SHAPES = [
     (145, 37, 260),  # many rows just past MC
     (301, 1000, 300),  # many rows, N past NC (two column blocks), K past KC, ragged edges
     (13, 1, 600),  # a single column
+    # products below 2**20 multiply-adds run on one thread: these keep thin shapes threaded
+    (7, 3, 50000),  # M and N below one micro-tile, many depth blocks, more threads than panels
+    (2, 1100, 600),  # streamed, two threads
+    (50, 5, 5000),  # one column panel, rows shared out
+    (5, 40, 5200),  # few rows, three column panels
+    (13, 1, 90000),  # a single column: one panel, too few rows to share, one thread
 ]
 AB = [(1.0, 0.0), (1.0, 1.0), (-0.5, 2.0)]
 
