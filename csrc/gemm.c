@@ -534,6 +534,9 @@ static gemm_kernels select_kernels(void) {
 /* B micro-panels per packing work item in the many-rows driver (128 columns). */
 #define GEMM_PACK_GROUP 8
 
+/* Depth blocks at most this deep walk C row by row in the macro-kernel (C-store bound). */
+#define GEMM_SHALLOW_KC 128
+
 /* M*N*K below which one thread does the whole product (2 MFLOP). */
 #define GEMM_MIN_PARALLEL_MNK (1 << 20)
 
@@ -557,7 +560,20 @@ int64_t sgemm_scratch_bytes(int nthreads) {
 static void macro_kernel(ukernel_fn uk, float *C, int64_t ldc, const float *pa, const float *pb, int64_t mc,
                          int64_t nc, int64_t kc, int64_t p_lo, int64_t p_hi, int first, float alpha,
                          float beta) {
-    // loop over B micro-panels (columns), then A micro-panels (rows)
+    if (kc <= GEMM_SHALLOW_KC) {
+        // shallow depth: storing C dominates, so walk C along its rows (sequential stores the
+        // hardware prefetcher follows) instead of down 6-row strips of every column panel
+        for (int64_t i = 0; i < mc; i += GEMM_MR) {
+            int m = (int)SFT_MIN(GEMM_MR, mc - i);
+            for (int64_t p = p_lo; p < p_hi; p++) {
+                int64_t j = p * GEMM_NR;
+                int n = (int)SFT_MIN(GEMM_NR, nc - j);
+                uk(kc, pa + i * kc, pb + p * kc * GEMM_NR, C + i * ldc + j, ldc, m, n, first, alpha, beta);
+            }
+        }
+        return;
+    }
+    // loop over B micro-panels (columns, each kept in L1), then A micro-panels (rows)
     for (int64_t p = p_lo; p < p_hi; p++) {
         int64_t j = p * GEMM_NR;
         int n = (int)SFT_MIN(GEMM_NR, nc - j);
