@@ -782,10 +782,11 @@ static int gemm_few_rows(const gemm_args *g, gemm_kernels kern, int nthreads) {
 
 /* Up to GEMM_STREAM_M rows of C against a strided op(B) with contiguous rows, without packing:
  * memory-bound (2*M flops per element of B), so B is read once, four rows at a time, in long
- * contiguous runs the hardware prefetcher follows. Each thread owns a range of columns, in chunks
- * of GEMM_STREAM_NC accumulated in a small stack buffer and written once. */
+ * contiguous runs the hardware prefetcher follows (the longer the better: one row gets chunks of
+ * 2048 columns). Each thread owns a range of columns, in chunks accumulated in an 8 KiB stack
+ * buffer and written once. */
 #define GEMM_STREAM_M 4
-#define GEMM_STREAM_NC 512
+#define GEMM_STREAM_ACC 2048 /* floats of the accumulator: 2048 / M columns per chunk */
 
 /* acc[i*w + j] += sum_k op(A)[i][k] * B[k*rsb + j] for i < m, j < w, k < K (in k order). */
 typedef void (*stream_fn)(float *acc, const float *A, int64_t rsa, int64_t csa, const float *B, int64_t rsb,
@@ -866,13 +867,14 @@ static void gemm_stream_rows(const gemm_args *g, int nthreads) {
 #else
         int tid = 0, nth = 1;
 #endif
-        float acc[GEMM_STREAM_M * GEMM_STREAM_NC];
+        float acc[GEMM_STREAM_ACC];
+        const int64_t width = GEMM_STREAM_ACC / M / GEMM_NR * GEMM_NR;
         int64_t g_lo, g_hi;
         share(n16, tid, nth, &g_lo, &g_hi);
         const int64_t j_end = SFT_MIN(N, g_hi * GEMM_NR);
         // loop over column chunks of this thread
-        for (int64_t j0 = g_lo * GEMM_NR; j0 < j_end; j0 += GEMM_STREAM_NC) {
-            const int64_t w = SFT_MIN(GEMM_STREAM_NC, j_end - j0);
+        for (int64_t j0 = g_lo * GEMM_NR; j0 < j_end; j0 += width) {
+            const int64_t w = SFT_MIN(width, j_end - j0);
             memset(acc, 0, sizeof(float) * (size_t)(M * w));
             stream(acc, g->A, g->rsa, g->csa, g->B + j0, g->rsb, M, w, g->K);
             // C = alpha * acc + beta * C (C not read when beta == 0)
