@@ -1,9 +1,26 @@
 /* gemm.c: packed, blocked SGEMM in the BLIS style.
- * Loops (outer to inner): jc over NC columns -> pc over KC depth -> pack B block (shared)
- * -> ic over MC rows -> pack A block (per thread) -> jr over NR panels -> ir over MR rows
- * -> micro-kernel (MR x NR register tile, accumulate over kc). */
+ *
+ * Two drivers share the micro-kernels:
+ * - many rows (M > MC): jc over NC columns -> pc over KC depth -> pack the B block (groups of
+ *   panels handed out to the threads) -> row blocks of <= MC rows, as many as a multiple of the
+ *   thread count, handed out dynamically: pack the A block, then jr over NR panels -> ir over MR
+ *   rows -> micro-kernel. Two barriers per (jc, pc): the B block is complete before use and
+ *   unused before it is packed again; their waiters yield the CPU after a short spin.
+ * - few rows (M <= MC, e.g. M = r = 16 or one token): the columns are shared out instead, so
+ *   every thread is busy even for M = 1, without any barrier: each thread packs the small A
+ *   block of every depth block itself, then its own B panels chunk by chunk.
+ * - streamed rows (M <= 4 with a strided op(B) of contiguous rows): memory-bound, so B is not
+ *   packed; each thread streams the rows of its columns, four at a time.
+ * A strided op(B) with contiguous rows is packed row by row (streaming reads), a transposed one
+ * with 8 x 8 transposes, a callback one micro-panel at a time. Micro-kernels are specialised on
+ * the number of valid rows (1..MR) so thin problems do no wasted FMAs; edge columns use masked
+ * loads and stores. The two tile drivers compute every C element identically (one thread, the
+ * same micro-tile rows, the same KC blocks in order); the streamed one is chosen by M and the B
+ * source only. So results are identical for any number of threads. */
 #include "gemm.h"
 
+#include <sched.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "common.h"
@@ -14,40 +31,83 @@
 
 /* ---- packing ---------------------------------------------------------------------------- */
 
-/* A block op(A)[i0 : i0+mc, k0 : k0+kc] -> micro-panels of MR rows, k-major:
- * dst[p*kc*MR + kk*MR + ii] = op(A)[i0+p*MR+ii][k0+kk], zero-padded past mc. */
-static void pack_a(float *dst, const float *A, int64_t rsa, int64_t csa, int64_t i0, int64_t mc, int64_t k0,
-                   int64_t kc) {
-    // loop over micro-panels of MR rows
-    for (int64_t p = 0; p < mc; p += GEMM_MR) {
-        int64_t mr = SFT_MIN(GEMM_MR, mc - p);
-        float *d = dst + p * kc;
-        const float *a = A + (i0 + p) * rsa + k0 * csa;
-        if (csa == 1) {
-            // rows contiguous in k: read row by row, write strided by MR
-            for (int64_t ii = 0; ii < mr; ii++) {
-                const float *row = a + ii * rsa;
-                for (int64_t kk = 0; kk < kc; kk++) d[kk * GEMM_MR + ii] = row[kk];
-            }
-        } else {
-            // columns contiguous (or general strides): walk k outer
-            for (int64_t kk = 0; kk < kc; kk++)
-                for (int64_t ii = 0; ii < mr; ii++) d[kk * GEMM_MR + ii] = a[ii * rsa + kk * csa];
+/* One micro-panel of op(A) rows i0 .. i0+mr (mr <= MR), depth k0 .. k0+kc, portable C:
+ * d[kk*MR + ii] = op(A)[i0+ii][k0+kk], zero for ii >= mr. */
+static void pack_a_panel_c(float *d, const float *a, int64_t rsa, int64_t csa, int64_t mr, int64_t kc) {
+    if (csa == 1) {
+        // rows contiguous in k: read row by row, write strided by MR
+        for (int64_t ii = 0; ii < mr; ii++) {
+            const float *row = a + ii * rsa;
+            for (int64_t kk = 0; kk < kc; kk++) d[kk * GEMM_MR + ii] = row[kk];
         }
-        // zero the padding rows
-        for (int64_t ii = mr; ii < GEMM_MR; ii++)
-            for (int64_t kk = 0; kk < kc; kk++) d[kk * GEMM_MR + ii] = 0.0f;
+    } else {
+        // columns contiguous (or general strides): walk k outer
+        for (int64_t kk = 0; kk < kc; kk++)
+            for (int64_t ii = 0; ii < mr; ii++) d[kk * GEMM_MR + ii] = a[ii * rsa + kk * csa];
     }
+    // zero the padding rows
+    for (int64_t ii = mr; ii < GEMM_MR; ii++)
+        for (int64_t kk = 0; kk < kc; kk++) d[kk * GEMM_MR + ii] = 0.0f;
 }
 
-/* Strided op(B) source for the plain sgemm. */
-typedef struct {
-    const float *B;
-    int64_t rsb, csb;
-} strided_b;
+#if SFT_X86
+/* Full micro-panel (mr == MR) of op(A), AVX2: 4 x 4 transposes for rows contiguous in k,
+ * 6-float row copies for columns contiguous (rsa == 1). */
+SFT_TARGET_AVX2 static void pack_a_panel_avx2(float *d, const float *a, int64_t rsa, int64_t csa, int64_t mr,
+                                              int64_t kc) {
+    if (mr != GEMM_MR || (csa != 1 && rsa != 1)) {
+        pack_a_panel_c(d, a, rsa, csa, mr, kc);
+        return;
+    }
+    int64_t kk = 0;
+    if (csa == 1) {
+        const float *r0 = a, *r1 = a + rsa, *r2 = a + 2 * rsa, *r3 = a + 3 * rsa, *r4 = a + 4 * rsa,
+                    *r5 = a + 5 * rsa;
+        // four depth indices per step: transpose rows 0-3, interleave rows 4-5
+        for (; kk + 4 <= kc; kk += 4) {
+            __m128 x0 = _mm_loadu_ps(r0 + kk), x1 = _mm_loadu_ps(r1 + kk);
+            __m128 x2 = _mm_loadu_ps(r2 + kk), x3 = _mm_loadu_ps(r3 + kk);
+            __m128 x4 = _mm_loadu_ps(r4 + kk), x5 = _mm_loadu_ps(r5 + kk);
+            _MM_TRANSPOSE4_PS(x0, x1, x2, x3);
+            __m128 lo = _mm_unpacklo_ps(x4, x5), hi = _mm_unpackhi_ps(x4, x5);
+            float *o = d + kk * GEMM_MR;
+            _mm_storeu_ps(o + 0, x0);
+            _mm_storel_pi((__m64 *)(o + 4), lo);
+            _mm_storeu_ps(o + 6, x1);
+            _mm_storeh_pi((__m64 *)(o + 10), lo);
+            _mm_storeu_ps(o + 12, x2);
+            _mm_storel_pi((__m64 *)(o + 16), hi);
+            _mm_storeu_ps(o + 18, x3);
+            _mm_storeh_pi((__m64 *)(o + 22), hi);
+        }
+        // remaining depth indices
+        for (; kk < kc; kk++)
+            for (int ii = 0; ii < GEMM_MR; ii++) d[kk * GEMM_MR + ii] = a[ii * rsa + kk];
+    } else {
+        // rsa == 1: the MR values of one depth index are contiguous
+        for (; kk < kc; kk++) {
+            const float *s = a + kk * csa;
+            float *o = d + kk * GEMM_MR;
+            _mm_storeu_ps(o, _mm_loadu_ps(s));
+            _mm_storel_pi((__m64 *)(o + 4), _mm_castsi128_ps(_mm_loadl_epi64((const __m128i_u *)(s + 4))));
+        }
+    }
+}
+#endif
 
-static void pack_b_strided(float *dst, const void *ctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc) {
-    const strided_b *s = (const strided_b *)ctx;
+typedef void (*pack_a_fn)(float *, const float *, int64_t, int64_t, int64_t, int64_t);
+
+/* A block op(A)[i0 : i0+mc, k0 : k0+kc] -> micro-panels of MR rows, k-major:
+ * dst[p*kc + kk*MR + ii] = op(A)[i0+p+ii][k0+kk] (p a multiple of MR), zero-padded past mc. */
+static void pack_a(pack_a_fn panel, float *dst, const float *A, int64_t rsa, int64_t csa, int64_t i0,
+                   int64_t mc, int64_t k0, int64_t kc) {
+    // loop over micro-panels of MR rows
+    for (int64_t p = 0; p < mc; p += GEMM_MR)
+        panel(dst + p * kc, A + (i0 + p) * rsa + k0 * csa, rsa, csa, SFT_MIN(GEMM_MR, mc - p), kc);
+}
+
+static void pack_b_strided_c(float *dst, const void *ctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc) {
+    const gemm_strided_b *s = (const gemm_strided_b *)ctx;
     const float *b = s->B + k0 * s->rsb + j0 * s->csb;
     if (s->csb == 1) {
         // rows of op(B) contiguous: copy nc floats per k
@@ -68,88 +128,205 @@ static void pack_b_strided(float *dst, const void *ctx, int64_t k0, int64_t kc, 
     }
 }
 
+#if SFT_X86
+/* 8 x 8 transpose of eight rows r[0..7] in place. */
+SFT_TARGET_AVX2 static inline void transpose8(__m256 r[8]) {
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+    r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+    r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+    r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+    r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+/* The strided op(B) packer, AVX2: vector copies of full rows (csb == 1), 8 x 8 transposes of
+ * columns contiguous in k (rsb == 1). Edge panels fall back to the portable packer. */
+SFT_TARGET_AVX2 static void pack_b_strided_avx2(float *dst, const void *ctx, int64_t k0, int64_t kc,
+                                                int64_t j0, int64_t nc) {
+    const gemm_strided_b *s = (const gemm_strided_b *)ctx;
+    if (nc != GEMM_NR || (s->csb != 1 && s->rsb != 1)) {
+        pack_b_strided_c(dst, ctx, k0, kc, j0, nc);
+        return;
+    }
+    const float *b = s->B + k0 * s->rsb + j0 * s->csb;
+    if (s->csb == 1) {
+        // one 16-float row segment per depth index
+        for (int64_t kk = 0; kk < kc; kk++) {
+            const float *row = b + kk * s->rsb;
+            _mm256_store_ps(dst + kk * GEMM_NR, _mm256_loadu_ps(row));
+            _mm256_store_ps(dst + kk * GEMM_NR + 8, _mm256_loadu_ps(row + 8));
+        }
+        return;
+    }
+    // rsb == 1: column jj of the panel is b[jj*csb + kk]; 8 depth indices x 2 x 8 columns per step
+    const int64_t cs = s->csb;
+    int64_t kk = 0;
+    for (; kk + 8 <= kc; kk += 8) {
+        for (int h = 0; h < 2; h++) {
+            __m256 r[8];
+            for (int q = 0; q < 8; q++) r[q] = _mm256_loadu_ps(b + (8 * h + q) * cs + kk);
+            transpose8(r);
+            for (int q = 0; q < 8; q++) _mm256_store_ps(dst + (kk + q) * GEMM_NR + 8 * h, r[q]);
+        }
+    }
+    // remaining depth indices
+    for (; kk < kc; kk++)
+        for (int jj = 0; jj < GEMM_NR; jj++) dst[kk * GEMM_NR + jj] = b[jj * cs + kk];
+}
+#endif
+
 /* ---- micro-kernels ----------------------------------------------------------------------- */
 
-/* Writes the MR x NR tile acc into C (m x n valid): C = acc (first, beta 0), C = beta*C + acc
- * (first), or C += acc (later depth blocks). */
-static inline void store_tile(float *C, int64_t ldc, const float *acc, int m, int n, int first, float beta) {
+/* A micro-kernel: C[0:m, 0:n] (row stride ldc) = alpha * a @ b + (first ? beta * C : C), where a
+ * is a packed A micro-panel (kc, MR) and b a packed B micro-panel (kc, NR). first with beta == 0
+ * never reads C. */
+typedef void (*ukernel_fn)(int64_t kc, const float *a, const float *b, float *C, int64_t ldc, int m, int n,
+                           int first, float alpha, float beta);
+
+/* Writes the MR x NR tile acc into C (m x n valid). */
+static inline void store_tile(float *C, int64_t ldc, const float *acc, int m, int n, int first, float alpha,
+                              float beta) {
     // loop over valid rows, then columns
     for (int i = 0; i < m; i++) {
         float *c = C + i * ldc;
         const float *t = acc + i * GEMM_NR;
         if (!first)
-            for (int j = 0; j < n; j++) c[j] += t[j];
+            for (int j = 0; j < n; j++) c[j] += alpha * t[j];
         else if (beta == 0.0f)
-            for (int j = 0; j < n; j++) c[j] = t[j];
+            for (int j = 0; j < n; j++) c[j] = alpha * t[j];
         else
-            for (int j = 0; j < n; j++) c[j] = beta * c[j] + t[j];
+            for (int j = 0; j < n; j++) c[j] = beta * c[j] + alpha * t[j];
     }
 }
 
-/* Portable micro-kernel: acc (MR, NR) = a (kc, MR)^T-packed @ b (kc, NR)-packed. */
+/* Portable micro-kernel. With GCC/Clang it uses generic 4-float vectors (SSE2 on baseline
+ * x86-64, NEON on ARM): the tile in two 6 x 8 halves, 12 vector accumulators each, which fit the
+ * 16 registers of either. Other compilers get the plain loops. Padding rows of a are zero, so all
+ * MR rows are computed. */
+#if defined(__GNUC__) || defined(__clang__)
+typedef float sft_v4 __attribute__((vector_size(16)));
+
 static void ukernel_portable(int64_t kc, const float *a, const float *b, float *C, int64_t ldc, int m, int n,
-                             int first, float beta) {
+                             int first, float alpha, float beta) {
+    float acc[GEMM_MR * GEMM_NR];
+    // loop over the two column halves, then rank-1 updates over the depth
+    for (int h = 0; h < GEMM_NR; h += 8) {
+        sft_v4 t0[GEMM_MR], t1[GEMM_MR];
+        for (int i = 0; i < GEMM_MR; i++) t0[i] = t1[i] = (sft_v4){0.0f, 0.0f, 0.0f, 0.0f};
+        for (int64_t k = 0; k < kc; k++) {
+            const float *ak = a + k * GEMM_MR;
+            sft_v4 b0, b1;
+            memcpy(&b0, b + k * GEMM_NR + h, sizeof b0);
+            memcpy(&b1, b + k * GEMM_NR + h + 4, sizeof b1);
+            for (int i = 0; i < GEMM_MR; i++) {
+                sft_v4 ai = {ak[i], ak[i], ak[i], ak[i]};
+                t0[i] += ai * b0;
+                t1[i] += ai * b1;
+            }
+        }
+        for (int i = 0; i < GEMM_MR; i++) {
+            memcpy(acc + i * GEMM_NR + h, &t0[i], sizeof t0[i]);
+            memcpy(acc + i * GEMM_NR + h + 4, &t1[i], sizeof t1[i]);
+        }
+    }
+    store_tile(C, ldc, acc, m, n, first, alpha, beta);
+}
+#else
+static void ukernel_portable(int64_t kc, const float *a, const float *b, float *C, int64_t ldc, int m, int n,
+                             int first, float alpha, float beta) {
     float acc[GEMM_MR * GEMM_NR];
     memset(acc, 0, sizeof acc);
     // accumulate rank-1 updates over the depth
     for (int64_t k = 0; k < kc; k++) {
         const float *ak = a + k * GEMM_MR;
         const float *bk = b + k * GEMM_NR;
-        for (int i = 0; i < GEMM_MR; i++) {
-            float ai = ak[i];
-            for (int j = 0; j < GEMM_NR; j++) acc[i * GEMM_NR + j] += ai * bk[j];
-        }
+        for (int i = 0; i < GEMM_MR; i++)
+            for (int j = 0; j < GEMM_NR; j++) acc[i * GEMM_NR + j] += ak[i] * bk[j];
     }
-    store_tile(C, ldc, acc, m, n, first, beta);
+    store_tile(C, ldc, acc, m, n, first, alpha, beta);
 }
+#endif
 
 #if SFT_X86
-/* AVX2/FMA micro-kernel: 12 ymm accumulators hold the 6 x 16 tile. */
-SFT_TARGET_AVX2 static void ukernel_avx2(int64_t kc, const float *a, const float *b, float *C, int64_t ldc,
-                                         int m, int n, int first, float beta) {
-    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
-    __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
-    __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
-    __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
-    __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
-    __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
-    // accumulate rank-1 updates over the depth
-    for (int64_t k = 0; k < kc; k++) {
-        __m256 b0 = _mm256_load_ps(b);
-        __m256 b1 = _mm256_load_ps(b + 8);
-        __m256 ai;
-        ai = _mm256_broadcast_ss(a + 0);
-        c00 = _mm256_fmadd_ps(ai, b0, c00);
-        c01 = _mm256_fmadd_ps(ai, b1, c01);
-        ai = _mm256_broadcast_ss(a + 1);
-        c10 = _mm256_fmadd_ps(ai, b0, c10);
-        c11 = _mm256_fmadd_ps(ai, b1, c11);
-        ai = _mm256_broadcast_ss(a + 2);
-        c20 = _mm256_fmadd_ps(ai, b0, c20);
-        c21 = _mm256_fmadd_ps(ai, b1, c21);
-        ai = _mm256_broadcast_ss(a + 3);
-        c30 = _mm256_fmadd_ps(ai, b0, c30);
-        c31 = _mm256_fmadd_ps(ai, b1, c31);
-        ai = _mm256_broadcast_ss(a + 4);
-        c40 = _mm256_fmadd_ps(ai, b0, c40);
-        c41 = _mm256_fmadd_ps(ai, b1, c41);
-        ai = _mm256_broadcast_ss(a + 5);
-        c50 = _mm256_fmadd_ps(ai, b0, c50);
-        c51 = _mm256_fmadd_ps(ai, b1, c51);
-        a += GEMM_MR;
-        b += GEMM_NR;
-    }
-    if (m == GEMM_MR && n == GEMM_NR) {
-        // full tile: update C in registers
-        __m256 acc[12] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};
-        __m256 vb = _mm256_set1_ps(beta);
-        for (int i = 0; i < GEMM_MR; i++) {
+/* One rank-1 update of the 6 x 16 tile in asm: row i of a (byte offset OFF + 4*i) times the B
+ * row in ymm0/ymm1, into the accumulators ymm(4+2i) / ymm(5+2i). */
+#define SFT_K6(OFF)                           \
+    "vbroadcastss " #OFF                      \
+    "+0(%[a]), %%ymm2\n\t"                    \
+    "vfmadd231ps %%ymm0, %%ymm2, %%ymm4\n\t"  \
+    "vfmadd231ps %%ymm1, %%ymm2, %%ymm5\n\t"  \
+    "vbroadcastss " #OFF                      \
+    "+4(%[a]), %%ymm3\n\t"                    \
+    "vfmadd231ps %%ymm0, %%ymm3, %%ymm6\n\t"  \
+    "vfmadd231ps %%ymm1, %%ymm3, %%ymm7\n\t"  \
+    "vbroadcastss " #OFF                      \
+    "+8(%[a]), %%ymm2\n\t"                    \
+    "vfmadd231ps %%ymm0, %%ymm2, %%ymm8\n\t"  \
+    "vfmadd231ps %%ymm1, %%ymm2, %%ymm9\n\t"  \
+    "vbroadcastss " #OFF                      \
+    "+12(%[a]), %%ymm3\n\t"                   \
+    "vfmadd231ps %%ymm0, %%ymm3, %%ymm10\n\t" \
+    "vfmadd231ps %%ymm1, %%ymm3, %%ymm11\n\t" \
+    "vbroadcastss " #OFF                      \
+    "+16(%[a]), %%ymm2\n\t"                   \
+    "vfmadd231ps %%ymm0, %%ymm2, %%ymm12\n\t" \
+    "vfmadd231ps %%ymm1, %%ymm2, %%ymm13\n\t" \
+    "vbroadcastss " #OFF                      \
+    "+20(%[a]), %%ymm3\n\t"                   \
+    "vfmadd231ps %%ymm0, %%ymm3, %%ymm14\n\t" \
+    "vfmadd231ps %%ymm1, %%ymm3, %%ymm15\n\t"
+#define SFT_LOADB "vmovups (%[b]), %%ymm0\n\tvmovups 32(%[b]), %%ymm1\n\tadd %[ldb], %[b]\n\t"
+#define SFT_ZERO6                                                                                         \
+    "vxorps %%ymm4, %%ymm4, %%ymm4\n\tvxorps %%ymm5, %%ymm5, %%ymm5\n\tvxorps %%ymm6, %%ymm6, %%ymm6\n\t" \
+    "vxorps %%ymm7, %%ymm7, %%ymm7\n\tvxorps %%ymm8, %%ymm8, %%ymm8\n\tvxorps %%ymm9, %%ymm9, %%ymm9\n\t" \
+    "vxorps %%ymm10, %%ymm10, %%ymm10\n\tvxorps %%ymm11, %%ymm11, %%ymm11\n\t"                            \
+    "vxorps %%ymm12, %%ymm12, %%ymm12\n\tvxorps %%ymm13, %%ymm13, %%ymm13\n\t"                            \
+    "vxorps %%ymm14, %%ymm14, %%ymm14\n\tvxorps %%ymm15, %%ymm15, %%ymm15\n\t"
+/* The tail (rest single updates) and the spill of the 12 accumulators to acc (row i: lo, hi). */
+#define SFT_TAIL6 \
+    "2:\n\t"                                                                                                     \
+    "test %[r], %[r]\n\t"                                                                                        \
+    "jz 4f\n"                                                                                                     \
+    "3:\n\t" SFT_LOADB SFT_K6(0) "add $24, %[a]\n\t"                                                            \
+    "dec %[r]\n\t"                                                                                               \
+    "jnz 3b\n"                                                                                                    \
+    "4:\n\t"                                                                                                     \
+    "vmovaps %%ymm4, 0(%[acc])\n\tvmovaps %%ymm5, 32(%[acc])\n\tvmovaps %%ymm6, 64(%[acc])\n\t"               \
+    "vmovaps %%ymm7, 96(%[acc])\n\tvmovaps %%ymm8, 128(%[acc])\n\tvmovaps %%ymm9, 160(%[acc])\n\t"            \
+    "vmovaps %%ymm10, 192(%[acc])\n\tvmovaps %%ymm11, 224(%[acc])\n\tvmovaps %%ymm12, 256(%[acc])\n\t"        \
+    "vmovaps %%ymm13, 288(%[acc])\n\tvmovaps %%ymm14, 320(%[acc])\n\tvmovaps %%ymm15, 352(%[acc])\n\t"
+#define SFT_CLOBBERS                                                                                  \
+    "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", \
+        "xmm12", "xmm13", "xmm14", "xmm15", "memory", "cc"
+
+/* Writes MRV rows of accumulators (lo, hi halves) to C: C = alpha*acc + (first ? beta*C : C). */
+SFT_TARGET_AVX2 static inline __attribute__((always_inline)) void store_avx2(const int MRV, const __m256 *c0,
+                                                                             const __m256 *c1, float *C,
+                                                                             int64_t ldc, int n, int first,
+                                                                             float alpha, float beta) {
+    const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+    const int scale = alpha != 1.0f, keep = !first, blend = first && beta != 0.0f;
+    if (n == GEMM_NR) {
+        // full width: update C straight from the registers
+#pragma GCC unroll 6
+        for (int i = 0; i < MRV; i++) {
             float *c = C + i * ldc;
-            __m256 lo = acc[2 * i], hi = acc[2 * i + 1];
-            if (!first) {
+            __m256 lo = c0[i], hi = c1[i];
+            if (scale) lo = _mm256_mul_ps(lo, va), hi = _mm256_mul_ps(hi, va);
+            if (keep) {
                 lo = _mm256_add_ps(lo, _mm256_loadu_ps(c));
                 hi = _mm256_add_ps(hi, _mm256_loadu_ps(c + 8));
-            } else if (beta != 0.0f) {
+            } else if (blend) {
                 lo = _mm256_fmadd_ps(vb, _mm256_loadu_ps(c), lo);
                 hi = _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + 8), hi);
             }
@@ -157,67 +334,419 @@ SFT_TARGET_AVX2 static void ukernel_avx2(int64_t kc, const float *a, const float
             _mm256_storeu_ps(c + 8, hi);
         }
     } else {
-        // edge tile: spill to a buffer, copy the valid part
-        float acc[GEMM_MR * GEMM_NR] __attribute__((aligned(32)));
-        _mm256_store_ps(acc + 0, c00), _mm256_store_ps(acc + 8, c01);
-        _mm256_store_ps(acc + 16, c10), _mm256_store_ps(acc + 24, c11);
-        _mm256_store_ps(acc + 32, c20), _mm256_store_ps(acc + 40, c21);
-        _mm256_store_ps(acc + 48, c30), _mm256_store_ps(acc + 56, c31);
-        _mm256_store_ps(acc + 64, c40), _mm256_store_ps(acc + 72, c41);
-        _mm256_store_ps(acc + 80, c50), _mm256_store_ps(acc + 88, c51);
-        store_tile(C, ldc, acc, m, n, first, beta);
-    }
-}
-#endif
-
-typedef void (*ukernel_fn)(int64_t, const float *, const float *, float *, int64_t, int, int, int, float);
-
-static ukernel_fn select_ukernel(void) {
-#if SFT_X86
-    if (sft_simd_path == SFT_SIMD_AVX2) return ukernel_avx2;
-#endif
-    return ukernel_portable;
-}
-
-/* ---- driver ------------------------------------------------------------------------------ */
-
-int64_t sgemm_scratch_bytes(int nthreads) {
-    return (int64_t)sizeof(float) * ((int64_t)GEMM_KC * GEMM_NC + (int64_t)nthreads * GEMM_MC * GEMM_KC);
-}
-
-/* One mc x nc block of C from a packed A block (mc x kc) and packed B panels [p_lo, p_hi). */
-static void macro_kernel(ukernel_fn uk, float *C, int64_t ldc, const float *pa, const float *pb, int64_t mc,
-                         int64_t nc, int64_t kc, int64_t p_lo, int64_t p_hi, int first, float beta) {
-    // loop over B micro-panels (columns), then A micro-panels (rows)
-    for (int64_t p = p_lo; p < p_hi; p++) {
-        int64_t j = p * GEMM_NR;
-        int n = (int)SFT_MIN(GEMM_NR, nc - j);
-        for (int64_t i = 0; i < mc; i += GEMM_MR) {
-            int m = (int)SFT_MIN(GEMM_MR, mc - i);
-            uk(kc, pa + i * kc, pb + p * kc * GEMM_NR, C + i * ldc + j, ldc, m, n, first, beta);
+        // edge columns: masked loads and stores touch only the n valid ones
+        const __m256i vn = _mm256_set1_epi32(n);
+        const __m256i m0 = _mm256_cmpgt_epi32(vn, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        const __m256i m1 = _mm256_cmpgt_epi32(vn, _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15));
+#pragma GCC unroll 6
+        for (int i = 0; i < MRV; i++) {
+            float *c = C + i * ldc;
+            __m256 lo = c0[i], hi = c1[i];
+            if (scale) lo = _mm256_mul_ps(lo, va), hi = _mm256_mul_ps(hi, va);
+            if (keep) {
+                lo = _mm256_add_ps(lo, _mm256_maskload_ps(c, m0));
+                hi = _mm256_add_ps(hi, _mm256_maskload_ps(c + 8, m1));
+            } else if (blend) {
+                lo = _mm256_fmadd_ps(vb, _mm256_maskload_ps(c, m0), lo);
+                hi = _mm256_fmadd_ps(vb, _mm256_maskload_ps(c + 8, m1), hi);
+            }
+            _mm256_maskstore_ps(c, m0, lo);
+            _mm256_maskstore_ps(c + 8, m1, hi);
         }
     }
 }
 
-int sgemm_packb(float *C, int64_t ldc, const float *A, int64_t rsa, int64_t csa, gemm_pack_b_fn pack_b,
-                const void *ctx, int64_t M, int64_t N, int64_t K, float beta) {
-    if (M <= 0 || N <= 0) return 0;
-    if (K <= 0) {
-        // empty depth: C = beta * C
-        for (int64_t i = 0; i < M; i++)
-            for (int64_t j = 0; j < N; j++) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
-        return 0;
+/* The full 6 x 16 AVX2/FMA micro-kernel: 12 ymm accumulators, the depth loop in asm (so the
+ * compiler cannot spill an accumulator) unrolled by 4, A prefetched ahead, C rows prefetched
+ * before the loop so their misses overlap the FMAs. */
+SFT_TARGET_AVX2 static void ukernel_avx2_6(int64_t kc, const float *a, const float *b, float *C, int64_t ldc,
+                                           int n, int first, float alpha, float beta) {
+    float acc[2 * GEMM_MR * 8] __attribute__((aligned(32)));
+    // C rows: both lines of each (a row of 16 floats may straddle two)
+    for (int i = 0; i < GEMM_MR; i++) {
+        _mm_prefetch((const char *)(C + i * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(C + i * ldc + GEMM_NR - 1), _MM_HINT_T0);
     }
-    int nthreads = sft_get_num_threads();
-    float *pb = (float *)sft_scratch_alloc(sizeof(float) * GEMM_KC * GEMM_NC);
-    float *pa_all = (float *)sft_scratch_alloc(sizeof(float) * (size_t)nthreads * GEMM_MC * GEMM_KC);
+    int64_t quads = kc / 4, rest = kc % 4;
+    const int64_t ldb_bytes = GEMM_NR * (int64_t)sizeof(float);
+    __asm__ volatile(SFT_ZERO6 "test %[q], %[q]\n\t"
+                               "jz 2f\n\t"
+                               ".p2align 5\n"
+                               "1:\n\t"
+                               "prefetcht0 384(%[a])\n\t" SFT_LOADB SFT_K6(0) SFT_LOADB SFT_K6(24) SFT_LOADB
+                                   SFT_K6(48) SFT_LOADB SFT_K6(72) "add $96, %[a]\n\t"
+                                                                   "dec %[q]\n\t"
+                                                                   "jnz 1b\n" SFT_TAIL6
+                     : [a] "+r"(a), [b] "+r"(b), [q] "+r"(quads), [r] "+r"(rest)
+                     : [ldb] "r"(ldb_bytes), [acc] "r"(acc)
+                     : SFT_CLOBBERS);
+    __m256 lo[GEMM_MR], hi[GEMM_MR];
+    for (int i = 0; i < GEMM_MR; i++) {
+        lo[i] = _mm256_load_ps(acc + 16 * i);
+        hi[i] = _mm256_load_ps(acc + 16 * i + 8);
+    }
+    store_avx2(GEMM_MR, lo, hi, C, ldc, n, first, alpha, beta);
+}
+#undef SFT_K6
+#undef SFT_LOADB
+#undef SFT_ZERO6
+#undef SFT_TAIL6
+#undef SFT_CLOBBERS
+
+/* AVX2/FMA micro-kernel body for MRV < MR valid rows (a compile-time constant after inlining):
+ * 2*MRV ymm accumulators, so thin problems (M = 1, edge tiles) do no wasted FMAs. */
+SFT_TARGET_AVX2 static inline __attribute__((always_inline)) void ukernel_avx2_rows(
+    const int MRV, int64_t kc, const float *a, const float *b, float *C, int64_t ldc, int n, int first,
+    float alpha, float beta) {
+    __m256 c0[GEMM_MR - 1], c1[GEMM_MR - 1];
+#pragma GCC unroll 6
+    for (int i = 0; i < MRV; i++) {
+        c0[i] = _mm256_setzero_ps();
+        c1[i] = _mm256_setzero_ps();
+        _mm_prefetch((const char *)(C + i * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(C + i * ldc + GEMM_NR - 1), _MM_HINT_T0);
+    }
+    // rank-1 updates over the depth
+    for (int64_t k = 0; k < kc; k++) {
+        __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+#pragma GCC unroll 6
+        for (int i = 0; i < MRV; i++) {
+            __m256 ai = _mm256_broadcast_ss(a + i);
+            c0[i] = _mm256_fmadd_ps(ai, b0, c0[i]);
+            c1[i] = _mm256_fmadd_ps(ai, b1, c1[i]);
+        }
+        a += GEMM_MR;
+        b += GEMM_NR;
+    }
+    store_avx2(MRV, c0, c1, C, ldc, n, first, alpha, beta);
+}
+
+#define SFT_UKERNEL_AVX2(R)                                                                                \
+    SFT_TARGET_AVX2 static void ukernel_avx2_##R(int64_t kc, const float *a, const float *b, float *C,     \
+                                                 int64_t ldc, int n, int first, float alpha, float beta) { \
+        ukernel_avx2_rows(R, kc, a, b, C, ldc, n, first, alpha, beta);                                     \
+    }
+SFT_UKERNEL_AVX2(1)
+SFT_UKERNEL_AVX2(2)
+SFT_UKERNEL_AVX2(3)
+SFT_UKERNEL_AVX2(4)
+SFT_UKERNEL_AVX2(5)
+#undef SFT_UKERNEL_AVX2
+
+/* Dispatch on the number of valid rows. */
+SFT_TARGET_AVX2 static void ukernel_avx2(int64_t kc, const float *a, const float *b, float *C, int64_t ldc,
+                                         int m, int n, int first, float alpha, float beta) {
+    switch (m) {
+        case 6:
+            ukernel_avx2_6(kc, a, b, C, ldc, n, first, alpha, beta);
+            break;
+        case 5:
+            ukernel_avx2_5(kc, a, b, C, ldc, n, first, alpha, beta);
+            break;
+        case 4:
+            ukernel_avx2_4(kc, a, b, C, ldc, n, first, alpha, beta);
+            break;
+        case 3:
+            ukernel_avx2_3(kc, a, b, C, ldc, n, first, alpha, beta);
+            break;
+        case 2:
+            ukernel_avx2_2(kc, a, b, C, ldc, n, first, alpha, beta);
+            break;
+        default:
+            ukernel_avx2_1(kc, a, b, C, ldc, n, first, alpha, beta);
+            break;
+    }
+}
+#endif
+
+/* ---- B packing by rows ------------------------------------------------------------------- */
+
+/* Panels [0, ceil(ncols/NR)) of op(B)[k0 : k0+kc, j0 : j0+ncols] for a strided op(B) with
+ * csb == 1, walking each row of B once (contiguous reads the hardware prefetcher follows, where
+ * packing panel by panel would touch a new page every 64 bytes): panel p goes to dst + p*kc*NR,
+ * zero-padded past ncols. */
+static void pack_b_rows_c(float *dst, const float *B, int64_t rsb, int64_t k0, int64_t kc, int64_t j0,
+                          int64_t ncols) {
+    const int64_t full = ncols / GEMM_NR, tail = ncols % GEMM_NR;
+    // loop over depth, then panels
+    for (int64_t kk = 0; kk < kc; kk++) {
+        const float *row = B + (k0 + kk) * rsb + j0;
+        float *d = dst + kk * GEMM_NR;
+        for (int64_t p = 0; p < full; p++)
+            for (int jj = 0; jj < GEMM_NR; jj++) d[p * kc * GEMM_NR + jj] = row[p * GEMM_NR + jj];
+        if (tail > 0) {
+            float *dt = d + full * kc * GEMM_NR;
+            for (int64_t jj = 0; jj < tail; jj++) dt[jj] = row[full * GEMM_NR + jj];
+            for (int64_t jj = tail; jj < GEMM_NR; jj++) dt[jj] = 0.0f;
+        }
+    }
+}
+
+#if SFT_X86
+SFT_TARGET_AVX2 static void pack_b_rows_avx2(float *dst, const float *B, int64_t rsb, int64_t k0, int64_t kc,
+                                             int64_t j0, int64_t ncols) {
+    const int64_t full = ncols / GEMM_NR, tail = ncols % GEMM_NR;
+    const int64_t step = kc * GEMM_NR;
+    const __m256i vn = _mm256_set1_epi32((int)tail);
+    const __m256i m0 = _mm256_cmpgt_epi32(vn, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i m1 = _mm256_cmpgt_epi32(vn, _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15));
+    // loop over depth, then panels (dst panels are 64-byte aligned, rows of 16 floats)
+    for (int64_t kk = 0; kk < kc; kk++) {
+        const float *row = B + (k0 + kk) * rsb + j0;
+        float *d = dst + kk * GEMM_NR;
+        for (int64_t p = 0; p < full; p++) {
+            _mm256_store_ps(d + p * step, _mm256_loadu_ps(row + p * GEMM_NR));
+            _mm256_store_ps(d + p * step + 8, _mm256_loadu_ps(row + p * GEMM_NR + 8));
+        }
+        if (tail > 0) {
+            // masked loads never touch the columns past ncols; zeros fill the padding
+            _mm256_store_ps(d + full * step, _mm256_maskload_ps(row + full * GEMM_NR, m0));
+            _mm256_store_ps(d + full * step + 8, _mm256_maskload_ps(row + full * GEMM_NR + 8, m1));
+        }
+    }
+}
+#endif
+
+typedef void (*pack_b_rows_fn)(float *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t);
+
+/* The kernels of the selected SIMD path. */
+typedef struct {
+    ukernel_fn uk;
+    pack_a_fn pack_a_panel;
+    gemm_pack_b_fn pack_b_strided;
+    pack_b_rows_fn pack_b_rows;
+} gemm_kernels;
+
+static gemm_kernels select_kernels(void) {
+#if SFT_X86
+    if (sft_simd_path == SFT_SIMD_AVX2)
+        return (gemm_kernels){ukernel_avx2, pack_a_panel_avx2, pack_b_strided_avx2, pack_b_rows_avx2};
+#endif
+    return (gemm_kernels){ukernel_portable, pack_a_panel_c, pack_b_strided_c, pack_b_rows_c};
+}
+
+/* ---- driver ------------------------------------------------------------------------------ */
+
+/* Row blocks per thread at least (when M allows) in the many-rows driver, for dynamic balance. */
+#ifndef GEMM_MANY_BLOCKS
+#define GEMM_MANY_BLOCKS 4
+#endif
+/* B micro-panels per packing work item in the many-rows driver (128 columns). */
+#define GEMM_PACK_GROUP 8
+
+/* Depth blocks at most this deep walk C row by row in the macro-kernel (C-store bound). */
+#define GEMM_SHALLOW_KC 128
+
+/* M*N*K below which one thread does the whole product (2 MFLOP). */
+#define GEMM_MIN_PARALLEL_MNK (1 << 20)
+
+/* Columns of the B chunk each thread packs at a time in the few-rows driver. */
+#define GEMM_FEW_NC 256
+
+static int64_t round_up(int64_t x, int64_t m) {
+    return (x + m - 1) / m * m;
+}
+
+int64_t sgemm_scratch_bytes(int nthreads) {
+    // the many-rows driver: one shared B block + one A block per thread; the few-rows driver
+    // needs less: per thread an A block of at most MC rows and a B chunk of GEMM_FEW_NC columns
+    if (nthreads < 1) nthreads = 1;
+    int64_t many = (int64_t)GEMM_KC * GEMM_NC + (int64_t)nthreads * GEMM_MC * GEMM_KC;
+    int64_t few = (int64_t)nthreads * (GEMM_MC + GEMM_FEW_NC) * GEMM_KC;
+    return (int64_t)sizeof(float) * SFT_MAX(many, few);
+}
+
+/* One mc x nc block of C from a packed A block (mc x kc) and packed B panels [p_lo, p_hi). */
+static void macro_kernel(ukernel_fn uk, float *C, int64_t ldc, const float *pa, const float *pb, int64_t mc,
+                         int64_t nc, int64_t kc, int64_t p_lo, int64_t p_hi, int first, float alpha,
+                         float beta) {
+    if (kc <= GEMM_SHALLOW_KC) {
+        // shallow depth: storing C dominates, so walk C along its rows (sequential stores the
+        // hardware prefetcher follows) instead of down 6-row strips of every column panel
+        for (int64_t i = 0; i < mc; i += GEMM_MR) {
+            int m = (int)SFT_MIN(GEMM_MR, mc - i);
+            for (int64_t p = p_lo; p < p_hi; p++) {
+                int64_t j = p * GEMM_NR;
+                int n = (int)SFT_MIN(GEMM_NR, nc - j);
+                uk(kc, pa + i * kc, pb + p * kc * GEMM_NR, C + i * ldc + j, ldc, m, n, first, alpha, beta);
+            }
+        }
+        return;
+    }
+    // loop over B micro-panels (columns, each kept in L1), then A micro-panels (rows)
+    for (int64_t p = p_lo; p < p_hi; p++) {
+        int64_t j = p * GEMM_NR;
+        int n = (int)SFT_MIN(GEMM_NR, nc - j);
+        const float *b = pb + p * kc * GEMM_NR;
+        for (int64_t i = 0; i < mc; i += GEMM_MR) {
+            int m = (int)SFT_MIN(GEMM_MR, mc - i);
+            uk(kc, pa + i * kc, b, C + i * ldc + j, ldc, m, n, first, alpha, beta);
+        }
+    }
+}
+
+/* [lo, hi) of n items for thread t of nth, contiguous and balanced. */
+static void share(int64_t n, int t, int nth, int64_t *lo, int64_t *hi) {
+    *lo = n * t / nth;
+    *hi = n * (t + 1) / nth;
+}
+
+/* The operands of one call. rows_b: op(B) is the strided matrix B with csb == 1 and no
+ * callback, so B is packed row by row (pack_b_rows); otherwise panel by panel with pack_b. */
+typedef struct {
+    float *C;
+    int64_t ldc;
+    const float *A;
+    int64_t rsa, csa;
+    gemm_pack_b_fn pack_b;
+    const void *ctx;
+    const float *B;
+    int64_t rsb;
+    int rows_b;
+    int64_t M, N, K;
+    float alpha, beta;
+} gemm_args;
+
+/* Packs panels [q0, q1) of the B block op(B)[pc : pc+kc, jc : jc+nc] to dst (panel q0 first). */
+static void pack_b_range(const gemm_args *g, const gemm_kernels *kern, float *dst, int64_t pc, int64_t kc,
+                         int64_t jc, int64_t nc, int64_t q0, int64_t q1) {
+    if (q0 >= q1) return;
+    if (g->rows_b) {
+        kern->pack_b_rows(dst, g->B, g->rsb, pc, kc, jc + q0 * GEMM_NR,
+                          SFT_MIN(nc, q1 * GEMM_NR) - q0 * GEMM_NR);
+        return;
+    }
+    // one micro-panel at a time through the callback
+    for (int64_t q = q0; q < q1; q++) {
+        int64_t j = q * GEMM_NR;
+        g->pack_b(dst + (q - q0) * kc * GEMM_NR, g->ctx, pc, kc, jc + j, SFT_MIN(GEMM_NR, nc - j));
+    }
+}
+
+/* ---- team synchronisation that yields ------------------------------------------------------ */
+
+/* Work counters and a barrier for the threads of one parallel region. Waiters spin briefly, then
+ * yield the CPU: on a shared, oversubscribed machine a waiting thread that keeps spinning (as
+ * the OpenMP barrier does) steals the time the thread it waits for needs. */
+typedef struct {
+    _Atomic int64_t next_pack, next_rows; /* next work item of the current depth block */
+    _Atomic int arrived;                  /* threads at the barrier */
+    _Atomic int phase;                    /* barriers completed */
+    int nth;                              /* threads in the team */
+} team_sync;
+
+static void cpu_relax(void) {
+#if SFT_X86
+    _mm_pause();
+#endif
+}
+
+/* Waits until all nth threads have arrived. The last one to arrive first resets *counter (no
+ * thread touches it again before the next phase), then releases the others. */
+static void team_barrier(team_sync *ts, int *phase, _Atomic int64_t *counter) {
+    const int ph = *phase;
+    if (atomic_fetch_add(&ts->arrived, 1) == ts->nth - 1) {
+        atomic_store(&ts->arrived, 0);
+        atomic_store(counter, 0);
+        atomic_store(&ts->phase, ph + 1);
+    } else {
+        // spin a little, then give the CPU away until the phase moves
+        for (int spin = 0; atomic_load(&ts->phase) == ph; spin++) {
+            if (spin < 256)
+                cpu_relax();
+            else
+                sched_yield();
+        }
+    }
+    *phase = ph + 1;
+}
+
+/* Many rows: shared packed B block; equal-size row blocks and B panel groups handed out to the
+ * threads dynamically (atomic counters), so a thread slowed down (a shared machine) does not
+ * hold the others up. Which thread takes a block does not change any result. */
+static int gemm_many_rows(const gemm_args *g, gemm_kernels kern, int nthreads) {
+    const int64_t M = g->M, N = g->N, K = g->K;
+    const int64_t tiles = (M + GEMM_MR - 1) / GEMM_MR;
+    // column blocks of equal width (up to NR), scratch sized to the problem
+    const int64_t n_jc = (N + GEMM_NC - 1) / GEMM_NC;
+    const int64_t nc_max = round_up((N + n_jc - 1) / n_jc, GEMM_NR);
+    const int64_t kc_max = SFT_MIN(K, GEMM_KC);
+    // row blocks: a multiple of the thread count (when M allows), at most MC rows, sizes
+    // differing by at most one micro-tile: block ib holds tiles [ib*tiles/nb, (ib+1)*tiles/nb)
+    int64_t nb = (M + GEMM_MC - 1) / GEMM_MC;
+    nb = SFT_MIN(tiles, round_up(SFT_MAX(nb, GEMM_MANY_BLOCKS * (int64_t)nthreads), nthreads));
+    const int64_t mc_blk = (tiles + nb - 1) / nb * GEMM_MR;
+    float *pb = (float *)sft_scratch_alloc(sizeof(float) * (size_t)(kc_max * nc_max));
+    float *pa_all = (float *)sft_scratch_alloc(sizeof(float) * (size_t)(nthreads * mc_blk * kc_max));
     if (pb == NULL || pa_all == NULL) {
         sft_scratch_free(pb);
         sft_scratch_free(pa_all);
         return -1;
     }
-    ukernel_fn uk = select_ukernel();
-    int64_t n_ic = (M + GEMM_MC - 1) / GEMM_MC;
+    team_sync ts;
+    atomic_init(&ts.next_pack, 0);
+    atomic_init(&ts.next_rows, 0);
+    atomic_init(&ts.arrived, 0);
+    atomic_init(&ts.phase, 0);
+    ts.nth = 1;
+
+#pragma omp parallel num_threads(nthreads)
+    {
+#ifdef _OPENMP
+        int tid = omp_get_thread_num();
+#pragma omp single
+        ts.nth = omp_get_num_threads(); /* the team may be smaller than asked (implicit barrier) */
+#else
+        int tid = 0;
+#endif
+        int phase = 0;
+        float *pa = pa_all + (int64_t)tid * mc_blk * kc_max;
+        // loop over column blocks of C
+        for (int64_t jc = 0; jc < N; jc += nc_max) {
+            const int64_t nc = SFT_MIN(nc_max, N - jc);
+            const int64_t n_panels = (nc + GEMM_NR - 1) / GEMM_NR;
+            const int64_t n_groups = (n_panels + GEMM_PACK_GROUP - 1) / GEMM_PACK_GROUP;
+            // loop over depth blocks
+            for (int64_t pc = 0; pc < K; pc += GEMM_KC) {
+                const int64_t kc = SFT_MIN(GEMM_KC, K - pc);
+                const int first = pc == 0;
+                // pack the B block, groups of panels handed out
+                for (int64_t q; (q = atomic_fetch_add(&ts.next_pack, 1)) < n_groups;) {
+                    int64_t q0 = q * GEMM_PACK_GROUP, q1 = SFT_MIN(n_panels, q0 + GEMM_PACK_GROUP);
+                    pack_b_range(g, &kern, pb + q0 * kc * GEMM_NR, pc, kc, jc, nc, q0, q1);
+                }
+                team_barrier(&ts, &phase, &ts.next_pack);
+                // row blocks handed out, each against the whole B block
+                for (int64_t ib; (ib = atomic_fetch_add(&ts.next_rows, 1)) < nb;) {
+                    int64_t ic = ib * tiles / nb * GEMM_MR;
+                    int64_t mc = SFT_MIN(M, (ib + 1) * tiles / nb * GEMM_MR) - ic;
+                    pack_a(kern.pack_a_panel, pa, g->A, g->rsa, g->csa, ic, mc, pc, kc);
+                    macro_kernel(kern.uk, g->C + ic * g->ldc + jc, g->ldc, pa, pb, mc, nc, kc, 0, n_panels,
+                                 first, g->alpha, g->beta);
+                }
+                // everyone is done with the B block before it is packed again
+                team_barrier(&ts, &phase, &ts.next_rows);
+            }
+        }
+    }
+    sft_scratch_free(pa_all);
+    sft_scratch_free(pb);
+    return 0;
+}
+
+/* Few rows (M <= MC): columns shared out among threads, each packing its own B chunks (no
+ * barrier) and the whole (small) A block of every depth block. */
+static int gemm_few_rows(const gemm_args *g, gemm_kernels kern, int nthreads) {
+    const int64_t M = g->M, N = g->N, K = g->K;
+    const int64_t mpad = round_up(M, GEMM_MR);
+    const int64_t n_panels = (N + GEMM_NR - 1) / GEMM_NR;
+    // B chunks of up to GEMM_FEW_NC columns; scratch sized to the problem
+    const int64_t chunk = SFT_MIN(GEMM_FEW_NC / GEMM_NR, (n_panels + nthreads - 1) / nthreads);
+    const int64_t kc_max = SFT_MIN(K, GEMM_KC);
+    const int64_t b_size = round_up(chunk * GEMM_NR * kc_max, 16);   /* keeps pa 64-byte aligned */
+    const int64_t per_thread = b_size + round_up(mpad * kc_max, 16); /* B chunk + A block */
+    float *buf = (float *)sft_scratch_alloc(sizeof(float) * (size_t)nthreads * (size_t)per_thread);
+    if (buf == NULL) return -1;
 
 #pragma omp parallel num_threads(nthreads)
     {
@@ -227,54 +756,199 @@ int sgemm_packb(float *C, int64_t ldc, const float *A, int64_t rsa, int64_t csa,
 #else
         int tid = 0, nth = 1;
 #endif
-        float *pa = pa_all + (int64_t)tid * GEMM_MC * GEMM_KC;
-        // loop over column blocks of C
-        for (int64_t jc = 0; jc < N; jc += GEMM_NC) {
-            int64_t nc = SFT_MIN(GEMM_NC, N - jc);
-            int64_t n_panels = (nc + GEMM_NR - 1) / GEMM_NR;
-            // loop over depth blocks
-            for (int64_t pc = 0; pc < K; pc += GEMM_KC) {
-                int64_t kc = SFT_MIN(GEMM_KC, K - pc);
-                int first = pc == 0;
-                // pack the B block, panels shared out among threads
-#pragma omp for schedule(static)
-                for (int64_t p = 0; p < n_panels; p++) {
-                    int64_t j = p * GEMM_NR;
-                    pack_b(pb + p * kc * GEMM_NR, ctx, pc, kc, jc + j, SFT_MIN(GEMM_NR, nc - j));
-                }
-                if (n_ic >= nth) {
-                    // enough row blocks: each thread packs its own A blocks and sweeps all panels
-#pragma omp for schedule(static)
-                    for (int64_t ib = 0; ib < n_ic; ib++) {
-                        int64_t ic = ib * GEMM_MC;
-                        int64_t mc = SFT_MIN(GEMM_MC, M - ic);
-                        pack_a(pa, A, rsa, csa, ic, mc, pc, kc);
-                        macro_kernel(uk, C + ic * ldc + jc, ldc, pa, pb, mc, nc, kc, 0, n_panels, first,
-                                     beta);
-                    }
-                } else {
-                    // few rows: every thread packs the (small) A block, panels are shared out
-                    for (int64_t ic = 0; ic < M; ic += GEMM_MC) {
-                        int64_t mc = SFT_MIN(GEMM_MC, M - ic);
-                        pack_a(pa, A, rsa, csa, ic, mc, pc, kc);
-                        int64_t per = (n_panels + nth - 1) / nth;
-                        int64_t lo = SFT_MIN(n_panels, tid * per), hi = SFT_MIN(n_panels, lo + per);
-                        macro_kernel(uk, C + ic * ldc + jc, ldc, pa, pb, mc, nc, kc, lo, hi, first, beta);
-                    }
-#pragma omp barrier
-                }
+        float *pb = buf + (int64_t)tid * per_thread; /* B chunk first: 64-byte aligned panels */
+        float *pa = pb + b_size;
+        int64_t p_lo, p_hi;
+        share(n_panels, tid, nth, &p_lo, &p_hi);
+        // loop over depth blocks, then this thread's panels chunk by chunk
+        for (int64_t pc = 0; pc < K && p_lo < p_hi; pc += GEMM_KC) {
+            int64_t kc = SFT_MIN(GEMM_KC, K - pc);
+            int first = pc == 0;
+            pack_a(kern.pack_a_panel, pa, g->A, g->rsa, g->csa, 0, M, pc, kc);
+            for (int64_t q0 = p_lo; q0 < p_hi; q0 += chunk) {
+                int64_t q1 = SFT_MIN(p_hi, q0 + chunk);
+                pack_b_range(g, &kern, pb, pc, kc, 0, N, q0, q1);
+                // all row tiles against each panel (it stays in L1)
+                macro_kernel(kern.uk, g->C + q0 * GEMM_NR, g->ldc, pa, pb, M, N - q0 * GEMM_NR, kc, 0,
+                             q1 - q0, first, g->alpha, g->beta);
             }
         }
     }
-    sft_scratch_free(pa_all);
-    sft_scratch_free(pb);
+    sft_scratch_free(buf);
     return 0;
+}
+
+/* ---- very few rows: stream B rows ---------------------------------------------------------- */
+
+/* Up to GEMM_STREAM_M rows of C against a strided op(B) with contiguous rows, without packing:
+ * memory-bound (2*M flops per element of B), so B is read once, four rows at a time, in long
+ * contiguous runs the hardware prefetcher follows (the longer the better: one row gets chunks of
+ * 2048 columns). Each thread owns a range of columns, in chunks accumulated in an 8 KiB stack
+ * buffer and written once. */
+#define GEMM_STREAM_M 4
+#define GEMM_STREAM_ACC 2048 /* floats of the accumulator: 2048 / M columns per chunk */
+
+/* acc[i*w + j] += sum_k op(A)[i][k] * B[k*rsb + j] for i < m, j < w, k < K (in k order). */
+typedef void (*stream_fn)(float *acc, const float *A, int64_t rsa, int64_t csa, const float *B, int64_t rsb,
+                          int64_t m, int64_t w, int64_t K);
+
+static void stream_rows_c(float *acc, const float *A, int64_t rsa, int64_t csa, const float *B, int64_t rsb,
+                          int64_t m, int64_t w, int64_t K) {
+    // loop over depth, then rows, then columns (contiguous)
+    for (int64_t k = 0; k < K; k++) {
+        const float *b = B + k * rsb;
+        for (int64_t i = 0; i < m; i++) {
+            float a = A[i * rsa + k * csa];
+            float *c = acc + i * w;
+            for (int64_t j = 0; j < w; j++) c[j] += a * b[j];
+        }
+    }
+}
+
+#if SFT_X86
+SFT_TARGET_AVX2 static void stream_rows_avx2(float *acc, const float *A, int64_t rsa, int64_t csa,
+                                             const float *B, int64_t rsb, int64_t m, int64_t w, int64_t K) {
+    const int64_t w8 = w / 8 * 8;
+    int64_t k = 0;
+    // four depth indices per sweep: four B rows streamed together, one pass over acc
+    for (; k + 4 <= K; k += 4) {
+        const float *b0 = B + k * rsb, *b1 = b0 + rsb, *b2 = b1 + rsb, *b3 = b2 + rsb;
+        for (int64_t i = 0; i < m; i++) {
+            const float *a = A + i * rsa + k * csa;
+            const __m256 a0 = _mm256_broadcast_ss(a), a1 = _mm256_broadcast_ss(a + csa);
+            const __m256 a2 = _mm256_broadcast_ss(a + 2 * csa), a3 = _mm256_broadcast_ss(a + 3 * csa);
+            float *c = acc + i * w;
+            for (int64_t j = 0; j < w8; j += 8) {
+                __m256 t = _mm256_loadu_ps(c + j);
+                t = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b0 + j), t);
+                t = _mm256_fmadd_ps(a1, _mm256_loadu_ps(b1 + j), t);
+                t = _mm256_fmadd_ps(a2, _mm256_loadu_ps(b2 + j), t);
+                t = _mm256_fmadd_ps(a3, _mm256_loadu_ps(b3 + j), t);
+                _mm256_storeu_ps(c + j, t);
+            }
+            for (int64_t j = w8; j < w; j++) {
+                float t = c[j];
+                t = __builtin_fmaf(a[0], b0[j], t);
+                t = __builtin_fmaf(a[csa], b1[j], t);
+                t = __builtin_fmaf(a[2 * csa], b2[j], t);
+                t = __builtin_fmaf(a[3 * csa], b3[j], t);
+                c[j] = t;
+            }
+        }
+    }
+    // remaining depth
+    for (; k < K; k++) {
+        const float *b = B + k * rsb;
+        for (int64_t i = 0; i < m; i++) {
+            const float a = A[i * rsa + k * csa];
+            const __m256 va = _mm256_set1_ps(a);
+            float *c = acc + i * w;
+            for (int64_t j = 0; j < w8; j += 8)
+                _mm256_storeu_ps(c + j, _mm256_fmadd_ps(va, _mm256_loadu_ps(b + j), _mm256_loadu_ps(c + j)));
+            for (int64_t j = w8; j < w; j++) c[j] = __builtin_fmaf(a, b[j], c[j]);
+        }
+    }
+}
+#endif
+
+static void gemm_stream_rows(const gemm_args *g, int nthreads) {
+    stream_fn stream = stream_rows_c;
+#if SFT_X86
+    if (sft_simd_path == SFT_SIMD_AVX2) stream = stream_rows_avx2;
+#endif
+    const int64_t M = g->M, N = g->N, ldc = g->ldc;
+    const int64_t n16 = (N + GEMM_NR - 1) / GEMM_NR; /* columns shared out in groups of 16 */
+
+#pragma omp parallel num_threads(nthreads)
+    {
+#ifdef _OPENMP
+        int tid = omp_get_thread_num();
+        int nth = omp_get_num_threads();
+#else
+        int tid = 0, nth = 1;
+#endif
+        float acc[GEMM_STREAM_ACC];
+        const int64_t width = GEMM_STREAM_ACC / M / GEMM_NR * GEMM_NR;
+        int64_t g_lo, g_hi;
+        share(n16, tid, nth, &g_lo, &g_hi);
+        const int64_t j_end = SFT_MIN(N, g_hi * GEMM_NR);
+        // loop over column chunks of this thread
+        for (int64_t j0 = g_lo * GEMM_NR; j0 < j_end; j0 += width) {
+            const int64_t w = SFT_MIN(width, j_end - j0);
+            memset(acc, 0, sizeof(float) * (size_t)(M * w));
+            stream(acc, g->A, g->rsa, g->csa, g->B + j0, g->rsb, M, w, g->K);
+            // C = alpha * acc + beta * C (C not read when beta == 0)
+            for (int64_t i = 0; i < M; i++) {
+                float *c = g->C + i * ldc + j0;
+                const float *t = acc + i * w;
+                if (g->beta == 0.0f)
+                    for (int64_t j = 0; j < w; j++) c[j] = g->alpha * t[j];
+                else
+                    for (int64_t j = 0; j < w; j++) c[j] = g->beta * c[j] + g->alpha * t[j];
+            }
+        }
+    }
+}
+
+/* C = beta * C without reading C when beta == 0. */
+static void scale_c(float *C, int64_t ldc, int64_t M, int64_t N, float beta) {
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+}
+
+static int gemm_run(gemm_args *g) {
+    if (g->M <= 0 || g->N <= 0) return 0;
+    if (g->K <= 0 || g->alpha == 0.0f) {
+        // empty product: C = beta * C
+        scale_c(g->C, g->ldc, g->M, g->N, g->beta);
+        return 0;
+    }
+    gemm_kernels kern = select_kernels();
+    if (g->pack_b == NULL) g->pack_b = kern.pack_b_strided;
+    int nthreads = sft_get_num_threads();
+#ifdef _OPENMP
+    // inside a parallel region that cannot nest further the team has one thread
+    if (omp_get_active_level() >= omp_get_max_active_levels()) nthreads = 1;
+#endif
+    // tiny products (a few microseconds on one core) cost less than waking a second thread
+    if ((double)g->M * (double)g->N * (double)g->K < GEMM_MIN_PARALLEL_MNK) nthreads = 1;
+    const int64_t tiles = (g->M + GEMM_MR - 1) / GEMM_MR, n_panels = (g->N + GEMM_NR - 1) / GEMM_NR;
+    // one to a few rows against contiguous B rows: memory-bound, stream B without packing
+    if (g->rows_b && g->M <= GEMM_STREAM_M) {
+        gemm_stream_rows(g, (int)SFT_MAX(1, SFT_MIN(nthreads, n_panels)));
+        return 0;
+    }
+    // few rows: share the columns (unless there are too few of them and rows to share instead)
+    if (g->M <= GEMM_MC && (n_panels >= nthreads || tiles < 2 * (int64_t)nthreads))
+        return gemm_few_rows(g, kern, (int)SFT_MAX(1, SFT_MIN(nthreads, n_panels)));
+    return gemm_many_rows(g, kern, (int)SFT_MAX(1, SFT_MIN(nthreads, tiles)));
+}
+
+void gemm_pack_b_strided(float *dst, const void *ctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc) {
+    select_kernels().pack_b_strided(dst, ctx, k0, kc, j0, nc);
+}
+
+int sgemm_packb_ab(float *C, int64_t ldc, const float *A, int64_t rsa, int64_t csa, gemm_pack_b_fn pack_b,
+                   const void *ctx, int64_t M, int64_t N, int64_t K, float alpha, float beta) {
+    gemm_args g = {C, ldc, A, rsa, csa, pack_b, ctx, NULL, 0, 0, M, N, K, alpha, beta};
+    return gemm_run(&g);
+}
+
+int sgemm_packb(float *C, int64_t ldc, const float *A, int64_t rsa, int64_t csa, gemm_pack_b_fn pack_b,
+                const void *ctx, int64_t M, int64_t N, int64_t K, float beta) {
+    return sgemm_packb_ab(C, ldc, A, rsa, csa, pack_b, ctx, M, N, K, 1.0f, beta);
+}
+
+int sgemm_ab(float *C, int64_t ldc, const float *A, int64_t rsa, int64_t csa, const float *B, int64_t rsb,
+             int64_t csb, int64_t M, int64_t N, int64_t K, float alpha, float beta) {
+    gemm_strided_b s = {B, rsb, csb};
+    gemm_args g = {C, ldc, A, rsa, csa, NULL, &s, B, rsb, csb == 1, M, N, K, alpha, beta};
+    return gemm_run(&g);
 }
 
 int sgemm(float *C, int64_t ldc, const float *A, int64_t rsa, int64_t csa, const float *B, int64_t rsb,
           int64_t csb, int64_t M, int64_t N, int64_t K, float beta) {
-    strided_b s = {B, rsb, csb};
-    return sgemm_packb(C, ldc, A, rsa, csa, pack_b_strided, &s, M, N, K, beta);
+    return sgemm_ab(C, ldc, A, rsa, csa, B, rsb, csb, M, N, K, 1.0f, beta);
 }
 
 void sgemm_naive(float *C, int64_t ldc, const float *A, int64_t rsa, int64_t csa, const float *B, int64_t rsb,

@@ -176,6 +176,47 @@ static PyObject *py_reset_scratch_peak(PyObject *self, PyObject *noargs) {
 
 /* ---- gemm ---------------------------------------------------------------------------------- */
 
+/* The GEMM core's whole contract, for tests: c[:, :N] = beta * c[:, :N] + alpha * op(a) @ op(b)
+ * in place, c of shape (M, L >= N) (so ldc = L > N), op(B) through the pack-B callback when
+ * packb, sgemm_naive when naive (alpha 1 only). */
+static PyObject *py_gemm_into(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"c", "a", "b", "trans_a", "trans_b", "alpha", "beta", "packb", "naive", NULL};
+    PyObject *co, *ao, *bo;
+    int ta = 0, tb = 0, packb = 0, naive = 0;
+    float alpha = 1.0f, beta = 0.0f;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|ppffpp:gemm_into", kwlist, &co, &ao, &bo, &ta, &tb,
+                                     &alpha, &beta, &packb, &naive))
+        return NULL;
+    PyArrayObject *c = arg_f32(co, "c", 2), *a = c ? arg_f32(ao, "a", 2) : NULL;
+    PyArrayObject *b = a ? arg_f32(bo, "b", 2) : NULL;
+    if (b == NULL) return NULL;
+    npy_intp M = PyArray_DIM(a, ta ? 1 : 0), K = PyArray_DIM(a, ta ? 0 : 1);
+    npy_intp N = PyArray_DIM(b, tb ? 0 : 1);
+    if (arg_dim(b, "b", tb ? 1 : 0, K, "the inner dimension of op(a)") < 0) return NULL;
+    if (arg_dim(c, "c", 0, M, "the rows of op(a)") < 0) return NULL;
+    if (PyArray_DIM(c, 1) < N) {
+        PyErr_Format(PyExc_ValueError, "c: expected at least %zd columns (the columns of op(b)), got %zd",
+                     (Py_ssize_t)N, (Py_ssize_t)PyArray_DIM(c, 1));
+        return NULL;
+    }
+    if (naive && alpha != 1.0f) {
+        PyErr_SetString(PyExc_ValueError, "alpha: the naive GEMM supports alpha == 1 only");
+        return NULL;
+    }
+    const float *A = (const float *)PyArray_DATA(a), *B = (const float *)PyArray_DATA(b);
+    float *C = (float *)PyArray_DATA(c);
+    int64_t lda = PyArray_DIM(a, 1), ldb = PyArray_DIM(b, 1), ldc = PyArray_DIM(c, 1);
+    int64_t rsa = ta ? 1 : lda, csa = ta ? lda : 1, rsb = tb ? 1 : ldb, csb = tb ? ldb : 1;
+    gemm_strided_b sb = {B, rsb, csb};
+    int rc = 0;
+    Py_BEGIN_ALLOW_THREADS if (naive) sgemm_naive(C, ldc, A, rsa, csa, B, rsb, csb, M, N, K, beta);
+    else if (packb) rc = sgemm_packb_ab(C, ldc, A, rsa, csa, gemm_pack_b_strided, &sb, M, N, K, alpha, beta);
+    else rc = sgemm_ab(C, ldc, A, rsa, csa, B, rsb, csb, M, N, K, alpha, beta);
+    Py_END_ALLOW_THREADS if (rc != 0) return scratch_error();
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_matmul(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"a", "b", "trans_a", "trans_b", NULL};
@@ -996,6 +1037,10 @@ static PyMethodDef methods[] = {
     {"scratch_stats", py_scratch_stats, METH_NOARGS,
      "scratch_stats() -> dict\n\nCurrent and peak bytes of kernel scratch memory."},
     {"reset_scratch_peak", py_reset_scratch_peak, METH_NOARGS, "reset_scratch_peak() -> None"},
+    {"gemm_into", (PyCFunction)(void (*)(void))py_gemm_into, METH_VARARGS | METH_KEYWORDS,
+     "gemm_into(c, a, b, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, packb=False, naive=False) -> "
+     "None\n\n"
+     "c[:, :N] = beta * c[:, :N] + alpha * op(a) @ op(b) in place (the GEMM core's contract, for tests)."},
     {"matmul", (PyCFunction)(void (*)(void))py_matmul, METH_VARARGS | METH_KEYWORDS,
      "matmul(a, b, trans_a=False, trans_b=False) -> ndarray\n\nop(a) @ op(b) for float32 C-contiguous 2-D "
      "arrays with the packed SIMD GEMM core."},
