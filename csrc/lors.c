@@ -1,0 +1,398 @@
+/* lors.c: LoRS forward/backward/merge on a dense-masked base.
+ * The recompute of W' = W + s*(B A)*M lives in two pack-B callbacks of the GEMM core:
+ * pack_forward writes micro-panels of W'^T (for y = x W'^T), pack_backward micro-panels of W'
+ * (for gx = gy W'). Each panel costs kc * 16 * r FMAs and nothing of size out x in is stored.
+ * The exact gradient walks (out, in) tiles of G = gy^T x, masks each and reduces it into dA, dB. */
+#include "lors.h"
+
+#include <string.h>
+
+#include "common.h"
+#include "gemm.h"
+
+#if SFT_X86
+#include <immintrin.h>
+#endif
+
+/* ---- row rebuild: dst[i] = M[i] ? W[i] + s * sum_t Bj[t] A[t][i] : W[i] ------------------- */
+
+/* A points at column 0 of the row segment, lda is the row stride of A (r, in); n <= GEMM_KC. */
+typedef void (*row_fn)(float *dst, const float *w, const uint8_t *m, const float *A, int64_t lda,
+                       const float *Bj, float s, int64_t r, int64_t n);
+
+static void row_rebuild_portable(float *dst, const float *w, const uint8_t *m, const float *A, int64_t lda,
+                                 const float *Bj, float s, int64_t r, int64_t n) {
+    float acc[GEMM_KC];
+    if (s == 0.0f || r == 0) {
+        // no adapter: W' = W
+        for (int64_t i = 0; i < n; i++) dst[i] = w[i];
+        return;
+    }
+    // acc = (B A)[j, segment], one rank at a time
+    for (int64_t i = 0; i < n; i++) acc[i] = 0.0f;
+    for (int64_t t = 0; t < r; t++) {
+        const float b = Bj[t];
+        const float *a = A + t * lda;
+        for (int64_t i = 0; i < n; i++) acc[i] += b * a[i];
+    }
+    // select W + s*acc at the mask, W elsewhere
+    for (int64_t i = 0; i < n; i++) dst[i] = m[i] ? w[i] + s * acc[i] : w[i];
+}
+
+#if SFT_X86
+/* 8 mask bytes -> an all-ones float lane where the byte is nonzero. */
+SFT_TARGET_AVX2 static inline __m256 mask8(const uint8_t *m) {
+    __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)m));
+    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(v, _mm256_setzero_si256()));
+}
+
+SFT_TARGET_AVX2 static void row_rebuild_avx2(float *dst, const float *w, const uint8_t *m, const float *A,
+                                             int64_t lda, const float *Bj, float s, int64_t r, int64_t n) {
+    if (s == 0.0f || r == 0) {
+        // no adapter: W' = W
+        memcpy(dst, w, sizeof(float) * (size_t)n);
+        return;
+    }
+    const __m256 vs = _mm256_set1_ps(s);
+    int64_t i = 0;
+    // 32 columns at a time: four independent FMA chains over the rank
+    for (; i + 32 <= n; i += 32) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+        for (int64_t t = 0; t < r; t++) {
+            const __m256 b = _mm256_broadcast_ss(Bj + t);
+            const float *a = A + t * lda + i;
+            a0 = _mm256_fmadd_ps(b, _mm256_loadu_ps(a), a0);
+            a1 = _mm256_fmadd_ps(b, _mm256_loadu_ps(a + 8), a1);
+            a2 = _mm256_fmadd_ps(b, _mm256_loadu_ps(a + 16), a2);
+            a3 = _mm256_fmadd_ps(b, _mm256_loadu_ps(a + 24), a3);
+        }
+        __m256 acc[4] = {a0, a1, a2, a3};
+        for (int q = 0; q < 4; q++) {
+            __m256 wv = _mm256_loadu_ps(w + i + 8 * q);
+            __m256 nv = _mm256_fmadd_ps(vs, acc[q], wv);
+            _mm256_storeu_ps(dst + i + 8 * q, _mm256_blendv_ps(wv, nv, mask8(m + i + 8 * q)));
+        }
+    }
+    // 8 columns at a time
+    for (; i + 8 <= n; i += 8) {
+        __m256 a0 = _mm256_setzero_ps();
+        for (int64_t t = 0; t < r; t++)
+            a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(Bj + t), _mm256_loadu_ps(A + t * lda + i), a0);
+        __m256 wv = _mm256_loadu_ps(w + i);
+        _mm256_storeu_ps(dst + i, _mm256_blendv_ps(wv, _mm256_fmadd_ps(vs, a0, wv), mask8(m + i)));
+    }
+    // remaining columns one by one
+    for (; i < n; i++) {
+        float acc = 0.0f;
+        for (int64_t t = 0; t < r; t++) acc += Bj[t] * A[t * lda + i];
+        dst[i] = m[i] ? w[i] + s * acc : w[i];
+    }
+}
+#endif
+
+static row_fn select_row(void) {
+#if SFT_X86
+    if (sft_simd_path == SFT_SIMD_AVX2) return row_rebuild_avx2;
+#endif
+    return row_rebuild_portable;
+}
+
+/* ---- pack-B callbacks: W' rebuilt panel by panel ----------------------------------------- */
+
+typedef struct {
+    const float *W;   /* (out, in) */
+    const uint8_t *M; /* (out, in) */
+    const float *A;   /* (r, in) */
+    const float *B;   /* (out, r) */
+    float s;
+    int64_t in, r;
+    row_fn row;
+} lors_ctx;
+
+/* op(B)[k][j] = W'[j][k] (k over in, j over out): rebuild nc rows of W' over kc columns, then
+ * transpose them into the k-major micro-panel. */
+static void pack_forward(float *dst, const void *vctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc) {
+    const lors_ctx *c = (const lors_ctx *)vctx;
+    float rows[GEMM_NR * GEMM_KC] __attribute__((aligned(64)));
+    // rebuild row j0+jj of W' on columns [k0, k0+kc)
+    for (int64_t jj = 0; jj < nc; jj++) {
+        int64_t j = j0 + jj;
+        c->row(rows + jj * GEMM_KC, c->W + j * c->in + k0, c->M + j * c->in + k0, c->A + k0, c->in,
+               c->B + j * c->r, c->s, c->r, kc);
+    }
+    // transpose into dst (kc, NR), zero-padding columns past nc
+    for (int64_t kk = 0; kk < kc; kk++) {
+        float *d = dst + kk * GEMM_NR;
+        for (int64_t jj = 0; jj < nc; jj++) d[jj] = rows[jj * GEMM_KC + kk];
+        for (int64_t jj = nc; jj < GEMM_NR; jj++) d[jj] = 0.0f;
+    }
+}
+
+/* op(B)[k][j] = W'[k][j] (k over out, j over in): each panel row is a 16-wide row segment of W'. */
+static void pack_backward(float *dst, const void *vctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc) {
+    const lors_ctx *c = (const lors_ctx *)vctx;
+    // one row of W' per depth index
+    for (int64_t kk = 0; kk < kc; kk++) {
+        int64_t k = k0 + kk;
+        float *d = dst + kk * GEMM_NR;
+        c->row(d, c->W + k * c->in + j0, c->M + k * c->in + j0, c->A + j0, c->in, c->B + k * c->r, c->s, c->r,
+               nc);
+        for (int64_t jj = nc; jj < GEMM_NR; jj++) d[jj] = 0.0f;
+    }
+}
+
+#if SFT_X86
+/* pack_backward for full 16-wide panels: four rows of W' at a time share the loads of A. */
+SFT_TARGET_AVX2 static void pack_backward_avx2(float *dst, const void *vctx, int64_t k0, int64_t kc,
+                                               int64_t j0, int64_t nc) {
+    const lors_ctx *c = (const lors_ctx *)vctx;
+    if (nc != GEMM_NR || c->s == 0.0f || c->r == 0) {
+        pack_backward(dst, vctx, k0, kc, j0, nc);
+        return;
+    }
+    const __m256 vs = _mm256_set1_ps(c->s);
+    const int64_t in = c->in, r = c->r;
+    const float *A = c->A + j0;
+    int64_t kk = 0;
+    // four rows of W' per step: 8 independent FMA chains over the rank
+    for (; kk + 4 <= kc; kk += 4) {
+        __m256 acc[4][2];
+        for (int q = 0; q < 4; q++) acc[q][0] = acc[q][1] = _mm256_setzero_ps();
+        const float *b = c->B + (k0 + kk) * r;
+        for (int64_t t = 0; t < r; t++) {
+            __m256 a0 = _mm256_loadu_ps(A + t * in), a1 = _mm256_loadu_ps(A + t * in + 8);
+            for (int q = 0; q < 4; q++) {
+                __m256 bq = _mm256_broadcast_ss(b + q * r + t);
+                acc[q][0] = _mm256_fmadd_ps(bq, a0, acc[q][0]);
+                acc[q][1] = _mm256_fmadd_ps(bq, a1, acc[q][1]);
+            }
+        }
+        // select W + s*acc at the mask and store the four panel rows
+        for (int q = 0; q < 4; q++) {
+            int64_t off = (k0 + kk + q) * in + j0;
+            for (int h = 0; h < 2; h++) {
+                __m256 wv = _mm256_loadu_ps(c->W + off + 8 * h);
+                __m256 nv = _mm256_fmadd_ps(vs, acc[q][h], wv);
+                _mm256_store_ps(dst + (kk + q) * GEMM_NR + 8 * h,
+                                _mm256_blendv_ps(wv, nv, mask8(c->M + off + 8 * h)));
+            }
+        }
+    }
+    // remaining rows
+    if (kk < kc) pack_backward(dst + kk * GEMM_NR, vctx, k0 + kk, kc - kk, j0, nc);
+}
+#endif
+
+int lors_forward(float *y, const float *x, const float *W, const uint8_t *M, const float *A, const float *B,
+                 const float *bias, float s, int64_t N, int64_t in, int64_t out, int64_t r) {
+    if (N <= 0 || out <= 0) return 0;
+    lors_ctx c = {W, M, A, B, s, in, r, select_row()};
+    float beta = 0.0f;
+    if (bias != NULL) {
+        // start every row of y at the bias, then accumulate
+        for (int64_t n = 0; n < N; n++) memcpy(y + n * out, bias, sizeof(float) * (size_t)out);
+        beta = 1.0f;
+    }
+    return sgemm_packb(y, out, x, in, 1, pack_forward, &c, N, out, in, beta);
+}
+
+void lors_forward_naive(float *y, const float *x, const float *W, const uint8_t *M, const float *A,
+                        const float *B, const float *bias, float s, int64_t N, int64_t in, int64_t out,
+                        int64_t r) {
+    // one output at a time, W' recomputed element by element
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t j = 0; j < out; j++) {
+            float acc = 0.0f;
+            for (int64_t k = 0; k < in; k++) {
+                float wp = W[j * in + k];
+                if (M[j * in + k]) {
+                    float ba = 0.0f;
+                    for (int64_t t = 0; t < r; t++) ba += B[j * r + t] * A[t * in + k];
+                    wp += s * ba;
+                }
+                acc += x[n * in + k] * wp;
+            }
+            y[n * out + j] = acc + (bias != NULL ? bias[j] : 0.0f);
+        }
+}
+
+int lors_backward_input(float *gx, const float *gy, const float *W, const uint8_t *M, const float *A,
+                        const float *B, float s, int64_t N, int64_t in, int64_t out, int64_t r) {
+    if (N <= 0 || in <= 0) return 0;
+    lors_ctx c = {W, M, A, B, s, in, r, select_row()};
+    gemm_pack_b_fn pack = pack_backward;
+#if SFT_X86
+    if (sft_simd_path == SFT_SIMD_AVX2) pack = pack_backward_avx2;
+#endif
+    return sgemm_packb(gx, in, gy, out, 1, pack, &c, N, in, out, 0.0f);
+}
+
+void lors_backward_input_naive(float *gx, const float *gy, const float *W, const uint8_t *M, const float *A,
+                               const float *B, float s, int64_t N, int64_t in, int64_t out, int64_t r) {
+    // one input-gradient entry at a time
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t k = 0; k < in; k++) {
+            float acc = 0.0f;
+            for (int64_t j = 0; j < out; j++) {
+                float wp = W[j * in + k];
+                if (M[j * in + k]) {
+                    float ba = 0.0f;
+                    for (int64_t t = 0; t < r; t++) ba += B[j * r + t] * A[t * in + k];
+                    wp += s * ba;
+                }
+                acc += gy[n * out + j] * wp;
+            }
+            gx[n * in + k] = acc;
+        }
+}
+
+/* ---- exact masked gradient ---------------------------------------------------------------- */
+
+/* 1 when any mask byte of the (to, ti) tile at row stride ld is set. */
+static int tile_any(const uint8_t *m, int64_t ld, int64_t to, int64_t ti) {
+    // scan rows until a set byte shows up
+    for (int64_t a = 0; a < to; a++) {
+        const uint8_t *row = m + a * ld;
+        for (int64_t b = 0; b < ti; b++)
+            if (row[b]) return 1;
+    }
+    return 0;
+}
+
+/* G (to, ti) with row stride ti: zero the entries whose mask byte is 0. */
+static void mask_tile_portable(float *G, const uint8_t *m, int64_t ld, int64_t to, int64_t ti) {
+    // row by row, select G or 0
+    for (int64_t a = 0; a < to; a++) {
+        float *g = G + a * ti;
+        const uint8_t *row = m + a * ld;
+        for (int64_t b = 0; b < ti; b++) g[b] = row[b] ? g[b] : 0.0f;
+    }
+}
+
+#if SFT_X86
+SFT_TARGET_AVX2 static void mask_tile_avx2(float *G, const uint8_t *m, int64_t ld, int64_t to, int64_t ti) {
+    // row by row, 8 lanes at a time, then the tail
+    for (int64_t a = 0; a < to; a++) {
+        float *g = G + a * ti;
+        const uint8_t *row = m + a * ld;
+        int64_t b = 0;
+        for (; b + 8 <= ti; b += 8)
+            _mm256_storeu_ps(g + b, _mm256_and_ps(_mm256_loadu_ps(g + b), mask8(row + b)));
+        for (; b < ti; b++) g[b] = row[b] ? g[b] : 0.0f;
+    }
+}
+#endif
+
+int64_t lors_scratch_bytes(int nthreads, int64_t in, int64_t out, int64_t r) {
+    return (int64_t)sizeof(float) *
+           ((int64_t)nthreads * LORS_TILE_O * LORS_TILE_I + (nthreads - 1) * r * (in + out));
+}
+
+int lors_backward_exact(float *dA, float *dB, const float *gy, const float *x, const uint8_t *M,
+                        const float *A, const float *B, float s, int64_t N, int64_t in, int64_t out,
+                        int64_t r) {
+    memset(dA, 0, sizeof(float) * (size_t)(r * in));
+    memset(dB, 0, sizeof(float) * (size_t)(out * r));
+    if (N <= 0 || r <= 0 || in <= 0 || out <= 0) return 0;
+    int nth = sft_get_num_threads();
+    int64_t n_to = (out + LORS_TILE_O - 1) / LORS_TILE_O, n_ti = (in + LORS_TILE_I - 1) / LORS_TILE_I;
+    if ((int64_t)nth > n_to * n_ti) nth = (int)(n_to * n_ti);
+    /* per thread: one G tile, and (threads after the first) partial dA and dB summed at the end */
+    float *G_all = (float *)sft_scratch_alloc(sizeof(float) * (size_t)nth * LORS_TILE_O * LORS_TILE_I);
+    float *part =
+        nth > 1 ? (float *)sft_scratch_alloc(sizeof(float) * (size_t)(nth - 1) * (size_t)(r * (in + out)))
+                : NULL;
+    if (G_all == NULL || (nth > 1 && part == NULL)) {
+        sft_scratch_free(G_all);
+        sft_scratch_free(part);
+        return -1;
+    }
+    if (part != NULL) memset(part, 0, sizeof(float) * (size_t)(nth - 1) * (size_t)(r * (in + out)));
+    void (*mask_tile)(float *, const uint8_t *, int64_t, int64_t, int64_t) = mask_tile_portable;
+#if SFT_X86
+    if (sft_simd_path == SFT_SIMD_AVX2) mask_tile = mask_tile_avx2;
+#endif
+    int rc = 0;
+#pragma omp parallel num_threads(nth) reduction(| : rc)
+    {
+#ifdef _OPENMP
+        int tid = omp_get_thread_num();
+#else
+        int tid = 0;
+#endif
+        float *G = G_all + (int64_t)tid * LORS_TILE_O * LORS_TILE_I;
+        float *pA = tid == 0 ? dA : part + (int64_t)(tid - 1) * r * (in + out);
+        float *pB = tid == 0 ? dB : pA + r * in;
+        // tiles dealt out statically (a fixed thread count gives a fixed partition and order);
+        // the GEMMs inside run on this thread alone (nested regions are inactive)
+#pragma omp for schedule(static)
+        for (int64_t tile = 0; tile < n_to * n_ti; tile++) {
+            int64_t o0 = (tile / n_ti) * LORS_TILE_O, i0 = (tile % n_ti) * LORS_TILE_I;
+            int64_t to = SFT_MIN(LORS_TILE_O, out - o0), ti = SFT_MIN(LORS_TILE_I, in - i0);
+            const uint8_t *m = M + o0 * in + i0;
+            if (!tile_any(m, in, to, ti)) continue;
+            // G = gy[:, o-tile]^T x[:, i-tile]  (to, ti), over the N tokens
+            rc |= sgemm(G, ti, gy + o0, 1, out, x + i0, in, 1, to, ti, N, 0.0f);
+            mask_tile(G, m, in, to, ti);
+            // dB[o-tile] += G A[:, i-tile]^T  (to, r)
+            rc |= sgemm(pB + o0 * r, r, G, ti, 1, A + i0, 1, in, to, r, ti, 1.0f);
+            // dA[:, i-tile] += B[o-tile]^T G  (r, ti)
+            rc |= sgemm(pA + i0, in, B + o0 * r, 1, r, G, ti, 1, r, ti, to, 1.0f);
+        }
+    }
+    // partial sums of the other threads, in thread order
+    for (int t = 1; t < nth; t++) {
+        const float *pA = part + (int64_t)(t - 1) * r * (in + out), *pB = pA + r * in;
+        for (int64_t i = 0; i < r * in; i++) dA[i] += pA[i];
+        for (int64_t i = 0; i < out * r; i++) dB[i] += pB[i];
+    }
+    sft_scratch_free(part);
+    sft_scratch_free(G_all);
+    // the scale, once at the end
+    for (int64_t i = 0; i < r * in; i++) dA[i] *= s;
+    for (int64_t i = 0; i < out * r; i++) dB[i] *= s;
+    return rc == 0 ? 0 : -1;
+}
+
+void lors_backward_exact_naive(float *dA, float *dB, const float *gy, const float *x, const uint8_t *M,
+                               const float *A, const float *B, float s, int64_t N, int64_t in, int64_t out,
+                               int64_t r) {
+    memset(dA, 0, sizeof(float) * (size_t)(r * in));
+    memset(dB, 0, sizeof(float) * (size_t)(out * r));
+    // one masked entry of G = gy^T x at a time, scattered into dA and dB
+    for (int64_t j = 0; j < out; j++)
+        for (int64_t k = 0; k < in; k++) {
+            if (!M[j * in + k]) continue;
+            float g = 0.0f;
+            for (int64_t n = 0; n < N; n++) g += gy[n * out + j] * x[n * in + k];
+            for (int64_t t = 0; t < r; t++) {
+                dB[j * r + t] += s * g * A[t * in + k];
+                dA[t * in + k] += s * B[j * r + t] * g;
+            }
+        }
+}
+
+/* ---- merge / unmerge ---------------------------------------------------------------------- */
+
+void lors_merge(float *Wout, const float *W, const uint8_t *M, const float *A, const float *B, float s,
+                int64_t in, int64_t out, int64_t r) {
+    row_fn row = select_row();
+    // rows shared out among threads, each row in GEMM_KC-wide segments
+#pragma omp parallel for schedule(static) num_threads(sft_get_num_threads())
+    for (int64_t j = 0; j < out; j++)
+        for (int64_t k0 = 0; k0 < in; k0 += GEMM_KC)
+            row(Wout + j * in + k0, W + j * in + k0, M + j * in + k0, A + k0, in, B + j * r, s, r,
+                SFT_MIN(GEMM_KC, in - k0));
+}
+
+void lors_merge_naive(float *Wout, const float *W, const uint8_t *M, const float *A, const float *B, float s,
+                      int64_t in, int64_t out, int64_t r) {
+    // element by element
+    for (int64_t j = 0; j < out; j++)
+        for (int64_t k = 0; k < in; k++) {
+            float ba = 0.0f;
+            for (int64_t t = 0; t < r; t++) ba += B[j * r + t] * A[t * in + k];
+            Wout[j * in + k] = M[j * in + k] ? W[j * in + k] + s * ba : W[j * in + k];
+        }
+}

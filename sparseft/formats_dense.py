@@ -1,0 +1,169 @@
+"""The dense-masked base format of a LoRS layer: W stored dense with zeros, the mask as uint8.
+
+Every base format (this one, and the compressed ``CSRBase`` / ``NMBase`` of :mod:`sparseft.formats`)
+has the same interface, which :class:`sparseft.LoRSLinear` codes against:
+
+``format``, ``shape``, ``nnz``, ``nbytes``, ``from_dense(W, mask)``, ``to_dense()``, ``mask_dense()``,
+``forward(x, A, B, scale)``, ``backward_input(gy, A, B, scale)``, ``masked_grad(gy, x, A, B, scale)``,
+``merged(A, B, scale)`` and ``unmerged(A, B, scale)``.
+
+With W' = W + scale·(B A) ⊙ M, ``forward`` returns x W'ᵀ and ``backward_input`` returns gy W';
+both rebuild W' tile by tile inside the GEMM (nothing of size out×in is allocated).
+``masked_grad`` returns the exact adapter gradients dA = scale·Bᵀ((gyᵀx) ⊙ M) and
+dB = scale·((gyᵀx) ⊙ M) Aᵀ, reduced tile by tile.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from sparseft import _core
+
+__all__ = ["BaseFormat", "DenseBase", "validate_base"]
+
+
+class BaseFormat(Protocol):
+    """The interface every base format implements (see the module docstring)."""
+
+    format: str
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
+    @property
+    def nnz(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+    def to_dense(self) -> np.ndarray: ...
+    def mask_dense(self) -> np.ndarray: ...
+    def forward(self, x: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float) -> np.ndarray: ...
+    def backward_input(self, gy: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float) -> np.ndarray: ...
+    def masked_grad(
+        self, gy: np.ndarray, x: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+    def merged(self, A: np.ndarray, B: np.ndarray, scale: float) -> BaseFormat: ...
+    def unmerged(self, A: np.ndarray, B: np.ndarray, scale: float) -> BaseFormat: ...
+
+
+def validate_base(W: object, mask: object) -> tuple[np.ndarray, np.ndarray]:
+    """Check a base weight and its mask, the way every ``from_dense`` does.
+
+    Parameters
+    ----------
+    W : numpy.ndarray
+        float32 (out, in), finite, exactly zero wherever ``mask`` is False.
+    mask : numpy.ndarray
+        bool (out, in); True marks a kept weight.
+
+    Returns
+    -------
+    (W, mask) : tuple of numpy.ndarray
+        ``W`` as a C-contiguous float32 array and ``mask`` as C-contiguous bool (may be the inputs).
+
+    Raises
+    ------
+    TypeError
+        If ``W`` is not a float32 ndarray or ``mask`` not a bool ndarray.
+    ValueError
+        If the shapes are not 2-D and equal, ``W`` holds NaN/inf, or ``W`` is nonzero off the mask.
+    """
+    if not isinstance(W, np.ndarray):
+        raise TypeError(f"W: expected a numpy.ndarray, got {type(W).__name__}")
+    if W.dtype != np.float32:
+        raise TypeError(f"W: expected dtype float32, got {W.dtype}")
+    if W.ndim != 2:
+        raise ValueError(f"W: expected a 2-D array (out, in), got shape {W.shape}")
+    if not isinstance(mask, np.ndarray):
+        raise TypeError(f"mask: expected a numpy.ndarray, got {type(mask).__name__}")
+    if mask.dtype != np.bool_:
+        raise TypeError(f"mask: expected dtype bool, got {mask.dtype}")
+    if mask.shape != W.shape:
+        raise ValueError(f"mask: expected shape {W.shape} (the shape of W), got {mask.shape}")
+    if not np.isfinite(W).all():
+        raise ValueError("W: contains NaN or infinity")
+    off = np.count_nonzero(W[~mask])
+    if off:
+        raise ValueError(
+            f"W: expected exact zeros wherever mask is False, got {off} nonzero entries there "
+            "(prune first, e.g. W * mask)"
+        )
+    return np.ascontiguousarray(W), np.ascontiguousarray(mask)
+
+
+class DenseBase:
+    """Dense-masked base: W (out, in) float32 with zeros off the mask, plus the mask as uint8.
+
+    Build it with :meth:`from_dense`. The arrays are private, read-only copies; the object is
+    immutable (``merged``/``unmerged`` return new objects).
+    """
+
+    format = "dense"
+
+    def __init__(self, W: np.ndarray, mask_u8: np.ndarray) -> None:
+        # trusted constructor: callers pass owned, validated C-contiguous arrays
+        W.flags.writeable = False
+        mask_u8.flags.writeable = False
+        self._W = W
+        self._M = mask_u8
+
+    @classmethod
+    def from_dense(cls, W: np.ndarray, mask: np.ndarray) -> DenseBase:
+        """Build from a dense float32 weight (zeros off the mask) and a bool mask (copies both).
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :func:`validate_base`.
+        """
+        W, mask = validate_base(W, mask)
+        return cls(np.array(W, dtype=np.float32, order="C"), mask.astype(np.uint8))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(out, in)."""
+        return (int(self._W.shape[0]), int(self._W.shape[1]))
+
+    @property
+    def nnz(self) -> int:
+        """Number of kept (mask True) positions."""
+        return int(np.count_nonzero(self._M))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes stored: the dense float32 values plus the one-byte mask."""
+        return int(self._W.nbytes + self._M.nbytes)
+
+    def to_dense(self) -> np.ndarray:
+        """The base weight as a new float32 (out, in) array."""
+        return self._W.copy()
+
+    def mask_dense(self) -> np.ndarray:
+        """The mask as a new bool (out, in) array."""
+        return self._M.astype(np.bool_)
+
+    def forward(self, x: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float) -> np.ndarray:
+        """y (N, out) = x W'ᵀ for x float32 (N, in) C-contiguous (finite-checked in C)."""
+        return _core.lors_forward(x, self._W, self._M, A, B, float(scale), check_weights=False)
+
+    def backward_input(self, gy: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float) -> np.ndarray:
+        """gx (N, in) = gy W' for gy float32 (N, out) C-contiguous."""
+        return _core.lors_backward_input(gy, self._W, self._M, A, B, float(scale), check_weights=False)
+
+    def masked_grad(
+        self, gy: np.ndarray, x: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact adapter gradients (dA (r, in), dB (out, r)) from (gyᵀx) ⊙ M, tile by tile."""
+        return _core.lors_backward_exact(gy, x, self._M, A, B, float(scale))
+
+    def merged(self, A: np.ndarray, B: np.ndarray, scale: float) -> DenseBase:
+        """A new base holding W' = W + scale·(B A) at the mask positions (zeros kept exactly)."""
+        return DenseBase(_core.lors_merge(self._W, self._M, A, B, float(scale)), self._M)
+
+    def unmerged(self, A: np.ndarray, B: np.ndarray, scale: float) -> DenseBase:
+        """The inverse of :meth:`merged`: W' − scale·(B A) at the mask positions."""
+        return DenseBase(_core.lors_merge(self._W, self._M, A, B, -float(scale)), self._M)
+
+    def __repr__(self) -> str:
+        out, in_ = self.shape
+        return f"DenseBase(shape=({out}, {in_}), nnz={self.nnz}, nbytes={self.nbytes})"

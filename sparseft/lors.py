@@ -1,0 +1,622 @@
+"""LoRS: sparsity-preserving low-rank adapters for a pruned linear layer.
+
+W' = W + s·(B A) ⊙ M with A (r, in), B (out, r), s = alpha/r (alpha/√r with ``use_rslora``).
+The forward keeps only x; W' is rebuilt tile by tile inside the C GEMM in forward and backward,
+so no (out, in) buffer lives between them. Merging folds the adapter into the base and keeps
+every pruned zero exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from sparseft import _core
+from sparseft.formats_dense import BaseFormat, DenseBase, validate_base
+from sparseft.init import LORS_SCALES, gaussian_init, lora_init, lors_init
+
+__all__ = ["FORMATS", "GRADS", "INITS", "LoRSConfig", "LoRSLinear", "resolve_format"]
+
+INITS = ("lora", "gaussian", "lors")
+GRADS = ("exact", "lors")
+FORMATS = ("auto", "dense", "csr", "nm")
+
+
+def _compressed_formats() -> Any:
+    """``sparseft.formats`` (compressed bases and ``choose_format``), or None where it is absent."""
+    try:
+        return importlib.import_module("sparseft.formats")
+    except ModuleNotFoundError as e:
+        if e.name != "sparseft.formats":
+            raise
+        return None
+
+
+def resolve_format(mask: np.ndarray, format: str = "auto") -> Any:
+    """The base-format class for a mask: ``DenseBase``, or ``CSRBase``/``NMBase`` of
+    :mod:`sparseft.formats`.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        bool (out, in).
+    format : {"auto", "dense", "csr", "nm"}
+        ``"auto"`` asks ``sparseft.formats.choose_format`` (a measured crossover); where that
+        module is absent it means ``"dense"``.
+
+    Raises
+    ------
+    ValueError
+        If ``format`` is unknown, or a compressed format is asked for where it is not available.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format: expected one of {FORMATS}, got {format!r}")
+    mod = _compressed_formats()
+    if mod is None:
+        if format in ("auto", "dense"):
+            return DenseBase
+        raise ValueError(
+            f"format: {format!r} needs the compressed bases of sparseft.formats, which this build "
+            "does not have; use 'dense' or 'auto'"
+        )
+    name = mod.choose_format(mask, format)
+    classes = {"dense": DenseBase, "csr": getattr(mod, "CSRBase", None), "nm": getattr(mod, "NMBase", None)}
+    cls = classes.get(name)
+    if cls is None:
+        raise ValueError(f"format: sparseft.formats chose {name!r}, which has no base class here")
+    return cls
+
+
+def _check_int(name: str, value: object, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    v = int(value)
+    if v < lo or (hi is not None and v > hi):
+        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name}: expected an int {rng}, got {v}")
+    return v
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+    return value
+
+
+def _check_f32(name: str, a: object, shape: tuple[int | None, ...]) -> np.ndarray:
+    """A float32 ndarray whose shape matches ``shape`` (None = any length on that axis)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != np.float32:
+        raise TypeError(f"{name}: expected dtype float32, got {a.dtype}")
+    want = (
+        "("
+        + ", ".join("..." if s is None else str(s) for s in shape)
+        + ("," if len(shape) == 1 else "")
+        + ")"
+    )
+    if a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape, strict=False)):
+        raise ValueError(f"{name}: expected shape {want}, got {a.shape}")
+    return a
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRSConfig:
+    """Adapter settings for every layer a :class:`~sparseft.Trainer` adapts (see :class:`LoRSLinear`).
+
+    Parameters
+    ----------
+    r : int
+        Rank (>= 1).
+    alpha : float or None
+        Scaling numerator; None means ``r`` (scale 1).
+    init : {"lora", "gaussian", "lors"}
+        Initializer of A (B starts at zero).
+    grad : {"exact", "lors"}
+        Adapter gradient mode.
+    use_rslora : bool
+        Scale alpha/√r instead of alpha/r.
+    format : {"auto", "dense", "csr", "nm"}
+        Base storage.
+    seed : int
+        Seed of the initializers.
+    """
+
+    r: int = 8
+    alpha: float | None = None
+    init: str = "lora"
+    grad: str = "exact"
+    use_rslora: bool = False
+    format: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_int("r", self.r, 1)
+        if self.alpha is not None and (
+            isinstance(self.alpha, bool)
+            or not isinstance(self.alpha, (int, float))
+            or not math.isfinite(self.alpha)
+        ):
+            raise ValueError(f"alpha: expected a finite number or None, got {self.alpha!r}")
+        _check_choice("init", self.init, INITS)
+        _check_choice("grad", self.grad, GRADS)
+        _check_choice("format", self.format, FORMATS)
+        _check_int("seed", self.seed, 0)
+
+    def make(self, W: np.ndarray, mask: np.ndarray | None = None, **kwargs: Any) -> LoRSLinear:
+        """A :class:`LoRSLinear` on ``W`` with these settings (``kwargs`` go to the constructor)."""
+        return LoRSLinear(
+            W,
+            mask=mask,
+            r=self.r,
+            alpha=self.alpha,
+            init=self.init,
+            grad=self.grad,
+            seed=self.seed,
+            use_rslora=self.use_rslora,
+            format=self.format,
+            **kwargs,
+        )
+
+
+class LoRSLinear:
+    """A pruned linear layer y = x W'ᵀ + bias with a sparsity-preserving low-rank adapter.
+
+    W' = W + s·(B A) ⊙ M. Only A, B (and the bias) are trained; W stays frozen. The mask is
+    kept through training and merging: :meth:`merged_weight` is exactly 0 wherever M is False.
+
+    Parameters
+    ----------
+    W : numpy.ndarray
+        float32 (out, in) base weight. Entries off the mask must be exactly 0 (a ValueError
+        otherwise; nothing is zeroed silently). Copied, never modified.
+    mask : numpy.ndarray or None
+        bool (out, in); None means ``W != 0``.
+    r : int
+        Adapter rank, ``1 <= r <= min(out, in)``.
+    alpha : float or None
+        Scale numerator, default ``r``; s = alpha/r (alpha/√r with ``use_rslora``).
+    bias : numpy.ndarray or None
+        float32 (out,), trained (gradient in ``grad_bias``).
+    init : {"lora", "gaussian", "lors"}
+        A's initializer (B = 0): "lora" Kaiming-uniform U(−1/√in, 1/√in) as PEFT; "gaussian"
+        N(0, std 1/r) as PEFT; "lors" the top-r right singular vectors of G ⊙ M from
+        ``init_grad`` or ``calibration`` (see :meth:`estimate_full_grad`), rows scaled by ``lors_scale``.
+    grad : {"exact", "lors"}
+        "exact": the true gradient of W' including the mask, dB = s·((gyᵀx) ⊙ M) Aᵀ and
+        dA = s·Bᵀ((gyᵀx) ⊙ M), formed tile by tile where M is set (cost ≈ one more GEMM, scaled
+        by the density for compressed bases). "lors": the paper's rearranged gradient
+        dB = s·gyᵀ(x Aᵀ), dA = s·(gy B)ᵀ x, which ignores the mask on the adapter path (it is the
+        gradient of the unmasked W + s·BA) and costs only O(N·r·(in + out)).
+    seed : int
+        Seed of the initializers.
+    use_rslora : bool
+        Rank-stabilized scaling s = alpha/√r.
+    format : {"auto", "dense", "csr", "nm"}
+        Base storage; "auto" picks from the mask (``sparseft.formats.choose_format`` where that
+        module is present, else "dense").
+    init_grad : numpy.ndarray or None
+        float32 (out, in) full-weight gradient estimate G for ``init="lors"`` (masked here).
+    calibration : iterable or None
+        Instead of ``init_grad``: batches for :meth:`estimate_full_grad` (with ``loss_grad``).
+    loss_grad : callable or None
+        See :meth:`estimate_full_grad`.
+    lors_scale : {"lora", "unit"} or float
+        Row norm of A for ``init="lors"``: "lora" (1/√3, the expected row norm of the "lora"
+        init), "unit" (orthonormal rows) or a positive float.
+
+    Attributes
+    ----------
+    A, B, bias : numpy.ndarray
+        Parameters (float32; update them in place, e.g. ``layer.A -= lr * layer.grad_A``).
+    grad_A, grad_B, grad_bias : numpy.ndarray
+        Accumulated gradients (zeroed by :meth:`zero_grad`).
+    scaling : float
+        s.
+    base : object
+        The base-format object (``base.format`` is "dense", "csr" or "nm").
+
+    Notes
+    -----
+    Extension points (for subclasses such as weight-normalized adapters): :meth:`_forward_2d`,
+    :meth:`_backward_input_2d` and :meth:`_adapter_grads` work on 2-D C-contiguous float32 arrays
+    and are the only places the math happens; :meth:`parameters`/:meth:`gradients` list what an
+    optimizer updates.
+    """
+
+    def __init__(
+        self,
+        W: np.ndarray,
+        mask: np.ndarray | None = None,
+        r: int = 8,
+        alpha: float | None = None,
+        bias: np.ndarray | None = None,
+        init: str = "lora",
+        grad: str = "exact",
+        seed: int = 0,
+        use_rslora: bool = False,
+        format: str = "auto",
+        init_grad: np.ndarray | None = None,
+        calibration: Iterable[Any] | None = None,
+        loss_grad: Callable[[np.ndarray], np.ndarray] | None = None,
+        lors_scale: str | float = "lora",
+    ) -> None:
+        _check_f32("W", W, (None, None))
+        out, in_ = W.shape
+        if mask is None:
+            mask = W != 0
+        W, mask = validate_base(W, mask)
+        self.r = _check_int("r", r, 1, min(out, in_))
+        if alpha is None:
+            alpha = float(self.r)
+        if (
+            isinstance(alpha, bool)
+            or not isinstance(alpha, (int, float, np.floating))
+            or not math.isfinite(alpha)
+        ):
+            raise ValueError(f"alpha: expected a finite number or None, got {alpha!r}")
+        self.alpha = float(alpha)
+        self.use_rslora = bool(use_rslora)
+        self.scaling = self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+        self.grad = _check_choice("grad", grad, GRADS)
+        self.init = _check_choice("init", init, INITS)
+        self.seed = _check_int("seed", seed, 0)
+        if bias is not None:
+            bias = _check_f32("bias", bias, (out,))
+            if not np.isfinite(bias).all():
+                raise ValueError("bias: contains NaN or infinity")
+        if not isinstance(lors_scale, (str, int, float)) or isinstance(lors_scale, bool):
+            raise TypeError(f"lors_scale: expected {LORS_SCALES} or a float, got {type(lors_scale).__name__}")
+        self._format_request = format
+        self.base: BaseFormat = resolve_format(mask, format).from_dense(W, mask)
+        self.in_features, self.out_features = int(in_), int(out)
+        self.bias = None if bias is None else bias.copy()
+        self.A = np.zeros((self.r, in_), np.float32)
+        self.B = np.zeros((out, self.r), np.float32)
+        self.grad_A = np.zeros_like(self.A)
+        self.grad_B = np.zeros_like(self.B)
+        self.grad_bias = None if bias is None else np.zeros_like(self.bias)
+        self._merged = False
+        self._saved: tuple[np.ndarray, tuple[int, ...]] | None = None
+        self.init_adapters(
+            init, init_grad=init_grad, calibration=calibration, loss_grad=loss_grad, lors_scale=lors_scale
+        )
+
+    # ---- adapters and their init ----
+
+    def init_adapters(
+        self,
+        init: str = "lora",
+        init_grad: np.ndarray | None = None,
+        calibration: Iterable[Any] | None = None,
+        loss_grad: Callable[[np.ndarray], np.ndarray] | None = None,
+        lors_scale: str | float = "lora",
+        seed: int | None = None,
+    ) -> None:
+        """(Re)initialize A by ``init`` and set B = 0 (see the class parameters).
+
+        Raises
+        ------
+        ValueError
+            If ``init="lors"`` gets neither ``init_grad`` nor ``calibration``, or G ⊙ M is all zero.
+        RuntimeError
+            If the layer is merged (unmerge first).
+        """
+        _check_choice("init", init, INITS)
+        if self._merged:
+            raise RuntimeError("init_adapters: the layer is merged; call unmerge() first")
+        rng = np.random.default_rng(self.seed if seed is None else _check_int("seed", seed, 0))
+        if init == "lora":
+            A = lora_init(rng, self.r, self.in_features)
+        elif init == "gaussian":
+            A = gaussian_init(rng, self.r, self.in_features)
+        else:
+            if init_grad is None and calibration is None:
+                raise ValueError(
+                    "init_grad: init='lors' needs the full-weight gradient estimate: pass init_grad=G "
+                    "(out, in) or calibration=batches (see LoRSLinear.estimate_full_grad)"
+                )
+            if init_grad is not None:
+                G = _check_f32("init_grad", init_grad, (self.out_features, self.in_features))
+                if not np.isfinite(G).all():
+                    raise ValueError("init_grad: contains NaN or infinity")
+                Gm = np.where(self.base.mask_dense(), G, np.float32(0))
+            else:
+                assert calibration is not None
+                Gm = self.estimate_full_grad(calibration, loss_grad=loss_grad)
+            A = lors_init(Gm, self.r, rng, lors_scale)
+        self.A = A
+        self.B = np.zeros((self.out_features, self.r), np.float32)
+        self.init = init
+
+    def estimate_full_grad(
+        self, batches: Iterable[Any], loss_grad: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> np.ndarray:
+        """Masked gradient estimate G ⊙ M (out, in) of the full weight over calibration batches.
+
+        G = Σ_batches gyᵀ x, the gradient of the loss with respect to the whole weight matrix at
+        the current layer. This is a one-time init: G ⊙ M is an (out, in) float32 array, the one
+        out×in buffer sparseft makes besides the base itself (each batch's gyᵀx is one GEMM).
+
+        Parameters
+        ----------
+        batches : iterable
+            Without ``loss_grad``: pairs ``(x, gy)``, x float32 (..., in) and gy float32 (..., out)
+            the loss gradient with respect to this layer's output. With ``loss_grad``: arrays x.
+        loss_grad : callable or None
+            ``loss_grad(y) -> gy`` for y = this layer's output on x (float32, same shape as y).
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 (out, in), exactly 0 off the mask.
+
+        Raises
+        ------
+        TypeError, ValueError
+            On batches of the wrong type, dtype or shape (naming ``x`` / ``gy``), or no batches.
+        """
+        G = np.zeros((self.out_features, self.in_features), np.float32)
+        count = 0
+        for item in batches:
+            if loss_grad is None:
+                if not isinstance(item, (tuple, list)) or len(item) != 2:
+                    raise TypeError(
+                        f"batches: expected (x, gy) pairs without loss_grad, got {type(item).__name__}"
+                    )
+                x, gy = item
+                x2, lead = self._as_rows("x", x, self.in_features)
+            else:
+                x2, lead = self._as_rows("x", item, self.in_features)
+                y = self._forward_2d(x2).reshape(*lead, self.out_features)
+                gy = loss_grad(y)
+            _check_f32("gy", gy, (*lead, self.out_features))
+            gy2 = np.ascontiguousarray(gy.reshape(-1, self.out_features))
+            G += _core.matmul(gy2, x2, trans_a=True)
+            count += 1
+        if count == 0:
+            raise ValueError("batches: expected at least one calibration batch, got none")
+        G[~self.base.mask_dense()] = 0.0
+        return G
+
+    # ---- forward / backward ----
+
+    def _as_rows(self, name: str, a: object, features: int) -> tuple[np.ndarray, tuple[int, ...]]:
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+        if a.dtype != np.float32:
+            raise TypeError(f"{name}: expected dtype float32, got {a.dtype}")
+        if a.ndim < 1 or a.shape[-1] != features:
+            raise ValueError(f"{name}: expected shape (..., {features}), got {a.shape}")
+        return np.ascontiguousarray(a.reshape(-1, features)), tuple(a.shape[:-1])
+
+    def _forward_2d(self, x2: np.ndarray) -> np.ndarray:
+        """y (N, out) for x (N, in): the base with the adapter recomputed (override point)."""
+        s = 0.0 if self._merged else self.scaling
+        y = self.base.forward(x2, self.A, self.B, s)
+        if self.bias is not None:
+            y += self.bias
+        return y
+
+    def _backward_input_2d(self, gy2: np.ndarray) -> np.ndarray:
+        """gx (N, in) = gy W' (override point)."""
+        s = 0.0 if self._merged else self.scaling
+        return self.base.backward_input(gy2, self.A, self.B, s)
+
+    def _adapter_grads(self, gy2: np.ndarray, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(dA, dB) for one backward in the layer's grad mode (override point)."""
+        s = np.float32(self.scaling)
+        if self.grad == "exact":
+            return self.base.masked_grad(gy2, x2, self.A, self.B, float(s))
+        # the paper's rearrangement: two thin products per adapter matrix, nothing out x in
+        xa = _core.matmul(x2, self.A, trans_b=True)  # (N, r)
+        dB = _core.matmul(gy2, xa, trans_a=True)  # (out, r)
+        gb = _core.matmul(gy2, self.B)  # (N, r)
+        dA = _core.matmul(gb, x2, trans_a=True)  # (r, in)
+        dA *= s
+        dB *= s
+        return dA, dB
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """y = x W'ᵀ + bias for x float32 (..., in); keeps a reference to x (only) for backward.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 (..., out).
+
+        Raises
+        ------
+        TypeError
+            If x is not a float32 ndarray.
+        ValueError
+            If x's last axis is not ``in`` or x holds NaN/inf.
+        """
+        x2, lead = self._as_rows("x", x, self.in_features)
+        y2 = self._forward_2d(x2)
+        self._saved = (x2, lead)
+        return y2.reshape(*lead, self.out_features)
+
+    __call__ = forward
+
+    def backward(self, gy: np.ndarray) -> np.ndarray:
+        """Gradient with respect to x; ACCUMULATES ``grad_A``, ``grad_B`` (and ``grad_bias``).
+
+        One backward per forward (the saved x is released afterwards).
+
+        Parameters
+        ----------
+        gy : numpy.ndarray
+            float32 (..., out), the same leading shape as the last forward's x.
+
+        Returns
+        -------
+        numpy.ndarray
+            gx float32 (..., in).
+
+        Raises
+        ------
+        RuntimeError
+            If no forward is pending.
+        TypeError, ValueError
+            On a wrong dtype/shape or NaN/inf in gy (the gradients are then left unchanged).
+        """
+        if self._saved is None:
+            raise RuntimeError("backward: call forward(x) first (each forward allows one backward)")
+        x2, lead = self._saved
+        _check_f32("gy", gy, (*lead, self.out_features))
+        gy2 = np.ascontiguousarray(gy.reshape(-1, self.out_features))
+        gx2 = self._backward_input_2d(gy2)  # checks gy for NaN/inf in C
+        dA, dB = self._adapter_grads(gy2, x2)
+        # all computed: only now touch the state
+        self.grad_A += dA
+        self.grad_B += dB
+        if self.grad_bias is not None:
+            self.grad_bias += gy2.sum(axis=0, dtype=np.float32)
+        self._saved = None
+        return gx2.reshape(*lead, self.in_features)
+
+    def zero_grad(self) -> None:
+        """Set ``grad_A``, ``grad_B`` (and ``grad_bias``) to zero."""
+        self.grad_A.fill(0.0)
+        self.grad_B.fill(0.0)
+        if self.grad_bias is not None:
+            self.grad_bias.fill(0.0)
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """Trainable arrays by name (``A``, ``B``, and ``bias`` when present); the live arrays."""
+        p = {"A": self.A, "B": self.B}
+        if self.bias is not None:
+            p["bias"] = self.bias
+        return p
+
+    def gradients(self) -> dict[str, np.ndarray]:
+        """Accumulated gradients under the names of :meth:`parameters`; the live arrays."""
+        g = {"A": self.grad_A, "B": self.grad_B}
+        if self.grad_bias is not None:
+            g["bias"] = self.grad_bias
+        return g
+
+    # ---- merge ----
+
+    @property
+    def merged(self) -> bool:
+        """Whether the adapter is folded into the base (see :meth:`merge`)."""
+        return self._merged
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The bool (out, in) mask (a new array)."""
+        return self.base.mask_dense()
+
+    def merged_weight(self) -> np.ndarray:
+        """W' = W + s·(B A) ⊙ M as a new float32 (out, in) array, exactly 0 wherever M is False."""
+        if self._merged:
+            return self.base.to_dense()
+        return self.base.merged(self.A, self.B, self.scaling).to_dense()
+
+    def merge(self) -> None:
+        """Fold the adapter into the base (values at the mask only; zeros stay exact).
+
+        Forward and backward then use the merged base (no recompute); A and B are kept, so
+        gradients still flow to them, but changing them has no effect until :meth:`unmerge`.
+        A no-op when already merged.
+        """
+        if not self._merged:
+            self.base = self.base.merged(self.A, self.B, self.scaling)
+            self._merged = True
+
+    def unmerge(self) -> None:
+        """Undo :meth:`merge` (W' − s·(B A) at the mask; equal to W up to float32 rounding,
+        zeros exact). A no-op when not merged."""
+        if self._merged:
+            self.base = self.base.unmerged(self.A, self.B, self.scaling)
+            self._merged = False
+
+    # ---- state ----
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored base (values + mask/indices) plus the parameters (A, B, bias)."""
+        return int(self.base.nbytes + sum(p.nbytes for p in self.parameters().values()))
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """PEFT-named copies: ``lora_A.weight`` (r, in), ``lora_B.weight`` (out, r),
+        ``base_layer.weight`` (out, in), ``base_layer.weight_mask`` (bool, torch.nn.utils.prune's
+        name) and ``base_layer.bias`` when present. A merged layer reports its unmerged base."""
+        base = self.base.unmerged(self.A, self.B, self.scaling) if self._merged else self.base
+        sd = {
+            "lora_A.weight": self.A.copy(),
+            "lora_B.weight": self.B.copy(),
+            "base_layer.weight": base.to_dense(),
+            "base_layer.weight_mask": base.mask_dense(),
+        }
+        if self.bias is not None:
+            sd["base_layer.bias"] = self.bias.copy()
+        return sd
+
+    def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
+        """Load arrays named as in :meth:`state_dict` (copies; all checked before anything changes).
+
+        ``lora_A.weight`` and ``lora_B.weight`` are required; ``base_layer.weight`` (with
+        ``base_layer.weight_mask``, else the current mask) and ``base_layer.bias`` are optional.
+        The layer ends unmerged, with its pending forward dropped.
+
+        Raises
+        ------
+        ValueError
+            On missing keys, unknown keys (``strict``), a wrong shape, NaN/inf, or a base weight
+            nonzero off its mask; TypeError on a wrong dtype.
+        """
+        if not isinstance(state, dict):
+            raise TypeError(f"state: expected a dict, got {type(state).__name__}")
+        known = {
+            "lora_A.weight",
+            "lora_B.weight",
+            "base_layer.weight",
+            "base_layer.weight_mask",
+            "base_layer.bias",
+        }
+        missing = sorted({"lora_A.weight", "lora_B.weight"} - set(state))
+        if missing:
+            raise ValueError(f"state: missing keys {missing}")
+        unknown = sorted(set(state) - known)
+        if strict and unknown:
+            raise ValueError(f"state: unexpected keys {unknown}")
+        out, in_ = self.out_features, self.in_features
+        A = _check_f32("lora_A.weight", state["lora_A.weight"], (self.r, in_))
+        B = _check_f32("lora_B.weight", state["lora_B.weight"], (out, self.r))
+        for name, a in (("lora_A.weight", A), ("lora_B.weight", B)):
+            if not np.isfinite(a).all():
+                raise ValueError(f"{name}: contains NaN or infinity")
+        base = self.base.unmerged(self.A, self.B, self.scaling) if self._merged else self.base
+        if "base_layer.weight" in state:
+            W = _check_f32("base_layer.weight", state["base_layer.weight"], (out, in_))
+            mask = state.get("base_layer.weight_mask", base.mask_dense())
+            if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_ or mask.shape != (out, in_):
+                raise ValueError(f"base_layer.weight_mask: expected a bool array of shape {(out, in_)}")
+            base = resolve_format(mask, self._format_request).from_dense(W, mask)
+        bias = self.bias
+        if "base_layer.bias" in state:
+            bias = _check_f32("base_layer.bias", state["base_layer.bias"], (out,)).copy()
+            if not np.isfinite(bias).all():
+                raise ValueError("base_layer.bias: contains NaN or infinity")
+        # everything checked: commit
+        self.base = base
+        self._merged = False
+        self.A, self.B = A.copy(), B.copy()
+        if bias is not None and self.bias is None:
+            self.grad_bias = np.zeros_like(bias)
+        self.bias = bias
+        self._saved = None
+
+    def __repr__(self) -> str:
+        return (
+            f"LoRSLinear(in={self.in_features}, out={self.out_features}, r={self.r}, scaling={self.scaling:g}, "
+            f"format={self.base.format!r}, grad={self.grad!r}, nnz={self.base.nnz}, merged={self._merged})"
+        )

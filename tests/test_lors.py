@@ -1,0 +1,761 @@
+"""LoRS adapters: the C kernels against their float64 twins, LoRSLinear's API, merge, inits, errors."""
+
+from __future__ import annotations
+
+import tracemalloc
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sparseft
+import sparseft as sft
+from sparseft import _core
+from sparseft.init import randomized_svd
+from sparseft.lors import _compressed_formats
+
+from . import reference as ref
+
+# ---- helpers ----
+
+
+def nm_mask(rng: np.random.Generator, out: int, in_: int, n: int, m: int) -> np.ndarray:
+    """N:M along the input dim: in every group of m consecutive inputs, n random ones kept
+    (a short last group keeps min(n, its length))."""
+    mask = np.zeros((out, in_), bool)
+    for g0 in range(0, in_, m):
+        width = min(m, in_ - g0)
+        keep = np.argsort(rng.random((out, width)), axis=1)[:, : min(n, width)]
+        np.put_along_axis(mask[:, g0 : g0 + width], keep, True, axis=1)
+    return mask
+
+
+def make_mask(rng: np.random.Generator, out: int, in_: int, kind: str) -> np.ndarray:
+    if kind == "2:4":
+        return nm_mask(rng, out, in_, 2, 4)
+    if kind == "4:8":
+        return nm_mask(rng, out, in_, 4, 8)
+    return rng.random((out, in_)) < float(kind)
+
+
+def problem(
+    rng: np.random.Generator, N: int, in_: int, out: int, r: int, kind: str = "0.5"
+) -> dict[str, np.ndarray]:
+    mask = make_mask(rng, out, in_, kind)
+    W = (rng.standard_normal((out, in_)) * mask).astype(np.float32)
+    return {
+        "x": rng.standard_normal((N, in_)).astype(np.float32),
+        "gy": rng.standard_normal((N, out)).astype(np.float32),
+        "W": W,
+        "mask": mask,
+        "A": rng.standard_normal((r, in_)).astype(np.float32),
+        "B": rng.standard_normal((out, r)).astype(np.float32),
+        "bias": rng.standard_normal(out).astype(np.float32),
+    }
+
+
+def assert_close(got: np.ndarray, want: np.ndarray, mag: np.ndarray, tol: float = 1e-4) -> None:
+    """|got − want| <= tol·mag + 1e-6, mag the same sum over absolute values (float32 rounding
+    grows with it); a wrong formula misses by O(mag)."""
+    assert got.shape == want.shape, (got.shape, want.shape)
+    err = np.abs(got.astype(np.float64) - want)
+    bound = tol * mag + 1e-6
+    assert (err <= bound).all(), (
+        f"max err {err.max():.3g}, bound there {bound.flat[np.argmax(err - bound)]:.3g}"
+    )
+
+
+def abs_problem(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: (np.abs(v) if v.dtype != bool else v) for k, v in p.items()}
+
+
+def check_kernels(p: dict[str, np.ndarray], s: float, naive: bool = False) -> None:
+    """Every LoRS kernel on problem p against tests/reference.py."""
+    m8 = p["mask"].astype(np.uint8)
+    q = abs_problem(p)
+    args = (p["W"], m8, p["A"], p["B"], s)
+    y = _core.lors_forward(p["x"], *args, bias=p["bias"], naive=naive)
+    mag = ref.lors_forward(q["x"], q["W"], q["mask"], q["A"], q["B"], abs(s), q["bias"])
+    assert_close(y, ref.lors_forward(p["x"], p["W"], p["mask"], p["A"], p["B"], s, p["bias"]), mag)
+    y0 = _core.lors_forward(p["x"], *args, naive=naive)
+    assert_close(y0, ref.lors_forward(p["x"], p["W"], p["mask"], p["A"], p["B"], s), mag)
+    gx = _core.lors_backward_input(p["gy"], *args, naive=naive)
+    mag = ref.lors_backward_input(q["gy"], q["W"], q["mask"], q["A"], q["B"], abs(s))
+    assert_close(gx, ref.lors_backward_input(p["gy"], p["W"], p["mask"], p["A"], p["B"], s), mag)
+    dA, dB = _core.lors_backward_exact(p["gy"], p["x"], m8, p["A"], p["B"], s, naive=naive)
+    wA, wB = ref.lors_grad_exact(p["gy"], p["x"], p["mask"], p["A"], p["B"], s)
+    mA, mB = ref.lors_grad_exact(q["gy"], q["x"], q["mask"], q["A"], q["B"], abs(s))
+    assert_close(dA, wA, mA)
+    assert_close(dB, wB, mB)
+    W2 = _core.lors_merge(*args, naive=naive)
+    mag = ref.lors_merged_weight(q["W"], q["mask"], q["A"], q["B"], abs(s))
+    assert_close(W2, ref.lors_merged_weight(p["W"], p["mask"], p["A"], p["B"], s), mag)
+    assert (W2[~p["mask"]] == 0).all()
+
+
+# ---- kernels against the float64 reference ----
+
+SHAPES = [  # (N, in, out, r)
+    (1, 1, 1, 1),
+    (1, 7, 5, 1),
+    (3, 16, 16, 2),
+    (7, 33, 17, 3),
+    (13, 300, 37, 5),  # in > GEMM_KC: several depth blocks in forward
+    (40, 65, 600, 8),  # out > LORS_TILE_O and GEMM_KC: several tiles and depth blocks
+    (5, 530, 300, 4),  # in > LORS_TILE_I: several gradient tiles along in
+    (150, 40, 20, 16),  # N > GEMM_MC: several row blocks
+]
+KINDS = ["0", "0.1", "0.5", "1", "2:4", "4:8"]
+
+
+@pytest.mark.parametrize(("N", "in_", "out", "r"), SHAPES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_kernels_match_reference(simd: str, N: int, in_: int, out: int, r: int, kind: str) -> None:
+    rng = np.random.default_rng(zlib.crc32(repr((N, in_, out, r, kind)).encode()))
+    p = problem(rng, N, in_, out, r, kind)
+    before = {k: v.copy() for k, v in p.items()}
+    check_kernels(p, 0.75)
+    for k in p:  # inputs never modified
+        np.testing.assert_array_equal(p[k], before[k])
+
+
+@pytest.mark.parametrize(("N", "in_", "out", "r"), SHAPES[:5])
+@pytest.mark.parametrize("kind", ["0", "0.5", "1", "2:4"])
+def test_naive_kernels_match_reference(N: int, in_: int, out: int, r: int, kind: str) -> None:
+    rng = np.random.default_rng(7)
+    check_kernels(problem(rng, N, in_, out, r, kind), -1.5, naive=True)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    N=st.integers(1, 30),
+    in_=st.integers(1, 80),
+    out=st.integers(1, 80),
+    r=st.integers(1, 6),
+    density=st.sampled_from([0.0, 0.1, 0.5, 1.0]),
+    s=st.floats(-3, 3, allow_nan=False),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_kernels_hypothesis(N: int, in_: int, out: int, r: int, density: float, s: float, seed: int) -> None:
+    p = problem(np.random.default_rng(seed), N, in_, out, min(r, in_, out), str(density))
+    for path in ["portable", "avx2"]:
+        if path == "avx2" and not sparseft.build_info()["avx2_supported"]:
+            continue
+        with sparseft.simd_path(path):
+            check_kernels(p, s)
+
+
+def test_kernels_scale_zero_is_the_base(simd: str, rng: np.random.Generator) -> None:
+    p = problem(rng, 9, 40, 30, 4)
+    m8 = p["mask"].astype(np.uint8)
+    y = _core.lors_forward(p["x"], p["W"], m8, p["A"], p["B"], 0.0)
+    assert_close(y, p["x"].astype(np.float64) @ p["W"].T, np.abs(p["x"]) @ np.abs(p["W"]).T)
+    np.testing.assert_array_equal(_core.lors_merge(p["W"], m8, p["A"], p["B"], 0.0), p["W"])
+
+
+def test_kernels_accept_bool_mask(rng: np.random.Generator) -> None:
+    p = problem(rng, 4, 20, 10, 2)
+    a = _core.lors_forward(p["x"], p["W"], p["mask"], p["A"], p["B"], 0.5)
+    b = _core.lors_forward(p["x"], p["W"], p["mask"].astype(np.uint8), p["A"], p["B"], 0.5)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_kernels_empty_token_batch(rng: np.random.Generator) -> None:
+    p = problem(rng, 1, 20, 10, 2)
+    m8 = p["mask"].astype(np.uint8)
+    x0 = np.zeros((0, 20), np.float32)
+    assert _core.lors_forward(x0, p["W"], m8, p["A"], p["B"], 1.0).shape == (0, 10)
+    dA, dB = _core.lors_backward_exact(np.zeros((0, 10), np.float32), x0, m8, p["A"], p["B"], 1.0)
+    assert not dA.any() and not dB.any()
+
+
+def test_kernels_deterministic_and_thread_count_independent(rng: np.random.Generator) -> None:
+    """Bit-identical repeats for a fixed thread count; forward, input gradient and merge are also
+    identical across thread counts (each output summed by one thread in one order); the exact
+    gradient sums per-thread partials, so across counts it agrees to rounding."""
+    p = problem(rng, 200, 1100, 310, 8)
+    m8 = p["mask"].astype(np.uint8)
+
+    def run() -> list[np.ndarray]:
+        args = (p["W"], m8, p["A"], p["B"], 0.3)
+        return [
+            _core.lors_forward(p["x"], *args, bias=p["bias"]),
+            _core.lors_backward_input(p["gy"], *args),
+            _core.lors_merge(*args),
+            *_core.lors_backward_exact(p["gy"], p["x"], m8, p["A"], p["B"], 0.3),
+        ]
+
+    before = sparseft.get_num_threads()
+    try:
+        sparseft.set_num_threads(2)
+        two, again = run(), run()
+        sparseft.set_num_threads(1)
+        one, one_again = run(), run()
+    finally:
+        sparseft.set_num_threads(before)
+    for a, b in zip(two + one, again + one_again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, c in zip(two[:3], one[:3], strict=True):
+        np.testing.assert_array_equal(a, c)
+    for a, c in zip(two[3:], one[3:], strict=True):
+        np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-3)
+
+
+def test_exact_gradient_skips_density_zero(rng: np.random.Generator) -> None:
+    p = problem(rng, 64, 700, 700, 4, "0")
+    dA, dB = _core.lors_backward_exact(p["gy"], p["x"], p["mask"].astype(np.uint8), p["A"], p["B"], 1.0)
+    assert not dA.any() and not dB.any()
+
+
+def test_scratch_bounded_independent_of_out_in(rng: np.random.Generator) -> None:
+    """Kernel scratch of a fwd+bwd stays within the tiles + GEMM panels, whatever out×in is."""
+    for out, in_ in [(64, 64), (1200, 1100)]:
+        p = problem(rng, 16, in_, out, 4)
+        m8 = p["mask"].astype(np.uint8)
+        _core.reset_scratch_peak()
+        _core.lors_forward(p["x"], p["W"], m8, p["A"], p["B"], 1.0)
+        _core.lors_backward_input(p["gy"], p["W"], m8, p["A"], p["B"], 1.0)
+        _core.lors_backward_exact(p["gy"], p["x"], m8, p["A"], p["B"], 1.0)
+        stats = _core.scratch_stats()
+        assert stats["current"] == 0
+        assert 0 < stats["peak"] <= _core.lors_scratch_bytes(in_, out, 4)
+    # the bound grows with r·(in + out) only: far below one out×in array for large layers
+    small, big = _core.lors_scratch_bytes(1024, 1024, 16), _core.lors_scratch_bytes(8192, 8192, 16)
+    assert big - small == (sparseft.get_num_threads() - 1) * 16 * (2 * 8192 - 2 * 1024) * 4
+    assert big < 8192 * 8192 * 4 / 40
+    with pytest.raises(ValueError, match="expected sizes >= 0"):
+        _core.lors_scratch_bytes(-1, 2, 3)
+
+
+# ---- the reference itself: finite differences and torch ----
+
+
+def _loss(p: dict[str, np.ndarray], A: np.ndarray, B: np.ndarray, s: float, masked: bool = True) -> float:
+    mask = p["mask"] if masked else np.ones_like(p["mask"])
+    return float((ref.lors_forward(p["x"], p["W"], mask, A, B, s) * p["gy"]).sum())
+
+
+@pytest.mark.parametrize("kind", ["0.5", "2:4", "1"])
+def test_reference_gradients_by_finite_differences(kind: str) -> None:
+    """dL/dA, dL/dB for L = Σ gy ⊙ y: exact mode = the masked adapter's gradient, lors mode =
+    the unmasked adapter's gradient (the two agree at density 1)."""
+    rng = np.random.default_rng(3)
+    p = {k: v.astype(np.float64) if v.dtype != bool else v for k, v in problem(rng, 5, 8, 6, 2, kind).items()}
+    s, h = 0.8, 1e-6
+    A, B = p["A"], p["B"]
+    for masked, (dA, dB) in [
+        (True, ref.lors_grad_exact(p["gy"], p["x"], p["mask"], A, B, s)),
+        (False, ref.lors_grad_lors(p["gy"], p["x"], A, B, s)),
+    ]:
+        for arr, grad, name in [(A, dA, "A"), (B, dB, "B")]:
+            num = np.zeros_like(arr)
+            for idx in np.ndindex(arr.shape):
+                e = np.zeros_like(arr)
+                e[idx] = h
+                plus = _loss(p, A + e if name == "A" else A, B + e if name == "B" else B, s, masked)
+                minus = _loss(p, A - e if name == "A" else A, B - e if name == "B" else B, s, masked)
+                num[idx] = (plus - minus) / (2 * h)
+            np.testing.assert_allclose(grad, num, rtol=1e-6, atol=1e-6)
+    gx = ref.lors_backward_input(p["gy"], p["W"], p["mask"], A, B, s)
+    num = np.zeros_like(p["x"])
+    for idx in np.ndindex(p["x"].shape):
+        e = np.zeros_like(p["x"])
+        e[idx] = h
+        num[idx] = (
+            (ref.lors_forward(p["x"] + e, p["W"], p["mask"], A, B, s) * p["gy"]).sum()
+            - (ref.lors_forward(p["x"] - e, p["W"], p["mask"], A, B, s) * p["gy"]).sum()
+        ) / (2 * h)
+    np.testing.assert_allclose(gx, num, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["0.5", "2:4", "0"])
+def test_layer_matches_torch_autograd(kind: str) -> None:
+    """exact mode = SPP-style W + s·(B@A)*M under autograd; lors mode = plain LoRA's gradient."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    p = problem(rng, 6, 23, 19, 3, kind)
+    x3 = p["x"].reshape(2, 3, 23)
+    gy3 = p["gy"].reshape(2, 3, 19)
+    t = {k: torch.tensor(v.astype(np.float64) if v.dtype != bool else v) for k, v in p.items()}
+    A = t["A"].clone().requires_grad_(True)
+    B = t["B"].clone().requires_grad_(True)
+    x = t["x"].reshape(2, 3, 23).clone().requires_grad_(True)
+    s = 2.0 / 3
+    y = x @ (t["W"] + s * (B @ A) * t["mask"]).T + t["bias"]
+    y.backward(t["gy"].reshape(2, 3, 19))
+    lay = sft.LoRSLinear(p["W"], mask=p["mask"], r=3, alpha=2.0, bias=p["bias"], grad="exact")
+    lay.A[...] = p["A"]
+    lay.B[...] = p["B"]
+    got_y = lay.forward(x3)
+    gx = lay.backward(gy3)
+    np.testing.assert_allclose(got_y, y.detach().numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gx, x.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lay.grad_A, A.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lay.grad_B, B.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lay.grad_bias, t["gy"].sum(0).numpy(), rtol=1e-4, atol=1e-4)
+    # lors mode: the gradient of plain LoRA x Wᵀ + s·(x Aᵀ) Bᵀ at the same point
+    A2 = t["A"].clone().requires_grad_(True)
+    B2 = t["B"].clone().requires_grad_(True)
+    y2 = t["x"] @ t["W"].T + s * (t["x"] @ A2.T) @ B2.T
+    y2.backward(t["gy"])
+    lay2 = sft.LoRSLinear(p["W"], mask=p["mask"], r=3, alpha=2.0, grad="lors")
+    lay2.A[...] = p["A"]
+    lay2.B[...] = p["B"]
+    lay2.forward(p["x"])
+    lay2.backward(p["gy"])
+    np.testing.assert_allclose(lay2.grad_A, A2.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lay2.grad_B, B2.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+# ---- LoRSLinear ----
+
+
+def trained_layer(
+    rng: np.random.Generator, out: int = 24, in_: int = 40, r: int = 4, kind: str = "0.5", **kw: object
+) -> tuple[sft.LoRSLinear, dict[str, np.ndarray]]:
+    p = problem(rng, 7, in_, out, r, kind)
+    lay = sft.LoRSLinear(p["W"], mask=p["mask"], r=r, bias=p["bias"], **kw)  # type: ignore[arg-type]
+    lay.B[...] = rng.standard_normal(lay.B.shape).astype(np.float32)
+    return lay, p
+
+
+@pytest.mark.parametrize("grad", ["exact", "lors"])
+@pytest.mark.parametrize("kind", ["0", "0.1", "0.5", "1", "2:4"])
+def test_layer_forward_backward_match_reference(simd: str, grad: str, kind: str) -> None:
+    rng = np.random.default_rng(5)
+    lay, p = trained_layer(rng, kind=kind, grad=grad, alpha=6.0)
+    s = lay.scaling
+    assert s == 6.0 / 4
+    x, gy = p["x"], p["gy"]
+    q = abs_problem(p)
+    y = lay.forward(x)
+    want = ref.lors_forward(x, p["W"], p["mask"], lay.A, lay.B, s, p["bias"])
+    assert_close(
+        y, want, ref.lors_forward(q["x"], q["W"], q["mask"], np.abs(lay.A), np.abs(lay.B), s, q["bias"])
+    )
+    gx = lay.backward(gy)
+    np.testing.assert_allclose(
+        gx, ref.lors_backward_input(gy, p["W"], p["mask"], lay.A, lay.B, s), rtol=1e-4, atol=1e-4
+    )
+    if grad == "exact":
+        wA, wB = ref.lors_grad_exact(gy, x, p["mask"], lay.A, lay.B, s)
+    else:
+        wA, wB = ref.lors_grad_lors(gy, x, lay.A, lay.B, s)
+    np.testing.assert_allclose(lay.grad_A, wA, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lay.grad_B, wB, rtol=1e-4, atol=1e-4)
+
+
+def test_grad_modes_agree_at_full_density(rng: np.random.Generator) -> None:
+    lay, p = trained_layer(rng, kind="1", grad="exact")
+    lay2 = sft.LoRSLinear(p["W"], mask=p["mask"], r=4, bias=p["bias"], grad="lors")
+    lay2.B[...] = lay.B
+    for layer in (lay, lay2):
+        layer.forward(p["x"])
+        layer.backward(p["gy"])
+    np.testing.assert_allclose(lay.grad_A, lay2.grad_A, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lay.grad_B, lay2.grad_B, rtol=1e-4, atol=1e-4)
+
+
+def test_leading_dims_and_accumulation(rng: np.random.Generator) -> None:
+    lay, _ = trained_layer(rng)
+    x3 = rng.standard_normal((2, 5, 40)).astype(np.float32)
+    gy3 = rng.standard_normal((2, 5, 24)).astype(np.float32)
+    y3 = lay.forward(x3)
+    gx3 = lay.backward(gy3)
+    assert y3.shape == (2, 5, 24) and gx3.shape == (2, 5, 40)
+    gA, gB, gb = lay.grad_A.copy(), lay.grad_B.copy(), lay.grad_bias.copy()
+    y2 = lay.forward(x3.reshape(10, 40))
+    gx2 = lay.backward(gy3.reshape(10, 24))
+    np.testing.assert_array_equal(y2, y3.reshape(10, 24))
+    np.testing.assert_array_equal(gx2, gx3.reshape(10, 40))
+    np.testing.assert_allclose(lay.grad_A, 2 * gA, rtol=1e-6)  # accumulated
+    np.testing.assert_allclose(lay.grad_B, 2 * gB, rtol=1e-6)
+    np.testing.assert_allclose(lay.grad_bias, 2 * gb, rtol=1e-6)
+    lay.zero_grad()
+    assert not lay.grad_A.any() and not lay.grad_B.any() and not lay.grad_bias.any()
+    # a single vector (no leading dims) works too
+    assert lay.forward(x3[0, 0]).shape == (24,)
+    assert lay.backward(gy3[0, 0]).shape == (40,)
+
+
+def test_backward_needs_a_pending_forward(rng: np.random.Generator) -> None:
+    lay, p = trained_layer(rng)
+    with pytest.raises(RuntimeError, match="backward: call forward"):
+        lay.backward(p["gy"])
+    lay.forward(p["x"])
+    lay.backward(p["gy"])
+    with pytest.raises(RuntimeError, match="backward: call forward"):
+        lay.backward(p["gy"])
+
+
+def test_forward_keeps_no_out_by_in_buffer(rng: np.random.Generator) -> None:
+    """NumPy allocations of a fwd+bwd step stay far below one out×in float32 array."""
+    out = in_ = 768
+    for grad in ("exact", "lors"):
+        lay, _ = trained_layer(rng, out=out, in_=in_, r=8, grad=grad)
+        x = rng.standard_normal((8, in_)).astype(np.float32)
+        gy = rng.standard_normal((8, out)).astype(np.float32)
+        lay.forward(x)
+        lay.backward(gy)  # warm up
+        tracemalloc.start()
+        try:
+            lay.forward(x)
+            lay.backward(gy)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < out * in_ * 4 / 8, (grad, peak)
+
+
+def test_merge_keeps_every_zero_and_the_output(simd: str) -> None:
+    rng = np.random.default_rng(8)
+    for kind in ["0", "0.1", "0.5", "2:4", "1"]:
+        lay, p = trained_layer(rng, kind=kind)
+        mask = p["mask"]
+        x = p["x"]
+        W2 = lay.merged_weight()
+        assert W2.dtype == np.float32 and W2.shape == mask.shape
+        assert (W2[~mask] == 0).all()
+        assert np.count_nonzero(W2) <= np.count_nonzero(mask)
+        np.testing.assert_allclose(
+            W2, ref.lors_merged_weight(p["W"], mask, lay.A, lay.B, lay.scaling), rtol=1e-5, atol=1e-5
+        )
+        y = lay.forward(x)
+        lay.forward(x)
+        lay.merge()
+        assert lay.merged
+        np.testing.assert_array_equal(lay.merged_weight(), W2)
+        np.testing.assert_allclose(lay.forward(x), y, rtol=1e-5, atol=1e-4)
+        lay.merge()  # no-op
+        np.testing.assert_array_equal(lay.merged_weight(), W2)
+        lay.unmerge()
+        assert not lay.merged
+        W_back = lay.base.to_dense()
+        assert (W_back[~mask] == 0).all()
+        np.testing.assert_allclose(W_back, p["W"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(lay.mask, mask)
+
+
+def test_backward_after_merge_matches_unmerged(rng: np.random.Generator) -> None:
+    lay, p = trained_layer(rng)
+    lay.forward(p["x"])
+    gx = lay.backward(p["gy"])
+    g = (lay.grad_A.copy(), lay.grad_B.copy())
+    lay.zero_grad()
+    lay.merge()
+    lay.forward(p["x"])
+    np.testing.assert_allclose(lay.backward(p["gy"]), gx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lay.grad_A, g[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lay.grad_B, g[1], rtol=1e-4, atol=1e-4)
+
+
+def test_state_dict_round_trip(rng: np.random.Generator) -> None:
+    lay, p = trained_layer(rng)
+    sd = lay.state_dict()
+    assert set(sd) == {
+        "lora_A.weight",
+        "lora_B.weight",
+        "base_layer.weight",
+        "base_layer.weight_mask",
+        "base_layer.bias",
+    }
+    assert sd["lora_A.weight"].shape == (4, 40) and sd["lora_B.weight"].shape == (24, 4)
+    np.testing.assert_array_equal(sd["base_layer.weight"], p["W"])
+    np.testing.assert_array_equal(sd["base_layer.weight_mask"], p["mask"])
+    other = sft.LoRSLinear(np.ones((24, 40), np.float32), r=4, seed=9)
+    other.load_state_dict(sd)
+    np.testing.assert_array_equal(other.forward(p["x"]), lay.forward(p["x"]))
+    sd["lora_A.weight"][...] = 0  # copies: the layer is not affected
+    assert lay.A.any()
+    lay.merge()
+    sd2 = lay.state_dict()  # a merged layer reports the unmerged base
+    np.testing.assert_allclose(sd2["base_layer.weight"], p["W"], rtol=1e-5, atol=1e-5)
+
+
+def test_load_state_dict_errors_leave_layer_unchanged(rng: np.random.Generator) -> None:
+    lay, _ = trained_layer(rng)
+    A0, B0 = lay.A.copy(), lay.B.copy()
+    good = lay.state_dict()
+    good["lora_A.weight"] = good["lora_A.weight"] + 1
+    cases = [
+        (
+            {k: v for k, v in good.items() if k != "lora_B.weight"},
+            ValueError,
+            r"missing keys \['lora_B.weight'\]",
+        ),
+        ({**good, "extra": np.zeros(1)}, ValueError, "unexpected keys"),
+        (
+            {**good, "lora_B.weight": np.zeros((24, 5), np.float32)},
+            ValueError,
+            r"lora_B.weight: expected shape \(24, 4\)",
+        ),
+        (
+            {**good, "lora_A.weight": good["lora_A.weight"].astype(np.float64)},
+            TypeError,
+            "lora_A.weight: expected dtype float32",
+        ),
+        ({**good, "base_layer.weight": np.ones((24, 40), np.float32)}, ValueError, "W: expected exact zeros"),
+        ({**good, "base_layer.bias": np.zeros(3, np.float32)}, ValueError, "base_layer.bias: expected shape"),
+    ]
+    for sd, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            lay.load_state_dict(sd)
+        np.testing.assert_array_equal(lay.A, A0)
+        np.testing.assert_array_equal(lay.B, B0)
+    lay.load_state_dict({**good, "extra": np.zeros(1)}, strict=False)
+    np.testing.assert_array_equal(lay.A, A0 + 1)
+
+
+def test_inputs_never_modified(rng: np.random.Generator) -> None:
+    p = problem(rng, 7, 40, 24, 4)
+    G = rng.standard_normal((24, 40)).astype(np.float32)
+    before = {**{k: v.copy() for k, v in p.items()}, "G": G.copy()}
+    for init in ("lora", "gaussian", "lors"):
+        for grad in ("exact", "lors"):
+            lay = sft.LoRSLinear(
+                p["W"], mask=p["mask"], r=4, bias=p["bias"], init=init, grad=grad, init_grad=G
+            )
+            lay.forward(p["x"])
+            lay.backward(p["gy"])
+            lay.merge()
+            lay.forward(p["x"])
+            lay.unmerge()
+    for k, v in p.items():
+        np.testing.assert_array_equal(v, before[k])
+    np.testing.assert_array_equal(G, before["G"])
+
+
+def test_nbytes_counts_base_and_parameters(rng: np.random.Generator) -> None:
+    lay, p = trained_layer(rng)
+    assert lay.base.format == "dense"
+    assert lay.base.nbytes == 24 * 40 * 4 + 24 * 40
+    assert lay.nbytes == lay.base.nbytes + (4 * 40 + 24 * 4 + 24) * 4
+    assert lay.base.nnz == np.count_nonzero(p["mask"])
+    assert set(lay.parameters()) == set(lay.gradients()) == {"A", "B", "bias"}
+
+
+# ---- inits ----
+
+
+def test_lora_and_gaussian_inits(rng: np.random.Generator) -> None:
+    W = rng.standard_normal((64, 400)).astype(np.float32)
+    lay = sft.LoRSLinear(W, r=8, seed=3)
+    assert not lay.B.any()
+    bound = 1 / np.sqrt(400)
+    assert np.abs(lay.A).max() <= bound and np.abs(lay.A).max() > 0.95 * bound
+    np.testing.assert_array_equal(lay.A, sft.LoRSLinear(W, r=8, seed=3).A)  # seeded
+    assert not np.array_equal(lay.A, sft.LoRSLinear(W, r=8, seed=4).A)
+    g = sft.LoRSLinear(W, r=8, init="gaussian")
+    assert not g.B.any()
+    assert abs(g.A.std() - 1 / 8) < 0.01
+    y = lay.forward(rng.standard_normal((3, 400)).astype(np.float32))  # B = 0: the base alone
+    assert y.shape == (3, 64)
+
+
+def test_lors_init_picks_top_singular_vectors_of_masked_gradient(rng: np.random.Generator) -> None:
+    out, in_, r = 50, 60, 4
+    p = problem(rng, 30, in_, out, r)
+    G = (10 * rng.standard_normal((out, r)) @ rng.standard_normal((r, in_))).astype(np.float32)
+    G += (0.01 * rng.standard_normal((out, in_))).astype(np.float32)
+    lay = sft.LoRSLinear(p["W"], mask=p["mask"], r=r, init="lors", init_grad=G, lors_scale="unit")
+    assert not lay.B.any()
+    np.testing.assert_allclose(lay.A @ lay.A.T, np.eye(r), atol=1e-5)
+    Vt = np.linalg.svd(G.astype(np.float64) * p["mask"])[2][:r]
+    cos = np.linalg.svd(Vt @ lay.A.T.astype(np.float64), compute_uv=False)
+    np.testing.assert_allclose(cos, 1.0, atol=1e-4)  # the same subspace
+    lora = sft.LoRSLinear(p["W"], mask=p["mask"], r=r, init="lors", init_grad=G)
+    np.testing.assert_allclose(np.linalg.norm(lora.A, axis=1), 1 / np.sqrt(3), rtol=1e-5)
+    two = sft.LoRSLinear(p["W"], mask=p["mask"], r=r, init="lors", init_grad=G, lors_scale=2.0)
+    np.testing.assert_allclose(two.A, 2 * lay.A, rtol=1e-5, atol=1e-6)
+
+
+def test_lors_init_from_calibration_batches(rng: np.random.Generator) -> None:
+    p = problem(rng, 12, 30, 20, 3)
+    batches = [(p["x"][:5], p["gy"][:5]), (p["x"][5:].reshape(1, 7, 30), p["gy"][5:].reshape(1, 7, 20))]
+    lay = sft.LoRSLinear(p["W"], mask=p["mask"], r=3, init="lors", calibration=batches)
+    G = lay.estimate_full_grad(batches)
+    np.testing.assert_allclose(G, (p["gy"].T.astype(np.float64) @ p["x"]) * p["mask"], rtol=1e-4, atol=1e-4)
+    assert (G[~p["mask"]] == 0).all()
+    via_g = sft.LoRSLinear(p["W"], mask=p["mask"], r=3, init="lors", init_grad=G)
+    np.testing.assert_allclose(lay.A, via_g.A, rtol=1e-4, atol=1e-5)
+    # with a loss gradient: gy = y - target
+    target = rng.standard_normal((12, 20)).astype(np.float32)
+    G2 = lay.estimate_full_grad([p["x"]], loss_grad=lambda y: y - target)
+    want = ((lay.forward(p["x"]) - target).T.astype(np.float64) @ p["x"]) * p["mask"]
+    np.testing.assert_allclose(G2, want, rtol=1e-4, atol=1e-4)
+
+
+def test_randomized_svd_matches_numpy(rng: np.random.Generator) -> None:
+    G = (
+        rng.standard_normal((40, 30))
+        @ np.diag(np.linspace(3, 0.1, 30))
+        @ np.linalg.qr(rng.standard_normal((30, 30)))[0]
+    )
+    S, Vt = randomized_svd(G, 5, np.random.default_rng(0))
+    np.testing.assert_allclose(S, np.linalg.svd(G, compute_uv=False)[:5], rtol=1e-6)
+    assert Vt.shape == (5, 30)
+
+
+# ---- config ----
+
+
+def test_config_builds_layers(rng: np.random.Generator) -> None:
+    cfg = sft.LoRSConfig(r=4, alpha=16)
+    assert (cfg.r, cfg.alpha, cfg.init, cfg.grad, cfg.use_rslora, cfg.format) == (
+        4,
+        16,
+        "lora",
+        "exact",
+        False,
+        "auto",
+    )
+    W = rng.standard_normal((10, 12)).astype(np.float32)
+    lay = cfg.make(W)
+    assert lay.scaling == 4.0 and lay.r == 4
+    rs = sft.LoRSConfig(r=4, alpha=16, use_rslora=True).make(W)
+    assert rs.scaling == 8.0
+    assert sft.LoRSConfig().r == 8
+    with pytest.raises(ValueError, match=r"r: expected an int >= 1, got 0"):
+        sft.LoRSConfig(r=0)
+    with pytest.raises(ValueError, match="grad: expected one of"):
+        sft.LoRSConfig(grad="fast")
+
+
+# ---- bad input ----
+
+GOOD_W = (np.arange(1, 13, dtype=np.float32).reshape(3, 4) - 6) * (np.arange(12).reshape(3, 4) % 3 != 0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"W": GOOD_W.astype(np.float64)}, TypeError, "W: expected dtype float32, got float64"),
+        ({"W": [[1.0]]}, TypeError, "W: expected a numpy.ndarray, got list"),
+        ({"W": np.ones(4, np.float32)}, ValueError, r"W: expected shape \(\.\.\., \.\.\.\), got \(4,\)"),
+        ({"mask": np.ones((3, 4), np.uint8)}, TypeError, "mask: expected dtype bool, got uint8"),
+        ({"mask": np.ones((4, 3), bool)}, ValueError, r"mask: expected shape \(3, 4\)"),
+        (
+            {"mask": np.zeros((3, 4), bool)},
+            ValueError,
+            r"W: expected exact zeros wherever mask is False, got 7",
+        ),
+        ({"W": np.full((3, 4), np.nan, np.float32)}, ValueError, "W: contains NaN"),
+        ({"r": 0}, ValueError, r"r: expected an int in \[1, 3\], got 0"),
+        ({"r": -2}, ValueError, r"r: expected an int in \[1, 3\], got -2"),
+        ({"r": 4}, ValueError, r"r: expected an int in \[1, 3\], got 4"),
+        ({"r": 2.0}, TypeError, "r: expected an int, got float"),
+        ({"alpha": float("nan")}, ValueError, "alpha: expected a finite number"),
+        ({"grad": "fast"}, ValueError, "grad: expected one of"),
+        ({"init": "zeros"}, ValueError, "init: expected one of"),
+        ({"init": "lors"}, ValueError, "init_grad: init='lors' needs"),
+        (
+            {"init": "lors", "init_grad": np.zeros((3, 4), np.float32)},
+            ValueError,
+            "init_grad: G ⊙ mask is all zero",
+        ),
+        (
+            {"init": "lors", "init_grad": np.ones((4, 3), np.float32)},
+            ValueError,
+            r"init_grad: expected shape \(3, 4\)",
+        ),
+        (
+            {"init": "lors", "init_grad": np.ones((3, 4), np.float32), "lors_scale": "big"},
+            ValueError,
+            "lors_scale",
+        ),
+        ({"init": "lors", "calibration": []}, ValueError, "batches: expected at least one"),
+        ({"format": "bsr"}, ValueError, "format: expected one of"),
+        ({"bias": np.zeros(4, np.float32)}, ValueError, r"bias: expected shape \(3,\), got \(4,\)"),
+        ({"bias": np.zeros(3, np.float64)}, TypeError, "bias: expected dtype float32"),
+        ({"seed": -1}, ValueError, "seed: expected an int >= 0"),
+    ],
+)
+def test_layer_bad_construction(kwargs: dict[str, object], exc: type[Exception], match: str) -> None:
+    args: dict[str, object] = {"W": GOOD_W, "r": 2, **kwargs}
+    with pytest.raises(exc, match=match):
+        sft.LoRSLinear(**args)  # type: ignore[arg-type]
+
+
+def test_compressed_format_without_the_module() -> None:
+    if _compressed_formats() is not None:
+        pytest.skip("sparseft.formats is present: compressed formats are tested there")
+    with pytest.raises(ValueError, match="format: 'csr' needs the compressed bases"):
+        sft.LoRSLinear(GOOD_W, r=1, format="csr")
+    assert sft.LoRSLinear(GOOD_W, r=1, format="auto").base.format == "dense"
+
+
+def test_layer_bad_forward_backward(rng: np.random.Generator) -> None:
+    lay, p = trained_layer(rng)
+    with pytest.raises(TypeError, match="x: expected dtype float32, got float64"):
+        lay.forward(p["x"].astype(np.float64))
+    with pytest.raises(TypeError, match=r"x: expected a numpy\.ndarray, got list"):
+        lay.forward([[0.0] * 40])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"x: expected shape \(\.\.\., 40\), got \(7, 41\)"):
+        lay.forward(np.zeros((7, 41), np.float32))
+    bad = p["x"].copy()
+    bad[2, 3] = np.nan
+    with pytest.raises(ValueError, match="x: contains NaN or infinity"):
+        lay.forward(bad)
+    lay.forward(p["x"])
+    gA = lay.grad_A.copy()
+    with pytest.raises(ValueError, match=r"gy: expected shape \(7, 24\), got \(7, 23\)"):
+        lay.backward(np.zeros((7, 23), np.float32))
+    with pytest.raises(TypeError, match="gy: expected dtype float32"):
+        lay.backward(p["gy"].astype(np.float64))
+    badg = p["gy"].copy()
+    badg[0, 0] = np.inf
+    with pytest.raises(ValueError, match="gy: contains NaN or infinity"):
+        lay.backward(badg)
+    np.testing.assert_array_equal(lay.grad_A, gA)  # nothing accumulated on failure
+    lay.backward(p["gy"])  # the forward is still pending after the failures
+
+
+@pytest.mark.parametrize(
+    ("change", "exc", "match"),
+    [
+        ({"mask": np.ones((5, 6), np.int32)}, TypeError, "mask: expected dtype uint8, got int32"),
+        ({"W": np.ones((5, 7), np.float32)}, ValueError, r"W: expected axis 1 of length 6 \(in, from mask\)"),
+        ({"A": np.ones((2, 7), np.float32)}, ValueError, r"A: expected axis 1 of length 6 \(in, from mask\)"),
+        ({"B": np.ones((5, 3), np.float32)}, ValueError, r"B: expected axis 1 of length 2 \(r, from A\)"),
+        (
+            {"B": np.ones((4, 2), np.float32)},
+            ValueError,
+            r"B: expected axis 0 of length 5 \(out, from mask\)",
+        ),
+        ({"x": np.ones((3, 5), np.float32)}, ValueError, r"x: expected axis 1 of length 6"),
+        ({"x": np.ones((6, 3), np.float32).T}, ValueError, "x: expected a C-contiguous"),
+        ({"A": np.full((2, 6), np.nan, np.float32)}, ValueError, "A: contains NaN or infinity"),
+        ({"W": np.full((5, 6), np.inf, np.float32)}, ValueError, "W: contains NaN or infinity"),
+        ({"scale": float("nan")}, ValueError, "scale: expected a finite number"),
+        ({"bias": np.ones(4, np.float32)}, ValueError, r"bias: expected axis 0 of length 5"),
+        ({"x": np.ones((3, 6), np.float64)}, TypeError, "x: expected dtype float32, got float64"),
+    ],
+)
+def test_kernel_bad_input(change: dict[str, object], exc: type[Exception], match: str) -> None:
+    a: dict[str, object] = {
+        "x": np.ones((3, 6), np.float32),
+        "W": np.ones((5, 6), np.float32),
+        "mask": np.ones((5, 6), np.uint8),
+        "A": np.ones((2, 6), np.float32),
+        "B": np.ones((5, 2), np.float32),
+        "scale": 1.0,
+        "bias": None,
+        **change,
+    }
+    with pytest.raises(exc, match=match):
+        _core.lors_forward(a["x"], a["W"], a["mask"], a["A"], a["B"], a["scale"], bias=a["bias"])  # type: ignore[arg-type]
+
+
+def test_kernel_bad_input_backward() -> None:
+    m = np.ones((5, 6), np.uint8)
+    A, B = np.ones((2, 6), np.float32), np.ones((5, 2), np.float32)
+    with pytest.raises(ValueError, match=r"x: expected axis 0 of length 3 \(tokens, from gy\)"):
+        _core.lors_backward_exact(np.ones((3, 5), np.float32), np.ones((4, 6), np.float32), m, A, B, 1.0)
+    with pytest.raises(ValueError, match=r"gy: expected axis 1 of length 5"):
+        _core.lors_backward_input(np.ones((3, 4), np.float32), np.ones((5, 6), np.float32), m, A, B, 1.0)
+    gy = np.ones((3, 5), np.float32)
+    gy[1, 1] = np.nan
+    with pytest.raises(ValueError, match="gy: contains NaN"):
+        _core.lors_backward_exact(gy, np.ones((3, 6), np.float32), m, A, B, 1.0)
