@@ -1,14 +1,17 @@
 /* sparse.c: SpMM / SDDMM kernels over the CSR and N:M base formats with W' recomputed on the fly.
  *
- * Blocking (outer to inner), the same for forward and backward:
- *   token block of NC tokens -> transpose x (and gx) into (in, NCpad) panels, tokens contiguous
- *   -> row chunk (<= CHUNK_NNZ nonzeros, <= CHUNK_ROWS rows): W' values of the chunk recomputed once
- *      (shared by the threads), N:M indices expanded to columns
- *   -> every thread takes its own token range of the block and sweeps all rows of the chunk:
- *      forward: a register tile of up to 64 tokens per row, accumulated over the row's nonzeros;
- *      backward: per nonzero, gx panel row j += w' * gy row (scatter) and g_ij += <gy row, x row j>
- *   -> backward: the per-thread partial g of the chunk are summed in thread order and reduced into
- *      dB (rows split among threads) and a per-thread dA^T, summed in thread order at the end.
+ * Every thread takes a contiguous range of the tokens and works on it alone (no barriers in the
+ * main loop: on a shared machine a barrier can cost a whole time slice). Loops, outer to inner:
+ *   token block of NCt tokens (sparse_token_block: what fits 1 MiB of tile scratch per thread)
+ *     -> x (and, backward, a zeroed gx) transposed into tiles of <= 64 tokens, tokens contiguous
+ *   -> row chunk (<= CHUNK_NNZ nonzeros, <= CHUNK_ROWS rows): columns expanded (N:M), W'
+ *      recomputed once per block (8 length-r dot products at a time), column-block segments found
+ *   -> tile -> column block of KC columns (its 64-token slab stays in L1) -> row -> segment kernel:
+ *      forward: a register tile of up to 64 tokens of the row kept across the segment's nonzeros;
+ *      backward: the row's gy tile in registers; per nonzero one pass over the tokens scatters
+ *      w' * gy into gx^T and accumulates <gy, x_j> (SparseProp's fused backward)
+ *   -> backward: the chunk's sampled gradient g of this block reduced into this thread's dB and
+ *      dA^T (rank-1 updates of length r); the threads' dA, dB are summed in thread order at the end.
  * Deterministic for a fixed thread count (every sum has a fixed order). */
 #include "sparse.h"
 
