@@ -96,10 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     tl = 10.0 if args.quick else args.time_limit
     sim_speed()
     solvers = args.solvers.split(",")
-    print(f"sparseft {sft.__version__} planner benchmark: time limit {tl:g} s, {args.threads} CP-SAT workers, "
-          f"max_copies={args.max_copies}")
-    print("cells: TDI % / time-to-best s (* = proved optimal over the stage schedule class); "
-          "published: TDI % / s on 16 workers (Checkmate with Gurobi)")
+    print(
+        f"sparseft {sft.__version__} planner benchmark: time limit {tl:g} s, {args.threads} CP-SAT workers, "
+        f"max_copies={args.max_copies}"
+    )
+    print(
+        "cells: TDI % / time-to-best s (* = proved optimal over the stage schedule class); "
+        "published: TDI % / s on 16 workers (Checkmate with Gurobi)"
+    )
     header = f"{'graph':22s} {'budget':>6s} " + " ".join(f"{s:>22s}" for s in solvers)
     header += f" {'published Checkmate':>20s} {'published Moccasin':>19s}"
     print(header)
@@ -114,14 +118,19 @@ def main(argv: list[str] | None = None) -> int:
             cells = []
             for s in solvers:
                 try:
-                    plan = sft.Planner(g, frac, solver=s, time_limit=tl, max_copies=args.max_copies,
-                                       threads=args.threads).solve()
+                    plan = sft.Planner(
+                        g, frac, solver=s, time_limit=tl, max_copies=args.max_copies, threads=args.threads
+                    ).solve()
                     cells.append(fmt(plan))
                 except ValueError as exc:
                     cells.append(fmt(None, "below min budget" if "minimum" in str(exc) else str(exc)[:22]))
             pub = PUBLISHED.get((label, frac), ("-", "-"))
-            print(f"{label:22s} {frac:6.1f} " + " ".join(f"{c:>22s}" for c in cells)
-                  + f" {pub[0]:>20s} {pub[1]:>19s}", flush=True)
+            print(
+                f"{label:22s} {frac:6.1f} "
+                + " ".join(f"{c:>22s}" for c in cells)
+                + f" {pub[0]:>20s} {pub[1]:>19s}",
+                flush=True,
+            )
     return 0
 
 

@@ -38,15 +38,15 @@ def _encode(graph: Graph, steps: Any) -> np.ndarray:
     if isinstance(steps, np.ndarray) and steps.dtype == np.int64:
         return np.ascontiguousarray(steps)
     if isinstance(steps, (str, bytes)):
-        raise TypeError("steps must be a list of (\"compute\" | \"free\", node) pairs, got a string")
+        raise TypeError('steps must be a list of ("compute" | "free", node) pairs, got a string')
     codes = []
     for k, st in enumerate(steps):
         try:
             op, node = st
         except (TypeError, ValueError):
-            raise TypeError(f"steps[{k}] must be a (\"compute\" | \"free\", node) pair, got {st!r}") from None
+            raise TypeError(f'steps[{k}] must be a ("compute" | "free", node) pair, got {st!r}') from None
         if op not in ("compute", "free"):
-            raise ValueError(f"steps[{k}]: operation must be \"compute\" or \"free\", got {op!r}")
+            raise ValueError(f'steps[{k}]: operation must be "compute" or "free", got {op!r}')
         try:
             v = graph.index(node)
         except ValueError:
@@ -96,7 +96,9 @@ def _sim(graph: Graph, codes: np.ndarray, *, profile: bool) -> tuple[int, int, n
         step = int(codes[bad_step])
         v = step if step >= 0 else -1 - step
         extra = f" (missing input {nodes[bad_node]!r})" if rc == 2 else ""
-        raise ValueError(f"steps[{bad_step}] ({'compute' if step >= 0 else 'free'} {nodes[v]!r}) {what}{extra}")
+        raise ValueError(
+            f"steps[{bad_step}] ({'compute' if step >= 0 else 'free'} {nodes[v]!r}) {what}{extra}"
+        )
     return int(peak), int(dur), prof
 
 
@@ -350,7 +352,9 @@ class Planner:
         if isinstance(budget, (float, np.floating)):
             b = float(budget)
             if not (0.0 < b <= 1.0):
-                raise ValueError(f"budget as a float must be a fraction in (0, 1] of the no-remat peak, got {b}")
+                raise ValueError(
+                    f"budget as a float must be a fraction in (0, 1] of the no-remat peak, got {b}"
+                )
             value = math.floor(b * self.no_remat_peak)
         else:
             value = int(budget)
@@ -457,7 +461,17 @@ class Planner:
                 elif not (g._has_backward and g._backward[v]):
                     seg_end[v] = nxt
             rc, steps, _, _ = _core.remat_plan_stages(
-                g.memory, g.duration, g.pred_ptr, g.pred_idx, g.succ_ptr, g.succ_idx, order, seg_end, big, 1.0, 1.0
+                g.memory,
+                g.duration,
+                g.pred_ptr,
+                g.pred_idx,
+                g.succ_ptr,
+                g.succ_idx,
+                order,
+                seg_end,
+                big,
+                1.0,
+                1.0,
             )
             if rc != 0 or steps is None:
                 continue
