@@ -98,6 +98,22 @@ static row_fn select_row(void) {
     return row_rebuild_portable;
 }
 
+/* The A segment A[:, k0 : k0+kc] copied into buf (r, kc) when it fits (LORS_APANEL floats), so
+ * its r rows sit kc floats apart instead of `in` apart (rows `in` = 2^k floats apart all land in
+ * the same L1 sets and evict each other). Returns the segment and its row stride in *ld. */
+#define LORS_APANEL 8192
+static const float *a_segment(float *buf, const float *A, int64_t in, int64_t k0, int64_t kc, int64_t r,
+                              int64_t *ld) {
+    if (r * kc > LORS_APANEL) {
+        *ld = in;
+        return A + k0;
+    }
+    // copy row by row
+    for (int64_t t = 0; t < r; t++) memcpy(buf + t * kc, A + t * in + k0, sizeof(float) * (size_t)kc);
+    *ld = kc;
+    return buf;
+}
+
 /* ---- pack-B callbacks: W' rebuilt panel by panel ----------------------------------------- */
 
 typedef struct {
@@ -115,11 +131,14 @@ typedef struct {
 static void pack_forward(float *dst, const void *vctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc) {
     const lors_ctx *c = (const lors_ctx *)vctx;
     float rows[GEMM_NR * GEMM_KC] __attribute__((aligned(64)));
+    float abuf[LORS_APANEL] __attribute__((aligned(64)));
+    int64_t lda;
+    const float *a = a_segment(abuf, c->A, c->in, k0, kc, c->r, &lda);
     // rebuild row j0+jj of W' on columns [k0, k0+kc)
     for (int64_t jj = 0; jj < nc; jj++) {
         int64_t j = j0 + jj;
-        c->row(rows + jj * GEMM_KC, c->W + j * c->in + k0, c->M + j * c->in + k0, c->A + k0, c->in,
-               c->B + j * c->r, c->s, c->r, kc);
+        c->row(rows + jj * GEMM_KC, c->W + j * c->in + k0, c->M + j * c->in + k0, a, lda, c->B + j * c->r,
+               c->s, c->r, kc);
     }
     // transpose into dst (kc, NR), zero-padding columns past nc
     for (int64_t kk = 0; kk < kc; kk++) {
@@ -129,15 +148,75 @@ static void pack_forward(float *dst, const void *vctx, int64_t k0, int64_t kc, i
     }
 }
 
+#if SFT_X86
+/* In-register 8 x 8 transpose: r[i][j] -> r[j][i]. */
+SFT_TARGET_AVX2 static inline void transpose8(__m256 r[8]) {
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+    r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+    r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+    r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+    r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+/* pack_forward for full 16-wide panels: rows rebuilt as before, transposed 8 x 8 in registers. */
+SFT_TARGET_AVX2 static void pack_forward_avx2(float *dst, const void *vctx, int64_t k0, int64_t kc,
+                                              int64_t j0, int64_t nc) {
+    const lors_ctx *c = (const lors_ctx *)vctx;
+    if (nc != GEMM_NR) {
+        pack_forward(dst, vctx, k0, kc, j0, nc);
+        return;
+    }
+    float rows[GEMM_NR * GEMM_KC] __attribute__((aligned(64)));
+    float abuf[LORS_APANEL] __attribute__((aligned(64)));
+    int64_t lda;
+    const float *a = a_segment(abuf, c->A, c->in, k0, kc, c->r, &lda);
+    // rebuild row j0+jj of W' on columns [k0, k0+kc)
+    for (int64_t jj = 0; jj < GEMM_NR; jj++) {
+        int64_t j = j0 + jj;
+        c->row(rows + jj * GEMM_KC, c->W + j * c->in + k0, c->M + j * c->in + k0, a, lda, c->B + j * c->r,
+               c->s, c->r, kc);
+    }
+    int64_t kk = 0;
+    // 8 depth indices x 8 rows per transpose, two per 16-wide panel row
+    for (; kk + 8 <= kc; kk += 8)
+        for (int h = 0; h < 2; h++) {
+            __m256 v[8];
+            for (int q = 0; q < 8; q++) v[q] = _mm256_load_ps(rows + (8 * h + q) * GEMM_KC + kk);
+            transpose8(v);
+            for (int q = 0; q < 8; q++) _mm256_store_ps(dst + (kk + q) * GEMM_NR + 8 * h, v[q]);
+        }
+    // remaining depth indices one by one
+    for (; kk < kc; kk++)
+        for (int64_t jj = 0; jj < GEMM_NR; jj++) dst[kk * GEMM_NR + jj] = rows[jj * GEMM_KC + kk];
+}
+#endif
+
 /* op(B)[k][j] = W'[k][j] (k over out, j over in): each panel row is a 16-wide row segment of W'. */
 static void pack_backward(float *dst, const void *vctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc) {
     const lors_ctx *c = (const lors_ctx *)vctx;
+    float abuf[LORS_APANEL] __attribute__((aligned(64)));
+    int64_t lda;
+    const float *a = a_segment(abuf, c->A, c->in, j0, nc, c->r, &lda);
     // one row of W' per depth index
     for (int64_t kk = 0; kk < kc; kk++) {
         int64_t k = k0 + kk;
         float *d = dst + kk * GEMM_NR;
-        c->row(d, c->W + k * c->in + j0, c->M + k * c->in + j0, c->A + j0, c->in, c->B + k * c->r, c->s, c->r,
-               nc);
+        c->row(d, c->W + k * c->in + j0, c->M + k * c->in + j0, a, lda, c->B + k * c->r, c->s, c->r, nc);
         for (int64_t jj = nc; jj < GEMM_NR; jj++) d[jj] = 0.0f;
     }
 }
@@ -153,7 +232,9 @@ SFT_TARGET_AVX2 static void pack_backward_avx2(float *dst, const void *vctx, int
     }
     const __m256 vs = _mm256_set1_ps(c->s);
     const int64_t in = c->in, r = c->r;
-    const float *A = c->A + j0;
+    float abuf[LORS_APANEL] __attribute__((aligned(64)));
+    int64_t lda;
+    const float *A = a_segment(abuf, c->A, in, j0, GEMM_NR, r, &lda);
     int64_t kk = 0;
     // four rows of W' per step: 8 independent FMA chains over the rank
     for (; kk + 4 <= kc; kk += 4) {
@@ -161,7 +242,7 @@ SFT_TARGET_AVX2 static void pack_backward_avx2(float *dst, const void *vctx, int
         for (int q = 0; q < 4; q++) acc[q][0] = acc[q][1] = _mm256_setzero_ps();
         const float *b = c->B + (k0 + kk) * r;
         for (int64_t t = 0; t < r; t++) {
-            __m256 a0 = _mm256_loadu_ps(A + t * in), a1 = _mm256_loadu_ps(A + t * in + 8);
+            __m256 a0 = _mm256_loadu_ps(A + t * lda), a1 = _mm256_loadu_ps(A + t * lda + 8);
             for (int q = 0; q < 4; q++) {
                 __m256 bq = _mm256_broadcast_ss(b + q * r + t);
                 acc[q][0] = _mm256_fmadd_ps(bq, a0, acc[q][0]);
@@ -188,13 +269,17 @@ int lors_forward(float *y, const float *x, const float *W, const uint8_t *M, con
                  const float *bias, float s, int64_t N, int64_t in, int64_t out, int64_t r) {
     if (N <= 0 || out <= 0) return 0;
     lors_ctx c = {W, M, A, B, s, in, r, select_row()};
+    gemm_pack_b_fn pack = pack_forward;
+#if SFT_X86
+    if (sft_simd_path == SFT_SIMD_AVX2) pack = pack_forward_avx2;
+#endif
     float beta = 0.0f;
     if (bias != NULL) {
         // start every row of y at the bias, then accumulate
         for (int64_t n = 0; n < N; n++) memcpy(y + n * out, bias, sizeof(float) * (size_t)out);
         beta = 1.0f;
     }
-    return sgemm_packb(y, out, x, in, 1, pack_forward, &c, N, out, in, beta);
+    return sgemm_packb(y, out, x, in, 1, pack, &c, N, out, in, beta);
 }
 
 void lors_forward_naive(float *y, const float *x, const float *W, const uint8_t *M, const float *A,
@@ -378,12 +463,20 @@ void lors_backward_exact_naive(float *dA, float *dB, const float *gy, const floa
 void lors_merge(float *Wout, const float *W, const uint8_t *M, const float *A, const float *B, float s,
                 int64_t in, int64_t out, int64_t r) {
     row_fn row = select_row();
-    // rows shared out among threads, each row in GEMM_KC-wide segments
+    int64_t n_blocks = (out + GEMM_NR - 1) / GEMM_NR;
+    // blocks of GEMM_NR rows shared out among threads
 #pragma omp parallel for schedule(static) num_threads(sft_get_num_threads())
-    for (int64_t j = 0; j < out; j++)
-        for (int64_t k0 = 0; k0 < in; k0 += GEMM_KC)
-            row(Wout + j * in + k0, W + j * in + k0, M + j * in + k0, A + k0, in, B + j * r, s, r,
-                SFT_MIN(GEMM_KC, in - k0));
+    for (int64_t b = 0; b < n_blocks; b++) {
+        float abuf[LORS_APANEL] __attribute__((aligned(64)));
+        int64_t j_end = SFT_MIN(out, (b + 1) * GEMM_NR);
+        // GEMM_KC-wide column segments, the A segment shared by the block's rows
+        for (int64_t k0 = 0; k0 < in; k0 += GEMM_KC) {
+            int64_t kc = SFT_MIN(GEMM_KC, in - k0), lda;
+            const float *a = a_segment(abuf, A, in, k0, kc, r, &lda);
+            for (int64_t j = b * GEMM_NR; j < j_end; j++)
+                row(Wout + j * in + k0, W + j * in + k0, M + j * in + k0, a, lda, B + j * r, s, r, kc);
+        }
+    }
 }
 
 void lors_merge_naive(float *Wout, const float *W, const uint8_t *M, const float *A, const float *B, float s,
