@@ -11,6 +11,8 @@
 
 #include "common.h"
 #include "gemm.h"
+#include "remat.h"
+#include "weightnorm.h"
 #include "lors.h"
 
 /* ---- argument helpers ---------------------------------------------------------------------- */
@@ -393,6 +395,365 @@ static PyObject *py_lors_scratch_bytes(PyObject *self, PyObject *args) {
         (long long)(lors_scratch_bytes(nth, in, out, r) + (int64_t)nth * sgemm_scratch_bytes(nth)));
 }
 
+/* ---- weightnorm ---------------------------------------------------------------------------- */
+
+/* Parses dim (0: per row, 1: per column, -1: whole tensor) and returns the number of norms K. */
+static int wn_dim(int dim, PyArrayObject *v, npy_intp *K) {
+    if (dim != 0 && dim != 1 && dim != -1) {
+        PyErr_Format(PyExc_ValueError, "dim: expected 0, 1 or -1 (whole tensor), got %d", dim);
+        return -1;
+    }
+    *K = (npy_intp)weightnorm_num_norms(PyArray_DIM(v, 0), PyArray_DIM(v, 1), dim);
+    return 0;
+}
+
+static PyObject *py_weightnorm_norms(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *vo;
+    int dim, rc;
+    if (!PyArg_ParseTuple(args, "Oi:weightnorm_norms", &vo, &dim)) return NULL;
+    PyArrayObject *v = arg_f32(vo, "v", 2);
+    npy_intp K;
+    if (v == NULL || wn_dim(dim, v, &K) < 0) return NULL;
+    PyArrayObject *n = new_f32(1, &K);
+    if (n == NULL) return NULL;
+    float *np_ = (float *)PyArray_DATA(n);
+    const float *vp = (const float *)PyArray_DATA(v);
+    int64_t R = PyArray_DIM(v, 0), C = PyArray_DIM(v, 1);
+    Py_BEGIN_ALLOW_THREADS rc = weightnorm_norms(np_, vp, R, C, dim);
+    Py_END_ALLOW_THREADS if (rc != 0) {
+        Py_DECREF(n);
+        return scratch_error();
+    }
+    return (PyObject *)n;
+}
+
+static PyObject *py_weightnorm_forward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *vo, *go;
+    int dim, rc;
+    if (!PyArg_ParseTuple(args, "OOi:weightnorm_forward", &vo, &go, &dim)) return NULL;
+    PyArrayObject *v = arg_f32(vo, "v", 2), *g = v ? arg_f32(go, "g", 1) : NULL;
+    npy_intp K;
+    if (g == NULL || wn_dim(dim, v, &K) < 0) return NULL;
+    if (arg_dim(g, "g", 0, K, "one value per norm") < 0) return NULL;
+    PyArrayObject *w = new_f32(2, PyArray_DIMS(v));
+    if (w == NULL) return NULL;
+    float *wp = (float *)PyArray_DATA(w);
+    const float *vp = (const float *)PyArray_DATA(v), *gp = (const float *)PyArray_DATA(g);
+    int64_t R = PyArray_DIM(v, 0), C = PyArray_DIM(v, 1);
+    Py_BEGIN_ALLOW_THREADS rc = weightnorm_forward(wp, vp, gp, R, C, dim);
+    Py_END_ALLOW_THREADS if (rc != 0) {
+        Py_DECREF(w);
+        return scratch_error();
+    }
+    return (PyObject *)w;
+}
+
+static PyObject *py_weightnorm_backward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *gwo, *vo, *go;
+    int dim, rc;
+    if (!PyArg_ParseTuple(args, "OOOi:weightnorm_backward", &gwo, &vo, &go, &dim)) return NULL;
+    PyArrayObject *gw = arg_f32(gwo, "grad_w", 2), *v = gw ? arg_f32(vo, "v", 2) : NULL;
+    PyArrayObject *g = v ? arg_f32(go, "g", 1) : NULL;
+    npy_intp K;
+    if (g == NULL || wn_dim(dim, v, &K) < 0) return NULL;
+    if (arg_dim(gw, "grad_w", 0, PyArray_DIM(v, 0), "rows of v") < 0 ||
+        arg_dim(gw, "grad_w", 1, PyArray_DIM(v, 1), "columns of v") < 0 ||
+        arg_dim(g, "g", 0, K, "one value per norm") < 0)
+        return NULL;
+    PyArrayObject *gv = new_f32(2, PyArray_DIMS(v)), *gg = gv ? new_f32(1, &K) : NULL;
+    if (gg == NULL) {
+        Py_XDECREF(gv);
+        return NULL;
+    }
+    float *gvp = (float *)PyArray_DATA(gv), *ggp = (float *)PyArray_DATA(gg);
+    const float *gwp = (const float *)PyArray_DATA(gw), *vp = (const float *)PyArray_DATA(v);
+    const float *gp = (const float *)PyArray_DATA(g);
+    int64_t R = PyArray_DIM(v, 0), C = PyArray_DIM(v, 1);
+    Py_BEGIN_ALLOW_THREADS rc = weightnorm_backward(gvp, ggp, gwp, vp, gp, R, C, dim);
+    Py_END_ALLOW_THREADS if (rc != 0) {
+        Py_DECREF(gv);
+        Py_DECREF(gg);
+        return scratch_error();
+    }
+    return Py_BuildValue("NN", gv, gg);
+}
+
+/* Checks the DoRA operands W (out, in), mask (out, in) bool, A (r, in), B (out, r). */
+static int dora_args(PyObject *wo, PyObject *mo, PyObject *ao, PyObject *bo, PyArrayObject **W,
+                     PyArrayObject **M, PyArrayObject **A, PyArrayObject **B) {
+    *W = arg_f32(wo, "W", 2);
+    *M = *W ? arg_array(mo, "mask", NPY_BOOL, 2) : NULL;
+    *A = *M ? arg_f32(ao, "A", 2) : NULL;
+    *B = *A ? arg_f32(bo, "B", 2) : NULL;
+    if (*B == NULL) return -1;
+    npy_intp out = PyArray_DIM(*W, 0), in = PyArray_DIM(*W, 1), r = PyArray_DIM(*A, 0);
+    if (arg_dim(*M, "mask", 0, out, "rows of W") < 0 || arg_dim(*M, "mask", 1, in, "columns of W") < 0 ||
+        arg_dim(*A, "A", 1, in, "columns of W") < 0 || arg_dim(*B, "B", 0, out, "rows of W") < 0 ||
+        arg_dim(*B, "B", 1, r, "rows of A") < 0)
+        return -1;
+    return 0;
+}
+
+static PyObject *py_dora_rownorm_forward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *wo, *mo, *ao, *bo;
+    float s;
+    int rc;
+    if (!PyArg_ParseTuple(args, "OOOOf:dora_rownorm_forward", &wo, &mo, &ao, &bo, &s)) return NULL;
+    PyArrayObject *W, *M, *A, *B;
+    if (dora_args(wo, mo, ao, bo, &W, &M, &A, &B) < 0) return NULL;
+    npy_intp out = PyArray_DIM(W, 0);
+    PyArrayObject *n = new_f32(1, &out);
+    if (n == NULL) return NULL;
+    float *np_ = (float *)PyArray_DATA(n);
+    const float *Wp = (const float *)PyArray_DATA(W), *Ap = (const float *)PyArray_DATA(A);
+    const float *Bp = (const float *)PyArray_DATA(B);
+    const uint8_t *Mp = (const uint8_t *)PyArray_DATA(M);
+    int64_t in = PyArray_DIM(W, 1), r = PyArray_DIM(A, 0);
+    Py_BEGIN_ALLOW_THREADS rc = dora_rownorm_forward(np_, Wp, Mp, Ap, Bp, s, out, in, r);
+    Py_END_ALLOW_THREADS if (rc != 0) {
+        Py_DECREF(n);
+        return scratch_error();
+    }
+    return (PyObject *)n;
+}
+
+static PyObject *py_dora_rownorm_backward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *gno, *no, *wo, *mo, *ao, *bo;
+    float s;
+    int rc;
+    if (!PyArg_ParseTuple(args, "OOOOOOf:dora_rownorm_backward", &gno, &no, &wo, &mo, &ao, &bo, &s))
+        return NULL;
+    PyArrayObject *gn = arg_f32(gno, "grad_n", 1), *n = gn ? arg_f32(no, "n", 1) : NULL;
+    PyArrayObject *W, *M, *A, *B;
+    if (n == NULL || dora_args(wo, mo, ao, bo, &W, &M, &A, &B) < 0) return NULL;
+    npy_intp out = PyArray_DIM(W, 0), in = PyArray_DIM(W, 1), r = PyArray_DIM(A, 0);
+    if (arg_dim(gn, "grad_n", 0, out, "rows of W") < 0 || arg_dim(n, "n", 0, out, "rows of W") < 0)
+        return NULL;
+    npy_intp da_dims[2] = {r, in}, db_dims[2] = {out, r};
+    PyArrayObject *dA = (PyArrayObject *)PyArray_ZEROS(2, da_dims, NPY_FLOAT32, 0);
+    PyArrayObject *dB = dA ? (PyArrayObject *)PyArray_ZEROS(2, db_dims, NPY_FLOAT32, 0) : NULL;
+    if (dB == NULL) {
+        Py_XDECREF(dA);
+        return NULL;
+    }
+    float *dAp = (float *)PyArray_DATA(dA), *dBp = (float *)PyArray_DATA(dB);
+    const float *gnp = (const float *)PyArray_DATA(gn), *np_ = (const float *)PyArray_DATA(n);
+    const float *Wp = (const float *)PyArray_DATA(W), *Ap = (const float *)PyArray_DATA(A);
+    const float *Bp = (const float *)PyArray_DATA(B);
+    const uint8_t *Mp = (const uint8_t *)PyArray_DATA(M);
+    Py_BEGIN_ALLOW_THREADS rc = dora_rownorm_backward(dAp, dBp, gnp, np_, Wp, Mp, Ap, Bp, s, out, in, r);
+    Py_END_ALLOW_THREADS if (rc != 0) {
+        Py_DECREF(dA);
+        Py_DECREF(dB);
+        return scratch_error();
+    }
+    return Py_BuildValue("NN", dA, dB);
+}
+
+/* ---- remat ---- */
+
+/* Checks a 1-D int64 array; if expected >= 0 also its length. */
+static PyArrayObject *arg_i64(PyObject *obj, const char *name, npy_intp expected, const char *what) {
+    PyArrayObject *a = arg_array(obj, name, NPY_INT64, 1);
+    if (a == NULL) return NULL;
+    if (expected >= 0 && arg_dim(a, name, 0, expected, what) < 0) return NULL;
+    return a;
+}
+
+static const int64_t *i64(PyArrayObject *a) {
+    return (const int64_t *)PyArray_DATA(a);
+}
+
+/* Checks a CSR adjacency (ptr (n+1,), idx (ptr[n],)) of n nodes. */
+static int arg_csr(PyArrayObject **ptr, PyArrayObject **idx, PyObject *ptr_o, PyObject *idx_o,
+                   const char *ptr_name, const char *idx_name, npy_intp n) {
+    *ptr = arg_i64(ptr_o, ptr_name, n + 1, "number of nodes + 1");
+    if (*ptr == NULL) return -1;
+    *idx = arg_i64(idx_o, idx_name, -1, "");
+    if (*idx == NULL) return -1;
+    int ok;
+    Py_BEGIN_ALLOW_THREADS ok =
+        remat_check_csr(i64(*ptr), i64(*idx), (int64_t)n, (int64_t)PyArray_DIM(*idx, 0));
+    Py_END_ALLOW_THREADS if (!ok) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s/%s: expected a CSR adjacency of %zd nodes (offsets from 0 to len(%s) = %zd, "
+                     "non-decreasing, indices in [0, %zd)), got something else",
+                     ptr_name, idx_name, (Py_ssize_t)n, idx_name, (Py_ssize_t)PyArray_DIM(*idx, 0),
+                     (Py_ssize_t)n);
+        return -1;
+    }
+    return 0;
+}
+
+/* Checks that memory/duration are (n,) int64 arrays of non-negative values. */
+static int arg_costs(PyArrayObject **mem, PyArrayObject **dur, PyObject *mem_o, PyObject *dur_o) {
+    *mem = arg_i64(mem_o, "memory", -1, "");
+    if (*mem == NULL) return -1;
+    *dur = arg_i64(dur_o, "duration", PyArray_DIM(*mem, 0), "len(memory)");
+    if (*dur == NULL) return -1;
+    npy_intp n = PyArray_DIM(*mem, 0);
+    for (npy_intp i = 0; i < n; i++) {  // validation only: find a negative entry
+        if (i64(*mem)[i] < 0 || i64(*dur)[i] < 0) {
+            PyErr_Format(PyExc_ValueError,
+                         "memory/duration: expected non-negative values, got %lld / %lld at %zd",
+                         (long long)i64(*mem)[i], (long long)i64(*dur)[i], (Py_ssize_t)i);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *py_remat_simulate(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"steps", "memory", "duration", "pred_ptr", "pred_idx", "profile", NULL};
+    PyObject *so, *mo, *dO, *po, *io;
+    int want_profile = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO|p:remat_simulate", kwlist, &so, &mo, &dO, &po, &io,
+                                     &want_profile))
+        return NULL;
+    PyArrayObject *steps = arg_i64(so, "steps", -1, ""), *mem, *dur, *ptr, *idx;
+    if (steps == NULL || arg_costs(&mem, &dur, mo, dO) < 0) return NULL;
+    npy_intp n = PyArray_DIM(mem, 0), ns = PyArray_DIM(steps, 0);
+    if (arg_csr(&ptr, &idx, po, io, "pred_ptr", "pred_idx", n) < 0) return NULL;
+    PyArrayObject *prof = NULL;
+    if (want_profile) {
+        prof = (PyArrayObject *)PyArray_EMPTY(1, &ns, NPY_INT64, 0);
+        if (prof == NULL) return NULL;
+    }
+    int64_t res[4];
+    int rc;
+    Py_BEGIN_ALLOW_THREADS rc =
+        remat_simulate(res, prof ? (int64_t *)PyArray_DATA(prof) : NULL, i64(steps), i64(mem), i64(dur),
+                       i64(ptr), i64(idx), (int64_t)n, (int64_t)ns);
+    Py_END_ALLOW_THREADS if (rc == REMAT_ENOMEM) {
+        Py_XDECREF(prof);
+        return PyErr_NoMemory();
+    }
+    if (prof == NULL) {
+        Py_INCREF(Py_None);
+        prof = (PyArrayObject *)Py_None;
+    }
+    return Py_BuildValue("iLLLLN", rc, (long long)res[0], (long long)res[1], (long long)res[2],
+                         (long long)res[3], (PyObject *)prof);
+}
+
+static PyObject *py_remat_compact(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"steps", "pred_ptr", "pred_idx", "n", NULL};
+    PyObject *so, *po, *io;
+    Py_ssize_t n;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOn:remat_compact", kwlist, &so, &po, &io, &n))
+        return NULL;
+    if (n < 0) {
+        PyErr_Format(PyExc_ValueError, "n: expected a node count >= 0, got %zd", n);
+        return NULL;
+    }
+    PyArrayObject *steps = arg_i64(so, "steps", -1, ""), *ptr, *idx;
+    if (steps == NULL || arg_csr(&ptr, &idx, po, io, "pred_ptr", "pred_idx", n) < 0) return NULL;
+    npy_intp ns = PyArray_DIM(steps, 0), cap = 2 * ns + 1;
+    PyArrayObject *out = (PyArrayObject *)PyArray_EMPTY(1, &cap, NPY_INT64, 0);
+    if (out == NULL) return NULL;
+    int64_t w = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS rc = remat_compact((int64_t *)PyArray_DATA(out), &w, i64(steps), i64(ptr),
+                                              i64(idx), (int64_t)n, (int64_t)ns, (int64_t)cap);
+    Py_END_ALLOW_THREADS if (rc != REMAT_OK) {
+        Py_DECREF(out);
+        if (rc == REMAT_ENOMEM) return PyErr_NoMemory();
+        PyErr_Format(PyExc_ValueError,
+                     "steps: expected node ids in [0, %zd) (free: -1 - id), got an id outside", n);
+        return NULL;
+    }
+    PyObject *res = PySequence_GetSlice((PyObject *)out, 0, (Py_ssize_t)w);
+    Py_DECREF(out);
+    return res;
+}
+
+/* Runs a stage planner with a growing output buffer; returns (status, steps | None, peak, duration). */
+static PyObject *remat_run_planner(PyObject *args, PyObject *kwargs, int greedy) {
+    static char *kw_stages[] = {"memory", "duration", "pred_ptr", "pred_idx", "succ_ptr", "succ_idx",
+                                "order",  "seg_end",  "budget",   "mem_exp",  "dist_exp", NULL};
+    static char *kw_greedy[] = {"memory",   "duration", "pred_ptr", "pred_idx", "succ_ptr",
+                                "succ_idx", "order",    "budget",   NULL};
+    PyObject *mo, *dO, *po, *io, *spo, *sio, *oo, *sego = Py_None;
+    long long budget;
+    double mem_exp = 1.0, dist_exp = 1.0;
+    int okp = greedy ? PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOL:remat_greedy", kw_greedy, &mo, &dO,
+                                                   &po, &io, &spo, &sio, &oo, &budget)
+                     : PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOLdd:remat_plan_stages", kw_stages,
+                                                   &mo, &dO, &po, &io, &spo, &sio, &oo, &sego, &budget,
+                                                   &mem_exp, &dist_exp);
+    if (!okp) return NULL;
+    PyArrayObject *mem, *dur, *ptr, *idx, *sptr, *sidx, *order, *seg = NULL;
+    if (arg_costs(&mem, &dur, mo, dO) < 0) return NULL;
+    npy_intp n = PyArray_DIM(mem, 0);
+    if (arg_csr(&ptr, &idx, po, io, "pred_ptr", "pred_idx", n) < 0) return NULL;
+    if (arg_csr(&sptr, &sidx, spo, sio, "succ_ptr", "succ_idx", n) < 0) return NULL;
+    if ((order = arg_i64(oo, "order", n, "number of nodes")) == NULL) return NULL;
+    if (!remat_check_perm(i64(order), (int64_t)n)) {
+        PyErr_Format(PyExc_ValueError, "order: expected a permutation of 0..%zd, got something else", n - 1);
+        return NULL;
+    }
+    if (sego != Py_None && (seg = arg_i64(sego, "seg_end", n, "number of nodes")) == NULL) return NULL;
+    if (budget < 0) {
+        PyErr_Format(PyExc_ValueError, "budget: expected a non-negative byte count, got %lld", budget);
+        return NULL;
+    }
+    if (!(mem_exp >= 0.0 && mem_exp <= 16.0) || !(dist_exp >= 0.0 && dist_exp <= 16.0)) {
+        char msg[160];
+        PyOS_snprintf(msg, sizeof(msg), "mem_exp/dist_exp: expected values in [0, 16], got %g / %g", mem_exp,
+                      dist_exp);
+        PyErr_SetString(PyExc_ValueError, msg);
+        return NULL;
+    }
+    npy_intp cap = 4 * n + 16;
+    for (;;) {
+        PyArrayObject *out = (PyArrayObject *)PyArray_EMPTY(1, &cap, NPY_INT64, 0);
+        if (out == NULL) return NULL;
+        int64_t info[3];
+        int rc;
+        int64_t *o = (int64_t *)PyArray_DATA(out);
+        Py_BEGIN_ALLOW_THREADS if (greedy) rc =
+            remat_greedy(o, info, i64(mem), i64(dur), i64(ptr), i64(idx), i64(sptr), i64(sidx), i64(order),
+                         (int64_t)n, (int64_t)budget, (int64_t)cap);
+        else rc = remat_plan_stages(o, info, i64(mem), i64(dur), i64(ptr), i64(idx), i64(sptr), i64(sidx),
+                                    i64(order), seg ? i64(seg) : NULL, (int64_t)n, (int64_t)budget, mem_exp,
+                                    dist_exp, (int64_t)cap);
+        Py_END_ALLOW_THREADS if (rc == REMAT_ECAPACITY && cap < ((npy_intp)1 << 40)) {
+            Py_DECREF(out);
+            cap *= 4;
+            continue;
+        }
+        if (rc == REMAT_ENOMEM) {
+            Py_DECREF(out);
+            return PyErr_NoMemory();
+        }
+        if (rc != REMAT_OK) {
+            Py_DECREF(out);
+            return Py_BuildValue("iOLL", rc, Py_None, 0LL, 0LL);
+        }
+        PyObject *steps = PySequence_GetSlice((PyObject *)out, 0, (Py_ssize_t)info[0]);
+        Py_DECREF(out);
+        if (steps == NULL) return NULL;
+        return Py_BuildValue("iNLL", rc, steps, (long long)info[1], (long long)info[2]);
+    }
+}
+
+static PyObject *py_remat_plan_stages(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    return remat_run_planner(args, kwargs, 0);
+}
+
+static PyObject *py_remat_greedy(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    return remat_run_planner(args, kwargs, 1);
+}
+
 /* ---- module -------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -425,6 +786,38 @@ static PyMethodDef methods[] = {
     {"lors_scratch_bytes", py_lors_scratch_bytes, METH_VARARGS,
      "lors_scratch_bytes(in_features, out_features, r) -> int\n\nUpper bound of the kernel scratch bytes one "
      "LoRS kernel call holds with the current thread count (independent of out x in)."},
+    /* weightnorm */
+    {"weightnorm_norms", py_weightnorm_norms, METH_VARARGS,
+     "weightnorm_norms(v, dim) -> ndarray\n\nNorms of v (R, C) float32 per row (dim 0), per column (dim 1) "
+     "or "
+     "whole (dim -1), accumulated in double."},
+    {"weightnorm_forward", py_weightnorm_forward, METH_VARARGS,
+     "weightnorm_forward(v, g, dim) -> ndarray\n\nw = g * v / ||v|| (g 1-D, one value per norm); a zero-norm "
+     "slice gives 0."},
+    {"weightnorm_backward", py_weightnorm_backward, METH_VARARGS,
+     "weightnorm_backward(grad_w, v, g, dim) -> (grad_v, grad_g)\n\nGradients of w = g * v / ||v||; a "
+     "zero-norm slice gives 0."},
+    {"dora_rownorm_forward", py_dora_rownorm_forward, METH_VARARGS,
+     "dora_rownorm_forward(W, mask, A, B, scale) -> ndarray\n\nRow norms of W + scale * (B @ A) * mask, "
+     "accumulated in double, without an (out, in) buffer."},
+    {"dora_rownorm_backward", py_dora_rownorm_backward, METH_VARARGS,
+     "dora_rownorm_backward(grad_n, n, W, mask, A, B, scale) -> (dA, dB)\n\nGradients of the adapters A, B "
+     "through the row norms n (0 for rows with n == 0)."},
+    /* remat */
+    {"remat_simulate", (PyCFunction)(void (*)(void))py_remat_simulate, METH_VARARGS | METH_KEYWORDS,
+     "remat_simulate(steps, memory, duration, pred_ptr, pred_idx, profile=False) -> (status, peak, duration, "
+     "bad_step, bad_node, profile | None)\n\nValidate and simulate a remat schedule (int64 steps: id = "
+     "compute, "
+     "-1 - id = free). status 0 = valid."},
+    {"remat_compact", (PyCFunction)(void (*)(void))py_remat_compact, METH_VARARGS | METH_KEYWORDS,
+     "remat_compact(steps, pred_ptr, pred_idx, n) -> ndarray\n\nFree every copy right after its last use and "
+     "drop unused recomputations of a valid schedule."},
+    {"remat_plan_stages", (PyCFunction)(void (*)(void))py_remat_plan_stages, METH_VARARGS | METH_KEYWORDS,
+     "remat_plan_stages(memory, duration, pred_ptr, pred_idx, succ_ptr, succ_idx, order, seg_end, budget, "
+     "mem_exp, dist_exp) -> (status, steps | None, peak, duration)\n\nOne stage-based eviction heuristic."},
+    {"remat_greedy", (PyCFunction)(void (*)(void))py_remat_greedy, METH_VARARGS | METH_KEYWORDS,
+     "remat_greedy(memory, duration, pred_ptr, pred_idx, succ_ptr, succ_idx, order, budget) -> (status, "
+     "steps | None, peak, duration)\n\nBest of several eviction heuristics under a memory budget."},
     {NULL, NULL, 0, NULL},
 };
 

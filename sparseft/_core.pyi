@@ -55,3 +55,65 @@ def lors_merge(
     naive: bool = ...,
 ) -> npt.NDArray[np.float32]: ...
 def lors_scratch_bytes(in_features: int, out_features: int, r: int, /) -> int: ...
+# ---- weightnorm ----
+def weightnorm_norms(v: npt.NDArray[np.float32], dim: int, /) -> npt.NDArray[np.float32]: ...
+def weightnorm_forward(
+    v: npt.NDArray[np.float32], g: npt.NDArray[np.float32], dim: int, /
+) -> npt.NDArray[np.float32]: ...
+def weightnorm_backward(
+    grad_w: npt.NDArray[np.float32], v: npt.NDArray[np.float32], g: npt.NDArray[np.float32], dim: int, /
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+def dora_rownorm_forward(
+    W: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.bool_],
+    A: npt.NDArray[np.float32],
+    B: npt.NDArray[np.float32],
+    scale: float,
+    /,
+) -> npt.NDArray[np.float32]: ...
+def dora_rownorm_backward(
+    grad_n: npt.NDArray[np.float32],
+    n: npt.NDArray[np.float32],
+    W: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.bool_],
+    A: npt.NDArray[np.float32],
+    B: npt.NDArray[np.float32],
+    scale: float,
+    /,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+# ---- remat ----
+def remat_simulate(
+    steps: npt.NDArray[np.int64],
+    memory: npt.NDArray[np.int64],
+    duration: npt.NDArray[np.int64],
+    pred_ptr: npt.NDArray[np.int64],
+    pred_idx: npt.NDArray[np.int64],
+    profile: bool = ...,
+) -> tuple[int, int, int, int, int, npt.NDArray[np.int64] | None]: ...
+def remat_compact(
+    steps: npt.NDArray[np.int64], pred_ptr: npt.NDArray[np.int64], pred_idx: npt.NDArray[np.int64], n: int
+) -> npt.NDArray[np.int64]: ...
+def remat_plan_stages(
+    memory: npt.NDArray[np.int64],
+    duration: npt.NDArray[np.int64],
+    pred_ptr: npt.NDArray[np.int64],
+    pred_idx: npt.NDArray[np.int64],
+    succ_ptr: npt.NDArray[np.int64],
+    succ_idx: npt.NDArray[np.int64],
+    order: npt.NDArray[np.int64],
+    seg_end: npt.NDArray[np.int64] | None,
+    budget: int,
+    mem_exp: float,
+    dist_exp: float,
+) -> tuple[int, npt.NDArray[np.int64] | None, int, int]: ...
+def remat_greedy(
+    memory: npt.NDArray[np.int64],
+    duration: npt.NDArray[np.int64],
+    pred_ptr: npt.NDArray[np.int64],
+    pred_idx: npt.NDArray[np.int64],
+    succ_ptr: npt.NDArray[np.int64],
+    succ_idx: npt.NDArray[np.int64],
+    order: npt.NDArray[np.int64],
+    budget: int,
+) -> tuple[int, npt.NDArray[np.int64] | None, int, int]: ...
+

@@ -64,3 +64,163 @@ def lors_grad_lors(
     dA = s * (gy64 @ np.asarray(B, np.float64)).T @ x64
     dB = s * gy64.T @ (x64 @ np.asarray(A, np.float64).T)
     return dA, dB
+# ---- weightnorm ----
+
+
+def _wn_axis(dim: int | None) -> int | None:
+    """numpy axis summed over for torch's dim: dim 0 -> per row (sum over axis 1), 1 -> per column."""
+    return None if dim is None else 1 - dim
+
+
+def weightnorm_norms(v: np.ndarray, dim: int | None) -> np.ndarray:
+    """Norms of v in float64 with torch's g shape: (out, 1), (1, in) or ()."""
+    v64 = np.asarray(v, dtype=np.float64)
+    return np.sqrt((v64 * v64).sum(axis=_wn_axis(dim), keepdims=dim is not None))
+
+
+def weightnorm_forward(v: np.ndarray, g: np.ndarray, dim: int | None) -> np.ndarray:
+    """w = g * v / ||v|| in float64; a zero-norm slice gives 0."""
+    v64 = np.asarray(v, dtype=np.float64)
+    n = weightnorm_norms(v64, dim)
+    coef = np.divide(np.asarray(g, dtype=np.float64), n, out=np.zeros(np.shape(n)), where=n > 0)
+    return coef * v64
+
+
+def weightnorm_backward(
+    grad_w: np.ndarray, v: np.ndarray, g: np.ndarray, dim: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(grad_v, grad_g) of w = g * v / ||v|| in float64; zero-norm slices give 0."""
+    v64 = np.asarray(v, dtype=np.float64)
+    gw = np.asarray(grad_w, dtype=np.float64)
+    g64 = np.asarray(g, dtype=np.float64)
+    n = weightnorm_norms(v64, dim)
+    dot = (gw * v64).sum(axis=_wn_axis(dim), keepdims=dim is not None)
+    safe = np.where(n > 0, n, 1.0)
+    grad_g = np.where(n > 0, dot / safe, 0.0)
+    a = np.where(n > 0, g64 / safe, 0.0)
+    b = np.where(n > 0, g64 * grad_g / safe**2, 0.0)
+    return a * gw - b * v64, grad_g
+
+
+def weightnorm_data_init(
+    v: np.ndarray, x: np.ndarray, init_scale: float = 1.0, eps: float = 1e-10
+) -> tuple[np.ndarray, np.ndarray]:
+    """Salimans & Kingma data-dependent init in float64: g (out, 1), b (out,)."""
+    v64 = np.asarray(v, dtype=np.float64)
+    n = np.linalg.norm(v64, axis=1)
+    t = np.asarray(x, dtype=np.float64) @ v64.T
+    t = t / np.where(n > 0, n, np.inf)
+    g = init_scale / np.sqrt(t.var(axis=0) + eps)
+    return g[:, None], -t.mean(axis=0) * g
+
+
+def dora_merged(W: np.ndarray, mask: np.ndarray, A: np.ndarray, B: np.ndarray, s: float) -> np.ndarray:
+    """W' = W + s * (B A) * M in float64."""
+    M = np.asarray(mask, dtype=np.float64)
+    return np.asarray(W, np.float64) + s * (np.asarray(B, np.float64) @ np.asarray(A, np.float64)) * M
+
+
+def dora_rownorm_forward(
+    W: np.ndarray, mask: np.ndarray, A: np.ndarray, B: np.ndarray, s: float
+) -> np.ndarray:
+    """Row norms of W' (float64, shape (out,))."""
+    return np.linalg.norm(dora_merged(W, mask, A, B, s), axis=1)
+
+
+def dora_rownorm_backward(
+    grad_n: np.ndarray, n: np.ndarray, W: np.ndarray, mask: np.ndarray, A: np.ndarray, B: np.ndarray, s: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(dA, dB) of sum_i grad_n_i * ||W'_i|| through W' = W + s (BA) * M; rows with n = 0 give 0."""
+    n64 = np.asarray(n, dtype=np.float64)
+    alpha = np.divide(np.asarray(grad_n, np.float64), n64, out=np.zeros_like(n64), where=n64 > 0)
+    G = alpha[:, None] * dora_merged(W, mask, A, B, s) * np.asarray(mask, dtype=np.float64)
+    return s * np.asarray(B, np.float64).T @ G, s * G @ np.asarray(A, np.float64).T
+# ---- remat ----
+
+
+def remat_simulate(steps, memory, duration, preds):
+    """Pure-Python twin of ``_core.remat_simulate``.
+
+    ``steps``: ints, ``v`` to compute node v, ``-1 - v`` to free it; ``preds[v]``: inputs of v.
+    Returns ``(peak, duration, profile)``, or raises ``ValueError`` naming the first bad step.
+    """
+    n = len(memory)
+    resident = [False] * n
+    computed = [False] * n
+    cur = peak = total = 0
+    profile = []
+    for k, s in enumerate(steps):
+        v = s if s >= 0 else -1 - s
+        if v >= n:
+            raise ValueError(f"bad node at step {k}")
+        if s >= 0:
+            if resident[v]:
+                raise ValueError(f"already resident at step {k}")
+            for u in preds[v]:
+                if not resident[u]:
+                    raise ValueError(f"missing input at step {k}")
+            resident[v] = computed[v] = True
+            cur += memory[v]
+            total += duration[v]
+            peak = max(peak, cur)
+        else:
+            if not resident[v]:
+                raise ValueError(f"not resident at step {k}")
+            resident[v] = False
+            cur -= memory[v]
+        profile.append(cur)
+    if not all(computed):
+        raise ValueError("never computed")
+    return peak, total, profile
+
+
+def remat_brute_force(memory, duration, preds, order, budget):
+    """Least duration over all stage-structured schedules within ``budget`` (Dijkstra), or None.
+
+    The schedule class of the planners: the node at position t of ``order`` is computed for the
+    first time in stage t; before it, earlier nodes may be recomputed in increasing order
+    position; frees are allowed anywhere. The state is (resident set, stage, position of the
+    last recomputation in the stage). Exponential: for graphs of at most ~10 nodes.
+    """
+    import heapq
+
+    n = len(memory)
+    pos = {v: i for i, v in enumerate(order)}
+    pmask = [sum(1 << u for u in preds[v]) for v in range(n)]
+
+    def mem_of(mask):
+        return sum(memory[v] for v in range(n) if mask >> v & 1)
+
+    start = (0, 0, -1)
+    dist = {start: 0}
+    heap = [(0, start)]
+    while heap:
+        d, state = heapq.heappop(heap)
+        if dist.get(state, None) != d:
+            continue
+        mask, t, last = state
+        if t == n:
+            return d
+        moves = []
+        # free any resident node
+        for v in range(n):
+            if mask >> v & 1:
+                moves.append((0, (mask & ~(1 << v), t, last)))
+        # compute: the next first computation, or a recomputation later in order than the last one
+        for v in range(n):
+            p = pos[v]
+            if mask >> v & 1 or (pmask[v] & mask) != pmask[v]:
+                continue
+            new = mask | 1 << v
+            if mem_of(new) > budget:
+                continue
+            if p == t:
+                moves.append((duration[v], (new, t + 1, -1)))
+            elif last < p < t:
+                moves.append((duration[v], (new, t, p)))
+        for c, nxt in moves:
+            nd = d + c
+            if nd < dist.get(nxt, 1 << 62):
+                dist[nxt] = nd
+                heapq.heappush(heap, (nd, nxt))
+    return None

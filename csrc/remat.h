@@ -1,0 +1,78 @@
+/* remat.h: rematerialization schedule simulator and fast heuristic planners.
+ *
+ * NumPy-free, no Python.h. All sizes and node ids are int64_t.
+ *
+ * Memory model (DESIGN.md, "Remat memory model"): a schedule is a list of steps,
+ * encoded as int64: step >= 0 means "compute node step", step < 0 means
+ * "free node (-1 - step)". Computing v needs every predecessor resident; the memory
+ * of that step is the sum of the resident outputs including v's. peak = max step
+ * memory, duration = sum of the durations of all computes.
+ *
+ * Graphs are passed as CSR adjacency: pred_ptr (n+1,), pred_idx (pred_ptr[n],)
+ * lists the predecessors of each node, succ_ptr/succ_idx its successors.
+ */
+#ifndef SPARSEFT_REMAT_H
+#define SPARSEFT_REMAT_H
+
+#include <stdint.h>
+
+/* status codes returned by every function below */
+#define REMAT_OK 0
+#define REMAT_EBADNODE 1     /* a step names a node outside [0, n) */
+#define REMAT_EMISSING 2     /* a compute whose input is not resident */
+#define REMAT_ERESIDENT 3    /* a compute of a node that is already resident */
+#define REMAT_ENOTRESIDENT 4 /* a free of a node that is not resident */
+#define REMAT_ENEVER 5       /* a node that is never computed */
+#define REMAT_ENOMEM 6       /* malloc failed */
+#define REMAT_EBUDGET 7      /* the heuristic could not stay within the budget */
+#define REMAT_ECAPACITY 8    /* the output buffer is too small */
+
+/* Input checks used by the Python wrappers before calling the functions below.
+ * remat_check_csr: 1 if ptr (n+1,) starts at 0, never decreases, ends at nidx, and every
+ * idx (nidx,) entry is in [0, n); else 0.
+ * remat_check_perm: 1 if perm (n,) is a permutation of [0, n); else 0. */
+int remat_check_csr(const int64_t *ptr, const int64_t *idx, int64_t n, int64_t nidx);
+int remat_check_perm(const int64_t *perm, int64_t n);
+
+/* Simulate a schedule.
+ * result:  (4,) out: peak, duration, index of the offending step (-1 if none),
+ *          offending node (-1 if none)
+ * profile: (nsteps,) out, memory after each step (compute: memory during the step), or NULL
+ * returns REMAT_OK or an error code; result[0..1] are only meaningful on REMAT_OK. */
+int remat_simulate(int64_t *result, int64_t *profile, const int64_t *steps, const int64_t *memory,
+                   const int64_t *duration, const int64_t *pred_ptr, const int64_t *pred_idx, int64_t n,
+                   int64_t nsteps);
+
+/* Rewrite a valid schedule so that every copy is freed right after its last use
+ * (never later), and drop recomputations whose copy is never used. The first
+ * compute of every node is kept. Peak and duration never increase.
+ * out_steps: (cap,) out; out_n: (1,) out, number of steps written.
+ * The input must be valid (check with remat_simulate first); nodes out of range give
+ * REMAT_EBADNODE. */
+int remat_compact(int64_t *out_steps, int64_t *out_n, const int64_t *steps, const int64_t *pred_ptr,
+                  const int64_t *pred_idx, int64_t n, int64_t nsteps, int64_t cap);
+
+/* Stage-based planner. Nodes get their first computation in `order` (stage t computes
+ * order[t]); before it, the missing inputs are recomputed (in order position) from
+ * whatever is resident. A node is freed once it has no use left; when memory would go
+ * over the budget, resident nodes not needed in the current stage are evicted, the one
+ * with the largest score memory^mem_exp * (distance to next use)^dist_exp /
+ * (duration + 1) first.
+ * seg_end: (n,) or NULL. If given, node v (not needed by the current stage) is also
+ *          freed at the end of stage seg_end[v] when it is still resident from its
+ *          first computation (checkpointing policies; seg_end[v] >= n keeps it).
+ * out_steps: (cap,) out; info: (3,) out: number of steps, peak, duration.
+ * Returns REMAT_OK, REMAT_EBUDGET, REMAT_ECAPACITY or REMAT_ENOMEM. */
+int remat_plan_stages(int64_t *out_steps, int64_t *info, const int64_t *memory, const int64_t *duration,
+                      const int64_t *pred_ptr, const int64_t *pred_idx, const int64_t *succ_ptr,
+                      const int64_t *succ_idx, const int64_t *order, const int64_t *seg_end, int64_t n,
+                      int64_t budget, double mem_exp, double dist_exp, int64_t cap);
+
+/* Greedy planner: runs remat_plan_stages with a small set of eviction scores and
+ * keeps the schedule with the least duration (ties: lower peak).
+ * Same outputs as remat_plan_stages. */
+int remat_greedy(int64_t *out_steps, int64_t *info, const int64_t *memory, const int64_t *duration,
+                 const int64_t *pred_ptr, const int64_t *pred_idx, const int64_t *succ_ptr,
+                 const int64_t *succ_idx, const int64_t *order, int64_t n, int64_t budget, int64_t cap);
+
+#endif

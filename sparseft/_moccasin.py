@@ -1,0 +1,235 @@
+"""The Moccasin constraint-programming model (Bartan et al., ICML 2023), solved with OR-tools CP-SAT.
+
+Written from the paper's description: every node gets up to ``C`` retention intervals (the
+copies of its output), each with an integer start (when the copy is computed) and end (when it
+is freed) and a presence literal; the first interval is mandatory; a cumulative constraint keeps
+the memory of the live intervals under the budget; a precedence constraint makes some live copy
+of each input cover every computation; the objective is the total compute duration.
+
+Time grid. The first computation of the node at position ``p`` of the topological order happens
+in stage ``p``; recomputations happen inside later stages, before that stage's first computation,
+in order position. The computation of the node at position ``p`` in stage ``t`` gets time
+``t * n + p``, so one integer line orders every event. An interval ``[start, end)`` holds the copy
+from its computation to just after its last read, which is exactly the memory that an eager-free
+schedule holds: the cumulative constraint at the time of a computation equals that step's memory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sparseft.graph import Graph
+
+
+@dataclass
+class SolverResult:
+    """Raw outcome of a solver: compute sequence (node indices) or None, and solver facts."""
+
+    computes: list[int] | None
+    status: str
+    time_to_best: float | None
+    lower_bound: int | None
+
+
+def hint_copies(steps: Sequence[int], g: Graph, pos: np.ndarray) -> list[list[tuple[int, int]]] | None:
+    """Per node, per copy: (start_time, last_read_time + 1) of a stage-structured schedule.
+
+    Returns None when ``steps`` (node indices, frees as ``-1 - v``) does not follow the stage
+    structure: first computations in order, recomputations before each stage's first
+    computation, in increasing order position.
+    """
+    n = g.n
+    res: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+    live: dict[int, int] = {}
+    stage = 0
+    last_pos = -1
+    for s in steps:
+        if s < 0:
+            live.pop(-1 - int(s), None)
+            continue
+        v = int(s)
+        p = int(pos[v])
+        if not res[v]:
+            if p != stage:
+                return None
+            t, stage, last_pos = p, p + 1, -1
+        else:
+            if p >= stage or p <= last_pos:
+                return None
+            t, last_pos = stage, p
+        tau = t * n + p
+        for u in g._preds[v]:
+            k = live[u]
+            res[u][k] = (res[u][k][0], tau + 1)
+        res[v].append((tau, tau + 1))
+        live[v] = len(res[v]) - 1
+    return res
+
+
+def solve_moccasin(
+    g: Graph,
+    budget: int,
+    *,
+    time_limit: float,
+    max_copies: int,
+    threads: int,
+    seed: int,
+    hint: Sequence[int] | None,
+    t0: float,
+) -> SolverResult:
+    """Build and solve the CP-SAT model; ``hint`` is a stage-structured schedule (node indices)."""
+    from ortools.sat.python import cp_model
+
+    n = g.n
+    order = g.order_idx
+    pos = np.empty(n, dtype=np.int64)
+    pos[order] = np.arange(n)
+    mem = g.memory
+    dur = g.duration
+    preds = g._preds
+    succs = g._succs
+    m = cp_model.CpModel()
+
+    starts: list[list[Any]] = []  # affine expressions or ints
+    ends: list[list[Any]] = []
+    present: list[list[Any]] = []
+    stages: list[list[Any]] = []
+    intervals: list[Any] = []
+    demands: list[int] = []
+    cost_terms: list[Any] = []
+    cost_coefs: list[int] = []
+    # the last stage that can read v: the latest first computation among its descendants
+    # (a recomputation of a successor is only useful for a first computation further down)
+    last_read = np.full(n, -1, dtype=np.int64)
+    for v in order[::-1].tolist():
+        for s in succs[v]:
+            last_read[v] = max(last_read[v], pos[s], last_read[s])
+    # the copies of every node
+    for v in range(n):
+        p = int(pos[v])
+        tau0 = p * (n + 1)
+        last_stage = int(last_read[v])
+        last_end = last_stage * (n + 1) + 1 if succs[v] else tau0 + 1
+        ncopy = max_copies if last_stage >= p + 1 else 1
+        sv: list[Any] = []
+        ev: list[Any] = []
+        pv: list[Any] = []
+        tv_: list[Any] = []
+        for i in range(ncopy):
+            if i == 0:
+                start: Any = tau0
+                lit: Any = True
+                st: Any = None
+                end = m.new_int_var(tau0 + 1, last_end, f"e_{v}_0")
+                size = m.new_int_var(1, last_end - tau0, f"z_{v}_0")
+                iv = m.new_interval_var(tau0, size, end, f"iv_{v}_0")
+            else:
+                st = m.new_int_var(p + 1, last_stage, f"t_{v}_{i}")
+                start = st * n + p
+                lit = m.new_bool_var(f"p_{v}_{i}")
+                end = m.new_int_var((p + 1) * n + p + 1, last_end, f"e_{v}_{i}")
+                size = m.new_int_var(1, last_end - tau0, f"z_{v}_{i}")
+                iv = m.new_optional_interval_var(start, size, end, lit, f"iv_{v}_{i}")
+                # copies come one after the other; copy i needs copy i - 1
+                m.add_implication(lit, pv[i - 1])
+                m.add(start >= ev[i - 1]).only_enforce_if(lit)
+                cost_terms.append(lit)
+                cost_coefs.append(int(dur[v]))
+            sv.append(start)
+            ev.append(end)
+            pv.append(lit)
+            tv_.append(st)
+            intervals.append(iv)
+            demands.append(int(mem[v]))
+        starts.append(sv)
+        ends.append(ev)
+        present.append(pv)
+        stages.append(tv_)
+
+    # precedence: every computation of v is covered by a live copy of each input u
+    for v in range(n):
+        for i, tv in enumerate(starts[v]):
+            lit_v = present[v][i]
+            for u in preds[v]:
+                if len(starts[u]) == 1:
+                    c = m.add(ends[u][0] >= tv + 1)
+                    if i > 0:
+                        c.only_enforce_if(lit_v)
+                    continue
+                zs = []
+                for j in range(len(starts[u])):
+                    z = m.new_bool_var(f"c_{u}_{j}_{v}_{i}")
+                    zs.append(z)
+                    if j > 0:
+                        m.add_implication(z, present[u][j])
+                        m.add(starts[u][j] <= tv).only_enforce_if(z)
+                    m.add(ends[u][j] >= tv + 1).only_enforce_if(z)
+                if i == 0:
+                    m.add_bool_or(zs)
+                else:
+                    m.add_bool_or(zs).only_enforce_if(lit_v)
+
+    # memory: the live copies never exceed the budget
+    m.add_cumulative(intervals, demands, int(budget))
+    m.minimize(sum(c * x for c, x in zip(cost_coefs, cost_terms, strict=True)) if cost_terms else 0)
+
+    # hint: the best heuristic schedule, when it fits the copy limit
+    if hint is not None:
+        copies = hint_copies(hint, g, pos)
+        if copies is not None and all(len(copies[v]) <= len(starts[v]) for v in range(n)):
+            for v in range(n):
+                for i in range(len(starts[v])):
+                    if i < len(copies[v]):
+                        s0, e0 = copies[v][i]
+                        m.add_hint(ends[v][i], e0)
+                        if i > 0:
+                            m.add_hint(present[v][i], True)
+                            m.add_hint(stages[v][i], s0 // n)
+                    else:
+                        m.add_hint(present[v][i], False)
+                        m.add_hint(stages[v][i], int(pos[v]) + 1)
+                        m.add_hint(ends[v][i], (int(pos[v]) + 1) * n + int(pos[v]) + 1)
+
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = max(0.01, float(time_limit) - (time.perf_counter() - t0))
+    solver.parameters.num_workers = int(threads)
+    solver.parameters.random_seed = int(seed)
+
+    class _Cb(cp_model.CpSolverSolutionCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.best: float | None = None
+            self.t_best: float | None = None
+
+        def on_solution_callback(self) -> None:
+            obj = self.objective_value
+            if self.best is None or obj < self.best:
+                self.best = obj
+                self.t_best = time.perf_counter() - t0
+
+    cb = _Cb()
+    status = solver.solve(m, cb)
+    total = int(dur.sum())
+    if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        events = []
+        for v in range(n):
+            for i in range(len(starts[v])):
+                if i == 0 or solver.boolean_value(present[v][i]):
+                    t_v = int(starts[v][0]) if i == 0 else int(solver.value(stages[v][i])) * n + int(pos[v])
+                    events.append((t_v, v))
+        events.sort()
+        lb = int(np.ceil(solver.best_objective_bound - 1e-6)) + total
+        return SolverResult(
+            computes=[v for _, v in events],
+            status="optimal" if status == cp_model.OPTIMAL else "feasible",
+            time_to_best=cb.t_best,
+            lower_bound=lb,
+        )
+    if status == cp_model.INFEASIBLE:
+        return SolverResult(None, "infeasible", None, None)
+    return SolverResult(None, "unknown", None, None)

@@ -1,0 +1,502 @@
+"""Compute graphs for rematerialization planning.
+
+A :class:`Graph` is a directed acyclic graph whose nodes carry a ``memory`` (size of the
+node's output, e.g. in bytes) and a ``duration`` (cost of computing it). See DESIGN.md,
+"Remat memory model".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Any, Union
+
+import numpy as np
+
+__all__ = ["Graph"]
+
+PathOrDict = Union[str, "os.PathLike[str]", Mapping[str, Any]]
+
+_MEMORY_KEYS = ("memory", "out_cost", "cost_ram")
+_DURATION_KEYS = ("duration", "cost_cpu")
+
+
+def _as_count(value: Any, what: str) -> int:
+    """Return ``value`` as a non-negative Python int, or raise naming ``what``."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{what} must be a non-negative integer, got bool {value!r}")
+    if isinstance(value, (int, np.integer)):
+        iv = int(value)
+    elif isinstance(value, (float, np.floating)):
+        if not np.isfinite(value) or float(value) != int(value):
+            raise ValueError(f"{what} must be a non-negative integer, got {value!r}")
+        iv = int(value)
+    else:
+        raise TypeError(
+            f"{what} must be a non-negative integer, got {type(value).__name__} {value!r}"
+        )
+    if iv < 0:
+        raise ValueError(f"{what} must be a non-negative integer, got {iv}")
+    if iv >= 2**62:
+        raise ValueError(f"{what} must be below 2**62, got {iv}")
+    return iv
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (temporary file + ``os.replace``)."""
+    target = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(target))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class Graph:
+    """A computation graph (DAG) with per-node output memory and compute duration.
+
+    Parameters
+    ----------
+    nodes : sequence of hashable
+        Node identifiers (ints or strings), unique.
+    edges : iterable of (u, v) pairs
+        Directed edges: ``v`` reads the output of ``u``. Duplicates are merged.
+    memory : sequence or mapping of int
+        Output size of every node (e.g. bytes), aligned with ``nodes`` or keyed by node.
+    duration : sequence or mapping of int
+        Compute cost of every node, aligned with ``nodes`` or keyed by node.
+    order : sequence of hashable, optional
+        A topological order used by the planners for the first computation of each
+        node. Defaults to a deterministic topological order (Kahn's algorithm, ties by
+        the position in ``nodes``).
+    labels : sequence or mapping of str, optional
+        Human-readable names (e.g. layer names); default ``str(node)``.
+    backward : sequence or mapping of bool, optional
+        Marks backward-pass nodes (training graphs); used by the "chen" planner.
+    name : str, optional
+        Graph name.
+
+    Raises
+    ------
+    TypeError
+        If an argument has the wrong type (e.g. a non-integer memory).
+    ValueError
+        If memory/duration are missing or negative, an edge names an unknown node,
+        the graph has a cycle (the message names the nodes on it), or ``order`` is not
+        a topological order of all nodes.
+
+    Examples
+    --------
+    >>> g = Graph([0, 1, 2], [(0, 1), (1, 2)], memory=[4, 4, 4], duration=[1, 1, 1])
+    >>> g.peak_memory()
+    8
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[Hashable],
+        edges: Iterable[tuple[Hashable, Hashable]],
+        memory: Sequence[int] | Mapping[Any, int],
+        duration: Sequence[int] | Mapping[Any, int],
+        *,
+        order: Sequence[Hashable] | None = None,
+        labels: Sequence[str] | Mapping[Any, str] | None = None,
+        backward: Sequence[bool] | Mapping[Any, bool] | None = None,
+        name: str = "",
+    ) -> None:
+        if isinstance(nodes, (str, bytes)) or not isinstance(nodes, Iterable):
+            raise TypeError(f"nodes must be a sequence of node ids, got {type(nodes).__name__}")
+        node_list = list(nodes)
+        index: dict[Hashable, int] = {}
+        for i, v in enumerate(node_list):
+            try:
+                hash(v)
+            except TypeError:
+                raise TypeError(f"nodes[{i}] must be hashable, got {type(v).__name__}") from None
+            if isinstance(v, (bool, np.bool_)):
+                raise TypeError(f"nodes[{i}] must be an int or str id, got bool {v!r}")
+            if v in index:
+                raise ValueError(f"nodes must be unique, got {v!r} twice")
+            index[v] = i
+        n = len(node_list)
+        self._nodes = node_list
+        self._index = index
+        self.name = str(name)
+
+        self._memory = self._per_node(memory, "memory", required=True)
+        self._duration = self._per_node(duration, "duration", required=True)
+        mem = np.array([_as_count(x, f"memory of node {v!r}") for v, x in zip(node_list, self._memory, strict=True)], dtype=np.int64)
+        dur = np.array([_as_count(x, f"duration of node {v!r}") for v, x in zip(node_list, self._duration, strict=True)], dtype=np.int64)
+        mem.flags.writeable = False
+        dur.flags.writeable = False
+        self._mem = mem
+        self._dur = dur
+        lab = self._per_node(labels, "labels", required=False)
+        self._labels = [str(v) if x is None else str(x) for v, x in zip(node_list, lab, strict=True)]
+        bw = self._per_node(backward, "backward", required=False)
+        self._backward = np.array([bool(x) if x is not None else False for x in bw], dtype=bool)
+        self._has_backward = backward is not None
+
+        if isinstance(edges, (str, bytes)) or not isinstance(edges, Iterable):
+            raise TypeError(f"edges must be an iterable of (source, target) pairs, got {type(edges).__name__}")
+        edge_set: dict[tuple[int, int], None] = {}
+        for k, e in enumerate(edges):
+            try:
+                u, v = e
+            except (TypeError, ValueError):
+                raise TypeError(f"edges[{k}] must be a (source, target) pair, got {e!r}") from None
+            if u not in index:
+                raise ValueError(f"edges[{k}] = {e!r}: unknown source node {u!r}")
+            if v not in index:
+                raise ValueError(f"edges[{k}] = {e!r}: unknown target node {v!r}")
+            edge_set[(index[u], index[v])] = None
+        self._edges = list(edge_set)
+
+        preds: list[list[int]] = [[] for _ in range(n)]
+        succs: list[list[int]] = [[] for _ in range(n)]
+        for u, v in self._edges:
+            preds[v].append(u)
+            succs[u].append(v)
+        self._preds = preds
+        self._succs = succs
+        self.pred_ptr, self.pred_idx = _csr(preds)
+        self.succ_ptr, self.succ_idx = _csr(succs)
+
+        topo = self._kahn()
+        if order is None:
+            self._order = topo
+        else:
+            if isinstance(order, (str, bytes)) or not isinstance(order, Iterable):
+                raise TypeError(f"order must be a sequence of node ids, got {type(order).__name__}")
+            olist = list(order)
+            if len(olist) != n:
+                raise ValueError(f"order must list all {n} nodes once, got {len(olist)} entries")
+            oidx = []
+            for v in olist:
+                if v not in index:
+                    raise ValueError(f"order names unknown node {v!r}")
+                oidx.append(index[v])
+            if len(set(oidx)) != n:
+                raise ValueError("order must list every node exactly once, got duplicates")
+            pos = np.empty(n, dtype=np.int64)
+            pos[np.array(oidx, dtype=np.int64)] = np.arange(n)
+            for u, v in self._edges:
+                if pos[u] >= pos[v]:
+                    raise ValueError(
+                        f"order is not topological: edge {node_list[u]!r} -> {node_list[v]!r} "
+                        f"but {node_list[v]!r} comes first"
+                    )
+            self._order = oidx
+        self.order_idx = np.array(self._order, dtype=np.int64)
+        self.order_idx.flags.writeable = False
+
+    # ---------------------------------------------------------------- helpers
+    def _per_node(self, values: Any, what: str, *, required: bool) -> list[Any]:
+        n = len(self._nodes)
+        if values is None:
+            if required:
+                raise ValueError(f"{what} is required: one value per node")
+            return [None] * n
+        if isinstance(values, Mapping):
+            out: list[Any] = []
+            for v in self._nodes:
+                if v not in values:
+                    if required:
+                        raise ValueError(f"{what} is missing for node {v!r}")
+                    out.append(None)
+                else:
+                    out.append(values[v])
+            return out
+        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+            raise TypeError(f"{what} must be a sequence or mapping with one value per node, got {type(values).__name__}")
+        lst = list(np.asarray(values).tolist()) if isinstance(values, np.ndarray) else list(values)
+        if len(lst) != n:
+            raise ValueError(f"{what} must have one value per node ({n}), got {len(lst)}")
+        return lst
+
+    def _kahn(self) -> list[int]:
+        n = len(self._nodes)
+        indeg = [len(p) for p in self._preds]
+        import heapq
+
+        ready = [v for v in range(n) if indeg[v] == 0]
+        heapq.heapify(ready)
+        out: list[int] = []
+        while ready:
+            v = heapq.heappop(ready)
+            out.append(v)
+            for s in self._succs[v]:
+                indeg[s] -= 1
+                if indeg[s] == 0:
+                    heapq.heappush(ready, s)
+        if len(out) != n:
+            cycle = self._find_cycle({v for v in range(n) if indeg[v] > 0})
+            names = " -> ".join(repr(self._nodes[v]) for v in cycle + cycle[:1])
+            raise ValueError(f"edges must form a DAG, found a cycle: {names}")
+        return out
+
+    def _find_cycle(self, rest: set[int]) -> list[int]:
+        # every node left by Kahn's algorithm has a predecessor left: walk back until a repeat
+        v = min(rest)
+        seen: dict[int, int] = {}
+        path: list[int] = []
+        while v not in seen:
+            seen[v] = len(path)
+            path.append(v)
+            v = next(p for p in self._preds[v] if p in rest)
+        return path[seen[v]:][::-1]
+
+    # ------------------------------------------------------------ properties
+    @property
+    def n(self) -> int:
+        """Number of nodes."""
+        return len(self._nodes)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    @property
+    def nodes(self) -> list[Hashable]:
+        """Node ids, in construction order."""
+        return list(self._nodes)
+
+    @property
+    def edges(self) -> list[tuple[Hashable, Hashable]]:
+        """Edges as (source, target) node-id pairs."""
+        return [(self._nodes[u], self._nodes[v]) for u, v in self._edges]
+
+    @property
+    def memory(self) -> np.ndarray:
+        """Output memory per node, int64, aligned with :attr:`nodes` (read-only)."""
+        return self._mem
+
+    @property
+    def duration(self) -> np.ndarray:
+        """Compute duration per node, int64, aligned with :attr:`nodes` (read-only)."""
+        return self._dur
+
+    @property
+    def order(self) -> list[Hashable]:
+        """The topological order used for first computations."""
+        return [self._nodes[i] for i in self._order]
+
+    @property
+    def backward(self) -> np.ndarray:
+        """Backward-pass flag per node (all False unless given)."""
+        return self._backward.copy()
+
+    @property
+    def total_duration(self) -> int:
+        """Sum of all node durations (the duration of a schedule without recomputation)."""
+        return int(self._dur.sum())
+
+    def index(self, node: Hashable) -> int:
+        """Position of ``node`` in :attr:`nodes`."""
+        try:
+            return self._index[node]
+        except (KeyError, TypeError):
+            raise ValueError(f"node must be a node of the graph, got {node!r}") from None
+
+    def label(self, node: Hashable) -> str:
+        """Human-readable name of ``node``."""
+        return self._labels[self.index(node)]
+
+    def predecessors(self, node: Hashable) -> list[Hashable]:
+        """Inputs of ``node``."""
+        return [self._nodes[u] for u in self._preds[self.index(node)]]
+
+    def successors(self, node: Hashable) -> list[Hashable]:
+        """Users of ``node``."""
+        return [self._nodes[u] for u in self._succs[self.index(node)]]
+
+    def min_budget(self) -> tuple[int, Hashable]:
+        """Smallest memory any schedule needs: max over nodes of output + inputs.
+
+        Returns
+        -------
+        (int, node)
+            The bound and a node attaining it.
+        """
+        best, arg = 0, self._nodes[0] if self._nodes else None
+        for v in range(self.n):
+            need = int(self._mem[v]) + sum(int(self._mem[u]) for u in self._preds[v])
+            if need > best:
+                best, arg = need, self._nodes[v]
+        return best, arg
+
+    def peak_memory(self, order: Sequence[Hashable] | None = None) -> int:
+        """Peak memory of computing every node once, in ``order``, freeing eagerly.
+
+        Each output is freed right after its last user is computed (a node without
+        users right after it is computed).
+
+        Parameters
+        ----------
+        order : sequence of node ids, optional
+            A topological order; default :attr:`order`.
+
+        Returns
+        -------
+        int
+            The no-rematerialization peak.
+        """
+        if order is None:
+            oidx = self._order
+        else:
+            oidx = Graph(self._nodes, self.edges, self._mem.tolist(), self._dur.tolist(), order=order)._order
+        remaining = [len(s) for s in self._succs]
+        cur = peak = 0
+        mem = self._mem.tolist()
+        for v in oidx:
+            cur += mem[v]
+            peak = max(peak, cur)
+            for u in self._preds[v]:
+                remaining[u] -= 1
+                if remaining[u] == 0:
+                    cur -= mem[u]
+            if not self._succs[v]:
+                cur -= mem[v]
+        return int(peak)
+
+    def __repr__(self) -> str:
+        nm = f" {self.name!r}" if self.name else ""
+        return f"<Graph{nm} nodes={self.n} edges={len(self._edges)} total_duration={self.total_duration}>"
+
+    # ------------------------------------------------------------------- I/O
+    @classmethod
+    def from_json(cls, source: PathOrDict) -> Graph:
+        """Load a graph from networkx node-link JSON (a file path or a parsed dict).
+
+        Accepted variants: node ids under ``"id"`` (networkx default) or ``"name"``;
+        memory under ``memory`` | ``out_cost`` | ``cost_ram``; duration under
+        ``duration`` | ``cost_cpu``; links under ``"links"`` or ``"edges"``, each with
+        ``source``/``target`` or ``"0"``/``"1"``; optional ``graph.order`` (a
+        topological order) and per-node ``backward`` flags. networkx is not needed.
+
+        Parameters
+        ----------
+        source : str, os.PathLike or dict
+            Path of a JSON file, or the already-parsed JSON object.
+
+        Returns
+        -------
+        Graph
+
+        Raises
+        ------
+        TypeError, ValueError
+            On malformed JSON structure or invalid values; the message names the field.
+        """
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, encoding="utf-8") as fh:
+                try:
+                    data = json.load(fh)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"source {os.fspath(source)!r} is not valid JSON: {exc}") from None
+        elif isinstance(source, Mapping):
+            data = source
+        else:
+            raise TypeError(f"source must be a file path or a dict, got {type(source).__name__}")
+        if not isinstance(data, Mapping):
+            raise TypeError(f"source must hold a JSON object, got {type(data).__name__}")
+        nodes = data.get("nodes")
+        if not isinstance(nodes, list):
+            raise ValueError("source must have a 'nodes' list (networkx node-link format)")
+        links = data.get("links", data.get("edges", []))
+        if not isinstance(links, list):
+            raise ValueError("source 'links' must be a list")
+        if nodes and all(isinstance(x, Mapping) and "id" in x for x in nodes):
+            key = "id"
+        elif nodes and all(isinstance(x, Mapping) and "name" in x for x in nodes):
+            key = "name"
+        elif not nodes:
+            key = "id"
+        else:
+            raise ValueError("every node must be an object with an 'id' (or 'name') key")
+        ids, mem, dur, labels, bw = [], [], [], [], []
+        has_bw = False
+        for i, x in enumerate(nodes):
+            ids.append(x[key])
+            m = next((x[k] for k in _MEMORY_KEYS if k in x), None)
+            d = next((x[k] for k in _DURATION_KEYS if k in x), None)
+            if m is None:
+                raise ValueError(f"nodes[{i}] (id {x[key]!r}) has no memory: expected one of {', '.join(_MEMORY_KEYS)}")
+            if d is None:
+                raise ValueError(f"nodes[{i}] (id {x[key]!r}) has no duration: expected one of {', '.join(_DURATION_KEYS)}")
+            mem.append(m)
+            dur.append(d)
+            labels.append(str(x["name"]) if key == "id" and "name" in x else str(x[key]))
+            if "backward" in x:
+                has_bw = True
+            bw.append(bool(x.get("backward", False)))
+        edges = []
+        for k, e in enumerate(links):
+            if not isinstance(e, Mapping):
+                raise ValueError(f"links[{k}] must be an object, got {e!r}")
+            if "source" in e and "target" in e:
+                edges.append((e["source"], e["target"]))
+            elif "0" in e and "1" in e:
+                edges.append((e["0"], e["1"]))
+            else:
+                raise ValueError(f"links[{k}] must have 'source'/'target' (or '0'/'1'), got keys {sorted(e)}")
+        graph_attrs = data.get("graph", {}) or {}
+        order = graph_attrs.get("order") if isinstance(graph_attrs, Mapping) else None
+        name = graph_attrs.get("name", "") if isinstance(graph_attrs, Mapping) else ""
+        return cls(ids, edges, mem, dur, order=order, labels=labels,
+                   backward=bw if has_bw else None, name=str(name))
+
+    def to_json(self, path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """Return the graph as networkx node-link JSON; also write it if ``path`` is given.
+
+        The file is written atomically (temporary file, then ``os.replace``), so an
+        error never leaves a truncated file behind.
+
+        Parameters
+        ----------
+        path : str or os.PathLike, optional
+            Where to write the JSON.
+
+        Returns
+        -------
+        dict
+            ``{"directed": True, "multigraph": False, "graph": {...}, "nodes": [...],
+            "links": [...]}`` with node keys ``id``, ``name``, ``memory``, ``duration``
+            (and ``backward`` when known).
+        """
+        nodes = []
+        for i, v in enumerate(self._nodes):
+            rec: dict[str, Any] = {"id": v, "name": self._labels[i],
+                                   "memory": int(self._mem[i]), "duration": int(self._dur[i])}
+            if self._has_backward:
+                rec["backward"] = bool(self._backward[i])
+            nodes.append(rec)
+        out = {
+            "directed": True,
+            "multigraph": False,
+            "graph": {"name": self.name, "order": self.order},
+            "nodes": nodes,
+            "links": [{"source": u, "target": v} for u, v in self.edges],
+        }
+        if path is not None:
+            atomic_write_json(path, out)
+        return out
+
+
+def _csr(adj: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    ptr = np.zeros(len(adj) + 1, dtype=np.int64)
+    ptr[1:] = np.cumsum([len(a) for a in adj]) if adj else []
+    idx = np.array([x for a in adj for x in a], dtype=np.int64)
+    ptr.flags.writeable = False
+    idx.flags.writeable = False
+    return ptr, idx

@@ -1,0 +1,194 @@
+"""Graph generators for the rematerialization planner.
+
+- :func:`random_layered`: random layered DAGs in the style of Gagrani et al. (2022), "Neural
+  Topological Ordering for Computation Graphs", appendix A (the ``random_layered_n*`` graphs
+  of the Moccasin paper);
+- :func:`training_graph`: the training graph of a chain of layers (forward nodes, a loss node
+  and backward nodes), the shape of the Checkmate/Moccasin ``*_train`` graphs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from sparseft.graph import Graph
+
+__all__ = ["random_layered", "training_graph"]
+
+
+def _check_int(value: object, name: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int >= {low}, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value}")
+    return int(value)
+
+
+def _check_frac(value: object, name: str, high: float = 1.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number in [0, {high}], got {type(value).__name__}")
+    v = float(value)
+    if not (0.0 <= v <= high):
+        raise ValueError(f"{name} must be a number in [0, {high}], got {v}")
+    return v
+
+
+def random_layered(
+    n: int,
+    seed: int = 0,
+    *,
+    width: float = 0.3,
+    layer_var: float = 0.75,
+    edge_density: float = 0.2,
+    skip_density: float = 0.14,
+    max_memory: int = 8000,
+    max_duration: int = 1000,
+) -> Graph:
+    """A random layered DAG like the synthetic graphs of Gagrani et al. (2022, appendix A).
+
+    One source node (id 0) feeds the first layer and one sink node (id 1) reads every node
+    without another user. The ``n - 2`` other nodes are cut into layers whose widths are drawn
+    around ``2 * width * sqrt(n)`` with relative spread ``layer_var``. Each node reads every
+    node of the previous layer with probability ``edge_density`` (at least one), and gets up
+    to two skip connections from older layers, each with probability ``skip_density``. Output
+    sizes are multiples of 10 in [10, max_memory], durations integers in [0, max_duration);
+    the source and the sink have duration 0. ``graph.order`` is the layer order.
+
+    Parameters
+    ----------
+    n : int
+        Number of nodes (>= 3).
+    seed : int
+        Random seed (the same seed gives the same graph).
+    width, layer_var, edge_density, skip_density : float
+        Shape parameters as in the graph names ``random_layered_n{n}_w{width}_nlv{layer_var}
+        _ed{edge_density}_scd{skip_density}``.
+    max_memory, max_duration : int
+        Ranges of the node costs.
+
+    Returns
+    -------
+    Graph
+    """
+    n = _check_int(n, "n", 3)
+    seed = _check_int(seed, "seed", 0)
+    width = _check_frac(width, "width", 10.0)
+    layer_var = _check_frac(layer_var, "layer_var", 10.0)
+    edge_density = _check_frac(edge_density, "edge_density")
+    skip_density = _check_frac(skip_density, "skip_density")
+    max_memory = _check_int(max_memory, "max_memory", 10)
+    max_duration = _check_int(max_duration, "max_duration", 1)
+    rng = np.random.default_rng(seed)
+    mu = max(1.0, 2.0 * width * math.sqrt(n))
+    # cut the inner nodes into layers of random width
+    layers: list[list[int]] = []
+    nxt = 2
+    while nxt < n:
+        w = round(rng.normal(mu, layer_var * mu))
+        w = max(1, min(w, n - nxt))
+        layers.append(list(range(nxt, nxt + w)))
+        nxt += w
+    edges: list[tuple[int, int]] = [(0, v) for v in layers[0]]
+    has_user = np.zeros(n, dtype=bool)
+    has_user[0] = True
+    # each node reads part of the previous layer and, sometimes, an older node
+    for li in range(1, len(layers)):
+        prev = layers[li - 1]
+        older = [v for layer in layers[: li - 1] for v in layer]
+        for v in layers[li]:
+            ins = [u for u in prev if rng.random() < edge_density]
+            if not ins:
+                ins = [prev[int(rng.integers(len(prev)))]]
+            for _ in range(2):
+                if older and rng.random() < skip_density:
+                    ins.append(older[int(rng.integers(len(older)))])
+            for u in dict.fromkeys(ins):
+                edges.append((u, v))
+                has_user[u] = True
+    edges += [(v, 1) for v in range(2, n) if not has_user[v]]
+    memory = (rng.integers(1, max_memory // 10 + 1, size=n) * 10).tolist()
+    duration = rng.integers(0, max_duration, size=n).tolist()
+    duration[0] = duration[1] = 0
+    order = [0, *[v for layer in layers for v in layer], 1]
+    name = f"random_layered_n{n}_w{width}_nlv{layer_var}_ed{edge_density}_scd{skip_density}_seed{seed}"
+    return Graph(list(range(n)), edges, memory, duration, order=order, name=name)
+
+
+def training_graph(
+    n_layers: int,
+    *,
+    memory: Sequence[int] | None = None,
+    duration: Sequence[int] | None = None,
+    backward_factor: float = 2.0,
+    seed: int = 0,
+) -> Graph:
+    """The training graph of a chain of ``n_layers`` layers.
+
+    Nodes: forward ``"f0"`` .. ``"f{L-1}"`` (``f{i}`` reads ``f{i-1}``), ``"loss"`` (reads the
+    last forward output) and backward ``"b{L-1}"`` .. ``"b0"``: ``b{i}`` reads the gradient
+    from above (``b{i+1}``, or ``loss`` for the last layer), the layer's output ``f{i}`` and its
+    input ``f{i-1}`` (for ``i > 0``). The gradient ``b{i}`` has the size of the layer's input.
+
+    Parameters
+    ----------
+    n_layers : int
+        Number of layers (>= 1).
+    memory : sequence of int, optional
+        Output size of each forward layer; default random integers in [1, 100] from ``seed``.
+    duration : sequence of int, optional
+        Forward cost of each layer; default random integers in [1, 100] from ``seed``.
+    backward_factor : float
+        Backward cost = ``round(backward_factor * forward cost)``.
+    seed : int
+        Seed for the default memory and duration.
+
+    Returns
+    -------
+    Graph
+        With ``backward`` flags set and the order forward, loss, backward.
+    """
+    L = _check_int(n_layers, "n_layers", 1)
+    seed = _check_int(seed, "seed", 0)
+    backward_factor = _check_frac(backward_factor, "backward_factor", 1e6)
+    rng = np.random.default_rng(seed)
+
+    def per_layer(values: Sequence[int] | None, name: str) -> list[int]:
+        if values is None:
+            return rng.integers(1, 101, size=L).tolist()
+        vals = list(values)
+        if len(vals) != L:
+            raise ValueError(f"{name} must have one value per layer ({L}), got {len(vals)}")
+        return vals
+
+    mem = per_layer(memory, "memory")
+    dur = per_layer(duration, "duration")
+    nodes: list[str] = []
+    m: dict[str, int] = {}
+    d: dict[str, int] = {}
+    bw: dict[str, bool] = {}
+    edges: list[tuple[str, str]] = []
+    # forward chain
+    for i in range(L):
+        f = f"f{i}"
+        nodes.append(f)
+        m[f], d[f], bw[f] = mem[i], dur[i], False
+        if i > 0:
+            edges.append((f"f{i - 1}", f))
+    nodes.append("loss")
+    m["loss"], d["loss"], bw["loss"] = 1, 1, False
+    edges.append((f"f{L - 1}", "loss"))
+    # backward chain, last layer first
+    for i in range(L - 1, -1, -1):
+        b = f"b{i}"
+        nodes.append(b)
+        m[b] = mem[i - 1] if i > 0 else mem[0]
+        d[b] = round(backward_factor * float(dur[i]))
+        bw[b] = True
+        edges.append(("loss" if i == L - 1 else f"b{i + 1}", b))
+        edges.append((f"f{i}", b))
+        if i > 0:
+            edges.append((f"f{i - 1}", b))
+    return Graph(nodes, edges, m, d, order=nodes, backward=bw, name=f"training_chain_L{L}_seed{seed}")

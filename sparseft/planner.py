@@ -1,0 +1,517 @@
+"""Rematerialization planning: choose what to keep and what to recompute under a memory budget.
+
+See DESIGN.md, "Remat memory model". Every planner here works on the same class of
+schedules: the first computation of every node follows the graph's topological order
+(:attr:`Graph.order`), and before each first computation some earlier nodes may be recomputed,
+in order position (the "stages" of Checkmate and Moccasin). Frees happen right after a copy's
+last read. Every schedule returned is checked by the C simulator before it is returned.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Hashable
+from typing import Any
+
+import numpy as np
+
+from sparseft import _core
+from sparseft.graph import Graph, atomic_write_json
+
+__all__ = ["SOLVERS", "Planner", "Schedule", "simulate"]
+
+SOLVERS = ("moccasin", "checkmate", "chen", "greedy", "none")
+
+_STATUS_TEXT = {
+    1: "names a node that is not in the graph",
+    2: "computes a node whose input is not resident",
+    3: "computes a node that is already resident",
+    4: "frees a node that is not resident",
+    5: "never computes a node",
+}
+
+
+def _encode(graph: Graph, steps: Any) -> np.ndarray:
+    """Steps [("compute"|"free", node), ...] -> int64 codes (v, or -1 - v for a free)."""
+    if isinstance(steps, np.ndarray) and steps.dtype == np.int64:
+        return np.ascontiguousarray(steps)
+    if isinstance(steps, (str, bytes)):
+        raise TypeError("steps must be a list of (\"compute\" | \"free\", node) pairs, got a string")
+    codes = []
+    for k, st in enumerate(steps):
+        try:
+            op, node = st
+        except (TypeError, ValueError):
+            raise TypeError(f"steps[{k}] must be a (\"compute\" | \"free\", node) pair, got {st!r}") from None
+        if op not in ("compute", "free"):
+            raise ValueError(f"steps[{k}]: operation must be \"compute\" or \"free\", got {op!r}")
+        try:
+            v = graph.index(node)
+        except ValueError:
+            raise ValueError(f"steps[{k}] names node {node!r}, which is not in the graph") from None
+        codes.append(v if op == "compute" else -1 - v)
+    return np.array(codes, dtype=np.int64)
+
+
+def simulate(graph: Graph, steps: Any) -> tuple[int, int]:
+    """Check a schedule and return its ``(peak_memory, duration)``.
+
+    Parameters
+    ----------
+    graph : Graph
+    steps : list of ("compute" | "free", node)
+        The schedule. Computing a node needs all its inputs resident and the node not
+        resident; freeing needs the node resident; every node must be computed at least once.
+
+    Returns
+    -------
+    (int, int)
+        Peak memory (the largest step memory) and total duration of the computations.
+
+    Raises
+    ------
+    ValueError
+        If the schedule is invalid; the message names the step and the node.
+    """
+    if not isinstance(graph, Graph):
+        raise TypeError(f"graph must be a sparseft.Graph, got {type(graph).__name__}")
+    codes = _encode(graph, steps)
+    peak, dur, _ = _sim(graph, codes, profile=False)
+    return peak, dur
+
+
+def _sim(graph: Graph, codes: np.ndarray, *, profile: bool) -> tuple[int, int, np.ndarray | None]:
+    rc, peak, dur, bad_step, bad_node, prof = _core.remat_simulate(
+        codes, graph.memory, graph.duration, graph.pred_ptr, graph.pred_idx, profile=profile
+    )
+    if rc != 0:
+        nodes = graph.nodes
+        what = _STATUS_TEXT.get(rc, f"is invalid (code {rc})")
+        if rc == 1:
+            raise ValueError(f"steps[{bad_step}] {what} (index {bad_node})")
+        if rc == 5:
+            raise ValueError(f"steps {what}: {nodes[bad_node]!r}")
+        step = int(codes[bad_step])
+        v = step if step >= 0 else -1 - step
+        extra = f" (missing input {nodes[bad_node]!r})" if rc == 2 else ""
+        raise ValueError(f"steps[{bad_step}] ({'compute' if step >= 0 else 'free'} {nodes[v]!r}) {what}{extra}")
+    return int(peak), int(dur), prof
+
+
+class Schedule:
+    """A rematerialization schedule and what it costs.
+
+    Attributes
+    ----------
+    steps : list of ("compute" | "free", node)
+        The schedule; empty when no schedule within the budget was found.
+    peak_memory : int or None
+        Largest step memory (None without a schedule).
+    duration : int or None
+        Sum of the durations of all computations (None without a schedule).
+    overhead : float or None
+        ``duration / graph.total_duration - 1`` (the "TDI"; 0.0 means no recomputation).
+    status : str
+        "optimal" (proved optimal over the planner's schedule class), "feasible" (within budget,
+        not proved optimal), "infeasible" (proved impossible for that class, or the heuristic
+        could not meet the budget) or "unknown" (the time ran out before any schedule).
+    solver : str
+        The solver that produced it.
+    budget : int
+        The memory budget in the graph's memory unit.
+    solve_time : float
+        Seconds spent in :meth:`Planner.solve`.
+    time_to_best : float or None
+        Seconds from the start of :meth:`Planner.solve` until this schedule was found.
+    lower_bound : int or None
+        A lower bound on the duration of any schedule of the class (from the exact solvers).
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        codes: np.ndarray | None,
+        *,
+        status: str,
+        solver: str,
+        budget: int,
+        solve_time: float = 0.0,
+        time_to_best: float | None = None,
+        lower_bound: int | None = None,
+    ) -> None:
+        self.graph = graph
+        self.status = status
+        self.solver = solver
+        self.budget = int(budget)
+        self.solve_time = float(solve_time)
+        self.time_to_best = time_to_best
+        self.lower_bound = lower_bound
+        self._codes = np.zeros(0, dtype=np.int64) if codes is None else np.asarray(codes, dtype=np.int64)
+        self.peak_memory: int | None = None
+        self.duration: int | None = None
+        self.overhead: float | None = None
+        if codes is not None:
+            peak, dur, _ = _sim(graph, self._codes, profile=False)
+            self.peak_memory = peak
+            self.duration = dur
+            total = graph.total_duration
+            self.overhead = dur / total - 1.0 if total > 0 else 0.0
+        nodes = graph.nodes
+        self.steps: list[tuple[str, Hashable]] = [
+            ("compute", nodes[c]) if c >= 0 else ("free", nodes[-1 - c]) for c in self._codes.tolist()
+        ]
+
+    @property
+    def codes(self) -> np.ndarray:
+        """The steps as int64 codes: node index to compute, ``-1 - index`` to free."""
+        return self._codes.copy()
+
+    @property
+    def recomputations(self) -> int:
+        """Number of computations beyond the first of each node."""
+        return int(np.count_nonzero(self._codes >= 0)) - (self.graph.n if self.steps else 0)
+
+    def memory_profile(self) -> np.ndarray:
+        """Memory after each step (for a computation: during it), int64, one entry per step."""
+        if len(self._codes) == 0:
+            return np.zeros(0, dtype=np.int64)
+        _, _, prof = _sim(self.graph, self._codes, profile=True)
+        assert prof is not None
+        return prof
+
+    def to_json(self, path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """The schedule as a JSON-ready dict; also written atomically to ``path`` if given.
+
+        Parameters
+        ----------
+        path : str or os.PathLike, optional
+            Destination file (written to a temporary file, then renamed over it).
+
+        Returns
+        -------
+        dict
+            Keys ``steps`` (list of ["compute" | "free", node]), ``peak_memory``, ``duration``,
+            ``overhead``, ``status``, ``solver``, ``budget``, ``solve_time``, ``time_to_best``,
+            ``lower_bound``, ``graph`` (its name).
+        """
+        out = {
+            "graph": self.graph.name,
+            "solver": self.solver,
+            "status": self.status,
+            "budget": self.budget,
+            "peak_memory": self.peak_memory,
+            "duration": self.duration,
+            "overhead": self.overhead,
+            "solve_time": self.solve_time,
+            "time_to_best": self.time_to_best,
+            "lower_bound": self.lower_bound,
+            "steps": [[op, _jsonable(v)] for op, v in self.steps],
+        }
+        if path is not None:
+            atomic_write_json(path, out)
+        return out
+
+    def plot(self, ax: Any = None) -> Any:
+        """Plot the memory profile against the budget (needs matplotlib).
+
+        Parameters
+        ----------
+        ax : matplotlib.axes.Axes, optional
+            Where to draw; a new figure is created otherwise.
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+        """
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise ImportError(
+                "Schedule.plot needs matplotlib: pip install matplotlib (or sparseft[plot])"
+            ) from None
+        if ax is None:
+            _, ax = plt.subplots(figsize=(8, 3))
+        prof = self.memory_profile()
+        ax.step(np.arange(len(prof)), prof, where="post", label="memory")
+        ax.axhline(self.budget, color="r", linestyle="--", label="budget")
+        ax.set_xlabel("step")
+        ax.set_ylabel("memory")
+        ov = "n/a" if self.overhead is None else f"{100 * self.overhead:.2f}%"
+        ax.set_title(f"{self.solver}: {self.status}, overhead {ov}")
+        ax.legend(loc="best")
+        return ax
+
+    def __repr__(self) -> str:
+        ov = "None" if self.overhead is None else f"{100 * self.overhead:.3f}%"
+        return (
+            f"<Schedule solver={self.solver!r} status={self.status!r} steps={len(self.steps)} "
+            f"peak_memory={self.peak_memory} budget={self.budget} duration={self.duration} overhead={ov}>"
+        )
+
+
+def _jsonable(v: Hashable) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+class Planner:
+    """Plan which outputs to keep and which to recompute so that peak memory fits a budget.
+
+    Parameters
+    ----------
+    graph : Graph
+        The computation graph.
+    budget : int or float
+        An ``int`` is a memory budget in the graph's memory unit (e.g. bytes). A ``float`` in
+        (0, 1] is a fraction of the graph's no-rematerialization peak
+        (``graph.peak_memory()``), rounded down.
+    solver : {"moccasin", "checkmate", "chen", "greedy", "none"}
+        "moccasin": the CP-SAT model of Bartan et al. (2023), hinted with the greedy schedule;
+        "checkmate": the MILP of Jain et al. (2020) with HiGHS (small graphs);
+        "chen": sqrt(n) checkpointing on articulation points (Chen et al., 2016), the best
+        segment length that fits; "greedy": the C eviction heuristics; "none": no recomputation.
+    time_limit : float
+        Seconds for the exact solvers (the whole :meth:`solve` call).
+    max_copies : int
+        Moccasin's C: at most this many computations of one node.
+    threads : int, optional
+        CP-SAT workers; default ``min(8, os.cpu_count())``.
+    seed : int
+        CP-SAT random seed.
+
+    Raises
+    ------
+    TypeError
+        On arguments of the wrong type.
+    ValueError
+        On an unknown solver, a non-positive time limit, and a budget below the minimum any
+        schedule needs (the largest single computation: a node's output plus its inputs); the
+        message states that minimum.
+
+    Examples
+    --------
+    >>> import sparseft as sft
+    >>> g = sft.graphs.training_graph(4, seed=0)
+    >>> plan = sft.Planner(g, 0.8, solver="greedy").solve()
+    >>> plan.peak_memory <= plan.budget
+    True
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        budget: int | float,
+        solver: str = "moccasin",
+        time_limit: float = 60,
+        max_copies: int = 2,
+        threads: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(graph, Graph):
+            raise TypeError(f"graph must be a sparseft.Graph, got {type(graph).__name__}")
+        if graph.n == 0:
+            raise ValueError("graph must have at least one node, got an empty graph")
+        if not isinstance(solver, str) or solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {', '.join(map(repr, SOLVERS))}; got {solver!r}")
+        if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float, np.integer, np.floating)):
+            raise TypeError(f"time_limit must be a number of seconds, got {type(time_limit).__name__}")
+        if not (math.isfinite(float(time_limit)) and float(time_limit) > 0):
+            raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
+        if isinstance(max_copies, bool) or not isinstance(max_copies, (int, np.integer)):
+            raise TypeError(f"max_copies must be an int >= 1, got {type(max_copies).__name__}")
+        if max_copies < 1:
+            raise ValueError(f"max_copies must be an int >= 1, got {max_copies}")
+        if threads is not None:
+            if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+                raise TypeError(f"threads must be None or an int >= 1, got {type(threads).__name__}")
+            if threads < 1:
+                raise ValueError(f"threads must be None or an int >= 1, got {threads}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        self.graph = graph
+        self.solver = solver
+        self.time_limit = float(time_limit)
+        self.max_copies = int(max_copies)
+        self.threads = int(threads) if threads is not None else min(8, os.cpu_count() or 1)
+        self.seed = int(seed)
+        self.no_remat_peak = graph.peak_memory()
+        self.budget = self._resolve_budget(budget)
+
+    def _resolve_budget(self, budget: Any) -> int:
+        if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)):
+            raise TypeError(
+                f"budget must be an int (memory units) or a float in (0, 1] (fraction of the "
+                f"no-remat peak), got {type(budget).__name__}"
+            )
+        if isinstance(budget, (float, np.floating)):
+            b = float(budget)
+            if not (0.0 < b <= 1.0):
+                raise ValueError(f"budget as a float must be a fraction in (0, 1] of the no-remat peak, got {b}")
+            value = math.floor(b * self.no_remat_peak)
+        else:
+            value = int(budget)
+            if value <= 0:
+                raise ValueError(f"budget must be a positive amount of memory, got {value}")
+        need, node = self.graph.min_budget()
+        if value < need:
+            raise ValueError(
+                f"budget {value} is below the minimum feasible budget {need} (computing node {node!r} "
+                f"needs its output and all its inputs resident)"
+            )
+        return value
+
+    # --------------------------------------------------------------- solving
+    def solve(self) -> Schedule:
+        """Run the solver and return the best schedule found within the budget.
+
+        Returns
+        -------
+        Schedule
+            With ``status`` "optimal", "feasible", "infeasible" or "unknown". Its peak memory
+            is never above the budget; without a schedule, ``steps`` is empty.
+        """
+        t0 = time.perf_counter()
+        fn = getattr(self, f"_solve_{self.solver}")
+        codes, status, t_best, lower = fn(t0)
+        solve_time = time.perf_counter() - t0
+        if codes is not None:
+            codes = self._compact(codes)
+            peak, _, _ = _sim(self.graph, codes, profile=False)
+            if peak > self.budget:  # never hand out a schedule over budget
+                codes, status, t_best = None, "unknown", None
+        return Schedule(
+            self.graph,
+            codes,
+            status=status,
+            solver=self.solver,
+            budget=self.budget,
+            solve_time=solve_time,
+            time_to_best=t_best,
+            lower_bound=lower,
+        )
+
+    def _compact(self, codes: np.ndarray) -> np.ndarray:
+        g = self.graph
+        return _core.remat_compact(np.ascontiguousarray(codes, dtype=np.int64), g.pred_ptr, g.pred_idx, g.n)
+
+    def _greedy(self) -> tuple[np.ndarray | None, int]:
+        g = self.graph
+        rc, steps, _, dur = _core.remat_greedy(
+            g.memory, g.duration, g.pred_ptr, g.pred_idx, g.succ_ptr, g.succ_idx, g.order_idx, self.budget
+        )
+        if rc != 0 or steps is None:
+            return None, 0
+        steps = self._compact(steps)
+        _, dur, _ = _sim(g, steps, profile=False)
+        return steps, dur
+
+    def _solve_none(self, t0: float) -> tuple[np.ndarray | None, str, float | None, int | None]:
+        if self.no_remat_peak > self.budget:
+            return None, "infeasible", None, None
+        return self.graph.order_idx.copy(), "optimal", time.perf_counter() - t0, self.graph.total_duration
+
+    def _solve_greedy(self, t0: float) -> tuple[np.ndarray | None, str, float | None, int | None]:
+        steps, _ = self._greedy()
+        if steps is None:
+            return None, "infeasible", None, None
+        return steps, "feasible", time.perf_counter() - t0, None
+
+    def _solve_chen(self, t0: float) -> tuple[np.ndarray | None, str, float | None, int | None]:
+        g = self.graph
+        n = g.n
+        order = g.order_idx
+        pos = np.empty(n, dtype=np.int64)
+        pos[order] = np.arange(n)
+        cands = chen_candidates(g)
+        best: tuple[int, np.ndarray] | None = None
+        big = int(g.memory.sum()) + 1
+        # segment lengths: sqrt(#candidates) first, then every other length
+        k0 = max(1, round(math.sqrt(len(cands))))
+        for k in [k0, *[k for k in range(1, len(cands) + 1) if k != k0]]:
+            seg_end = np.full(n, n, dtype=np.int64)
+            checkpoints = set(cands[k - 1 :: k])
+            nxt = n
+            # a non-checkpoint forward node is dropped when the next checkpoint is computed
+            for t in range(n - 1, -1, -1):
+                v = int(order[t])
+                if v in checkpoints:
+                    nxt = t
+                elif not (g._has_backward and g._backward[v]):
+                    seg_end[v] = nxt
+            rc, steps, _, _ = _core.remat_plan_stages(
+                g.memory, g.duration, g.pred_ptr, g.pred_idx, g.succ_ptr, g.succ_idx, order, seg_end, big, 1.0, 1.0
+            )
+            if rc != 0 or steps is None:
+                continue
+            steps = self._compact(steps)
+            peak, dur, _ = _sim(g, steps, profile=False)
+            if peak <= self.budget and (best is None or dur < best[0]):
+                best = (dur, steps)
+            if k == k0 and best is not None:
+                break  # the classic sqrt(n) spacing fits
+        if best is None:
+            return None, "infeasible", None, None
+        return best[1], "feasible", time.perf_counter() - t0, None
+
+    def _solve_moccasin(self, t0: float) -> tuple[np.ndarray | None, str, float | None, int | None]:
+        from sparseft._moccasin import solve_moccasin
+
+        hint, hint_dur = self._greedy()
+        t_hint = time.perf_counter() - t0
+        res = solve_moccasin(
+            self.graph,
+            self.budget,
+            time_limit=self.time_limit,
+            max_copies=self.max_copies,
+            threads=self.threads,
+            seed=self.seed,
+            hint=None if hint is None else hint.tolist(),
+            t0=t0,
+        )
+        return self._best_of(res, hint, hint_dur, t_hint)
+
+    def _solve_checkmate(self, t0: float) -> tuple[np.ndarray | None, str, float | None, int | None]:
+        from sparseft._checkmate import solve_checkmate
+
+        res = solve_checkmate(self.graph, self.budget, time_limit=self.time_limit, t0=t0)
+        return self._best_of(res, None, 0, None)
+
+    def _best_of(
+        self, res: Any, hint: np.ndarray | None, hint_dur: int, t_hint: float | None
+    ) -> tuple[np.ndarray | None, str, float | None, int | None]:
+        codes = None
+        if res.computes is not None:
+            codes = self._compact(np.array(res.computes, dtype=np.int64))
+            peak, dur, _ = _sim(self.graph, codes, profile=False)
+            if peak > self.budget:
+                codes = None
+        if codes is not None and (hint is None or dur <= hint_dur):
+            return codes, res.status, res.time_to_best, res.lower_bound
+        if hint is not None:
+            # the solver found nothing better than the heuristic schedule (or nothing at all)
+            status = "optimal" if res.lower_bound is not None and hint_dur <= res.lower_bound else "feasible"
+            return hint, status, t_hint, res.lower_bound
+        status = res.status if res.status in ("infeasible", "unknown") else "unknown"
+        return None, status, None, res.lower_bound
+
+
+def chen_candidates(g: Graph) -> list[int]:
+    """Candidate checkpoints for "chen": articulation points of the forward pass, in order.
+
+    A forward node is a candidate when no forward edge jumps over it (every forward edge that
+    crosses its position in the order starts at it). Forward nodes are those not flagged
+    ``backward`` (all nodes when the graph has no such flags). When fewer than two candidates
+    exist, every forward node is one.
+    """
+    order = g.order_idx.tolist()
+    fwd = [v for v in order if not (g._has_backward and g._backward[v])]
+    fpos = {v: i for i, v in enumerate(fwd)}
+    reach = [max((fpos[s] for s in g._succs[v] if s in fpos), default=i) for i, v in enumerate(fwd)]
+    cands = []
+    run = -1
+    for i, v in enumerate(fwd):
+        if run <= i:
+            cands.append(v)
+        run = max(run, reach[i])
+    return cands if len(cands) >= 2 else fwd

@@ -1,0 +1,277 @@
+"""sft.Planner / sft.Schedule: every solver valid and within budget, exact solvers agree with each
+other and with a brute force, honest statuses, validation messages, real graphs."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import sparseft as sft
+from sparseft import _core
+
+from . import reference as ref
+
+SOLVERS = ["moccasin", "checkmate", "chen", "greedy", "none"]
+
+
+def preds_of(g: sft.Graph) -> list[list[int]]:
+    return [[int(u) for u in g.pred_idx[g.pred_ptr[v] : g.pred_ptr[v + 1]]] for v in range(g.n)]
+
+
+def check_schedule(g: sft.Graph, plan: sft.Schedule) -> None:
+    """Independent check of a returned schedule with the Python reference simulator."""
+    assert plan.status in ("optimal", "feasible", "infeasible", "unknown")
+    if plan.status in ("infeasible", "unknown"):
+        assert plan.steps == [] and plan.peak_memory is None
+        return
+    codes = [g.index(v) if op == "compute" else -1 - g.index(v) for op, v in plan.steps]
+    peak, dur, prof = ref.remat_simulate(codes, g.memory.tolist(), g.duration.tolist(), preds_of(g))
+    assert peak == plan.peak_memory <= plan.budget
+    assert dur == plan.duration >= g.total_duration
+    assert plan.overhead == pytest.approx(dur / g.total_duration - 1)
+    assert plan.memory_profile().tolist() == prof
+    if plan.lower_bound is not None:
+        assert plan.lower_bound <= plan.duration
+
+
+def random_dag(rng: np.random.Generator, n: int, p: float = 0.35) -> sft.Graph:
+    edges = [(u, v) for v in range(1, n) for u in range(v) if rng.random() < p]
+    mem = rng.integers(1, 20, size=n).tolist()
+    dur = rng.integers(1, 20, size=n).tolist()
+    return sft.Graph(list(range(n)), edges, mem, dur)
+
+
+def budgets(g: sft.Graph) -> list[int]:
+    lo, _ = g.min_budget()
+    hi = g.peak_memory()
+    return sorted({lo, (lo + hi) // 2, hi})
+
+
+# ------------------------------------------------------------------ correctness of every solver
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_every_solver_valid_and_within_budget(solver: str) -> None:
+    rng = np.random.default_rng(7)
+    graphs = [sft.graphs.training_graph(6, seed=1), random_dag(rng, 12), sft.graphs.random_layered(30, seed=2)]
+    seen_feasible = 0
+    for g in graphs:
+        for b in budgets(g):
+            plan = sft.Planner(g, b, solver=solver, time_limit=5, threads=1, max_copies=3).solve()
+            check_schedule(g, plan)
+            seen_feasible += plan.status in ("optimal", "feasible")
+            if solver == "none":
+                assert (plan.status == "optimal") == (b >= g.peak_memory())
+    assert seen_feasible >= 3  # each solver meets at least the no-remat budgets
+
+
+@st.composite
+def tiny_case(draw):
+    n = draw(st.integers(2, 8))
+    edges = [(u, v) for v in range(1, n) for u in range(v) if draw(st.integers(0, 2)) == 0]
+    # connect every node to an earlier one, so recomputation chains appear
+    for v in range(1, n):
+        if not any(e[1] == v for e in edges):
+            edges.append((draw(st.integers(0, v - 1)), v))
+    mem = draw(st.lists(st.integers(1, 9), min_size=n, max_size=n))
+    dur = draw(st.lists(st.integers(1, 9), min_size=n, max_size=n))
+    g = sft.Graph(list(range(n)), edges, mem, dur)
+    lo, _ = g.min_budget()
+    b = draw(st.integers(lo, max(lo, g.peak_memory())))
+    return g, b
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tiny_case())
+def test_exact_solvers_equal_brute_force_on_tiny_graphs(case) -> None:
+    g, b = case
+    best = ref.remat_brute_force(g.memory.tolist(), g.duration.tolist(), preds_of(g), g.order_idx.tolist(), b)
+    for solver in ("moccasin", "checkmate"):
+        plan = sft.Planner(g, b, solver=solver, time_limit=20, threads=1, max_copies=g.n).solve()
+        check_schedule(g, plan)
+        if best is None:
+            assert plan.status in ("infeasible", "unknown")
+        else:
+            assert plan.status == "optimal"
+            assert plan.duration == best, solver
+            assert plan.lower_bound == best
+    greedy = sft.Planner(g, b, solver="greedy").solve()
+    check_schedule(g, greedy)
+    if greedy.duration is not None:
+        assert best is not None and greedy.duration >= best
+
+
+def test_brute_force_finds_recomputation() -> None:
+    # a training chain under a tight budget needs recomputation: the exact answer is > total
+    g = sft.graphs.training_graph(3, memory=[5, 5, 5], duration=[1, 1, 1])
+    lo, _ = g.min_budget()
+    best = ref.remat_brute_force(g.memory.tolist(), g.duration.tolist(), preds_of(g), g.order_idx.tolist(), lo)
+    assert best is not None and best > g.total_duration
+    plan = sft.Planner(g, lo, solver="moccasin", max_copies=4, threads=1).solve()
+    assert plan.duration == best and plan.recomputations > 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_moccasin_equals_checkmate_on_small_graphs(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    cases = [sft.graphs.training_graph(5 + 2 * seed, seed=seed), random_dag(rng, 10 + 4 * seed, p=0.2)]
+    for g in cases:
+        assert g.n <= 30
+        lo, _ = g.min_budget()
+        hi = g.peak_memory()
+        for b in ((lo + hi) // 2, (lo + 3 * hi) // 4):
+            mo = sft.Planner(g, b, solver="moccasin", time_limit=20, threads=2, max_copies=4).solve()
+            cm = sft.Planner(g, b, solver="checkmate", time_limit=20).solve()
+            check_schedule(g, mo)
+            check_schedule(g, cm)
+            if mo.status == "optimal" and cm.status == "optimal":
+                assert mo.duration == cm.duration
+            else:  # both must at least finish on these sizes
+                pytest.fail(f"not both optimal: moccasin {mo.status}, checkmate {cm.status}")
+
+
+# ------------------------------------------------------------------ statuses and honesty
+def test_infeasible_for_the_class_is_reported_not_over_budget() -> None:
+    # min_budget is only a lower bound: computing d needs c (kept for e) + b + d = 7 > 6
+    g = sft.Graph(list("abcde"), [("a", "c"), ("b", "d"), ("c", "e"), ("d", "e")], [5, 5, 1, 1, 1], [1] * 5)
+    lo, _ = g.min_budget()
+    assert lo == 6
+    best = ref.remat_brute_force(g.memory.tolist(), g.duration.tolist(), preds_of(g), g.order_idx.tolist(), lo)
+    assert best is None
+    for solver in ("moccasin", "checkmate", "greedy", "chen", "none"):
+        plan = sft.Planner(g, lo, solver=solver, time_limit=5, max_copies=4, threads=1).solve()
+        check_schedule(g, plan)
+        assert plan.status in ("infeasible", "unknown"), solver
+    # one unit more is enough, and the exact solvers prove it optimal
+    best7 = ref.remat_brute_force(g.memory.tolist(), g.duration.tolist(), preds_of(g), g.order_idx.tolist(), 7)
+    assert best7 is not None
+    for solver in ("moccasin", "checkmate"):
+        plan = sft.Planner(g, 7, solver=solver, time_limit=5, max_copies=4, threads=1).solve()
+        check_schedule(g, plan)
+        assert plan.status == "optimal" and plan.duration == best7
+
+
+def test_time_limit_without_solution_is_unknown() -> None:
+    g = sft.graphs.random_layered(120, seed=5)
+    b = max(g.min_budget()[0], int(0.85 * g.peak_memory()))
+    plan = sft.Planner(g, b, solver="checkmate", time_limit=0.5).solve()
+    check_schedule(g, plan)
+    assert plan.status in ("unknown", "feasible")
+    assert plan.solve_time < 30
+
+
+def test_moccasin_never_worse_than_greedy_and_reports_times() -> None:
+    g = sft.graphs.random_layered(40, seed=11)
+    b = max(g.min_budget()[0], int(0.8 * g.peak_memory()))
+    gr = sft.Planner(g, b, solver="greedy").solve()
+    mo = sft.Planner(g, b, solver="moccasin", time_limit=5, threads=2).solve()
+    check_schedule(g, gr)
+    check_schedule(g, mo)
+    if gr.duration is not None:
+        assert mo.duration is not None and mo.duration <= gr.duration
+    assert mo.time_to_best is not None and 0 <= mo.time_to_best <= mo.solve_time + 1e-6
+
+
+# ------------------------------------------------------------------ validation
+def test_budget_forms() -> None:
+    g = sft.graphs.training_graph(4, memory=[10, 10, 10, 10], duration=[1, 1, 1, 1])
+    peak = g.peak_memory()
+    assert sft.Planner(g, 1.0, solver="none").budget == peak
+    assert sft.Planner(g, 0.9, solver="none").budget == int(0.9 * peak)
+    assert sft.Planner(g, np.int64(peak), solver="none").budget == peak
+    lo, node = g.min_budget()
+    with pytest.raises(ValueError, match=rf"budget {lo - 1} is below the minimum feasible budget {lo} \(computing node '{node}'"):
+        sft.Planner(g, lo - 1)
+    with pytest.raises(ValueError, match=r"budget as a float must be a fraction in \(0, 1\] of the no-remat peak, got 1.5"):
+        sft.Planner(g, 1.5)
+    with pytest.raises(ValueError, match=r"budget as a float must be a fraction in \(0, 1\]"):
+        sft.Planner(g, 0.0)
+    with pytest.raises(ValueError, match=r"budget must be a positive amount of memory, got -3"):
+        sft.Planner(g, -3)
+    with pytest.raises(TypeError, match=r"budget must be an int \(memory units\) or a float .* got bool"):
+        sft.Planner(g, True)
+    with pytest.raises(TypeError, match=r"got str"):
+        sft.Planner(g, "64MiB")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"solver": "gurobi"}, ValueError, r"solver must be one of 'moccasin', 'checkmate', 'chen', 'greedy', 'none'; got 'gurobi'"),
+        ({"time_limit": 0}, ValueError, r"time_limit must be a positive number of seconds, got 0"),
+        ({"time_limit": float("nan")}, ValueError, r"time_limit must be a positive number of seconds, got nan"),
+        ({"time_limit": "1"}, TypeError, r"time_limit must be a number of seconds, got str"),
+        ({"max_copies": 0}, ValueError, r"max_copies must be an int >= 1, got 0"),
+        ({"max_copies": 1.5}, TypeError, r"max_copies must be an int >= 1, got float"),
+        ({"threads": 0}, ValueError, r"threads must be None or an int >= 1, got 0"),
+        ({"seed": "x"}, TypeError, r"seed must be an int, got str"),
+    ],
+)
+def test_planner_argument_errors(kwargs: dict, exc: type, match: str) -> None:
+    g = sft.graphs.training_graph(3, seed=0)
+    with pytest.raises(exc, match=match):
+        sft.Planner(g, 1.0, **kwargs)
+
+
+def test_planner_graph_type_error() -> None:
+    with pytest.raises(TypeError, match=r"graph must be a sparseft.Graph, got dict"):
+        sft.Planner({}, 1.0)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ Schedule I/O
+def test_schedule_json_profile_and_plot(tmp_path, monkeypatch) -> None:
+    g = sft.graphs.training_graph(5, seed=3)
+    plan = sft.Planner(g, (g.min_budget()[0] + g.peak_memory()) // 2, solver="greedy").solve()
+    check_schedule(g, plan)
+    path = tmp_path / "plan.json"
+    d = plan.to_json(path)
+    assert json.loads(path.read_text()) == d
+    assert d["steps"][0] == ["compute", "f0"] and d["peak_memory"] == plan.peak_memory
+    assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]
+    prof = plan.memory_profile()
+    assert prof.shape == (len(plan.steps),) and prof.max() == plan.peak_memory
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = plan.plot()
+    assert ax.get_title().startswith("greedy")
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(ImportError, match=r"Schedule.plot needs matplotlib: pip install matplotlib"):
+        plan.plot()
+
+
+def test_core_planner_entry_points_agree_with_simulator() -> None:
+    g = sft.graphs.random_layered(50, seed=9)
+    b = max(g.min_budget()[0], int(0.8 * g.peak_memory()))
+    rc, steps, peak, dur = _core.remat_greedy(g.memory, g.duration, g.pred_ptr, g.pred_idx, g.succ_ptr,
+                                              g.succ_idx, g.order_idx, b)
+    if rc == 0:
+        assert sft.simulate(g, steps) == (peak, dur)
+        assert peak <= b
+    rc2, _, peak2, dur2 = _core.remat_plan_stages(g.memory, g.duration, g.pred_ptr, g.pred_idx, g.succ_ptr,
+                                                       g.succ_idx, g.order_idx, None, 1 << 60, 1.0, 1.0)
+    assert rc2 == 0 and dur2 == g.total_duration and peak2 == g.peak_memory()
+
+
+# ------------------------------------------------------------------ real graphs
+def test_real_graphs(shared_data) -> None:
+    folder = shared_data / "remat-graphs"
+    if not (folder / "fcn_8_vgg_b32_416x608_train.json").is_file():
+        pytest.skip(f"remat graphs not present in {folder}")
+    g = sft.Graph.from_json(folder / "fcn_8_vgg_b32_416x608_train.json")
+    gr = sft.Planner(g, 0.9, solver="greedy").solve()
+    mo = sft.Planner(g, 0.9, solver="moccasin", time_limit=10, threads=2).solve()
+    ch = sft.Planner(g, 0.9, solver="chen").solve()
+    for plan in (gr, mo, ch):
+        check_schedule(g, plan)
+        assert plan.status in ("optimal", "feasible")
+    assert mo.duration <= gr.duration <= ch.duration
+    assert mo.overhead < 0.001  # published: 0.0 % (Moccasin, ICML 2023)
+    r = sft.Graph.from_json(folder / "random_layered_n100.json")
+    plan = sft.Planner(r, 0.9, solver="moccasin", time_limit=10, threads=2).solve()
+    check_schedule(r, plan)
+    assert plan.overhead is not None and plan.overhead < 0.02

@@ -1,0 +1,148 @@
+"""The C schedule simulator and eager-free rewrite against the pure-Python reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sparseft as sft
+from sparseft import _core
+
+from . import reference as ref
+
+
+def preds_of(g: sft.Graph) -> list[list[int]]:
+    return [[int(u) for u in g.pred_idx[g.pred_ptr[v] : g.pred_ptr[v + 1]]] for v in range(g.n)]
+
+
+def csim(g: sft.Graph, steps: list[int], profile: bool = True):
+    return _core.remat_simulate(np.array(steps, dtype=np.int64), g.memory, g.duration, g.pred_ptr, g.pred_idx,
+                                profile=profile)
+
+
+@st.composite
+def dag_and_steps(draw):
+    """A random DAG and a random (possibly invalid) schedule biased towards valid steps."""
+    n = draw(st.integers(1, 9))
+    edges = [(u, v) for v in range(n) for u in range(v) if draw(st.booleans()) and draw(st.booleans())]
+    mem = draw(st.lists(st.integers(0, 50), min_size=n, max_size=n))
+    dur = draw(st.lists(st.integers(0, 50), min_size=n, max_size=n))
+    g = sft.Graph(list(range(n)), edges, mem, dur)
+    preds = preds_of(g)
+    resident: set[int] = set()
+    steps: list[int] = []
+    for _ in range(draw(st.integers(0, 40))):
+        v = draw(st.integers(0, n - 1))
+        if draw(st.integers(0, 9)) == 0:  # sometimes an arbitrary (maybe invalid) step
+            steps.append(v if draw(st.booleans()) else -1 - v)
+            continue
+        if v in resident:
+            steps.append(-1 - v)
+            resident.discard(v)
+        elif all(u in resident for u in preds[v]):
+            steps.append(v)
+            resident.add(v)
+    if draw(st.booleans()):  # complete it: compute everything in order once more
+        for v in g.order_idx.tolist():
+            if v not in resident:
+                for u in preds[v]:
+                    if u not in resident:
+                        break
+                else:
+                    steps.append(v)
+                    resident.add(v)
+    return g, steps
+
+
+@settings(max_examples=300, deadline=None)
+@given(dag_and_steps())
+def test_simulator_matches_reference(case) -> None:
+    g, steps = case
+    rc, peak, dur, bad_step, _, prof = csim(g, steps)
+    try:
+        rpeak, rdur, rprof = ref.remat_simulate(steps, g.memory.tolist(), g.duration.tolist(), preds_of(g))
+    except ValueError as exc:
+        assert rc != 0, f"C accepted a schedule the reference rejects: {exc}"
+        first_bad = int(str(exc).rsplit(" ", 1)[-1]) if "step" in str(exc) else None
+        if first_bad is not None:
+            assert bad_step == first_bad
+        return
+    assert rc == 0
+    assert (peak, dur) == (rpeak, rdur)
+    assert prof.tolist() == rprof
+
+
+@settings(max_examples=200, deadline=None)
+@given(dag_and_steps())
+def test_compact_never_worse_and_valid(case) -> None:
+    g, steps = case
+    rc, peak, dur, *_ = csim(g, steps, profile=False)
+    if rc != 0:
+        return
+    out = _core.remat_compact(np.array(steps, dtype=np.int64), g.pred_ptr, g.pred_idx, g.n)
+    rpeak, rdur, _ = ref.remat_simulate(out.tolist(), g.memory.tolist(), g.duration.tolist(), preds_of(g))
+    assert rpeak <= peak and rdur <= dur
+    # every copy is freed right after its last use: nothing is left resident at the end
+    assert sum(1 for s in out if s >= 0) == sum(1 for s in out if s < 0)
+
+
+def test_error_codes_and_messages() -> None:
+    g = sft.Graph(["a", "b", "c"], [("a", "b"), ("b", "c")], [1, 2, 3], [1, 1, 1])
+    rc, peak, dur, *_ = csim(g, [0, 1, -1, 2])
+    assert (rc, peak, dur) == (0, 5, 3)
+    assert csim(g, [0, 2])[0] == 2 and csim(g, [0, 2])[4] == 1  # missing input b
+    assert csim(g, [0, 0])[0] == 3  # already resident
+    assert csim(g, [-2])[0] == 4  # free of a non-resident node
+    assert csim(g, [0, 1])[0] == 5  # c never computed
+    assert csim(g, [7])[0] == 1  # not a node
+    with pytest.raises(ValueError, match=r"steps\[1\] \(compute 'c'\) computes a node whose input is not resident \(missing input 'b'\)"):
+        sft.simulate(g, [("compute", "a"), ("compute", "c")])
+    with pytest.raises(ValueError, match=r"steps\[0\] \(free 'b'\) frees a node that is not resident"):
+        sft.simulate(g, [("free", "b")])
+    with pytest.raises(ValueError, match=r"steps never computes a node: 'c'"):
+        sft.simulate(g, [("compute", "a"), ("compute", "b")])
+    with pytest.raises(ValueError, match=r"steps\[0\] names node 'zz', which is not in the graph"):
+        sft.simulate(g, [("compute", "zz")])
+    with pytest.raises(ValueError, match=r"steps\[0\]: operation must be \"compute\" or \"free\", got 'run'"):
+        sft.simulate(g, [("run", "a")])
+    with pytest.raises(TypeError, match=r"graph must be a sparseft.Graph, got list"):
+        sft.simulate([], [])  # type: ignore[arg-type]
+    assert sft.simulate(g, [("compute", "a"), ("compute", "b"), ("free", "a"), ("compute", "c")]) == (5, 3)
+
+
+def test_core_argument_validation() -> None:
+    g = sft.Graph([0, 1], [(0, 1)], [1, 1], [1, 1])
+    steps = np.array([0, 1], dtype=np.int64)
+    with pytest.raises(TypeError, match=r"steps: expected dtype int64, got int32"):
+        _core.remat_simulate(steps.astype(np.int32), g.memory, g.duration, g.pred_ptr, g.pred_idx)
+    with pytest.raises(ValueError, match=r"duration: expected axis 0 of length 2 \(len\(memory\)\), got shape \(3,\)"):
+        _core.remat_simulate(steps, g.memory, np.ones(3, dtype=np.int64), g.pred_ptr, g.pred_idx)
+    with pytest.raises(ValueError, match=r"pred_ptr/pred_idx: expected a CSR adjacency of 2 nodes"):
+        _core.remat_simulate(steps, g.memory, g.duration, g.pred_ptr, np.array([5], dtype=np.int64))
+    with pytest.raises(ValueError, match=r"memory/duration: expected non-negative values"):
+        _core.remat_simulate(steps, np.array([1, -1], dtype=np.int64), g.duration, g.pred_ptr, g.pred_idx)
+    with pytest.raises(ValueError, match=r"order: expected a permutation of 0..1"):
+        _core.remat_greedy(g.memory, g.duration, g.pred_ptr, g.pred_idx, g.succ_ptr, g.succ_idx,
+                           np.array([0, 0], dtype=np.int64), 10)
+    with pytest.raises(ValueError, match=r"steps: expected node ids in \[0, 2\)"):
+        _core.remat_compact(np.array([0, 5], dtype=np.int64), g.pred_ptr, g.pred_idx, 2)
+    # inputs are never modified
+    mem = g.memory.copy()
+    _core.remat_simulate(steps, g.memory, g.duration, g.pred_ptr, g.pred_idx, profile=True)
+    assert np.array_equal(mem, g.memory)
+
+
+def test_million_steps_chain() -> None:
+    # a chain computed forward, each node freed after its user: 10^6 steps
+    n = 500_000
+    g = sft.Graph(list(range(n)), [(i, i + 1) for i in range(n - 1)], [3] * n, [2] * n)
+    steps = np.empty(2 * n, dtype=np.int64)
+    steps[0] = 0
+    steps[1::2][: n - 1] = np.arange(1, n)
+    steps[2::2][: n - 1] = -1 - np.arange(0, n - 1)
+    steps[-1] = -n
+    rc, peak, dur, _, _, prof = _core.remat_simulate(steps, g.memory, g.duration, g.pred_ptr, g.pred_idx, profile=True)
+    assert (rc, peak, dur) == (0, 6, 2 * n)
+    assert prof.max() == 6 and prof[-1] == 0
