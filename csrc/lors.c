@@ -458,6 +458,70 @@ void lors_backward_exact_naive(float *dA, float *dB, const float *gy, const floa
         }
 }
 
+/* ---- rearranged ("lors") gradient -------------------------------------------------------- */
+
+/* [lo, hi) of n items for thread tid of nt, slice starts rounded to multiples of align. */
+static void split_range(int64_t n, int tid, int nt, int64_t align, int64_t *lo, int64_t *hi) {
+    int64_t per = (n + nt - 1) / nt;
+    per = (per + align - 1) / align * align;
+    *lo = SFT_MIN(n, tid * per);
+    *hi = SFT_MIN(n, *lo + per);
+}
+
+int lors_backward_lors(float *dA, float *dB, const float *gy, const float *x, const float *A, const float *B,
+                       float s, int64_t N, int64_t in, int64_t out, int64_t r) {
+    if (r <= 0 || in <= 0 || out <= 0) return 0;
+    if (N <= 0) {
+        memset(dA, 0, sizeof(float) * (size_t)(r * in));
+        memset(dB, 0, sizeof(float) * (size_t)(out * r));
+        return 0;
+    }
+    float *xa = (float *)sft_scratch_alloc(sizeof(float) * (size_t)(2 * N * r));
+    if (xa == NULL) return -1;
+    float *gb = xa + N * r;
+    int rc = 0;
+#pragma omp parallel num_threads(sft_get_num_threads()) reduction(| : rc)
+    {
+#ifdef _OPENMP
+        int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+        int tid = 0, nt = 1;
+#endif
+        int64_t lo, hi;
+        // xa = x A^T and gb = gy B on this thread's token rows (the GEMMs run on this thread alone)
+        split_range(N, tid, nt, GEMM_MR, &lo, &hi);
+        rc |= sgemm(xa + lo * r, r, x + lo * in, in, 1, A, 1, in, hi - lo, r, in, 0.0f);
+        rc |= sgemm(gb + lo * r, r, gy + lo * out, out, 1, B, r, 1, hi - lo, r, out, 0.0f);
+#pragma omp barrier
+        // dB rows: gy[:, rows]^T xa, over the N tokens
+        split_range(out, tid, nt, GEMM_MR, &lo, &hi);
+        rc |= sgemm(dB + lo * r, r, gy + lo, 1, out, xa, r, 1, hi - lo, r, N, 0.0f);
+        for (int64_t i = lo * r; i < hi * r; i++) dB[i] *= s;
+        // dA columns: gb^T x[:, cols], over the N tokens
+        split_range(in, tid, nt, GEMM_NR, &lo, &hi);
+        rc |= sgemm(dA + lo, in, gb, 1, r, x + lo, in, 1, r, hi - lo, N, 0.0f);
+        for (int64_t t = 0; t < r; t++)
+            for (int64_t i = lo; i < hi; i++) dA[t * in + i] *= s;
+    }
+    sft_scratch_free(xa);
+    return rc == 0 ? 0 : -1;
+}
+
+void lors_backward_lors_naive(float *dA, float *dB, const float *gy, const float *x, const float *A,
+                              const float *B, float s, int64_t N, int64_t in, int64_t out, int64_t r) {
+    memset(dA, 0, sizeof(float) * (size_t)(r * in));
+    memset(dB, 0, sizeof(float) * (size_t)(out * r));
+    // token by token: xa = x[n] A^T, gb = gy[n] B, then the two rank-1 style updates
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t t = 0; t < r; t++) {
+            float xa = 0.0f, gb = 0.0f;
+            for (int64_t k = 0; k < in; k++) xa += x[n * in + k] * A[t * in + k];
+            for (int64_t j = 0; j < out; j++) gb += gy[n * out + j] * B[j * r + t];
+            for (int64_t j = 0; j < out; j++) dB[j * r + t] += s * gy[n * out + j] * xa;
+            for (int64_t k = 0; k < in; k++) dA[t * in + k] += s * gb * x[n * in + k];
+        }
+}
+
 /* ---- merge / unmerge ---------------------------------------------------------------------- */
 
 void lors_merge(float *Wout, const float *W, const uint8_t *M, const float *A, const float *B, float s,

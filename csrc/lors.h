@@ -55,6 +55,20 @@ void lors_backward_exact_naive(float *dA, float *dB, const float *gy, const floa
                                const float *A, const float *B, float s, int64_t N, int64_t in, int64_t out,
                                int64_t r);
 
+/* The paper's rearranged adapter gradient (format-independent, no out x in product):
+ * dB = s gy^T (x A^T), dA = s (gy B)^T x. One parallel region: threads take token rows of
+ * xa = x A^T and gb = gy B (N x r scratch each), then rows of dB and columns of dA; every output is
+ * summed by one thread in one order, so results do not depend on the thread count. */
+int lors_backward_lors(float *dA,       /* (r, in) */
+                       float *dB,       /* (out, r) */
+                       const float *gy, /* (N, out) */
+                       const float *x,  /* (N, in) */
+                       const float *A,  /* (r, in) */
+                       const float *B,  /* (out, r) */
+                       float s, int64_t N, int64_t in, int64_t out, int64_t r);
+void lors_backward_lors_naive(float *dA, float *dB, const float *gy, const float *x, const float *A,
+                              const float *B, float s, int64_t N, int64_t in, int64_t out, int64_t r);
+
 /* Wout = W + s (B A) at the mask, W elsewhere (exact zeros stay). Unmerge is s -> -s. */
 void lors_merge(float *Wout,      /* (out, in) */
                 const float *W,   /* (out, in) */

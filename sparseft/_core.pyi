@@ -44,6 +44,16 @@ def lors_backward_exact(
     A: npt.NDArray[np.float32],
     B: npt.NDArray[np.float32],
     scale: float,
+    check_finite: bool = ...,
+    naive: bool = ...,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+def lors_backward_lors(
+    gy: npt.NDArray[np.float32],
+    x: npt.NDArray[np.float32],
+    A: npt.NDArray[np.float32],
+    B: npt.NDArray[np.float32],
+    scale: float,
+    check_finite: bool = ...,
     naive: bool = ...,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
 def lors_merge(
@@ -55,6 +65,7 @@ def lors_merge(
     naive: bool = ...,
 ) -> npt.NDArray[np.float32]: ...
 def lors_scratch_bytes(in_features: int, out_features: int, r: int, /) -> int: ...
+
 # ---- weightnorm ----
 def weightnorm_norms(v: npt.NDArray[np.float32], dim: int, /) -> npt.NDArray[np.float32]: ...
 def weightnorm_forward(
@@ -81,6 +92,7 @@ def dora_rownorm_backward(
     scale: float,
     /,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+
 # ---- remat ----
 def remat_simulate(
     steps: npt.NDArray[np.int64],
@@ -116,4 +128,3 @@ def remat_greedy(
     order: npt.NDArray[np.int64],
     budget: int,
 ) -> tuple[int, npt.NDArray[np.int64] | None, int, int]: ...
-

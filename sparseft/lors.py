@@ -410,17 +410,10 @@ class LoRSLinear:
 
     def _adapter_grads(self, gy2: np.ndarray, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(dA, dB) for one backward in the layer's grad mode (override point)."""
-        s = np.float32(self.scaling)
         if self.grad == "exact":
-            return self.base.masked_grad(gy2, x2, self.A, self.B, float(s))
-        # the paper's rearrangement: two thin products per adapter matrix, nothing out x in
-        xa = _core.matmul(x2, self.A, trans_b=True)  # (N, r)
-        dB = _core.matmul(gy2, xa, trans_a=True)  # (out, r)
-        gb = _core.matmul(gy2, self.B)  # (N, r)
-        dA = _core.matmul(gb, x2, trans_a=True)  # (r, in)
-        dA *= s
-        dB *= s
-        return dA, dB
+            return self.base.masked_grad(gy2, x2, self.A, self.B, self.scaling)
+        # the paper's rearrangement: thin products only, nothing out x in (x, gy checked already)
+        return _core.lors_backward_lors(gy2, x2, self.A, self.B, self.scaling, check_finite=False)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """y = x W'ᵀ + bias for x float32 (..., in); keeps a reference to x (only) for backward.

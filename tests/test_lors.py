@@ -89,6 +89,11 @@ def check_kernels(p: dict[str, np.ndarray], s: float, naive: bool = False) -> No
     mA, mB = ref.lors_grad_exact(q["gy"], q["x"], q["mask"], q["A"], q["B"], abs(s))
     assert_close(dA, wA, mA)
     assert_close(dB, wB, mB)
+    dA, dB = _core.lors_backward_lors(p["gy"], p["x"], p["A"], p["B"], s, naive=naive)
+    wA, wB = ref.lors_grad_lors(p["gy"], p["x"], p["A"], p["B"], s)
+    mA, mB = ref.lors_grad_lors(q["gy"], q["x"], q["A"], q["B"], abs(s))
+    assert_close(dA, wA, mA)
+    assert_close(dB, wB, mB)
     W2 = _core.lors_merge(*args, naive=naive)
     mag = ref.lors_merged_weight(q["W"], q["mask"], q["A"], q["B"], abs(s))
     assert_close(W2, ref.lors_merged_weight(p["W"], p["mask"], p["A"], p["B"], s), mag)
@@ -169,11 +174,13 @@ def test_kernels_empty_token_batch(rng: np.random.Generator) -> None:
     assert _core.lors_forward(x0, p["W"], m8, p["A"], p["B"], 1.0).shape == (0, 10)
     dA, dB = _core.lors_backward_exact(np.zeros((0, 10), np.float32), x0, m8, p["A"], p["B"], 1.0)
     assert not dA.any() and not dB.any()
+    dA, dB = _core.lors_backward_lors(np.zeros((0, 10), np.float32), x0, p["A"], p["B"], 1.0)
+    assert dA.shape == (2, 20) and not dA.any() and not dB.any()
 
 
 def test_kernels_deterministic_and_thread_count_independent(rng: np.random.Generator) -> None:
-    """Bit-identical repeats for a fixed thread count; forward, input gradient and merge are also
-    identical across thread counts (each output summed by one thread in one order); the exact
+    """Bit-identical repeats for a fixed thread count; forward, input gradient, merge and the
+    "lors" gradient are also identical across thread counts (each output summed by one thread in one order); the exact
     gradient sums per-thread partials, so across counts it agrees to rounding."""
     p = problem(rng, 200, 1100, 310, 8)
     m8 = p["mask"].astype(np.uint8)
@@ -184,6 +191,7 @@ def test_kernels_deterministic_and_thread_count_independent(rng: np.random.Gener
             _core.lors_forward(p["x"], *args, bias=p["bias"]),
             _core.lors_backward_input(p["gy"], *args),
             _core.lors_merge(*args),
+            *_core.lors_backward_lors(p["gy"], p["x"], p["A"], p["B"], 0.3),
             *_core.lors_backward_exact(p["gy"], p["x"], m8, p["A"], p["B"], 0.3),
         ]
 
@@ -197,9 +205,9 @@ def test_kernels_deterministic_and_thread_count_independent(rng: np.random.Gener
         sparseft.set_num_threads(before)
     for a, b in zip(two + one, again + one_again, strict=True):
         np.testing.assert_array_equal(a, b)
-    for a, c in zip(two[:3], one[:3], strict=True):
+    for a, c in zip(two[:5], one[:5], strict=True):
         np.testing.assert_array_equal(a, c)
-    for a, c in zip(two[3:], one[3:], strict=True):
+    for a, c in zip(two[5:], one[5:], strict=True):
         np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-3)
 
 
@@ -759,3 +767,14 @@ def test_kernel_bad_input_backward() -> None:
     gy[1, 1] = np.nan
     with pytest.raises(ValueError, match="gy: contains NaN"):
         _core.lors_backward_exact(gy, np.ones((3, 6), np.float32), m, A, B, 1.0)
+    with pytest.raises(ValueError, match="gy: contains NaN"):
+        _core.lors_backward_lors(gy, np.ones((3, 6), np.float32), A, B, 1.0)
+    x = np.ones((3, 6), np.float32)
+    with pytest.raises(ValueError, match=r"B: expected axis 1 of length 2 \(r, from A\)"):
+        _core.lors_backward_lors(np.ones((3, 5), np.float32), x, A, np.ones((5, 3), np.float32), 1.0)
+    with pytest.raises(ValueError, match=r"gy: expected axis 1 of length 5 \(out, from B\)"):
+        _core.lors_backward_lors(np.ones((3, 4), np.float32), x, A, B, 1.0)
+    with pytest.raises(ValueError, match=r"x: expected axis 0 of length 3 \(tokens, from gy\)"):
+        _core.lors_backward_lors(np.ones((3, 5), np.float32), np.ones((2, 6), np.float32), A, B, 1.0)
+    with pytest.raises(TypeError, match="A: expected dtype float32"):
+        _core.lors_backward_lors(np.ones((3, 5), np.float32), x, A.astype(np.float64), B, 1.0)
