@@ -224,8 +224,8 @@ class LoRSLinear:
     Notes
     -----
     Extension points (for subclasses such as weight-normalized adapters): :meth:`_forward_2d`,
-    :meth:`_backward_input_2d` and :meth:`_adapter_grads` work on 2-D C-contiguous float32 arrays
-    and are the only places the math happens; :meth:`parameters`/:meth:`gradients` list what an
+    :meth:`_backward_2d` (which calls :meth:`_backward_input_2d` and :meth:`_adapter_grads`) work
+    on 2-D C-contiguous float32 arrays and are the only places the math happens; :meth:`parameters`/:meth:`gradients` list what an
     optimizer updates.
     """
 
@@ -415,6 +415,18 @@ class LoRSLinear:
         # the paper's rearrangement: thin products only, nothing out x in (x, gy checked already)
         return _core.lors_backward_lors(gy2, x2, self.A, self.B, self.scaling, check_finite=False)
 
+    def _backward_2d(self, gy2: np.ndarray, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(gx, dA, dB) for one backward (override point). Uses the base's fused ``backward``
+        (one pass over the nonzeros) for exact gradients when the format has one; otherwise
+        :meth:`_backward_input_2d` (which checks gy for NaN/inf) then :meth:`_adapter_grads`."""
+        fused = getattr(self.base, "backward", None)
+        if self.grad == "exact" and not self._merged and callable(fused):
+            gx2, dA, dB = fused(gy2, x2, self.A, self.B, self.scaling)
+            return gx2, dA, dB
+        gx2 = self._backward_input_2d(gy2)
+        dA, dB = self._adapter_grads(gy2, x2)
+        return gx2, dA, dB
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         """y = x W'ᵀ + bias for x float32 (..., in); keeps a reference to x (only) for backward.
 
@@ -464,8 +476,7 @@ class LoRSLinear:
         x2, lead = self._saved
         _check_f32("gy", gy, (*lead, self.out_features))
         gy2 = np.ascontiguousarray(gy.reshape(-1, self.out_features))
-        gx2 = self._backward_input_2d(gy2)  # checks gy for NaN/inf in C
-        dA, dB = self._adapter_grads(gy2, x2)
+        gx2, dA, dB = self._backward_2d(gy2, x2)
         # all computed: only now touch the state
         self.grad_A += dA
         self.grad_B += dB

@@ -778,3 +778,48 @@ def test_kernel_bad_input_backward() -> None:
         _core.lors_backward_lors(np.ones((3, 5), np.float32), np.ones((2, 6), np.float32), A, B, 1.0)
     with pytest.raises(TypeError, match="A: expected dtype float32"):
         _core.lors_backward_lors(np.ones((3, 5), np.float32), x, A.astype(np.float64), B, 1.0)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "nm"])
+@pytest.mark.parametrize("grad", ["exact", "lors"])
+def test_layer_with_compressed_formats(fmt: str, grad: str) -> None:
+    """Where sparseft.formats is present, LoRSLinear runs on its compressed bases unchanged."""
+    if _compressed_formats() is None:
+        pytest.skip("sparseft.formats (compressed bases) not in this build")
+    rng = np.random.default_rng(21)
+    lay, p = trained_layer(rng, out=24, in_=40, kind="2:4" if fmt == "nm" else "0.1", grad=grad, format=fmt)
+    assert lay.base.format == fmt
+    s = lay.scaling
+    y = lay.forward(p["x"].reshape(7, 1, 40))
+    np.testing.assert_allclose(
+        y.reshape(7, 24),
+        ref.lors_forward(p["x"], p["W"], p["mask"], lay.A, lay.B, s, p["bias"]),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    gx = lay.backward(p["gy"].reshape(7, 1, 24))
+    np.testing.assert_allclose(
+        gx.reshape(7, 40),
+        ref.lors_backward_input(p["gy"], p["W"], p["mask"], lay.A, lay.B, s),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    want = (
+        ref.lors_grad_exact
+        if grad == "exact"
+        else lambda gy, x, m, A, B, s: ref.lors_grad_lors(gy, x, A, B, s)
+    )(p["gy"], p["x"], p["mask"], lay.A, lay.B, s)
+    np.testing.assert_allclose(lay.grad_A, want[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lay.grad_B, want[1], rtol=1e-4, atol=1e-4)
+    W2 = lay.merged_weight()
+    assert (W2[~p["mask"]] == 0).all()
+    lay.merge()
+    assert lay.base.format == fmt
+    np.testing.assert_allclose(lay.forward(p["x"]), y.reshape(7, 24), rtol=1e-4, atol=1e-4)
+    lay.unmerge()
+    sd = lay.state_dict()
+    other = sft.LoRSLinear(sd["base_layer.weight"], mask=sd["base_layer.weight_mask"], r=4, format=fmt)
+    other.load_state_dict(sd)
+    assert other.base.format == fmt
+    np.testing.assert_allclose(other.forward(p["x"]), lay.forward(p["x"]), rtol=1e-6, atol=1e-6)
+    assert lay.nbytes < p["W"].nbytes + p["mask"].size  # compressed below the dense-masked base
