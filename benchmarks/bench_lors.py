@@ -269,6 +269,8 @@ def main() -> None:
             [(2048, 2048), (2048, 8192), (8192, 2048)],
             ["0.5", "2:4", "0.3", "0.1"],
         )
+    if args.shapes:
+        shapes = [(int(a), int(b)) for a, b in (t.split("x") for t in args.shapes.split(","))]
     info = sft.build_info()
     print(
         f"sparseft {sft.__version__}: simd={info['simd']} threads={info['num_threads']} "
