@@ -38,16 +38,19 @@ __all__ = [
     "detect_nm",
 ]
 
-#: At or below this density CSR is faster than the dense-masked path (``DenseBase``). Measured by
-#: ``benchmarks/bench_sparse.py`` on the project machine (2 shared cores, AVX2 kernels, N=2048,
-#: r=16, fwd + exact bwd, min of 5 interleaved runs): CSR / DenseBase-50% time at W 2048x2048 =
-#: 1.045 at density 0.5, 0.673 at 0.3, 0.247 at 0.1 (crossover ~0.48); at W 8192x2048 = 1.434 at
-#: 0.5, 0.587 at 0.3 (crossover ~0.40). The smaller one is used. Against NumPy/OpenBLAS's AVX-512
-#: dense GEMMs the crossover is lower (~0.15 at 2048x2048: CSR / NumPy = 0.759 at 0.1, 2.07 at 0.3).
-DENSITY_CROSSOVER = 0.40
+#: At or below this density CSR is faster than the dense-masked path (``DenseBase``).
+#: Re-measured after the GEMM core rework made ``DenseBase`` about twice as fast (the first
+#: measurement, against the old core, gave ~0.40-0.48). ``benchmarks/bench_lors.py --shapes 2048x2048``
+#: (N=2048, r=16, fwd + exact bwd, 2 threads): DenseBase 0.724 s at any density; CSR 0.336 s at
+#: density 0.1 and 0.811 s at 0.3, i.e. a crossover near 0.26; a side-by-side check gave CSR / dense
+#: = 0.47 at 1/8, 0.75 at 0.2, 0.85 at 1/4 and 1.55 at 1/2. 0.25 is used.
+DENSITY_CROSSOVER = 0.25
 
-#: N:M masks with n/m at most this use the N:M format under ``format="auto"``.
-NM_MAX_DENSITY = 0.5
+#: N:M masks with n/m at most this use the N:M format under ``format="auto"``. Measured in the same
+#: side-by-side check (N=2048, W 2048x2048, r=16, fwd + exact bwd): N:M / DenseBase time = 1.72 at
+#: 2:4, 0.89 at 1:4, 0.50 at 1:8, so 2:4 and 4:8 stay dense (force ``format="nm"`` to halve the
+#: base's memory at 2:4 instead: 2.5 bytes per weight instead of 5).
+NM_MAX_DENSITY = 0.25
 
 _NM_CANDIDATES = (4, 8, 16, 32, 2)
 
