@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "simd_avx2.h"
 
 #if SFT_X86
 #include <immintrin.h>
@@ -129,26 +130,6 @@ static void pack_b_strided_c(float *dst, const void *ctx, int64_t k0, int64_t kc
 }
 
 #if SFT_X86
-/* 8 x 8 transpose of eight rows r[0..7] in place. */
-SFT_TARGET_AVX2 static inline void transpose8(__m256 r[8]) {
-    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
-    r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
-    r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
-    r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
-    r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
-}
-
 /* The strided op(B) packer, AVX2: vector copies of full rows (csb == 1), 8 x 8 transposes of
  * columns contiguous in k (rsb == 1). Edge panels fall back to the portable packer. */
 SFT_TARGET_AVX2 static void pack_b_strided_avx2(float *dst, const void *ctx, int64_t k0, int64_t kc,
@@ -175,7 +156,7 @@ SFT_TARGET_AVX2 static void pack_b_strided_avx2(float *dst, const void *ctx, int
         for (int h = 0; h < 2; h++) {
             __m256 r[8];
             for (int q = 0; q < 8; q++) r[q] = _mm256_loadu_ps(b + (8 * h + q) * cs + kk);
-            transpose8(r);
+            sft_transpose8_ps(r);
             for (int q = 0; q < 8; q++) _mm256_store_ps(dst + (kk + q) * GEMM_NR + 8 * h, r[q]);
         }
     }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "simd_avx2.h"
 #include "gemm.h"
 
 #if SFT_X86
@@ -149,29 +150,6 @@ static void pack_forward(float *dst, const void *vctx, int64_t k0, int64_t kc, i
 }
 
 #if SFT_X86
-/* In-register 8 x 8 transpose: r[i][j] -> r[j][i]. */
-SFT_TARGET_AVX2 static inline void transpose8(__m256 r[8]) {
-    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
-    __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
-    __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
-    __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
-    __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
-    __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
-    __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
-    __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
-    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
-    r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
-    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
-    r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
-    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
-    r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
-    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
-    r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
-}
 
 /* pack_forward for full 16-wide panels: rows rebuilt as before, transposed 8 x 8 in registers. */
 SFT_TARGET_AVX2 static void pack_forward_avx2(float *dst, const void *vctx, int64_t k0, int64_t kc,
@@ -197,7 +175,7 @@ SFT_TARGET_AVX2 static void pack_forward_avx2(float *dst, const void *vctx, int6
         for (int h = 0; h < 2; h++) {
             __m256 v[8];
             for (int q = 0; q < 8; q++) v[q] = _mm256_load_ps(rows + (8 * h + q) * GEMM_KC + kk);
-            transpose8(v);
+            sft_transpose8_ps(v);
             for (int q = 0; q < 8; q++) _mm256_store_ps(dst + (kk + q) * GEMM_NR + 8 * h, v[q]);
         }
     // remaining depth indices one by one
