@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-copies", type=int, default=2, help="Moccasin's C")
     ap.add_argument("--solvers", default="moccasin,checkmate,chen,greedy")
     ap.add_argument("--graphs", default="", help="comma-separated subset of graph labels")
+    ap.add_argument("--budgets", default="0.9,0.8", help="comma-separated budget fractions")
     args = ap.parse_args(argv)
     if not DATA.is_dir():
         print(f"graphs not found at {DATA}", file=sys.stderr)
@@ -96,10 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     tl = 10.0 if args.quick else args.time_limit
     sim_speed()
     solvers = args.solvers.split(",")
-    print(f"sparseft {sft.__version__} planner benchmark: time limit {tl:g} s, {args.threads} CP-SAT workers, "
-          f"max_copies={args.max_copies}")
-    print("cells: TDI % / time-to-best s (* = proved optimal over the stage schedule class); "
-          "published: TDI % / s on 16 workers (Checkmate with Gurobi)")
+    print(
+        f"sparseft {sft.__version__} planner benchmark: time limit {tl:g} s, {args.threads} CP-SAT workers, "
+        f"max_copies={args.max_copies}"
+    )
+    print(
+        "cells: TDI % / time-to-best s (* = proved optimal over the stage schedule class); "
+        "published: TDI % / s on 16 workers (Checkmate with Gurobi)"
+    )
     header = f"{'graph':22s} {'budget':>6s} " + " ".join(f"{s:>22s}" for s in solvers)
     header += f" {'published Checkmate':>20s} {'published Moccasin':>19s}"
     print(header)
@@ -110,18 +115,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.graphs and label not in args.graphs.split(","):
             continue
         g = sft.Graph.from_json(DATA / fname)
-        for frac in (0.9, 0.8):
+        for frac in [float(x) for x in args.budgets.split(",")]:
             cells = []
             for s in solvers:
                 try:
-                    plan = sft.Planner(g, frac, solver=s, time_limit=tl, max_copies=args.max_copies,
-                                       threads=args.threads).solve()
+                    plan = sft.Planner(
+                        g, frac, solver=s, time_limit=tl, max_copies=args.max_copies, threads=args.threads
+                    ).solve()
                     cells.append(fmt(plan))
                 except ValueError as exc:
                     cells.append(fmt(None, "below min budget" if "minimum" in str(exc) else str(exc)[:22]))
             pub = PUBLISHED.get((label, frac), ("-", "-"))
-            print(f"{label:22s} {frac:6.1f} " + " ".join(f"{c:>22s}" for c in cells)
-                  + f" {pub[0]:>20s} {pub[1]:>19s}", flush=True)
+            print(
+                f"{label:22s} {frac:6.1f} "
+                + " ".join(f"{c:>22s}" for c in cells)
+                + f" {pub[0]:>20s} {pub[1]:>19s}",
+                flush=True,
+            )
     return 0
 
 

@@ -38,15 +38,15 @@ def _encode(graph: Graph, steps: Any) -> np.ndarray:
     if isinstance(steps, np.ndarray) and steps.dtype == np.int64:
         return np.ascontiguousarray(steps)
     if isinstance(steps, (str, bytes)):
-        raise TypeError("steps must be a list of (\"compute\" | \"free\", node) pairs, got a string")
+        raise TypeError('steps must be a list of ("compute" | "free", node) pairs, got a string')
     codes = []
     for k, st in enumerate(steps):
         try:
             op, node = st
         except (TypeError, ValueError):
-            raise TypeError(f"steps[{k}] must be a (\"compute\" | \"free\", node) pair, got {st!r}") from None
+            raise TypeError(f'steps[{k}] must be a ("compute" | "free", node) pair, got {st!r}') from None
         if op not in ("compute", "free"):
-            raise ValueError(f"steps[{k}]: operation must be \"compute\" or \"free\", got {op!r}")
+            raise ValueError(f'steps[{k}]: operation must be "compute" or "free", got {op!r}')
         try:
             v = graph.index(node)
         except ValueError:
@@ -96,7 +96,9 @@ def _sim(graph: Graph, codes: np.ndarray, *, profile: bool) -> tuple[int, int, n
         step = int(codes[bad_step])
         v = step if step >= 0 else -1 - step
         extra = f" (missing input {nodes[bad_node]!r})" if rc == 2 else ""
-        raise ValueError(f"steps[{bad_step}] ({'compute' if step >= 0 else 'free'} {nodes[v]!r}) {what}{extra}")
+        raise ValueError(
+            f"steps[{bad_step}] ({'compute' if step >= 0 else 'free'} {nodes[v]!r}) {what}{extra}"
+        )
     return int(peak), int(dur), prof
 
 
@@ -350,7 +352,9 @@ class Planner:
         if isinstance(budget, (float, np.floating)):
             b = float(budget)
             if not (0.0 < b <= 1.0):
-                raise ValueError(f"budget as a float must be a fraction in (0, 1] of the no-remat peak, got {b}")
+                raise ValueError(
+                    f"budget as a float must be a fraction in (0, 1] of the no-remat peak, got {b}"
+                )
             value = math.floor(b * self.no_remat_peak)
         else:
             value = int(budget)
@@ -423,6 +427,26 @@ class Planner:
                 best = (steps, dur)
         return best
 
+    def _tight_hint(self) -> np.ndarray:
+        """An over-budget start for Moccasin's soft model: the heuristic schedule with the lowest
+        peak among budgets between ``budget`` and the no-remat peak that fits ``max_copies``
+        (the no-remat schedule if none does)."""
+        from sparseft._moccasin import hint_copies
+        from sparseft._split import split_heuristic
+
+        g = self.graph
+        pos = np.empty(g.n, dtype=np.int64)
+        pos[g.order_idx] = np.arange(g.n)
+        for k in range(1, 8):
+            b = self.budget + (self.no_remat_peak - self.budget) * k // 8
+            comp = split_heuristic(g, b, time_limit=min(2.0, self.time_limit / 40))
+            if comp is None:
+                continue
+            copies = hint_copies(comp, g, pos)
+            if copies is not None and max(len(c) for c in copies) <= self.max_copies:
+                return np.array(comp, dtype=np.int64)
+        return self._compact(g.order_idx.copy())
+
     def _solve_none(self, t0: float) -> tuple[np.ndarray | None, str, float | None, int | None]:
         if self.no_remat_peak > self.budget:
             return None, "infeasible", None, None
@@ -457,7 +481,17 @@ class Planner:
                 elif not (g._has_backward and g._backward[v]):
                     seg_end[v] = nxt
             rc, steps, _, _ = _core.remat_plan_stages(
-                g.memory, g.duration, g.pred_ptr, g.pred_idx, g.succ_ptr, g.succ_idx, order, seg_end, big, 1.0, 1.0
+                g.memory,
+                g.duration,
+                g.pred_ptr,
+                g.pred_idx,
+                g.succ_ptr,
+                g.succ_idx,
+                order,
+                seg_end,
+                big,
+                1.0,
+                1.0,
             )
             if rc != 0 or steps is None:
                 continue
@@ -476,6 +510,7 @@ class Planner:
 
         hint, hint_dur = self._greedy()
         t_hint = time.perf_counter() - t0
+        start = self._tight_hint() if hint is None else hint
         res = solve_moccasin(
             self.graph,
             self.budget,
@@ -484,8 +519,10 @@ class Planner:
             threads=self.threads,
             seed=self.seed,
             # without a heuristic schedule, the no-remat schedule (over budget) still guides the search
-            hint=(self._compact(self.graph.order_idx.copy()) if hint is None else hint).tolist(),
+            hint=start.tolist(),
             t0=t0,
+            # no schedule within budget known: shave the peak down to the budget first
+            soft=hint is None,
         )
         return self._best_of(res, hint, hint_dur, t_hint)
 
