@@ -98,6 +98,22 @@ static row_fn select_row(void) {
     return row_rebuild_portable;
 }
 
+/* The A segment A[:, k0 : k0+kc] copied into buf (r, kc) when it fits (LORS_APANEL floats), so
+ * its r rows sit kc floats apart instead of `in` apart (rows `in` = 2^k floats apart all land in
+ * the same L1 sets and evict each other). Returns the segment and its row stride in *ld. */
+#define LORS_APANEL 8192
+static const float *a_segment(float *buf, const float *A, int64_t in, int64_t k0, int64_t kc, int64_t r,
+                              int64_t *ld) {
+    if (r * kc > LORS_APANEL) {
+        *ld = in;
+        return A + k0;
+    }
+    // copy row by row
+    for (int64_t t = 0; t < r; t++) memcpy(buf + t * kc, A + t * in + k0, sizeof(float) * (size_t)kc);
+    *ld = kc;
+    return buf;
+}
+
 /* ---- pack-B callbacks: W' rebuilt panel by panel ----------------------------------------- */
 
 typedef struct {
@@ -115,11 +131,14 @@ typedef struct {
 static void pack_forward(float *dst, const void *vctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc) {
     const lors_ctx *c = (const lors_ctx *)vctx;
     float rows[GEMM_NR * GEMM_KC] __attribute__((aligned(64)));
+    float abuf[LORS_APANEL] __attribute__((aligned(64)));
+    int64_t lda;
+    const float *a = a_segment(abuf, c->A, c->in, k0, kc, c->r, &lda);
     // rebuild row j0+jj of W' on columns [k0, k0+kc)
     for (int64_t jj = 0; jj < nc; jj++) {
         int64_t j = j0 + jj;
-        c->row(rows + jj * GEMM_KC, c->W + j * c->in + k0, c->M + j * c->in + k0, c->A + k0, c->in,
-               c->B + j * c->r, c->s, c->r, kc);
+        c->row(rows + jj * GEMM_KC, c->W + j * c->in + k0, c->M + j * c->in + k0, a, lda, c->B + j * c->r,
+               c->s, c->r, kc);
     }
     // transpose into dst (kc, NR), zero-padding columns past nc
     for (int64_t kk = 0; kk < kc; kk++) {
@@ -129,15 +148,75 @@ static void pack_forward(float *dst, const void *vctx, int64_t k0, int64_t kc, i
     }
 }
 
+#if SFT_X86
+/* In-register 8 x 8 transpose: r[i][j] -> r[j][i]. */
+SFT_TARGET_AVX2 static inline void transpose8(__m256 r[8]) {
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+    r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+    r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+    r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+    r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+/* pack_forward for full 16-wide panels: rows rebuilt as before, transposed 8 x 8 in registers. */
+SFT_TARGET_AVX2 static void pack_forward_avx2(float *dst, const void *vctx, int64_t k0, int64_t kc,
+                                              int64_t j0, int64_t nc) {
+    const lors_ctx *c = (const lors_ctx *)vctx;
+    if (nc != GEMM_NR) {
+        pack_forward(dst, vctx, k0, kc, j0, nc);
+        return;
+    }
+    float rows[GEMM_NR * GEMM_KC] __attribute__((aligned(64)));
+    float abuf[LORS_APANEL] __attribute__((aligned(64)));
+    int64_t lda;
+    const float *a = a_segment(abuf, c->A, c->in, k0, kc, c->r, &lda);
+    // rebuild row j0+jj of W' on columns [k0, k0+kc)
+    for (int64_t jj = 0; jj < GEMM_NR; jj++) {
+        int64_t j = j0 + jj;
+        c->row(rows + jj * GEMM_KC, c->W + j * c->in + k0, c->M + j * c->in + k0, a, lda, c->B + j * c->r,
+               c->s, c->r, kc);
+    }
+    int64_t kk = 0;
+    // 8 depth indices x 8 rows per transpose, two per 16-wide panel row
+    for (; kk + 8 <= kc; kk += 8)
+        for (int h = 0; h < 2; h++) {
+            __m256 v[8];
+            for (int q = 0; q < 8; q++) v[q] = _mm256_load_ps(rows + (8 * h + q) * GEMM_KC + kk);
+            transpose8(v);
+            for (int q = 0; q < 8; q++) _mm256_store_ps(dst + (kk + q) * GEMM_NR + 8 * h, v[q]);
+        }
+    // remaining depth indices one by one
+    for (; kk < kc; kk++)
+        for (int64_t jj = 0; jj < GEMM_NR; jj++) dst[kk * GEMM_NR + jj] = rows[jj * GEMM_KC + kk];
+}
+#endif
+
 /* op(B)[k][j] = W'[k][j] (k over out, j over in): each panel row is a 16-wide row segment of W'. */
 static void pack_backward(float *dst, const void *vctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc) {
     const lors_ctx *c = (const lors_ctx *)vctx;
+    float abuf[LORS_APANEL] __attribute__((aligned(64)));
+    int64_t lda;
+    const float *a = a_segment(abuf, c->A, c->in, j0, nc, c->r, &lda);
     // one row of W' per depth index
     for (int64_t kk = 0; kk < kc; kk++) {
         int64_t k = k0 + kk;
         float *d = dst + kk * GEMM_NR;
-        c->row(d, c->W + k * c->in + j0, c->M + k * c->in + j0, c->A + j0, c->in, c->B + k * c->r, c->s, c->r,
-               nc);
+        c->row(d, c->W + k * c->in + j0, c->M + k * c->in + j0, a, lda, c->B + k * c->r, c->s, c->r, nc);
         for (int64_t jj = nc; jj < GEMM_NR; jj++) d[jj] = 0.0f;
     }
 }
@@ -153,7 +232,9 @@ SFT_TARGET_AVX2 static void pack_backward_avx2(float *dst, const void *vctx, int
     }
     const __m256 vs = _mm256_set1_ps(c->s);
     const int64_t in = c->in, r = c->r;
-    const float *A = c->A + j0;
+    float abuf[LORS_APANEL] __attribute__((aligned(64)));
+    int64_t lda;
+    const float *A = a_segment(abuf, c->A, in, j0, GEMM_NR, r, &lda);
     int64_t kk = 0;
     // four rows of W' per step: 8 independent FMA chains over the rank
     for (; kk + 4 <= kc; kk += 4) {
@@ -161,7 +242,7 @@ SFT_TARGET_AVX2 static void pack_backward_avx2(float *dst, const void *vctx, int
         for (int q = 0; q < 4; q++) acc[q][0] = acc[q][1] = _mm256_setzero_ps();
         const float *b = c->B + (k0 + kk) * r;
         for (int64_t t = 0; t < r; t++) {
-            __m256 a0 = _mm256_loadu_ps(A + t * in), a1 = _mm256_loadu_ps(A + t * in + 8);
+            __m256 a0 = _mm256_loadu_ps(A + t * lda), a1 = _mm256_loadu_ps(A + t * lda + 8);
             for (int q = 0; q < 4; q++) {
                 __m256 bq = _mm256_broadcast_ss(b + q * r + t);
                 acc[q][0] = _mm256_fmadd_ps(bq, a0, acc[q][0]);
@@ -184,17 +265,52 @@ SFT_TARGET_AVX2 static void pack_backward_avx2(float *dst, const void *vctx, int
 }
 #endif
 
+/* [lo, hi) of n items for thread tid of nt, slice starts rounded to multiples of align. */
+static void split_range(int64_t n, int tid, int nt, int64_t align, int64_t *lo, int64_t *hi) {
+    int64_t per = (n + nt - 1) / nt;
+    per = (per + align - 1) / align * align;
+    *lo = SFT_MIN(n, tid * per);
+    *hi = SFT_MIN(n, *lo + per);
+}
+
+/* C (M, n) = beta C + op(A) (M, K) op(B) with op(B) from pack: token rows split between threads,
+ * each running the whole GEMM on its rows alone (one parallel region, no barriers; every thread
+ * rebuilds the W' panels it needs). Per-row results do not depend on the split. */
+static int gemm_rows_split(float *C, int64_t ldc, const float *A, int64_t lda, gemm_pack_b_fn pack,
+                           const void *ctx, int64_t M, int64_t n, int64_t K, float beta) {
+    int nth = sft_get_num_threads();
+    if (nth <= 1 || M < 2 * GEMM_MC) return sgemm_packb(C, ldc, A, lda, 1, pack, ctx, M, n, K, beta);
+    int rc = 0;
+#pragma omp parallel num_threads(nth) reduction(| : rc)
+    {
+#ifdef _OPENMP
+        int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+        int tid = 0, nt = 1;
+#endif
+        int64_t lo, hi;
+        split_range(M, tid, nt, GEMM_MR, &lo, &hi);
+        if (hi > lo)
+            rc |= sgemm_packb(C + lo * ldc, ldc, A + lo * lda, lda, 1, pack, ctx, hi - lo, n, K, beta);
+    }
+    return rc;
+}
+
 int lors_forward(float *y, const float *x, const float *W, const uint8_t *M, const float *A, const float *B,
                  const float *bias, float s, int64_t N, int64_t in, int64_t out, int64_t r) {
     if (N <= 0 || out <= 0) return 0;
     lors_ctx c = {W, M, A, B, s, in, r, select_row()};
+    gemm_pack_b_fn pack = pack_forward;
+#if SFT_X86
+    if (sft_simd_path == SFT_SIMD_AVX2) pack = pack_forward_avx2;
+#endif
     float beta = 0.0f;
     if (bias != NULL) {
         // start every row of y at the bias, then accumulate
         for (int64_t n = 0; n < N; n++) memcpy(y + n * out, bias, sizeof(float) * (size_t)out);
         beta = 1.0f;
     }
-    return sgemm_packb(y, out, x, in, 1, pack_forward, &c, N, out, in, beta);
+    return gemm_rows_split(y, out, x, in, pack, &c, N, out, in, beta);
 }
 
 void lors_forward_naive(float *y, const float *x, const float *W, const uint8_t *M, const float *A,
@@ -225,7 +341,7 @@ int lors_backward_input(float *gx, const float *gy, const float *W, const uint8_
 #if SFT_X86
     if (sft_simd_path == SFT_SIMD_AVX2) pack = pack_backward_avx2;
 #endif
-    return sgemm_packb(gx, in, gy, out, 1, pack, &c, N, in, out, 0.0f);
+    return gemm_rows_split(gx, in, gy, out, pack, &c, N, in, out, 0.0f);
 }
 
 void lors_backward_input_naive(float *gx, const float *gy, const float *W, const uint8_t *M, const float *A,
@@ -373,17 +489,81 @@ void lors_backward_exact_naive(float *dA, float *dB, const float *gy, const floa
         }
 }
 
+/* ---- rearranged ("lors") gradient -------------------------------------------------------- */
+
+int lors_backward_lors(float *dA, float *dB, const float *gy, const float *x, const float *A, const float *B,
+                       float s, int64_t N, int64_t in, int64_t out, int64_t r) {
+    if (r <= 0 || in <= 0 || out <= 0) return 0;
+    if (N <= 0) {
+        memset(dA, 0, sizeof(float) * (size_t)(r * in));
+        memset(dB, 0, sizeof(float) * (size_t)(out * r));
+        return 0;
+    }
+    float *xa = (float *)sft_scratch_alloc(sizeof(float) * (size_t)(2 * N * r));
+    if (xa == NULL) return -1;
+    float *gb = xa + N * r;
+    int rc = 0;
+#pragma omp parallel num_threads(sft_get_num_threads()) reduction(| : rc)
+    {
+#ifdef _OPENMP
+        int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+        int tid = 0, nt = 1;
+#endif
+        int64_t lo, hi;
+        // xa = x A^T and gb = gy B on this thread's token rows (the GEMMs run on this thread alone)
+        split_range(N, tid, nt, GEMM_MR, &lo, &hi);
+        rc |= sgemm(xa + lo * r, r, x + lo * in, in, 1, A, 1, in, hi - lo, r, in, 0.0f);
+        rc |= sgemm(gb + lo * r, r, gy + lo * out, out, 1, B, r, 1, hi - lo, r, out, 0.0f);
+#pragma omp barrier
+        // dB rows: gy[:, rows]^T xa, over the N tokens
+        split_range(out, tid, nt, GEMM_MR, &lo, &hi);
+        rc |= sgemm(dB + lo * r, r, gy + lo, 1, out, xa, r, 1, hi - lo, r, N, 0.0f);
+        for (int64_t i = lo * r; i < hi * r; i++) dB[i] *= s;
+        // dA columns: gb^T x[:, cols], over the N tokens
+        split_range(in, tid, nt, GEMM_NR, &lo, &hi);
+        rc |= sgemm(dA + lo, in, gb, 1, r, x + lo, in, 1, r, hi - lo, N, 0.0f);
+        for (int64_t t = 0; t < r; t++)
+            for (int64_t i = lo; i < hi; i++) dA[t * in + i] *= s;
+    }
+    sft_scratch_free(xa);
+    return rc == 0 ? 0 : -1;
+}
+
+void lors_backward_lors_naive(float *dA, float *dB, const float *gy, const float *x, const float *A,
+                              const float *B, float s, int64_t N, int64_t in, int64_t out, int64_t r) {
+    memset(dA, 0, sizeof(float) * (size_t)(r * in));
+    memset(dB, 0, sizeof(float) * (size_t)(out * r));
+    // token by token: xa = x[n] A^T, gb = gy[n] B, then the two rank-1 style updates
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t t = 0; t < r; t++) {
+            float xa = 0.0f, gb = 0.0f;
+            for (int64_t k = 0; k < in; k++) xa += x[n * in + k] * A[t * in + k];
+            for (int64_t j = 0; j < out; j++) gb += gy[n * out + j] * B[j * r + t];
+            for (int64_t j = 0; j < out; j++) dB[j * r + t] += s * gy[n * out + j] * xa;
+            for (int64_t k = 0; k < in; k++) dA[t * in + k] += s * gb * x[n * in + k];
+        }
+}
+
 /* ---- merge / unmerge ---------------------------------------------------------------------- */
 
 void lors_merge(float *Wout, const float *W, const uint8_t *M, const float *A, const float *B, float s,
                 int64_t in, int64_t out, int64_t r) {
     row_fn row = select_row();
-    // rows shared out among threads, each row in GEMM_KC-wide segments
+    int64_t n_blocks = (out + GEMM_NR - 1) / GEMM_NR;
+    // blocks of GEMM_NR rows shared out among threads
 #pragma omp parallel for schedule(static) num_threads(sft_get_num_threads())
-    for (int64_t j = 0; j < out; j++)
-        for (int64_t k0 = 0; k0 < in; k0 += GEMM_KC)
-            row(Wout + j * in + k0, W + j * in + k0, M + j * in + k0, A + k0, in, B + j * r, s, r,
-                SFT_MIN(GEMM_KC, in - k0));
+    for (int64_t b = 0; b < n_blocks; b++) {
+        float abuf[LORS_APANEL] __attribute__((aligned(64)));
+        int64_t j_end = SFT_MIN(out, (b + 1) * GEMM_NR);
+        // GEMM_KC-wide column segments, the A segment shared by the block's rows
+        for (int64_t k0 = 0; k0 < in; k0 += GEMM_KC) {
+            int64_t kc = SFT_MIN(GEMM_KC, in - k0), lda;
+            const float *a = a_segment(abuf, A, in, k0, kc, r, &lda);
+            for (int64_t j = b * GEMM_NR; j < j_end; j++)
+                row(Wout + j * in + k0, W + j * in + k0, M + j * in + k0, a, lda, B + j * r, s, r, kc);
+        }
+    }
 }
 
 void lors_merge_naive(float *Wout, const float *W, const uint8_t *M, const float *A, const float *B, float s,

@@ -14,7 +14,10 @@
 #define LORS_TILE_O 144
 #define LORS_TILE_I 512
 
-/* y = x W'^T (+ bias). */
+/* y = x W'^T (+ bias). With several threads and at least 2 * GEMM_MC tokens, the token rows are
+ * split between threads and each runs the GEMM on its rows alone (one parallel region, no
+ * barriers: a preempted thread does not stall the other), rebuilding the W' panels it needs.
+ * Each output is computed the same way whatever the split: thread-count independent. */
 int lors_forward(float *y,          /* (N, out) */
                  const float *x,    /* (N, in) */
                  const float *W,    /* (out, in), 0 off the mask */
@@ -27,7 +30,7 @@ void lors_forward_naive(float *y, const float *x, const float *W, const uint8_t 
                         const float *B, const float *bias, float s, int64_t N, int64_t in, int64_t out,
                         int64_t r);
 
-/* gx = gy W'. */
+/* gx = gy W' (token rows split between threads as in lors_forward). */
 int lors_backward_input(float *gx,        /* (N, in) */
                         const float *gy,  /* (N, out) */
                         const float *W,   /* (out, in) */
@@ -54,6 +57,20 @@ int lors_backward_exact(float *dA,        /* (r, in) */
 void lors_backward_exact_naive(float *dA, float *dB, const float *gy, const float *x, const uint8_t *M,
                                const float *A, const float *B, float s, int64_t N, int64_t in, int64_t out,
                                int64_t r);
+
+/* The paper's rearranged adapter gradient (format-independent, no out x in product):
+ * dB = s gy^T (x A^T), dA = s (gy B)^T x. One parallel region: threads take token rows of
+ * xa = x A^T and gb = gy B (N x r scratch each), then rows of dB and columns of dA; every output is
+ * summed by one thread in one order, so results do not depend on the thread count. */
+int lors_backward_lors(float *dA,       /* (r, in) */
+                       float *dB,       /* (out, r) */
+                       const float *gy, /* (N, out) */
+                       const float *x,  /* (N, in) */
+                       const float *A,  /* (r, in) */
+                       const float *B,  /* (out, r) */
+                       float s, int64_t N, int64_t in, int64_t out, int64_t r);
+void lors_backward_lors_naive(float *dA, float *dB, const float *gy, const float *x, const float *A,
+                              const float *B, float s, int64_t N, int64_t in, int64_t out, int64_t r);
 
 /* Wout = W + s (B A) at the mask, W elsewhere (exact zeros stay). Unmerge is s -> -s. */
 void lors_merge(float *Wout,      /* (out, in) */

@@ -287,9 +287,9 @@ static int lors_scale_ok(float s) {
 }
 
 /* A 2-D activation (rows, cols) with cols fixed by the weights. */
-static PyArrayObject *lors_act(PyObject *o, const char *name, npy_intp cols, const char *what) {
+static PyArrayObject *lors_act(PyObject *o, const char *name, npy_intp cols, const char *what, int check) {
     PyArrayObject *a = arg_f32(o, name, 2);
-    if (a == NULL || arg_dim(a, name, 1, cols, what) < 0 || arg_finite(a, name) < 0) return NULL;
+    if (a == NULL || arg_dim(a, name, 1, cols, what) < 0 || (check && arg_finite(a, name) < 0)) return NULL;
     return a;
 }
 
@@ -304,7 +304,7 @@ static PyObject *py_lors_forward(PyObject *self, PyObject *args, PyObject *kwarg
         return NULL;
     lors_args a;
     if (lors_parse(Wo, Mo, Ao, Bo, check, &a) < 0 || lors_scale_ok(s) < 0) return NULL;
-    PyArrayObject *x = lors_act(xo, "x", a.in, "in, from W");
+    PyArrayObject *x = lors_act(xo, "x", a.in, "in, from W", 1);
     if (x == NULL) return NULL;
     PyArrayObject *bias = NULL;
     if (bo != Py_None) {
@@ -341,7 +341,7 @@ static PyObject *py_lors_backward_input(PyObject *self, PyObject *args, PyObject
         return NULL;
     lors_args a;
     if (lors_parse(Wo, Mo, Ao, Bo, check, &a) < 0 || lors_scale_ok(s) < 0) return NULL;
-    PyArrayObject *gy = lors_act(go, "gy", a.out, "out, from W");
+    PyArrayObject *gy = lors_act(go, "gy", a.out, "out, from W", 1);
     if (gy == NULL) return NULL;
     npy_intp N = PyArray_DIM(gy, 0), dims[2] = {N, a.in};
     PyArrayObject *gx = new_f32(2, dims);
@@ -362,18 +362,18 @@ static PyObject *py_lors_backward_input(PyObject *self, PyObject *args, PyObject
 
 static PyObject *py_lors_backward_exact(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
-    static char *kwlist[] = {"gy", "x", "mask", "A", "B", "scale", "naive", NULL};
+    static char *kwlist[] = {"gy", "x", "mask", "A", "B", "scale", "check_finite", "naive", NULL};
     PyObject *go, *xo, *Mo, *Ao, *Bo;
     float s;
-    int naive = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOf|p:lors_backward_exact", kwlist, &go, &xo, &Mo, &Ao,
-                                     &Bo, &s, &naive))
+    int check = 1, naive = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOf|pp:lors_backward_exact", kwlist, &go, &xo, &Mo,
+                                     &Ao, &Bo, &s, &check, &naive))
         return NULL;
     lors_args a;
     if (lors_parse(NULL, Mo, Ao, Bo, 0, &a) < 0 || lors_scale_ok(s) < 0) return NULL;
-    PyArrayObject *gy = lors_act(go, "gy", a.out, "out, from mask");
+    PyArrayObject *gy = lors_act(go, "gy", a.out, "out, from mask", check);
     if (gy == NULL) return NULL;
-    PyArrayObject *x = lors_act(xo, "x", a.in, "in, from mask");
+    PyArrayObject *x = lors_act(xo, "x", a.in, "in, from mask", check);
     if (x == NULL) return NULL;
     npy_intp N = PyArray_DIM(gy, 0);
     if (arg_dim(x, "x", 0, N, "tokens, from gy") < 0) return NULL;
@@ -391,6 +391,48 @@ static PyObject *py_lors_backward_exact(PyObject *self, PyObject *args, PyObject
     Py_BEGIN_ALLOW_THREADS if (naive)
         lors_backward_exact_naive(DA, DB, GY, X, M, A, B, s, N, a.in, a.out, a.r);
     else rc = lors_backward_exact(DA, DB, GY, X, M, A, B, s, N, a.in, a.out, a.r);
+    Py_END_ALLOW_THREADS if (rc != 0) {
+        Py_DECREF(dA);
+        Py_DECREF(dB);
+        return scratch_error();
+    }
+    return Py_BuildValue("NN", dA, dB);
+}
+
+static PyObject *py_lors_backward_lors(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"gy", "x", "A", "B", "scale", "check_finite", "naive", NULL};
+    PyObject *go, *xo, *Ao, *Bo;
+    float s;
+    int check = 1, naive = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOf|pp:lors_backward_lors", kwlist, &go, &xo, &Ao, &Bo,
+                                     &s, &check, &naive))
+        return NULL;
+    PyArrayObject *A = arg_f32(Ao, "A", 2);
+    if (A == NULL) return NULL;
+    npy_intp r = PyArray_DIM(A, 0), in = PyArray_DIM(A, 1);
+    PyArrayObject *B = arg_f32(Bo, "B", 2);
+    if (B == NULL || arg_dim(B, "B", 1, r, "r, from A") < 0) return NULL;
+    npy_intp out = PyArray_DIM(B, 0);
+    if (arg_finite(A, "A") < 0 || arg_finite(B, "B") < 0 || lors_scale_ok(s) < 0) return NULL;
+    PyArrayObject *gy = lors_act(go, "gy", out, "out, from B", check);
+    if (gy == NULL) return NULL;
+    PyArrayObject *x = lors_act(xo, "x", in, "in, from A", check);
+    if (x == NULL) return NULL;
+    npy_intp N = PyArray_DIM(gy, 0);
+    if (arg_dim(x, "x", 0, N, "tokens, from gy") < 0) return NULL;
+    npy_intp da[2] = {r, in}, db[2] = {out, r};
+    PyArrayObject *dA = new_f32(2, da), *dB = dA ? new_f32(2, db) : NULL;
+    if (dB == NULL) {
+        Py_XDECREF(dA);
+        return NULL;
+    }
+    float *DA = (float *)PyArray_DATA(dA), *DB = (float *)PyArray_DATA(dB);
+    const float *GY = (const float *)PyArray_DATA(gy), *X = (const float *)PyArray_DATA(x);
+    const float *Ap = (const float *)PyArray_DATA(A), *Bp = (const float *)PyArray_DATA(B);
+    int rc = 0;
+    Py_BEGIN_ALLOW_THREADS if (naive) lors_backward_lors_naive(DA, DB, GY, X, Ap, Bp, s, N, in, out, r);
+    else rc = lors_backward_lors(DA, DB, GY, X, Ap, Bp, s, N, in, out, r);
     Py_END_ALLOW_THREADS if (rc != 0) {
         Py_DECREF(dA);
         Py_DECREF(dB);
@@ -1052,8 +1094,11 @@ static PyMethodDef methods[] = {
      "lors_backward_input(gy, W, mask, A, B, scale, check_weights=True, naive=False) -> ndarray\n\n"
      "gx (N, in) = gy @ W', W' rebuilt tile by tile."},
     {"lors_backward_exact", (PyCFunction)(void (*)(void))py_lors_backward_exact, METH_VARARGS | METH_KEYWORDS,
-     "lors_backward_exact(gy, x, mask, A, B, scale, naive=False) -> (dA, dB)\n\n"
+     "lors_backward_exact(gy, x, mask, A, B, scale, check_finite=True, naive=False) -> (dA, dB)\n\n"
      "Exact adapter gradient: dB = scale*((gy^T x)*mask) A^T, dA = scale*B^T ((gy^T x)*mask), tile by tile."},
+    {"lors_backward_lors", (PyCFunction)(void (*)(void))py_lors_backward_lors, METH_VARARGS | METH_KEYWORDS,
+     "lors_backward_lors(gy, x, A, B, scale, check_finite=True, naive=False) -> (dA, dB)\n\n"
+     "The rearranged adapter gradient: dB = scale*gy^T (x A^T), dA = scale*(gy B)^T x (no mask)."},
     {"lors_merge", (PyCFunction)(void (*)(void))py_lors_merge, METH_VARARGS | METH_KEYWORDS,
      "lors_merge(W, mask, A, B, scale, naive=False) -> ndarray\n\n"
      "W + scale*(B@A) at the mask, W elsewhere (zeros exact); unmerge with -scale."},

@@ -1,14 +1,17 @@
 /* sparse.c: SpMM / SDDMM kernels over the CSR and N:M base formats with W' recomputed on the fly.
  *
- * Blocking (outer to inner), the same for forward and backward:
- *   token block of NC tokens -> transpose x (and gx) into (in, NCpad) panels, tokens contiguous
- *   -> row chunk (<= CHUNK_NNZ nonzeros, <= CHUNK_ROWS rows): W' values of the chunk recomputed once
- *      (shared by the threads), N:M indices expanded to columns
- *   -> every thread takes its own token range of the block and sweeps all rows of the chunk:
- *      forward: a register tile of up to 64 tokens per row, accumulated over the row's nonzeros;
- *      backward: per nonzero, gx panel row j += w' * gy row (scatter) and g_ij += <gy row, x row j>
- *   -> backward: the per-thread partial g of the chunk are summed in thread order and reduced into
- *      dB (rows split among threads) and a per-thread dA^T, summed in thread order at the end.
+ * Every thread takes a contiguous range of the tokens and works on it alone (no barriers in the
+ * main loop: on a shared machine a barrier can cost a whole time slice). Loops, outer to inner:
+ *   token block of NCt tokens (sparse_token_block: what fits 1 MiB of tile scratch per thread)
+ *     -> x (and, backward, a zeroed gx) transposed into tiles of <= 64 tokens, tokens contiguous
+ *   -> row chunk (<= CHUNK_NNZ nonzeros, <= CHUNK_ROWS rows): columns expanded (N:M), W'
+ *      recomputed once per block (8 length-r dot products at a time), column-block segments found
+ *   -> tile -> column block of KC columns (its 64-token slab stays in L1) -> row -> segment kernel:
+ *      forward: a register tile of up to 64 tokens of the row kept across the segment's nonzeros;
+ *      backward: the row's gy tile in registers; per nonzero one pass over the tokens scatters
+ *      w' * gy into gx^T and accumulates <gy, x_j> (SparseProp's fused backward)
+ *   -> backward: the chunk's sampled gradient g of this block reduced into this thread's dB and
+ *      dA^T (rank-1 updates of length r); the threads' dA, dB are summed in thread order at the end.
  * Deterministic for a fixed thread count (every sum has a fixed order). */
 #include "sparse.h"
 
@@ -251,13 +254,70 @@ static void chunk_build(chunk *c, const sparse_base *W, int64_t i0, int64_t i1, 
     }
 }
 
+/* dst[c*ldd + r] = src[r*lds + c] for r < rows, c < cols (naive reference of the blocked one). */
+static void transpose_portable(float *dst, int64_t ldd, const float *src, int64_t lds, int64_t rows,
+                               int64_t cols) {
+    // 8 x 8 blocks, then the element loop inside each
+    for (int64_t r0 = 0; r0 < rows; r0 += 8)
+        for (int64_t c0 = 0; c0 < cols; c0 += 8) {
+            int64_t re = SFT_MIN(rows, r0 + 8), ce = SFT_MIN(cols, c0 + 8);
+            for (int64_t c = c0; c < ce; c++)
+                for (int64_t r = r0; r < re; r++) dst[c * ldd + r] = src[r * lds + c];
+        }
+}
+
+#if SFT_X86
+/* The same with an in-register 8 x 8 transpose for full blocks. */
+SFT_TARGET_AVX2 static void transpose_avx2(float *dst, int64_t ldd, const float *src, int64_t lds,
+                                           int64_t rows, int64_t cols) {
+    int64_t r8 = rows / 8 * 8, c8 = cols / 8 * 8;
+    // full 8 x 8 blocks
+    for (int64_t r0 = 0; r0 < r8; r0 += 8)
+        for (int64_t c0 = 0; c0 < c8; c0 += 8) {
+            const float *s = src + r0 * lds + c0;
+            __m256 a0 = _mm256_loadu_ps(s), a1 = _mm256_loadu_ps(s + lds), a2 = _mm256_loadu_ps(s + 2 * lds);
+            __m256 a3 = _mm256_loadu_ps(s + 3 * lds), a4 = _mm256_loadu_ps(s + 4 * lds);
+            __m256 a5 = _mm256_loadu_ps(s + 5 * lds), a6 = _mm256_loadu_ps(s + 6 * lds);
+            __m256 a7 = _mm256_loadu_ps(s + 7 * lds);
+            __m256 t0 = _mm256_unpacklo_ps(a0, a1), t1 = _mm256_unpackhi_ps(a0, a1);
+            __m256 t2 = _mm256_unpacklo_ps(a2, a3), t3 = _mm256_unpackhi_ps(a2, a3);
+            __m256 t4 = _mm256_unpacklo_ps(a4, a5), t5 = _mm256_unpackhi_ps(a4, a5);
+            __m256 t6 = _mm256_unpacklo_ps(a6, a7), t7 = _mm256_unpackhi_ps(a6, a7);
+            __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+            __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+            __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+            __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+            float *d = dst + c0 * ldd + r0;
+            _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
+            _mm256_storeu_ps(d + ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
+            _mm256_storeu_ps(d + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
+            _mm256_storeu_ps(d + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
+            _mm256_storeu_ps(d + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
+            _mm256_storeu_ps(d + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
+            _mm256_storeu_ps(d + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
+            _mm256_storeu_ps(d + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+        }
+    // edges: the last rows % 8 rows and cols % 8 columns
+    for (int64_t c = c8; c < cols; c++)
+        for (int64_t r = 0; r < rows; r++) dst[c * ldd + r] = src[r * lds + c];
+    for (int64_t c = 0; c < c8; c++)
+        for (int64_t r = r8; r < rows; r++) dst[c * ldd + r] = src[r * lds + c];
+}
+#endif
+
+typedef void (*transpose_fn)(float *, int64_t, const float *, int64_t, int64_t, int64_t);
+
+static transpose_fn select_transpose(void) {
+#if SFT_X86
+    if (sft_simd_path == SFT_SIMD_AVX2) return transpose_avx2;
+#endif
+    return transpose_portable;
+}
+
 /* dst (cols, nt) = src[t0 : t0+nvalid, :]^T, zero-padded to nt tokens. */
-static void pack_panel(float *dst, const float *src, int64_t cols, int64_t t0, int64_t nvalid, int64_t nt) {
-    // tokens outer (contiguous reads of a row of src), columns inner
-    for (int64_t t = 0; t < nvalid; t++) {
-        const float *s = src + (t0 + t) * cols;
-        for (int64_t j = 0; j < cols; j++) dst[j * nt + t] = s[j];
-    }
+static void pack_panel(transpose_fn tr, float *dst, const float *src, int64_t cols, int64_t t0,
+                       int64_t nvalid, int64_t nt) {
+    tr(dst, nt, src + t0 * cols, cols, nvalid, cols);
     for (int64_t j = 0; j < cols; j++)
         for (int64_t t = nvalid; t < nt; t++) dst[j * nt + t] = 0.0f;
 }
@@ -586,6 +646,7 @@ int sparse_forward(float *y, const sparse_base *W, const float *x, const float *
     int64_t NCt = sparse_token_block(W, 0);
     int64_t per = SFT_MIN(NCt, (N + TOK_VEC - 1) / TOK_VEC * TOK_VEC);
     size_t per_thread = sizeof(float) * (size_t)(in * per + CHUNK_ROWS * TOK_TILE) + (size_t)chunk_bytes(W);
+    per_thread = (per_thread + 63) / 64 * 64; /* every thread's panels start on a cache line */
     float *AT = (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(in * r, 1));
     char *mem = (char *)sft_scratch_alloc(per_thread * (size_t)nthreads);
     if (AT == NULL || mem == NULL) {
@@ -595,6 +656,7 @@ int sparse_forward(float *y, const sparse_base *W, const float *x, const float *
     }
     recompute_fn rcf = select_recompute();
     fwd_seg_fn seg = fwd_seg_portable;
+    transpose_fn tr = select_transpose();
 #if SFT_X86
     if (sft_simd_path == SFT_SIMD_AVX2) seg = fwd_seg_avx2;
 #endif
@@ -620,7 +682,7 @@ int sparse_forward(float *y, const sparse_base *W, const float *x, const float *
             // transpose the block into tiles of up to 64 tokens (padded to vectors)
             for (int64_t p = 0; p < ntiles; p++) {
                 int64_t nv = SFT_MIN(TOK_TILE, nblk - p * TOK_TILE);
-                pack_panel(xT + p * in * TOK_TILE, x, in, t0 + p * TOK_TILE, nv, (nv + 7) / 8 * 8);
+                pack_panel(tr, xT + p * in * TOK_TILE, x, in, t0 + p * TOK_TILE, nv, (nv + 7) / 8 * 8);
             }
             // loop over row chunks
             for (int64_t i0 = 0; i0 < out; i0 = chunk_end(W, i0)) {
@@ -638,10 +700,7 @@ int sparse_forward(float *y, const sparse_base *W, const float *x, const float *
                                 seg(ytile + i * TOK_TILE, c.wrow + b, c.rowcol + b, e - b, panel, nt, nt);
                         }
                     // write the tile transposed: y[t0 + p*64 + t, i0:i1]
-                    for (int64_t t = 0; t < nv; t++) {
-                        float *yr = y + (t0 + p * TOK_TILE + t) * out + i0;
-                        for (int64_t i = 0; i < c.rows; i++) yr[i] = ytile[i * TOK_TILE + t];
-                    }
+                    tr(y + (t0 + p * TOK_TILE) * out + i0, out, ytile, TOK_TILE, c.rows, nv);
                 }
             }
         }
@@ -668,6 +727,7 @@ int sparse_backward(float *gx, float *dA, float *dB, const sparse_base *W, const
     int64_t panel = in * per;
     size_t per_thread = sizeof(float) * (size_t)(2 * panel + CHUNK_ROWS * ntiles_max * TOK_TILE) +
                         (size_t)chunk_bytes(W) + (want_g ? sizeof(float) * (size_t)((in + out) * r) : 0);
+    per_thread = (per_thread + 63) / 64 * 64; /* every thread's panels start on a cache line */
     float *AT = (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(in * r, 1));
     char *mem = (char *)sft_scratch_alloc(per_thread * (size_t)nthreads);
     if (AT == NULL || mem == NULL) {
@@ -677,6 +737,7 @@ int sparse_backward(float *gx, float *dA, float *dB, const sparse_base *W, const
     }
     recompute_fn rcf = select_recompute();
     bwd_seg_fn seg = bwd_seg_portable;
+    transpose_fn tr = select_transpose();
     reduce_fn red = reduce_portable;
 #if SFT_X86
     if (sft_simd_path == SFT_SIMD_AVX2) seg = bwd_seg_avx2, red = reduce_avx2;
@@ -707,7 +768,7 @@ int sparse_backward(float *gx, float *dA, float *dB, const sparse_base *W, const
             // transpose x into tiles, zero the gx tiles
             for (int64_t p = 0; p < ntiles; p++) {
                 int64_t nv = SFT_MIN(TOK_TILE, nblk - p * TOK_TILE), nt = (nv + 7) / 8 * 8;
-                if (want_g) pack_panel(xT + p * in * TOK_TILE, x, in, t0 + p * TOK_TILE, nv, nt);
+                if (want_g) pack_panel(tr, xT + p * in * TOK_TILE, x, in, t0 + p * TOK_TILE, nv, nt);
                 if (gx != NULL) memset(gxT + p * in * TOK_TILE, 0, sizeof(float) * (size_t)(in * nt));
             }
             // loop over row chunks
@@ -721,10 +782,7 @@ int sparse_backward(float *gx, float *dA, float *dB, const sparse_base *W, const
                     float *gyt = gyT + p * CHUNK_ROWS * TOK_TILE;
                     for (int64_t i = 0; i < c.rows; i++)
                         for (int64_t t = nv; t < nt; t++) gyt[i * TOK_TILE + t] = 0.0f;
-                    for (int64_t t = 0; t < nv; t++) {
-                        const float *gr = gy + (t0 + p * TOK_TILE + t) * out + i0;
-                        for (int64_t i = 0; i < c.rows; i++) gyt[i * TOK_TILE + t] = gr[i];
-                    }
+                    tr(gyt, TOK_TILE, gy + (t0 + p * TOK_TILE) * out + i0, out, nv, c.rows);
                     float *gxp = gx != NULL ? gxT + p * in * TOK_TILE : NULL;
                     const float *xp = want_g ? xT + p * in * TOK_TILE : NULL;
                     for (int64_t kb = 0; kb < c.nkb; kb++)
@@ -743,10 +801,7 @@ int sparse_backward(float *gx, float *dA, float *dB, const sparse_base *W, const
                 for (int64_t p = 0; p < ntiles; p++) {
                     int64_t nv = SFT_MIN(TOK_TILE, nblk - p * TOK_TILE), nt = (nv + 7) / 8 * 8;
                     const float *gp = gxT + p * in * TOK_TILE;
-                    for (int64_t t = 0; t < nv; t++) {
-                        float *gr = gx + (t0 + p * TOK_TILE + t) * in;
-                        for (int64_t j = 0; j < in; j++) gr[j] = gp[j * nt + t];
-                    }
+                    tr(gx + (t0 + p * TOK_TILE) * in, in, gp, nt, in, nv);
                 }
         }
         if (want_g) {

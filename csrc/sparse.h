@@ -6,8 +6,9 @@
  *             dB[i,:] += s*g_ij*A[:,j],  dA[:,j] += s*g_ij*B[i,:]   (no out x in buffer)
  * W' values are recomputed per token block (a dot product of length r per nonzero), never stored.
  * Activations are transposed block by block so the tokens are the vectorised dimension
- * (SparseProp); each output row keeps a register tile of 64 tokens across all its nonzeros
- * (XNNPACK spmm). Work is O(nnz*(N + r*N/NC)). */
+ * (SparseProp); each output row keeps a register tile of 64 tokens across its nonzeros
+ * (XNNPACK spmm). Work is O(nnz*(N + r*N/NCt)); scratch <= 1 MiB of tiles per thread plus
+ * (in + out)*r floats per thread (partial dA, dB) and in*r (A^T). */
 #ifndef SPARSEFT_SPARSE_H
 #define SPARSEFT_SPARSE_H
 

@@ -55,6 +55,16 @@ def lors_backward_exact(
     A: npt.NDArray[np.float32],
     B: npt.NDArray[np.float32],
     scale: float,
+    check_finite: bool = ...,
+    naive: bool = ...,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+def lors_backward_lors(
+    gy: npt.NDArray[np.float32],
+    x: npt.NDArray[np.float32],
+    A: npt.NDArray[np.float32],
+    B: npt.NDArray[np.float32],
+    scale: float,
+    check_finite: bool = ...,
     naive: bool = ...,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
 def lors_merge(

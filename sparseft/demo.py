@@ -116,6 +116,7 @@ def _lors_section(rng: np.random.Generator, quick: bool, out: TextIO) -> None:
             print(f"  LoRS step {step + 1:4d}: loss {loss:.3f}", file=out)
     dt = time.perf_counter() - t0
     merged = [layer.merged_weight() for layer in layers]
+    assert l1.bias is not None and l2.bias is not None  # both layers were built with a bias
     acc_lors = _accuracy(merged[0], l1.bias, merged[1], l2.bias, xte, yte)
     print(f"LoRS fine-tuned ({steps} steps, {dt:.1f} s): test accuracy {acc_lors:.3f}", file=out)
     for i, (m, w) in enumerate(zip(masks, merged, strict=True)):

@@ -38,11 +38,13 @@ __all__ = [
     "detect_nm",
 ]
 
-#: Above this density the dense-masked path is faster than CSR. Measured by
-#: ``benchmarks/bench_sparse.py`` on the project machine (2-core Xeon, AVX2 kernels, N=2048,
-#: 2048x2048, r=16, fwd+bwd, against NumPy dense GEMMs of the same shapes as the dense stand-in).
-#: See the README section "Masks and sparse formats" for the measurement.
-DENSITY_CROSSOVER = 0.05
+#: At or below this density CSR is faster than the dense-masked path (``DenseBase``). Measured by
+#: ``benchmarks/bench_sparse.py`` on the project machine (2 shared cores, AVX2 kernels, N=2048,
+#: r=16, fwd + exact bwd, min of 5 interleaved runs): CSR / DenseBase-50% time at W 2048x2048 =
+#: 1.045 at density 0.5, 0.673 at 0.3, 0.247 at 0.1 (crossover ~0.48); at W 8192x2048 = 1.434 at
+#: 0.5, 0.587 at 0.3 (crossover ~0.40). The smaller one is used. Against NumPy/OpenBLAS's AVX-512
+#: dense GEMMs the crossover is lower (~0.15 at 2048x2048: CSR / NumPy = 0.759 at 0.1, 2.07 at 0.3).
+DENSITY_CROSSOVER = 0.40
 
 #: N:M masks with n/m at most this use the N:M format under ``format="auto"``.
 NM_MAX_DENSITY = 0.5

@@ -153,8 +153,10 @@ class DenseBase:
     def masked_grad(
         self, gy: np.ndarray, x: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Exact adapter gradients (dA (r, in), dB (out, r)) from (gyᵀx) ⊙ M, tile by tile."""
-        return _core.lors_backward_exact(gy, x, self._M, A, B, float(scale))
+        """Exact adapter gradients (dA (r, in), dB (out, r)) from (gyᵀx) ⊙ M, tile by tile.
+
+        gy and x are not re-checked for NaN/inf here: ``forward``/``backward_input`` checked them."""
+        return _core.lors_backward_exact(gy, x, self._M, A, B, float(scale), check_finite=False)
 
     def merged(self, A: np.ndarray, B: np.ndarray, scale: float) -> DenseBase:
         """A new base holding W' = W + scale·(B A) at the mask positions (zeros kept exactly)."""

@@ -34,9 +34,7 @@ def _as_count(value: Any, what: str) -> int:
             raise ValueError(f"{what} must be a non-negative integer, got {value!r}")
         iv = int(value)
     else:
-        raise TypeError(
-            f"{what} must be a non-negative integer, got {type(value).__name__} {value!r}"
-        )
+        raise TypeError(f"{what} must be a non-negative integer, got {type(value).__name__} {value!r}")
     if iv < 0:
         raise ValueError(f"{what} must be a non-negative integer, got {iv}")
     if iv >= 2**62:
@@ -136,8 +134,14 @@ class Graph:
 
         self._memory = self._per_node(memory, "memory", required=True)
         self._duration = self._per_node(duration, "duration", required=True)
-        mem = np.array([_as_count(x, f"memory of node {v!r}") for v, x in zip(node_list, self._memory, strict=True)], dtype=np.int64)
-        dur = np.array([_as_count(x, f"duration of node {v!r}") for v, x in zip(node_list, self._duration, strict=True)], dtype=np.int64)
+        mem = np.array(
+            [_as_count(x, f"memory of node {v!r}") for v, x in zip(node_list, self._memory, strict=True)],
+            dtype=np.int64,
+        )
+        dur = np.array(
+            [_as_count(x, f"duration of node {v!r}") for v, x in zip(node_list, self._duration, strict=True)],
+            dtype=np.int64,
+        )
         mem.flags.writeable = False
         dur.flags.writeable = False
         self._mem = mem
@@ -149,7 +153,9 @@ class Graph:
         self._has_backward = backward is not None
 
         if isinstance(edges, (str, bytes)) or not isinstance(edges, Iterable):
-            raise TypeError(f"edges must be an iterable of (source, target) pairs, got {type(edges).__name__}")
+            raise TypeError(
+                f"edges must be an iterable of (source, target) pairs, got {type(edges).__name__}"
+            )
         edge_set: dict[tuple[int, int], None] = {}
         for k, e in enumerate(edges):
             try:
@@ -219,7 +225,9 @@ class Graph:
                     out.append(values[v])
             return out
         if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-            raise TypeError(f"{what} must be a sequence or mapping with one value per node, got {type(values).__name__}")
+            raise TypeError(
+                f"{what} must be a sequence or mapping with one value per node, got {type(values).__name__}"
+            )
         lst = list(np.asarray(values).tolist()) if isinstance(values, np.ndarray) else list(values)
         if len(lst) != n:
             raise ValueError(f"{what} must have one value per node ({n}), got {len(lst)}")
@@ -255,7 +263,7 @@ class Graph:
             seen[v] = len(path)
             path.append(v)
             v = next(p for p in self._preds[v] if p in rest)
-        return path[seen[v]:][::-1]
+        return path[seen[v] :][::-1]
 
     # ------------------------------------------------------------ properties
     @property
@@ -431,9 +439,13 @@ class Graph:
             m = next((x[k] for k in _MEMORY_KEYS if k in x), None)
             d = next((x[k] for k in _DURATION_KEYS if k in x), None)
             if m is None:
-                raise ValueError(f"nodes[{i}] (id {x[key]!r}) has no memory: expected one of {', '.join(_MEMORY_KEYS)}")
+                raise ValueError(
+                    f"nodes[{i}] (id {x[key]!r}) has no memory: expected one of {', '.join(_MEMORY_KEYS)}"
+                )
             if d is None:
-                raise ValueError(f"nodes[{i}] (id {x[key]!r}) has no duration: expected one of {', '.join(_DURATION_KEYS)}")
+                raise ValueError(
+                    f"nodes[{i}] (id {x[key]!r}) has no duration: expected one of {', '.join(_DURATION_KEYS)}"
+                )
             mem.append(m)
             dur.append(d)
             labels.append(str(x["name"]) if key == "id" and "name" in x else str(x[key]))
@@ -453,8 +465,9 @@ class Graph:
         graph_attrs = data.get("graph", {}) or {}
         order = graph_attrs.get("order") if isinstance(graph_attrs, Mapping) else None
         name = graph_attrs.get("name", "") if isinstance(graph_attrs, Mapping) else ""
-        return cls(ids, edges, mem, dur, order=order, labels=labels,
-                   backward=bw if has_bw else None, name=str(name))
+        return cls(
+            ids, edges, mem, dur, order=order, labels=labels, backward=bw if has_bw else None, name=str(name)
+        )
 
     def to_json(self, path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         """Return the graph as networkx node-link JSON; also write it if ``path`` is given.
@@ -476,8 +489,12 @@ class Graph:
         """
         nodes = []
         for i, v in enumerate(self._nodes):
-            rec: dict[str, Any] = {"id": v, "name": self._labels[i],
-                                   "memory": int(self._mem[i]), "duration": int(self._dur[i])}
+            rec: dict[str, Any] = {
+                "id": v,
+                "name": self._labels[i],
+                "memory": int(self._mem[i]),
+                "duration": int(self._dur[i]),
+            }
             if self._has_backward:
                 rec["backward"] = bool(self._backward[i])
             nodes.append(rec)

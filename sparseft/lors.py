@@ -9,14 +9,13 @@ every pruned zero exactly.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
-from sparseft import _core, dora
+from sparseft import _core, dora, formats
 from sparseft.formats_dense import BaseFormat, DenseBase, validate_base
 from sparseft.init import LORS_SCALES, gaussian_init, lora_init, lors_init
 
@@ -25,16 +24,6 @@ __all__ = ["FORMATS", "GRADS", "INITS", "LoRSConfig", "LoRSLinear", "resolve_for
 INITS = ("lora", "gaussian", "lors")
 GRADS = ("exact", "lors")
 FORMATS = ("auto", "dense", "csr", "nm")
-
-
-def _compressed_formats() -> Any:
-    """``sparseft.formats`` (compressed bases and ``choose_format``), or None where it is absent."""
-    try:
-        return importlib.import_module("sparseft.formats")
-    except ModuleNotFoundError as e:
-        if e.name != "sparseft.formats":
-            raise
-        return None
 
 
 def resolve_format(mask: np.ndarray, format: str = "auto") -> Any:
@@ -46,30 +35,17 @@ def resolve_format(mask: np.ndarray, format: str = "auto") -> Any:
     mask : numpy.ndarray
         bool (out, in).
     format : {"auto", "dense", "csr", "nm"}
-        ``"auto"`` asks ``sparseft.formats.choose_format`` (a measured crossover); where that
-        module is absent it means ``"dense"``.
+        ``"auto"`` asks ``sparseft.formats.choose_format`` (a measured crossover).
 
     Raises
     ------
     ValueError
-        If ``format`` is unknown, or a compressed format is asked for where it is not available.
+        If ``format`` is unknown or does not fit the mask.
     """
     if format not in FORMATS:
         raise ValueError(f"format: expected one of {FORMATS}, got {format!r}")
-    mod = _compressed_formats()
-    if mod is None:
-        if format in ("auto", "dense"):
-            return DenseBase
-        raise ValueError(
-            f"format: {format!r} needs the compressed bases of sparseft.formats, which this build "
-            "does not have; use 'dense' or 'auto'"
-        )
-    name = mod.choose_format(mask, format)
-    classes = {"dense": DenseBase, "csr": getattr(mod, "CSRBase", None), "nm": getattr(mod, "NMBase", None)}
-    cls = classes.get(name)
-    if cls is None:
-        raise ValueError(f"format: sparseft.formats chose {name!r}, which has no base class here")
-    return cls
+    name = formats.choose_format(mask, format)
+    return {"dense": DenseBase, "csr": formats.CSRBase, "nm": formats.NMBase}[name]
 
 
 def _check_int(name: str, value: object, lo: int, hi: int | None = None) -> int:
@@ -250,8 +226,8 @@ class LoRSLinear:
     Notes
     -----
     Extension points (for subclasses such as weight-normalized adapters): :meth:`_forward_2d`,
-    :meth:`_backward_input_2d` and :meth:`_adapter_grads` work on 2-D C-contiguous float32 arrays
-    and are the only places the math happens; :meth:`parameters`/:meth:`gradients` list what an
+    :meth:`_backward_2d` (which calls :meth:`_backward_input_2d` and :meth:`_adapter_grads`) work
+    on 2-D C-contiguous float32 arrays and are the only places the math happens; :meth:`parameters`/:meth:`gradients` list what an
     optimizer updates.
     """
 
@@ -457,17 +433,22 @@ class LoRSLinear:
 
     def _adapter_grads(self, gy2: np.ndarray, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(dA, dB) for one backward in the layer's grad mode (override point)."""
-        s = np.float32(self.scaling)
         if self.grad == "exact":
-            return self.base.masked_grad(gy2, x2, self.A, self.B, float(s))
-        # the paper's rearrangement: two thin products per adapter matrix, nothing out x in
-        xa = _core.matmul(x2, self.A, trans_b=True)  # (N, r)
-        dB = _core.matmul(gy2, xa, trans_a=True)  # (out, r)
-        gb = _core.matmul(gy2, self.B)  # (N, r)
-        dA = _core.matmul(gb, x2, trans_a=True)  # (r, in)
-        dA *= s
-        dB *= s
-        return dA, dB
+            return self.base.masked_grad(gy2, x2, self.A, self.B, self.scaling)
+        # the paper's rearrangement: thin products only, nothing out x in (x, gy checked already)
+        return _core.lors_backward_lors(gy2, x2, self.A, self.B, self.scaling, check_finite=False)
+
+    def _backward_2d(self, gy2: np.ndarray, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(gx, dA, dB) for one backward (override point). Uses the base's fused ``backward``
+        (one pass over the nonzeros) for exact gradients when the format has one; otherwise
+        :meth:`_backward_input_2d` (which checks gy for NaN/inf) then :meth:`_adapter_grads`."""
+        fused = getattr(self.base, "backward", None)
+        if self.grad == "exact" and not self._merged and callable(fused):
+            gx2, dA, dB = fused(gy2, x2, self.A, self.B, self.scaling)
+            return gx2, dA, dB
+        gx2 = self._backward_input_2d(gy2)
+        dA, dB = self._adapter_grads(gy2, x2)
+        return gx2, dA, dB
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """y = x W'ᵀ + bias for x float32 (..., in); keeps a reference to x (only) for backward.
@@ -519,11 +500,12 @@ class LoRSLinear:
         _check_f32("gy", gy, (*lead, self.out_features))
         gy2 = np.ascontiguousarray(gy.reshape(-1, self.out_features))
         dora_saved = self._dora_saved if self._dora_active() else None
-        gz2 = gy2 if dora_saved is None else gy2 * dora_saved[2]  # DoRA: through y = z * m/n
-        gx2 = self._backward_input_2d(gz2)  # checks gy for NaN/inf in C
-        dA, dB = self._adapter_grads(gz2, x2)
         dm = None
-        if dora_saved is not None:
+        if dora_saved is None:
+            gx2, dA, dB = self._backward_2d(gy2, x2)  # checks gy for NaN/inf in C
+        else:
+            gz2 = gy2 * dora_saved[2]  # DoRA: through y = z * m/n
+            gx2, dA, dB = self._backward_2d(gz2, x2)
             dm, dA, dB = self._magnitude_grads(gy2, dora_saved, dA, dB)
         # all computed: only now touch the state
         self.grad_A += dA

@@ -329,3 +329,19 @@ def test_core_rejects_corrupt_bases() -> None:
             )
     with pytest.raises(TypeError, match="base: expected a tuple"):
         _core.sparse_forward([1], X_OK, A_OK, B_OK, 1.0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("fmt", "kind"), [("csr", "0.2"), ("nm", "2:4")])
+def test_lors_linear_on_compressed_bases_matches_dense(rng: np.random.Generator, fmt: str, kind: str) -> None:
+    W, mask, _, _, x, gy = _problem(rng, 7, 12, 32, 3, kind)
+    layers = [sft.LoRSLinear(W, mask=mask, r=3, init="gaussian", format=f, seed=1) for f in (fmt, "dense")]
+    assert layers[0].base.format == fmt and layers[1].base.format == "dense"
+    ys = [layer.forward(x) for layer in layers]
+    gxs = [layer.backward(gy) for layer in layers]
+    np.testing.assert_allclose(ys[0], ys[1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gxs[0], gxs[1], rtol=1e-4, atol=1e-4)
+    for name in ("grad_A", "grad_B"):
+        np.testing.assert_allclose(getattr(layers[0], name), getattr(layers[1], name), rtol=1e-4, atol=1e-4)
+    assert layers[0].nbytes < layers[1].nbytes
+    layers[0].merge()
+    assert (layers[0].merged_weight()[~mask] == 0).all()

@@ -28,3 +28,10 @@ def test_clang_format_clean() -> None:
     files = sorted(glob.glob(str(ROOT / "csrc" / "*.[ch]")))
     out = subprocess.run([exe, "--dry-run", "-Werror", *files], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_mypy_package_clean() -> None:
+    """The package's own type hints hold (the compiled module is checked by stubtest in test_core)."""
+    pytest.importorskip("mypy")
+    out = subprocess.run([sys.executable, "-m", "mypy", "sparseft"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

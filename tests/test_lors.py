@@ -14,7 +14,6 @@ import sparseft
 import sparseft as sft
 from sparseft import _core
 from sparseft.init import randomized_svd
-from sparseft.lors import _compressed_formats
 
 from . import reference as ref
 
@@ -87,6 +86,11 @@ def check_kernels(p: dict[str, np.ndarray], s: float, naive: bool = False) -> No
     dA, dB = _core.lors_backward_exact(p["gy"], p["x"], m8, p["A"], p["B"], s, naive=naive)
     wA, wB = ref.lors_grad_exact(p["gy"], p["x"], p["mask"], p["A"], p["B"], s)
     mA, mB = ref.lors_grad_exact(q["gy"], q["x"], q["mask"], q["A"], q["B"], abs(s))
+    assert_close(dA, wA, mA)
+    assert_close(dB, wB, mB)
+    dA, dB = _core.lors_backward_lors(p["gy"], p["x"], p["A"], p["B"], s, naive=naive)
+    wA, wB = ref.lors_grad_lors(p["gy"], p["x"], p["A"], p["B"], s)
+    mA, mB = ref.lors_grad_lors(q["gy"], q["x"], q["A"], q["B"], abs(s))
     assert_close(dA, wA, mA)
     assert_close(dB, wB, mB)
     W2 = _core.lors_merge(*args, naive=naive)
@@ -169,11 +173,13 @@ def test_kernels_empty_token_batch(rng: np.random.Generator) -> None:
     assert _core.lors_forward(x0, p["W"], m8, p["A"], p["B"], 1.0).shape == (0, 10)
     dA, dB = _core.lors_backward_exact(np.zeros((0, 10), np.float32), x0, m8, p["A"], p["B"], 1.0)
     assert not dA.any() and not dB.any()
+    dA, dB = _core.lors_backward_lors(np.zeros((0, 10), np.float32), x0, p["A"], p["B"], 1.0)
+    assert dA.shape == (2, 20) and not dA.any() and not dB.any()
 
 
 def test_kernels_deterministic_and_thread_count_independent(rng: np.random.Generator) -> None:
-    """Bit-identical repeats for a fixed thread count; forward, input gradient and merge are also
-    identical across thread counts (each output summed by one thread in one order); the exact
+    """Bit-identical repeats for a fixed thread count; forward, input gradient, merge and the
+    "lors" gradient are also identical across thread counts (each output summed by one thread in one order); the exact
     gradient sums per-thread partials, so across counts it agrees to rounding."""
     p = problem(rng, 200, 1100, 310, 8)
     m8 = p["mask"].astype(np.uint8)
@@ -184,6 +190,7 @@ def test_kernels_deterministic_and_thread_count_independent(rng: np.random.Gener
             _core.lors_forward(p["x"], *args, bias=p["bias"]),
             _core.lors_backward_input(p["gy"], *args),
             _core.lors_merge(*args),
+            *_core.lors_backward_lors(p["gy"], p["x"], p["A"], p["B"], 0.3),
             *_core.lors_backward_exact(p["gy"], p["x"], m8, p["A"], p["B"], 0.3),
         ]
 
@@ -197,9 +204,9 @@ def test_kernels_deterministic_and_thread_count_independent(rng: np.random.Gener
         sparseft.set_num_threads(before)
     for a, b in zip(two + one, again + one_again, strict=True):
         np.testing.assert_array_equal(a, b)
-    for a, c in zip(two[:3], one[:3], strict=True):
+    for a, c in zip(two[:5], one[:5], strict=True):
         np.testing.assert_array_equal(a, c)
-    for a, c in zip(two[3:], one[3:], strict=True):
+    for a, c in zip(two[5:], one[5:], strict=True):
         np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-3)
 
 
@@ -678,14 +685,6 @@ def test_layer_bad_construction(kwargs: dict[str, object], exc: type[Exception],
         sft.LoRSLinear(**args)  # type: ignore[arg-type]
 
 
-def test_compressed_format_without_the_module() -> None:
-    if _compressed_formats() is not None:
-        pytest.skip("sparseft.formats is present: compressed formats are tested there")
-    with pytest.raises(ValueError, match="format: 'csr' needs the compressed bases"):
-        sft.LoRSLinear(GOOD_W, r=1, format="csr")
-    assert sft.LoRSLinear(GOOD_W, r=1, format="auto").base.format == "dense"
-
-
 def test_layer_bad_forward_backward(rng: np.random.Generator) -> None:
     lay, p = trained_layer(rng)
     with pytest.raises(TypeError, match="x: expected dtype float32, got float64"):
@@ -759,3 +758,57 @@ def test_kernel_bad_input_backward() -> None:
     gy[1, 1] = np.nan
     with pytest.raises(ValueError, match="gy: contains NaN"):
         _core.lors_backward_exact(gy, np.ones((3, 6), np.float32), m, A, B, 1.0)
+    with pytest.raises(ValueError, match="gy: contains NaN"):
+        _core.lors_backward_lors(gy, np.ones((3, 6), np.float32), A, B, 1.0)
+    x = np.ones((3, 6), np.float32)
+    with pytest.raises(ValueError, match=r"B: expected axis 1 of length 2 \(r, from A\)"):
+        _core.lors_backward_lors(np.ones((3, 5), np.float32), x, A, np.ones((5, 3), np.float32), 1.0)
+    with pytest.raises(ValueError, match=r"gy: expected axis 1 of length 5 \(out, from B\)"):
+        _core.lors_backward_lors(np.ones((3, 4), np.float32), x, A, B, 1.0)
+    with pytest.raises(ValueError, match=r"x: expected axis 0 of length 3 \(tokens, from gy\)"):
+        _core.lors_backward_lors(np.ones((3, 5), np.float32), np.ones((2, 6), np.float32), A, B, 1.0)
+    with pytest.raises(TypeError, match="A: expected dtype float32"):
+        _core.lors_backward_lors(np.ones((3, 5), np.float32), x, A.astype(np.float64), B, 1.0)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "nm"])
+@pytest.mark.parametrize("grad", ["exact", "lors"])
+def test_layer_with_compressed_formats(fmt: str, grad: str) -> None:
+    """LoRSLinear runs on the compressed bases of sparseft.formats unchanged."""
+    rng = np.random.default_rng(21)
+    lay, p = trained_layer(rng, out=24, in_=40, kind="2:4" if fmt == "nm" else "0.1", grad=grad, format=fmt)
+    assert lay.base.format == fmt
+    s = lay.scaling
+    y = lay.forward(p["x"].reshape(7, 1, 40))
+    np.testing.assert_allclose(
+        y.reshape(7, 24),
+        ref.lors_forward(p["x"], p["W"], p["mask"], lay.A, lay.B, s, p["bias"]),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    gx = lay.backward(p["gy"].reshape(7, 1, 24))
+    np.testing.assert_allclose(
+        gx.reshape(7, 40),
+        ref.lors_backward_input(p["gy"], p["W"], p["mask"], lay.A, lay.B, s),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    want = (
+        ref.lors_grad_exact
+        if grad == "exact"
+        else lambda gy, x, m, A, B, s: ref.lors_grad_lors(gy, x, A, B, s)
+    )(p["gy"], p["x"], p["mask"], lay.A, lay.B, s)
+    np.testing.assert_allclose(lay.grad_A, want[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lay.grad_B, want[1], rtol=1e-4, atol=1e-4)
+    W2 = lay.merged_weight()
+    assert (W2[~p["mask"]] == 0).all()
+    lay.merge()
+    assert lay.base.format == fmt
+    np.testing.assert_allclose(lay.forward(p["x"]), y.reshape(7, 24), rtol=1e-4, atol=1e-4)
+    lay.unmerge()
+    sd = lay.state_dict()
+    other = sft.LoRSLinear(sd["base_layer.weight"], mask=sd["base_layer.weight_mask"], r=4, format=fmt)
+    other.load_state_dict(sd)
+    assert other.base.format == fmt
+    np.testing.assert_allclose(other.forward(p["x"]), lay.forward(p["x"]), rtol=1e-6, atol=1e-6)
+    assert lay.nbytes < p["W"].nbytes + p["mask"].size  # compressed below the dense-masked base
