@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-copies", type=int, default=2, help="Moccasin's C")
     ap.add_argument("--solvers", default="moccasin,checkmate,chen,greedy")
     ap.add_argument("--graphs", default="", help="comma-separated subset of graph labels")
+    ap.add_argument("--budgets", default="0.9,0.8", help="comma-separated budget fractions")
     args = ap.parse_args(argv)
     if not DATA.is_dir():
         print(f"graphs not found at {DATA}", file=sys.stderr)
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.graphs and label not in args.graphs.split(","):
             continue
         g = sft.Graph.from_json(DATA / fname)
-        for frac in (0.9, 0.8):
+        for frac in [float(x) for x in args.budgets.split(",")]:
             cells = []
             for s in solvers:
                 try:

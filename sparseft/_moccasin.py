@@ -71,6 +71,20 @@ def hint_copies(steps: Sequence[int], g: Graph, pos: np.ndarray) -> list[list[tu
     return res
 
 
+def _peak_of(copies: list[list[tuple[int, int]]], mem: np.ndarray) -> int:
+    """Largest memory of live copies [start, end) at any time."""
+    ev: dict[int, int] = {}
+    for v, cs in enumerate(copies):
+        for s0, e0 in cs:
+            ev[s0] = ev.get(s0, 0) + int(mem[v])
+            ev[e0] = ev.get(e0, 0) - int(mem[v])
+    cur = peak = 0
+    for t in sorted(ev):
+        cur += ev[t]
+        peak = max(peak, cur)
+    return peak
+
+
 def solve_moccasin(
     g: Graph,
     budget: int,
@@ -81,8 +95,17 @@ def solve_moccasin(
     seed: int,
     hint: Sequence[int] | None,
     t0: float,
+    soft: bool = False,
 ) -> SolverResult:
-    """Build and solve the CP-SAT model; ``hint`` is a stage-structured schedule (node indices)."""
+    """Build and solve the CP-SAT model; ``hint`` is a stage-structured schedule (node indices).
+
+    With ``soft`` (used when no schedule within the budget is known, e.g. the hint is the
+    no-remat schedule), the memory capacity is a variable ``cap`` in [budget, sum of memory] and
+    the objective is ``W * (cap - budget) + recomputation cost`` with ``W`` above any
+    recomputation cost: the hint is then a feasible solution, and the search shaves the peak
+    down to the budget (lexicographically first) before it lowers the duration. Only solutions
+    with ``cap == budget`` are returned.
+    """
     from ortools.sat.python import cp_model
 
     n = g.n
@@ -175,8 +198,16 @@ def solve_moccasin(
                     m.add_bool_or(zs).only_enforce_if(lit_v)
 
     # memory: the live copies never exceed the budget
-    m.add_cumulative(intervals, demands, int(budget))
-    m.minimize(sum(c * x for c, x in zip(cost_coefs, cost_terms, strict=True)) if cost_terms else 0)
+    recompute = sum(c * x for c, x in zip(cost_coefs, cost_terms, strict=True)) if cost_terms else 0
+    cap: Any = None
+    if soft:
+        cap = m.new_int_var(int(budget), max(int(budget), int(mem.sum())), "cap")
+        m.add_cumulative(intervals, demands, cap)
+        weight = int(sum(cost_coefs)) + 1
+        m.minimize(weight * (cap - int(budget)) + recompute)
+    else:
+        m.add_cumulative(intervals, demands, int(budget))
+        m.minimize(recompute)
 
     # hint: the best heuristic schedule, when it fits the copy limit
     if hint is not None:
@@ -194,6 +225,8 @@ def solve_moccasin(
                         m.add_hint(present[v][i], False)
                         m.add_hint(stages[v][i], int(pos[v]) + 1)
                         m.add_hint(ends[v][i], (int(pos[v]) + 1) * n + int(pos[v]) + 1)
+            if cap is not None:
+                m.add_hint(cap, max(int(budget), _peak_of(copies, mem)))
 
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = max(0.01, float(time_limit) - (time.perf_counter() - t0))
@@ -208,6 +241,8 @@ def solve_moccasin(
 
         def on_solution_callback(self) -> None:
             obj = self.objective_value
+            if cap is not None and self.value(cap) > budget:
+                return  # over budget: not a schedule yet
             if self.best is None or obj < self.best:
                 self.best = obj
                 self.t_best = time.perf_counter() - t0
@@ -215,6 +250,9 @@ def solve_moccasin(
     cb = _Cb()
     status = solver.solve(m, cb)
     total = int(dur.sum())
+    if cap is not None and status in (cp_model.OPTIMAL, cp_model.FEASIBLE) and solver.value(cap) > budget:
+        # the search never reached the budget (proved impossible when optimal)
+        return SolverResult(None, "infeasible" if status == cp_model.OPTIMAL else "unknown", None, None)
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         events = []
         for v in range(n):
@@ -223,7 +261,10 @@ def solve_moccasin(
                     t_v = int(starts[v][0]) if i == 0 else int(solver.value(stages[v][i])) * n + int(pos[v])
                     events.append((t_v, v))
         events.sort()
-        lb = int(np.ceil(solver.best_objective_bound - 1e-6)) + total
+        bound = solver.best_objective_bound
+        if cap is not None:  # the bound on W * (cap - budget) + cost is a bound on the cost alone only at 0
+            bound = bound if bound < weight else 0.0
+        lb = int(np.ceil(bound - 1e-6)) + total
         return SolverResult(
             computes=[v for _, v in events],
             status="optimal" if status == cp_model.OPTIMAL else "feasible",

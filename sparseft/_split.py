@@ -4,8 +4,8 @@ Start from the schedule without recomputation (every node computed once, in orde
 its last read). While some computation runs over the budget, take the event with the most
 memory and cut one copy that is live across it but not read there: the copy is freed after its
 last read before the event and computed again (in the stage of its next read, before that read)
-from inputs that are live at that time. Cutting never raises memory anywhere; the cut chosen
-removes the most over-budget memory per unit of recomputation. Times are the stage grid of
+from inputs that are live at that time. The cut chosen removes the most over-budget memory
+(net of what the inputs recomputed for it add) per unit of recomputation. Times are the stage grid of
 :mod:`sparseft._moccasin` (stage t, order position p -> ``t * n + p``).
 """
 
@@ -61,7 +61,24 @@ def split_heuristic(
             return [node[c] for c in order_idx.tolist()]
         best = None
         for depth in (4, 64):
-            best = _best_cut(depth, prof, excess, times, st, en, start, reads, node, live_of, mem, dur, pos, preds, n)
+            best = _best_cut(
+                depth,
+                prof,
+                excess,
+                times,
+                st,
+                en,
+                start,
+                reads,
+                node,
+                live_of,
+                mem,
+                dur,
+                pos,
+                preds,
+                n,
+                budget,
+            )
             if best is not None:
                 break
         if best is None:
@@ -159,6 +176,7 @@ def _best_cut(
     pos: np.ndarray,
     preds: list[list[int]],
     n: int,
+    budget: int,
 ) -> Any:
     """The best interval cut at the fullest over-budget events (None if there is none)."""
     best: Any = None
@@ -192,6 +210,14 @@ def _best_cut(
             lo = int(np.searchsorted(times, last_before, "right"))
             hi = int(np.searchsorted(times, t_new, "left"))
             gain = int(np.minimum(excess[lo:hi], mem[v]).sum()) if hi > lo else 0
+            # the inputs recomputed for it are live from their slot to their last read: they
+            # add over-budget memory there (cutting is not free of memory)
+            for w, t_w in plan[0].items():
+                last = max(when for src, when in plan[1] if src == ("new", w))
+                a = int(np.searchsorted(times, t_w, "left"))
+                z = int(np.searchsorted(times, last, "right"))
+                if z > a:
+                    gain -= int((np.maximum(prof[a:z] + mem[w] - budget, 0) - excess[a:z]).sum())
             if gain <= 0:
                 continue
             score = gain / cost

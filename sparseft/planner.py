@@ -427,6 +427,26 @@ class Planner:
                 best = (steps, dur)
         return best
 
+    def _tight_hint(self) -> np.ndarray:
+        """An over-budget start for Moccasin's soft model: the heuristic schedule with the lowest
+        peak among budgets between ``budget`` and the no-remat peak that fits ``max_copies``
+        (the no-remat schedule if none does)."""
+        from sparseft._moccasin import hint_copies
+        from sparseft._split import split_heuristic
+
+        g = self.graph
+        pos = np.empty(g.n, dtype=np.int64)
+        pos[g.order_idx] = np.arange(g.n)
+        for k in range(1, 8):
+            b = self.budget + (self.no_remat_peak - self.budget) * k // 8
+            comp = split_heuristic(g, b, time_limit=min(2.0, self.time_limit / 40))
+            if comp is None:
+                continue
+            copies = hint_copies(comp, g, pos)
+            if copies is not None and max(len(c) for c in copies) <= self.max_copies:
+                return np.array(comp, dtype=np.int64)
+        return self._compact(g.order_idx.copy())
+
     def _solve_none(self, t0: float) -> tuple[np.ndarray | None, str, float | None, int | None]:
         if self.no_remat_peak > self.budget:
             return None, "infeasible", None, None
@@ -490,6 +510,7 @@ class Planner:
 
         hint, hint_dur = self._greedy()
         t_hint = time.perf_counter() - t0
+        start = self._tight_hint() if hint is None else hint
         res = solve_moccasin(
             self.graph,
             self.budget,
@@ -498,8 +519,10 @@ class Planner:
             threads=self.threads,
             seed=self.seed,
             # without a heuristic schedule, the no-remat schedule (over budget) still guides the search
-            hint=(self._compact(self.graph.order_idx.copy()) if hint is None else hint).tolist(),
+            hint=start.tolist(),
             t0=t0,
+            # no schedule within budget known: shave the peak down to the budget first
+            soft=hint is None,
         )
         return self._best_of(res, hint, hint_dur, t_hint)
 

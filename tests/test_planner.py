@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -56,7 +57,11 @@ def budgets(g: sft.Graph) -> list[int]:
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_every_solver_valid_and_within_budget(solver: str) -> None:
     rng = np.random.default_rng(7)
-    graphs = [sft.graphs.training_graph(6, seed=1), random_dag(rng, 12), sft.graphs.random_layered(30, seed=2)]
+    graphs = [
+        sft.graphs.training_graph(6, seed=1),
+        random_dag(rng, 12),
+        sft.graphs.random_layered(30, seed=2),
+    ]
     seen_feasible = 0
     for g in graphs:
         for b in budgets(g):
@@ -108,7 +113,9 @@ def test_brute_force_finds_recomputation() -> None:
     # a training chain under a tight budget needs recomputation: the exact answer is > total
     g = sft.graphs.training_graph(3, memory=[5, 5, 5], duration=[1, 1, 1])
     lo, _ = g.min_budget()
-    best = ref.remat_brute_force(g.memory.tolist(), g.duration.tolist(), preds_of(g), g.order_idx.tolist(), lo)
+    best = ref.remat_brute_force(
+        g.memory.tolist(), g.duration.tolist(), preds_of(g), g.order_idx.tolist(), lo
+    )
     assert best is not None and best > g.total_duration
     plan = sft.Planner(g, lo, solver="moccasin", max_copies=4, threads=1).solve()
     assert plan.duration == best and plan.recomputations > 0
@@ -139,14 +146,18 @@ def test_infeasible_for_the_class_is_reported_not_over_budget() -> None:
     g = sft.Graph(list("abcde"), [("a", "c"), ("b", "d"), ("c", "e"), ("d", "e")], [5, 5, 1, 1, 1], [1] * 5)
     lo, _ = g.min_budget()
     assert lo == 6
-    best = ref.remat_brute_force(g.memory.tolist(), g.duration.tolist(), preds_of(g), g.order_idx.tolist(), lo)
+    best = ref.remat_brute_force(
+        g.memory.tolist(), g.duration.tolist(), preds_of(g), g.order_idx.tolist(), lo
+    )
     assert best is None
     for solver in ("moccasin", "checkmate", "greedy", "chen", "none"):
         plan = sft.Planner(g, lo, solver=solver, time_limit=5, max_copies=4, threads=1).solve()
         check_schedule(g, plan)
         assert plan.status in ("infeasible", "unknown"), solver
     # one unit more is enough, and the exact solvers prove it optimal
-    best7 = ref.remat_brute_force(g.memory.tolist(), g.duration.tolist(), preds_of(g), g.order_idx.tolist(), 7)
+    best7 = ref.remat_brute_force(
+        g.memory.tolist(), g.duration.tolist(), preds_of(g), g.order_idx.tolist(), 7
+    )
     assert best7 is not None
     for solver in ("moccasin", "checkmate"):
         plan = sft.Planner(g, 7, solver=solver, time_limit=5, max_copies=4, threads=1).solve()
@@ -175,6 +186,50 @@ def test_moccasin_never_worse_than_greedy_and_reports_times() -> None:
     assert mo.time_to_best is not None and 0 <= mo.time_to_best <= mo.solve_time + 1e-6
 
 
+def test_moccasin_finds_a_schedule_where_the_heuristics_fail() -> None:
+    # at this tight budget the heuristics find nothing; Moccasin's soft-capacity start (the
+    # no-remat schedule or a looser heuristic schedule, then the peak shaved to the budget)
+    # must still return a valid in-budget schedule
+    g = sft.graphs.random_layered(30, seed=2)
+    b = int(0.75 * g.peak_memory())
+    assert sft.Planner(g, b, solver="greedy").solve().status == "infeasible"
+    plan = sft.Planner(g, b, solver="moccasin", time_limit=20, threads=2).solve()
+    check_schedule(g, plan)
+    assert plan.status in ("feasible", "optimal") and plan.peak_memory <= b
+    assert plan.lower_bound is not None and plan.lower_bound <= plan.duration
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_soft_moccasin_on_tiny_graphs_equals_brute_force_at_tight_budgets(seed: int) -> None:
+    # the soft model (used when no heuristic schedule fits) is exact on tiny graphs
+    from sparseft._moccasin import solve_moccasin
+
+    g = sft.graphs.random_layered(7, seed=seed)
+    lo, _ = g.min_budget()
+    for b in sorted({lo, lo + 1, (lo + g.peak_memory()) // 2}):
+        best = ref.remat_brute_force(
+            g.memory.tolist(), g.duration.tolist(), preds_of(g), g.order_idx.tolist(), b
+        )
+        res = solve_moccasin(
+            g,
+            b,
+            time_limit=10,
+            max_copies=6,
+            threads=1,
+            seed=0,
+            hint=g.order_idx.tolist(),
+            t0=time.perf_counter(),
+            soft=True,
+        )
+        if best is None:
+            assert res.computes is None and res.status == "infeasible"
+            continue
+        assert res.status == "optimal" and res.computes is not None
+        codes = _core.remat_compact(np.array(res.computes, dtype=np.int64), g.pred_ptr, g.pred_idx, g.n)
+        peak, dur = sft.simulate(g, codes)
+        assert peak <= b and dur == best
+
+
 # ------------------------------------------------------------------ validation
 def test_budget_forms() -> None:
     g = sft.graphs.training_graph(4, memory=[10, 10, 10, 10], duration=[1, 1, 1, 1])
@@ -183,9 +238,14 @@ def test_budget_forms() -> None:
     assert sft.Planner(g, 0.9, solver="none").budget == int(0.9 * peak)
     assert sft.Planner(g, np.int64(peak), solver="none").budget == peak
     lo, node = g.min_budget()
-    with pytest.raises(ValueError, match=rf"budget {lo - 1} is below the minimum feasible budget {lo} \(computing node '{node}'"):
+    with pytest.raises(
+        ValueError,
+        match=rf"budget {lo - 1} is below the minimum feasible budget {lo} \(computing node '{node}'",
+    ):
         sft.Planner(g, lo - 1)
-    with pytest.raises(ValueError, match=r"budget as a float must be a fraction in \(0, 1\] of the no-remat peak, got 1.5"):
+    with pytest.raises(
+        ValueError, match=r"budget as a float must be a fraction in \(0, 1\] of the no-remat peak, got 1.5"
+    ):
         sft.Planner(g, 1.5)
     with pytest.raises(ValueError, match=r"budget as a float must be a fraction in \(0, 1\]"):
         sft.Planner(g, 0.0)
@@ -200,9 +260,17 @@ def test_budget_forms() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({"solver": "gurobi"}, ValueError, r"solver must be one of 'moccasin', 'checkmate', 'chen', 'greedy', 'none'; got 'gurobi'"),
+        (
+            {"solver": "gurobi"},
+            ValueError,
+            r"solver must be one of 'moccasin', 'checkmate', 'chen', 'greedy', 'none'; got 'gurobi'",
+        ),
         ({"time_limit": 0}, ValueError, r"time_limit must be a positive number of seconds, got 0"),
-        ({"time_limit": float("nan")}, ValueError, r"time_limit must be a positive number of seconds, got nan"),
+        (
+            {"time_limit": float("nan")},
+            ValueError,
+            r"time_limit must be a positive number of seconds, got nan",
+        ),
         ({"time_limit": "1"}, TypeError, r"time_limit must be a number of seconds, got str"),
         ({"max_copies": 0}, ValueError, r"max_copies must be an int >= 1, got 0"),
         ({"max_copies": 1.5}, TypeError, r"max_copies must be an int >= 1, got float"),
@@ -247,13 +315,25 @@ def test_schedule_json_profile_and_plot(tmp_path, monkeypatch) -> None:
 def test_core_planner_entry_points_agree_with_simulator() -> None:
     g = sft.graphs.random_layered(50, seed=9)
     b = max(g.min_budget()[0], int(0.8 * g.peak_memory()))
-    rc, steps, peak, dur = _core.remat_greedy(g.memory, g.duration, g.pred_ptr, g.pred_idx, g.succ_ptr,
-                                              g.succ_idx, g.order_idx, b)
+    rc, steps, peak, dur = _core.remat_greedy(
+        g.memory, g.duration, g.pred_ptr, g.pred_idx, g.succ_ptr, g.succ_idx, g.order_idx, b
+    )
     if rc == 0:
         assert sft.simulate(g, steps) == (peak, dur)
         assert peak <= b
-    rc2, _, peak2, dur2 = _core.remat_plan_stages(g.memory, g.duration, g.pred_ptr, g.pred_idx, g.succ_ptr,
-                                                       g.succ_idx, g.order_idx, None, 1 << 60, 1.0, 1.0)
+    rc2, _, peak2, dur2 = _core.remat_plan_stages(
+        g.memory,
+        g.duration,
+        g.pred_ptr,
+        g.pred_idx,
+        g.succ_ptr,
+        g.succ_idx,
+        g.order_idx,
+        None,
+        1 << 60,
+        1.0,
+        1.0,
+    )
     assert rc2 == 0 and dur2 == g.total_duration and peak2 == g.peak_memory()
 
 
