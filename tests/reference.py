@@ -276,31 +276,29 @@ def remat_brute_force(memory, duration, preds, order, budget):
 
 
 def lors_weight(W: np.ndarray, mask: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float) -> np.ndarray:
-    """W' = W + scale·(B A) ⊙ M in float64."""
-    W64 = np.asarray(W, np.float64) * mask
-    return W64 + scale * (np.asarray(B, np.float64) @ np.asarray(A, np.float64)) * mask
+    """W' = W ⊙ M + scale·(B A) ⊙ M in float64 (W masked first, so W need not be 0 off the mask)."""
+    return lors_merged_weight(np.asarray(W, np.float64) * mask, mask, A, B, scale)
 
 
 def sparse_forward(
     W: np.ndarray, mask: np.ndarray, x: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float
 ) -> np.ndarray:
-    """y = x W'^T in float64."""
-    return np.asarray(x, np.float64) @ lors_weight(W, mask, A, B, scale).T
+    """y = x W'^T in float64 (the LoRS twin, with W masked first)."""
+    return lors_forward(x, np.asarray(W, np.float64) * mask, mask, A, B, scale)
 
 
 def sparse_backward_input(
     W: np.ndarray, mask: np.ndarray, gy: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float
 ) -> np.ndarray:
-    """gx = gy W' in float64."""
-    return np.asarray(gy, np.float64) @ lors_weight(W, mask, A, B, scale)
+    """gx = gy W' in float64 (the LoRS twin, with W masked first)."""
+    return lors_backward_input(gy, np.asarray(W, np.float64) * mask, mask, A, B, scale)
 
 
 def sparse_masked_grad(
     mask: np.ndarray, gy: np.ndarray, x: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(dA, dB) = (s·B^T (G ⊙ M), s·(G ⊙ M) A^T) with G = gy^T x, in float64."""
-    G = (np.asarray(gy, np.float64).T @ np.asarray(x, np.float64)) * mask
-    return scale * np.asarray(B, np.float64).T @ G, scale * G @ np.asarray(A, np.float64).T
+    """(dA, dB) = (s·B^T (G ⊙ M), s·(G ⊙ M) A^T) with G = gy^T x, in float64 (the LoRS twin)."""
+    return lors_grad_exact(gy, x, mask, A, B, scale)
 
 
 def prune_magnitude(W: np.ndarray, sparsity: float, scope: str = "row") -> np.ndarray:
