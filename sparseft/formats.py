@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from sparseft import _core
+from sparseft.formats_dense import validate_base
 
 __all__ = [
     "DENSITY_CROSSOVER",
@@ -76,19 +77,6 @@ def _check_mask(mask: object, name: str = "mask") -> np.ndarray:
     if mask.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array (out, in), got shape {mask.shape}")
     return mask
-
-
-def _check_w_mask(W: object, mask: object) -> tuple[np.ndarray, np.ndarray]:
-    W = _f32(W, "W")
-    mask = _check_mask(mask)
-    if mask.shape != W.shape:
-        raise ValueError(f"mask: expected shape {W.shape} (the shape of W), got {mask.shape}")
-    if not np.isfinite(W).all():
-        raise ValueError("W: contains NaN or infinity")
-    off = np.count_nonzero(W[~mask])
-    if off:
-        raise ValueError(f"W: expected zeros where mask is False, found {off} nonzero entries there")
-    return W, mask
 
 
 def _check_scale(scale: object) -> float:
@@ -291,7 +279,7 @@ class CSRBase(_SparseBase):
     @classmethod
     def from_dense(cls, W: np.ndarray, mask: np.ndarray) -> CSRBase:
         """Store ``W`` (float32 (out, in), zero off the mask) at the True positions of ``mask``."""
-        W, mask = _check_w_mask(W, mask)
+        W, mask = validate_base(W, mask)
         rows, cols = np.nonzero(mask)
         indptr = np.zeros(W.shape[0] + 1, np.int64)
         np.cumsum(np.count_nonzero(mask, axis=1), out=indptr[1:])
@@ -352,7 +340,7 @@ class NMBase(_SparseBase):
         mask must keep exactly ``n`` of every ``m`` consecutive inputs (``in`` a multiple of ``m``,
         ``m <= 256``).
         """
-        W, mask = _check_w_mask(W, mask)
+        W, mask = validate_base(W, mask)
         out, inn = W.shape
         if n is None and m is None:
             found = detect_nm(mask)

@@ -262,7 +262,7 @@ NM_OK = NMBase.from_dense(W_OK, M_OK)
         (
             lambda: CSRBase.from_dense(np.ones((4, 8), np.float32), M_OK),
             ValueError,
-            r"W: expected zeros where mask",
+            r"W: expected exact zeros wherever mask is False",
         ),
         (lambda: CSRBase.from_dense(W_OK * np.nan, M_OK), ValueError, r"W: contains NaN"),
         (lambda: NMBase.from_dense(W_OK, ~M_OK | M_OK), ValueError, r"mask: expected an N:M mask"),
