@@ -166,6 +166,13 @@ class Worker:
         self.proc.wait(timeout=30)
 
 
+def _core_info() -> dict[str, Any]:
+    """build_info() of sparseft in a fresh process (the SIMD path it picks by default)."""
+    code = f"import sys, json; sys.path.insert(0, {str(ROOT)!r}); import sparseft; print(json.dumps(sparseft.build_info()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
 def _torch_available() -> bool:
     out = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True)
     return out.returncode == 0
@@ -209,6 +216,10 @@ def main() -> None:
     specs: list[tuple[str, str, int, dict[str, str]]] = []
     for t in THREADS:
         specs.append((f"sft {t}t", "sparseft", t, {}))
+    avx2_prev = _core_info().get("simd") == "avx512"
+    if avx2_prev:  # our previous path, side by side: the AVX2 micro-kernel
+        for t in THREADS:
+            specs.append((f"avx2 {t}t", "sparseft", t, {"SPARSEFT_SIMD": "avx2"}))
     for t in THREADS:
         specs.append((f"np {t}t", "numpy", t, {"OPENBLAS_NUM_THREADS": str(t)}))
     for t in THREADS:
@@ -223,7 +234,8 @@ def main() -> None:
     workers: dict[str, Worker] = {}
     by_label: dict[str, tuple[Worker, int]] = {}
     for label, kind, t, env in specs:
-        key = kind + (env.get("OPENBLAS_CORETYPE", "") + env.get("OPENBLAS_NUM_THREADS", ""))
+        key = kind + env.get("OPENBLAS_CORETYPE", "") + env.get("OPENBLAS_NUM_THREADS", "")
+        key += env.get("SPARSEFT_SIMD", "")
         if key not in workers:
             workers[key] = Worker(label, kind, t, env)
         by_label[label] = (workers[key], t)
@@ -278,7 +290,7 @@ def main() -> None:
         print()
 
     print("ratios of medians: sparseft / other at the same thread count")
-    others = [("np", "OpenBLAS default"), ("hsw", "OpenBLAS Haswell"), ("torch", "PyTorch")]
+    others = [("np", "OpenBLAS default"), ("hsw", "OpenBLAS Haswell"), ("torch", "PyTorch"), ("avx2", "")]
     cols = [(o, t) for o, _ in others for t in THREADS if f"{o} {t}t" in labels]
     print("size".ljust(w0) + "".join(f"{'sft/' + o + ' ' + str(t) + 't':>13s}" for o, t in cols))
     for s in sizes:
@@ -287,7 +299,8 @@ def main() -> None:
             row += f"{gflops(s, f'sft {t}t') / gflops(s, f'{o} {t}t'):13.2f}"
         print(row)
     print("\n(np = NumPy/OpenBLAS default kernels, hsw = OpenBLAS forced to its AVX2 Haswell kernels,")
-    print(" sft = sparseft AVX2/FMA core; scratch = peak kernel scratch bytes of one sparseft call)")
+    print(" sft = sparseft on its default SIMD path, avx2 = sparseft forced to its AVX2 micro-kernel")
+    print(" (SPARSEFT_SIMD=avx2, the previous path); scratch = peak kernel scratch of one sparseft call)")
 
     if args.json:
         out = {

@@ -21,22 +21,35 @@ int sft_simd_avx2_supported(void) {
 #endif
 }
 
+int sft_simd_avx512_supported(void) {
+#if SFT_X86
+    // libgcc's cpu model also checks that the OS saves the zmm state (XCR0)
+    __builtin_cpu_init();
+    return sft_simd_avx2_supported() && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512vl");
+#else
+    return 0;
+#endif
+}
+
 void sft_simd_init(void) {
     const char *env = getenv("SPARSEFT_SIMD");
-    int force_portable = env != NULL && strcmp(env, "portable") == 0;
-    sft_simd_path = (!force_portable && sft_simd_avx2_supported()) ? SFT_SIMD_AVX2 : SFT_SIMD_PORTABLE;
+    int cap = SFT_SIMD_AVX512;
+    if (env != NULL && strcmp(env, "portable") == 0) cap = SFT_SIMD_PORTABLE;
+    if (env != NULL && strcmp(env, "avx2") == 0) cap = SFT_SIMD_AVX2;
+    // the best path the CPU supports, at most the cap
+    int path = SFT_SIMD_PORTABLE;
+    if (cap >= SFT_SIMD_AVX2 && sft_simd_avx2_supported()) path = SFT_SIMD_AVX2;
+    if (cap >= SFT_SIMD_AVX512 && sft_simd_avx512_supported()) path = SFT_SIMD_AVX512;
+    sft_simd_path = path;
 }
 
 int sft_simd_set(int path) {
-    if (path == SFT_SIMD_PORTABLE) {
-        sft_simd_path = path;
-        return 0;
-    }
-    if (path == SFT_SIMD_AVX2 && sft_simd_avx2_supported()) {
-        sft_simd_path = path;
-        return 0;
-    }
-    return -1;
+    int ok = path == SFT_SIMD_PORTABLE || (path == SFT_SIMD_AVX2 && sft_simd_avx2_supported()) ||
+             (path == SFT_SIMD_AVX512 && sft_simd_avx512_supported());
+    if (!ok) return -1;
+    sft_simd_path = path;
+    return 0;
 }
 
 int sft_openmp_enabled(void) {

@@ -10,28 +10,35 @@
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
 #define SFT_X86 1
 #define SFT_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define SFT_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx2,fma")))
 #else
 #define SFT_X86 0
 #define SFT_TARGET_AVX2
+#define SFT_TARGET_AVX512
 #endif
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-/* SIMD paths. SFT_SIMD_AVX2 is only ever selected when compiled in and reported by the CPU. */
-enum sft_simd { SFT_SIMD_PORTABLE = 0, SFT_SIMD_AVX2 = 1 };
+/* SIMD paths, each a superset of the one before: SFT_SIMD_AVX512 runs every AVX2/FMA kernel and
+ * swaps in the AVX-512 GEMM micro-kernel (24 x 16, zmm). Kernels test `sft_simd_path >=
+ * SFT_SIMD_AVX2` for their AVX2 code. A path is only ever selected when compiled in and reported
+ * by the CPU (and, for AVX-512, enabled by the OS). */
+enum sft_simd { SFT_SIMD_PORTABLE = 0, SFT_SIMD_AVX2 = 1, SFT_SIMD_AVX512 = 2 };
 
 /* The path the kernels use now (set once at import, changeable for tests). */
 extern int sft_simd_path;
 
-/* Detects the CPU (cpuid via __builtin_cpu_supports) and selects the best path, unless
- * the environment variable SPARSEFT_SIMD=portable forces the portable C path. */
+/* Detects the CPU (cpuid via __builtin_cpu_supports) and selects the best path. The environment
+ * variable SPARSEFT_SIMD=portable|avx2|avx512 caps it (the best available path at or below). */
 void sft_simd_init(void);
 /* 1 when the AVX2/FMA path was compiled into this build. */
 int sft_simd_avx2_compiled(void);
 /* 1 when the CPU reports AVX2 and FMA. */
 int sft_simd_avx2_supported(void);
+/* 1 when the CPU (and OS) support AVX-512F/VL besides AVX2 and FMA. */
+int sft_simd_avx512_supported(void);
 /* Selects a path; returns 0 on success, -1 when that path is unavailable here. */
 int sft_simd_set(int path);
 

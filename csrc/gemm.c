@@ -32,23 +32,29 @@
 
 /* ---- packing ---------------------------------------------------------------------------- */
 
-/* One micro-panel of op(A) rows i0 .. i0+mr (mr <= MR), depth k0 .. k0+kc, portable C:
- * d[kk*MR + ii] = op(A)[i0+ii][k0+kk], zero for ii >= mr. */
-static void pack_a_panel_c(float *d, const float *a, int64_t rsa, int64_t csa, int64_t mr, int64_t kc) {
+/* One micro-panel of op(A) rows i0 .. i0+mr (mr <= MRF), depth k0 .. k0+kc, portable C:
+ * d[kk*MRF + ii] = op(A)[i0+ii][k0+kk], zero for ii >= mr. MRF is the micro-tile height of the
+ * kernels in use (GEMM_MR, or GEMM_MR_AVX512). */
+static inline void pack_a_panel_mr(float *d, const float *a, int64_t rsa, int64_t csa, int64_t mr, int64_t kc,
+                                   const int64_t MRF) {
     if (csa == 1) {
-        // rows contiguous in k: read row by row, write strided by MR
+        // rows contiguous in k: read row by row, write strided by MRF
         for (int64_t ii = 0; ii < mr; ii++) {
             const float *row = a + ii * rsa;
-            for (int64_t kk = 0; kk < kc; kk++) d[kk * GEMM_MR + ii] = row[kk];
+            for (int64_t kk = 0; kk < kc; kk++) d[kk * MRF + ii] = row[kk];
         }
     } else {
         // columns contiguous (or general strides): walk k outer
         for (int64_t kk = 0; kk < kc; kk++)
-            for (int64_t ii = 0; ii < mr; ii++) d[kk * GEMM_MR + ii] = a[ii * rsa + kk * csa];
+            for (int64_t ii = 0; ii < mr; ii++) d[kk * MRF + ii] = a[ii * rsa + kk * csa];
     }
     // zero the padding rows
-    for (int64_t ii = mr; ii < GEMM_MR; ii++)
-        for (int64_t kk = 0; kk < kc; kk++) d[kk * GEMM_MR + ii] = 0.0f;
+    for (int64_t ii = mr; ii < MRF; ii++)
+        for (int64_t kk = 0; kk < kc; kk++) d[kk * MRF + ii] = 0.0f;
+}
+
+static void pack_a_panel_c(float *d, const float *a, int64_t rsa, int64_t csa, int64_t mr, int64_t kc) {
+    pack_a_panel_mr(d, a, rsa, csa, mr, kc, GEMM_MR);
 }
 
 #if SFT_X86
@@ -98,13 +104,13 @@ SFT_TARGET_AVX2 static void pack_a_panel_avx2(float *d, const float *a, int64_t 
 
 typedef void (*pack_a_fn)(float *, const float *, int64_t, int64_t, int64_t, int64_t);
 
-/* A block op(A)[i0 : i0+mc, k0 : k0+kc] -> micro-panels of MR rows, k-major:
- * dst[p*kc + kk*MR + ii] = op(A)[i0+p+ii][k0+kk] (p a multiple of MR), zero-padded past mc. */
-static void pack_a(pack_a_fn panel, float *dst, const float *A, int64_t rsa, int64_t csa, int64_t i0,
-                   int64_t mc, int64_t k0, int64_t kc) {
-    // loop over micro-panels of MR rows
-    for (int64_t p = 0; p < mc; p += GEMM_MR)
-        panel(dst + p * kc, A + (i0 + p) * rsa + k0 * csa, rsa, csa, SFT_MIN(GEMM_MR, mc - p), kc);
+/* A block op(A)[i0 : i0+mc, k0 : k0+kc] -> micro-panels of mr rows (the kernels' MR), k-major:
+ * dst[p*kc + kk*mr + ii] = op(A)[i0+p+ii][k0+kk] (p a multiple of MR), zero-padded past mc. */
+static void pack_a(pack_a_fn panel, int64_t mr, float *dst, const float *A, int64_t rsa, int64_t csa,
+                   int64_t i0, int64_t mc, int64_t k0, int64_t kc) {
+    // loop over micro-panels of mr rows
+    for (int64_t p = 0; p < mc; p += mr)
+        panel(dst + p * kc, A + (i0 + p) * rsa + k0 * csa, rsa, csa, SFT_MIN(mr, mc - p), kc);
 }
 
 static void pack_b_strided_c(float *dst, const void *ctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc) {
@@ -442,6 +448,195 @@ SFT_TARGET_AVX2 static void ukernel_avx2(int64_t kc, const float *a, const float
 
 /* ---- B packing by rows ------------------------------------------------------------------- */
 
+/* ---- AVX-512 micro-kernel (24 x 16) -------------------------------------------------------- */
+
+#if SFT_X86
+/* Full micro-panel (mr == GEMM_MR_AVX512) of op(A), AVX2 shuffles: 8 x 8 transposes of three
+ * 8-row groups for rows contiguous in k, 24-float copies for columns contiguous (rsa == 1). */
+SFT_TARGET_AVX512 static void pack_a_panel_avx512(float *d, const float *a, int64_t rsa, int64_t csa,
+                                                  int64_t mr, int64_t kc) {
+    const int64_t MRF = GEMM_MR_AVX512;
+    if (mr != MRF || (csa != 1 && rsa != 1)) {
+        pack_a_panel_mr(d, a, rsa, csa, mr, kc, MRF);
+        return;
+    }
+    int64_t kk = 0;
+    if (csa == 1) {
+        // eight depth indices per step: each group of eight rows transposed in registers
+        for (; kk + 8 <= kc; kk += 8)
+            for (int g = 0; g < 3; g++) {
+                __m256 r[8];
+                for (int q = 0; q < 8; q++) r[q] = _mm256_loadu_ps(a + (8 * g + q) * rsa + kk);
+                sft_transpose8_ps(r);
+                for (int q = 0; q < 8; q++) _mm256_storeu_ps(d + (kk + q) * MRF + 8 * g, r[q]);
+            }
+        // remaining depth indices
+        for (; kk < kc; kk++)
+            for (int ii = 0; ii < MRF; ii++) d[kk * MRF + ii] = a[ii * rsa + kk];
+    } else {
+        // rsa == 1: the 24 values of one depth index are contiguous
+        for (; kk < kc; kk++) {
+            const float *src = a + kk * csa;
+            float *o = d + kk * MRF;
+            _mm512_storeu_ps(o, _mm512_loadu_ps(src));
+            _mm256_storeu_ps(o + 16, _mm256_loadu_ps(src + 16));
+        }
+    }
+}
+
+/* Writes MRV rows of zmm accumulators to C: C = alpha*acc + (first ? beta*C : C); the n valid
+ * columns only (masked loads and stores). */
+SFT_TARGET_AVX512 static inline __attribute__((always_inline)) void store_avx512(
+    const int MRV, const __m512 *c, float *C, int64_t ldc, int n, int first, float alpha, float beta) {
+    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    const int scale = alpha != 1.0f, keep = !first, blend = first && beta != 0.0f;
+    const __mmask16 mk = (__mmask16)(n >= GEMM_NR ? 0xFFFFu : (1u << n) - 1u);
+    // loop over valid rows
+    for (int i = 0; i < MRV; i++) {
+        float *ci = C + i * ldc;
+        __m512 v = c[i];
+        if (scale) v = _mm512_mul_ps(v, va);
+        if (keep)
+            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, ci));
+        else if (blend)
+            v = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(mk, ci), v);
+        _mm512_mask_storeu_ps(ci, mk, v);
+    }
+}
+
+/* One rank-1 update of the 24 x 16 tile in asm: the B row (byte offset 64*OFF) in zmm0, then row
+ * i of a (byte offset 96*OFF + 4*i) broadcast straight from memory into accumulator zmm(8+i). */
+#define SFT_Z(OFF, I, R) "vfmadd231ps " #OFF "*96+" #I "*4(%[a])%{1to16%}, %%zmm0, %%zmm" #R "\n\t"
+#define SFT_K24(OFF)                                                                                     \
+    "vmovaps " #OFF "*64(%[b]), %%zmm0\n\t" SFT_Z(OFF, 0, 8) SFT_Z(OFF, 1, 9) SFT_Z(OFF, 2, 10)          \
+        SFT_Z(OFF, 3, 11) SFT_Z(OFF, 4, 12) SFT_Z(OFF, 5, 13) SFT_Z(OFF, 6, 14) SFT_Z(OFF, 7, 15)        \
+            SFT_Z(OFF, 8, 16) SFT_Z(OFF, 9, 17) SFT_Z(OFF, 10, 18) SFT_Z(OFF, 11, 19) SFT_Z(OFF, 12, 20) \
+                SFT_Z(OFF, 13, 21) SFT_Z(OFF, 14, 22) SFT_Z(OFF, 15, 23) SFT_Z(OFF, 16, 24)              \
+                    SFT_Z(OFF, 17, 25) SFT_Z(OFF, 18, 26) SFT_Z(OFF, 19, 27) SFT_Z(OFF, 20, 28)          \
+                        SFT_Z(OFF, 21, 29) SFT_Z(OFF, 22, 30) SFT_Z(OFF, 23, 31)
+// clang-format off
+#define SFT_ZMM_LIST(X) \
+    X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15) X(16) X(17) X(18) X(19) X(20) X(21) X(22) X(23) \
+    X(24) X(25) X(26) X(27) X(28) X(29) X(30) X(31)
+// clang-format on
+#define SFT_ZERO(R) "vpxord %%zmm" #R ", %%zmm" #R ", %%zmm" #R "\n\t"
+#define SFT_SPILL(R) "vmovaps %%zmm" #R ", " #R "*64-512(%[acc])\n\t"
+
+/* The full 24 x 16 AVX-512 micro-kernel: 24 zmm accumulators, each FMA taking its A value as an
+ * embedded broadcast, the depth loop in asm (so no accumulator can be spilled) unrolled by 4.
+ * The B micro-panel must be 64-byte aligned (packed panels are). */
+SFT_TARGET_AVX512 static void ukernel_avx512_24(int64_t kc, const float *a, const float *b, float *C,
+                                                int64_t ldc, int n, int first, float alpha, float beta) {
+    float acc[GEMM_MR_AVX512 * GEMM_NR] __attribute__((aligned(64)));
+    // C rows: one line each when aligned, the second line a row of 16 floats may straddle
+    for (int i = 0; i < GEMM_MR_AVX512; i++) {
+        _mm_prefetch((const char *)(C + i * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(C + i * ldc + GEMM_NR - 1), _MM_HINT_T0);
+    }
+    int64_t quads = kc / 4, rest = kc % 4;
+    __asm__ volatile(SFT_ZMM_LIST(SFT_ZERO) "test %[q], %[q]\n\t"
+                                            "jz 2f\n\t"
+                                            ".p2align 5\n"
+                                            "1:\n\t"
+                                            "prefetcht0 768(%[a])\n\t"
+                                            "prefetcht0 832(%[a])\n\t" SFT_K24(0) SFT_K24(1)
+                                                "prefetcht0 896(%[a])\n\t" SFT_K24(2) SFT_K24(3)
+                                            "add $384, %[a]\n\t"
+                                            "add $256, %[b]\n\t"
+                                            "dec %[q]\n\t"
+                                            "jnz 1b\n"
+                                            "2:\n\t"
+                                            "test %[r], %[r]\n\t"
+                                            "jz 4f\n"
+                                            "3:\n\t" SFT_K24(0) "add $96, %[a]\n\t"
+                                            "add $64, %[b]\n\t"
+                                            "dec %[r]\n\t"
+                                            "jnz 3b\n"
+                                            "4:\n\t" SFT_ZMM_LIST(SFT_SPILL)
+                     : [a] "+r"(a), [b] "+r"(b), [q] "+r"(quads), [r] "+r"(rest)
+                     : [acc] "r"(acc)
+                     : "xmm0", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16",
+                       "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26",
+                       "xmm27", "xmm28", "xmm29", "xmm30", "xmm31", "memory", "cc");
+    __m512 c[GEMM_MR_AVX512];
+    for (int i = 0; i < GEMM_MR_AVX512; i++) c[i] = _mm512_load_ps(acc + GEMM_NR * i);
+    store_avx512(GEMM_MR_AVX512, c, C, ldc, n, first, alpha, beta);
+}
+#undef SFT_Z
+#undef SFT_K24
+#undef SFT_ZMM_LIST
+#undef SFT_ZERO
+#undef SFT_SPILL
+
+/* AVX-512 micro-kernel body for MRV < 24 valid rows (a compile-time constant after inlining):
+ * MRV zmm accumulators, so thin problems and edge tiles do no wasted FMAs. */
+SFT_TARGET_AVX512 static inline __attribute__((always_inline)) void ukernel_avx512_rows(
+    const int MRV, int64_t kc, const float *a, const float *b, float *C, int64_t ldc, int n, int first,
+    float alpha, float beta) {
+    __m512 c[GEMM_MR_AVX512 - 1];
+#pragma GCC unroll 23
+    for (int i = 0; i < MRV; i++) {
+        c[i] = _mm512_setzero_ps();
+        _mm_prefetch((const char *)(C + i * ldc), _MM_HINT_T0);
+    }
+    // rank-1 updates over the depth
+    for (int64_t k = 0; k < kc; k++) {
+        const __m512 bk = _mm512_load_ps(b);
+#pragma GCC unroll 23
+        for (int i = 0; i < MRV; i++) c[i] = _mm512_fmadd_ps(_mm512_set1_ps(a[i]), bk, c[i]);
+        a += GEMM_MR_AVX512;
+        b += GEMM_NR;
+    }
+    store_avx512(MRV, c, C, ldc, n, first, alpha, beta);
+}
+
+#define SFT_UKERNEL_AVX512(R)                                                                              \
+    SFT_TARGET_AVX512 static void ukernel_avx512_##R(int64_t kc, const float *a, const float *b, float *C, \
+                                                     int64_t ldc, int n, int first, float alpha,           \
+                                                     float beta) {                                         \
+        ukernel_avx512_rows(R, kc, a, b, C, ldc, n, first, alpha, beta);                                   \
+    }
+SFT_UKERNEL_AVX512(1)
+SFT_UKERNEL_AVX512(2)
+SFT_UKERNEL_AVX512(3)
+SFT_UKERNEL_AVX512(4)
+SFT_UKERNEL_AVX512(5)
+SFT_UKERNEL_AVX512(6)
+SFT_UKERNEL_AVX512(7)
+SFT_UKERNEL_AVX512(8)
+SFT_UKERNEL_AVX512(9)
+SFT_UKERNEL_AVX512(10)
+SFT_UKERNEL_AVX512(11)
+SFT_UKERNEL_AVX512(12)
+SFT_UKERNEL_AVX512(13)
+SFT_UKERNEL_AVX512(14)
+SFT_UKERNEL_AVX512(15)
+SFT_UKERNEL_AVX512(16)
+SFT_UKERNEL_AVX512(17)
+SFT_UKERNEL_AVX512(18)
+SFT_UKERNEL_AVX512(19)
+SFT_UKERNEL_AVX512(20)
+SFT_UKERNEL_AVX512(21)
+SFT_UKERNEL_AVX512(22)
+SFT_UKERNEL_AVX512(23)
+#undef SFT_UKERNEL_AVX512
+
+typedef void (*ukernel_rows_fn)(int64_t, const float *, const float *, float *, int64_t, int, int, float,
+                                float);
+
+/* Dispatch on the number of valid rows (1..24). */
+SFT_TARGET_AVX512 static void ukernel_avx512(int64_t kc, const float *a, const float *b, float *C,
+                                             int64_t ldc, int m, int n, int first, float alpha, float beta) {
+    static const ukernel_rows_fn by_rows[GEMM_MR_AVX512 + 1] = {
+        ukernel_avx512_1,  ukernel_avx512_1,  ukernel_avx512_2,  ukernel_avx512_3,  ukernel_avx512_4,
+        ukernel_avx512_5,  ukernel_avx512_6,  ukernel_avx512_7,  ukernel_avx512_8,  ukernel_avx512_9,
+        ukernel_avx512_10, ukernel_avx512_11, ukernel_avx512_12, ukernel_avx512_13, ukernel_avx512_14,
+        ukernel_avx512_15, ukernel_avx512_16, ukernel_avx512_17, ukernel_avx512_18, ukernel_avx512_19,
+        ukernel_avx512_20, ukernel_avx512_21, ukernel_avx512_22, ukernel_avx512_23, ukernel_avx512_24};
+    by_rows[SFT_MAX(1, SFT_MIN(m, GEMM_MR_AVX512))](kc, a, b, C, ldc, n, first, alpha, beta);
+}
+#endif
+
 /* Panels [0, ceil(ncols/NR)) of op(B)[k0 : k0+kc, j0 : j0+ncols] for a strided op(B) with
  * csb == 1, walking each row of B once (contiguous reads the hardware prefetcher follows, where
  * packing panel by panel would touch a new page every 64 bytes): panel p goes to dst + p*kc*NR,
@@ -496,14 +691,23 @@ typedef struct {
     pack_a_fn pack_a_panel;
     gemm_pack_b_fn pack_b_strided;
     pack_b_rows_fn pack_b_rows;
+    int64_t mr; /* rows of the micro-tile (and of a packed A micro-panel) */
 } gemm_kernels;
 
 static gemm_kernels select_kernels(void) {
 #if SFT_X86
-    if (sft_simd_path == SFT_SIMD_AVX2)
-        return (gemm_kernels){ukernel_avx2, pack_a_panel_avx2, pack_b_strided_avx2, pack_b_rows_avx2};
+    if (sft_simd_path >= SFT_SIMD_AVX512)
+        return (gemm_kernels){ukernel_avx512, pack_a_panel_avx512, pack_b_strided_avx2, pack_b_rows_avx2,
+                              GEMM_MR_AVX512};
+    if (sft_simd_path >= SFT_SIMD_AVX2)
+        return (gemm_kernels){ukernel_avx2, pack_a_panel_avx2, pack_b_strided_avx2, pack_b_rows_avx2,
+                              GEMM_MR};
 #endif
-    return (gemm_kernels){ukernel_portable, pack_a_panel_c, pack_b_strided_c, pack_b_rows_c};
+    return (gemm_kernels){ukernel_portable, pack_a_panel_c, pack_b_strided_c, pack_b_rows_c, GEMM_MR};
+}
+
+int64_t gemm_mr(void) {
+    return select_kernels().mr;
 }
 
 /* ---- driver ------------------------------------------------------------------------------ */
@@ -538,14 +742,14 @@ int64_t sgemm_scratch_bytes(int nthreads) {
 }
 
 /* One mc x nc block of C from a packed A block (mc x kc) and packed B panels [p_lo, p_hi). */
-static void macro_kernel(ukernel_fn uk, float *C, int64_t ldc, const float *pa, const float *pb, int64_t mc,
-                         int64_t nc, int64_t kc, int64_t p_lo, int64_t p_hi, int first, float alpha,
-                         float beta) {
+static void macro_kernel(ukernel_fn uk, int64_t mr, float *C, int64_t ldc, const float *pa, const float *pb,
+                         int64_t mc, int64_t nc, int64_t kc, int64_t p_lo, int64_t p_hi, int first,
+                         float alpha, float beta) {
     if (kc <= GEMM_SHALLOW_KC) {
         // shallow depth: storing C dominates, so walk C along its rows (sequential stores the
         // hardware prefetcher follows) instead of down 6-row strips of every column panel
-        for (int64_t i = 0; i < mc; i += GEMM_MR) {
-            int m = (int)SFT_MIN(GEMM_MR, mc - i);
+        for (int64_t i = 0; i < mc; i += mr) {
+            int m = (int)SFT_MIN(mr, mc - i);
             for (int64_t p = p_lo; p < p_hi; p++) {
                 int64_t j = p * GEMM_NR;
                 int n = (int)SFT_MIN(GEMM_NR, nc - j);
@@ -559,8 +763,8 @@ static void macro_kernel(ukernel_fn uk, float *C, int64_t ldc, const float *pa, 
         int64_t j = p * GEMM_NR;
         int n = (int)SFT_MIN(GEMM_NR, nc - j);
         const float *b = pb + p * kc * GEMM_NR;
-        for (int64_t i = 0; i < mc; i += GEMM_MR) {
-            int m = (int)SFT_MIN(GEMM_MR, mc - i);
+        for (int64_t i = 0; i < mc; i += mr) {
+            int m = (int)SFT_MIN(mr, mc - i);
             uk(kc, pa + i * kc, b, C + i * ldc + j, ldc, m, n, first, alpha, beta);
         }
     }
@@ -647,7 +851,8 @@ static void team_barrier(team_sync *ts, int *phase, _Atomic int64_t *counter) {
  * hold the others up. Which thread takes a block does not change any result. */
 static int gemm_many_rows(const gemm_args *g, gemm_kernels kern, int nthreads) {
     const int64_t M = g->M, N = g->N, K = g->K;
-    const int64_t tiles = (M + GEMM_MR - 1) / GEMM_MR;
+    const int64_t MR = kern.mr;
+    const int64_t tiles = (M + MR - 1) / MR;
     // column blocks of equal width (up to NR), scratch sized to the problem
     const int64_t n_jc = (N + GEMM_NC - 1) / GEMM_NC;
     const int64_t nc_max = round_up((N + n_jc - 1) / n_jc, GEMM_NR);
@@ -656,7 +861,7 @@ static int gemm_many_rows(const gemm_args *g, gemm_kernels kern, int nthreads) {
     // differing by at most one micro-tile: block ib holds tiles [ib*tiles/nb, (ib+1)*tiles/nb)
     int64_t nb = (M + GEMM_MC - 1) / GEMM_MC;
     nb = SFT_MIN(tiles, round_up(SFT_MAX(nb, GEMM_MANY_BLOCKS * (int64_t)nthreads), nthreads));
-    const int64_t mc_blk = (tiles + nb - 1) / nb * GEMM_MR;
+    const int64_t mc_blk = (tiles + nb - 1) / nb * MR;
     float *pb = (float *)sft_scratch_alloc(sizeof(float) * (size_t)(kc_max * nc_max));
     float *pa_all = (float *)sft_scratch_alloc(sizeof(float) * (size_t)(nthreads * mc_blk * kc_max));
     if (pb == NULL || pa_all == NULL) {
@@ -699,11 +904,11 @@ static int gemm_many_rows(const gemm_args *g, gemm_kernels kern, int nthreads) {
                 team_barrier(&ts, &phase, &ts.next_pack);
                 // row blocks handed out, each against the whole B block
                 for (int64_t ib; (ib = atomic_fetch_add(&ts.next_rows, 1)) < nb;) {
-                    int64_t ic = ib * tiles / nb * GEMM_MR;
-                    int64_t mc = SFT_MIN(M, (ib + 1) * tiles / nb * GEMM_MR) - ic;
-                    pack_a(kern.pack_a_panel, pa, g->A, g->rsa, g->csa, ic, mc, pc, kc);
-                    macro_kernel(kern.uk, g->C + ic * g->ldc + jc, g->ldc, pa, pb, mc, nc, kc, 0, n_panels,
-                                 first, g->alpha, g->beta);
+                    int64_t ic = ib * tiles / nb * MR;
+                    int64_t mc = SFT_MIN(M, (ib + 1) * tiles / nb * MR) - ic;
+                    pack_a(kern.pack_a_panel, MR, pa, g->A, g->rsa, g->csa, ic, mc, pc, kc);
+                    macro_kernel(kern.uk, MR, g->C + ic * g->ldc + jc, g->ldc, pa, pb, mc, nc, kc, 0,
+                                 n_panels, first, g->alpha, g->beta);
                 }
                 // everyone is done with the B block before it is packed again
                 team_barrier(&ts, &phase, &ts.next_rows);
@@ -719,7 +924,7 @@ static int gemm_many_rows(const gemm_args *g, gemm_kernels kern, int nthreads) {
  * barrier) and the whole (small) A block of every depth block. */
 static int gemm_few_rows(const gemm_args *g, gemm_kernels kern, int nthreads) {
     const int64_t M = g->M, N = g->N, K = g->K;
-    const int64_t mpad = round_up(M, GEMM_MR);
+    const int64_t mpad = round_up(M, kern.mr);
     const int64_t n_panels = (N + GEMM_NR - 1) / GEMM_NR;
     // B chunks of up to GEMM_FEW_NC columns; scratch sized to the problem
     const int64_t chunk = SFT_MIN(GEMM_FEW_NC / GEMM_NR, (n_panels + nthreads - 1) / nthreads);
@@ -745,13 +950,13 @@ static int gemm_few_rows(const gemm_args *g, gemm_kernels kern, int nthreads) {
         for (int64_t pc = 0; pc < K && p_lo < p_hi; pc += GEMM_KC) {
             int64_t kc = SFT_MIN(GEMM_KC, K - pc);
             int first = pc == 0;
-            pack_a(kern.pack_a_panel, pa, g->A, g->rsa, g->csa, 0, M, pc, kc);
+            pack_a(kern.pack_a_panel, kern.mr, pa, g->A, g->rsa, g->csa, 0, M, pc, kc);
             for (int64_t q0 = p_lo; q0 < p_hi; q0 += chunk) {
                 int64_t q1 = SFT_MIN(p_hi, q0 + chunk);
                 pack_b_range(g, &kern, pb, pc, kc, 0, N, q0, q1);
                 // all row tiles against each panel (it stays in L1)
-                macro_kernel(kern.uk, g->C + q0 * GEMM_NR, g->ldc, pa, pb, M, N - q0 * GEMM_NR, kc, 0,
-                             q1 - q0, first, g->alpha, g->beta);
+                macro_kernel(kern.uk, kern.mr, g->C + q0 * GEMM_NR, g->ldc, pa, pb, M, N - q0 * GEMM_NR, kc,
+                             0, q1 - q0, first, g->alpha, g->beta);
             }
         }
     }
@@ -835,7 +1040,7 @@ SFT_TARGET_AVX2 static void stream_rows_avx2(float *acc, const float *A, int64_t
 static void gemm_stream_rows(const gemm_args *g, int nthreads) {
     stream_fn stream = stream_rows_c;
 #if SFT_X86
-    if (sft_simd_path == SFT_SIMD_AVX2) stream = stream_rows_avx2;
+    if (sft_simd_path >= SFT_SIMD_AVX2) stream = stream_rows_avx2;
 #endif
     const int64_t M = g->M, N = g->N, ldc = g->ldc;
     const int64_t n16 = (N + GEMM_NR - 1) / GEMM_NR; /* columns shared out in groups of 16 */
@@ -893,7 +1098,7 @@ static int gemm_run(gemm_args *g) {
 #endif
     // tiny products (a few microseconds on one core) cost less than waking a second thread
     if ((double)g->M * (double)g->N * (double)g->K < GEMM_MIN_PARALLEL_MNK) nthreads = 1;
-    const int64_t tiles = (g->M + GEMM_MR - 1) / GEMM_MR, n_panels = (g->N + GEMM_NR - 1) / GEMM_NR;
+    const int64_t tiles = (g->M + kern.mr - 1) / kern.mr, n_panels = (g->N + GEMM_NR - 1) / GEMM_NR;
     // one to a few rows against contiguous B rows: memory-bound, stream B without packing
     if (g->rows_b && g->M <= GEMM_STREAM_M) {
         gemm_stream_rows(g, (int)SFT_MAX(1, SFT_MIN(nthreads, n_panels)));

@@ -9,11 +9,12 @@
 
 /* Blocking for L1d 48 KiB / L2 2 MiB per core. One thread's scratch (B block + A block) is at
  * most 880 KiB + 144 KiB = 1 MiB. */
-#define GEMM_MR 6   /* rows of a micro-tile */
-#define GEMM_NR 16  /* columns of a micro-tile (two AVX2 vectors) */
-#define GEMM_MC 144 /* rows of a packed A block (multiple of MR); 144 KiB at KC = 256, in L2 */
-#define GEMM_KC 256 /* depth of a packed block; a 16 KiB B micro-panel stays in L1 */
-#define GEMM_NC 880 /* columns of a packed B block (multiple of NR); 880 KiB at KC = 256, in L2 */
+#define GEMM_MR 6         /* rows of a micro-tile (AVX2 and portable kernels) */
+#define GEMM_MR_AVX512 24 /* rows of a micro-tile of the AVX-512 kernel (24 zmm accumulators) */
+#define GEMM_NR 16        /* columns of a micro-tile (two AVX2 vectors) */
+#define GEMM_MC 144       /* rows of a packed A block (multiple of both MRs); 144 KiB at KC = 256, in L2 */
+#define GEMM_KC 256       /* depth of a packed block; a 16 KiB B micro-panel stays in L1 */
+#define GEMM_NC 880       /* columns of a packed B block (multiple of NR); 880 KiB at KC = 256, in L2 */
 
 /* Packs op(B)[k0 : k0+kc, j0 : j0+nc] (nc <= GEMM_NR, kc <= GEMM_KC) into one micro-panel:
  * dst[kk*GEMM_NR + jj] = op(B)[k0+kk][j0+jj] for jj < nc, and 0 for nc <= jj < GEMM_NR.
@@ -51,6 +52,10 @@ int sgemm_packb_ab(float *C, int64_t ldc, const float *A, int64_t rsa, int64_t c
 /* Naive triple loop with the same contract (float accumulation), kept beside the fast one. */
 void sgemm_naive(float *C, int64_t ldc, const float *A, int64_t rsa, int64_t csa, const float *B, int64_t rsb,
                  int64_t csb, int64_t M, int64_t N, int64_t K, float beta);
+
+/* Rows of a micro-tile on the SIMD path in use (GEMM_MR or GEMM_MR_AVX512): callers splitting
+ * rows between threads align the splits to it. */
+int64_t gemm_mr(void);
 
 /* Most scratch bytes one call needs with nthreads threads (for memory reports): at most
  * nthreads MiB. A call allocates less when the problem is smaller than a block. */

@@ -94,7 +94,7 @@ SFT_TARGET_AVX2 static void row_rebuild_avx2(float *dst, const float *w, const u
 
 static row_fn select_row(void) {
 #if SFT_X86
-    if (sft_simd_path == SFT_SIMD_AVX2) return row_rebuild_avx2;
+    if (sft_simd_path >= SFT_SIMD_AVX2) return row_rebuild_avx2;
 #endif
     return row_rebuild_portable;
 }
@@ -267,7 +267,7 @@ static int gemm_rows_split(float *C, int64_t ldc, const float *A, int64_t lda, g
         int tid = 0, nt = 1;
 #endif
         int64_t lo, hi;
-        split_range(M, tid, nt, GEMM_MR, &lo, &hi);
+        split_range(M, tid, nt, gemm_mr(), &lo, &hi);
         if (hi > lo)
             rc |= sgemm_packb(C + lo * ldc, ldc, A + lo * lda, lda, 1, pack, ctx, hi - lo, n, K, beta);
     }
@@ -280,7 +280,7 @@ int lors_forward(float *y, const float *x, const float *W, const uint8_t *M, con
     lors_ctx c = {W, M, A, B, s, in, r, select_row()};
     gemm_pack_b_fn pack = pack_forward;
 #if SFT_X86
-    if (sft_simd_path == SFT_SIMD_AVX2) pack = pack_forward_avx2;
+    if (sft_simd_path >= SFT_SIMD_AVX2) pack = pack_forward_avx2;
 #endif
     float beta = 0.0f;
     if (bias != NULL) {
@@ -317,7 +317,7 @@ int lors_backward_input(float *gx, const float *gy, const float *W, const uint8_
     lors_ctx c = {W, M, A, B, s, in, r, select_row()};
     gemm_pack_b_fn pack = pack_backward;
 #if SFT_X86
-    if (sft_simd_path == SFT_SIMD_AVX2) pack = pack_backward_avx2;
+    if (sft_simd_path >= SFT_SIMD_AVX2) pack = pack_backward_avx2;
 #endif
     return gemm_rows_split(gx, in, gy, out, pack, &c, N, in, out, 0.0f);
 }
@@ -405,7 +405,7 @@ int lors_backward_exact(float *dA, float *dB, const float *gy, const float *x, c
     if (part != NULL) memset(part, 0, sizeof(float) * (size_t)(nth - 1) * (size_t)(r * (in + out)));
     void (*mask_tile)(float *, const uint8_t *, int64_t, int64_t, int64_t) = mask_tile_portable;
 #if SFT_X86
-    if (sft_simd_path == SFT_SIMD_AVX2) mask_tile = mask_tile_avx2;
+    if (sft_simd_path >= SFT_SIMD_AVX2) mask_tile = mask_tile_avx2;
 #endif
     int rc = 0;
 #pragma omp parallel num_threads(nth) reduction(| : rc)
@@ -490,12 +490,12 @@ int lors_backward_lors(float *dA, float *dB, const float *gy, const float *x, co
 #endif
         int64_t lo, hi;
         // xa = x A^T and gb = gy B on this thread's token rows (the GEMMs run on this thread alone)
-        split_range(N, tid, nt, GEMM_MR, &lo, &hi);
+        split_range(N, tid, nt, gemm_mr(), &lo, &hi);
         rc |= sgemm(xa + lo * r, r, x + lo * in, in, 1, A, 1, in, hi - lo, r, in, 0.0f);
         rc |= sgemm(gb + lo * r, r, gy + lo * out, out, 1, B, r, 1, hi - lo, r, out, 0.0f);
 #pragma omp barrier
         // dB rows: gy[:, rows]^T xa, over the N tokens
-        split_range(out, tid, nt, GEMM_MR, &lo, &hi);
+        split_range(out, tid, nt, gemm_mr(), &lo, &hi);
         rc |= sgemm(dB + lo * r, r, gy + lo, 1, out, xa, r, 1, hi - lo, r, N, 0.0f);
         for (int64_t i = lo * r; i < hi * r; i++) dB[i] *= s;
         // dA columns: gb^T x[:, cols], over the N tokens

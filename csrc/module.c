@@ -100,7 +100,7 @@ static PyObject *scratch_error(void) {
 /* ---- runtime: build info, threads, SIMD path, scratch ------------------------------------- */
 
 static const char *simd_name(int path) {
-    return path == SFT_SIMD_AVX2 ? "avx2" : "portable";
+    return path == SFT_SIMD_AVX512 ? "avx512" : path == SFT_SIMD_AVX2 ? "avx2" : "portable";
 }
 
 static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
@@ -112,13 +112,14 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
 #else
     const char *compiler = "unknown";
 #endif
-    PyObject *compiled = sft_simd_avx2_compiled() ? Py_BuildValue("[ss]", "portable", "avx2")
+    PyObject *compiled = sft_simd_avx2_compiled() ? Py_BuildValue("[sss]", "portable", "avx2", "avx512")
                                                   : Py_BuildValue("[s]", "portable");
     if (compiled == NULL) return NULL;
-    return Py_BuildValue("{s:s,s:O,s:N,s:s,s:O,s:i}", "compiler", compiler, "openmp",
+    return Py_BuildValue("{s:s,s:O,s:N,s:s,s:O,s:O,s:i}", "compiler", compiler, "openmp",
                          sft_openmp_enabled() ? Py_True : Py_False, "simd_compiled", compiled, "simd",
                          simd_name(sft_simd_path), "avx2_supported",
-                         sft_simd_avx2_supported() ? Py_True : Py_False, "num_threads",
+                         sft_simd_avx2_supported() ? Py_True : Py_False, "avx512_supported",
+                         sft_simd_avx512_supported() ? Py_True : Py_False, "num_threads",
                          sft_get_num_threads());
 }
 
@@ -148,11 +149,14 @@ static PyObject *py_set_simd(PyObject *self, PyObject *args) {
         path = SFT_SIMD_PORTABLE;
     else if (strcmp(name, "avx2") == 0)
         path = SFT_SIMD_AVX2;
+    else if (strcmp(name, "avx512") == 0)
+        path = SFT_SIMD_AVX512;
     else if (strcmp(name, "auto") == 0) {
         sft_simd_init();
         Py_RETURN_NONE;
     } else {
-        PyErr_Format(PyExc_ValueError, "path: expected 'avx2', 'portable' or 'auto', got '%s'", name);
+        PyErr_Format(PyExc_ValueError, "path: expected 'avx512', 'avx2', 'portable' or 'auto', got '%s'",
+                     name);
         return NULL;
     }
     if (sft_simd_set(path) != 0) {

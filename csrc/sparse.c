@@ -161,7 +161,7 @@ typedef void (*recompute_fn)(float *, const int32_t *, const float *, const floa
 
 static recompute_fn select_recompute(void) {
 #if SFT_X86
-    if (sft_simd_path == SFT_SIMD_AVX2) return recompute_avx2;
+    if (sft_simd_path >= SFT_SIMD_AVX2) return recompute_avx2;
 #endif
     return recompute_portable;
 }
@@ -309,7 +309,7 @@ typedef void (*transpose_fn)(float *, int64_t, const float *, int64_t, int64_t, 
 
 static transpose_fn select_transpose(void) {
 #if SFT_X86
-    if (sft_simd_path == SFT_SIMD_AVX2) return transpose_avx2;
+    if (sft_simd_path >= SFT_SIMD_AVX2) return transpose_avx2;
 #endif
     return transpose_portable;
 }
@@ -658,7 +658,7 @@ int sparse_forward(float *y, const sparse_base *W, const float *x, const float *
     fwd_seg_fn seg = fwd_seg_portable;
     transpose_fn tr = select_transpose();
 #if SFT_X86
-    if (sft_simd_path == SFT_SIMD_AVX2) seg = fwd_seg_avx2;
+    if (sft_simd_path >= SFT_SIMD_AVX2) seg = fwd_seg_avx2;
 #endif
 
 #pragma omp parallel num_threads(nthreads)
@@ -740,7 +740,7 @@ int sparse_backward(float *gx, float *dA, float *dB, const sparse_base *W, const
     transpose_fn tr = select_transpose();
     reduce_fn red = reduce_portable;
 #if SFT_X86
-    if (sft_simd_path == SFT_SIMD_AVX2) seg = bwd_seg_avx2, red = reduce_avx2;
+    if (sft_simd_path >= SFT_SIMD_AVX2) seg = bwd_seg_avx2, red = reduce_avx2;
 #endif
 
 #pragma omp parallel num_threads(nthreads)

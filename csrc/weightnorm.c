@@ -556,7 +556,7 @@ static const wn_ops ops_avx2 = {
 
 static const wn_ops *select_ops(void) {
 #if SFT_X86
-    if (sft_simd_path == SFT_SIMD_AVX2) return &ops_avx2;
+    if (sft_simd_path >= SFT_SIMD_AVX2) return &ops_avx2;
 #endif
     return &ops_portable;
 }

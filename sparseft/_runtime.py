@@ -16,8 +16,9 @@ def build_info() -> dict[str, Any]:
     -------
     dict
         ``compiler`` (str), ``openmp`` (bool), ``simd_compiled`` (list of paths compiled in,
-        e.g. ``["portable", "avx2"]``), ``simd`` (the path selected now), ``avx2_supported``
-        (what the CPU reports) and ``num_threads`` (threads the kernels use).
+        e.g. ``["portable", "avx2", "avx512"]``), ``simd`` (the path selected now),
+        ``avx2_supported`` and ``avx512_supported`` (what the CPU and OS report) and
+        ``num_threads`` (threads the kernels use).
     """
     return _core.build_info()
 
@@ -49,15 +50,17 @@ def get_num_threads() -> int:
 
 @contextlib.contextmanager
 def simd_path(path: str) -> Iterator[None]:
-    """Run the enclosed code with the ``"avx2"`` or ``"portable"`` kernels, then restore.
+    """Run the enclosed code with the ``"avx512"``, ``"avx2"`` or ``"portable"`` kernels, then restore.
 
-    The path is otherwise chosen once at import: AVX2/FMA when the CPU reports it, unless the
-    environment variable ``SPARSEFT_SIMD=portable`` forces the portable C path.
+    The path is otherwise chosen once at import: the best the CPU reports (``"avx512"`` =
+    the AVX2/FMA kernels plus the AVX-512 GEMM micro-kernel; ``"avx2"``; else ``"portable"``),
+    at most the one named by the environment variable ``SPARSEFT_SIMD`` (``portable`` or
+    ``avx2``) when it is set.
 
     Parameters
     ----------
-    path : {"avx2", "portable"}
-        Kernels to use inside the block.
+    path : {"avx512", "avx2", "portable", "auto"}
+        Kernels to use inside the block (``"auto"``: the import-time choice).
 
     Raises
     ------

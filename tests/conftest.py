@@ -20,6 +20,8 @@ def _available_paths() -> list[str]:
     paths = ["portable"]
     if "avx2" in info["simd_compiled"] and info["avx2_supported"]:
         paths.append("avx2")
+    if "avx512" in info["simd_compiled"] and info["avx512_supported"]:
+        paths.append("avx512")
     return paths
 
 
@@ -28,7 +30,7 @@ SIMD_PATHS = _available_paths()
 
 @pytest.fixture(params=SIMD_PATHS)
 def simd(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Run the test once per SIMD path this machine can execute (portable C and AVX2/FMA)."""
+    """Run the test once per SIMD path this machine can execute (portable C, AVX2/FMA, AVX-512)."""
     with sparseft.simd_path(request.param):
         yield request.param
 

@@ -15,6 +15,7 @@ import sparseft
 from sparseft import _core
 
 from . import reference as ref
+from .conftest import SIMD_PATHS
 
 
 def test_build_info_reports_paths() -> None:
@@ -24,7 +25,10 @@ def test_build_info_reports_paths() -> None:
     assert info["simd"] in info["simd_compiled"]
     assert isinstance(info["openmp"], bool)
     assert info["num_threads"] >= 1
-    if info["avx2_supported"] and os.environ.get("SPARSEFT_SIMD") != "portable":
+    env = os.environ.get("SPARSEFT_SIMD")
+    if info["avx512_supported"] and env not in ("portable", "avx2"):
+        assert info["simd"] == "avx512"
+    elif info["avx2_supported"] and env != "portable":
         assert info["simd"] == "avx2"
 
 
@@ -33,6 +37,23 @@ def test_env_var_forces_portable_path() -> None:
     env = dict(os.environ, SPARSEFT_SIMD="portable")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "portable"
+
+
+def test_env_var_caps_at_avx2() -> None:
+    if not sparseft.build_info()["avx2_supported"]:
+        pytest.skip("this CPU has no AVX2/FMA")
+    code = "import sparseft; print(sparseft.build_info()['simd'])"
+    env = dict(os.environ, SPARSEFT_SIMD="avx2")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "avx2"
+
+
+def test_unavailable_path_is_a_clean_error() -> None:
+    if sparseft.build_info()["avx512_supported"]:
+        pytest.skip("every path is available on this CPU")
+    with pytest.raises(ValueError, match="path: 'avx512' is not available"):
+        with sparseft.simd_path("avx512"):
+            pass
 
 
 def test_set_num_threads_roundtrip_and_errors() -> None:
@@ -54,7 +75,7 @@ def test_simd_path_context_restores() -> None:
     with sparseft.simd_path("portable"):
         assert sparseft.build_info()["simd"] == "portable"
     assert sparseft.build_info()["simd"] == before
-    with pytest.raises(ValueError, match="path: expected 'avx2', 'portable' or 'auto'"):
+    with pytest.raises(ValueError, match="path: expected 'avx512', 'avx2', 'portable' or 'auto'"):
         with sparseft.simd_path("sse9"):
             pass
 
@@ -106,9 +127,7 @@ def test_matmul_hypothesis(m: int, n: int, k: int, ta: bool, tb: bool, seed: int
     r = np.random.default_rng(seed)
     a = r.uniform(-1, 1, (k, m) if ta else (m, k)).astype(np.float32)
     b = r.uniform(-1, 1, (n, k) if tb else (k, n)).astype(np.float32)
-    for path in sparseft.build_info()["simd_compiled"]:
-        if path == "avx2" and not sparseft.build_info()["avx2_supported"]:
-            continue
+    for path in SIMD_PATHS:
         with sparseft.simd_path(path):
             np.testing.assert_allclose(
                 _core.matmul(a, b, trans_a=ta, trans_b=tb),

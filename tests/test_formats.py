@@ -12,6 +12,7 @@ from sparseft import _core
 from sparseft.formats import CSRBase, NMBase, choose_format, detect_nm
 
 from . import reference as ref
+from .conftest import SIMD_PATHS
 
 # (N tokens, out, in, r): odd sizes, one token, r = 1, in > 128 (several column blocks),
 # out > 256 (several row chunks), N > the token block (several blocks per thread)
@@ -198,7 +199,7 @@ def test_scratch_released_and_bounded(rng: np.random.Generator) -> None:
 def test_csr_hypothesis(N: int, out: int, groups: int, r: int, density: float, seed: int) -> None:
     rng = np.random.default_rng(seed)
     W, mask, A, B, x, gy = _problem(rng, N, out, 4 * groups, r, str(density))
-    for path in ("portable", "avx2") if sft.build_info()["avx2_supported"] else ("portable",):
+    for path in SIMD_PATHS:
         with sft.simd_path(path):
             base = CSRBase.from_dense(W, mask)
             _close(base.forward(x, A, B, 0.3), ref.sparse_forward(W, mask, x, A, B, 0.3), 4 * groups)

@@ -16,6 +16,7 @@ from sparseft import _core
 from sparseft.init import randomized_svd
 
 from . import reference as ref
+from .conftest import SIMD_PATHS
 
 # ---- helpers ----
 
@@ -144,9 +145,7 @@ def test_naive_kernels_match_reference(N: int, in_: int, out: int, r: int, kind:
 )
 def test_kernels_hypothesis(N: int, in_: int, out: int, r: int, density: float, s: float, seed: int) -> None:
     p = problem(np.random.default_rng(seed), N, in_, out, min(r, in_, out), str(density))
-    for path in ["portable", "avx2"]:
-        if path == "avx2" and not sparseft.build_info()["avx2_supported"]:
-            continue
+    for path in SIMD_PATHS:
         with sparseft.simd_path(path):
             check_kernels(p, s)
 
