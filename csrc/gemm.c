@@ -462,16 +462,19 @@ SFT_TARGET_AVX512 static void pack_a_panel_avx512(float *d, const float *a, int6
     }
     int64_t kk = 0;
     if (csa == 1) {
-        // eight depth indices per step: each group of eight rows transposed in registers
-        for (; kk + 8 <= kc; kk += 8)
-            for (int g = 0; g < 3; g++) {
+        // one group of eight rows at a time over the whole depth, eight depth indices per
+        // transpose: rows a power-of-two stride apart share L1 sets, and eight of them fit the
+        // ways where all 24 would evict each other between visits
+        const int64_t k8 = kc / 8 * 8;
+        for (int g = 0; g < 3; g++)
+            for (kk = 0; kk < k8; kk += 8) {
                 __m256 r[8];
                 for (int q = 0; q < 8; q++) r[q] = _mm256_loadu_ps(a + (8 * g + q) * rsa + kk);
                 sft_transpose8_ps(r);
                 for (int q = 0; q < 8; q++) _mm256_storeu_ps(d + (kk + q) * MRF + 8 * g, r[q]);
             }
         // remaining depth indices
-        for (; kk < kc; kk++)
+        for (kk = k8; kk < kc; kk++)
             for (int ii = 0; ii < MRF; ii++) d[kk * MRF + ii] = a[ii * rsa + kk];
     } else {
         // rsa == 1: the 24 values of one depth index are contiguous
@@ -508,7 +511,7 @@ SFT_TARGET_AVX512 static inline __attribute__((always_inline)) void store_avx512
  * i of a (byte offset 96*OFF + 4*i) broadcast straight from memory into accumulator zmm(8+i). */
 #define SFT_Z(OFF, I, R) "vfmadd231ps " #OFF "*96+" #I "*4(%[a])%{1to16%}, %%zmm0, %%zmm" #R "\n\t"
 #define SFT_K24(OFF)                                                                                     \
-    "vmovaps " #OFF "*64(%[b]), %%zmm0\n\t" SFT_Z(OFF, 0, 8) SFT_Z(OFF, 1, 9) SFT_Z(OFF, 2, 10)          \
+    "vmovups " #OFF "*64(%[b]), %%zmm0\n\t" SFT_Z(OFF, 0, 8) SFT_Z(OFF, 1, 9) SFT_Z(OFF, 2, 10)          \
         SFT_Z(OFF, 3, 11) SFT_Z(OFF, 4, 12) SFT_Z(OFF, 5, 13) SFT_Z(OFF, 6, 14) SFT_Z(OFF, 7, 15)        \
             SFT_Z(OFF, 8, 16) SFT_Z(OFF, 9, 17) SFT_Z(OFF, 10, 18) SFT_Z(OFF, 11, 19) SFT_Z(OFF, 12, 20) \
                 SFT_Z(OFF, 13, 21) SFT_Z(OFF, 14, 22) SFT_Z(OFF, 15, 23) SFT_Z(OFF, 16, 24)              \
@@ -523,8 +526,8 @@ SFT_TARGET_AVX512 static inline __attribute__((always_inline)) void store_avx512
 #define SFT_SPILL(R) "vmovaps %%zmm" #R ", " #R "*64-512(%[acc])\n\t"
 
 /* The full 24 x 16 AVX-512 micro-kernel: 24 zmm accumulators, each FMA taking its A value as an
- * embedded broadcast, the depth loop in asm (so no accumulator can be spilled) unrolled by 4.
- * The B micro-panel must be 64-byte aligned (packed panels are). */
+ * embedded broadcast, the depth loop in asm (so no accumulator can be spilled) unrolled by 4,
+ * the A panel prefetched two unrolled steps ahead (it streams from L2; B stays in L1). */
 SFT_TARGET_AVX512 static void ukernel_avx512_24(int64_t kc, const float *a, const float *b, float *C,
                                                 int64_t ldc, int n, int first, float alpha, float beta) {
     float acc[GEMM_MR_AVX512 * GEMM_NR] __attribute__((aligned(64)));
@@ -581,7 +584,7 @@ SFT_TARGET_AVX512 static inline __attribute__((always_inline)) void ukernel_avx5
     }
     // rank-1 updates over the depth
     for (int64_t k = 0; k < kc; k++) {
-        const __m512 bk = _mm512_load_ps(b);
+        const __m512 bk = _mm512_loadu_ps(b);
 #pragma GCC unroll 23
         for (int i = 0; i < MRV; i++) c[i] = _mm512_fmadd_ps(_mm512_set1_ps(a[i]), bk, c[i]);
         a += GEMM_MR_AVX512;

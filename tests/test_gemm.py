@@ -12,9 +12,9 @@ import pytest
 import sparseft
 from sparseft import _core
 
-# (M, N, K) chosen to reach each driver and edge: GEMM_MR = 6, GEMM_NR = 16, GEMM_KC = 256,
-# GEMM_MC = 144, GEMM_NC = 880; M <= 4 with contiguous op(B) rows streams B; M*N*K < 2**20
-# runs on one thread.
+# (M, N, K) chosen to reach each driver and edge: GEMM_MR = 6 (AVX2, portable) or 24 (AVX-512),
+# GEMM_NR = 16, GEMM_KC = 256, GEMM_MC = 144, GEMM_NC = 880; M <= 4 with contiguous op(B) rows
+# streams B; M*N*K < 2**20 runs on one thread.
 SHAPES = [
     (1, 33, 300),  # one row: streamed (packed through the callback), K > KC
     (3, 1100, 9),  # streamed, several column chunks per thread
@@ -33,6 +33,10 @@ SHAPES = [
     (50, 5, 5000),  # one column panel, rows shared out
     (5, 40, 5200),  # few rows, three column panels
     (13, 1, 90000),  # a single column: one panel, too few rows to share, one thread
+    (23, 47, 33),  # AVX-512: one tile short of MR = 24 rows (the 23-row kernel)
+    (24, 16, 257),  # AVX-512: exactly one full 24 x 16 tile, K = KC + 1 (the asm depth tail)
+    (73, 70, 1030),  # AVX-512: three full tiles and a 1-row edge, four depth blocks, ragged N
+    (290, 33, 300),  # AVX-512: many rows, row blocks of whole 24-row tiles plus a 2-row edge
 ]
 AB = [(1.0, 0.0), (1.0, 1.0), (-0.5, 2.0)]
 
