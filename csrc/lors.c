@@ -251,29 +251,6 @@ static void split_range(int64_t n, int tid, int nt, int64_t align, int64_t *lo, 
     *hi = SFT_MIN(n, *lo + per);
 }
 
-/* C (M, n) = beta C + op(A) (M, K) op(B) with op(B) from pack: token rows split between threads,
- * each running the whole GEMM on its rows alone (one parallel region, no barriers; every thread
- * rebuilds the W' panels it needs). Per-row results do not depend on the split. */
-static int gemm_rows_split(float *C, int64_t ldc, const float *A, int64_t lda, gemm_pack_b_fn pack,
-                           const void *ctx, int64_t M, int64_t n, int64_t K, float beta) {
-    int nth = sft_get_num_threads();
-    if (nth <= 1 || M < 2 * GEMM_MC) return sgemm_packb(C, ldc, A, lda, 1, pack, ctx, M, n, K, beta);
-    int rc = 0;
-#pragma omp parallel num_threads(nth) reduction(| : rc)
-    {
-#ifdef _OPENMP
-        int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-        int tid = 0, nt = 1;
-#endif
-        int64_t lo, hi;
-        split_range(M, tid, nt, gemm_mr(), &lo, &hi);
-        if (hi > lo)
-            rc |= sgemm_packb(C + lo * ldc, ldc, A + lo * lda, lda, 1, pack, ctx, hi - lo, n, K, beta);
-    }
-    return rc;
-}
-
 int lors_forward(float *y, const float *x, const float *W, const uint8_t *M, const float *A, const float *B,
                  const float *bias, float s, int64_t N, int64_t in, int64_t out, int64_t r) {
     if (N <= 0 || out <= 0) return 0;
@@ -288,7 +265,7 @@ int lors_forward(float *y, const float *x, const float *W, const uint8_t *M, con
         for (int64_t n = 0; n < N; n++) memcpy(y + n * out, bias, sizeof(float) * (size_t)out);
         beta = 1.0f;
     }
-    return gemm_rows_split(y, out, x, in, pack, &c, N, out, in, beta);
+    return sgemm_packb(y, out, x, in, 1, pack, &c, N, out, in, beta);
 }
 
 void lors_forward_naive(float *y, const float *x, const float *W, const uint8_t *M, const float *A,
@@ -319,7 +296,7 @@ int lors_backward_input(float *gx, const float *gy, const float *W, const uint8_
 #if SFT_X86
     if (sft_simd_path >= SFT_SIMD_AVX2) pack = pack_backward_avx2;
 #endif
-    return gemm_rows_split(gx, in, gy, out, pack, &c, N, in, out, 0.0f);
+    return sgemm_packb(gx, in, gy, out, 1, pack, &c, N, in, out, 0.0f);
 }
 
 void lors_backward_input_naive(float *gx, const float *gy, const float *W, const uint8_t *M, const float *A,

@@ -14,10 +14,10 @@
 #define LORS_TILE_O 144
 #define LORS_TILE_I 512
 
-/* y = x W'^T (+ bias). With several threads and at least 2 * GEMM_MC tokens, the token rows are
- * split between threads and each runs the GEMM on its rows alone (one parallel region, no
- * barriers: a preempted thread does not stall the other), rebuilding the W' panels it needs.
- * Each output is computed the same way whatever the split: thread-count independent. */
+/* y = x W'^T (+ bias). The GEMM core's many-rows driver shares the W' panels among the threads:
+ * each B block is rebuilt once (groups of panels handed out), then row blocks of tokens run
+ * against it, so the rebuild costs one pass over W whatever the thread count. Each output is
+ * computed the same way whatever the thread count. */
 int lors_forward(float *y,          /* (N, out) */
                  const float *x,    /* (N, in) */
                  const float *W,    /* (out, in), 0 off the mask */
@@ -30,7 +30,7 @@ void lors_forward_naive(float *y, const float *x, const float *W, const uint8_t 
                         const float *B, const float *bias, float s, int64_t N, int64_t in, int64_t out,
                         int64_t r);
 
-/* gx = gy W' (token rows split between threads as in lors_forward). */
+/* gx = gy W' (W' panels shared among the threads as in lors_forward). */
 int lors_backward_input(float *gx,        /* (N, in) */
                         const float *gy,  /* (N, out) */
                         const float *W,   /* (out, in) */
