@@ -12,7 +12,8 @@ adapter W' = W + s*(B A) ⊙ M recomputed inside the kernels. Printed as measure
 * the ratio to torch.sparse CSR (spmm for y and gx, sampled_addmm for G ⊙ M; no adapter) when torch
   is installed,
 * kernel scratch peak (``_core.scratch_stats``) and the base's bytes against dense float32,
-* the density crossover between dense and CSR (fwd+bwd), used for ``formats.DENSITY_CROSSOVER``.
+* the density crossover between dense and CSR (fwd+bwd), used for ``formats.DENSITY_CROSSOVERS``
+  (one value per SIMD path: run with SPARSEFT_SIMD=avx2 to measure the AVX2 one).
 
 Usage: python benchmarks/bench_sparse.py [--quick] [--reps 5] [--threads 2]
 """
@@ -29,7 +30,7 @@ import numpy as np
 
 import sparseft as sft
 from sparseft import DenseBase, _core
-from sparseft.formats import DENSITY_CROSSOVER, CSRBase, NMBase
+from sparseft.formats import CSRBase, NMBase, density_crossover
 
 try:
     import torch
@@ -173,7 +174,7 @@ def main() -> None:
             cross = 0.0 if rows["0.05"] >= 1.0 else 1.0
         print(
             f"measured dense/CSR crossover (CSR fwd+bwd = DenseBase fwd+bwd): density ~ {cross:.3f} "
-            f"(formats.DENSITY_CROSSOVER = {DENSITY_CROSSOVER})"
+            f"(formats.density_crossover() = {density_crossover()} on the {sft.build_info()['simd']} path)"
         )
     key = shapes[0]
     rows = summary[key]

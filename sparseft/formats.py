@@ -9,7 +9,7 @@ storing W': the C kernels recompute W'_ij = W_ij + s·B[i,:]·A[:,j] at the stor
     CSR was chosen over a bitmask because the kernels walk the nonzeros of a row in order and need
     their columns directly (a bitmask needs a popcount/decode step per 64 columns in the inner
     loop); a bitmask (4 bytes per entry + out·in/8) is smaller only above density 1/32, where the
-    dense path is the faster choice anyway (see ``DENSITY_CROSSOVER``).
+    dense path is the faster choice anyway (see ``density_crossover``).
 ``NMBase``
     N:M masks (n kept in every group of m consecutive inputs): values (out, in·n/m) float32 and
     the kept positions inside each group as uint8 (out, in·n/m). 2:4 stores 2.5 bytes per weight.
@@ -31,27 +31,77 @@ from sparseft import _core
 from sparseft.formats_dense import validate_base
 
 __all__ = [
-    "DENSITY_CROSSOVER",
-    "NM_MAX_DENSITY",
+    "DENSITY_CROSSOVERS",
+    "NM_MAX_DENSITIES",
     "CSRBase",
     "NMBase",
     "choose_format",
+    "density_crossover",
     "detect_nm",
+    "nm_max_density",
 ]
 
-#: At or below this density CSR is faster than the dense-masked path (``DenseBase``).
-#: Re-measured after the GEMM core rework made ``DenseBase`` about twice as fast (the first
-#: measurement, against the old core, gave ~0.40-0.48). ``benchmarks/bench_lors.py --shapes 2048x2048``
-#: (N=2048, r=16, fwd + exact bwd, 2 threads): DenseBase 0.724 s at any density; CSR 0.336 s at
-#: density 0.1 and 0.811 s at 0.3, i.e. a crossover near 0.26; a side-by-side check gave CSR / dense
-#: = 0.47 at 1/8, 0.75 at 0.2, 0.85 at 1/4 and 1.55 at 1/2. 0.25 is used.
-DENSITY_CROSSOVER = 0.25
+#: Per SIMD path, the density at or below which CSR is faster than the dense-masked path
+#: (``DenseBase``), fwd + exact bwd. The dense path rides on the GEMM core, so the crossover moves
+#: with it. Measured side by side (N=2048, W 2048x2048, r=16, 2 threads, min of 3 interleaved
+#: repetitions, CSR time / DenseBase time):
+#:
+#: * ``"avx2"``: 0.36 at 1/16, 0.47 at 0.1, 0.57 at 1/8, 0.80 at 0.2, 0.97 at 1/4, 1.15 at 0.3
+#:   (an earlier run: 0.47 at 1/8, 0.85 at 1/4, 1.55 at 1/2), so 0.25;
+#: * ``"avx512"`` (the 24 x 16 AVX-512 GEMM micro-kernel makes DenseBase ~1.6x faster): 0.57 at
+#:   1/16, 0.75 at 0.1, 1.00 at 1/8, 1.05 at 0.15, 1.10 at 0.2, 1.8-2.3 at 1/4, so 0.12;
+#: * ``"portable"``: the AVX2 value (both paths lose about equally without SIMD).
+DENSITY_CROSSOVERS: dict[str, float] = {"portable": 0.25, "avx2": 0.25, "avx512": 0.12}
 
-#: N:M masks with n/m at most this use the N:M format under ``format="auto"``. Measured in the same
-#: side-by-side check (N=2048, W 2048x2048, r=16, fwd + exact bwd): N:M / DenseBase time = 1.72 at
-#: 2:4, 0.89 at 1:4, 0.50 at 1:8, so 2:4 and 4:8 stay dense (force ``format="nm"`` to halve the
-#: base's memory at 2:4 instead: 2.5 bytes per weight instead of 5).
-NM_MAX_DENSITY = 0.25
+#: Per SIMD path, N:M masks with n/m at most this use the N:M format under ``format="auto"``.
+#: Same side-by-side check, N:M time / DenseBase time: ``"avx2"`` 0.98 at 1:4, 0.60 at 1:8, 1.78
+#: at 2:4; ``"avx512"`` 1.54 at 1:4, 0.88 at 1:8, 2.97 at 2:4. So 2:4 and 4:8 stay dense everywhere
+#: (force ``format="nm"`` to halve the base's memory at 2:4 instead: 2.5 bytes per weight instead
+#: of 5), and on AVX-512 1:4 too.
+NM_MAX_DENSITIES: dict[str, float] = {"portable": 0.25, "avx2": 0.25, "avx512": 0.125}
+
+
+def _simd(simd: str | None) -> str:
+    if simd is None:
+        return str(_core.build_info()["simd"])
+    if not isinstance(simd, str):
+        raise TypeError(f"simd: expected a str or None, got {type(simd).__name__}")
+    if simd not in DENSITY_CROSSOVERS:
+        raise ValueError(f"simd: expected one of {sorted(DENSITY_CROSSOVERS)}, got {simd!r}")
+    return simd
+
+
+def density_crossover(simd: str | None = None) -> float:
+    """Density at or below which ``choose_format`` picks CSR over the dense-masked path.
+
+    Parameters
+    ----------
+    simd : {"portable", "avx2", "avx512"}, optional
+        SIMD path; default: the one the kernels use now (``sft.build_info()["simd"]``).
+
+    Returns
+    -------
+    float
+        The measured crossover for that path (``DENSITY_CROSSOVERS``).
+    """
+    return DENSITY_CROSSOVERS[_simd(simd)]
+
+
+def nm_max_density(simd: str | None = None) -> float:
+    """Largest n/m for which ``choose_format`` picks the N:M format over the dense-masked path.
+
+    Parameters
+    ----------
+    simd : {"portable", "avx2", "avx512"}, optional
+        SIMD path; default: the one the kernels use now.
+
+    Returns
+    -------
+    float
+        The measured limit for that path (``NM_MAX_DENSITIES``).
+    """
+    return NM_MAX_DENSITIES[_simd(simd)]
+
 
 _NM_CANDIDATES = (4, 8, 16, 32, 2)
 
@@ -126,9 +176,10 @@ def choose_format(mask: np.ndarray, format: str = "auto") -> str:
     ----------
     mask : ndarray of bool, shape (out, in)
     format : {"auto", "dense", "csr", "nm"}
-        ``"auto"``: ``"nm"`` for an N:M mask with n/m <= ``NM_MAX_DENSITY``, else ``"csr"`` when the
-        density is at most ``DENSITY_CROSSOVER`` (measured), else ``"dense"``. Any other value forces
-        that format if it fits the mask (every mask fits "dense" and "csr"; "nm" needs an N:M mask).
+        ``"auto"``: ``"nm"`` for an N:M mask with n/m <= ``nm_max_density()``, else ``"csr"`` when
+        the density is at most ``density_crossover()``, else ``"dense"`` (both measured per SIMD
+        path: the choice follows the kernels in use now). Any other value forces that format if
+        it fits the mask (every mask fits "dense" and "csr"; "nm" needs an N:M mask).
 
     Raises
     ------
@@ -152,10 +203,11 @@ def choose_format(mask: np.ndarray, format: str = "auto") -> str:
     if format != "auto":
         raise ValueError(f"format: expected 'auto', 'dense', 'csr' or 'nm', got {format!r}")
     nm = detect_nm(mask)
-    if nm is not None and nm[0] / nm[1] <= NM_MAX_DENSITY:
+    simd = _simd(None)
+    if nm is not None and nm[0] / nm[1] <= NM_MAX_DENSITIES[simd]:
         return "nm"
     density = np.count_nonzero(mask) / max(mask.size, 1)
-    return "csr" if density <= DENSITY_CROSSOVER else "dense"
+    return "csr" if density <= DENSITY_CROSSOVERS[simd] else "dense"
 
 
 # ---- bases --------------------------------------------------------------------------------------

@@ -48,12 +48,18 @@ def test_env_var_caps_at_avx2() -> None:
     assert out.stdout.strip() == "avx2"
 
 
-def test_unavailable_path_is_a_clean_error() -> None:
+def test_avx512_path_selectable_or_a_clean_error() -> None:
+    """Where the CPU has AVX-512 the path can be selected; elsewhere asking for it is a ValueError."""
     if sparseft.build_info()["avx512_supported"]:
-        pytest.skip("every path is available on this CPU")
-    with pytest.raises(ValueError, match="path: 'avx512' is not available"):
         with sparseft.simd_path("avx512"):
-            pass
+            assert sparseft.build_info()["simd"] == "avx512"
+            np.testing.assert_allclose(
+                _core.matmul(np.eye(30, dtype=np.float32), np.eye(30, dtype=np.float32)), np.eye(30)
+            )
+    else:
+        with pytest.raises(ValueError, match="path: 'avx512' is not available"):
+            with sparseft.simd_path("avx512"):
+                pass
 
 
 def test_set_num_threads_roundtrip_and_errors() -> None:

@@ -9,7 +9,16 @@ from hypothesis import strategies as st
 
 import sparseft as sft
 from sparseft import _core
-from sparseft.formats import CSRBase, NMBase, choose_format, detect_nm
+from sparseft.formats import (
+    DENSITY_CROSSOVERS,
+    NM_MAX_DENSITIES,
+    CSRBase,
+    NMBase,
+    choose_format,
+    density_crossover,
+    detect_nm,
+    nm_max_density,
+)
 
 from . import reference as ref
 from .conftest import SIMD_PATHS
@@ -213,9 +222,32 @@ def test_csr_hypothesis(N: int, out: int, groups: int, r: int, density: float, s
 # ---- choose_format ----
 
 
+def test_crossovers_follow_the_simd_path() -> None:
+    """The dense path speeds up with the AVX-512 GEMM kernel, so the sparse formats pay off later."""
+    assert set(DENSITY_CROSSOVERS) == set(NM_MAX_DENSITIES) == {"portable", "avx2", "avx512"}
+    assert density_crossover("avx512") < density_crossover("avx2")
+    assert nm_max_density("avx512") < nm_max_density("avx2")
+    for path in SIMD_PATHS:
+        with sft.simd_path(path):
+            assert density_crossover() == DENSITY_CROSSOVERS[path]
+            assert nm_max_density() == NM_MAX_DENSITIES[path]
+            d = density_crossover()
+            mask = np.zeros((10, 100), bool)
+            mask.flat[: int(d * 1000)] = True
+            assert choose_format(mask) == "csr"
+            mask.flat[: int(d * 1000) + 20] = True
+            assert choose_format(mask) == "dense"
+    with pytest.raises(ValueError, match="simd: expected one of"):
+        density_crossover("sse")
+    with pytest.raises(TypeError, match="simd: expected a str or None, got int"):
+        nm_max_density(2)  # type: ignore[arg-type]
+
+
 def test_choose_format(rng: np.random.Generator) -> None:
     W = rng.standard_normal((32, 64)).astype(np.float32)
-    assert choose_format(sft.prune.nm(W, 1, 4)) == "nm"
+    with sft.simd_path("portable"):  # the crossovers of the AVX2 and portable paths
+        assert choose_format(sft.prune.nm(W, 1, 4)) == "nm"
+        assert choose_format(sft.prune.magnitude(W, 0.8)) == "csr"  # density 0.2
     assert choose_format(sft.prune.nm(W, 1, 8)) == "nm"
     assert choose_format(sft.prune.nm(W, 2, 4)) == "dense"  # measured: N:M is slower than dense at 2:4
     assert choose_format(sft.prune.nm(W, 4, 8)) == "dense"
