@@ -75,7 +75,10 @@ def interleaved(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, float
 # ---- memory ----
 
 
-def sparseft_peak(step: Callable[[], Any]) -> int:
+SCRATCH: dict[str, int] = {}  # kernel scratch peak of the last measured step per grad mode
+
+
+def sparseft_peak(step: Callable[[], Any], key: str = "") -> int:
     """Kernel scratch peak + NumPy allocation peak (tracemalloc) of one step, in bytes."""
     gc.collect()
     _core.reset_scratch_peak()
@@ -86,6 +89,7 @@ def sparseft_peak(step: Callable[[], Any]) -> int:
         _, np_peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    SCRATCH[key] = int(_core.scratch_stats()["peak"] - base)
     return int(_core.scratch_stats()["peak"] - base + np_peak)
 
 
@@ -228,8 +232,8 @@ def run_case(
     t = interleaved(fns, reps)
     mem: dict[str, int | None] = {}
     if memory:
-        mem["exact"] = sparseft_peak(fns["exact"])
-        mem["lors"] = sparseft_peak(fns["lors"])
+        mem["exact"] = sparseft_peak(fns["exact"], f"{in_}x{out} {kind} exact")
+        mem["lors"] = sparseft_peak(fns["lors"], f"{in_}x{out} {kind} lors")
         if torch is not None:
             mem["spp"] = torch_peak(fns["spp"])
             mem["tfn_exact"] = torch_peak(fns["tfn_exact"])
@@ -334,6 +338,16 @@ def main() -> None:
         f"  {'GEMM core / NumPy sgemm':<52} {gc_core / gc_np:6.2f}  (>= 0.85: {'met' if gc_core / gc_np >= 0.85 else 'NOT met'})"
     )
     if not args.no_memory:
+        for g in ("exact", "lors"):
+            sc = SCRATCH.get(f"{in_}x{out} 0.5 {g}")
+            if sc is not None:
+                # lors: xa and gb (O(N r)); exact: the extra threads' partial dA, dB (gradient-sized)
+                nr = 2 * N * r * 4 if g == "lors" else (args.threads - 1) * r * (in_ + out) * 4
+                per = (sc - nr) / args.threads / 2**20
+                print(
+                    f"  {'0.5 ' + g + ': kernel tile scratch per thread, MiB':<52} {per:6.2f}  "
+                    f"(<= 1.00: {'met' if per <= 1.0 else 'NOT met'}; measured peak {sc / 2**20:.2f} MiB)"
+                )
         bound = _core.lors_scratch_bytes(in_, out, r)
         print(
             f"  kernel scratch bound {bound / 2**20:.2f} MiB ({args.threads} threads; G tiles + GEMM panels + "
