@@ -12,11 +12,13 @@
  * - streamed rows (M <= 4 with a strided op(B) of contiguous rows): memory-bound, so B is not
  *   packed; each thread streams the rows of its columns, four at a time.
  * A strided op(B) with contiguous rows is packed row by row (streaming reads), a transposed one
- * with 8 x 8 transposes, a callback one micro-panel at a time. Micro-kernels are specialised on
- * the number of valid rows (1..MR) so thin problems do no wasted FMAs; edge columns use masked
- * loads and stores. The two tile drivers compute every C element identically (one thread, the
- * same micro-tile rows, the same KC blocks in order); the streamed one is chosen by M and the B
- * source only. So results are identical for any number of threads. */
+ * with 8 x 8 transposes, a callback one micro-panel at a time. Micro-tiles are MR x 16 with
+ * MR = 6 on the AVX2 and portable paths (12 ymm accumulators) and MR = 24 on the AVX-512 path
+ * (24 zmm accumulators; the B micro-panels are the same, so pack-B callbacks serve every path).
+ * Micro-kernels are specialised on the number of valid rows (1..MR) so thin problems do no wasted
+ * FMAs; edge columns use masked loads and stores. The two tile drivers compute every C element
+ * identically (one thread, the same micro-tile rows, the same KC blocks in order); the streamed
+ * one is chosen by M and the B source only. So results are identical for any number of threads. */
 #include "gemm.h"
 
 #include <sched.h>
@@ -446,8 +448,6 @@ SFT_TARGET_AVX2 static void ukernel_avx2(int64_t kc, const float *a, const float
 }
 #endif
 
-/* ---- B packing by rows ------------------------------------------------------------------- */
-
 /* ---- AVX-512 micro-kernel (24 x 16) -------------------------------------------------------- */
 
 #if SFT_X86
@@ -639,6 +639,8 @@ SFT_TARGET_AVX512 static void ukernel_avx512(int64_t kc, const float *a, const f
     by_rows[SFT_MAX(1, SFT_MIN(m, GEMM_MR_AVX512))](kc, a, b, C, ldc, n, first, alpha, beta);
 }
 #endif
+
+/* ---- B packing by rows ------------------------------------------------------------------- */
 
 /* Panels [0, ceil(ncols/NR)) of op(B)[k0 : k0+kc, j0 : j0+ncols] for a strided op(B) with
  * csb == 1, walking each row of B once (contiguous reads the hardware prefetcher follows, where
