@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 from sparseft import _core
+
+#: Values of the environment variable SPARSEFT_SIMD that the C core understands (a cap on the
+#: SIMD path chosen at import).
+SIMD_ENV_VALUES = ("portable", "avx2", "avx512")
+
+
+def _check_simd_env() -> None:
+    """Warn once at import when SPARSEFT_SIMD holds a value the C core ignores (a typo)."""
+    value = os.environ.get("SPARSEFT_SIMD")
+    if value is not None and value not in SIMD_ENV_VALUES:
+        warnings.warn(
+            f"SPARSEFT_SIMD={value!r} is not one of {', '.join(SIMD_ENV_VALUES)}: ignored, the kernels "
+            f"use the best path this CPU supports ({_core.build_info()['simd']!r})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+_check_simd_env()
 
 
 def build_info() -> dict[str, Any]:

@@ -48,6 +48,21 @@ def test_env_var_caps_at_avx2() -> None:
     assert out.stdout.strip() == "avx2"
 
 
+def test_env_var_typo_warns_and_is_ignored() -> None:
+    code = "import sparseft; print(sparseft.build_info()['simd'])"
+    env = dict(os.environ, SPARSEFT_SIMD="portible")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert "SPARSEFT_SIMD='portible' is not one of portable, avx2, avx512: ignored" in out.stderr
+    best = subprocess.run(
+        [sys.executable, "-c", code],
+        env={k: v for k, v in os.environ.items() if k != "SPARSEFT_SIMD"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == best.stdout.strip()
+
+
 def test_avx512_path_selectable_or_a_clean_error() -> None:
     """Where the CPU has AVX-512 the path can be selected; elsewhere asking for it is a ValueError."""
     if sparseft.build_info()["avx512_supported"]:
