@@ -270,14 +270,7 @@ class _SparseBase:
         ``G = gy^T x`` is sampled only at the stored positions (SDDMM) and reduced on the fly:
         ``dB = scale·(G ⊙ M) A^T``, ``dA = scale·B^T (G ⊙ M)``; no (out, in) buffer.
         """
-        s = _check_scale(scale)
-        gy = self._x(gy, "gy", self.shape[0])
-        x = self._x(x, "x", self.shape[1])
-        if x.shape[0] != gy.shape[0]:
-            raise ValueError(
-                f"x: expected shape ({gy.shape[0]}, {self.shape[1]}) (rows of gy), got {x.shape}"
-            )
-        _check_adapter(A, B, self.shape)
+        gy, x, s = self._grad_args(gy, x, A, B, scale)
         _, dA, dB = _core.sparse_backward(self._tuple(), gy, x, A, B, s, input_grad=False, weight_grad=True)
         assert dA is not None and dB is not None
         return dA, dB
@@ -286,6 +279,15 @@ class _SparseBase:
         self, gy: np.ndarray, x: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(gx, dA, dB)`` in one fused pass over the nonzeros (faster than the two calls)."""
+        gy, x, s = self._grad_args(gy, x, A, B, scale)
+        gx, dA, dB = _core.sparse_backward(self._tuple(), gy, x, A, B, s)
+        assert gx is not None and dA is not None and dB is not None
+        return gx, dA, dB
+
+    def _grad_args(
+        self, gy: np.ndarray, x: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Validated ``(gy (N, out), x (N, in), scale)`` of a backward call, adapter checked too."""
         s = _check_scale(scale)
         gy = self._x(gy, "gy", self.shape[0])
         x = self._x(x, "x", self.shape[1])
@@ -294,9 +296,7 @@ class _SparseBase:
                 f"x: expected shape ({gy.shape[0]}, {self.shape[1]}) (rows of gy), got {x.shape}"
             )
         _check_adapter(A, B, self.shape)
-        gx, dA, dB = _core.sparse_backward(self._tuple(), gy, x, A, B, s)
-        assert gx is not None and dA is not None and dB is not None
-        return gx, dA, dB
+        return gy, x, s
 
     def _merged_values(self, A: np.ndarray, B: np.ndarray, scale: float) -> np.ndarray:
         s = _check_scale(scale)
