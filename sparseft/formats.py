@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from sparseft import _core
-from sparseft.formats_dense import validate_base
+from sparseft.formats_dense import check_mask, validate_base
 
 __all__ = [
     "DENSITY_CROSSOVERS",
@@ -119,16 +119,6 @@ def _f32(a: object, name: str, ndim: int = 2) -> np.ndarray:
     return a
 
 
-def _check_mask(mask: object, name: str = "mask") -> np.ndarray:
-    if not isinstance(mask, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(mask).__name__}")
-    if mask.dtype != np.bool_:
-        raise TypeError(f"{name}: expected dtype bool, got {mask.dtype}")
-    if mask.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array (out, in), got shape {mask.shape}")
-    return mask
-
-
 def _check_scale(scale: object) -> float:
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale: expected a real number, got {type(scale).__name__}")
@@ -155,7 +145,7 @@ def detect_nm(mask: np.ndarray) -> tuple[int, int] | None:
     The group sizes tried are 4, 8, 16, 32, then 2 (so a 2:4 mask is reported as ``(2, 4)``).
     Returns None for any other mask.
     """
-    mask = _check_mask(mask)
+    mask = check_mask(mask)
     out, inn = mask.shape
     if out == 0 or inn == 0:
         return None
@@ -188,7 +178,7 @@ def choose_format(mask: np.ndarray, format: str = "auto") -> str:
     ValueError
         Unknown ``format``, or ``"nm"`` forced on a mask that is not N:M.
     """
-    mask = _check_mask(mask)
+    mask = check_mask(mask)
     if not isinstance(format, str):
         raise TypeError(f"format: expected a str, got {type(format).__name__}")
     if format in ("dense", "csr"):

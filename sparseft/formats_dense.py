@@ -46,6 +46,17 @@ class BaseFormat(Protocol):
     def unmerged(self, A: np.ndarray, B: np.ndarray, scale: float) -> BaseFormat: ...
 
 
+def check_mask(mask: object, name: str = "mask") -> np.ndarray:
+    """A bool 2-D ndarray (returned as is), else a TypeError/ValueError naming ``name``."""
+    if not isinstance(mask, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(mask).__name__}")
+    if mask.dtype != np.bool_:
+        raise TypeError(f"{name}: expected dtype bool, got {mask.dtype}")
+    if mask.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array (out, in), got shape {mask.shape}")
+    return mask
+
+
 def validate_base(W: object, mask: object) -> tuple[np.ndarray, np.ndarray]:
     """Check a base weight and its mask, the way every ``from_dense`` does.
 
@@ -74,10 +85,7 @@ def validate_base(W: object, mask: object) -> tuple[np.ndarray, np.ndarray]:
         raise TypeError(f"W: expected dtype float32, got {W.dtype}")
     if W.ndim != 2:
         raise ValueError(f"W: expected a 2-D array (out, in), got shape {W.shape}")
-    if not isinstance(mask, np.ndarray):
-        raise TypeError(f"mask: expected a numpy.ndarray, got {type(mask).__name__}")
-    if mask.dtype != np.bool_:
-        raise TypeError(f"mask: expected dtype bool, got {mask.dtype}")
+    mask = check_mask(mask)
     if mask.shape != W.shape:
         raise ValueError(f"mask: expected shape {W.shape} (the shape of W), got {mask.shape}")
     if not np.isfinite(W).all():
