@@ -153,7 +153,7 @@ def test_gemm_alpha_zero_and_empty_depth_only_scale(simd: str) -> None:
     np.testing.assert_array_equal(c, np.zeros((4, 5), np.float32))
 
 
-def test_gemm_scratch_at_most_one_mib_per_thread() -> None:
+def test_gemm_scratch_at_most_one_mib_per_thread(simd: str) -> None:
     """Issue 3 caps the tile scratch at 1 MiB per thread; it is also released after each call."""
     r = np.random.default_rng(5)
     before = sparseft.get_num_threads()
