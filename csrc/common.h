@@ -22,9 +22,9 @@
 #endif
 
 /* SIMD paths, each a superset of the one before: SFT_SIMD_AVX512 runs every AVX2/FMA kernel and
- * swaps in the AVX-512 GEMM micro-kernel (24 x 16, zmm). Kernels test `sft_simd_path >=
- * SFT_SIMD_AVX2` for their AVX2 code. A path is only ever selected when compiled in and reported
- * by the CPU (and, for AVX-512, enabled by the OS). */
+ * swaps in the AVX-512 GEMM micro-kernel (24 x 16, zmm) and sparse forward segment. Kernels
+ * test `sft_simd_path >= SFT_SIMD_AVX2` for their AVX2 code. A path is only ever selected when
+ * compiled in and reported by the CPU (and, for AVX-512, enabled by the OS). */
 enum sft_simd { SFT_SIMD_PORTABLE = 0, SFT_SIMD_AVX2 = 1, SFT_SIMD_AVX512 = 2 };
 
 /* The path the kernels use now (set once at import, changeable for tests). */

@@ -74,9 +74,9 @@ def simd_path(path: str) -> Iterator[None]:
     """Run the enclosed code with the ``"avx512"``, ``"avx2"`` or ``"portable"`` kernels, then restore.
 
     The path is otherwise chosen once at import: the best the CPU reports (``"avx512"`` =
-    the AVX2/FMA kernels plus the AVX-512 GEMM micro-kernel; ``"avx2"``; else ``"portable"``),
-    at most the one named by the environment variable ``SPARSEFT_SIMD`` (``portable`` or
-    ``avx2``) when it is set.
+    the AVX2/FMA kernels plus the AVX-512 GEMM micro-kernel and sparse forward segment;
+    ``"avx2"``; else ``"portable"``), at most the one named by the environment variable
+    ``SPARSEFT_SIMD`` (``portable`` or ``avx2``) when it is set.
 
     Parameters
     ----------
