@@ -276,6 +276,7 @@ def test_budget_forms() -> None:
         ({"max_copies": 1.5}, TypeError, r"max_copies must be an int >= 1, got float"),
         ({"threads": 0}, ValueError, r"threads must be None or an int >= 1, got 0"),
         ({"seed": "x"}, TypeError, r"seed must be an int, got str"),
+        ({"order": "best"}, ValueError, r"order must be one of 'given', 'auto'; got 'best'"),
     ],
 )
 def test_planner_argument_errors(kwargs: dict, exc: type, match: str) -> None:
@@ -287,6 +288,54 @@ def test_planner_argument_errors(kwargs: dict, exc: type, match: str) -> None:
 def test_planner_graph_type_error() -> None:
     with pytest.raises(TypeError, match=r"graph must be a sparseft.Graph, got dict"):
         sft.Planner({}, 1.0)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ order="auto"
+@settings(max_examples=30, deadline=None)
+@given(st.integers(8, 60), st.integers(0, 10_000))
+def test_low_memory_order_is_topological_and_never_higher(n: int, seed: int) -> None:
+    g = sft.graphs.random_layered(n, seed=seed)
+    order = g.low_memory_order()
+    g2 = g.with_order(order)  # raises unless topological and complete
+    assert g2.order == order and g2.nodes == g.nodes and g2.edges == g.edges
+    assert g.peak_memory(order) <= g.peak_memory()
+    # greedy by memory growth: reference recomputation of that order's peak
+    assert g2.peak_memory() == g.peak_memory(order)
+
+
+def two_chains() -> sft.Graph:
+    # given order interleaves two chains whose heads are big: their outputs overlap (peak 20 + 1);
+    # finishing one chain first never holds both (peak 11)
+    return sft.Graph(
+        ["a", "b", "c", "d"],
+        [("a", "b"), ("c", "d")],
+        memory=[10, 1, 10, 1],
+        duration=[1, 1, 1, 1],
+        order=["a", "c", "b", "d"],
+    )
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_order_auto_needs_no_recomputation_where_a_better_order_fits(solver: str) -> None:
+    g = two_chains()
+    assert g.peak_memory() == 21 and g.low_memory_order() == ["a", "b", "c", "d"]
+    given_plan = sft.Planner(g, 11, solver=solver, time_limit=5, threads=1).solve()
+    auto = sft.Planner(g, 11, solver=solver, time_limit=5, threads=1, order="auto").solve()
+    check_schedule(g, given_plan)
+    check_schedule(g, auto)
+    # in the given order both heads would be live at once: recompute one, or fail
+    assert given_plan.duration is None or given_plan.duration > g.total_duration
+    assert auto.duration == g.total_duration and auto.peak_memory == 11
+    # fractions stay relative to the peak of g.order
+    assert sft.Planner(g, 0.6, solver=solver, order="auto").budget == 12
+
+
+def test_order_auto_every_solver_valid_on_random_layered() -> None:
+    g = sft.graphs.random_layered(40, seed=5)
+    for solver in SOLVERS:
+        for b in budgets(g):
+            plan = sft.Planner(g, b, solver=solver, time_limit=3, threads=1, order="auto").solve()
+            check_schedule(g, plan)
 
 
 # ------------------------------------------------------------------ Schedule I/O
