@@ -24,6 +24,8 @@ __all__ = ["SOLVERS", "Planner", "Schedule", "simulate"]
 
 SOLVERS = ("moccasin", "checkmate", "chen", "greedy", "none")
 ORDERS = ("given", "auto")
+# seconds of the full CP-SAT portfolio on Moccasin's soft start before it switches to LNS alone
+_EXACT_SLICE = 5.0
 
 _STATUS_TEXT = {
     1: "names a node that is not in the graph",
@@ -272,7 +274,10 @@ class Planner:
         (0, 1] is a fraction of the graph's no-rematerialization peak
         (``graph.peak_memory()``), rounded down.
     solver : {"moccasin", "checkmate", "chen", "greedy", "none"}
-        "moccasin": the CP-SAT model of Bartan et al. (2023), hinted with the greedy schedule;
+        "moccasin": the CP-SAT model of Bartan et al. (2023), hinted with the greedy schedule
+        (when no heuristic schedule fits the budget: a soft-capacity model first shaves an
+        over-budget start down to the budget, 5 s with the full CP-SAT portfolio, then with its
+        neighbourhood search alone, and the model restarts from the first in-budget schedule);
         "checkmate": the MILP of Jain et al. (2020) with HiGHS (small graphs);
         "chen": sqrt(n) checkpointing on articulation points (Chen et al., 2016), the best
         segment length that fits; "greedy": the best of the C eviction heuristics and an
@@ -529,21 +534,44 @@ class Planner:
         if self.plan_peak <= self.budget:  # nothing to recompute: the planning order fits
             return self._solve_none(t0)
         hint, hint_dur = self._greedy()
-        t_hint = time.perf_counter() - t0
-        start = self._tight_hint() if hint is None else hint
-        res = solve_moccasin(
-            self._plan_graph,
-            self.budget,
-            time_limit=self.time_limit,
-            max_copies=self.max_copies,
-            threads=self.threads,
-            seed=self.seed,
-            # without a heuristic schedule, the no-remat schedule (over budget) still guides the search
-            hint=start.tolist(),
-            t0=t0,
-            # no schedule within budget known: shave the peak down to the budget first
-            soft=hint is None,
-        )
+        t_hint: float | None = time.perf_counter() - t0
+        args: dict[str, Any] = {
+            "time_limit": self.time_limit,
+            "max_copies": self.max_copies,
+            "threads": self.threads,
+            "seed": self.seed,
+            "t0": t0,
+        }
+        if hint is None:
+            # no schedule within budget known: from an over-budget start (a looser heuristic
+            # schedule, or no remat), shave the peak down to the budget first, and stop there
+            start = self._tight_hint().tolist()
+            # the full portfolio briefly (it settles small graphs, proving infeasibility or optimality) ...
+            short = dict(args, time_limit=min(self.time_limit, time.perf_counter() - t0 + _EXACT_SLICE))
+            first = solve_moccasin(
+                self._plan_graph, self.budget, hint=start, soft=True, stop_at_budget=True, **short
+            )
+            if first.status == "unknown" and time.perf_counter() - t0 < self.time_limit:
+                # ... then neighbourhood search alone, which reaches the budget sooner on large graphs
+                first = solve_moccasin(
+                    self._plan_graph,
+                    self.budget,
+                    hint=start,
+                    soft=True,
+                    stop_at_budget=True,
+                    lns_only=True,
+                    **args,
+                )
+            if first.computes is None or first.status == "optimal":
+                return self._best_of(first, None, 0, None)
+            try:
+                hint = self._compact(np.array(first.computes, dtype=np.int64))
+                _, hint_dur, _ = _sim(self.graph, hint, profile=False)
+            except ValueError:  # never start from an invalid schedule
+                return self._best_of(first, None, 0, None)
+            t_hint = first.time_to_best
+        # the plain model, hinted with an in-budget schedule
+        res = solve_moccasin(self._plan_graph, self.budget, hint=hint.tolist(), **args)
         return self._best_of(res, hint, hint_dur, t_hint)
 
     def _solve_checkmate(self, t0: float) -> tuple[np.ndarray | None, str, float | None, int | None]:

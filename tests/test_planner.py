@@ -199,6 +199,50 @@ def test_moccasin_finds_a_schedule_where_the_heuristics_fail() -> None:
     assert plan.lower_bound is not None and plan.lower_bound <= plan.duration
 
 
+@pytest.mark.parametrize("lns_only", [False, True])
+def test_soft_start_stops_at_the_first_in_budget_schedule(lns_only: bool) -> None:
+    # the soft phase with stop_at_budget hands back an in-budget schedule that fits max_copies,
+    # which the plain model then takes as its hint
+    from sparseft._moccasin import hint_copies, solve_moccasin
+
+    g = sft.graphs.random_layered(30, seed=2)
+    b = int(0.75 * g.peak_memory())
+    res = solve_moccasin(
+        g,
+        b,
+        time_limit=20,
+        max_copies=2,
+        threads=2,
+        seed=0,
+        hint=g.order_idx.tolist(),
+        t0=time.perf_counter(),
+        soft=True,
+        stop_at_budget=True,
+        lns_only=lns_only,
+    )
+    assert res.status in ("feasible", "optimal") and res.computes is not None
+    codes = _core.remat_compact(np.array(res.computes, dtype=np.int64), g.pred_ptr, g.pred_idx, g.n)
+    peak, dur = sft.simulate(g, codes)
+    assert peak <= b and dur > g.total_duration
+    pos = np.empty(g.n, dtype=np.int64)
+    pos[g.order_idx] = np.arange(g.n)
+    copies = hint_copies(res.computes, g, pos)
+    assert copies is not None and max(len(c) for c in copies) <= 2
+
+
+def test_moccasin_soft_start_through_lns_alone(monkeypatch) -> None:
+    # with no time for the full portfolio, the soft start goes straight to LNS alone; the
+    # result must still be a valid in-budget schedule, never worse than the start it restarts from
+    from sparseft import planner
+
+    monkeypatch.setattr(planner, "_EXACT_SLICE", 0.0)
+    g = sft.graphs.random_layered(30, seed=2)
+    b = int(0.75 * g.peak_memory())
+    plan = sft.Planner(g, b, solver="moccasin", time_limit=20, threads=2).solve()
+    check_schedule(g, plan)
+    assert plan.status in ("feasible", "optimal") and plan.peak_memory <= b
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_soft_moccasin_on_tiny_graphs_equals_brute_force_at_tight_budgets(seed: int) -> None:
     # the soft model (used when no heuristic schedule fits) is exact on tiny graphs
