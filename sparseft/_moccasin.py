@@ -96,6 +96,8 @@ def solve_moccasin(
     hint: Sequence[int] | None,
     t0: float,
     soft: bool = False,
+    stop_at_budget: bool = False,
+    lns_only: bool = False,
 ) -> SolverResult:
     """Build and solve the CP-SAT model; ``hint`` is a stage-structured schedule (node indices).
 
@@ -104,7 +106,12 @@ def solve_moccasin(
     the objective is ``W * (cap - budget) + recomputation cost`` with ``W`` above any
     recomputation cost: the hint is then a feasible solution, and the search shaves the peak
     down to the budget (lexicographically first) before it lowers the duration. Only solutions
-    with ``cap == budget`` are returned.
+    with ``cap == budget`` are returned. With ``stop_at_budget`` as well, the search stops at
+    the first solution within the budget and returns it (status "feasible"): the caller then
+    restarts the plain model from it, whose search is faster than the weighted one.
+    ``lns_only`` runs CP-SAT's large-neighbourhood search alone (``use_lns_only``): on large
+    graphs it reaches a budget from an over-budget start several times sooner, but it proves
+    nothing (no infeasibility, no optimality).
     """
     from ortools.sat.python import cp_model
 
@@ -232,12 +239,25 @@ def solve_moccasin(
     solver.parameters.max_time_in_seconds = max(0.01, float(time_limit) - (time.perf_counter() - t0))
     solver.parameters.num_workers = int(threads)
     solver.parameters.random_seed = int(seed)
+    solver.parameters.use_lns_only = bool(lns_only)
+
+    def computes(value: Any, boolean_value: Any) -> list[int]:
+        """The compute sequence of a solution, in time order."""
+        events = []
+        for v in range(n):
+            for i in range(len(starts[v])):
+                if i == 0 or boolean_value(present[v][i]):
+                    t_v = int(starts[v][0]) if i == 0 else int(value(stages[v][i])) * n + int(pos[v])
+                    events.append((t_v, v))
+        events.sort()
+        return [v for _, v in events]
 
     class _Cb(cp_model.CpSolverSolutionCallback):
         def __init__(self) -> None:
             super().__init__()
             self.best: float | None = None
             self.t_best: float | None = None
+            self.first: list[int] | None = None  # with stop_at_budget: the first in-budget solution
 
         def on_solution_callback(self) -> None:
             obj = self.objective_value
@@ -246,27 +266,25 @@ def solve_moccasin(
             if self.best is None or obj < self.best:
                 self.best = obj
                 self.t_best = time.perf_counter() - t0
+            if stop_at_budget and cap is not None and self.first is None:
+                self.first = computes(self.value, self.boolean_value)
+                self.stop_search()
 
     cb = _Cb()
     status = solver.solve(m, cb)
     total = int(dur.sum())
+    if cb.first is not None and status != cp_model.OPTIMAL:
+        return SolverResult(cb.first, "feasible", cb.t_best, None)
     if cap is not None and status in (cp_model.OPTIMAL, cp_model.FEASIBLE) and solver.value(cap) > budget:
         # the search never reached the budget (proved impossible when optimal)
         return SolverResult(None, "infeasible" if status == cp_model.OPTIMAL else "unknown", None, None)
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        events = []
-        for v in range(n):
-            for i in range(len(starts[v])):
-                if i == 0 or solver.boolean_value(present[v][i]):
-                    t_v = int(starts[v][0]) if i == 0 else int(solver.value(stages[v][i])) * n + int(pos[v])
-                    events.append((t_v, v))
-        events.sort()
         bound = solver.best_objective_bound
         if cap is not None:  # the bound on W * (cap - budget) + cost is a bound on the cost alone only at 0
             bound = bound if bound < weight else 0.0
         lb = int(np.ceil(bound - 1e-6)) + total
         return SolverResult(
-            computes=[v for _, v in events],
+            computes=computes(solver.value, solver.boolean_value),
             status="optimal" if status == cp_model.OPTIMAL else "feasible",
             time_to_best=cb.t_best,
             lower_bound=lb,

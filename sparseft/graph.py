@@ -377,6 +377,82 @@ class Graph:
                 cur -= mem[v]
         return int(peak)
 
+    def low_memory_order(self) -> list[Hashable]:
+        """A topological order with a low no-rematerialization peak (greedy; not optimal).
+
+        Repeatedly computes, among the nodes whose inputs are all computed, the one that grows
+        the resident memory least: its output (zero for a node without users) minus the
+        outputs of the inputs it reads last. Ties go to the node earlier in :attr:`order`.
+        The result is :attr:`order` itself when that has a peak no higher.
+
+        Returns
+        -------
+        list of hashable
+            Node ids in the new order; ``self.peak_memory(result) <= self.peak_memory()``.
+
+        Examples
+        --------
+        >>> g = Graph([0, 1, 2, 3], [(0, 1), (2, 3)], memory=[5, 1, 5, 1], duration=[1] * 4,
+        ...           order=[0, 2, 1, 3])
+        >>> g.peak_memory(), g.low_memory_order(), g.peak_memory(g.low_memory_order())
+        (11, [0, 1, 2, 3], 6)
+        """
+        n = self.n
+        mem = self._mem.tolist()
+        pos = [0] * n
+        for p, v in enumerate(self._order):
+            pos[v] = p
+        indeg = [len(p) for p in self._preds]
+        remaining = [len(s) for s in self._succs]
+        ready = [v for v in range(n) if indeg[v] == 0]
+        out: list[int] = []
+        # one node per step: the ready node with the smallest growth of resident memory
+        while ready:
+            best_k, best_key = 0, None
+            for k, v in enumerate(ready):
+                grow = (mem[v] if self._succs[v] else 0) - sum(
+                    mem[u] for u in self._preds[v] if remaining[u] == 1
+                )
+                key = (grow, pos[v])
+                if best_key is None or key < best_key:
+                    best_k, best_key = k, key
+            v = ready[best_k]
+            ready[best_k] = ready[-1]
+            ready.pop()
+            out.append(v)
+            for u in self._preds[v]:
+                remaining[u] -= 1
+            for w in self._succs[v]:
+                indeg[w] -= 1
+                if indeg[w] == 0:
+                    ready.append(w)
+        cand = [self._nodes[v] for v in out]
+        return cand if self.peak_memory(cand) < self.peak_memory() else self.order
+
+    def with_order(self, order: Sequence[Hashable]) -> Graph:
+        """A copy of this graph whose :attr:`order` is ``order`` (same nodes, same indices).
+
+        Parameters
+        ----------
+        order : sequence of hashable
+            A topological order of all nodes.
+
+        Raises
+        ------
+        ValueError
+            If ``order`` is not a topological order of all nodes.
+        """
+        return Graph(
+            self._nodes,
+            self.edges,
+            self._mem.tolist(),
+            self._dur.tolist(),
+            order=order,
+            labels=self._labels,
+            backward=self._backward.tolist() if self._has_backward else None,
+            name=self.name,
+        )
+
     def __repr__(self) -> str:
         nm = f" {self.name!r}" if self.name else ""
         return f"<Graph{nm} nodes={self.n} edges={len(self._edges)} total_duration={self.total_duration}>"

@@ -23,6 +23,9 @@ from sparseft.graph import Graph, atomic_write_json
 __all__ = ["SOLVERS", "Planner", "Schedule", "simulate"]
 
 SOLVERS = ("moccasin", "checkmate", "chen", "greedy", "none")
+ORDERS = ("given", "auto")
+# seconds of the full CP-SAT portfolio on Moccasin's soft start before it switches to LNS alone
+_EXACT_SLICE = 5.0
 
 _STATUS_TEXT = {
     1: "names a node that is not in the graph",
@@ -271,7 +274,10 @@ class Planner:
         (0, 1] is a fraction of the graph's no-rematerialization peak
         (``graph.peak_memory()``), rounded down.
     solver : {"moccasin", "checkmate", "chen", "greedy", "none"}
-        "moccasin": the CP-SAT model of Bartan et al. (2023), hinted with the greedy schedule;
+        "moccasin": the CP-SAT model of Bartan et al. (2023), hinted with the greedy schedule
+        (when no heuristic schedule fits the budget: a soft-capacity model first shaves an
+        over-budget start down to the budget, 5 s with the full CP-SAT portfolio, then with its
+        neighbourhood search alone, and the model restarts from the first in-budget schedule);
         "checkmate": the MILP of Jain et al. (2020) with HiGHS (small graphs);
         "chen": sqrt(n) checkpointing on articulation points (Chen et al., 2016), the best
         segment length that fits; "greedy": the best of the C eviction heuristics and an
@@ -284,13 +290,19 @@ class Planner:
         CP-SAT workers; default ``min(8, os.cpu_count())``.
     seed : int
         CP-SAT random seed.
+    order : {"given", "auto"}
+        The topological order of first computations that every solver plans over. "given"
+        (default): :attr:`Graph.order`, the schedule class of the Checkmate and Moccasin papers.
+        "auto": the lower-peak one of :attr:`Graph.order` and :meth:`Graph.low_memory_order`
+        (a different order can need far less recomputation, or none). Fractional budgets are
+        always relative to the peak of :attr:`Graph.order`.
 
     Raises
     ------
     TypeError
         On arguments of the wrong type.
     ValueError
-        On an unknown solver, a non-positive time limit, and a budget below the minimum any
+        On an unknown solver or order, a non-positive time limit, and a budget below the minimum any
         schedule needs (the largest single computation: a node's output plus its inputs); the
         message states that minimum.
 
@@ -312,6 +324,7 @@ class Planner:
         max_copies: int = 2,
         threads: int | None = None,
         seed: int = 0,
+        order: str = "given",
     ) -> None:
         if not isinstance(graph, Graph):
             raise TypeError(f"graph must be a sparseft.Graph, got {type(graph).__name__}")
@@ -334,6 +347,8 @@ class Planner:
                 raise ValueError(f"threads must be None or an int >= 1, got {threads}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        if not isinstance(order, str) or order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(map(repr, ORDERS))}; got {order!r}")
         self.graph = graph
         self.solver = solver
         self.time_limit = float(time_limit)
@@ -342,6 +357,9 @@ class Planner:
         self.seed = int(seed)
         self.no_remat_peak = graph.peak_memory()
         self.budget = self._resolve_budget(budget)
+        self.order = order
+        self._plan_graph = graph if order == "given" else graph.with_order(graph.low_memory_order())
+        self.plan_peak = self._plan_graph.peak_memory()
 
     def _resolve_budget(self, budget: Any) -> int:
         if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)):
@@ -406,7 +424,7 @@ class Planner:
         """Best of the C eviction heuristics and the interval-splitting heuristic (None, 0 if both fail)."""
         from sparseft._split import split_heuristic
 
-        g = self.graph
+        g = self._plan_graph
         found: list[np.ndarray] = []
         rc, steps, _, _ = _core.remat_greedy(
             g.memory, g.duration, g.pred_ptr, g.pred_idx, g.succ_ptr, g.succ_idx, g.order_idx, self.budget
@@ -434,7 +452,7 @@ class Planner:
         from sparseft._moccasin import hint_copies
         from sparseft._split import split_heuristic
 
-        g = self.graph
+        g = self._plan_graph
         pos = np.empty(g.n, dtype=np.int64)
         pos[g.order_idx] = np.arange(g.n)
         for k in range(1, 8):
@@ -448,9 +466,14 @@ class Planner:
         return self._compact(g.order_idx.copy())
 
     def _solve_none(self, t0: float) -> tuple[np.ndarray | None, str, float | None, int | None]:
-        if self.no_remat_peak > self.budget:
+        if self.plan_peak > self.budget:
             return None, "infeasible", None, None
-        return self.graph.order_idx.copy(), "optimal", time.perf_counter() - t0, self.graph.total_duration
+        return (
+            self._plan_graph.order_idx.copy(),
+            "optimal",
+            time.perf_counter() - t0,
+            self.graph.total_duration,
+        )
 
     def _solve_greedy(self, t0: float) -> tuple[np.ndarray | None, str, float | None, int | None]:
         steps, _ = self._greedy()
@@ -459,7 +482,7 @@ class Planner:
         return steps, "feasible", time.perf_counter() - t0, None
 
     def _solve_chen(self, t0: float) -> tuple[np.ndarray | None, str, float | None, int | None]:
-        g = self.graph
+        g = self._plan_graph
         n = g.n
         order = g.order_idx
         pos = np.empty(n, dtype=np.int64)
@@ -508,28 +531,55 @@ class Planner:
     def _solve_moccasin(self, t0: float) -> tuple[np.ndarray | None, str, float | None, int | None]:
         from sparseft._moccasin import solve_moccasin
 
+        if self.plan_peak <= self.budget:  # nothing to recompute: the planning order fits
+            return self._solve_none(t0)
         hint, hint_dur = self._greedy()
-        t_hint = time.perf_counter() - t0
-        start = self._tight_hint() if hint is None else hint
-        res = solve_moccasin(
-            self.graph,
-            self.budget,
-            time_limit=self.time_limit,
-            max_copies=self.max_copies,
-            threads=self.threads,
-            seed=self.seed,
-            # without a heuristic schedule, the no-remat schedule (over budget) still guides the search
-            hint=start.tolist(),
-            t0=t0,
-            # no schedule within budget known: shave the peak down to the budget first
-            soft=hint is None,
-        )
+        t_hint: float | None = time.perf_counter() - t0
+        args: dict[str, Any] = {
+            "time_limit": self.time_limit,
+            "max_copies": self.max_copies,
+            "threads": self.threads,
+            "seed": self.seed,
+            "t0": t0,
+        }
+        if hint is None:
+            # no schedule within budget known: from an over-budget start (a looser heuristic
+            # schedule, or no remat), shave the peak down to the budget first, and stop there
+            start = self._tight_hint().tolist()
+            # the full portfolio briefly (it settles small graphs, proving infeasibility or optimality) ...
+            short = dict(args, time_limit=min(self.time_limit, time.perf_counter() - t0 + _EXACT_SLICE))
+            first = solve_moccasin(
+                self._plan_graph, self.budget, hint=start, soft=True, stop_at_budget=True, **short
+            )
+            if first.status == "unknown" and time.perf_counter() - t0 < self.time_limit:
+                # ... then neighbourhood search alone, which reaches the budget sooner on large graphs
+                first = solve_moccasin(
+                    self._plan_graph,
+                    self.budget,
+                    hint=start,
+                    soft=True,
+                    stop_at_budget=True,
+                    lns_only=True,
+                    **args,
+                )
+            if first.computes is None or first.status == "optimal":
+                return self._best_of(first, None, 0, None)
+            try:
+                hint = self._compact(np.array(first.computes, dtype=np.int64))
+                _, hint_dur, _ = _sim(self.graph, hint, profile=False)
+            except ValueError:  # never start from an invalid schedule
+                return self._best_of(first, None, 0, None)
+            t_hint = first.time_to_best
+        # the plain model, hinted with an in-budget schedule
+        res = solve_moccasin(self._plan_graph, self.budget, hint=hint.tolist(), **args)
         return self._best_of(res, hint, hint_dur, t_hint)
 
     def _solve_checkmate(self, t0: float) -> tuple[np.ndarray | None, str, float | None, int | None]:
         from sparseft._checkmate import solve_checkmate
 
-        res = solve_checkmate(self.graph, self.budget, time_limit=self.time_limit, t0=t0)
+        if self.plan_peak <= self.budget:  # nothing to recompute: the planning order fits
+            return self._solve_none(t0)
+        res = solve_checkmate(self._plan_graph, self.budget, time_limit=self.time_limit, t0=t0)
         return self._best_of(res, None, 0, None)
 
     def _best_of(

@@ -199,6 +199,50 @@ def test_moccasin_finds_a_schedule_where_the_heuristics_fail() -> None:
     assert plan.lower_bound is not None and plan.lower_bound <= plan.duration
 
 
+@pytest.mark.parametrize("lns_only", [False, True])
+def test_soft_start_stops_at_the_first_in_budget_schedule(lns_only: bool) -> None:
+    # the soft phase with stop_at_budget hands back an in-budget schedule that fits max_copies,
+    # which the plain model then takes as its hint
+    from sparseft._moccasin import hint_copies, solve_moccasin
+
+    g = sft.graphs.random_layered(30, seed=2)
+    b = int(0.75 * g.peak_memory())
+    res = solve_moccasin(
+        g,
+        b,
+        time_limit=20,
+        max_copies=2,
+        threads=2,
+        seed=0,
+        hint=g.order_idx.tolist(),
+        t0=time.perf_counter(),
+        soft=True,
+        stop_at_budget=True,
+        lns_only=lns_only,
+    )
+    assert res.status in ("feasible", "optimal") and res.computes is not None
+    codes = _core.remat_compact(np.array(res.computes, dtype=np.int64), g.pred_ptr, g.pred_idx, g.n)
+    peak, dur = sft.simulate(g, codes)
+    assert peak <= b and dur > g.total_duration
+    pos = np.empty(g.n, dtype=np.int64)
+    pos[g.order_idx] = np.arange(g.n)
+    copies = hint_copies(res.computes, g, pos)
+    assert copies is not None and max(len(c) for c in copies) <= 2
+
+
+def test_moccasin_soft_start_through_lns_alone(monkeypatch) -> None:
+    # with no time for the full portfolio, the soft start goes straight to LNS alone; the
+    # result must still be a valid in-budget schedule, never worse than the start it restarts from
+    from sparseft import planner
+
+    monkeypatch.setattr(planner, "_EXACT_SLICE", 0.0)
+    g = sft.graphs.random_layered(30, seed=2)
+    b = int(0.75 * g.peak_memory())
+    plan = sft.Planner(g, b, solver="moccasin", time_limit=20, threads=2).solve()
+    check_schedule(g, plan)
+    assert plan.status in ("feasible", "optimal") and plan.peak_memory <= b
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_soft_moccasin_on_tiny_graphs_equals_brute_force_at_tight_budgets(seed: int) -> None:
     # the soft model (used when no heuristic schedule fits) is exact on tiny graphs
@@ -276,6 +320,7 @@ def test_budget_forms() -> None:
         ({"max_copies": 1.5}, TypeError, r"max_copies must be an int >= 1, got float"),
         ({"threads": 0}, ValueError, r"threads must be None or an int >= 1, got 0"),
         ({"seed": "x"}, TypeError, r"seed must be an int, got str"),
+        ({"order": "best"}, ValueError, r"order must be one of 'given', 'auto'; got 'best'"),
     ],
 )
 def test_planner_argument_errors(kwargs: dict, exc: type, match: str) -> None:
@@ -287,6 +332,54 @@ def test_planner_argument_errors(kwargs: dict, exc: type, match: str) -> None:
 def test_planner_graph_type_error() -> None:
     with pytest.raises(TypeError, match=r"graph must be a sparseft.Graph, got dict"):
         sft.Planner({}, 1.0)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ order="auto"
+@settings(max_examples=30, deadline=None)
+@given(st.integers(8, 60), st.integers(0, 10_000))
+def test_low_memory_order_is_topological_and_never_higher(n: int, seed: int) -> None:
+    g = sft.graphs.random_layered(n, seed=seed)
+    order = g.low_memory_order()
+    g2 = g.with_order(order)  # raises unless topological and complete
+    assert g2.order == order and g2.nodes == g.nodes and g2.edges == g.edges
+    assert g.peak_memory(order) <= g.peak_memory()
+    # greedy by memory growth: reference recomputation of that order's peak
+    assert g2.peak_memory() == g.peak_memory(order)
+
+
+def two_chains() -> sft.Graph:
+    # given order interleaves two chains whose heads are big: their outputs overlap (peak 20 + 1);
+    # finishing one chain first never holds both (peak 11)
+    return sft.Graph(
+        ["a", "b", "c", "d"],
+        [("a", "b"), ("c", "d")],
+        memory=[10, 1, 10, 1],
+        duration=[1, 1, 1, 1],
+        order=["a", "c", "b", "d"],
+    )
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_order_auto_needs_no_recomputation_where_a_better_order_fits(solver: str) -> None:
+    g = two_chains()
+    assert g.peak_memory() == 21 and g.low_memory_order() == ["a", "b", "c", "d"]
+    given_plan = sft.Planner(g, 11, solver=solver, time_limit=5, threads=1).solve()
+    auto = sft.Planner(g, 11, solver=solver, time_limit=5, threads=1, order="auto").solve()
+    check_schedule(g, given_plan)
+    check_schedule(g, auto)
+    # in the given order both heads would be live at once: recompute one, or fail
+    assert given_plan.duration is None or given_plan.duration > g.total_duration
+    assert auto.duration == g.total_duration and auto.peak_memory == 11
+    # fractions stay relative to the peak of g.order
+    assert sft.Planner(g, 0.6, solver=solver, order="auto").budget == 12
+
+
+def test_order_auto_every_solver_valid_on_random_layered() -> None:
+    g = sft.graphs.random_layered(40, seed=5)
+    for solver in SOLVERS:
+        for b in budgets(g):
+            plan = sft.Planner(g, b, solver=solver, time_limit=3, threads=1, order="auto").solve()
+            check_schedule(g, plan)
 
 
 # ------------------------------------------------------------------ Schedule I/O
