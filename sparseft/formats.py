@@ -22,6 +22,7 @@ Every base implements the same contract as ``sparseft.lors.DenseBase``: ``format
 
 from __future__ import annotations
 
+import itertools
 import numbers
 from typing import Any, ClassVar
 
@@ -31,6 +32,7 @@ from sparseft import _core
 from sparseft.formats_dense import check_mask, validate_base
 
 __all__ = [
+    "CROSSOVER_WIDTH_SCALE",
     "DENSITY_CROSSOVERS",
     "NM_MAX_DENSITIES",
     "CSRBase",
@@ -61,6 +63,36 @@ DENSITY_CROSSOVERS: dict[str, float] = {"portable": 0.25, "avx2": 0.25, "avx512"
 NM_MAX_DENSITIES: dict[str, float] = {"portable": 0.25, "avx2": 0.25, "avx512": 0.125}
 
 
+#: How the crossovers shrink with the input width. The sparse kernels transpose x in token blocks
+#: of at most 1 MiB per thread, so a block holds ~1 MiB / (4 in) tokens and W' is recomputed once
+#: per block: the wider the input, the more recomputes. Measured (N=2048, out=2048, r=16, 2
+#: threads, CSR / DenseBase time): in=4096, ``"avx512"`` 0.79 at 0.05, 1.21 at 0.1; ``"avx2"``
+#: 0.74 at 0.1, 1.05 at 0.15; in=8192, ``"avx512"`` 0.83 at 0.01, 1.57 at 0.03; ``"avx2"`` 0.74 at
+#: 0.02, 1.04 at 0.04. Pairs (in, factor); the crossover at ``in`` is the path's value times the
+#: factor, interpolated in log2(in) and, past the last point, falling as 1/in**2 (an
+#: extrapolation, not a measurement).
+CROSSOVER_WIDTH_SCALE: tuple[tuple[int, float], ...] = ((2048, 1.0), (4096, 0.6), (8192, 0.14))
+
+
+def _width_scale(in_features: int | None) -> float:
+    if in_features is None:
+        return 1.0
+    if isinstance(in_features, bool) or not isinstance(in_features, numbers.Integral):
+        raise TypeError(f"in_features: expected an int or None, got {type(in_features).__name__}")
+    n = int(in_features)
+    if n < 1:
+        raise ValueError(f"in_features: expected a positive int, got {n}")
+    pts = CROSSOVER_WIDTH_SCALE
+    if n <= pts[0][0]:
+        return pts[0][1]
+    for (n0, f0), (n1, f1) in itertools.pairwise(pts):
+        if n <= n1:
+            t = (np.log2(n) - np.log2(n0)) / (np.log2(n1) - np.log2(n0))
+            return float(f0 + t * (f1 - f0))
+    n_last, f_last = pts[-1]
+    return float(f_last * (n_last / n) ** 2)
+
+
 def _simd(simd: str | None) -> str:
     if simd is None:
         return str(_core.build_info()["simd"])
@@ -71,36 +103,42 @@ def _simd(simd: str | None) -> str:
     return simd
 
 
-def density_crossover(simd: str | None = None) -> float:
+def density_crossover(simd: str | None = None, in_features: int | None = None) -> float:
     """Density at or below which ``choose_format`` picks CSR over the dense-masked path.
 
     Parameters
     ----------
     simd : {"portable", "avx2", "avx512"}, optional
         SIMD path; default: the one the kernels use now (``sft.build_info()["simd"]``).
+    in_features : int, optional
+        Input width of the layer; wider inputs lower the crossover (``CROSSOVER_WIDTH_SCALE``).
+        Default: a layer of at most 2048 inputs.
 
     Returns
     -------
     float
-        The measured crossover for that path (``DENSITY_CROSSOVERS``).
+        The measured crossover for that path (``DENSITY_CROSSOVERS``) times the width factor.
     """
-    return DENSITY_CROSSOVERS[_simd(simd)]
+    return DENSITY_CROSSOVERS[_simd(simd)] * _width_scale(in_features)
 
 
-def nm_max_density(simd: str | None = None) -> float:
+def nm_max_density(simd: str | None = None, in_features: int | None = None) -> float:
     """Largest n/m for which ``choose_format`` picks the N:M format over the dense-masked path.
 
     Parameters
     ----------
     simd : {"portable", "avx2", "avx512"}, optional
         SIMD path; default: the one the kernels use now.
+    in_features : int, optional
+        Input width of the layer (the N:M kernels share the CSR kernels' token blocks, so the same
+        width factor applies). Default: a layer of at most 2048 inputs.
 
     Returns
     -------
     float
-        The measured limit for that path (``NM_MAX_DENSITIES``).
+        The measured limit for that path (``NM_MAX_DENSITIES``) times the width factor.
     """
-    return NM_MAX_DENSITIES[_simd(simd)]
+    return NM_MAX_DENSITIES[_simd(simd)] * _width_scale(in_features)
 
 
 _NM_CANDIDATES = (4, 8, 16, 32, 2)
@@ -166,9 +204,10 @@ def choose_format(mask: np.ndarray, format: str = "auto") -> str:
     ----------
     mask : ndarray of bool, shape (out, in)
     format : {"auto", "dense", "csr", "nm"}
-        ``"auto"``: ``"nm"`` for an N:M mask with n/m <= ``nm_max_density()``, else ``"csr"`` when
-        the density is at most ``density_crossover()``, else ``"dense"`` (both measured per SIMD
-        path: the choice follows the kernels in use now). Any other value forces that format if
+        ``"auto"``: ``"nm"`` for an N:M mask with n/m <= ``nm_max_density(None, in)``, else
+        ``"csr"`` when the density is at most ``density_crossover(None, in)``, else ``"dense"``
+        (both measured per SIMD path and scaled down for wide inputs: the choice follows the
+        kernels in use now and the mask's width ``in``). Any other value forces that format if
         it fits the mask (every mask fits "dense" and "csr"; "nm" needs an N:M mask).
 
     Raises
@@ -193,11 +232,11 @@ def choose_format(mask: np.ndarray, format: str = "auto") -> str:
     if format != "auto":
         raise ValueError(f"format: expected 'auto', 'dense', 'csr' or 'nm', got {format!r}")
     nm = detect_nm(mask)
-    simd = _simd(None)
-    if nm is not None and nm[0] / nm[1] <= NM_MAX_DENSITIES[simd]:
+    in_features = max(int(mask.shape[1]), 1)
+    if nm is not None and nm[0] / nm[1] <= nm_max_density(None, in_features):
         return "nm"
     density = np.count_nonzero(mask) / max(mask.size, 1)
-    return "csr" if density <= DENSITY_CROSSOVERS[simd] else "dense"
+    return "csr" if density <= density_crossover(None, in_features) else "dense"
 
 
 # ---- bases --------------------------------------------------------------------------------------

@@ -237,6 +237,19 @@ def test_crossovers_follow_the_simd_path() -> None:
             assert choose_format(mask) == "csr"
             mask.flat[: int(d * 1000) + 20] = True
             assert choose_format(mask) == "dense"
+    # wide inputs: smaller token blocks, more W' recomputes, so the sparse formats pay off later
+    assert density_crossover("avx2", 1024) == density_crossover("avx2", 2048) == density_crossover("avx2")
+    assert density_crossover("avx512", 8192) < density_crossover("avx512", 4096) < density_crossover("avx512")
+    assert density_crossover("avx2", 8192) == pytest.approx(0.25 * 0.14)
+    assert density_crossover("avx2", 16384) == pytest.approx(0.25 * 0.14 / 4)
+    assert nm_max_density("avx2", 8192) < 1 / 8
+    wide = np.random.default_rng(1).random((4, 8192)) < 0.1
+    assert choose_format(wide) == "dense"  # CSR measured 3.3x slower than dense there
+    assert choose_format(wide[:, :2048]) == "csr"
+    with pytest.raises(ValueError, match="in_features: expected a positive int, got 0"):
+        density_crossover(None, 0)
+    with pytest.raises(TypeError, match="in_features: expected an int or None, got float"):
+        density_crossover(None, 2048.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="simd: expected one of"):
         density_crossover("sse")
     with pytest.raises(TypeError, match="simd: expected a str or None, got int"):
