@@ -61,6 +61,12 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
+#: Seconds of idle time before each timed call. OpenBLAS, PyTorch and OpenMP worker threads
+#: keep spinning for up to ~0.1 s after a call returns; without the pause whichever library runs
+#: next shares the two cores with them (measured: the GEMM core right after NumPy ran at half speed).
+PAUSE = 0.15
+
+
 def interleaved(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, float]:
     """Min seconds of each fn; one warm-up each, then reps rounds taking the fns in turn."""
     for f in fns.values():
@@ -68,6 +74,7 @@ def interleaved(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, float
     best = {k: float("inf") for k in fns}
     for _ in range(reps):
         for k, f in fns.items():
+            time.sleep(PAUSE)
             best[k] = min(best[k], timed(f))
     return best
 
