@@ -127,11 +127,8 @@ typedef struct {
     row_fn row;
 } lors_ctx;
 
-/* op(B)[k][j] = W'[j][k] (k over in, j over out): rebuild nc rows of W' over kc columns, then
- * transpose them into the k-major micro-panel. */
-static void pack_forward(float *dst, const void *vctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc) {
-    const lors_ctx *c = (const lors_ctx *)vctx;
-    float rows[GEMM_NR * GEMM_KC] __attribute__((aligned(64)));
+/* rows (nc, GEMM_KC): rows j0 .. j0+nc of W' on columns [k0, k0+kc), rebuilt one by one. */
+static void rebuild_rows(float *rows, const lors_ctx *c, int64_t k0, int64_t kc, int64_t j0, int64_t nc) {
     float abuf[LORS_APANEL] __attribute__((aligned(64)));
     int64_t lda;
     const float *a = a_segment(abuf, c->A, c->in, k0, kc, c->r, &lda);
@@ -141,6 +138,14 @@ static void pack_forward(float *dst, const void *vctx, int64_t k0, int64_t kc, i
         c->row(rows + jj * GEMM_KC, c->W + j * c->in + k0, c->M + j * c->in + k0, a, lda, c->B + j * c->r,
                c->s, c->r, kc);
     }
+}
+
+/* op(B)[k][j] = W'[j][k] (k over in, j over out): rebuild nc rows of W' over kc columns, then
+ * transpose them into the k-major micro-panel. */
+static void pack_forward(float *dst, const void *vctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc) {
+    const lors_ctx *c = (const lors_ctx *)vctx;
+    float rows[GEMM_NR * GEMM_KC] __attribute__((aligned(64)));
+    rebuild_rows(rows, c, k0, kc, j0, nc);
     // transpose into dst (kc, NR), zero-padding columns past nc
     for (int64_t kk = 0; kk < kc; kk++) {
         float *d = dst + kk * GEMM_NR;
@@ -160,15 +165,7 @@ SFT_TARGET_AVX2 static void pack_forward_avx2(float *dst, const void *vctx, int6
         return;
     }
     float rows[GEMM_NR * GEMM_KC] __attribute__((aligned(64)));
-    float abuf[LORS_APANEL] __attribute__((aligned(64)));
-    int64_t lda;
-    const float *a = a_segment(abuf, c->A, c->in, k0, kc, c->r, &lda);
-    // rebuild row j0+jj of W' on columns [k0, k0+kc)
-    for (int64_t jj = 0; jj < GEMM_NR; jj++) {
-        int64_t j = j0 + jj;
-        c->row(rows + jj * GEMM_KC, c->W + j * c->in + k0, c->M + j * c->in + k0, a, lda, c->B + j * c->r,
-               c->s, c->r, kc);
-    }
+    rebuild_rows(rows, c, k0, kc, j0, GEMM_NR);
     int64_t kk = 0;
     // 8 depth indices x 8 rows per transpose, two per 16-wide panel row
     for (; kk + 8 <= kc; kk += 8)
