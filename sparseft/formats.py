@@ -232,11 +232,11 @@ def choose_format(mask: np.ndarray, format: str = "auto") -> str:
     if format != "auto":
         raise ValueError(f"format: expected 'auto', 'dense', 'csr' or 'nm', got {format!r}")
     nm = detect_nm(mask)
-    in_features = max(int(mask.shape[1]), 1)
-    if nm is not None and nm[0] / nm[1] <= nm_max_density(None, in_features):
+    simd, in_features = _simd(None), max(int(mask.shape[1]), 1)
+    if nm is not None and nm[0] / nm[1] <= nm_max_density(simd, in_features):
         return "nm"
     density = np.count_nonzero(mask) / max(mask.size, 1)
-    return "csr" if density <= density_crossover(None, in_features) else "dense"
+    return "csr" if density <= density_crossover(simd, in_features) else "dense"
 
 
 # ---- bases --------------------------------------------------------------------------------------
