@@ -15,7 +15,7 @@ adapter W' = W + s*(B A) ⊙ M recomputed inside the kernels. Printed as measure
 * the density crossover between dense and CSR (fwd+bwd), used for ``formats.DENSITY_CROSSOVERS``
   (one value per SIMD path: run with SPARSEFT_SIMD=avx2 to measure the AVX2 one).
 
-Usage: python benchmarks/bench_sparse.py [--quick] [--reps 5] [--threads 2]
+Usage: python benchmarks/bench_sparse.py [--quick] [--reps 5] [--threads 2] [--shapes 2048x8192]
 """
 
 from __future__ import annotations
@@ -75,6 +75,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small shapes, 2 repetitions (smoke run)")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--shapes",
+        default=None,
+        help="comma-separated OUTxIN weight shapes, e.g. 2048x8192 (default: 2048x2048,8192x2048)",
+    )
     args = ap.parse_args()
     sft.set_num_threads(args.threads)
     if torch is not None:
@@ -82,6 +87,8 @@ def main() -> None:
     reps = 2 if args.quick else args.reps
     N = 256 if args.quick else 2048
     shapes = [(256, 256), (512, 256)] if args.quick else [(2048, 2048), (8192, 2048)]
+    if args.shapes:
+        shapes = [(int(a), int(b)) for a, b in (t.lower().split("x") for t in args.shapes.split(","))]
     r, s = 16, 2.0
     info = sft.build_info()
     print(

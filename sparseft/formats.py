@@ -50,7 +50,7 @@ __all__ = [
 #:
 #: * ``"avx2"``: 0.36 at 1/16, 0.47 at 0.1, 0.57 at 1/8, 0.80 at 0.2, 0.97 at 1/4, 1.15 at 0.3
 #:   (an earlier run: 0.47 at 1/8, 0.85 at 1/4, 1.55 at 1/2), so 0.25;
-#: * ``"avx512"`` (the 24 x 16 AVX-512 GEMM micro-kernel makes DenseBase ~1.6x faster): 0.57 at
+#: * ``"avx512"`` (the 24 x 16 AVX-512 GEMM micro-kernel makes DenseBase faster): 0.57 at
 #:   1/16, 0.75 at 0.1, 1.00 at 1/8, 1.05 at 0.15, 1.10 at 0.2, 1.8-2.3 at 1/4, so 0.12;
 #: * ``"portable"``: the AVX2 value (both paths lose about equally without SIMD).
 DENSITY_CROSSOVERS: dict[str, float] = {"portable": 0.25, "avx2": 0.25, "avx512": 0.12}
