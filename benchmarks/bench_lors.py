@@ -266,6 +266,7 @@ def main() -> None:
     ap.add_argument(
         "--shapes", default=None, help="comma-separated INxOUT layers, e.g. 2048x2048 (default: all)"
     )
+    ap.add_argument("--kinds", default=None, help="comma-separated masks, e.g. 0.5,0.1 (default: all)")
     args = ap.parse_args()
     sft.set_num_threads(args.threads)
     if torch is not None:
@@ -279,6 +280,8 @@ def main() -> None:
             [(2048, 2048), (2048, 8192), (8192, 2048)],
             ["0.5", "2:4", "0.3", "0.1"],
         )
+    if args.kinds:
+        kinds = args.kinds.split(",")
     if args.shapes:
         shapes = [(int(a), int(b)) for a, b in (t.split("x") for t in args.shapes.split(","))]
     info = sft.build_info()
