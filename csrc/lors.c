@@ -240,6 +240,9 @@ SFT_TARGET_AVX2 static void pack_backward_avx2(float *dst, const void *vctx, int
 }
 #endif
 
+/* Output rows of the exact gradient's slabs start at multiples of this. */
+#define LORS_ROW_ALIGN 8
+
 /* [lo, hi) of n items for thread tid of nt, slice starts rounded to multiples of align. */
 static void split_range(int64_t n, int tid, int nt, int64_t align, int64_t *lo, int64_t *hi) {
     int64_t per = (n + nt - 1) / nt;
@@ -364,8 +367,13 @@ int lors_backward_exact(float *dA, float *dB, const float *gy, const float *x, c
     memset(dB, 0, sizeof(float) * (size_t)(out * r));
     if (N <= 0 || r <= 0 || in <= 0 || out <= 0) return 0;
     int nth = sft_get_num_threads();
-    int64_t n_to = (out + LORS_TILE_O - 1) / LORS_TILE_O, n_ti = (in + LORS_TILE_I - 1) / LORS_TILE_I;
-    if ((int64_t)nth > n_to * n_ti) nth = (int)(n_to * n_ti);
+    // each thread takes one slab of output rows (as equal as LORS_ROW_ALIGN allows) and tiles
+    // it with equal tiles of at most LORS_TILE_O x LORS_TILE_I: a fixed grid of 144-row tiles
+    // dealt out statically left one thread a whole tile row more (10% at out = 2048)
+    if ((int64_t)nth > (out + LORS_ROW_ALIGN - 1) / LORS_ROW_ALIGN)
+        nth = (int)((out + LORS_ROW_ALIGN - 1) / LORS_ROW_ALIGN);
+    const int64_t n_ti = (in + LORS_TILE_I - 1) / LORS_TILE_I;
+    const int64_t ti_eq = SFT_MIN(LORS_TILE_I, ((in + n_ti - 1) / n_ti + 15) / 16 * 16);
     /* per thread: one G tile, and (threads after the first) partial dA and dB summed at the end */
     float *G_all = (float *)sft_scratch_alloc(sizeof(float) * (size_t)nth * LORS_TILE_O * LORS_TILE_I);
     float *part =
@@ -385,29 +393,35 @@ int lors_backward_exact(float *dA, float *dB, const float *gy, const float *x, c
 #pragma omp parallel num_threads(nth) reduction(| : rc)
     {
 #ifdef _OPENMP
-        int tid = omp_get_thread_num();
+        int tid = omp_get_thread_num(), nt = omp_get_num_threads();
 #else
-        int tid = 0;
+        int tid = 0, nt = 1;
 #endif
         float *G = G_all + (int64_t)tid * LORS_TILE_O * LORS_TILE_I;
         float *pA = tid == 0 ? dA : part + (int64_t)(tid - 1) * r * (in + out);
         float *pB = tid == 0 ? dB : pA + r * in;
-        // tiles dealt out statically (a fixed thread count gives a fixed partition and order);
-        // the GEMMs inside run on this thread alone (nested regions are inactive)
-#pragma omp for schedule(static)
-        for (int64_t tile = 0; tile < n_to * n_ti; tile++) {
-            int64_t o0 = (tile / n_ti) * LORS_TILE_O, i0 = (tile % n_ti) * LORS_TILE_I;
-            int64_t to = SFT_MIN(LORS_TILE_O, out - o0), ti = SFT_MIN(LORS_TILE_I, in - i0);
-            const uint8_t *m = M + o0 * in + i0;
-            if (!tile_any(m, in, to, ti)) continue;
-            // G = gy[:, o-tile]^T x[:, i-tile]  (to, ti), over the N tokens
-            rc |= sgemm(G, ti, gy + o0, 1, out, x + i0, in, 1, to, ti, N, 0.0f);
-            mask_tile(G, m, in, to, ti);
-            // dB[o-tile] += G A[:, i-tile]^T  (to, r)
-            rc |= sgemm(pB + o0 * r, r, G, ti, 1, A + i0, 1, in, to, r, ti, 1.0f);
-            // dA[:, i-tile] += B[o-tile]^T G  (r, ti)
-            rc |= sgemm(pA + i0, in, B + o0 * r, 1, r, G, ti, 1, r, ti, to, 1.0f);
-        }
+        // this thread's slab of output rows and its tile height (a fixed thread count gives a
+        // fixed partition and order); the GEMMs inside run on this thread alone
+        int64_t lo, hi;
+        split_range(out, tid, nt, LORS_ROW_ALIGN, &lo, &hi);
+        const int64_t n_to = (hi - lo + LORS_TILE_O - 1) / LORS_TILE_O;
+        const int64_t to_eq =
+            n_to == 0 ? 0
+                      : ((hi - lo + n_to - 1) / n_to + LORS_ROW_ALIGN - 1) / LORS_ROW_ALIGN * LORS_ROW_ALIGN;
+        // loop over the slab's tiles, row tiles outer
+        for (int64_t o0 = lo; o0 < hi; o0 += to_eq)
+            for (int64_t i0 = 0; i0 < in; i0 += ti_eq) {
+                int64_t to = SFT_MIN(to_eq, hi - o0), ti = SFT_MIN(ti_eq, in - i0);
+                const uint8_t *m = M + o0 * in + i0;
+                if (!tile_any(m, in, to, ti)) continue;
+                // G = gy[:, o-tile]^T x[:, i-tile]  (to, ti), over the N tokens
+                rc |= sgemm(G, ti, gy + o0, 1, out, x + i0, in, 1, to, ti, N, 0.0f);
+                mask_tile(G, m, in, to, ti);
+                // dB[o-tile] += G A[:, i-tile]^T  (to, r)
+                rc |= sgemm(pB + o0 * r, r, G, ti, 1, A + i0, 1, in, to, r, ti, 1.0f);
+                // dA[:, i-tile] += B[o-tile]^T G  (r, ti)
+                rc |= sgemm(pA + i0, in, B + o0 * r, 1, r, G, ti, 1, r, ti, to, 1.0f);
+            }
     }
     // partial sums of the other threads, in thread order
     for (int t = 1; t < nth; t++) {
