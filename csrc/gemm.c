@@ -761,11 +761,20 @@ static int64_t round_up(int64_t x, int64_t m) {
     return (x + m - 1) / m * m;
 }
 
+/* Columns of the shared B block of the many-rows driver with nthreads threads: GEMM_NC per
+ * thread (so B block + A blocks stay within 1 MiB per thread), a multiple of NR, at most
+ * GEMM_NC_MAX. Every column block packs the whole A operand again: two threads get 1760
+ * columns, so a 2048-wide product packs A twice instead of three times. */
+#define GEMM_NC_MAX (4 * GEMM_NC)
+static int64_t many_nc(int nthreads) {
+    return (int64_t)SFT_MIN(GEMM_NC_MAX, SFT_MAX(1, nthreads) * GEMM_NC);
+}
+
 int64_t sgemm_scratch_bytes(int nthreads) {
     // the many-rows driver: one shared B block + one A block per thread; the few-rows driver
     // needs less: per thread an A block of at most MC rows and a B chunk of GEMM_FEW_NC columns
     if (nthreads < 1) nthreads = 1;
-    int64_t many = (int64_t)GEMM_KC * GEMM_NC + (int64_t)nthreads * GEMM_MC * GEMM_KC;
+    int64_t many = (int64_t)GEMM_KC * many_nc(nthreads) + (int64_t)nthreads * GEMM_MC * GEMM_KC;
     int64_t few = (int64_t)nthreads * (GEMM_MC + GEMM_FEW_NC) * GEMM_KC;
     return (int64_t)sizeof(float) * SFT_MAX(many, few);
 }
@@ -883,7 +892,7 @@ static int gemm_many_rows(const gemm_args *g, gemm_kernels kern, int nthreads) {
     const int64_t MR = kern.mr;
     const int64_t tiles = (M + MR - 1) / MR;
     // column blocks of equal width (up to NR), scratch sized to the problem
-    const int64_t n_jc = (N + GEMM_NC - 1) / GEMM_NC;
+    const int64_t n_jc = (N + many_nc(nthreads) - 1) / many_nc(nthreads);
     const int64_t nc_max = round_up((N + n_jc - 1) / n_jc, GEMM_NR);
     const int64_t kc_max = SFT_MIN(K, GEMM_KC);
     // row blocks: a multiple of the thread count (when M allows), at most MC rows, sizes
