@@ -209,6 +209,30 @@ def test_kernels_deterministic_and_thread_count_independent(rng: np.random.Gener
         np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3, 4])
+@pytest.mark.parametrize(("out", "in_"), [(5, 40), (17, 9), (300, 530), (1100, 70)])
+def test_exact_gradient_any_thread_count(threads: int, out: int, in_: int) -> None:
+    """The exact gradient splits the output rows into one slab per thread (fewer threads than
+    asked when out < 8 per thread) and tiles each slab: every split matches the reference, with
+    an all-zero mask region (tiles skipped) in the middle."""
+    rng = np.random.default_rng(zlib.crc32(repr((threads, out, in_)).encode()))
+    p = problem(rng, 23, in_, out, 3)
+    p["mask"][out // 3 : out // 2] = False
+    p["W"][~p["mask"]] = 0.0
+    m8 = p["mask"].astype(np.uint8)
+    q = abs_problem(p)
+    before = sparseft.get_num_threads()
+    try:
+        sparseft.set_num_threads(threads)
+        dA, dB = _core.lors_backward_exact(p["gy"], p["x"], m8, p["A"], p["B"], 0.5)
+    finally:
+        sparseft.set_num_threads(before)
+    wA, wB = ref.lors_grad_exact(p["gy"], p["x"], p["mask"], p["A"], p["B"], 0.5)
+    mA, mB = ref.lors_grad_exact(q["gy"], q["x"], q["mask"], q["A"], q["B"], 0.5)
+    assert_close(dA, wA, mA)
+    assert_close(dB, wB, mB)
+
+
 def test_exact_gradient_skips_density_zero(rng: np.random.Generator) -> None:
     p = problem(rng, 64, 700, 700, 4, "0")
     dA, dB = _core.lors_backward_exact(p["gy"], p["x"], p["mask"].astype(np.uint8), p["A"], p["B"], 1.0)
