@@ -26,6 +26,7 @@ SHAPES = [
     (50, 5, 40),  # one column panel, rows shared instead
     (145, 37, 260),  # many rows just past MC
     (301, 1000, 300),  # many rows, N past NC (two column blocks), K past KC, ragged edges
+    (150, 1800, 270),  # many rows, N past 2 x NC: two column blocks at two threads too
     (13, 1, 600),  # a single column
     # products below 2**20 multiply-adds run on one thread: these keep thin shapes threaded
     (7, 3, 50000),  # M and N below one micro-tile, many depth blocks, more threads than panels
