@@ -7,8 +7,9 @@
 
 #include <stdint.h>
 
-/* Rows and columns of the (gy^T x) tiles the exact masked gradient works on: each thread owns one
- * tile of LORS_TILE_O * LORS_TILE_I floats (288 KiB) and runs the tile GEMMs on its own (one
+/* Most rows and columns of the (gy^T x) tiles the exact masked gradient works on: each thread
+ * takes an equal slab of output rows, tiles it evenly with tiles of at most LORS_TILE_O x
+ * LORS_TILE_I floats (288 KiB, one buffer per thread) and runs the tile GEMMs on its own (one
  * parallel region and one barrier per call, so a busy machine does not stall it at every GEMM).
  * LORS_TILE_O is one GEMM_MC row block. */
 #define LORS_TILE_O 144

@@ -478,9 +478,10 @@ static PyObject *py_lors_scratch_bytes(PyObject *self, PyObject *args) {
         return NULL;
     }
     int nth = sft_get_num_threads();
-    // the exact gradient's tiles and partials, plus one GEMM core's scratch per thread
-    return PyLong_FromLongLong(
-        (long long)(lors_scratch_bytes(nth, in, out, r) + (int64_t)nth * sgemm_scratch_bytes(nth)));
+    // the exact gradient's tiles and partials, plus the GEMM core's scratch: one single-thread
+    // GEMM per thread (the gradient tiles) or one GEMM on all threads (forward, input gradient)
+    int64_t gemm = SFT_MAX((int64_t)nth * sgemm_scratch_bytes(1), sgemm_scratch_bytes(nth));
+    return PyLong_FromLongLong((long long)(lors_scratch_bytes(nth, in, out, r) + gemm));
 }
 
 /* ---- weightnorm ---------------------------------------------------------------------------- */
