@@ -2,10 +2,11 @@
  *
  * Two drivers share the micro-kernels:
  * - many rows (M > MC): jc over NC columns -> pc over KC depth -> pack the B block (groups of
- *   panels handed out to the threads) -> row blocks of <= MC rows, as many as a multiple of the
- *   thread count, handed out dynamically: pack the A block, then jr over NR panels -> ir over MR
- *   rows -> micro-kernel. Two barriers per (jc, pc): the B block is complete before use and
- *   unused before it is packed again; their waiters yield the CPU after a short spin.
+ *   panels handed out to the threads) -> row blocks of <= MC rows handed out dynamically and
+ *   guided (the last ones single micro-tiles, so the threads finish together): pack the A
+ *   block, then jr over NR panels -> ir over MR rows -> micro-kernel. Two barriers per (jc, pc): the B block
+ * is complete before use and unused before it is packed again; their waiters yield the CPU after a short
+ * spin.
  * - few rows (M <= MC, e.g. M = r = 16 or one token): the columns are shared out instead, so
  *   every thread is busy even for M = 1, without any barrier: each thread packs the small A
  *   block of every depth block itself, then its own B panels chunk by chunk.
@@ -895,11 +896,11 @@ static int gemm_many_rows(const gemm_args *g, gemm_kernels kern, int nthreads) {
     const int64_t n_jc = (N + many_nc(nthreads) - 1) / many_nc(nthreads);
     const int64_t nc_max = round_up((N + n_jc - 1) / n_jc, GEMM_NR);
     const int64_t kc_max = SFT_MIN(K, GEMM_KC);
-    // row blocks: a multiple of the thread count (when M allows), at most MC rows, sizes
-    // differing by at most one micro-tile: block ib holds tiles [ib*tiles/nb, (ib+1)*tiles/nb)
+    // row blocks of at most mc_tiles micro-tiles (MC rows, and at most 1/GEMM_MANY_BLOCKS of a
+    // thread's share when M is small), so each thread packs at most mc_blk rows of A at a time
     int64_t nb = (M + GEMM_MC - 1) / GEMM_MC;
     nb = SFT_MIN(tiles, round_up(SFT_MAX(nb, GEMM_MANY_BLOCKS * (int64_t)nthreads), nthreads));
-    const int64_t mc_blk = (tiles + nb - 1) / nb * MR;
+    const int64_t mc_tiles = (tiles + nb - 1) / nb, mc_blk = mc_tiles * MR;
     float *pb = (float *)sft_scratch_alloc(sizeof(float) * (size_t)(kc_max * nc_max));
     float *pa_all = (float *)sft_scratch_alloc(sizeof(float) * (size_t)(nthreads * mc_blk * kc_max));
     if (pb == NULL || pa_all == NULL) {
@@ -940,10 +941,19 @@ static int gemm_many_rows(const gemm_args *g, gemm_kernels kern, int nthreads) {
                     pack_b_range(g, &kern, pb + q0 * kc * GEMM_NR, pc, kc, jc, nc, q0, q1);
                 }
                 team_barrier(&ts, &phase, &ts.next_pack);
-                // row blocks handed out, each against the whole B block
-                for (int64_t ib; (ib = atomic_fetch_add(&ts.next_rows, 1)) < nb;) {
-                    int64_t ic = ib * tiles / nb * MR;
-                    int64_t mc = SFT_MIN(M, (ib + 1) * tiles / nb * MR) - ic;
+                // row blocks handed out, each against the whole B block; guided: a block takes
+                // 1/(2 nth) of the tiles left (at most the A block), so the blocks handed out
+                // last are single tiles and the threads reach the barrier close together
+                for (;;) {
+                    int64_t t0 = atomic_load(&ts.next_rows), take = 0;
+                    while (t0 < tiles) {
+                        take = ts.nth == 1 ? mc_tiles : (tiles - t0) / (2 * (int64_t)ts.nth);
+                        take = SFT_MAX(1, SFT_MIN(mc_tiles, take));
+                        if (atomic_compare_exchange_weak(&ts.next_rows, &t0, t0 + take)) break;
+                    }
+                    if (t0 >= tiles) break;
+                    int64_t ic = t0 * MR;
+                    int64_t mc = SFT_MIN(M, (t0 + take) * MR) - ic;
                     pack_a(kern.pack_a_panel, MR, pa, g->A, g->rsa, g->csa, ic, mc, pc, kc);
                     macro_kernel(kern.uk, MR, g->C + ic * g->ldc + jc, g->ldc, pa, pb, mc, nc, kc, 0,
                                  n_panels, first, g->alpha, g->beta);
