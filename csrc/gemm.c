@@ -4,9 +4,9 @@
  * - many rows (M > MC): jc over NC columns -> pc over KC depth -> pack the B block (groups of
  *   panels handed out to the threads) -> row blocks of <= MC rows handed out dynamically and
  *   guided (the last ones single micro-tiles, so the threads finish together): pack the A
- *   block, then jr over NR panels -> ir over MR rows -> micro-kernel. Two barriers per (jc, pc): the B block
- * is complete before use and unused before it is packed again; their waiters yield the CPU after a short
- * spin.
+ *   block, then jr over NR panels -> ir over MR rows -> micro-kernel. Two barriers per (jc, pc):
+ *   the B block is complete before use and unused before it is packed again; their waiters
+ *   yield the CPU after a short spin.
  * - few rows (M <= MC, e.g. M = r = 16 or one token): the columns are shared out instead, so
  *   every thread is busy even for M = 1, without any barrier: each thread packs the small A
  *   block of every depth block itself, then its own B panels chunk by chunk.
