@@ -114,11 +114,12 @@ void sft_scratch_reset_peak(void) {
     scratch_peak = scratch_current;
 }
 
-int64_t sft_count_nonfinite(const float *x, int64_t n) {
-    // blocks of 4096 floats, each a branch-free scan the compiler vectorises (an exponent of all
-    // ones is inf or NaN), so a bad value early on still returns quickly
-    for (int64_t i0 = 0; i0 < n; i0 += 4096) {
-        const int64_t i1 = SFT_MIN(n, i0 + 4096);
+/* 1 if x[lo, hi) holds an inf or NaN: blocks of 4096 floats, each a branch-free scan the
+ * compiler vectorises (an exponent of all ones is inf or NaN), so a bad value early on still
+ * returns quickly. */
+static int nonfinite_range(const float *x, int64_t lo, int64_t hi) {
+    for (int64_t i0 = lo; i0 < hi; i0 += 4096) {
+        const int64_t i1 = SFT_MIN(hi, i0 + 4096);
         uint32_t bad = 0;
         for (int64_t i = i0; i < i1; i++) {
             uint32_t u;
@@ -128,4 +129,25 @@ int64_t sft_count_nonfinite(const float *x, int64_t n) {
         if (bad) return 1;
     }
     return 0;
+}
+
+/* Arrays of at least this many floats (4 MiB) are scanned by all threads: the scan is
+ * memory-bound and one core does not reach the memory bandwidth. */
+#define NONFINITE_PARALLEL_MIN (1 << 20)
+
+int64_t sft_count_nonfinite(const float *x, int64_t n) {
+    int nth = sft_get_num_threads();
+    if (n < NONFINITE_PARALLEL_MIN || nth < 2) return nonfinite_range(x, 0, n);
+    int bad = 0;
+    // one contiguous share per thread
+#pragma omp parallel num_threads(nth) reduction(| : bad)
+    {
+#ifdef _OPENMP
+        int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+        int64_t t = 0, nt = 1;
+#endif
+        bad |= nonfinite_range(x, n * t / nt, n * (t + 1) / nt);
+    }
+    return bad;
 }

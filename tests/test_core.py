@@ -214,6 +214,33 @@ def test_matmul_bad_input(a: object, b: object, exc: type[Exception], match: str
         _core.matmul(a, b)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("where", [0, 1 << 19, (1 << 20) + 5, (3 << 19) - 1])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_large_arrays_scanned_for_nonfinite_by_every_thread(threads: int, where: int, value: float) -> None:
+    """Arrays of 1M+ floats are scanned in one share per thread: a bad value in any share (first
+    element, a share boundary, the last element) is reported, and a clean array passes."""
+    x = np.ones((3 << 19,), np.float32).reshape(-1, 1024)
+    W, m, A, B = (
+        np.ones(s, t)
+        for s, t in [
+            ((1, 1024), np.float32),
+            ((1, 1024), np.uint8),
+            ((1, 1024), np.float32),
+            ((1, 1), np.float32),
+        ]
+    )
+    before = sparseft.get_num_threads()
+    try:
+        sparseft.set_num_threads(threads)
+        assert _core.lors_forward(x, W, m, A, B, 0.0)[0, 0] == 1024.0
+        x.flat[where] = value
+        with pytest.raises(ValueError, match="x: contains NaN or infinity"):
+            _core.lors_forward(x, W, m, A, B, 0.0)
+    finally:
+        sparseft.set_num_threads(before)
+
+
 def test_stub_matches_compiled_module() -> None:
     """mypy.stubtest: sparseft/_core.pyi says exactly what the compiled module holds."""
     pytest.importorskip("mypy")
