@@ -98,6 +98,9 @@ def solve_moccasin(
     soft: bool = False,
     stop_at_budget: bool = False,
     lns_only: bool = False,
+    params: dict[str, Any] | None = None,
+    trace: list[tuple[float, float]] | None = None,
+    complete_hint: bool = True,
 ) -> SolverResult:
     """Build and solve the CP-SAT model; ``hint`` is a stage-structured schedule (node indices).
 
@@ -112,6 +115,11 @@ def solve_moccasin(
     ``lns_only`` runs CP-SAT's large-neighbourhood search alone (``use_lns_only``): on large
     graphs it reaches a budget from an over-budget start several times sooner, but it proves
     nothing (no infeasibility, no optimality).
+    ``params``: further CP-SAT parameters (name -> value), set last. ``trace``: if given, gets
+    ``(seconds since t0, objective)`` appended for every improving in-budget solution.
+    ``complete_hint``: hint every variable (also the interval sizes and which copy of each
+    input each computation reads), so that CP-SAT takes the hint as a solution at once instead
+    of searching for a completion of a partial one.
     """
     from ortools.sat.python import cp_model
 
@@ -129,6 +137,8 @@ def solve_moccasin(
     ends: list[list[Any]] = []
     present: list[list[Any]] = []
     stages: list[list[Any]] = []
+    sizes: list[list[Any]] = []
+    reads: dict[tuple[int, int, int, int], Any] = {}  # (u, j, v, i) -> copy j of u feeds copy i of v
     intervals: list[Any] = []
     demands: list[int] = []
     cost_terms: list[Any] = []
@@ -150,6 +160,7 @@ def solve_moccasin(
         ev: list[Any] = []
         pv: list[Any] = []
         tv_: list[Any] = []
+        zv: list[Any] = []
         for i in range(ncopy):
             if i == 0:
                 start: Any = tau0
@@ -174,12 +185,14 @@ def solve_moccasin(
             ev.append(end)
             pv.append(lit)
             tv_.append(st)
+            zv.append(size)
             intervals.append(iv)
             demands.append(int(mem[v]))
         starts.append(sv)
         ends.append(ev)
         present.append(pv)
         stages.append(tv_)
+        sizes.append(zv)
 
     # precedence: every computation of v is covered by a live copy of each input u
     for v in range(n):
@@ -195,6 +208,7 @@ def solve_moccasin(
                 for j in range(len(starts[u])):
                     z = m.new_bool_var(f"c_{u}_{j}_{v}_{i}")
                     zs.append(z)
+                    reads[(u, j, v, i)] = z
                     if j > 0:
                         m.add_implication(z, present[u][j])
                         m.add(starts[u][j] <= tv).only_enforce_if(z)
@@ -225,6 +239,8 @@ def solve_moccasin(
                     if i < len(copies[v]):
                         s0, e0 = copies[v][i]
                         m.add_hint(ends[v][i], e0)
+                        if complete_hint:
+                            m.add_hint(sizes[v][i], e0 - s0)
                         if i > 0:
                             m.add_hint(present[v][i], True)
                             m.add_hint(stages[v][i], s0 // n)
@@ -232,6 +248,16 @@ def solve_moccasin(
                         m.add_hint(present[v][i], False)
                         m.add_hint(stages[v][i], int(pos[v]) + 1)
                         m.add_hint(ends[v][i], (int(pos[v]) + 1) * n + int(pos[v]) + 1)
+                        if complete_hint:
+                            m.add_hint(sizes[v][i], 1)
+            if complete_hint:
+                # which copy of each input every computation reads: the one live at that time
+                for (u, j, v, i), z in reads.items():
+                    live = False
+                    if i < len(copies[v]) and j < len(copies[u]):
+                        tv = copies[v][i][0]
+                        live = copies[u][j][0] <= tv < copies[u][j][1]
+                    m.add_hint(z, live)
             if cap is not None:
                 m.add_hint(cap, max(int(budget), _peak_of(copies, mem)))
 
@@ -240,6 +266,8 @@ def solve_moccasin(
     solver.parameters.num_workers = int(threads)
     solver.parameters.random_seed = int(seed)
     solver.parameters.use_lns_only = bool(lns_only)
+    for key, val in (params or {}).items():
+        setattr(solver.parameters, key, val)
 
     def computes(value: Any, boolean_value: Any) -> list[int]:
         """The compute sequence of a solution, in time order."""
@@ -266,6 +294,8 @@ def solve_moccasin(
             if self.best is None or obj < self.best:
                 self.best = obj
                 self.t_best = time.perf_counter() - t0
+                if trace is not None:
+                    trace.append((self.t_best, obj))
             if stop_at_budget and cap is not None and self.first is None:
                 self.first = computes(self.value, self.boolean_value)
                 self.stop_search()

@@ -1,10 +1,12 @@
 """Rematerialization planning: choose what to keep and what to recompute under a memory budget.
 
-See DESIGN.md, "Remat memory model". Every planner here works on the same class of
-schedules: the first computation of every node follows the graph's topological order
-(:attr:`Graph.order`), and before each first computation some earlier nodes may be recomputed,
-in order position (the "stages" of Checkmate and Moccasin). Frees happen right after a copy's
-last read. Every schedule returned is checked by the C simulator before it is returned.
+See DESIGN.md, "Remat memory model". Every planner here plans over "stage" schedules of a
+topological order (the class of Checkmate and Moccasin): the first computation of every node
+follows that order, and before each first computation some earlier nodes may be recomputed, in
+order position. Frees happen right after a copy's last read. With ``order="given"`` the order is
+:attr:`Graph.order` (the papers' class); with ``order="auto"`` (the default) the planner also plans
+over :meth:`Graph.low_memory_order` and returns the better schedule. Every schedule returned is
+checked by the C simulator before it is returned.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ __all__ = ["SOLVERS", "Planner", "Schedule", "simulate"]
 
 SOLVERS = ("moccasin", "checkmate", "chen", "greedy", "none")
 ORDERS = ("given", "auto")
+# with order="auto" and two orders to plan over: the share of the time limit for the first
+# (the lower-peak order); the given order gets the rest
+_FIRST_ORDER_SHARE = 2.0 / 3.0
 # seconds of the full CP-SAT portfolio on Moccasin's soft start before it switches to LNS alone
 _EXACT_SLICE = 5.0
 
@@ -119,8 +124,9 @@ class Schedule:
     overhead : float or None
         ``duration / graph.total_duration - 1`` (the "TDI"; 0.0 means no recomputation).
     status : str
-        "optimal" (proved optimal over the planner's schedule class; for "moccasin", among
-        schedules computing each node at most ``max_copies`` times), "feasible" (within budget,
+        "optimal" (proved optimal over the planner's schedule class: the stage schedules of
+        its planning order(s), see ``Planner(order=...)``; for "moccasin", among schedules
+        computing each node at most ``max_copies`` times), "feasible" (within budget,
         not proved optimal), "infeasible" (proved impossible for that class, or the heuristic
         could not meet the budget) or "unknown" (the time ran out before any schedule).
     solver : str
@@ -271,8 +277,9 @@ class Planner:
         The computation graph.
     budget : int or float
         An ``int`` is a memory budget in the graph's memory unit (e.g. bytes). A ``float`` in
-        (0, 1] is a fraction of the graph's no-rematerialization peak
-        (``graph.peak_memory()``), rounded down.
+        (0, 1] is a fraction of the no-rematerialization peak of :attr:`Graph.order`
+        (``graph.peak_memory()``), rounded down, whatever ``order`` is: the same fraction
+        gives the same byte budget under "given" and "auto".
     solver : {"moccasin", "checkmate", "chen", "greedy", "none"}
         "moccasin": the CP-SAT model of Bartan et al. (2023), hinted with the greedy schedule
         (when no heuristic schedule fits the budget: a soft-capacity model first shaves an
@@ -283,19 +290,31 @@ class Planner:
         segment length that fits; "greedy": the best of the C eviction heuristics and an
         interval-splitting peak-shaving heuristic; "none": no recomputation.
     time_limit : float
-        Seconds for the exact solvers (the whole :meth:`solve` call).
+        Seconds for the exact solvers (the whole :meth:`solve` call; with ``order="auto"`` and
+        two orders to plan over, 2/3 of it goes to the lower-peak order, the rest to
+        :attr:`Graph.order`).
     max_copies : int
         Moccasin's C: at most this many computations of one node.
     threads : int, optional
         CP-SAT workers; default ``min(8, os.cpu_count())``.
     seed : int
         CP-SAT random seed.
-    order : {"given", "auto"}
-        The topological order of first computations that every solver plans over. "given"
-        (default): :attr:`Graph.order`, the schedule class of the Checkmate and Moccasin papers.
-        "auto": the lower-peak one of :attr:`Graph.order` and :meth:`Graph.low_memory_order`
-        (a different order can need far less recomputation, or none). Fractional budgets are
-        always relative to the peak of :attr:`Graph.order`.
+    order : {"auto", "given"}
+        The topological order(s) of first computations the solver plans over. A schedule in
+        the memory model need not follow :attr:`Graph.order`; both choices give valid schedules
+        within the same byte budget.
+
+        - "auto" (default): "the best plan under this budget". The solver plans over
+          :meth:`Graph.low_memory_order` when its no-remat peak is lower than that of
+          :attr:`Graph.order` (a lower-peak order can need far less recomputation, or none:
+          when it fits the budget, its no-recomputation schedule is returned at once, as
+          optimal), and then over :attr:`Graph.order` too, and returns the schedule with the
+          least duration. It is never worse than "given" when both solves finish (the
+          heuristics always do); "optimal" then means optimal over both orders' classes.
+        - "given": :attr:`Graph.order` only, the schedule class of the Checkmate and Moccasin
+          papers (their published numbers are for this class).
+
+        Fractional budgets are always relative to the peak of :attr:`Graph.order`.
 
     Raises
     ------
@@ -324,7 +343,7 @@ class Planner:
         max_copies: int = 2,
         threads: int | None = None,
         seed: int = 0,
-        order: str = "given",
+        order: str = "auto",
     ) -> None:
         if not isinstance(graph, Graph):
             raise TypeError(f"graph must be a sparseft.Graph, got {type(graph).__name__}")
@@ -358,8 +377,15 @@ class Planner:
         self.no_remat_peak = graph.peak_memory()
         self.budget = self._resolve_budget(budget)
         self.order = order
-        self._plan_graph = graph if order == "given" else graph.with_order(graph.low_memory_order())
+        # the planning orders: the lower-peak one first ("auto" adds Graph.low_memory_order)
+        self._plan_graphs = [graph]
+        if order == "auto":
+            low = graph.low_memory_order()
+            if graph.peak_memory(low) < self.no_remat_peak:
+                self._plan_graphs.insert(0, graph.with_order(low))
+        self._plan_graph = self._plan_graphs[0]
         self.plan_peak = self._plan_graph.peak_memory()
+        self._limit = self.time_limit  # seconds since solve() began that the current order may use
 
     def _resolve_budget(self, budget: Any) -> int:
         if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)):
@@ -398,7 +424,20 @@ class Planner:
         """
         t0 = time.perf_counter()
         fn = getattr(self, f"_solve_{self.solver}")
-        codes, status, t_best, lower = fn(t0)
+        results = []
+        try:
+            for k, pg in enumerate(self._plan_graphs):
+                elapsed = time.perf_counter() - t0
+                share = 1.0 if k == len(self._plan_graphs) - 1 else _FIRST_ORDER_SHARE
+                self._plan_graph, self.plan_peak = pg, pg.peak_memory()
+                self._limit = elapsed + max(0.01, share * (self.time_limit - elapsed))
+                results.append(fn(t0))
+                if self._recomputes_nothing(results[-1][0]):
+                    break  # nothing can be better
+        finally:
+            self._plan_graph, self._limit = self._plan_graphs[0], self.time_limit
+            self.plan_peak = self._plan_graph.peak_memory()
+        codes, status, t_best, lower = _best_result(self.graph, results)
         solve_time = time.perf_counter() - t0
         if codes is not None:
             codes = self._compact(codes)
@@ -416,6 +455,9 @@ class Planner:
             lower_bound=lower,
         )
 
+    def _recomputes_nothing(self, codes: np.ndarray | None) -> bool:
+        return codes is not None and int(np.count_nonzero(np.asarray(codes) >= 0)) == self.graph.n
+
     def _compact(self, codes: np.ndarray) -> np.ndarray:
         g = self.graph
         return _core.remat_compact(np.ascontiguousarray(codes, dtype=np.int64), g.pred_ptr, g.pred_idx, g.n)
@@ -431,7 +473,7 @@ class Planner:
         )
         if rc == 0 and steps is not None:
             found.append(steps)
-        comp = split_heuristic(g, self.budget, time_limit=min(10.0, self.time_limit / 4))
+        comp = split_heuristic(g, self.budget, time_limit=min(10.0, self._limit / 4))
         if comp is not None:
             found.append(np.array(comp, dtype=np.int64))
         best: tuple[np.ndarray | None, int] = (None, 0)
@@ -457,7 +499,7 @@ class Planner:
         pos[g.order_idx] = np.arange(g.n)
         for k in range(1, 8):
             b = self.budget + (self.no_remat_peak - self.budget) * k // 8
-            comp = split_heuristic(g, b, time_limit=min(2.0, self.time_limit / 40))
+            comp = split_heuristic(g, b, time_limit=min(2.0, self._limit / 40))
             if comp is None:
                 continue
             copies = hint_copies(comp, g, pos)
@@ -536,7 +578,7 @@ class Planner:
         hint, hint_dur = self._greedy()
         t_hint: float | None = time.perf_counter() - t0
         args: dict[str, Any] = {
-            "time_limit": self.time_limit,
+            "time_limit": self._limit,
             "max_copies": self.max_copies,
             "threads": self.threads,
             "seed": self.seed,
@@ -547,11 +589,11 @@ class Planner:
             # schedule, or no remat), shave the peak down to the budget first, and stop there
             start = self._tight_hint().tolist()
             # the full portfolio briefly (it settles small graphs, proving infeasibility or optimality) ...
-            short = dict(args, time_limit=min(self.time_limit, time.perf_counter() - t0 + _EXACT_SLICE))
+            short = dict(args, time_limit=min(self._limit, time.perf_counter() - t0 + _EXACT_SLICE))
             first = solve_moccasin(
                 self._plan_graph, self.budget, hint=start, soft=True, stop_at_budget=True, **short
             )
-            if first.status == "unknown" and time.perf_counter() - t0 < self.time_limit:
+            if first.status == "unknown" and time.perf_counter() - t0 < self._limit:
                 # ... then neighbourhood search alone, which reaches the budget sooner on large graphs
                 first = solve_moccasin(
                     self._plan_graph,
@@ -579,7 +621,7 @@ class Planner:
 
         if self.plan_peak <= self.budget:  # nothing to recompute: the planning order fits
             return self._solve_none(t0)
-        res = solve_checkmate(self._plan_graph, self.budget, time_limit=self.time_limit, t0=t0)
+        res = solve_checkmate(self._plan_graph, self.budget, time_limit=self._limit, t0=t0)
         return self._best_of(res, None, 0, None)
 
     def _best_of(
@@ -602,6 +644,40 @@ class Planner:
             return hint, status, t_hint, res.lower_bound
         status = res.status if res.status in ("infeasible", "unknown") else "unknown"
         return None, status, None, res.lower_bound
+
+
+_Result = tuple[np.ndarray | None, str, float | None, int | None]
+
+
+def _best_result(graph: Graph, results: list[_Result]) -> _Result:
+    """Combine the solves over several planning orders: the schedule with the least duration.
+
+    It is "optimal" only when every order's solve ended "optimal" or "infeasible" (it is then
+    optimal over the union of their classes), or when it recomputes nothing. The lower bound is
+    the least of the orders' bounds ("infeasible" orders need none); None when one has none.
+    """
+    if len(results) == 1:
+        return results[0]
+    best: _Result | None = None
+    best_dur = 0
+    for res in results:
+        if res[0] is None:
+            continue
+        try:
+            _, dur, _ = _sim(graph, res[0], profile=False)
+        except ValueError:  # never hand out an invalid schedule
+            continue
+        if best is None or dur < best_dur:
+            best, best_dur = res, dur
+    bounds = [r[3] for r in results if r[1] != "infeasible"]
+    lower = min(b for b in bounds if b is not None) if bounds and None not in bounds else None
+    if best is None:
+        status = "infeasible" if all(r[1] == "infeasible" for r in results) else "unknown"
+        return None, status, None, lower
+    settled = all(r[1] in ("optimal", "infeasible") for r in results) or best_dur == graph.total_duration
+    if lower is not None and lower > best_dur:  # cannot happen for exact bounds; stay consistent
+        lower = best_dur
+    return best[0], "optimal" if settled else "feasible", best[2], lower
 
 
 def chen_candidates(g: Graph) -> list[int]:

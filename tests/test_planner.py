@@ -68,8 +68,8 @@ def test_every_solver_valid_and_within_budget(solver: str) -> None:
             plan = sft.Planner(g, b, solver=solver, time_limit=5, threads=1, max_copies=3).solve()
             check_schedule(g, plan)
             seen_feasible += plan.status in ("optimal", "feasible")
-            if solver == "none":
-                assert (plan.status == "optimal") == (b >= g.peak_memory())
+            if solver == "none":  # order="auto": the lower of the two orders' peaks
+                assert (plan.status == "optimal") == (b >= g.peak_memory(g.low_memory_order()))
     assert seen_feasible >= 3  # each solver meets at least the no-remat budgets
 
 
@@ -95,7 +95,9 @@ def test_exact_solvers_equal_brute_force_on_tiny_graphs(case) -> None:
     g, b = case
     best = ref.remat_brute_force(g.memory.tolist(), g.duration.tolist(), preds_of(g), g.order_idx.tolist(), b)
     for solver in ("moccasin", "checkmate"):
-        plan = sft.Planner(g, b, solver=solver, time_limit=20, threads=1, max_copies=g.n).solve()
+        plan = sft.Planner(
+            g, b, solver=solver, time_limit=20, threads=1, max_copies=g.n, order="given"
+        ).solve()
         check_schedule(g, plan)
         if best is None:
             assert plan.status in ("infeasible", "unknown")
@@ -103,7 +105,7 @@ def test_exact_solvers_equal_brute_force_on_tiny_graphs(case) -> None:
             assert plan.status == "optimal"
             assert plan.duration == best, solver
             assert plan.lower_bound == best
-    greedy = sft.Planner(g, b, solver="greedy").solve()
+    greedy = sft.Planner(g, b, solver="greedy", order="given").solve()
     check_schedule(g, greedy)
     if greedy.duration is not None:
         assert best is not None and greedy.duration >= best
@@ -117,7 +119,7 @@ def test_brute_force_finds_recomputation() -> None:
         g.memory.tolist(), g.duration.tolist(), preds_of(g), g.order_idx.tolist(), lo
     )
     assert best is not None and best > g.total_duration
-    plan = sft.Planner(g, lo, solver="moccasin", max_copies=4, threads=1).solve()
+    plan = sft.Planner(g, lo, solver="moccasin", max_copies=4, threads=1, order="given").solve()
     assert plan.duration == best and plan.recomputations > 0
 
 
@@ -130,8 +132,11 @@ def test_moccasin_equals_checkmate_on_small_graphs(seed: int) -> None:
         lo, _ = g.min_budget()
         hi = g.peak_memory()
         for b in ((lo + hi) // 2, (lo + 3 * hi) // 4):
-            mo = sft.Planner(g, b, solver="moccasin", time_limit=20, threads=2, max_copies=4).solve()
-            cm = sft.Planner(g, b, solver="checkmate", time_limit=20).solve()
+            # the same order for both (the papers' fixed-order class)
+            mo = sft.Planner(
+                g, b, solver="moccasin", time_limit=20, threads=2, max_copies=4, order="given"
+            ).solve()
+            cm = sft.Planner(g, b, solver="checkmate", time_limit=20, order="given").solve()
             check_schedule(g, mo)
             check_schedule(g, cm)
             if mo.status == "optimal" and cm.status == "optimal":
@@ -151,7 +156,7 @@ def test_infeasible_for_the_class_is_reported_not_over_budget() -> None:
     )
     assert best is None
     for solver in ("moccasin", "checkmate", "greedy", "chen", "none"):
-        plan = sft.Planner(g, lo, solver=solver, time_limit=5, max_copies=4, threads=1).solve()
+        plan = sft.Planner(g, lo, solver=solver, time_limit=5, max_copies=4, threads=1, order="given").solve()
         check_schedule(g, plan)
         assert plan.status in ("infeasible", "unknown"), solver
     # one unit more is enough, and the exact solvers prove it optimal
@@ -160,7 +165,7 @@ def test_infeasible_for_the_class_is_reported_not_over_budget() -> None:
     )
     assert best7 is not None
     for solver in ("moccasin", "checkmate"):
-        plan = sft.Planner(g, 7, solver=solver, time_limit=5, max_copies=4, threads=1).solve()
+        plan = sft.Planner(g, 7, solver=solver, time_limit=5, max_copies=4, threads=1, order="given").solve()
         check_schedule(g, plan)
         assert plan.status == "optimal" and plan.duration == best7
 
@@ -192,8 +197,8 @@ def test_moccasin_finds_a_schedule_where_the_heuristics_fail() -> None:
     # must still return a valid in-budget schedule
     g = sft.graphs.random_layered(30, seed=2)
     b = int(0.75 * g.peak_memory())
-    assert sft.Planner(g, b, solver="greedy").solve().status == "infeasible"
-    plan = sft.Planner(g, b, solver="moccasin", time_limit=20, threads=2).solve()
+    assert sft.Planner(g, b, solver="greedy", order="given").solve().status == "infeasible"
+    plan = sft.Planner(g, b, solver="moccasin", time_limit=20, threads=2, order="given").solve()
     check_schedule(g, plan)
     assert plan.status in ("feasible", "optimal") and plan.peak_memory <= b
     assert plan.lower_bound is not None and plan.lower_bound <= plan.duration
@@ -238,9 +243,37 @@ def test_moccasin_soft_start_through_lns_alone(monkeypatch) -> None:
     monkeypatch.setattr(planner, "_EXACT_SLICE", 0.0)
     g = sft.graphs.random_layered(30, seed=2)
     b = int(0.75 * g.peak_memory())
-    plan = sft.Planner(g, b, solver="moccasin", time_limit=20, threads=2).solve()
+    plan = sft.Planner(g, b, solver="moccasin", time_limit=20, threads=2, order="given").solve()
     check_schedule(g, plan)
     assert plan.status in ("feasible", "optimal") and plan.peak_memory <= b
+
+
+def test_moccasin_complete_hint_is_a_solution() -> None:
+    # every variable is hinted: fixing them all to the hint must leave a feasible model whose
+    # objective is the hint's recomputation cost
+    from sparseft._moccasin import hint_copies, solve_moccasin
+
+    for seed in range(3):
+        g = sft.graphs.random_layered(40, seed=seed)
+        b = max(g.min_budget()[0], int(0.9 * g.peak_memory()))
+        hint = sft.Planner(g, b, solver="greedy", order="given").solve()
+        assert hint.duration is not None
+        pos = np.empty(g.n, dtype=np.int64)
+        pos[g.order_idx] = np.arange(g.n)
+        copies = hint_copies(hint.codes.tolist(), g, pos)
+        assert copies is not None
+        res = solve_moccasin(
+            g,
+            b,
+            hint=hint.codes.tolist(),
+            time_limit=10,
+            max_copies=max(len(c) for c in copies),
+            threads=1,
+            seed=0,
+            t0=time.perf_counter(),
+            params={"fix_variables_to_their_hinted_value": True},
+        )
+        assert res.status == "optimal" and res.lower_bound == hint.duration
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -363,8 +396,8 @@ def two_chains() -> sft.Graph:
 def test_order_auto_needs_no_recomputation_where_a_better_order_fits(solver: str) -> None:
     g = two_chains()
     assert g.peak_memory() == 21 and g.low_memory_order() == ["a", "b", "c", "d"]
-    given_plan = sft.Planner(g, 11, solver=solver, time_limit=5, threads=1).solve()
-    auto = sft.Planner(g, 11, solver=solver, time_limit=5, threads=1, order="auto").solve()
+    given_plan = sft.Planner(g, 11, solver=solver, time_limit=5, threads=1, order="given").solve()
+    auto = sft.Planner(g, 11, solver=solver, time_limit=5, threads=1).solve()  # the default
     check_schedule(g, given_plan)
     check_schedule(g, auto)
     # in the given order both heads would be live at once: recompute one, or fail
@@ -372,6 +405,52 @@ def test_order_auto_needs_no_recomputation_where_a_better_order_fits(solver: str
     assert auto.duration == g.total_duration and auto.peak_memory == 11
     # fractions stay relative to the peak of g.order
     assert sft.Planner(g, 0.6, solver=solver, order="auto").budget == 12
+
+
+@st.composite
+def tiny_case_two_orders(draw):
+    """A tiny graph whose low_memory_order differs from (and peaks lower than) its order."""
+    g, b = draw(tiny_case())
+    # shuffle the given order among topological orders: a random ready node at every step
+    n = g.n
+    preds = preds_of(g)
+    done: set[int] = set()
+    order = []
+    while len(order) < n:
+        ready = [v for v in range(n) if v not in done and all(u in done for u in preds[v])]
+        v = ready[draw(st.integers(0, len(ready) - 1))]
+        order.append(v)
+        done.add(v)
+    g = g.with_order(order)
+    lo, _ = g.min_budget()
+    b = draw(st.integers(lo, max(lo, g.peak_memory())))
+    return g, b
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tiny_case_two_orders())
+def test_order_auto_never_worse_than_given_on_tiny_graphs(case) -> None:
+    g, b = case
+    low = [g.index(v) for v in g.low_memory_order()]
+    args = (g.memory.tolist(), g.duration.tolist(), preds_of(g))
+    best_given = ref.remat_brute_force(*args, g.order_idx.tolist(), b)
+    best_low = ref.remat_brute_force(*args, low, b)
+    found = [d for d in (best_given, best_low) if d is not None]
+    for solver in SOLVERS:
+        kw = {"time_limit": 20, "threads": 1, "max_copies": g.n}
+        given_plan = sft.Planner(g, b, solver=solver, order="given", **kw).solve()
+        auto = sft.Planner(g, b, solver=solver, **kw).solve()  # order="auto" is the default
+        check_schedule(g, given_plan)
+        check_schedule(g, auto)
+        if given_plan.duration is not None:
+            assert auto.duration is not None and auto.duration <= given_plan.duration, solver
+        if solver in ("moccasin", "checkmate"):
+            # exact over both orders' classes: the better of the two brute forces
+            if found:
+                assert auto.status == "optimal" and auto.duration == min(found), solver
+                assert auto.lower_bound is not None and auto.lower_bound <= auto.duration
+            else:
+                assert auto.status in ("infeasible", "unknown"), solver
 
 
 def test_order_auto_every_solver_valid_on_random_layered() -> None:
@@ -436,15 +515,19 @@ def test_real_graphs(shared_data) -> None:
     if not (folder / "fcn_8_vgg_b32_416x608_train.json").is_file():
         pytest.skip(f"remat graphs not present in {folder}")
     g = sft.Graph.from_json(folder / "fcn_8_vgg_b32_416x608_train.json")
-    gr = sft.Planner(g, 0.9, solver="greedy").solve()
-    mo = sft.Planner(g, 0.9, solver="moccasin", time_limit=10, threads=2).solve()
-    ch = sft.Planner(g, 0.9, solver="chen").solve()
+    # the papers' class (order="given"), to compare with the published numbers
+    gr = sft.Planner(g, 0.9, solver="greedy", order="given").solve()
+    mo = sft.Planner(g, 0.9, solver="moccasin", time_limit=10, threads=2, order="given").solve()
+    ch = sft.Planner(g, 0.9, solver="chen", order="given").solve()
     for plan in (gr, mo, ch):
         check_schedule(g, plan)
         assert plan.status in ("optimal", "feasible")
     assert mo.duration <= gr.duration <= ch.duration
     assert mo.overhead < 0.001  # published: 0.0 % (Moccasin, ICML 2023)
     r = sft.Graph.from_json(folder / "random_layered_n100.json")
-    plan = sft.Planner(r, 0.9, solver="moccasin", time_limit=10, threads=2).solve()
+    plan = sft.Planner(r, 0.9, solver="moccasin", time_limit=10, threads=2, order="given").solve()
     check_schedule(r, plan)
     assert plan.overhead is not None and plan.overhead < 0.02
+    auto = sft.Planner(r, 0.9, solver="moccasin", time_limit=10, threads=2).solve()
+    check_schedule(r, auto)
+    assert auto.duration is not None and auto.duration <= plan.duration
