@@ -61,4 +61,14 @@ int64_t sft_count_nonfinite(const float *x, int64_t n);
 #define SFT_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define SFT_MAX(a, b) ((a) > (b) ? (a) : (b))
 
+/* ceil(a / b) for a >= 0, b > 0. */
+static inline int64_t sft_ceil_div(int64_t a, int64_t b) {
+    return (a + b - 1) / b;
+}
+
+/* a rounded up to a multiple of m (a >= 0, m > 0). */
+static inline int64_t sft_round_up(int64_t a, int64_t m) {
+    return sft_ceil_div(a, m) * m;
+}
+
 #endif

@@ -758,10 +758,6 @@ int64_t gemm_mr(void) {
 /* Columns of the B chunk each thread packs at a time in the few-rows driver. */
 #define GEMM_FEW_NC 256
 
-static int64_t round_up(int64_t x, int64_t m) {
-    return (x + m - 1) / m * m;
-}
-
 /* Columns of the shared B block of the many-rows driver with nthreads threads: GEMM_NC per
  * thread (so B block + A blocks stay within 1 MiB per thread), a multiple of NR, at most
  * GEMM_NC_MAX. Every column block packs the whole A operand again: two threads get 1760
@@ -891,16 +887,16 @@ static void team_barrier(team_sync *ts, int *phase, _Atomic int64_t *counter) {
 static int gemm_many_rows(const gemm_args *g, gemm_kernels kern, int nthreads) {
     const int64_t M = g->M, N = g->N, K = g->K;
     const int64_t MR = kern.mr;
-    const int64_t tiles = (M + MR - 1) / MR;
+    const int64_t tiles = sft_ceil_div(M, MR);
     // column blocks of equal width (up to NR), scratch sized to the problem
-    const int64_t n_jc = (N + many_nc(nthreads) - 1) / many_nc(nthreads);
-    const int64_t nc_max = round_up((N + n_jc - 1) / n_jc, GEMM_NR);
+    const int64_t n_jc = sft_ceil_div(N, many_nc(nthreads));
+    const int64_t nc_max = sft_round_up(sft_ceil_div(N, n_jc), GEMM_NR);
     const int64_t kc_max = SFT_MIN(K, GEMM_KC);
     // row blocks of at most mc_tiles micro-tiles (MC rows, and at most 1/GEMM_MANY_BLOCKS of a
     // thread's share when M is small), so each thread packs at most mc_blk rows of A at a time
-    int64_t nb = (M + GEMM_MC - 1) / GEMM_MC;
-    nb = SFT_MIN(tiles, round_up(SFT_MAX(nb, GEMM_MANY_BLOCKS * (int64_t)nthreads), nthreads));
-    const int64_t mc_tiles = (tiles + nb - 1) / nb, mc_blk = mc_tiles * MR;
+    int64_t nb = sft_ceil_div(M, GEMM_MC);
+    nb = SFT_MIN(tiles, sft_round_up(SFT_MAX(nb, GEMM_MANY_BLOCKS * (int64_t)nthreads), nthreads));
+    const int64_t mc_tiles = sft_ceil_div(tiles, nb), mc_blk = mc_tiles * MR;
     float *pb = (float *)sft_scratch_alloc(sizeof(float) * (size_t)(kc_max * nc_max));
     float *pa_all = (float *)sft_scratch_alloc(sizeof(float) * (size_t)(nthreads * mc_blk * kc_max));
     if (pb == NULL || pa_all == NULL) {
@@ -929,8 +925,8 @@ static int gemm_many_rows(const gemm_args *g, gemm_kernels kern, int nthreads) {
         // loop over column blocks of C
         for (int64_t jc = 0; jc < N; jc += nc_max) {
             const int64_t nc = SFT_MIN(nc_max, N - jc);
-            const int64_t n_panels = (nc + GEMM_NR - 1) / GEMM_NR;
-            const int64_t n_groups = (n_panels + GEMM_PACK_GROUP - 1) / GEMM_PACK_GROUP;
+            const int64_t n_panels = sft_ceil_div(nc, GEMM_NR);
+            const int64_t n_groups = sft_ceil_div(n_panels, GEMM_PACK_GROUP);
             // loop over depth blocks
             for (int64_t pc = 0; pc < K; pc += GEMM_KC) {
                 const int64_t kc = SFT_MIN(GEMM_KC, K - pc);
@@ -972,13 +968,13 @@ static int gemm_many_rows(const gemm_args *g, gemm_kernels kern, int nthreads) {
  * barrier) and the whole (small) A block of every depth block. */
 static int gemm_few_rows(const gemm_args *g, gemm_kernels kern, int nthreads) {
     const int64_t M = g->M, N = g->N, K = g->K;
-    const int64_t mpad = round_up(M, kern.mr);
-    const int64_t n_panels = (N + GEMM_NR - 1) / GEMM_NR;
+    const int64_t mpad = sft_round_up(M, kern.mr);
+    const int64_t n_panels = sft_ceil_div(N, GEMM_NR);
     // B chunks of up to GEMM_FEW_NC columns; scratch sized to the problem
-    const int64_t chunk = SFT_MIN(GEMM_FEW_NC / GEMM_NR, (n_panels + nthreads - 1) / nthreads);
+    const int64_t chunk = SFT_MIN(GEMM_FEW_NC / GEMM_NR, sft_ceil_div(n_panels, nthreads));
     const int64_t kc_max = SFT_MIN(K, GEMM_KC);
-    const int64_t b_size = round_up(chunk * GEMM_NR * kc_max, 16);   /* keeps pa 64-byte aligned */
-    const int64_t per_thread = b_size + round_up(mpad * kc_max, 16); /* B chunk + A block */
+    const int64_t b_size = sft_round_up(chunk * GEMM_NR * kc_max, 16);   /* keeps pa 64-byte aligned */
+    const int64_t per_thread = b_size + sft_round_up(mpad * kc_max, 16); /* B chunk + A block */
     float *buf = (float *)sft_scratch_alloc(sizeof(float) * (size_t)nthreads * (size_t)per_thread);
     if (buf == NULL) return -1;
 
@@ -1091,7 +1087,7 @@ static void gemm_stream_rows(const gemm_args *g, int nthreads) {
     if (sft_simd_path >= SFT_SIMD_AVX2) stream = stream_rows_avx2;
 #endif
     const int64_t M = g->M, N = g->N, ldc = g->ldc;
-    const int64_t n16 = (N + GEMM_NR - 1) / GEMM_NR; /* columns shared out in groups of 16 */
+    const int64_t n16 = sft_ceil_div(N, GEMM_NR); /* columns shared out in groups of 16 */
 
 #pragma omp parallel num_threads(nthreads)
     {
@@ -1146,7 +1142,7 @@ static int gemm_run(gemm_args *g) {
 #endif
     // tiny products (a few microseconds on one core) cost less than waking a second thread
     if ((double)g->M * (double)g->N * (double)g->K < GEMM_MIN_PARALLEL_MNK) nthreads = 1;
-    const int64_t tiles = (g->M + kern.mr - 1) / kern.mr, n_panels = (g->N + GEMM_NR - 1) / GEMM_NR;
+    const int64_t tiles = sft_ceil_div(g->M, kern.mr), n_panels = sft_ceil_div(g->N, GEMM_NR);
     // one to a few rows against contiguous B rows: memory-bound, stream B without packing
     if (g->rows_b && g->M <= GEMM_STREAM_M) {
         gemm_stream_rows(g, (int)SFT_MAX(1, SFT_MIN(nthreads, n_panels)));

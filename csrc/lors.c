@@ -245,8 +245,7 @@ SFT_TARGET_AVX2 static void pack_backward_avx2(float *dst, const void *vctx, int
 
 /* [lo, hi) of n items for thread tid of nt, slice starts rounded to multiples of align. */
 static void split_range(int64_t n, int tid, int nt, int64_t align, int64_t *lo, int64_t *hi) {
-    int64_t per = (n + nt - 1) / nt;
-    per = (per + align - 1) / align * align;
+    int64_t per = sft_round_up(sft_ceil_div(n, nt), align);
     *lo = SFT_MIN(n, tid * per);
     *hi = SFT_MIN(n, *lo + per);
 }
@@ -370,10 +369,9 @@ int lors_backward_exact(float *dA, float *dB, const float *gy, const float *x, c
     // each thread takes one slab of output rows (as equal as LORS_ROW_ALIGN allows) and tiles
     // it with equal tiles of at most LORS_TILE_O x LORS_TILE_I: a fixed grid of 144-row tiles
     // dealt out statically left one thread a whole tile row more (10% at out = 2048)
-    if ((int64_t)nth > (out + LORS_ROW_ALIGN - 1) / LORS_ROW_ALIGN)
-        nth = (int)((out + LORS_ROW_ALIGN - 1) / LORS_ROW_ALIGN);
-    const int64_t n_ti = (in + LORS_TILE_I - 1) / LORS_TILE_I;
-    const int64_t ti_eq = SFT_MIN(LORS_TILE_I, ((in + n_ti - 1) / n_ti + 15) / 16 * 16);
+    if ((int64_t)nth > sft_ceil_div(out, LORS_ROW_ALIGN)) nth = (int)sft_ceil_div(out, LORS_ROW_ALIGN);
+    const int64_t n_ti = sft_ceil_div(in, LORS_TILE_I);
+    const int64_t ti_eq = SFT_MIN(LORS_TILE_I, sft_round_up(sft_ceil_div(in, n_ti), 16));
     /* per thread: one G tile, and (threads after the first) partial dA and dB summed at the end */
     float *G_all = (float *)sft_scratch_alloc(sizeof(float) * (size_t)nth * LORS_TILE_O * LORS_TILE_I);
     float *part =
@@ -404,10 +402,8 @@ int lors_backward_exact(float *dA, float *dB, const float *gy, const float *x, c
         // fixed partition and order); the GEMMs inside run on this thread alone
         int64_t lo, hi;
         split_range(out, tid, nt, LORS_ROW_ALIGN, &lo, &hi);
-        const int64_t n_to = (hi - lo + LORS_TILE_O - 1) / LORS_TILE_O;
-        const int64_t to_eq =
-            n_to == 0 ? 0
-                      : ((hi - lo + n_to - 1) / n_to + LORS_ROW_ALIGN - 1) / LORS_ROW_ALIGN * LORS_ROW_ALIGN;
+        const int64_t n_to = sft_ceil_div(hi - lo, LORS_TILE_O);
+        const int64_t to_eq = n_to == 0 ? 0 : sft_round_up(sft_ceil_div(hi - lo, n_to), LORS_ROW_ALIGN);
         // loop over the slab's tiles, row tiles outer
         for (int64_t o0 = lo; o0 < hi; o0 += to_eq)
             for (int64_t i0 = 0; i0 < in; i0 += ti_eq) {
@@ -516,7 +512,7 @@ void lors_backward_lors_naive(float *dA, float *dB, const float *gy, const float
 void lors_merge(float *Wout, const float *W, const uint8_t *M, const float *A, const float *B, float s,
                 int64_t in, int64_t out, int64_t r) {
     row_fn row = select_row();
-    int64_t n_blocks = (out + GEMM_NR - 1) / GEMM_NR;
+    int64_t n_blocks = sft_ceil_div(out, GEMM_NR);
     // blocks of GEMM_NR rows shared out among threads
 #pragma omp parallel for schedule(static) num_threads(sft_get_num_threads())
     for (int64_t b = 0; b < n_blocks; b++) {

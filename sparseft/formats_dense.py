@@ -46,15 +46,20 @@ class BaseFormat(Protocol):
     def unmerged(self, A: np.ndarray, B: np.ndarray, scale: float) -> BaseFormat: ...
 
 
+def _check_2d(a: object, name: str, dtype: type) -> np.ndarray:
+    """A 2-D (out, in) ndarray of ``dtype`` (returned as is), else a TypeError/ValueError naming ``name``."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype).name}, got {a.dtype}")
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array (out, in), got shape {a.shape}")
+    return a
+
+
 def check_mask(mask: object, name: str = "mask") -> np.ndarray:
     """A bool 2-D ndarray (returned as is), else a TypeError/ValueError naming ``name``."""
-    if not isinstance(mask, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(mask).__name__}")
-    if mask.dtype != np.bool_:
-        raise TypeError(f"{name}: expected dtype bool, got {mask.dtype}")
-    if mask.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array (out, in), got shape {mask.shape}")
-    return mask
+    return _check_2d(mask, name, np.bool_)
 
 
 def validate_base(W: object, mask: object) -> tuple[np.ndarray, np.ndarray]:
@@ -79,12 +84,7 @@ def validate_base(W: object, mask: object) -> tuple[np.ndarray, np.ndarray]:
     ValueError
         If the shapes are not 2-D and equal, ``W`` holds NaN/inf, or ``W`` is nonzero off the mask.
     """
-    if not isinstance(W, np.ndarray):
-        raise TypeError(f"W: expected a numpy.ndarray, got {type(W).__name__}")
-    if W.dtype != np.float32:
-        raise TypeError(f"W: expected dtype float32, got {W.dtype}")
-    if W.ndim != 2:
-        raise ValueError(f"W: expected a 2-D array (out, in), got shape {W.shape}")
+    W = _check_2d(W, "W", np.float32)
     mask = check_mask(mask)
     if mask.shape != W.shape:
         raise ValueError(f"mask: expected shape {W.shape} (the shape of W), got {mask.shape}")
