@@ -1061,14 +1061,21 @@ static PyObject *py_sparse_merge(PyObject *self, PyObject *args, PyObject *kwarg
     return (PyObject *)vals;
 }
 
-static PyObject *py_sparse_token_block(PyObject *self, PyObject *args) {
+static PyObject *py_sparse_plan(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *baseo;
-    int backward;
-    if (!PyArg_ParseTuple(args, "Op:sparse_token_block", &baseo, &backward)) return NULL;
+    long long N;
+    if (!PyArg_ParseTuple(args, "OL:sparse_plan", &baseo, &N)) return NULL;
+    if (N < 0) {
+        PyErr_SetString(PyExc_ValueError, "N must be >= 0");
+        return NULL;
+    }
     sparse_base W;
     if (parse_sparse_base(baseo, &W) < 0) return NULL;
-    return PyLong_FromLongLong((long long)sparse_token_block(&W, backward));
+    int64_t fwd_tokens, fwd_slab, bwd_tokens, bwd_slab;
+    sparse_plan(&W, (int64_t)N, sft_get_num_threads(), &fwd_tokens, &fwd_slab, &bwd_tokens, &bwd_slab);
+    return Py_BuildValue("(LLLL)", (long long)fwd_tokens, (long long)fwd_slab, (long long)bwd_tokens,
+                         (long long)bwd_slab);
 }
 
 /* ---- module -------------------------------------------------------------------------------- */
@@ -1154,8 +1161,10 @@ static PyMethodDef methods[] = {
     {"sparse_merge", (PyCFunction)(void (*)(void))py_sparse_merge, METH_VARARGS | METH_KEYWORDS,
      "sparse_merge(base, A, B, scale) -> ndarray\n\nThe stored values of W' = W + scale*(B A) (same "
      "layout)."},
-    {"sparse_token_block", py_sparse_token_block, METH_VARARGS,
-     "sparse_token_block(base, backward) -> int\n\nTokens per thread block the sparse kernels use for base."},
+    {"sparse_plan", py_sparse_plan, METH_VARARGS,
+     "sparse_plan(base, N) -> (fwd_tokens, fwd_slab, bwd_tokens, bwd_slab)\n\nThe sparse kernels' blocking "
+     "for N tokens at the current thread count: token block and column slab of the forward and the "
+     "backward."},
     {NULL, NULL, 0, NULL},
 };
 

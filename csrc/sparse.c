@@ -2,14 +2,19 @@
  *
  * Every thread takes a contiguous range of the tokens and works on it alone (no barriers in the
  * main loop: on a shared machine a barrier can cost a whole time slice). Loops, outer to inner:
- *   token block of NCt tokens (sparse_token_block: what fits 1 MiB of tile scratch per thread)
- *     -> x (and, backward, a zeroed gx) transposed into tiles of <= 64 tokens, tokens contiguous
- *   -> row chunk (<= CHUNK_NNZ nonzeros, <= CHUNK_ROWS rows): columns expanded (N:M), W'
- *      recomputed once per block (8 length-r dot products at a time), column-block segments found
- *   -> tile -> column block of KC columns (its 64-token slab stays in L1) -> row -> segment kernel:
- *      forward: a register tile of up to 64 tokens of the row kept across the segment's nonzeros;
+ *   token block of T tokens
+ *   -> column slab of S columns (plan_blocks: T and S chosen together so that the slab's token
+ *      panels fit 1 MiB of tile scratch per thread; a wide input is cut into slabs instead of
+ *      shrinking the token block, which would multiply the recomputes of W')
+ *      -> x's slab (backward: and a zeroed gx slab) transposed into tiles of <= 64 tokens
+ *   -> row chunk (<= CHUNK_ROWS rows, their entries in the slab): columns expanded (N:M), W'
+ *      recomputed once per (block, slab) (8 length-r dot products at a time), block segments found
+ *   -> tile -> column block (its tile rows stay in L1) -> row -> segment kernel:
+ *      forward: a register tile of up to 64 tokens of the row kept across the segment's nonzeros,
+ *      starting from the row's sums of the earlier slabs;
  *      backward: the row's gy tile in registers; per nonzero one pass over the tokens scatters
- *      w' * gy into gx^T and accumulates <gy, x_j> (SparseProp's fused backward)
+ *      w' * gy into gx^T and accumulates <gy, x_j> (SparseProp's fused backward); a slab's gx
+ *      columns are complete when the slab ends and are written out
  *   -> backward: the chunk's sampled gradient g of this block reduced into this thread's dB and
  *      dA^T (rank-1 updates of length r); the threads' dA, dB are summed in thread order at the end.
  * Deterministic for a fixed thread count (every sum has a fixed order). */
@@ -28,7 +33,8 @@
 #define CHUNK_NNZ 4096       /* nonzeros of a row chunk (columns, W', g: 48 KiB) */
 #define CHUNK_ROWS 64        /* rows of a row chunk */
 #define TILE_BYTES (1 << 20) /* tile scratch per thread: token panels + chunk buffers */
-#define KC 128               /* columns of a column block (a 64-token panel slab of 32 KiB) */
+#define KC 128               /* forward: columns of a column block (a 64-token x^T slab of 32 KiB) */
+/* backward: bwd_kc(), 64 or 128 columns (the x^T and gx^T slabs together) */
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
 /* ---- format access ------------------------------------------------------------------------- */
@@ -39,17 +45,8 @@ static ALWAYS_INLINE int64_t row_begin(const sparse_base *W, int64_t i) {
     return i * (W->m > 0 ? W->in / W->m * W->n : 0);
 }
 
-/* End (exclusive) of the row chunk starting at row i0. */
-static int64_t chunk_end(const sparse_base *W, int64_t i0) {
-    int64_t i1 = i0 + 1;
-    int64_t lim = SFT_MIN(W->out, i0 + CHUNK_ROWS);
-    // grow while the chunk stays within CHUNK_NNZ nonzeros
-    while (i1 < lim && row_begin(W, i1 + 1) - row_begin(W, i0) <= CHUNK_NNZ) i1++;
-    return i1;
-}
-
-/* Largest number of nonzeros a chunk can hold (a single long row may exceed CHUNK_NNZ). */
-static int64_t chunk_capacity(const sparse_base *W) {
+/* Largest number of nonzeros of one whole row (the merge's column buffer). */
+static int64_t row_capacity(const sparse_base *W) {
     return SFT_MAX((int64_t)CHUNK_NNZ, W->in);
 }
 
@@ -173,85 +170,155 @@ static void transpose_A(float *AT, const float *A, int64_t r, int64_t in) {
         for (int64_t q = 0; q < r; q++) AT[j * r + q] = A[q * in + j];
 }
 
-/* ---- a row chunk and its column-block segments --------------------------------------------- */
+/* ---- a row chunk in a column slab, and its column-block segments ---------------------------- */
 
-/* A chunk of rows with W' recomputed (row order) and, for every row, where its entries of each
- * column block start: a sweep over the rows for one column block touches only that block's rows
- * of the token panels (KC columns * 64 tokens * 4 B = 32 KiB, L1). */
+/* A chunk of rows restricted to a slab of columns [c0, c1), with W' recomputed (row order) and,
+ * for every row, where its entries of each column block start: a sweep over the rows for one
+ * column block touches only that block's rows of the token panels (KC columns * 64 tokens * 4 B =
+ * 32 KiB, L1). The forward uses one slab of all columns. */
 typedef struct {
-    int64_t i0, rows, cnt, nkb;
+    int64_t i0, rows, cnt, nkb, cap, unit;
     int32_t *seg;    /* (rows, nkb+1) start of row i's entries of column block kb (chunk offsets) */
-    int32_t *rowcol; /* (cap) columns */
+    int32_t *rowcol; /* (cap) columns, relative to the slab's first column */
     float *wrow;     /* (cap) W' */
     float *g;        /* (cap) sampled gradient */
 } chunk;
 
-/* Column blocks of a base: KC columns (CSR) or KC/m whole groups (N:M). */
-static int64_t n_col_blocks(const sparse_base *W, int64_t *groups_per_block) {
-    if (W->kind == SPARSE_CSR) {
-        *groups_per_block = 0;
-        return (W->in + KC - 1) / KC;
-    }
-    int64_t gpb = SFT_MAX((int64_t)1, KC / W->m), ngroups = W->in / W->m;
-    *groups_per_block = gpb;
-    return SFT_MAX((int64_t)1, (ngroups + gpb - 1) / gpb);
+/* Columns of a column block: kc (CSR) or kc/m whole groups (N:M). Slabs are multiples of it. */
+static int64_t col_block(const sparse_base *W, int64_t kc) {
+    if (W->kind == SPARSE_CSR) return kc;
+    return SFT_MAX((int64_t)1, kc / W->m) * W->m;
 }
 
-static int64_t chunk_bytes(const sparse_base *W) {
-    int64_t gpb, cap = chunk_capacity(W), nkb = n_col_blocks(W, &gpb);
+/* Number of stored entries of a base. */
+static int64_t base_nnz(const sparse_base *W) {
+    return W->kind == SPARSE_CSR ? W->rowptr[W->out] : W->out * (W->in / SFT_MAX(W->m, 1)) * W->n;
+}
+
+/* Backward column block: 64 columns keep a 64-token tile's x^T and gx^T rows of a block (32 KiB)
+ * in L1, which pays from density 1/4 on; sparser rows gain more from segments twice as long
+ * (measured at N=2048, 2048 x 2048, 2 threads: 2:4 ~9% faster with 64, density 0.1 ~10% faster
+ * with 128). */
+static int64_t bwd_kc(const sparse_base *W) {
+    return 4 * base_nnz(W) >= W->out * W->in ? 64 : 128;
+}
+
+/* Bytes of the arrays of a chunk over slabs of S columns (a row holds at most S entries of one). */
+static int64_t chunk_bytes(const sparse_base *W, int64_t S, int64_t kc) {
+    int64_t cap = SFT_MAX((int64_t)CHUNK_NNZ, S), nkb = sft_ceil_div(S, col_block(W, kc));
     return 4 * (3 * cap + CHUNK_ROWS * (nkb + 1)) + 64 * 4;
 }
 
-int64_t sparse_token_block(const sparse_base *W, int backward) {
-    // what is left of TILE_BYTES after the chunk buffers (and the forward's output tile)
-    int64_t budget = TILE_BYTES - chunk_bytes(W) - (backward ? 0 : 4 * CHUNK_ROWS * TOK_TILE);
-    int64_t per_token = 4 * SFT_MAX(W->in, 1) * (backward ? 2 : 1) + (backward ? 4 * CHUNK_ROWS : 0);
-    int64_t nc = budget / per_token / TOK_VEC * TOK_VEC;
-    // at least one vector, at most 512 tokens per block
-    return SFT_MIN(SFT_MAX(nc, TOK_VEC), 512);
-}
-
-/* Carves the chunk arrays out of one scratch block of chunk_bytes(W) bytes. */
-static void chunk_init(chunk *c, void *mem, const sparse_base *W) {
-    int64_t gpb, cap = chunk_capacity(W);
-    c->nkb = n_col_blocks(W, &gpb);
+/* Carves the chunk arrays out of one scratch block of chunk_bytes(W, S, kc) bytes. */
+static void chunk_init(chunk *c, void *mem, const sparse_base *W, int64_t S, int64_t kc) {
+    c->cap = SFT_MAX((int64_t)CHUNK_NNZ, S);
+    c->unit = col_block(W, kc);
+    c->nkb = sft_ceil_div(S, c->unit);
     char *p = (char *)mem;
-    c->rowcol = (int32_t *)p, p += 4 * cap;
-    c->wrow = (float *)p, p += 4 * cap;
-    c->g = (float *)p, p += 4 * cap;
+    c->rowcol = (int32_t *)p, p += 4 * c->cap;
+    c->wrow = (float *)p, p += 4 * c->cap;
+    c->g = (float *)p, p += 4 * c->cap;
     c->seg = (int32_t *)p;
 }
 
-/* Loads rows [i0, i1): columns, W' (when need_w) and the column-block segments. */
-static void chunk_build(chunk *c, const sparse_base *W, int64_t i0, int64_t i1, const float *AT,
-                        const float *B, float scale, int64_t r, int need_w, recompute_fn rcf) {
-    int64_t rows = i1 - i0, off0 = row_begin(W, i0), nkb = c->nkb, gpb;
-    n_col_blocks(W, &gpb);
-    c->i0 = i0, c->rows = rows, c->cnt = row_begin(W, i1) - off0;
-    fill_cols(c->rowcol, W, i0, i1, off0);
-    if (need_w)
-        // W' row by row (B[i,:] shared by the row's nonzeros)
-        for (int64_t i = i0; i < i1; i++) {
-            int64_t b = row_begin(W, i) - off0, e = row_begin(W, i + 1) - off0;
-            rcf(c->wrow + b, c->rowcol + b, W->values + off0 + b, B + i * r, AT, scale, e - b, r);
-        }
-    // segment starts: N:M by formula, CSR by one scan of each row's increasing columns
-    for (int64_t i = 0; i < rows; i++) {
-        int32_t *sg = c->seg + i * (nkb + 1);
-        int64_t b = row_begin(W, i0 + i) - off0, e = row_begin(W, i0 + i + 1) - off0;
+/* Loads rows i0, i0+1, ... (at most CHUNK_ROWS, and while their entries in the slab [c0, c1) fit
+ * the chunk; at least one row) restricted to the slab: columns relative to c0, W' when need_w
+ * (ATs = A^T from row c0 on) and the column-block segments. CSR: pos[i] is row i's first entry at
+ * or after column c0 (pos NULL: the row's first entry, for a slab starting at column 0) and is
+ * moved past the slab. Returns the end row (exclusive). */
+static int64_t chunk_build(chunk *c, const sparse_base *W, int64_t *pos, int64_t i0, int64_t c0, int64_t c1,
+                           const float *ATs, const float *B, float scale, int64_t r, int need_w,
+                           recompute_fn rcf) {
+    int64_t unit = c->unit, nkb = sft_ceil_div(c1 - c0, unit), cnt = 0, i = i0;
+    int64_t lim = SFT_MIN(W->out, i0 + CHUNK_ROWS);
+    c->i0 = i0, c->nkb = nkb;
+    // loop over rows while they fit
+    for (; i < lim; i++) {
+        int32_t *sg = c->seg + (i - i0) * (nkb + 1);
+        int64_t b, e;
         if (W->kind == SPARSE_NM) {
-            int64_t ngroups = W->in / W->m;
-            for (int64_t kb = 0; kb <= nkb; kb++) sg[kb] = (int32_t)(b + SFT_MIN(kb * gpb, ngroups) * W->n);
-            continue;
+            // kept entries of the groups [c0/m, c1/m): positions by formula
+            int64_t n = W->n, m = W->m, g0 = c0 / m, ng = c1 / m - g0, gpb = unit / m;
+            b = i * (W->in / m * n) + g0 * n, e = b + ng * n;
+            if (cnt + (e - b) > c->cap) break;
+            const uint8_t *ix = W->idx + b;
+            int32_t *cl = c->rowcol + cnt;
+            for (int64_t gr = 0; gr < ng; gr++)
+                for (int64_t q = 0; q < n; q++) cl[gr * n + q] = (int32_t)(gr * m + ix[gr * n + q]);
+            for (int64_t kb = 0; kb <= nkb; kb++) sg[kb] = (int32_t)(cnt + SFT_MIN(kb * gpb, ng) * n);
+        } else {
+            // one scan of the row's increasing columns: block starts and the slab's end
+            int64_t rend = W->rowptr[i + 1], k;
+            b = pos != NULL ? pos[i] : W->rowptr[i], k = b;
+            for (int64_t kb = 0; kb < nkb; kb++) {
+                sg[kb] = (int32_t)(cnt + (k - b));
+                int64_t blim = SFT_MIN(c1, c0 + (kb + 1) * unit);
+                while (k < rend && W->colidx[k] < blim) k++;
+            }
+            e = k;
+            if (cnt + (e - b) > c->cap) break;
+            sg[nkb] = (int32_t)(cnt + (e - b));
+            for (k = b; k < e; k++) c->rowcol[cnt + (k - b)] = W->colidx[k] - (int32_t)c0;
+            if (pos != NULL) pos[i] = e;
         }
-        int64_t k = b;
-        for (int64_t kb = 0; kb < nkb; kb++) {
-            sg[kb] = (int32_t)k;
-            int64_t lim = (kb + 1) * KC;
-            while (k < e && c->rowcol[k] < lim) k++;
-        }
-        sg[nkb] = (int32_t)e;
+        if (need_w) rcf(c->wrow + cnt, c->rowcol + cnt, W->values + b, B + i * r, ATs, scale, e - b, r);
+        cnt += e - b;
     }
+    c->rows = i - i0, c->cnt = cnt;
+    return i;
+}
+
+/* ---- blocking: token blocks and column slabs within TILE_BYTES per thread ------------------- */
+
+/* Scratch of one thread for token blocks of T and slabs of S columns. Forward: the x^T tiles
+ * (S, 64), an output tile (CHUNK_ROWS, 64), the chunk and (CSR) a position per row. Backward: x^T
+ * and gx^T tiles, the gy^T tiles of a chunk (CHUNK_ROWS, 64), the chunk and the positions. */
+static int64_t tile_bytes(const sparse_base *W, int backward, int64_t T, int64_t S) {
+    int64_t Tm = T <= TOK_TILE ? T : sft_round_up(T, TOK_TILE);
+    int64_t kc = backward ? bwd_kc(W) : KC, pos = W->kind == SPARSE_CSR ? 8 * W->out : 0;
+    int64_t panels = backward ? 4 * Tm * (2 * S + CHUNK_ROWS) : 4 * (Tm * S + CHUNK_ROWS * TOK_TILE);
+    return panels + sft_round_up(chunk_bytes(W, S, kc), 64) + pos;
+}
+
+/* Token block T and column slab S for threads of Nt tokens. Per (nonzero, token block) W' is
+ * recomputed and the chunk rebuilt (~4 units; backward also reduces the gradient into dA and dB:
+ * ~6); per (token, output, extra slab) the forward reads and writes its output tile again (~2),
+ * the backward transposes gy again (~1); per (row, block, slab) the loops cost ~20. The cheapest
+ * (T, S) by that count wins: long token blocks over narrow slabs where nonzeros are many, wide
+ * slabs where re-reading the outputs or gy would dominate. */
+static void plan_blocks(const sparse_base *W, int backward, int64_t Nt, int64_t *T_out, int64_t *S_out) {
+    int64_t out = W->out, in = SFT_MAX(W->in, 1), unit = col_block(W, backward ? bwd_kc(W) : KC);
+    double nnz = (double)base_nnz(W), per_nz = backward ? 6.0 : 4.0, per_out = backward ? 1.0 : 2.0;
+    int64_t Tcap = SFT_MIN((int64_t)512, sft_round_up(SFT_MAX(Nt, 1), TOK_VEC));
+    static const int64_t Ts[] = {512, 448, 384, 320, 256, 192, 128, 64, 56, 48, 40, 32, 24, 16, 8};
+    double best = -1.0;
+    *T_out = TOK_VEC, *S_out = SFT_MIN(unit, in);
+    // loop over slab widths; for each, the longest token block that fits
+    for (int64_t S = unit;; S += unit) {
+        int64_t Sc = SFT_MIN(S, in), nslab = sft_ceil_div(in, Sc);
+        for (size_t u = 0; u < sizeof Ts / sizeof Ts[0]; u++) {
+            int64_t T = SFT_MIN(Ts[u], Tcap);
+            if (tile_bytes(W, backward, T, Sc) > TILE_BYTES) continue;
+            double nb = (double)sft_ceil_div(SFT_MAX(Nt, 1), T),
+                   rest = (double)(backward ? nslab : nslab - 1);
+            double cost = per_nz * nnz * nb + per_out * (double)Nt * (double)out * rest +
+                          20.0 * (double)out * nb * (double)nslab;
+            if (best < 0 || cost < best) best = cost, *T_out = T, *S_out = Sc;
+            break;
+        }
+        if (S >= in) break;
+    }
+}
+
+/* Tokens of one thread: whole vectors, the largest share thread_tokens() deals. */
+static int64_t thread_share(int64_t N, int nthreads) {
+    return sft_round_up(sft_ceil_div(SFT_MAX(N, 1), SFT_MAX(nthreads, 1)), TOK_VEC);
+}
+
+void sparse_plan(const sparse_base *W, int64_t N, int nthreads, int64_t *fwd_tokens, int64_t *fwd_slab,
+                 int64_t *bwd_tokens, int64_t *bwd_slab) {
+    plan_blocks(W, 0, thread_share(N, nthreads), fwd_tokens, fwd_slab);
+    plan_blocks(W, 1, thread_share(N, nthreads), bwd_tokens, bwd_slab);
 }
 
 /* dst[c*ldd + r] = src[r*lds + c] for r < rows, c < cols (naive reference of the blocked one). */
@@ -312,14 +379,6 @@ static transpose_fn select_transpose(void) {
     if (sft_simd_path >= SFT_SIMD_AVX2) return transpose_avx2;
 #endif
     return transpose_portable;
-}
-
-/* dst (cols, nt) = src[t0 : t0+nvalid, :]^T, zero-padded to nt tokens. */
-static void pack_panel(transpose_fn tr, float *dst, const float *src, int64_t cols, int64_t t0,
-                       int64_t nvalid, int64_t nt) {
-    tr(dst, nt, src + t0 * cols, cols, nvalid, cols);
-    for (int64_t j = 0; j < cols; j++)
-        for (int64_t t = nvalid; t < nt; t++) dst[j * nt + t] = 0.0f;
 }
 
 /* The token range [*ta, *tb) of thread tid of nth (multiples of TOK_VEC, clipped to N). */
@@ -570,8 +629,6 @@ typedef void (*bwd_seg_fn)(float *, float *, const float *, const int32_t *, int
                            const float *, int64_t, int64_t);
 
 /* ---- AVX-512 forward segment: 16 tokens per vector ---------------------------------------- */
-/* (The backward segment stays AVX2 on the AVX-512 path: a zmm version measured no faster, its
- * per-nonzero gx load-FMA-store and sampled dot product being bound by loads and stores.) */
 
 #if SFT_X86
 /* Lane mask of the last vector of an nt-token row (nt a multiple of 8): 8 or 16 lanes. */
@@ -653,6 +710,101 @@ SFT_TARGET_AVX512 static void fwd_seg_avx512(float *yt, const float *w, const in
     }
 }
 
+/* Backward: the tile's gy row in NZ registers; per nonzero one pass over the tokens does the
+ * scatter into gx^T (load, FMA, store) and the sampled product (load, FMA into two sets); the
+ * product's vector is folded to 8 lanes and waits in sb, reduced 8 nonzeros at a time. */
+#define BZ_GY(v) const __m512 y##v = NZ > v ? Z_LOAD(v, gyrow + 16 * v) : _mm512_setzero_ps()
+#define BZ_G(v)                                                           \
+    if (NZ > v) {                                                         \
+        if (v % 2 == 0)                                                   \
+            s0 = _mm512_fmadd_ps(y##v, Z_LOAD(v, xT + off + 16 * v), s0); \
+        else                                                              \
+            s1 = _mm512_fmadd_ps(y##v, Z_LOAD(v, xT + off + 16 * v), s1); \
+    }
+#define BZ_GX(v) \
+    if (NZ > v) Z_STORE(v, px + 16 * v, _mm512_fmadd_ps(wk, y##v, Z_LOAD(v, px + 16 * v)))
+#define BZ_BOTH(v) \
+    BZ_G(v)        \
+    BZ_GX(v);
+#define BZ_PUSH(k)                                                                                           \
+    do {                                                                                                     \
+        __m512 s = _mm512_add_ps(s0, s1);                                                                    \
+        _mm256_store_ps(sb + 8 * ((k) & 7),                                                                  \
+                        _mm256_add_ps(_mm512_castps512_ps256(s),                                             \
+                                      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1))));    \
+        if (((k) & 7) == 7) {                                                                                \
+            __m256 h = hsum8_avx2(_mm256_load_ps(sb), _mm256_load_ps(sb + 8), _mm256_load_ps(sb + 16),       \
+                                  _mm256_load_ps(sb + 24), _mm256_load_ps(sb + 32), _mm256_load_ps(sb + 40), \
+                                  _mm256_load_ps(sb + 48), _mm256_load_ps(sb + 56));                         \
+            _mm256_storeu_ps(g + (k) - 7, _mm256_add_ps(_mm256_loadu_ps(g + (k) - 7), h));                   \
+        }                                                                                                    \
+    } while (0)
+#define BZ_TAIL() \
+    for (int64_t kk = cnt / 8 * 8; kk < cnt; kk++) g[kk] += hsum_avx2(_mm256_load_ps(sb + 8 * (kk & 7)))
+#define DEF_BWD_AVX512(NZ_)                                                                                 \
+    SFT_TARGET_AVX512 static void bwd_seg_avx512_##NZ_(float *g, float *gxT, const float *w,                \
+                                                       const int32_t *col, int64_t cnt, const float *gyrow, \
+                                                       const float *xT, int64_t ld, __mmask16 last) {       \
+        enum { NZ = NZ_ };                                                                                  \
+        float sb[64] __attribute__((aligned(32)));                                                          \
+        Z_ALLS(BZ_GY);                                                                                      \
+        if (gxT != NULL && g != NULL) {                                                                     \
+            for (int64_t k = 0; k < cnt; k++) {                                                             \
+                int64_t off = (int64_t)col[k] * ld;                                                         \
+                float *px = gxT + off;                                                                      \
+                __m512 wk = _mm512_set1_ps(w[k]), s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();       \
+                Z_ALLS(BZ_BOTH);                                                                            \
+                BZ_PUSH(k);                                                                                 \
+            }                                                                                               \
+            BZ_TAIL();                                                                                      \
+        } else if (gxT != NULL) {                                                                           \
+            for (int64_t k = 0; k < cnt; k++) {                                                             \
+                float *px = gxT + (int64_t)col[k] * ld;                                                     \
+                __m512 wk = _mm512_set1_ps(w[k]);                                                           \
+                Z_ALLS(BZ_GX);                                                                              \
+            }                                                                                               \
+        } else {                                                                                            \
+            for (int64_t k = 0; k < cnt; k++) {                                                             \
+                int64_t off = (int64_t)col[k] * ld;                                                         \
+                __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();                                  \
+                Z_ALLS(BZ_G);                                                                               \
+                BZ_PUSH(k);                                                                                 \
+            }                                                                                               \
+            BZ_TAIL();                                                                                      \
+        }                                                                                                   \
+    }
+DEF_BWD_AVX512(1)
+DEF_BWD_AVX512(2)
+DEF_BWD_AVX512(3)
+DEF_BWD_AVX512(4)
+
+SFT_TARGET_AVX512 static void bwd_seg_avx512(float *g, float *gxT, const float *w, const int32_t *col,
+                                             int64_t cnt, const float *gyrow, const float *xT, int64_t ld,
+                                             int64_t nt) {
+    const __mmask16 last = last_mask(nt);
+    switch ((nt + 15) / 16) {
+        case 1:
+            bwd_seg_avx512_1(g, gxT, w, col, cnt, gyrow, xT, ld, last);
+            break;
+        case 2:
+            bwd_seg_avx512_2(g, gxT, w, col, cnt, gyrow, xT, ld, last);
+            break;
+        case 3:
+            bwd_seg_avx512_3(g, gxT, w, col, cnt, gyrow, xT, ld, last);
+            break;
+        default:
+            bwd_seg_avx512_4(g, gxT, w, col, cnt, gyrow, xT, ld, last);
+            break;
+    }
+}
+
+#undef BZ_GY
+#undef BZ_G
+#undef BZ_GX
+#undef BZ_BOTH
+#undef BZ_PUSH
+#undef BZ_TAIL
+#undef DEF_BWD_AVX512
 #undef Z_LOAD
 #undef Z_STORE
 #undef Z_ALLS
@@ -737,10 +889,16 @@ int sparse_forward(float *y, const sparse_base *W, const float *x, const float *
         return 0;
     }
     int nthreads = sft_get_num_threads();
-    int64_t NCt = sparse_token_block(W, 0);
-    int64_t per = SFT_MIN(NCt, (N + TOK_VEC - 1) / TOK_VEC * TOK_VEC);
-    size_t per_thread = sizeof(float) * (size_t)(in * per + CHUNK_ROWS * TOK_TILE) + (size_t)chunk_bytes(W);
-    per_thread = (per_thread + 63) / 64 * 64; /* every thread's panels start on a cache line */
+    // one plan for all threads: token block T, column slab S
+    int64_t T, S;
+    plan_blocks(W, 0, thread_share(N, nthreads), &T, &S);
+    int64_t ntiles_max = sft_ceil_div(T, TOK_TILE);
+    int64_t panel = S * (T <= TOK_TILE ? T : ntiles_max * TOK_TILE);
+    int64_t npos = W->kind == SPARSE_CSR ? out : 0;
+    // a thread's block: x^T tiles, the output tile, the chunk, row positions
+    int64_t off_chunk = sft_round_up(4 * (panel + CHUNK_ROWS * TOK_TILE), 64);
+    int64_t off_pos = off_chunk + sft_round_up(chunk_bytes(W, S, KC), 64);
+    size_t per_thread = (size_t)sft_round_up(off_pos + 8 * npos, 64); /* cache-line aligned blocks */
     float *AT = (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(in * r, 1));
     char *mem = (char *)sft_scratch_alloc(per_thread * (size_t)nthreads);
     if (AT == NULL || mem == NULL) {
@@ -764,38 +922,50 @@ int sparse_forward(float *y, const sparse_base *W, const float *x, const float *
         int tid = 0, nth = 1;
 #endif
         char *my = mem + per_thread * (size_t)tid;
-        float *xT = (float *)my;      /* tiles (in, 64) */
-        float *ytile = xT + in * per; /* (CHUNK_ROWS, 64) */
+        float *xT = (float *)my;                  /* tiles (S, 64) */
+        float *ytile = xT + panel;                /* (CHUNK_ROWS, 64) */
+        int64_t *pos = (int64_t *)(my + off_pos); /* (out) CSR: next entry per row */
         chunk c;
-        chunk_init(&c, ytile + CHUNK_ROWS * TOK_TILE, W);
+        chunk_init(&c, my + off_chunk, W, S, KC);
         transpose_A(AT, A, r, in); /* ends with a barrier */
         int64_t ta, tb;
         thread_tokens(N, tid, nth, &ta, &tb);
         // loop over this thread's token blocks
-        for (int64_t t0 = ta; t0 < tb; t0 += NCt) {
-            int64_t nblk = SFT_MIN(NCt, tb - t0), ntiles = (nblk + TOK_TILE - 1) / TOK_TILE;
-            // transpose the block into tiles of up to 64 tokens (padded to vectors)
-            for (int64_t p = 0; p < ntiles; p++) {
-                int64_t nv = SFT_MIN(TOK_TILE, nblk - p * TOK_TILE);
-                pack_panel(tr, xT + p * in * TOK_TILE, x, in, t0 + p * TOK_TILE, nv, (nv + 7) / 8 * 8);
-            }
-            // loop over row chunks
-            for (int64_t i0 = 0; i0 < out; i0 = chunk_end(W, i0)) {
-                int64_t i1 = chunk_end(W, i0);
-                chunk_build(&c, W, i0, i1, AT, B, scale, r, 1, rcf);
-                // loop over tiles, column blocks, rows
+        for (int64_t t0 = ta; t0 < tb; t0 += T) {
+            int64_t nblk = SFT_MIN(T, tb - t0), ntiles = sft_ceil_div(nblk, TOK_TILE);
+            if (npos) memcpy(pos, W->rowptr, sizeof(int64_t) * (size_t)out);
+            // loop over column slabs: the output tiles carry the partial sums from slab to slab
+            for (int64_t c0 = 0; c0 < in; c0 += S) {
+                int64_t c1 = SFT_MIN(in, c0 + S), sw = c1 - c0;
+                // transpose the slab of x into tiles of up to 64 tokens (padded to vectors)
                 for (int64_t p = 0; p < ntiles; p++) {
-                    int64_t nv = SFT_MIN(TOK_TILE, nblk - p * TOK_TILE), nt = (nv + 7) / 8 * 8;
-                    const float *panel = xT + p * in * TOK_TILE;
-                    memset(ytile, 0, sizeof(float) * (size_t)(c.rows * TOK_TILE));
-                    for (int64_t kb = 0; kb < c.nkb; kb++)
-                        for (int64_t i = 0; i < c.rows; i++) {
-                            int64_t b = c.seg[i * (c.nkb + 1) + kb], e = c.seg[i * (c.nkb + 1) + kb + 1];
-                            if (b < e)
-                                seg(ytile + i * TOK_TILE, c.wrow + b, c.rowcol + b, e - b, panel, nt, nt);
-                        }
-                    // write the tile transposed: y[t0 + p*64 + t, i0:i1]
-                    tr(y + (t0 + p * TOK_TILE) * out + i0, out, ytile, TOK_TILE, c.rows, nv);
+                    int64_t nv = SFT_MIN(TOK_TILE, nblk - p * TOK_TILE), nt = sft_round_up(nv, TOK_VEC);
+                    float *xp = xT + p * S * TOK_TILE;
+                    tr(xp, nt, x + (t0 + p * TOK_TILE) * in + c0, in, nv, sw);
+                    for (int64_t j = 0; j < sw; j++)
+                        for (int64_t t = nv; t < nt; t++) xp[j * nt + t] = 0.0f;
+                }
+                // loop over row chunks
+                for (int64_t i0 = 0, i1; i0 < out; i0 = i1) {
+                    i1 = chunk_build(&c, W, npos ? pos : NULL, i0, c0, c1, AT + c0 * r, B, scale, r, 1, rcf);
+                    // loop over tiles, column blocks, rows
+                    for (int64_t p = 0; p < ntiles; p++) {
+                        int64_t nv = SFT_MIN(TOK_TILE, nblk - p * TOK_TILE), nt = sft_round_up(nv, TOK_VEC);
+                        const float *xp = xT + p * S * TOK_TILE;
+                        float *yp = y + (t0 + p * TOK_TILE) * out + i0;
+                        if (c0 == 0)
+                            memset(ytile, 0, sizeof(float) * (size_t)(c.rows * TOK_TILE));
+                        else
+                            tr(ytile, TOK_TILE, yp, out, nv, c.rows); /* this tile's sums so far */
+                        for (int64_t kb = 0; kb < c.nkb; kb++)
+                            for (int64_t i = 0; i < c.rows; i++) {
+                                int64_t b = c.seg[i * (c.nkb + 1) + kb], e = c.seg[i * (c.nkb + 1) + kb + 1];
+                                if (b < e)
+                                    seg(ytile + i * TOK_TILE, c.wrow + b, c.rowcol + b, e - b, xp, nt, nt);
+                            }
+                        // write the tile transposed: y[t0 + p*64 + t, i0:i1]
+                        tr(yp, out, ytile, TOK_TILE, c.rows, nv);
+                    }
                 }
             }
         }
@@ -816,13 +986,18 @@ int sparse_backward(float *gx, float *dA, float *dB, const sparse_base *W, const
     if (gx != NULL) memset(gx, 0, sizeof(float) * (size_t)SFT_MAX(N * in, 0));
     if (N <= 0 || out <= 0 || in <= 0 || (gx == NULL && !want_g)) return 0;
     int nthreads = sft_get_num_threads();
-    int64_t NCt = sparse_token_block(W, 1);
-    int64_t per = SFT_MIN(NCt, (N + TOK_VEC - 1) / TOK_VEC * TOK_VEC);
-    int64_t ntiles_max = (per + TOK_TILE - 1) / TOK_TILE;
-    int64_t panel = in * per;
-    size_t per_thread = sizeof(float) * (size_t)(2 * panel + CHUNK_ROWS * ntiles_max * TOK_TILE) +
-                        (size_t)chunk_bytes(W) + (want_g ? sizeof(float) * (size_t)((in + out) * r) : 0);
-    per_thread = (per_thread + 63) / 64 * 64; /* every thread's panels start on a cache line */
+    // one plan for all threads: token block T, column slab S
+    int64_t T, S;
+    plan_blocks(W, 1, thread_share(N, nthreads), &T, &S);
+    int64_t ntiles_max = sft_ceil_div(T, TOK_TILE);
+    int64_t panel = S * (T <= TOK_TILE ? T : ntiles_max * TOK_TILE);
+    int64_t npos = W->kind == SPARSE_CSR ? out : 0;
+    int64_t part = want_g ? (in + out) * r : 0;
+    // a thread's block: x^T, gx^T and gy^T tiles, partial dB and dA^T, the chunk, row positions
+    int64_t off_part = 4 * (2 * panel + CHUNK_ROWS * ntiles_max * TOK_TILE);
+    int64_t off_chunk = sft_round_up(off_part + 4 * part, 64);
+    int64_t off_pos = off_chunk + sft_round_up(chunk_bytes(W, S, bwd_kc(W)), 64);
+    size_t per_thread = (size_t)sft_round_up(off_pos + 8 * npos, 64); /* cache-line aligned blocks */
     float *AT = (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(in * r, 1));
     char *mem = (char *)sft_scratch_alloc(per_thread * (size_t)nthreads);
     if (AT == NULL || mem == NULL) {
@@ -836,6 +1011,7 @@ int sparse_backward(float *gx, float *dA, float *dB, const sparse_base *W, const
     reduce_fn red = reduce_portable;
 #if SFT_X86
     if (sft_simd_path >= SFT_SIMD_AVX2) seg = bwd_seg_avx2, red = reduce_avx2;
+    if (sft_simd_path >= SFT_SIMD_AVX512) seg = bwd_seg_avx512;
 #endif
 
 #pragma omp parallel num_threads(nthreads)
@@ -846,58 +1022,68 @@ int sparse_backward(float *gx, float *dA, float *dB, const sparse_base *W, const
         int tid = 0, nth = 1;
 #endif
         char *my = mem + per_thread * (size_t)tid;
-        float *xT = (float *)my;                               /* tiles (in, 64) */
-        float *gxT = xT + panel;                               /* tiles (in, 64) */
-        float *gyT = gxT + panel;                              /* tiles (CHUNK_ROWS, 64) */
-        float *dBu = gyT + CHUNK_ROWS * ntiles_max * TOK_TILE; /* (out, r) */
-        float *dATu = dBu + out * r;                           /* (in, r) */
+        float *xT = (float *)my;                  /* tiles (S, 64) */
+        float *gxT = xT + panel;                  /* tiles (S, 64) */
+        float *gyT = gxT + panel;                 /* tiles (CHUNK_ROWS, 64) */
+        float *dBu = (float *)(my + off_part);    /* (out, r) */
+        float *dATu = dBu + out * r;              /* (in, r) */
+        int64_t *pos = (int64_t *)(my + off_pos); /* (out) CSR: next entry per row */
         chunk c;
-        chunk_init(&c, (char *)(dBu + (want_g ? (out + in) * r : 0)), W);
-        if (want_g) memset(dBu, 0, sizeof(float) * (size_t)((out + in) * r));
+        chunk_init(&c, my + off_chunk, W, S, bwd_kc(W));
+        if (want_g) memset(dBu, 0, sizeof(float) * (size_t)part);
         transpose_A(AT, A, r, in); /* ends with a barrier */
         int64_t ta, tb;
         thread_tokens(N, tid, nth, &ta, &tb);
         // loop over this thread's token blocks
-        for (int64_t t0 = ta; t0 < tb; t0 += NCt) {
-            int64_t nblk = SFT_MIN(NCt, tb - t0), ntiles = (nblk + TOK_TILE - 1) / TOK_TILE;
-            // transpose x into tiles, zero the gx tiles
-            for (int64_t p = 0; p < ntiles; p++) {
-                int64_t nv = SFT_MIN(TOK_TILE, nblk - p * TOK_TILE), nt = (nv + 7) / 8 * 8;
-                if (want_g) pack_panel(tr, xT + p * in * TOK_TILE, x, in, t0 + p * TOK_TILE, nv, nt);
-                if (gx != NULL) memset(gxT + p * in * TOK_TILE, 0, sizeof(float) * (size_t)(in * nt));
-            }
-            // loop over row chunks
-            for (int64_t i0 = 0; i0 < out; i0 = chunk_end(W, i0)) {
-                int64_t i1 = chunk_end(W, i0);
-                chunk_build(&c, W, i0, i1, AT, B, scale, r, gx != NULL, rcf);
-                if (want_g) memset(c.g, 0, sizeof(float) * (size_t)c.cnt);
-                // loop over tiles: transpose the chunk's gy columns, then column blocks, rows
+        for (int64_t t0 = ta; t0 < tb; t0 += T) {
+            int64_t nblk = SFT_MIN(T, tb - t0), ntiles = sft_ceil_div(nblk, TOK_TILE);
+            if (npos) memcpy(pos, W->rowptr, sizeof(int64_t) * (size_t)out);
+            // loop over column slabs: every column's gx is complete at the end of its slab
+            for (int64_t c0 = 0; c0 < in; c0 += S) {
+                int64_t c1 = SFT_MIN(in, c0 + S), sw = c1 - c0;
+                // transpose the slab of x into tiles, zero the gx tiles
                 for (int64_t p = 0; p < ntiles; p++) {
-                    int64_t nv = SFT_MIN(TOK_TILE, nblk - p * TOK_TILE), nt = (nv + 7) / 8 * 8;
-                    float *gyt = gyT + p * CHUNK_ROWS * TOK_TILE;
-                    for (int64_t i = 0; i < c.rows; i++)
-                        for (int64_t t = nv; t < nt; t++) gyt[i * TOK_TILE + t] = 0.0f;
-                    tr(gyt, TOK_TILE, gy + (t0 + p * TOK_TILE) * out + i0, out, nv, c.rows);
-                    float *gxp = gx != NULL ? gxT + p * in * TOK_TILE : NULL;
-                    const float *xp = want_g ? xT + p * in * TOK_TILE : NULL;
-                    for (int64_t kb = 0; kb < c.nkb; kb++)
-                        for (int64_t i = 0; i < c.rows; i++) {
-                            int64_t b = c.seg[i * (c.nkb + 1) + kb], e = c.seg[i * (c.nkb + 1) + kb + 1];
-                            if (b < e)
-                                seg(want_g ? c.g + b : NULL, gxp, c.wrow + b, c.rowcol + b, e - b,
-                                    gyt + i * TOK_TILE, xp, nt, nt);
-                        }
+                    int64_t nv = SFT_MIN(TOK_TILE, nblk - p * TOK_TILE), nt = sft_round_up(nv, TOK_VEC);
+                    float *xp = xT + p * S * TOK_TILE;
+                    if (want_g) {
+                        tr(xp, nt, x + (t0 + p * TOK_TILE) * in + c0, in, nv, sw);
+                        for (int64_t j = 0; j < sw; j++)
+                            for (int64_t t = nv; t < nt; t++) xp[j * nt + t] = 0.0f;
+                    }
+                    if (gx != NULL) memset(gxT + p * S * TOK_TILE, 0, sizeof(float) * (size_t)(sw * nt));
                 }
-                // the chunk's sampled gradient of this block into this thread's dB, dA^T
-                if (want_g) red(dBu, dATu, &c, AT, B, scale, r);
+                // loop over row chunks
+                for (int64_t i0 = 0, i1; i0 < out; i0 = i1) {
+                    i1 = chunk_build(&c, W, npos ? pos : NULL, i0, c0, c1, AT + c0 * r, B, scale, r,
+                                     gx != NULL, rcf);
+                    if (want_g) memset(c.g, 0, sizeof(float) * (size_t)c.cnt);
+                    // loop over tiles: transpose the chunk's gy columns, then column blocks, rows
+                    for (int64_t p = 0; p < ntiles; p++) {
+                        int64_t nv = SFT_MIN(TOK_TILE, nblk - p * TOK_TILE), nt = sft_round_up(nv, TOK_VEC);
+                        float *gyt = gyT + p * CHUNK_ROWS * TOK_TILE;
+                        for (int64_t i = 0; i < c.rows; i++)
+                            for (int64_t t = nv; t < nt; t++) gyt[i * TOK_TILE + t] = 0.0f;
+                        tr(gyt, TOK_TILE, gy + (t0 + p * TOK_TILE) * out + i0, out, nv, c.rows);
+                        float *gxp = gx != NULL ? gxT + p * S * TOK_TILE : NULL;
+                        const float *xp = want_g ? xT + p * S * TOK_TILE : NULL;
+                        for (int64_t kb = 0; kb < c.nkb; kb++)
+                            for (int64_t i = 0; i < c.rows; i++) {
+                                int64_t b = c.seg[i * (c.nkb + 1) + kb], e = c.seg[i * (c.nkb + 1) + kb + 1];
+                                if (b < e)
+                                    seg(want_g ? c.g + b : NULL, gxp, c.wrow + b, c.rowcol + b, e - b,
+                                        gyt + i * TOK_TILE, xp, nt, nt);
+                            }
+                    }
+                    // the chunk's sampled gradient of this block into this thread's dB, dA^T
+                    if (want_g) red(dBu, dATu + c0 * r, &c, AT + c0 * r, B, scale, r);
+                }
+                // write this block's gx of the slab (transposed back)
+                if (gx != NULL)
+                    for (int64_t p = 0; p < ntiles; p++) {
+                        int64_t nv = SFT_MIN(TOK_TILE, nblk - p * TOK_TILE), nt = sft_round_up(nv, TOK_VEC);
+                        tr(gx + (t0 + p * TOK_TILE) * in + c0, in, gxT + p * S * TOK_TILE, nt, sw, nv);
+                    }
             }
-            // write this block's gx (transposed back)
-            if (gx != NULL)
-                for (int64_t p = 0; p < ntiles; p++) {
-                    int64_t nv = SFT_MIN(TOK_TILE, nblk - p * TOK_TILE), nt = (nv + 7) / 8 * 8;
-                    const float *gp = gxT + p * in * TOK_TILE;
-                    tr(gx + (t0 + p * TOK_TILE) * in, in, gp, nt, in, nv);
-                }
         }
         if (want_g) {
 #pragma omp barrier
@@ -905,15 +1091,14 @@ int sparse_backward(float *gx, float *dA, float *dB, const sparse_base *W, const
 #pragma omp for schedule(static)
             for (int64_t i = 0; i < out; i++)
                 for (int u = 0; u < nth; u++) {
-                    const float *src = (const float *)(mem + per_thread * (size_t)u) + 2 * panel +
-                                       CHUNK_ROWS * ntiles_max * TOK_TILE + i * r;
+                    const float *src = (const float *)(mem + per_thread * (size_t)u + off_part) + i * r;
                     for (int64_t q = 0; q < r; q++) dB[i * r + q] += src[q];
                 }
 #pragma omp for schedule(static)
             for (int64_t j = 0; j < in; j++)
                 for (int u = 0; u < nth; u++) {
-                    const float *src = (const float *)(mem + per_thread * (size_t)u) + 2 * panel +
-                                       CHUNK_ROWS * ntiles_max * TOK_TILE + out * r + j * r;
+                    const float *src =
+                        (const float *)(mem + per_thread * (size_t)u + off_part) + out * r + j * r;
                     for (int64_t q = 0; q < r; q++) dA[q * in + j] += src[q];
                 }
         }
@@ -928,7 +1113,7 @@ int sparse_merge(float *values_out, const sparse_base *W, const float *A, const 
     int64_t out = W->out, in = W->in;
     if (out <= 0 || in <= 0) return 0;
     int nthreads = sft_get_num_threads();
-    int64_t cap = chunk_capacity(W);
+    int64_t cap = row_capacity(W);
     float *AT = (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(in * r, 1));
     int32_t *col_all = (int32_t *)sft_scratch_alloc(sizeof(int32_t) * (size_t)(nthreads * cap));
     if (AT == NULL || col_all == NULL) {

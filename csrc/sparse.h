@@ -7,8 +7,9 @@
  * W' values are recomputed per token block (a dot product of length r per nonzero), never stored.
  * Activations are transposed block by block so the tokens are the vectorised dimension
  * (SparseProp); each output row keeps a register tile of 64 tokens across its nonzeros
- * (XNNPACK spmm). Work is O(nnz*(N + r*N/NCt)); scratch <= 1 MiB of tiles per thread plus
- * (in + out)*r floats per thread (partial dA, dB) and in*r (A^T). */
+ * (XNNPACK spmm). Wide inputs are walked in column slabs so the token block T stays long: work
+ * is O(nnz*(N + r*N/T) + N*out*slabs); scratch <= 1 MiB of tiles per thread (including one
+ * position per row for CSR) plus (in + out)*r floats per thread (partial dA, dB) and in*r (A^T). */
 #ifndef SPARSEFT_SPARSE_H
 #define SPARSEFT_SPARSE_H
 
@@ -54,7 +55,9 @@ void sparse_backward_naive(float *gx, float *dA, float *dB, const sparse_base *W
  * 4 in not a multiple of m or n > m. */
 int sparse_check(const sparse_base *W, int64_t nnz);
 
-/* Tokens per thread block the kernels use for W (what fits the 1 MiB per thread of tile scratch). */
-int64_t sparse_token_block(const sparse_base *W, int backward);
+/* The kernels' blocking for N tokens over nthreads threads (what fits the 1 MiB per thread of tile
+ * scratch): token block and column slab of the forward and of the backward. */
+void sparse_plan(const sparse_base *W, int64_t N, int nthreads, int64_t *fwd_tokens, int64_t *fwd_slab,
+                 int64_t *bwd_tokens, int64_t *bwd_slab);
 
 #endif

@@ -193,7 +193,39 @@ def test_scratch_released_and_bounded(rng: np.random.Generator) -> None:
     nth = sft.get_num_threads()
     # <= 1 MiB of tiles and chunk buffers per thread, plus (in + out) * r floats per thread and A^T
     assert 0 < stats["peak"] <= nth * (2**20 + 4 * (512 + 64) * 16) + 4 * 512 * 16
-    assert _core.sparse_token_block(base._tuple(), True) <= _core.sparse_token_block(base._tuple(), False)
+    fwd_tokens, fwd_slab, bwd_tokens, bwd_slab = _core.sparse_plan(base._tuple(), 256)
+    assert 8 <= fwd_tokens <= 512 and 8 <= bwd_tokens <= 512 and 0 < fwd_slab <= 512 and 0 < bwd_slab <= 512
+
+
+@pytest.mark.parametrize(
+    ("N", "out", "inn", "kind", "threads"),
+    [(300, 24, 4096, "0.5", 1), (301, 17, 2056, "2:4", 2), (400, 40, 3000, "0.1", 3), (64, 33, 8192, "4:8", 2)],
+)
+def test_kernels_over_column_slabs(
+    rng: np.random.Generator, N: int, out: int, inn: int, kind: str, threads: int
+) -> None:
+    """Wide inputs: the kernels walk the columns in slabs (a CSR row's entries split across them;
+    the forward carries its partial outputs from slab to slab)."""
+    W, mask, A, B, x, gy = _problem(rng, N, out, inn, 3, kind)
+    base = _build(kind, W, mask)
+    before = sft.get_num_threads()
+    try:
+        sft.set_num_threads(threads)
+        _, fwd_slab, _, bwd_slab = _core.sparse_plan(base._tuple(), N)
+        # the shapes above are chosen to need several slabs
+        assert fwd_slab < inn and bwd_slab < inn
+        if ":" in kind:
+            assert fwd_slab % int(kind.split(":")[1]) == 0 and bwd_slab % int(kind.split(":")[1]) == 0
+        y = base.forward(x, A, B, 0.5)
+        gx, dA, dB = base.backward(gy, x, A, B, 0.5)
+        assert _core.scratch_stats()["current"] == 0
+    finally:
+        sft.set_num_threads(before)
+    _close(y, ref.sparse_forward(W, mask, x, A, B, 0.5), inn)
+    _close(gx, ref.sparse_backward_input(W, mask, gy, A, B, 0.5), out)
+    dA_want, dB_want = ref.sparse_masked_grad(mask, gy, x, A, B, 0.5)
+    _close(dA, dA_want, N * out)
+    _close(dB, dB_want, N * inn)
 
 
 @settings(max_examples=25, deadline=None)
