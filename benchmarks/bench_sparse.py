@@ -129,7 +129,7 @@ def main() -> None:
             f"{'GF/s f/b':>11} {'vs d50':>7} {'vs numpy':>8} {'vs torch':>8} {'scratch MiB':>11} {'bytes/dense':>11}"
         )
         rows: dict[str, float] = {}
-        for kind in ["1.0", "0.5", "0.3", "0.1", "0.05", "2:4", "4:8"]:
+        for kind in ["1.0", "0.5", "0.3", "0.2", "0.15", "0.1", "0.05", "2:4", "4:8", "1:4", "1:8"]:
             if ":" in kind:
                 n, m = map(int, kind.split(":"))
                 mask = sft.prune.nm(W, n, m)
@@ -171,7 +171,7 @@ def main() -> None:
         summary[(out, inn)] = rows
         # crossover: the density where CSR fwd+bwd time equals the dense-masked path's (linear interpolation;
         # the dense path's time does not depend on the density)
-        ds = [1.0, 0.5, 0.3, 0.1, 0.05]
+        ds = [1.0, 0.5, 0.3, 0.2, 0.15, 0.1, 0.05]
         cross = None
         for hi, lo in itertools.pairwise(ds):
             if rows[str(hi)] >= 1.0 > rows[str(lo)]:

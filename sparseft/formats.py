@@ -44,34 +44,39 @@ __all__ = [
 ]
 
 #: Per SIMD path, the density at or below which CSR is faster than the dense-masked path
-#: (``DenseBase``), fwd + exact bwd. The dense path rides on the GEMM core, so the crossover moves
-#: with it. Measured side by side (N=2048, W 2048x2048, r=16, 2 threads, min of 3 interleaved
-#: repetitions, CSR time / DenseBase time):
+#: (``DenseBase``), fwd + exact bwd. The dense path rides on the GEMM core and the sparse kernels on
+#: their own blocking, so the crossover moves with both. Measured side by side by
+#: ``benchmarks/bench_sparse.py`` (N=2048, W 2048x2048, r=16, 2 threads, min of 3 interleaved
+#: repetitions, CSR time / DenseBase time) after the sparse kernels' column slabs:
 #:
-#: * ``"avx2"``: 0.36 at 1/16, 0.47 at 0.1, 0.57 at 1/8, 0.80 at 0.2, 0.97 at 1/4, 1.15 at 0.3
-#:   (an earlier run: 0.47 at 1/8, 0.85 at 1/4, 1.55 at 1/2), so 0.25;
-#: * ``"avx512"`` (the 24 x 16 AVX-512 GEMM micro-kernel makes DenseBase faster): 0.57 at
-#:   1/16, 0.75 at 0.1, 1.00 at 1/8, 1.05 at 0.15, 1.10 at 0.2, 1.8-2.3 at 1/4, so 0.12;
+#: * ``"avx512"``: 0.38 at 0.05, 0.37 at 0.1, 0.46 at 0.15, 0.60 at 0.2, 1.12 at 0.3 (the script's
+#:   interpolated crossover: 0.28), so 0.25;
+#: * ``"avx2"``: 0.26 at 0.05, 0.42 at 0.1, 0.55 at 0.15, 0.85 at 0.2, 1.20 at 0.3 (0.24), so 0.25;
 #: * ``"portable"``: the AVX2 value (both paths lose about equally without SIMD).
-DENSITY_CROSSOVERS: dict[str, float] = {"portable": 0.25, "avx2": 0.25, "avx512": 0.12}
+#:
+#: (Before the column slabs the sparse kernels' token blocks were short and the AVX-512 value was
+#: 0.12: CSR / DenseBase 0.75 at 0.1, 1.10 at 0.2.)
+DENSITY_CROSSOVERS: dict[str, float] = {"portable": 0.25, "avx2": 0.25, "avx512": 0.25}
 
 #: Per SIMD path, N:M masks with n/m at most this use the N:M format under ``format="auto"``.
-#: Same side-by-side check, N:M time / DenseBase time: ``"avx2"`` 0.98 at 1:4, 0.60 at 1:8, 1.78
-#: at 2:4; ``"avx512"`` 1.54 at 1:4, 0.88 at 1:8, 2.97 at 2:4. So 2:4 and 4:8 stay dense everywhere
-#: (force ``format="nm"`` to halve the base's memory at 2:4 instead: 2.5 bytes per weight instead
-#: of 5), and on AVX-512 1:4 too.
-NM_MAX_DENSITIES: dict[str, float] = {"portable": 0.25, "avx2": 0.25, "avx512": 0.125}
+#: Same side-by-side runs, N:M time / DenseBase time: ``"avx512"`` 0.42 at 1:8, 0.82 at 1:4, 1.06
+#: at 4:8, 1.24 at 2:4; ``"avx2"`` 0.42 at 1:8, 0.69 at 1:4, 0.93 at 4:8, 1.03 at 2:4. So 1:4 and
+#: sparser use N:M everywhere, and 2:4 stays dense (force ``format="nm"`` to halve the base's
+#: memory at 2:4 instead: 2.5 bytes per weight instead of 5); 4:8 on AVX2 is within the noise of
+#: even and stays dense too.
+NM_MAX_DENSITIES: dict[str, float] = {"portable": 0.25, "avx2": 0.25, "avx512": 0.25}
 
 
-#: How the crossovers shrink with the input width. The sparse kernels transpose x in token blocks
-#: of at most 1 MiB per thread, so a block holds ~1 MiB / (4 in) tokens and W' is recomputed once
-#: per block: the wider the input, the more recomputes. Measured (N=2048, out=2048, r=16, 2
-#: threads, CSR / DenseBase time): in=4096, ``"avx512"`` 0.79 at 0.05, 1.21 at 0.1; ``"avx2"``
-#: 0.74 at 0.1, 1.05 at 0.15; in=8192, ``"avx512"`` 0.83 at 0.01, 1.57 at 0.03; ``"avx2"`` 0.74 at
-#: 0.02, 1.04 at 0.04. Pairs (in, factor); the crossover at ``in`` is the path's value times the
-#: factor, interpolated in log2(in) and, past the last point, falling as 1/in**2 (an
-#: extrapolation, not a measurement).
-CROSSOVER_WIDTH_SCALE: tuple[tuple[int, float], ...] = ((2048, 1.0), (4096, 0.6), (8192, 0.14))
+#: How the crossovers change with the input width. The sparse kernels cut a wide input into
+#: column slabs instead of shrinking their token blocks, so W' is not recomputed more often; what
+#: grows is the re-reading of partial outputs (forward) and of gy (backward) per slab, and the
+#: dense path's GEMMs get more efficient on the larger shape. Measured (``bench_sparse.py``,
+#: AVX-512, N=2048, out=2048, 2 threads): the CSR crossover is 0.19 at in=8192 against 0.28 at
+#: in=2048 (CSR / DenseBase 0.50 at 0.1, 0.72 at 0.15, 1.03 at 0.3; N:M 0.53 at 1:8, 0.87 at 1:4),
+#: so a factor 0.7 at 8192. Pairs (in, factor); the crossover at ``in`` is the path's value times
+#: the factor, interpolated in log2(in); past the last point the factor is held (an
+#: extrapolation, not a measurement). (Before the slabs it was 0.14 at 8192.)
+CROSSOVER_WIDTH_SCALE: tuple[tuple[int, float], ...] = ((2048, 1.0), (8192, 0.7))
 
 
 def _width_scale(in_features: int | None) -> float:
@@ -89,8 +94,7 @@ def _width_scale(in_features: int | None) -> float:
         if n <= n1:
             t = (np.log2(n) - np.log2(n0)) / (np.log2(n1) - np.log2(n0))
             return float(f0 + t * (f1 - f0))
-    n_last, f_last = pts[-1]
-    return float(f_last * (n_last / n) ** 2)
+    return float(pts[-1][1])
 
 
 def _simd(simd: str | None) -> str:
@@ -130,7 +134,7 @@ def nm_max_density(simd: str | None = None, in_features: int | None = None) -> f
     simd : {"portable", "avx2", "avx512"}, optional
         SIMD path; default: the one the kernels use now.
     in_features : int, optional
-        Input width of the layer (the N:M kernels share the CSR kernels' token blocks, so the same
+        Input width of the layer (the N:M kernels share the CSR kernels' blocking, so the same
         width factor applies). Default: a layer of at most 2048 inputs.
 
     Returns

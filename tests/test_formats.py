@@ -199,7 +199,12 @@ def test_scratch_released_and_bounded(rng: np.random.Generator) -> None:
 
 @pytest.mark.parametrize(
     ("N", "out", "inn", "kind", "threads"),
-    [(300, 24, 4096, "0.5", 1), (301, 17, 2056, "2:4", 2), (400, 40, 3000, "0.1", 3), (64, 33, 8192, "4:8", 2)],
+    [
+        (300, 24, 4096, "0.5", 1),
+        (301, 17, 2056, "2:4", 2),
+        (400, 40, 3000, "0.1", 3),
+        (64, 33, 8192, "4:8", 2),
+    ],
 )
 def test_kernels_over_column_slabs(
     rng: np.random.Generator, N: int, out: int, inn: int, kind: str, threads: int
@@ -255,10 +260,10 @@ def test_csr_hypothesis(N: int, out: int, groups: int, r: int, density: float, s
 
 
 def test_crossovers_follow_the_simd_path() -> None:
-    """The dense path speeds up with the AVX-512 GEMM kernel, so the sparse formats pay off later."""
+    """Each SIMD path has its own measured crossovers; the default is the path in use now."""
     assert set(DENSITY_CROSSOVERS) == set(NM_MAX_DENSITIES) == {"portable", "avx2", "avx512"}
-    assert density_crossover("avx512") < density_crossover("avx2")
-    assert nm_max_density("avx512") < nm_max_density("avx2")
+    assert all(0.0 < v < 1.0 for v in (*DENSITY_CROSSOVERS.values(), *NM_MAX_DENSITIES.values()))
+    assert density_crossover("portable") == density_crossover("avx2")
     for path in SIMD_PATHS:
         with sft.simd_path(path):
             assert density_crossover() == DENSITY_CROSSOVERS[path]
@@ -269,15 +274,15 @@ def test_crossovers_follow_the_simd_path() -> None:
             assert choose_format(mask) == "csr"
             mask.flat[: int(d * 1000) + 20] = True
             assert choose_format(mask) == "dense"
-    # wide inputs: smaller token blocks, more W' recomputes, so the sparse formats pay off later
+    # wide inputs: more re-reads per column slab, and the dense GEMMs get faster (measured 0.7 at 8192)
     assert density_crossover("avx2", 1024) == density_crossover("avx2", 2048) == density_crossover("avx2")
     assert density_crossover("avx512", 8192) < density_crossover("avx512", 4096) < density_crossover("avx512")
-    assert density_crossover("avx2", 8192) == pytest.approx(0.25 * 0.14)
-    assert density_crossover("avx2", 16384) == pytest.approx(0.25 * 0.14 / 4)
-    assert nm_max_density("avx2", 8192) < 1 / 8
-    wide = np.random.default_rng(1).random((4, 8192)) < 0.1
-    assert choose_format(wide) == "dense"  # CSR measured 3.3x slower than dense there
-    assert choose_format(wide[:, :2048]) == "csr"
+    assert density_crossover("avx2", 8192) == pytest.approx(0.25 * 0.7)
+    assert density_crossover("avx2", 16384) == density_crossover("avx2", 8192)  # held past the last point
+    assert nm_max_density("avx2", 8192) == pytest.approx(0.25 * 0.7)
+    wide = np.random.default_rng(1).random((4, 8192)) < 0.2
+    assert choose_format(wide) == "dense"  # CSR measured 1.1x the dense time at 0.2 there
+    assert choose_format(wide[:, :2048]) == "csr"  # and 0.6x at in=2048
     with pytest.raises(ValueError, match="in_features: expected a positive int, got 0"):
         density_crossover(None, 0)
     with pytest.raises(TypeError, match="in_features: expected an int or None, got float"):
@@ -290,9 +295,11 @@ def test_crossovers_follow_the_simd_path() -> None:
 
 def test_choose_format(rng: np.random.Generator) -> None:
     W = rng.standard_normal((32, 64)).astype(np.float32)
-    with sft.simd_path("portable"):  # the crossovers of the AVX2 and portable paths
-        assert choose_format(sft.prune.nm(W, 1, 4)) == "nm"
-        assert choose_format(sft.prune.magnitude(W, 0.8)) == "csr"  # density 0.2
+    for path in SIMD_PATHS:
+        with sft.simd_path(path):
+            assert choose_format(sft.prune.nm(W, 1, 4)) == "nm"
+            assert choose_format(sft.prune.magnitude(W, 0.8)) == "csr"  # density 0.2
+            assert choose_format(sft.prune.magnitude(W, 0.6)) == "dense"  # density 0.4
     assert choose_format(sft.prune.nm(W, 1, 8)) == "nm"
     assert choose_format(sft.prune.nm(W, 2, 4)) == "dense"  # measured: N:M is slower than dense at 2:4
     assert choose_format(sft.prune.nm(W, 4, 8)) == "dense"
