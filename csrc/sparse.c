@@ -268,6 +268,16 @@ static int64_t chunk_build(chunk *c, const sparse_base *W, int64_t *pos, int64_t
     return i;
 }
 
+/* One tile of a chunk: every row's segment of every column block, in that order (the segment
+ * kernel is chosen once per tile, not once per segment). CALL sees the row i and the segment's
+ * chunk offsets [b, e). */
+#define TILE_LOOP(c, CALL)                                                                            \
+    for (int64_t kb = 0; kb < (c)->nkb; kb++)                                                         \
+        for (int64_t i = 0; i < (c)->rows; i++) {                                                     \
+            int64_t b = (c)->seg[i * ((c)->nkb + 1) + kb], e = (c)->seg[i * ((c)->nkb + 1) + kb + 1]; \
+            if (b < e) CALL;                                                                          \
+        }
+
 /* ---- blocking: token blocks and column slabs within TILE_BYTES per thread ------------------- */
 
 /* Scratch of one thread for token blocks of T and slabs of S columns. Forward: the x^T tiles
@@ -485,7 +495,16 @@ SFT_TARGET_AVX2 static void fwd_seg_avx2(float *yt, const float *w, const int32_
 }
 #endif
 
-typedef void (*fwd_seg_fn)(float *, const float *, const int32_t *, int64_t, const float *, int64_t, int64_t);
+/* ytile (rows, 64) += the chunk's W' times the tile xp (slab columns, nt). */
+typedef void (*fwd_tile_fn)(float *, const chunk *, const float *, int64_t);
+
+static void fwd_tile_portable(float *ytile, const chunk *c, const float *xp, int64_t nt){
+    TILE_LOOP(c, fwd_seg_portable(ytile + i * TOK_TILE, c -> wrow + b, c->rowcol + b, e - b, xp, nt, nt))}
+#if SFT_X86
+SFT_TARGET_AVX2 static void fwd_tile_avx2(float *ytile, const chunk *c, const float *xp, int64_t nt) {
+    TILE_LOOP(c, fwd_seg_avx2(ytile + i * TOK_TILE, c->wrow + b, c->rowcol + b, e - b, xp, nt, nt))
+}
+#endif
 
 /* ---- backward segment: gxT[col[k]] += w[k] * gyrow;  g[k] += <gyrow, xT[col[k]]> ------------- */
 
@@ -625,8 +644,21 @@ SFT_TARGET_AVX2 static void bwd_seg_avx2(float *g, float *gxT, const float *w, c
 }
 #endif
 
-typedef void (*bwd_seg_fn)(float *, float *, const float *, const int32_t *, int64_t, const float *,
-                           const float *, int64_t, int64_t);
+/* The tile's gy^T rows gyt (rows, 64) against the chunk: gxp (slab columns, nt) += W'^T gy when
+ * gxp != NULL; c->g += the sampled products with xp when want_g. */
+typedef void (*bwd_tile_fn)(const chunk *, int, float *, const float *, const float *, int64_t);
+
+static void bwd_tile_portable(const chunk *c, int want_g, float *gxp, const float *gyt, const float *xp,
+                              int64_t nt){
+    TILE_LOOP(c, bwd_seg_portable(want_g ? c -> g + b : NULL, gxp, c->wrow + b, c->rowcol + b, e - b,
+                                  gyt + i * TOK_TILE, xp, nt, nt))}
+#if SFT_X86
+SFT_TARGET_AVX2 static void bwd_tile_avx2(const chunk *c, int want_g, float *gxp, const float *gyt,
+                                          const float *xp, int64_t nt) {
+    TILE_LOOP(c, bwd_seg_avx2(want_g ? c->g + b : NULL, gxp, c->wrow + b, c->rowcol + b, e - b,
+                              gyt + i * TOK_TILE, xp, nt, nt))
+}
+#endif
 
 /* ---- AVX-512 forward segment: 16 tokens per vector ---------------------------------------- */
 
@@ -691,24 +723,26 @@ DEF_FWD_AVX512(2)
 DEF_FWD_AVX512(3)
 DEF_FWD_AVX512(4)
 
-SFT_TARGET_AVX512 static void fwd_seg_avx512(float *yt, const float *w, const int32_t *col, int64_t cnt,
-                                             const float *xT, int64_t ld, int64_t nt) {
+#define FWD_TILE_Z(NZ_) \
+    TILE_LOOP(c, fwd_seg_avx512_##NZ_(ytile + i * TOK_TILE, c->wrow + b, c->rowcol + b, e - b, xp, nt, last))
+SFT_TARGET_AVX512 static void fwd_tile_avx512(float *ytile, const chunk *c, const float *xp, int64_t nt) {
     const __mmask16 last = last_mask(nt);
     switch ((nt + 15) / 16) {
         case 1:
-            fwd_seg_avx512_1(yt, w, col, cnt, xT, ld, last);
+            FWD_TILE_Z(1)
             break;
         case 2:
-            fwd_seg_avx512_2(yt, w, col, cnt, xT, ld, last);
+            FWD_TILE_Z(2)
             break;
         case 3:
-            fwd_seg_avx512_3(yt, w, col, cnt, xT, ld, last);
+            FWD_TILE_Z(3)
             break;
         default:
-            fwd_seg_avx512_4(yt, w, col, cnt, xT, ld, last);
+            FWD_TILE_Z(4)
             break;
     }
 }
+#undef FWD_TILE_Z
 
 /* Backward: the tile's gy row in NZ registers; per nonzero one pass over the tokens does the
  * scatter into gx^T (load, FMA, store) and the sampled product (load, FMA into two sets); the
@@ -778,25 +812,28 @@ DEF_BWD_AVX512(2)
 DEF_BWD_AVX512(3)
 DEF_BWD_AVX512(4)
 
-SFT_TARGET_AVX512 static void bwd_seg_avx512(float *g, float *gxT, const float *w, const int32_t *col,
-                                             int64_t cnt, const float *gyrow, const float *xT, int64_t ld,
-                                             int64_t nt) {
+#define BWD_TILE_Z(NZ_)                                                                                 \
+    TILE_LOOP(c, bwd_seg_avx512_##NZ_(want_g ? c->g + b : NULL, gxp, c->wrow + b, c->rowcol + b, e - b, \
+                                      gyt + i * TOK_TILE, xp, nt, last))
+SFT_TARGET_AVX512 static void bwd_tile_avx512(const chunk *c, int want_g, float *gxp, const float *gyt,
+                                              const float *xp, int64_t nt) {
     const __mmask16 last = last_mask(nt);
     switch ((nt + 15) / 16) {
         case 1:
-            bwd_seg_avx512_1(g, gxT, w, col, cnt, gyrow, xT, ld, last);
+            BWD_TILE_Z(1)
             break;
         case 2:
-            bwd_seg_avx512_2(g, gxT, w, col, cnt, gyrow, xT, ld, last);
+            BWD_TILE_Z(2)
             break;
         case 3:
-            bwd_seg_avx512_3(g, gxT, w, col, cnt, gyrow, xT, ld, last);
+            BWD_TILE_Z(3)
             break;
         default:
-            bwd_seg_avx512_4(g, gxT, w, col, cnt, gyrow, xT, ld, last);
+            BWD_TILE_Z(4)
             break;
     }
 }
+#undef BWD_TILE_Z
 
 #undef BZ_GY
 #undef BZ_G
@@ -907,11 +944,11 @@ int sparse_forward(float *y, const sparse_base *W, const float *x, const float *
         return -1;
     }
     recompute_fn rcf = select_recompute();
-    fwd_seg_fn seg = fwd_seg_portable;
+    fwd_tile_fn tile = fwd_tile_portable;
     transpose_fn tr = select_transpose();
 #if SFT_X86
-    if (sft_simd_path >= SFT_SIMD_AVX2) seg = fwd_seg_avx2;
-    if (sft_simd_path >= SFT_SIMD_AVX512) seg = fwd_seg_avx512;
+    if (sft_simd_path >= SFT_SIMD_AVX2) tile = fwd_tile_avx2;
+    if (sft_simd_path >= SFT_SIMD_AVX512) tile = fwd_tile_avx512;
 #endif
 
 #pragma omp parallel num_threads(nthreads)
@@ -957,12 +994,7 @@ int sparse_forward(float *y, const sparse_base *W, const float *x, const float *
                             memset(ytile, 0, sizeof(float) * (size_t)(c.rows * TOK_TILE));
                         else
                             tr(ytile, TOK_TILE, yp, out, nv, c.rows); /* this tile's sums so far */
-                        for (int64_t kb = 0; kb < c.nkb; kb++)
-                            for (int64_t i = 0; i < c.rows; i++) {
-                                int64_t b = c.seg[i * (c.nkb + 1) + kb], e = c.seg[i * (c.nkb + 1) + kb + 1];
-                                if (b < e)
-                                    seg(ytile + i * TOK_TILE, c.wrow + b, c.rowcol + b, e - b, xp, nt, nt);
-                            }
+                        tile(ytile, &c, xp, nt);
                         // write the tile transposed: y[t0 + p*64 + t, i0:i1]
                         tr(yp, out, ytile, TOK_TILE, c.rows, nv);
                     }
@@ -1006,12 +1038,12 @@ int sparse_backward(float *gx, float *dA, float *dB, const sparse_base *W, const
         return -1;
     }
     recompute_fn rcf = select_recompute();
-    bwd_seg_fn seg = bwd_seg_portable;
+    bwd_tile_fn tile = bwd_tile_portable;
     transpose_fn tr = select_transpose();
     reduce_fn red = reduce_portable;
 #if SFT_X86
-    if (sft_simd_path >= SFT_SIMD_AVX2) seg = bwd_seg_avx2, red = reduce_avx2;
-    if (sft_simd_path >= SFT_SIMD_AVX512) seg = bwd_seg_avx512;
+    if (sft_simd_path >= SFT_SIMD_AVX2) tile = bwd_tile_avx2, red = reduce_avx2;
+    if (sft_simd_path >= SFT_SIMD_AVX512) tile = bwd_tile_avx512;
 #endif
 
 #pragma omp parallel num_threads(nthreads)
@@ -1066,13 +1098,7 @@ int sparse_backward(float *gx, float *dA, float *dB, const sparse_base *W, const
                         tr(gyt, TOK_TILE, gy + (t0 + p * TOK_TILE) * out + i0, out, nv, c.rows);
                         float *gxp = gx != NULL ? gxT + p * S * TOK_TILE : NULL;
                         const float *xp = want_g ? xT + p * S * TOK_TILE : NULL;
-                        for (int64_t kb = 0; kb < c.nkb; kb++)
-                            for (int64_t i = 0; i < c.rows; i++) {
-                                int64_t b = c.seg[i * (c.nkb + 1) + kb], e = c.seg[i * (c.nkb + 1) + kb + 1];
-                                if (b < e)
-                                    seg(want_g ? c.g + b : NULL, gxp, c.wrow + b, c.rowcol + b, e - b,
-                                        gyt + i * TOK_TILE, xp, nt, nt);
-                            }
+                        tile(&c, want_g, gxp, gyt, xp, nt);
                     }
                     // the chunk's sampled gradient of this block into this thread's dB, dA^T
                     if (want_g) red(dBu, dATu + c0 * r, &c, AT + c0 * r, B, scale, r);
