@@ -153,11 +153,53 @@ SFT_TARGET_AVX2 static void recompute_avx2(float *wv, const int32_t *col, const 
 }
 #endif
 
+#if SFT_X86
+/* The same on AVX-512 for r a multiple of 16: one zmm FMA per 16 terms, each nonzero's vector
+ * folded to 8 lanes and 8 nonzeros reduced together; other r (and the last cnt % 8 nonzeros) on
+ * the AVX2 kernel. */
+SFT_TARGET_AVX512 static void recompute_avx512(float *wv, const int32_t *col, const float *v, const float *Bi,
+                                               const float *AT, float scale, int64_t cnt, int64_t r) {
+    if (r % 16 != 0) {
+        recompute_avx2(wv, col, v, Bi, AT, scale, cnt, r);
+        return;
+    }
+    __m256 vs = _mm256_set1_ps(scale);
+    int64_t k = 0;
+    // blocks of 8 nonzeros
+    for (; k + 8 <= cnt; k += 8) {
+        const float *a0 = AT + (int64_t)col[k] * r, *a1 = AT + (int64_t)col[k + 1] * r;
+        const float *a2 = AT + (int64_t)col[k + 2] * r, *a3 = AT + (int64_t)col[k + 3] * r;
+        const float *a4 = AT + (int64_t)col[k + 4] * r, *a5 = AT + (int64_t)col[k + 5] * r;
+        const float *a6 = AT + (int64_t)col[k + 6] * r, *a7 = AT + (int64_t)col[k + 7] * r;
+        __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
+        for (int64_t q = 0; q < r; q += 16) {
+            __m512 b = _mm512_loadu_ps(Bi + q);
+            s0 = _mm512_fmadd_ps(b, _mm512_loadu_ps(a0 + q), s0);
+            s1 = _mm512_fmadd_ps(b, _mm512_loadu_ps(a1 + q), s1);
+            s2 = _mm512_fmadd_ps(b, _mm512_loadu_ps(a2 + q), s2);
+            s3 = _mm512_fmadd_ps(b, _mm512_loadu_ps(a3 + q), s3);
+            s4 = _mm512_fmadd_ps(b, _mm512_loadu_ps(a4 + q), s4);
+            s5 = _mm512_fmadd_ps(b, _mm512_loadu_ps(a5 + q), s5);
+            s6 = _mm512_fmadd_ps(b, _mm512_loadu_ps(a6 + q), s6);
+            s7 = _mm512_fmadd_ps(b, _mm512_loadu_ps(a7 + q), s7);
+        }
+#define FOLD(z) \
+    _mm256_add_ps(_mm512_castps512_ps256(z), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z), 1)))
+        __m256 dot =
+            hsum8_avx2(FOLD(s0), FOLD(s1), FOLD(s2), FOLD(s3), FOLD(s4), FOLD(s5), FOLD(s6), FOLD(s7));
+#undef FOLD
+        _mm256_storeu_ps(wv + k, _mm256_fmadd_ps(vs, dot, _mm256_loadu_ps(v + k)));
+    }
+    if (k < cnt) recompute_avx2(wv + k, col + k, v + k, Bi, AT, scale, cnt - k, r);
+}
+#endif
+
 typedef void (*recompute_fn)(float *, const int32_t *, const float *, const float *, const float *, float,
                              int64_t, int64_t);
 
 static recompute_fn select_recompute(void) {
 #if SFT_X86
+    if (sft_simd_path >= SFT_SIMD_AVX512) return recompute_avx512;
     if (sft_simd_path >= SFT_SIMD_AVX2) return recompute_avx2;
 #endif
     return recompute_portable;
@@ -291,14 +333,17 @@ static int64_t tile_bytes(const sparse_base *W, int backward, int64_t T, int64_t
 }
 
 /* Token block T and column slab S for threads of Nt tokens. Per (nonzero, token block) W' is
- * recomputed and the chunk rebuilt (~4 units; backward also reduces the gradient into dA and dB:
- * ~6); per (token, output, extra slab) the forward reads and writes its output tile again (~2),
- * the backward transposes gy again (~1); per (row, block, slab) the loops cost ~20. The cheapest
- * (T, S) by that count wins: long token blocks over narrow slabs where nonzeros are many, wide
- * slabs where re-reading the outputs or gy would dominate. */
+ * recomputed and the chunk rebuilt (backward: and the gradient reduced into dA and dB); per
+ * (token, output, extra slab) the forward reads and writes its output tile again, the backward
+ * transposes gy again; per (row, block, slab) the loops run. Weights, in rough cycles: 12 and 6
+ * per nonzero (forward, backward), 2 and 1 per output, 20 per row. They are estimates from perf
+ * shares, with the forward's 12 (first 4) raised after interleaved runs at density 0.1 where
+ * plans with longer blocks (T 448 over S 512 instead of T 192 over S 1024) ran ~6% faster. The
+ * cheapest (T, S) by that count wins: long token blocks over narrow slabs where nonzeros are
+ * many, wide slabs where re-reading the outputs or gy would dominate. */
 static void plan_blocks(const sparse_base *W, int backward, int64_t Nt, int64_t *T_out, int64_t *S_out) {
     int64_t out = W->out, in = SFT_MAX(W->in, 1), unit = col_block(W, backward ? bwd_kc(W) : KC);
-    double nnz = (double)base_nnz(W), per_nz = backward ? 6.0 : 4.0, per_out = backward ? 1.0 : 2.0;
+    double nnz = (double)base_nnz(W), per_nz = backward ? 6.0 : 12.0, per_out = backward ? 1.0 : 2.0;
     int64_t Tcap = SFT_MIN((int64_t)512, sft_round_up(SFT_MAX(Nt, 1), TOK_VEC));
     static const int64_t Ts[] = {512, 448, 384, 320, 256, 192, 128, 64, 56, 48, 40, 32, 24, 16, 8};
     double best = -1.0;
