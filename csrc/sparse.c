@@ -154,6 +154,12 @@ SFT_TARGET_AVX2 static void recompute_avx2(float *wv, const int32_t *col, const 
 #endif
 
 #if SFT_X86
+/* The 16 lanes of z added pairwise into 8 (lane u + lane u+8). */
+SFT_TARGET_AVX512 static ALWAYS_INLINE __m256 fold8_avx512(__m512 z) {
+    return _mm256_add_ps(_mm512_castps512_ps256(z),
+                         _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z), 1)));
+}
+
 /* The same on AVX-512 for r a multiple of 16: one zmm FMA per 16 terms, each nonzero's vector
  * folded to 8 lanes and 8 nonzeros reduced together; other r (and the last cnt % 8 nonzeros) on
  * the AVX2 kernel. */
@@ -183,11 +189,8 @@ SFT_TARGET_AVX512 static void recompute_avx512(float *wv, const int32_t *col, co
             s6 = _mm512_fmadd_ps(b, _mm512_loadu_ps(a6 + q), s6);
             s7 = _mm512_fmadd_ps(b, _mm512_loadu_ps(a7 + q), s7);
         }
-#define FOLD(z) \
-    _mm256_add_ps(_mm512_castps512_ps256(z), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z), 1)))
-        __m256 dot =
-            hsum8_avx2(FOLD(s0), FOLD(s1), FOLD(s2), FOLD(s3), FOLD(s4), FOLD(s5), FOLD(s6), FOLD(s7));
-#undef FOLD
+        __m256 dot = hsum8_avx2(fold8_avx512(s0), fold8_avx512(s1), fold8_avx512(s2), fold8_avx512(s3),
+                                fold8_avx512(s4), fold8_avx512(s5), fold8_avx512(s6), fold8_avx512(s7));
         _mm256_storeu_ps(wv + k, _mm256_fmadd_ps(vs, dot, _mm256_loadu_ps(v + k)));
     }
     if (k < cnt) recompute_avx2(wv + k, col + k, v + k, Bi, AT, scale, cnt - k, r);
@@ -807,10 +810,7 @@ SFT_TARGET_AVX512 static void fwd_tile_avx512(float *ytile, const chunk *c, cons
     BZ_GX(v);
 #define BZ_PUSH(k)                                                                                           \
     do {                                                                                                     \
-        __m512 s = _mm512_add_ps(s0, s1);                                                                    \
-        _mm256_store_ps(sb + 8 * ((k) & 7),                                                                  \
-                        _mm256_add_ps(_mm512_castps512_ps256(s),                                             \
-                                      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1))));    \
+        _mm256_store_ps(sb + 8 * ((k) & 7), fold8_avx512(_mm512_add_ps(s0, s1)));                            \
         if (((k) & 7) == 7) {                                                                                \
             __m256 h = hsum8_avx2(_mm256_load_ps(sb), _mm256_load_ps(sb + 8), _mm256_load_ps(sb + 16),       \
                                   _mm256_load_ps(sb + 24), _mm256_load_ps(sb + 32), _mm256_load_ps(sb + 40), \
