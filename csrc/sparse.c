@@ -738,10 +738,10 @@ static ALWAYS_INLINE __mmask16 last_mask(int64_t nt) {
 }
 
 /* Vector v of a row of NZ vectors: the last one masked (masked-off lanes read as zero). */
-#define Z_LOAD(v, ptr) ((v) == NZ - 1 ? _mm512_maskz_loadu_ps(last, (ptr)) : _mm512_loadu_ps(ptr))
+#define Z_LOAD(v, ptr) ((v) == NZ - 1 && !FULL ? _mm512_maskz_loadu_ps(last, (ptr)) : _mm512_loadu_ps(ptr))
 #define Z_STORE(v, ptr, x)                           \
     do {                                             \
-        if ((v) == NZ - 1)                           \
+        if ((v) == NZ - 1 && !FULL)                  \
             _mm512_mask_storeu_ps((ptr), last, (x)); \
         else                                         \
             _mm512_storeu_ps((ptr), (x));            \
@@ -768,46 +768,51 @@ static ALWAYS_INLINE __mmask16 last_mask(int64_t nt) {
     if (NZ > v) a##v = _mm512_fmadd_ps(w0, Z_LOAD(v, p0 + 16 * v), a##v)
 #define FZ_STORE(v) \
     if (NZ > v) Z_STORE(v, yt + 16 * v, _mm512_add_ps(a##v, b##v))
-#define DEF_FWD_AVX512(NZ_)                                                                           \
-    SFT_TARGET_AVX512 static void fwd_seg_avx512_##NZ_(float *yt, const float *w, const int32_t *col, \
-                                                       int64_t cnt, const float *xT, int64_t ld,      \
-                                                       __mmask16 last) {                              \
-        enum { NZ = NZ_ };                                                                            \
-        Z_ALLS(FZ_LOAD);                                                                              \
-        int64_t k = 0;                                                                                \
-        for (; k + 2 <= cnt; k += 2) {                                                                \
-            const __m512 w0 = _mm512_set1_ps(w[k]), w1 = _mm512_set1_ps(w[k + 1]);                    \
-            const float *p0 = xT + (int64_t)col[k] * ld, *p1 = xT + (int64_t)col[k + 1] * ld;         \
-            Z_ALLS(FZ_FMA);                                                                           \
-        }                                                                                             \
-        if (k < cnt) {                                                                                \
-            const __m512 w0 = _mm512_set1_ps(w[k]);                                                   \
-            const float *p0 = xT + (int64_t)col[k] * ld;                                              \
-            Z_ALLS(FZ_FMA1);                                                                          \
-        }                                                                                             \
-        Z_ALLS(FZ_STORE);                                                                             \
+#define DEF_FWD_AVX512(NZ_, FULL_)                                                               \
+    SFT_TARGET_AVX512 static void fwd_seg_avx512_##NZ_##_##FULL_(                                \
+        float *yt, const float *w, const int32_t *col, int64_t cnt, const float *xT, int64_t ld, \
+        __mmask16 last) {                                                                        \
+        enum { NZ = NZ_, FULL = FULL_ };                                                         \
+        Z_ALLS(FZ_LOAD);                                                                         \
+        int64_t k = 0;                                                                           \
+        for (; k + 2 <= cnt; k += 2) {                                                           \
+            const __m512 w0 = _mm512_set1_ps(w[k]), w1 = _mm512_set1_ps(w[k + 1]);               \
+            const float *p0 = xT + (int64_t)col[k] * ld, *p1 = xT + (int64_t)col[k + 1] * ld;    \
+            Z_ALLS(FZ_FMA);                                                                      \
+        }                                                                                        \
+        if (k < cnt) {                                                                           \
+            const __m512 w0 = _mm512_set1_ps(w[k]);                                              \
+            const float *p0 = xT + (int64_t)col[k] * ld;                                         \
+            Z_ALLS(FZ_FMA1);                                                                     \
+        }                                                                                        \
+        Z_ALLS(FZ_STORE);                                                                        \
     }
-DEF_FWD_AVX512(1)
-DEF_FWD_AVX512(2)
-DEF_FWD_AVX512(3)
-DEF_FWD_AVX512(4)
+DEF_FWD_AVX512(1, 0)
+DEF_FWD_AVX512(2, 0)
+DEF_FWD_AVX512(3, 0)
+DEF_FWD_AVX512(4, 0)
+DEF_FWD_AVX512(4, 1)
 
-#define FWD_TILE_Z(NZ_) \
-    TILE_LOOP(c, fwd_seg_avx512_##NZ_(ytile + i * TOK_TILE, c->wrow + b, c->rowcol + b, e - b, xp, nt, last))
+#define FWD_TILE_Z(NZ_, FULL_)                                                                               \
+    TILE_LOOP(c, fwd_seg_avx512_##NZ_##_##FULL_(ytile + i * TOK_TILE, c->wrow + b, c->rowcol + b, e - b, xp, \
+                                                nt, last))
 SFT_TARGET_AVX512 static void fwd_tile_avx512(float *ytile, const chunk *c, const float *xp, int64_t nt) {
     const __mmask16 last = last_mask(nt);
     switch ((nt + 15) / 16) {
         case 1:
-            FWD_TILE_Z(1)
+            FWD_TILE_Z(1, 0)
             break;
         case 2:
-            FWD_TILE_Z(2)
+            FWD_TILE_Z(2, 0)
             break;
         case 3:
-            FWD_TILE_Z(3)
+            FWD_TILE_Z(3, 0)
             break;
         default:
-            FWD_TILE_Z(4)
+            if (nt == TOK_TILE)
+                FWD_TILE_Z(4, 1) /* a full tile: no lane mask */
+            else
+                FWD_TILE_Z(4, 0)
             break;
     }
 }
@@ -841,61 +846,65 @@ SFT_TARGET_AVX512 static void fwd_tile_avx512(float *ytile, const chunk *c, cons
     } while (0)
 #define BZ_TAIL() \
     for (int64_t kk = cnt / 8 * 8; kk < cnt; kk++) g[kk] += hsum_avx2(_mm256_load_ps(sb + 8 * (kk & 7)))
-#define DEF_BWD_AVX512(NZ_)                                                                                 \
-    SFT_TARGET_AVX512 static void bwd_seg_avx512_##NZ_(float *g, float *gxT, const float *w,                \
-                                                       const int32_t *col, int64_t cnt, const float *gyrow, \
-                                                       const float *xT, int64_t ld, __mmask16 last) {       \
-        enum { NZ = NZ_ };                                                                                  \
-        float sb[64] __attribute__((aligned(32)));                                                          \
-        Z_ALLS(BZ_GY);                                                                                      \
-        if (gxT != NULL && g != NULL) {                                                                     \
-            for (int64_t k = 0; k < cnt; k++) {                                                             \
-                int64_t off = (int64_t)col[k] * ld;                                                         \
-                float *px = gxT + off;                                                                      \
-                __m512 wk = _mm512_set1_ps(w[k]), s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();       \
-                Z_ALLS(BZ_BOTH);                                                                            \
-                BZ_PUSH(k);                                                                                 \
-            }                                                                                               \
-            BZ_TAIL();                                                                                      \
-        } else if (gxT != NULL) {                                                                           \
-            for (int64_t k = 0; k < cnt; k++) {                                                             \
-                float *px = gxT + (int64_t)col[k] * ld;                                                     \
-                __m512 wk = _mm512_set1_ps(w[k]);                                                           \
-                Z_ALLS(BZ_GX);                                                                              \
-            }                                                                                               \
-        } else {                                                                                            \
-            for (int64_t k = 0; k < cnt; k++) {                                                             \
-                int64_t off = (int64_t)col[k] * ld;                                                         \
-                __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();                                  \
-                Z_ALLS(BZ_G);                                                                               \
-                BZ_PUSH(k);                                                                                 \
-            }                                                                                               \
-            BZ_TAIL();                                                                                      \
-        }                                                                                                   \
+#define DEF_BWD_AVX512(NZ_, FULL_)                                                                    \
+    SFT_TARGET_AVX512 static void bwd_seg_avx512_##NZ_##_##FULL_(                                     \
+        float *g, float *gxT, const float *w, const int32_t *col, int64_t cnt, const float *gyrow,    \
+        const float *xT, int64_t ld, __mmask16 last) {                                                \
+        enum { NZ = NZ_, FULL = FULL_ };                                                              \
+        float sb[64] __attribute__((aligned(32)));                                                    \
+        Z_ALLS(BZ_GY);                                                                                \
+        if (gxT != NULL && g != NULL) {                                                               \
+            for (int64_t k = 0; k < cnt; k++) {                                                       \
+                int64_t off = (int64_t)col[k] * ld;                                                   \
+                float *px = gxT + off;                                                                \
+                __m512 wk = _mm512_set1_ps(w[k]), s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(); \
+                Z_ALLS(BZ_BOTH);                                                                      \
+                BZ_PUSH(k);                                                                           \
+            }                                                                                         \
+            BZ_TAIL();                                                                                \
+        } else if (gxT != NULL) {                                                                     \
+            for (int64_t k = 0; k < cnt; k++) {                                                       \
+                float *px = gxT + (int64_t)col[k] * ld;                                               \
+                __m512 wk = _mm512_set1_ps(w[k]);                                                     \
+                Z_ALLS(BZ_GX);                                                                        \
+            }                                                                                         \
+        } else {                                                                                      \
+            for (int64_t k = 0; k < cnt; k++) {                                                       \
+                int64_t off = (int64_t)col[k] * ld;                                                   \
+                __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();                            \
+                Z_ALLS(BZ_G);                                                                         \
+                BZ_PUSH(k);                                                                           \
+            }                                                                                         \
+            BZ_TAIL();                                                                                \
+        }                                                                                             \
     }
-DEF_BWD_AVX512(1)
-DEF_BWD_AVX512(2)
-DEF_BWD_AVX512(3)
-DEF_BWD_AVX512(4)
+DEF_BWD_AVX512(1, 0)
+DEF_BWD_AVX512(2, 0)
+DEF_BWD_AVX512(3, 0)
+DEF_BWD_AVX512(4, 0)
+DEF_BWD_AVX512(4, 1)
 
-#define BWD_TILE_Z(NZ_)                                                                                 \
-    TILE_LOOP(c, bwd_seg_avx512_##NZ_(want_g ? c->g + b : NULL, gxp, c->wrow + b, c->rowcol + b, e - b, \
-                                      gyt + i * TOK_TILE, xp, nt, last))
+#define BWD_TILE_Z(NZ_, FULL_)                                                                             \
+    TILE_LOOP(c, bwd_seg_avx512_##NZ_##_##FULL_(want_g ? c->g + b : NULL, gxp, c->wrow + b, c->rowcol + b, \
+                                                e - b, gyt + i * TOK_TILE, xp, nt, last))
 SFT_TARGET_AVX512 static void bwd_tile_avx512(const chunk *c, int want_g, float *gxp, const float *gyt,
                                               const float *xp, int64_t nt) {
     const __mmask16 last = last_mask(nt);
     switch ((nt + 15) / 16) {
         case 1:
-            BWD_TILE_Z(1)
+            BWD_TILE_Z(1, 0)
             break;
         case 2:
-            BWD_TILE_Z(2)
+            BWD_TILE_Z(2, 0)
             break;
         case 3:
-            BWD_TILE_Z(3)
+            BWD_TILE_Z(3, 0)
             break;
         default:
-            BWD_TILE_Z(4)
+            if (nt == TOK_TILE)
+                BWD_TILE_Z(4, 1) /* a full tile: no lane mask */
+            else
+                BWD_TILE_Z(4, 0)
             break;
     }
 }
