@@ -50,8 +50,9 @@ __all__ = [
 #: repetitions, CSR time / DenseBase time) after the sparse kernels' column slabs:
 #:
 #: * ``"avx512"``: 0.38 at 0.05, 0.37 at 0.1, 0.46 at 0.15, 0.60 at 0.2, 1.12 at 0.3 (the script's
-#:   interpolated crossover: 0.28; a second run, DenseBase re-timed inside each row's repetitions:
-#:   0.43 at 0.1, 0.71 at 0.2, 0.93 at 0.3, crossover 0.32), so 0.25;
+#:   interpolated crossover: 0.28). Later runs, with DenseBase re-timed inside each row's
+#:   repetitions: 0.43 / 0.44 at 0.1, 0.71 / 0.65 at 0.2, 0.93 / 0.90 at 0.3, crossover 0.32 /
+#:   0.35 (the second of these on the final kernels, 5 repetitions). So 0.25;
 #: * ``"avx2"``: 0.26 at 0.05, 0.42 at 0.1, 0.55 at 0.15, 0.85 at 0.2, 1.20 at 0.3 (0.24), so 0.25;
 #: * ``"portable"``: the AVX2 value (both paths lose about equally without SIMD).
 #:
@@ -61,10 +62,11 @@ DENSITY_CROSSOVERS: dict[str, float] = {"portable": 0.25, "avx2": 0.25, "avx512"
 
 #: Per SIMD path, N:M masks with n/m at most this use the N:M format under ``format="auto"``.
 #: Same side-by-side runs, N:M time / DenseBase time: ``"avx512"`` 0.42 at 1:8, 0.82 at 1:4, 1.06
-#: at 4:8, 1.24 at 2:4 (second run: 0.29, 0.81, 1.42, 1.61); ``"avx2"`` 0.42 at 1:8, 0.69 at 1:4, 0.93 at 4:8, 1.03 at 2:4. So 1:4 and
-#: sparser use N:M everywhere, and 2:4 stays dense (force ``format="nm"`` to halve the base's
-#: memory at 2:4 instead: 2.5 bytes per weight instead of 5); 4:8 on AVX2 is within the noise of
-#: even and stays dense too.
+#: at 4:8, 1.24 at 2:4 (later runs: 0.29 / 0.58, 0.81 / 0.78, 1.42 / 1.32, 1.61 / 1.28);
+#: ``"avx2"`` 0.42 at 1:8, 0.69 at 1:4, 0.93 at 4:8, 1.03 at 2:4. So 1:4 and sparser use N:M
+#: everywhere, and 2:4 stays dense (force ``format="nm"`` to halve the base's memory at 2:4
+#: instead: 2.5 bytes per weight instead of 5); 4:8 on AVX2 is within the noise of even and stays
+#: dense too.
 NM_MAX_DENSITIES: dict[str, float] = {"portable": 0.25, "avx2": 0.25, "avx512": 0.25}
 
 
