@@ -9,8 +9,7 @@ adapter W' = W + s*(B A) ⊙ M recomputed inside the kernels. Printed as measure
 * the ratio to sparseft's dense-masked LoRS path (``DenseBase``, W' rebuilt inside the GEMM) at a
   50% unstructured mask, the reference of the issue's targets (timed again inside every row's
   interleaved repetitions, so both sides of the ratio come from the same minutes), and to
-  NumPy/OpenBLAS doing the
-  dense GEMMs of the same shapes (y = x W^T; gx = gy W and G = gy^T x),
+  NumPy/OpenBLAS doing the dense GEMMs of the same shapes (y = x W^T; gx = gy W and G = gy^T x),
 * the ratio to torch.sparse CSR (spmm for y and gx, sampled_addmm for G ⊙ M; no adapter) when torch
   is installed,
 * kernel scratch peak (``_core.scratch_stats``) and the base's bytes against dense float32,

@@ -207,7 +207,7 @@ def test_scratch_released_and_bounded(rng: np.random.Generator) -> None:
     ],
 )
 def test_kernels_over_column_slabs(
-    rng: np.random.Generator, N: int, out: int, inn: int, kind: str, threads: int
+    simd: str, rng: np.random.Generator, N: int, out: int, inn: int, kind: str, threads: int
 ) -> None:
     """Wide inputs: the kernels walk the columns in slabs (a CSR row's entries split across them;
     the forward carries its partial outputs from slab to slab)."""
@@ -221,9 +221,13 @@ def test_kernels_over_column_slabs(
         assert fwd_slab < inn and bwd_slab < inn
         if ":" in kind:
             assert fwd_slab % int(kind.split(":")[1]) == 0 and bwd_slab % int(kind.split(":")[1]) == 0
+        _core.reset_scratch_peak()
         y = base.forward(x, A, B, 0.5)
         gx, dA, dB = base.backward(gy, x, A, B, 0.5)
-        assert _core.scratch_stats()["current"] == 0
+        stats = _core.scratch_stats()
+        assert stats["current"] == 0
+        # 1 MiB of tiles, chunk and row positions per thread, plus (in + out) * r partials and A^T
+        assert 0 < stats["peak"] <= threads * (2**20 + 4 * (inn + out) * 3) + 4 * inn * 3
     finally:
         sft.set_num_threads(before)
     _close(y, ref.sparse_forward(W, mask, x, A, B, 0.5), inn)
