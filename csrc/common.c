@@ -142,11 +142,7 @@ int64_t sft_count_nonfinite(const float *x, int64_t n) {
     // one contiguous share per thread
 #pragma omp parallel num_threads(nth) reduction(| : bad)
     {
-#ifdef _OPENMP
-        int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-        int64_t t = 0, nt = 1;
-#endif
+        int64_t t = sft_thread_num(), nt = sft_team_size();
         bad |= nonfinite_range(x, n * t / nt, n * (t + 1) / nt);
     }
     return bad;

@@ -22,7 +22,8 @@
 #endif
 
 /* SIMD paths, each a superset of the one before: SFT_SIMD_AVX512 runs every AVX2/FMA kernel and
- * swaps in the AVX-512 GEMM micro-kernel (24 x 16, zmm) and sparse forward segment. Kernels
+ * swaps in the AVX-512 GEMM micro-kernel (24 x 16, zmm) and the sparse kernels' AVX-512 segment,
+ * recompute and reduction kernels. Kernels
  * test `sft_simd_path >= SFT_SIMD_AVX2` for their AVX2 code. A path is only ever selected when
  * compiled in and reported by the CPU (and, for AVX-512, enabled by the OS). */
 enum sft_simd { SFT_SIMD_PORTABLE = 0, SFT_SIMD_AVX2 = 1, SFT_SIMD_AVX512 = 2 };
@@ -44,6 +45,23 @@ int sft_simd_set(int path);
 
 /* Threads used by the kernels (OpenMP); 1 when built without OpenMP. */
 int sft_get_num_threads(void);
+
+/* Inside a parallel region: the calling thread's number and its team's size (0 and 1 when built
+ * without OpenMP). */
+static inline int sft_thread_num(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+static inline int sft_team_size(void) {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
 void sft_set_num_threads(int n);
 int sft_openmp_enabled(void);
 

@@ -913,13 +913,9 @@ static int gemm_many_rows(const gemm_args *g, gemm_kernels kern, int nthreads) {
 
 #pragma omp parallel num_threads(nthreads)
     {
-#ifdef _OPENMP
-        int tid = omp_get_thread_num();
+        int tid = sft_thread_num();
 #pragma omp single
-        ts.nth = omp_get_num_threads(); /* the team may be smaller than asked (implicit barrier) */
-#else
-        int tid = 0;
-#endif
+        ts.nth = sft_team_size(); /* the team may be smaller than asked (implicit barrier) */
         int phase = 0;
         float *pa = pa_all + (int64_t)tid * mc_blk * kc_max;
         // loop over column blocks of C
@@ -980,12 +976,7 @@ static int gemm_few_rows(const gemm_args *g, gemm_kernels kern, int nthreads) {
 
 #pragma omp parallel num_threads(nthreads)
     {
-#ifdef _OPENMP
-        int tid = omp_get_thread_num();
-        int nth = omp_get_num_threads();
-#else
-        int tid = 0, nth = 1;
-#endif
+        int tid = sft_thread_num(), nth = sft_team_size();
         float *pb = buf + (int64_t)tid * per_thread; /* B chunk first: 64-byte aligned panels */
         float *pa = pb + b_size;
         int64_t p_lo, p_hi;
@@ -1091,12 +1082,7 @@ static void gemm_stream_rows(const gemm_args *g, int nthreads) {
 
 #pragma omp parallel num_threads(nthreads)
     {
-#ifdef _OPENMP
-        int tid = omp_get_thread_num();
-        int nth = omp_get_num_threads();
-#else
-        int tid = 0, nth = 1;
-#endif
+        int tid = sft_thread_num(), nth = sft_team_size();
         float acc[GEMM_STREAM_ACC];
         const int64_t width = GEMM_STREAM_ACC / M / GEMM_NR * GEMM_NR;
         int64_t g_lo, g_hi;

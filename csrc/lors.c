@@ -390,11 +390,7 @@ int lors_backward_exact(float *dA, float *dB, const float *gy, const float *x, c
     int rc = 0;
 #pragma omp parallel num_threads(nth) reduction(| : rc)
     {
-#ifdef _OPENMP
-        int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-        int tid = 0, nt = 1;
-#endif
+        int tid = sft_thread_num(), nt = sft_team_size();
         float *G = G_all + (int64_t)tid * LORS_TILE_O * LORS_TILE_I;
         float *pA = tid == 0 ? dA : part + (int64_t)(tid - 1) * r * (in + out);
         float *pB = tid == 0 ? dB : pA + r * in;
@@ -467,11 +463,7 @@ int lors_backward_lors(float *dA, float *dB, const float *gy, const float *x, co
     int rc = 0;
 #pragma omp parallel num_threads(sft_get_num_threads()) reduction(| : rc)
     {
-#ifdef _OPENMP
-        int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-        int tid = 0, nt = 1;
-#endif
+        int tid = sft_thread_num(), nt = sft_team_size();
         int64_t lo, hi;
         // xa = x A^T and gb = gy B on this thread's token rows (the GEMMs run on this thread alone)
         split_range(N, tid, nt, gemm_mr(), &lo, &hi);

@@ -1053,11 +1053,7 @@ int sparse_forward(float *y, const sparse_base *W, const float *x, const float *
 
 #pragma omp parallel num_threads(nthreads)
     {
-#ifdef _OPENMP
-        int tid = omp_get_thread_num(), nth = omp_get_num_threads();
-#else
-        int tid = 0, nth = 1;
-#endif
+        int tid = sft_thread_num(), nth = sft_team_size();
         char *my = mem + per_thread * (size_t)tid;
         float *xT = (float *)my;                  /* tiles (S, 64) */
         float *ytile = xT + panel;                /* (CHUNK_ROWS, 64) */
@@ -1148,11 +1144,7 @@ int sparse_backward(float *gx, float *dA, float *dB, const sparse_base *W, const
 
 #pragma omp parallel num_threads(nthreads)
     {
-#ifdef _OPENMP
-        int tid = omp_get_thread_num(), nth = omp_get_num_threads();
-#else
-        int tid = 0, nth = 1;
-#endif
+        int tid = sft_thread_num(), nth = sft_team_size();
         char *my = mem + per_thread * (size_t)tid;
         float *xT = (float *)my;                  /* tiles (S, 64) */
         float *gxT = xT + panel;                  /* tiles (S, 64) */
@@ -1250,11 +1242,7 @@ int sparse_merge(float *values_out, const sparse_base *W, const float *A, const 
     recompute_fn rcf = select_recompute();
 #pragma omp parallel num_threads(nthreads)
     {
-#ifdef _OPENMP
-        int tid = omp_get_thread_num();
-#else
-        int tid = 0;
-#endif
+        int tid = sft_thread_num();
         int32_t *col = col_all + (int64_t)tid * cap;
         transpose_A(AT, A, r, in);
         // one row at a time: columns into the thread's buffer, W' straight into the output

@@ -881,11 +881,7 @@ int dora_rownorm_forward(float *n, const float *W, const uint8_t *M, const float
     if (tmp == NULL) return -1;
 #pragma omp parallel num_threads(nthreads)
     {
-#ifdef _OPENMP
-        float *t = tmp + (int64_t)omp_get_thread_num() * in;
-#else
-        float *t = tmp;
-#endif
+        float *t = tmp + (int64_t)sft_thread_num() * in;
         // each row: t = B_i A, then ||W_i + s * t (.) M_i|| in double
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < out; i++) {
@@ -937,13 +933,9 @@ int dora_rownorm_backward(float *dA, float *dB, const float *grad_n, const float
     int used = 1;
 #pragma omp parallel num_threads(nthreads)
     {
-#ifdef _OPENMP
-        int tid = omp_get_thread_num();
+        int tid = sft_thread_num();
 #pragma omp single
-        used = omp_get_num_threads();
-#else
-        int tid = 0;
-#endif
+        used = sft_team_size();
         float *t = tmp + (int64_t)tid * in, *pa = part + (size_t)tid * rin;
         memset(pa, 0, sizeof(float) * rin);
         // each row: the masked row of W', then its share of dB (own row) and dA (thread partial)
