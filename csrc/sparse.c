@@ -51,6 +51,14 @@ static int64_t row_capacity(const sparse_base *W) {
     return SFT_MAX((int64_t)CHUNK_NNZ, W->in);
 }
 
+/* N:M: cl = the columns of the kept entries of ng consecutive groups (positions ix, n per group),
+ * counted from the first group's first column. */
+static ALWAYS_INLINE void nm_cols(int32_t *cl, const uint8_t *ix, int64_t ng, int64_t n, int64_t m) {
+    // loop over groups, kept positions inside the group
+    for (int64_t gr = 0; gr < ng; gr++)
+        for (int64_t q = 0; q < n; q++) cl[gr * n + q] = (int32_t)(gr * m + ix[gr * n + q]);
+}
+
 /* Columns of the nonzeros of rows [i_lo, i_hi) into col[k - off0]. */
 static ALWAYS_INLINE void fill_cols(int32_t *col, const sparse_base *W, int64_t i_lo, int64_t i_hi,
                                     int64_t off0) {
@@ -59,14 +67,9 @@ static ALWAYS_INLINE void fill_cols(int32_t *col, const sparse_base *W, int64_t 
         memcpy(col + (b - off0), W->colidx + b, sizeof(int32_t) * (size_t)(e - b));
         return;
     }
-    int64_t n = W->n, m = W->m, ngroups = W->in / m, kpr = ngroups * n;
-    // loop over rows, groups, kept positions inside the group
-    for (int64_t i = i_lo; i < i_hi; i++) {
-        const uint8_t *ix = W->idx + i * kpr;
-        int32_t *cl = col + i * kpr - off0;
-        for (int64_t gr = 0; gr < ngroups; gr++)
-            for (int64_t q = 0; q < n; q++) cl[gr * n + q] = (int32_t)(gr * m + ix[gr * n + q]);
-    }
+    int64_t ngroups = W->in / W->m, kpr = ngroups * W->n;
+    for (int64_t i = i_lo; i < i_hi; i++)
+        nm_cols(col + i * kpr - off0, W->idx + i * kpr, ngroups, W->n, W->m);
 }
 
 /* ---- W' recompute: w'[k] = v[k] + s * <B[i,:], A[:,col[k]]>, with AT (in, r) = A^T ---------- */
@@ -308,10 +311,7 @@ static int64_t chunk_build(chunk *c, const sparse_base *W, int64_t *pos, int64_t
             int64_t n = W->n, m = W->m, g0 = c0 / m, ng = c1 / m - g0, gpb = unit / m;
             b = i * (W->in / m * n) + g0 * n, e = b + ng * n;
             if (cnt + (e - b) > c->cap) break;
-            const uint8_t *ix = W->idx + b;
-            int32_t *cl = c->rowcol + cnt;
-            for (int64_t gr = 0; gr < ng; gr++)
-                for (int64_t q = 0; q < n; q++) cl[gr * n + q] = (int32_t)(gr * m + ix[gr * n + q]);
+            nm_cols(c->rowcol + cnt, W->idx + b, ng, n, m);
             for (int64_t kb = 0; kb <= nkb; kb++) sg[kb] = (int32_t)(cnt + SFT_MIN(kb * gpb, ng) * n);
         } else {
             // block starts and the slab's end by binary search in the row's increasing columns
