@@ -1067,7 +1067,7 @@ static PyObject *py_sparse_plan(PyObject *self, PyObject *args) {
     long long N;
     if (!PyArg_ParseTuple(args, "OL:sparse_plan", &baseo, &N)) return NULL;
     if (N < 0) {
-        PyErr_SetString(PyExc_ValueError, "N must be >= 0");
+        PyErr_Format(PyExc_ValueError, "N: expected a token count >= 0, got %lld", N);
         return NULL;
     }
     sparse_base W;

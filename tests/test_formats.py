@@ -195,6 +195,8 @@ def test_scratch_released_and_bounded(rng: np.random.Generator) -> None:
     assert 0 < stats["peak"] <= nth * (2**20 + 4 * (512 + 64) * 16) + 4 * 512 * 16
     fwd_tokens, fwd_slab, bwd_tokens, bwd_slab = _core.sparse_plan(base._tuple(), 256)
     assert 8 <= fwd_tokens <= 512 and 8 <= bwd_tokens <= 512 and 0 < fwd_slab <= 512 and 0 < bwd_slab <= 512
+    with pytest.raises(ValueError, match="N: expected a token count >= 0, got -1"):
+        _core.sparse_plan(base._tuple(), -1)
 
 
 @pytest.mark.parametrize(
