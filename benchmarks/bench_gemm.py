@@ -29,6 +29,8 @@ import sys
 import time
 from typing import Any
 
+import _timing  # benchmarks/_timing.py (the script's own folder is on sys.path)
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 SIZES = [
@@ -111,6 +113,7 @@ def _worker(kind: str, threads: int) -> None:
             )
         a, b = cache[(m, n, k)]
         f = setup(a, b, t)
+        time.sleep(_timing.SETTLE)  # the previous worker's threads may still be spinning
         t0 = time.perf_counter()
         f()  # warm-up (and the estimate of how many calls fit in a block)
         est = max(time.perf_counter() - t0, 1e-6)

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import time
 import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
+import _timing  # benchmarks/_timing.py (the script's own folder is on sys.path)
 import numpy as np
 
 import sparseft as sft
@@ -55,28 +55,10 @@ def make_mask(rng: np.random.Generator, out: int, in_: int, kind: str) -> np.nda
 # ---- timing ----
 
 
-def timed(fn: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-#: Seconds of idle time before each timed call. OpenBLAS, PyTorch and OpenMP worker threads
-#: keep spinning for up to ~0.1 s after a call returns; without the pause whichever library runs
-#: next shares the two cores with them (measured: the GEMM core right after NumPy ran at half speed).
-PAUSE = 0.15
-
-
 def interleaved(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, float]:
-    """Min seconds of each fn; one warm-up each, then reps rounds taking the fns in turn."""
-    for f in fns.values():
-        f()
-    best = {k: float("inf") for k in fns}
-    for _ in range(reps):
-        for k, f in fns.items():
-            time.sleep(PAUSE)
-            best[k] = min(best[k], timed(f))
-    return best
+    """Min seconds of each fn over ``reps`` interleaved rounds (``_timing``: a settle pause before
+    every timed call, so no library's spinning worker threads slow the next one)."""
+    return {k: min(ts) for k, ts in _timing.interleaved(fns, reps).items()}
 
 
 # ---- memory ----

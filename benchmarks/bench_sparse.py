@@ -24,9 +24,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import statistics
-import time
 from collections.abc import Callable
 
+import _timing  # benchmarks/_timing.py (the script's own folder is on sys.path)
 import numpy as np
 
 import sparseft as sft
@@ -37,19 +37,6 @@ try:
     import torch
 except ImportError:  # pragma: no cover - optional
     torch = None
-
-
-def timeit(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, list[float]]:
-    """Interleave the repetitions of all functions (one warm-up each)."""
-    for f in fns.values():
-        f()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return times
 
 
 def kernels(
@@ -107,7 +94,7 @@ def main() -> None:
         A = (rng.standard_normal((r, inn)) * 0.01).astype(np.float32)
         B = (rng.standard_normal((out, r)) * 0.01).astype(np.float32)
         dense_flop = 2.0 * N * out * inn
-        td = timeit(
+        td = _timing.interleaved(
             {"fwd": lambda: x @ W.T, "gx": lambda: gy @ W, "G": lambda: gy.T @ x},  # noqa: B023
             reps,
         )
@@ -118,7 +105,7 @@ def main() -> None:
         )
         m50 = rng.random((out, inn)) < 0.5
         dense50 = DenseBase.from_dense(W * m50, m50)
-        t50 = timeit(kernels(dense50, x, gy, A, B, s), reps)
+        t50 = _timing.interleaved(kernels(dense50, x, gy, A, B, s), reps)
         t_d50 = min(t50["fwd"]) + min(t50["bwd"])
         print(
             f"sparseft DenseBase 50% (dense-masked LoRS path): fwd {fmt(t50['fwd'])}  bwd {fmt(t50['bwd'])}  "
@@ -161,7 +148,7 @@ def main() -> None:
             base.forward(x, A, B, s)
             base.backward(gy, x, A, B, s)
             scratch = _core.scratch_stats()["peak"] / 2**20
-            ts = timeit(fns, reps)
+            ts = _timing.interleaved(fns, reps)
             tf, tb = min(ts["fwd"]), min(ts["bwd"])
             tsep = min(ts["bwd_in"]) + min(ts["bwd_g"])
             ratio_np = (tf + tb) / t_dense

@@ -24,10 +24,10 @@ Usage: ``python benchmarks/bench_weightnorm.py [--reps 7] [--threads N]``.
 from __future__ import annotations
 
 import argparse
-import time
 import tracemalloc
 from collections.abc import Callable
 
+import _timing  # benchmarks/_timing.py (the script's own folder is on sys.path)
 import numpy as np
 
 import sparseft
@@ -113,14 +113,7 @@ def main() -> None:
         got = _core.weightnorm_forward(v, g1, 0)
         assert np.abs(got - w_ref).max() <= 1e-5 * np.abs(w_ref).max()
 
-        times: dict[str, list[float]] = {k: [] for k in cases}
-        for f in cases.values():
-            f()  # warm-up
-        for _ in range(args.reps):
-            for name, f in cases.items():
-                t0 = time.perf_counter()
-                f()
-                times[name].append(time.perf_counter() - t0)
+        times = _timing.interleaved(cases, args.reps)
         best = {k: min(t) for k, t in times.items()}
         med = {k: float(np.median(t)) for k, t in times.items()}
 
@@ -205,14 +198,7 @@ def bench_dora(reps: int, torch: object) -> None:
             return th.autograd.grad(y, (tx, tA, tB, tm), tgy)
 
         cases["torch PEFT-style"] = run_torch
-    times: dict[str, list[float]] = {k: [] for k in cases}
-    for f in cases.values():
-        f()
-    for _ in range(reps):
-        for name, f in cases.items():
-            t0 = time.perf_counter()
-            f()
-            times[name].append(time.perf_counter() - t0)
+    times = _timing.interleaved(cases, reps)
     print(f"== sparse DoRA: {out} x {inn}, density 0.5, r={r}, {N} tokens, forward + backward")
     base = min(times["LoRS"])
     for name, t in times.items():
