@@ -1,4 +1,4 @@
-"""Two or more builds of sparseft's sparse kernels side by side in one process ("vs our previous path").
+"""Two or more builds of sparseft's LoRS kernels side by side in one process ("vs our previous path").
 
 Each BUILD is a source tree whose extension is built in place (``python setup.py build_ext
 --inplace``), e.g. ``git worktree add /tmp/old <rev>`` then a build there. Every build's
@@ -8,10 +8,13 @@ timing, every build's results are checked against the first (same problem, same 
 
 Printed as measured: min and median milliseconds of ``sparse_forward`` (y = x W'^T) or the fused
 ``sparse_backward`` (gx and the exact masked dA, dB), effective GFLOP/s (2*nnz*N per product), and
-min / min of the first build.
+min / min of the first build. With ``--dense`` the same passes run the dense-masked kernels instead
+(``lors_forward``; ``lors_backward_input`` plus ``lors_backward_exact``, or ``lors_backward_lors``
+with ``--grad lors``), and GFLOP/s counts the dense products (2*out*in*N each).
 
-Usage: python benchmarks/bench_builds.py [--mask 0.1|2:4|...] [--pass fwd|bwd] [--seconds 20]
-       [--shape 2048x2048] [--tokens 2048] [--threads 2] BUILD [BUILD ...]
+Usage: python benchmarks/bench_builds.py [--mask 0.1|2:4|...] [--pass fwd|bwd] [--dense]
+       [--grad exact|lors] [--seconds 20] [--shape 2048x2048] [--tokens 2048] [--threads 2]
+       BUILD [BUILD ...]
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ def main() -> None:
     ap.add_argument("builds", nargs="+", metavar="BUILD")
     ap.add_argument("--mask", default="0.1", help="a density (CSR, magnitude-pruned) or n:m (N:M)")
     ap.add_argument("--pass", dest="which", choices=["fwd", "bwd"], default="bwd")
+    ap.add_argument("--dense", action="store_true", help="time the dense-masked kernels")
+    ap.add_argument("--grad", choices=["exact", "lors"], default="exact", help="--dense backward's gradient")
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--shape", default="2048x2048", help="OUTxIN")
     ap.add_argument("--tokens", type=int, default=2048)
@@ -75,7 +80,16 @@ def main() -> None:
     A = (rng.standard_normal((r, inn)) * 0.01).astype(np.float32)
     B = (rng.standard_normal((out, r)) * 0.01).astype(np.float32)
 
+    Wm = (W * mask).astype(np.float32)
+
     def call(core: ModuleType) -> tuple[np.ndarray, ...]:
+        if args.dense and args.which == "fwd":
+            return (core.lors_forward(x, Wm, mask, A, B, s),)
+        if args.dense:
+            gx = core.lors_backward_input(gy, Wm, mask, A, B, s)
+            if args.grad == "lors":
+                return (gx, *core.lors_backward_lors(gy, x, A, B, s))
+            return (gx, *core.lors_backward_exact(gy, x, mask, A, B, s))
         if args.which == "fwd":
             return (core.sparse_forward(t, x, A, B, s),)
         return tuple(core.sparse_backward(t, gy, x, A, B, s))
@@ -95,10 +109,12 @@ def main() -> None:
             call(core)
             times[i].append(time.perf_counter() - t0)
 
-    flop = 2.0 * base.nnz * N * (1 if args.which == "fwd" else 2)
+    products = 1 if args.which == "fwd" else (3 if args.dense and args.grad == "exact" else 2)
+    flop = 2.0 * (out * inn if args.dense else base.nnz) * N * products
     print(
         f"sparseft {sft.__version__} simd={sft.build_info()['simd']} threads={args.threads}; "
-        f"W {out}x{inn} mask {args.mask} ({base.format}), N={N}, r={r}, {args.which}; "
+        f"W {out}x{inn} mask {args.mask} ({'dense ' + args.grad if args.dense else base.format}), "
+        f"N={N}, r={r}, {args.which}; "
         f"calls alternate build by build for {args.seconds:g} s"
     )
     print(f"{'build':40s} {'min ms':>8} {'med ms':>8} {'GF/s':>7} {'min/first':>9} {'calls':>6}")
