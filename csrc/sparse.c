@@ -278,19 +278,6 @@ static void chunk_init(chunk *c, void *mem, const sparse_base *W, int64_t S, int
     c->seg = (int32_t *)p;
 }
 
-/* First k in [lo, hi) with col[k] >= lim (hi if none); col increasing on [lo, hi). Binary search:
- * the linear scan it replaced was the hottest loop of the backward driver under perf. */
-static int64_t first_col_at_least(const int32_t *col, int64_t lo, int64_t hi, int64_t lim) {
-    while (lo < hi) {
-        int64_t mid = lo + (hi - lo) / 2;
-        if (col[mid] < lim)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
-}
-
 /* Loads rows i0, i0+1, ... (at most CHUNK_ROWS, and while their entries in the slab [c0, c1) fit
  * the chunk; at least one row) restricted to the slab: columns relative to c0, W' when need_w
  * (ATs = A^T from row c0 on) and the column-block segments. CSR: pos[i] is row i's first entry at
@@ -314,17 +301,29 @@ static int64_t chunk_build(chunk *c, const sparse_base *W, int64_t *pos, int64_t
             nm_cols(c->rowcol + cnt, W->idx + b, ng, n, m);
             for (int64_t kb = 0; kb <= nkb; kb++) sg[kb] = (int32_t)(cnt + SFT_MIN(kb * gpb, ng) * n);
         } else {
-            // block starts and the slab's end by binary search in the row's increasing columns
-            int64_t rend = W->rowptr[i + 1], k;
-            b = pos != NULL ? pos[i] : W->rowptr[i], k = b;
-            for (int64_t kb = 0; kb < nkb; kb++) {
-                sg[kb] = (int32_t)(cnt + (k - b));
-                k = first_col_at_least(W->colidx, k, rend, SFT_MIN(c1, c0 + (kb + 1) * unit));
+            // one pass over the row's entries in the slab (increasing columns): copy them relative
+            // to c0 and close a column block's segment at the first entry past it. It replaced a
+            // binary search per block and slab over the rest of the row: under perf (one thread,
+            // density 0.1) the backward driver's share fell from 11.9% to 6.6%, though wall time
+            // moved only within noise (-1.5%): the searches' cache misses had been paying for
+            // the copy that followed.
+            const int32_t *col = W->colidx, width = (int32_t)(c1 - c0);
+            int32_t *rc = c->rowcol + cnt, next = (int32_t)SFT_MIN(unit, c1 - c0);
+            int64_t rend = W->rowptr[i + 1], k, kb = 0;
+            b = pos != NULL ? pos[i] : W->rowptr[i];
+            int64_t stop = SFT_MIN(rend, b + (c->cap - cnt)); /* entries that fit the chunk */
+            sg[0] = (int32_t)cnt;
+            for (k = b; k < stop; k++) {
+                int32_t cc = col[k] - (int32_t)c0;
+                if (cc >= next) {
+                    if (cc >= width) break; /* the slab's end */
+                    for (; cc >= next; next += (int32_t)unit) sg[++kb] = (int32_t)(cnt + (k - b));
+                }
+                rc[k - b] = cc;
             }
+            if (k == stop && stop < rend && col[stop] < c1) break; /* the row's slab does not fit */
             e = k;
-            if (cnt + (e - b) > c->cap) break;
-            sg[nkb] = (int32_t)(cnt + (e - b));
-            for (k = b; k < e; k++) c->rowcol[cnt + (k - b)] = W->colidx[k] - (int32_t)c0;
+            while (kb < nkb) sg[++kb] = (int32_t)(cnt + (e - b));
             if (pos != NULL) pos[i] = e;
         }
         if (need_w) rcf(c->wrow + cnt, c->rowcol + cnt, W->values + b, B + i * r, ATs, scale, e - b, r);
