@@ -358,15 +358,17 @@ static int64_t tile_bytes(const sparse_base *W, int backward, int64_t T, int64_t
 /* Token block T and column slab S for threads of Nt tokens. Per (nonzero, token block) W' is
  * recomputed and the chunk rebuilt (backward: and the gradient reduced into dA and dB); per
  * (token, output, extra slab) the forward reads and writes its output tile again, the backward
- * transposes gy again; per (row, block, slab) the loops run. Weights, in rough cycles: 12 and 6
- * per nonzero (forward, backward), 2 and 1 per output, 20 per row. They are estimates from perf
- * shares, with the forward's 12 (first 4) raised after interleaved runs at density 0.1 where
- * plans with longer blocks (T 448 over S 512 instead of T 192 over S 1024) ran ~6% faster. The
+ * transposes gy again; per (row, block, slab) the loops run. Weights, in rough cycles: 12 per
+ * nonzero (forward and backward), 2 and 1 per output, 20 per row. They began as estimates from
+ * perf shares and were raised after interleaved runs (bench_builds, 2048 x 2048, N = 2048) that
+ * favoured longer token blocks: the forward's from 4 (density 0.1: T 448 over S 512 instead of
+ * T 192 over S 1024, ~6% faster), the backward's from 6 (0.1: T 384 over S 256 instead of T 256
+ * over S 384, 2.7% faster; 0.05 4%, 1:4 6%; 0.2 and 2:4 keep their plans). The
  * cheapest (T, S) by that count wins: long token blocks over narrow slabs where nonzeros are
  * many, wide slabs where re-reading the outputs or gy would dominate. */
 static void plan_blocks(const sparse_base *W, int backward, int64_t Nt, int64_t *T_out, int64_t *S_out) {
     int64_t out = W->out, in = SFT_MAX(W->in, 1), unit = col_block(W, backward ? bwd_kc(W) : fwd_kc(W));
-    double nnz = (double)base_nnz(W), per_nz = backward ? 6.0 : 12.0, per_out = backward ? 1.0 : 2.0;
+    double nnz = (double)base_nnz(W), per_nz = 12.0, per_out = backward ? 1.0 : 2.0;
     int64_t Tcap = SFT_MIN((int64_t)512, sft_round_up(SFT_MAX(Nt, 1), TOK_VEC));
     static const int64_t Ts[] = {512, 448, 384, 320, 256, 192, 128, 64, 56, 48, 40, 32, 24, 16, 8};
     double best = -1.0;
