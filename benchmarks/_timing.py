@@ -12,8 +12,40 @@ functions in the dict.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Callable
+
+#: Environment that keeps every library of a benchmark on AVX2/FMA kernels on an AVX-512 machine:
+#: sparseft, NumPy's OpenBLAS and PyTorch (ATen kernels, oneDNN, MKL). Each library reads its
+#: variable when it loads, so it must be set before the process imports them (``reexec_with_isa``).
+AVX2_ENV = {
+    "SPARSEFT_SIMD": "avx2",
+    "OPENBLAS_CORETYPE": "Haswell",
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "DNNL_MAX_CPU_ISA": "AVX2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+}
+
+
+def reexec_with_isa(isa: str) -> None:
+    """For ``isa == "avx2"``: restart this script with :data:`AVX2_ENV` set (once; the restarted
+    process sees the marker ``SPARSEFT_BENCH_ISA`` and goes on). ``"native"`` does nothing."""
+    if isa == "native" or os.environ.get("SPARSEFT_BENCH_ISA") == isa:
+        return
+    if isa != "avx2":
+        raise SystemExit(f"--isa: expected native or avx2, got {isa!r}")
+    env = dict(os.environ, **AVX2_ENV, SPARSEFT_BENCH_ISA=isa)
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def isa_line() -> str:
+    """What the ISA caps in effect are, for a benchmark's header."""
+    caps = ", ".join(f"{k}={os.environ[k]}" for k in AVX2_ENV if k in os.environ)
+    return f"ISA caps: {caps or 'none (every library on its native path)'}"
+
 
 #: Seconds of idle time before each timed call: longer than OpenBLAS's spin (0.13 s) with margin.
 SETTLE = 0.25

@@ -17,7 +17,11 @@ one backward of the layer (y, gx and the adapter gradients). Printed per grad mo
   ``profile_memory=True``, ``export_memory_timeline(device="cpu")``), maximum minus first sample.
 
 The machine is shared: repetitions are interleaved across methods and the minimum is shown.
-Usage: ``python benchmarks/bench_lors.py [--quick] [--reps 3] [--threads 2] [--shapes 2048x2048,...]``.
+``--isa avx2`` restarts the script with every library capped at AVX2/FMA kernels (``_timing.AVX2_ENV``:
+sparseft, OpenBLAS, PyTorch's ATen, oneDNN and MKL), the instruction set of the issue's "2-core AVX2
+machine", on an AVX-512 host.
+Usage: ``python benchmarks/bench_lors.py [--quick] [--reps 3] [--threads 2] [--shapes 2048x2048,...]
+[--isa native|avx2]``.
 """
 
 from __future__ import annotations
@@ -249,7 +253,14 @@ def main() -> None:
         "--shapes", default=None, help="comma-separated INxOUT layers, e.g. 2048x2048 (default: all)"
     )
     ap.add_argument("--kinds", default=None, help="comma-separated masks, e.g. 0.5,0.1 (default: all)")
+    ap.add_argument(
+        "--isa",
+        choices=["native", "avx2"],
+        default="native",
+        help="avx2: sparseft, OpenBLAS and PyTorch all on AVX2/FMA kernels (an AVX2 machine's ISA)",
+    )
     args = ap.parse_args()
+    _timing.reexec_with_isa(args.isa)
     sft.set_num_threads(args.threads)
     if torch is not None:
         torch.set_num_threads(args.threads)
@@ -272,6 +283,8 @@ def main() -> None:
         f"openmp={info['openmp']}; numpy {np.__version__}; "
         f"torch {torch.__version__ if torch is not None else 'not installed'}"
     )
+    cap = torch.backends.cpu.get_cpu_capability() if torch is not None else "-"
+    print(f"{_timing.isa_line()}; torch CPU capability {cap}")
     print(f"N={N} r={r}; min of {args.reps} interleaved reps; ratios < 1 mean sparseft is faster / smaller")
     gc_core, gc_np = gemm_core_ratio(512 if args.quick else 2048, args.reps)
     print(

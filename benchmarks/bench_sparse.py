@@ -17,6 +17,7 @@ adapter W' = W + s*(B A) ⊙ M recomputed inside the kernels. Printed as measure
   (one value per SIMD path: run with SPARSEFT_SIMD=avx2 to measure the AVX2 one).
 
 Usage: python benchmarks/bench_sparse.py [--quick] [--reps 5] [--threads 2] [--shapes 2048x8192]
+       [--isa native|avx2]  (avx2: every library on AVX2/FMA kernels, see _timing.AVX2_ENV)
 """
 
 from __future__ import annotations
@@ -68,7 +69,14 @@ def main() -> None:
         default=None,
         help="comma-separated OUTxIN weight shapes, e.g. 2048x8192 (default: 2048x2048,8192x2048)",
     )
+    ap.add_argument(
+        "--isa",
+        choices=["native", "avx2"],
+        default="native",
+        help="avx2: sparseft, OpenBLAS and PyTorch all on AVX2/FMA kernels (an AVX2 machine's ISA)",
+    )
     args = ap.parse_args()
+    _timing.reexec_with_isa(args.isa)
     sft.set_num_threads(args.threads)
     if torch is not None:
         torch.set_num_threads(args.threads)
@@ -83,6 +91,7 @@ def main() -> None:
         f"sparseft {sft.__version__}: simd={info['simd']} threads={info['num_threads']} openmp={info['openmp']}"
     )
     print(f"torch: {torch.__version__ if torch is not None else 'not installed'}; numpy {np.__version__}")
+    print(_timing.isa_line())
     print(f"N={N} tokens, r={r}, reps={reps} interleaved; times in seconds: min (median)")
     rng = np.random.default_rng(0)
     summary: dict[tuple[int, int], dict[str, float]] = {}
