@@ -53,17 +53,23 @@ __all__ = [
 #:   interpolated crossover: 0.28). Later runs, with DenseBase re-timed inside each row's
 #:   repetitions: 0.43 / 0.44 at 0.1, 0.71 / 0.65 at 0.2, 0.93 / 0.90 at 0.3, crossover 0.32 /
 #:   0.35 (the second of these on the final kernels, 5 repetitions). So 0.25;
-#: * ``"avx2"``: 0.26 at 0.05, 0.42 at 0.1, 0.55 at 0.15, 0.85 at 0.2, 1.20 at 0.3 (0.24), so 0.25;
-#: * ``"portable"``: the AVX2 value (both paths lose about equally without SIMD).
+#: * ``"avx2"``: 0.26 at 0.05, 0.42 at 0.1, 0.55 at 0.15, 0.85 at 0.2, 1.20 at 0.3 (0.24) on the
+#:   first slab kernels (fcdd669). On the kernels of 112f150 (``bench_sparse.py --isa avx2``, two
+#:   runs): 0.23 / 0.22 at 0.05, 0.37 / 0.31 at 0.1, 0.49 / 0.50 at 0.2, 0.73 / 0.67 at 0.3,
+#:   1.10 / 1.33 at 0.5, crossover 0.45 / 0.40. So 0.35, which keeps a margin (about 0.8) at the
+#:   boundary;
+#: * ``"portable"``: 0.25, the AVX2 value before 112f150 (not re-measured: a portable DenseBase
+#:   step takes seconds at this size).
 #:
 #: (Before the column slabs the sparse kernels' token blocks were short and the AVX-512 value was
 #: 0.12: CSR / DenseBase 0.75 at 0.1, 1.10 at 0.2.)
-DENSITY_CROSSOVERS: dict[str, float] = {"portable": 0.25, "avx2": 0.25, "avx512": 0.25}
+DENSITY_CROSSOVERS: dict[str, float] = {"portable": 0.25, "avx2": 0.35, "avx512": 0.25}
 
 #: Per SIMD path, N:M masks with n/m at most this use the N:M format under ``format="auto"``.
 #: Same side-by-side runs, N:M time / DenseBase time: ``"avx512"`` 0.42 at 1:8, 0.82 at 1:4, 1.06
 #: at 4:8, 1.24 at 2:4 (later runs: 0.29 / 0.58, 0.81 / 0.78, 1.42 / 1.32, 1.61 / 1.28);
-#: ``"avx2"`` 0.42 at 1:8, 0.69 at 1:4, 0.93 at 4:8, 1.03 at 2:4. So 1:4 and sparser use N:M
+#: ``"avx2"`` 0.42 at 1:8, 0.69 at 1:4, 0.93 at 4:8, 1.03 at 2:4 (on 112f150, two runs: 0.36 / 0.42,
+#: 0.71 / 0.64, 1.18 / 1.34, 1.11 / 1.07). So 1:4 and sparser use N:M
 #: everywhere, and 2:4 stays dense (force ``format="nm"`` to halve the base's memory at 2:4
 #: instead: 2.5 bytes per weight instead of 5); 4:8 on AVX2 is within the noise of even and stays
 #: dense too.
@@ -78,7 +84,10 @@ NM_MAX_DENSITIES: dict[str, float] = {"portable": 0.25, "avx2": 0.25, "avx512": 
 #: in=2048 (CSR / DenseBase 0.50 at 0.1, 0.72 at 0.15, 1.03 at 0.3; N:M 0.53 at 1:8, 0.87 at 1:4),
 #: so a factor 0.7 at 8192. Pairs (in, factor); the crossover at ``in`` is the path's value times
 #: the factor, interpolated in log2(in); past the last point the factor is held (an
-#: extrapolation, not a measurement). (Before the slabs it was 0.14 at 8192.)
+#: extrapolation, not a measurement). (Before the slabs it was 0.14 at 8192.) On the AVX2 path the
+#: crossover does not fall with the width (112f150, ``--isa avx2``: CSR / DenseBase 0.70 at 0.3 and
+#: 1.24 at 0.5 at in=8192, crossover ~0.41, against 0.40 at in=2048), so the factor is
+#: conservative there; it is kept one table for all paths.
 CROSSOVER_WIDTH_SCALE: tuple[tuple[int, float], ...] = ((2048, 1.0), (8192, 0.7))
 
 

@@ -269,7 +269,7 @@ def test_crossovers_follow_the_simd_path() -> None:
     """Each SIMD path has its own measured crossovers; the default is the path in use now."""
     assert set(DENSITY_CROSSOVERS) == set(NM_MAX_DENSITIES) == {"portable", "avx2", "avx512"}
     assert all(0.0 < v < 1.0 for v in (*DENSITY_CROSSOVERS.values(), *NM_MAX_DENSITIES.values()))
-    assert density_crossover("portable") == density_crossover("avx2")
+    assert density_crossover("portable") <= density_crossover("avx2")  # portable: not re-measured
     for path in SIMD_PATHS:
         with sft.simd_path(path):
             assert density_crossover() == DENSITY_CROSSOVERS[path]
@@ -283,7 +283,7 @@ def test_crossovers_follow_the_simd_path() -> None:
     # wide inputs: more re-reads per column slab, and the dense GEMMs get faster (measured 0.7 at 8192)
     assert density_crossover("avx2", 1024) == density_crossover("avx2", 2048) == density_crossover("avx2")
     assert density_crossover("avx512", 8192) < density_crossover("avx512", 4096) < density_crossover("avx512")
-    assert density_crossover("avx2", 8192) == pytest.approx(0.25 * 0.7)
+    assert density_crossover("avx2", 8192) == pytest.approx(0.35 * 0.7)
     assert density_crossover("avx2", 16384) == density_crossover("avx2", 8192)  # held past the last point
     assert nm_max_density("avx2", 8192) == pytest.approx(0.25 * 0.7)
     wide = np.random.default_rng(1).random((4, 8192)) < 0.2
@@ -305,7 +305,7 @@ def test_choose_format(rng: np.random.Generator) -> None:
         with sft.simd_path(path):
             assert choose_format(sft.prune.nm(W, 1, 4)) == "nm"
             assert choose_format(sft.prune.magnitude(W, 0.8)) == "csr"  # density 0.2
-            assert choose_format(sft.prune.magnitude(W, 0.6)) == "dense"  # density 0.4
+            assert choose_format(sft.prune.magnitude(W, 0.5)) == "dense"  # density 0.5
     assert choose_format(sft.prune.nm(W, 1, 8)) == "nm"
     assert choose_format(sft.prune.nm(W, 2, 4)) == "dense"  # measured: N:M is slower than dense at 2:4
     assert choose_format(sft.prune.nm(W, 4, 8)) == "dense"
