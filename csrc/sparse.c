@@ -33,9 +33,8 @@
 #define CHUNK_NNZ 4096       /* nonzeros of a row chunk (columns, W', g: 48 KiB) */
 #define CHUNK_ROWS 64        /* rows of a row chunk */
 #define TILE_BYTES (1 << 20) /* tile scratch per thread: token panels + chunk buffers */
-/* forward: fwd_kc(), 128 or 256 columns; backward: bwd_kc(), 64 or 128 (the x^T and gx^T slabs
- * together) */
-/* backward: bwd_kc(), 64 or 128 columns (the x^T and gx^T slabs together) */
+/* column blocks: forward fwd_kc(), 128 or 256 columns; backward bwd_kc(), 64 or 128 (the x^T and
+ * gx^T slabs together) */
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
 /* ---- format access ------------------------------------------------------------------------- */
@@ -345,14 +344,27 @@ static int64_t chunk_build(chunk *c, const sparse_base *W, int64_t *pos, int64_t
 
 /* ---- blocking: token blocks and column slabs within TILE_BYTES per thread ------------------- */
 
-/* Scratch of one thread for token blocks of T and slabs of S columns. Forward: the x^T tiles
- * (S, 64), an output tile (CHUNK_ROWS, 64), the chunk and (CSR) a position per row. Backward: x^T
- * and gx^T tiles, the gy^T tiles of a chunk (CHUNK_ROWS, 64), the chunk and the positions. */
-static int64_t tile_bytes(const sparse_base *W, int backward, int64_t T, int64_t S) {
-    int64_t Tm = T <= TOK_TILE ? T : sft_round_up(T, TOK_TILE);
-    int64_t kc = backward ? bwd_kc(W) : fwd_kc(W), pos = W->kind == SPARSE_CSR ? 8 * W->out : 0;
-    int64_t panels = backward ? 4 * Tm * (2 * S + CHUNK_ROWS) : 4 * (Tm * S + CHUNK_ROWS * TOK_TILE);
-    return panels + sft_round_up(chunk_bytes(W, S, kc), 64) + pos;
+/* One thread's tile scratch for token blocks of T and slabs of S columns, each part on a cache
+ * line: the token tiles (forward: x^T (S, 64) per tile, then one output tile (CHUNK_ROWS, 64);
+ * backward: x^T and gx^T per tile, then the chunk's gy^T tiles (CHUNK_ROWS, 64) per tile), the
+ * chunk, and (CSR) a position per row. The planner bounds `bytes` by TILE_BYTES and the drivers
+ * carve the same layout, so the bound is the allocation. */
+typedef struct {
+    int64_t panel;     /* floats of the x^T (or gx^T) tiles: S * (T, or T rounded up to whole tiles) */
+    int64_t off_chunk; /* byte offsets */
+    int64_t off_pos;
+    int64_t bytes;
+} block_layout;
+
+static block_layout layout_of(const sparse_base *W, int backward, int64_t T, int64_t S) {
+    int64_t ntiles = sft_ceil_div(T, TOK_TILE);
+    block_layout L;
+    L.panel = S * (T <= TOK_TILE ? T : ntiles * TOK_TILE);
+    int64_t tiles = backward ? 2 * L.panel + CHUNK_ROWS * ntiles * TOK_TILE : L.panel + CHUNK_ROWS * TOK_TILE;
+    L.off_chunk = sft_round_up(4 * tiles, 64);
+    L.off_pos = L.off_chunk + sft_round_up(chunk_bytes(W, S, backward ? bwd_kc(W) : fwd_kc(W)), 64);
+    L.bytes = sft_round_up(L.off_pos + (W->kind == SPARSE_CSR ? 8 * W->out : 0), 64);
+    return L;
 }
 
 /* Token block T and column slab S for threads of Nt tokens. Per (nonzero, token block) W' is
@@ -378,7 +390,7 @@ static void plan_blocks(const sparse_base *W, int backward, int64_t Nt, int64_t 
         int64_t Sc = SFT_MIN(S, in), nslab = sft_ceil_div(in, Sc);
         for (size_t u = 0; u < sizeof Ts / sizeof Ts[0]; u++) {
             int64_t T = SFT_MIN(Ts[u], Tcap);
-            if (tile_bytes(W, backward, T, Sc) > TILE_BYTES) continue;
+            if (layout_of(W, backward, T, Sc).bytes > TILE_BYTES) continue;
             double nb = (double)sft_ceil_div(SFT_MAX(Nt, 1), T),
                    rest = (double)(backward ? nslab : nslab - 1);
             double cost = per_nz * nnz * nb + per_out * (double)Nt * (double)out * rest +
@@ -459,6 +471,15 @@ static transpose_fn select_transpose(void) {
     if (sft_simd_path >= SFT_SIMD_AVX2) return transpose_avx2;
 #endif
     return transpose_portable;
+}
+
+/* A token tile: dst (cols, ldd) = src[0 : nv, 0 : cols]^T (src rows lds apart), with tokens
+ * nv .. nt (nt <= ldd, the tile's padding to whole vectors) zeroed. */
+static void token_tile(transpose_fn tr, float *dst, int64_t ldd, const float *src, int64_t lds, int64_t nv,
+                       int64_t nt, int64_t cols) {
+    tr(dst, ldd, src, lds, nv, cols);
+    for (int64_t j = 0; j < cols; j++)
+        for (int64_t t = nv; t < nt; t++) dst[j * ldd + t] = 0.0f;
 }
 
 /* The token range [*ta, *tb) of thread tid of nth (multiples of TOK_VEC, clipped to N). */
@@ -1030,13 +1051,10 @@ int sparse_forward(float *y, const sparse_base *W, const float *x, const float *
     // one plan for all threads: token block T, column slab S
     int64_t T, S;
     plan_blocks(W, 0, thread_share(N, nthreads), &T, &S);
-    int64_t ntiles_max = sft_ceil_div(T, TOK_TILE);
-    int64_t panel = S * (T <= TOK_TILE ? T : ntiles_max * TOK_TILE);
     int64_t npos = W->kind == SPARSE_CSR ? out : 0;
     // a thread's block: x^T tiles, the output tile, the chunk, row positions
-    int64_t off_chunk = sft_round_up(4 * (panel + CHUNK_ROWS * TOK_TILE), 64);
-    int64_t off_pos = off_chunk + sft_round_up(chunk_bytes(W, S, fwd_kc(W)), 64);
-    size_t per_thread = (size_t)sft_round_up(off_pos + 8 * npos, 64); /* cache-line aligned blocks */
+    const block_layout L = layout_of(W, 0, T, S);
+    size_t per_thread = (size_t)L.bytes; /* cache-line aligned blocks */
     float *AT = (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(in * r, 1));
     char *mem = (char *)sft_scratch_alloc(per_thread * (size_t)nthreads);
     if (AT == NULL || mem == NULL) {
@@ -1056,11 +1074,11 @@ int sparse_forward(float *y, const sparse_base *W, const float *x, const float *
     {
         int tid = sft_thread_num(), nth = sft_team_size();
         char *my = mem + per_thread * (size_t)tid;
-        float *xT = (float *)my;                  /* tiles (S, 64) */
-        float *ytile = xT + panel;                /* (CHUNK_ROWS, 64) */
-        int64_t *pos = (int64_t *)(my + off_pos); /* (out) CSR: next entry per row */
+        float *xT = (float *)my;                    /* tiles (S, 64) */
+        float *ytile = xT + L.panel;                /* (CHUNK_ROWS, 64) */
+        int64_t *pos = (int64_t *)(my + L.off_pos); /* (out) CSR: next entry per row */
         chunk c;
-        chunk_init(&c, my + off_chunk, W, S, fwd_kc(W));
+        chunk_init(&c, my + L.off_chunk, W, S, fwd_kc(W));
         transpose_A(AT, A, r, in); /* ends with a barrier */
         int64_t ta, tb;
         thread_tokens(N, tid, nth, &ta, &tb);
@@ -1075,9 +1093,7 @@ int sparse_forward(float *y, const sparse_base *W, const float *x, const float *
                 for (int64_t p = 0; p < ntiles; p++) {
                     int64_t nv = SFT_MIN(TOK_TILE, nblk - p * TOK_TILE), nt = sft_round_up(nv, TOK_VEC);
                     float *xp = xT + p * S * TOK_TILE;
-                    tr(xp, nt, x + (t0 + p * TOK_TILE) * in + c0, in, nv, sw);
-                    for (int64_t j = 0; j < sw; j++)
-                        for (int64_t t = nv; t < nt; t++) xp[j * nt + t] = 0.0f;
+                    token_tile(tr, xp, nt, x + (t0 + p * TOK_TILE) * in + c0, in, nv, nt, sw);
                 }
                 // loop over row chunks
                 for (int64_t i0 = 0, i1; i0 < out; i0 = i1) {
@@ -1118,15 +1134,13 @@ int sparse_backward(float *gx, float *dA, float *dB, const sparse_base *W, const
     // one plan for all threads: token block T, column slab S
     int64_t T, S;
     plan_blocks(W, 1, thread_share(N, nthreads), &T, &S);
-    int64_t ntiles_max = sft_ceil_div(T, TOK_TILE);
-    int64_t panel = S * (T <= TOK_TILE ? T : ntiles_max * TOK_TILE);
     int64_t npos = W->kind == SPARSE_CSR ? out : 0;
     int64_t part = want_g ? (in + out) * r : 0;
-    // a thread's block: x^T, gx^T and gy^T tiles, partial dB and dA^T, the chunk, row positions
-    int64_t off_part = 4 * (2 * panel + CHUNK_ROWS * ntiles_max * TOK_TILE);
-    int64_t off_chunk = sft_round_up(off_part + 4 * part, 64);
-    int64_t off_pos = off_chunk + sft_round_up(chunk_bytes(W, S, bwd_kc(W)), 64);
-    size_t per_thread = (size_t)sft_round_up(off_pos + 8 * npos, 64); /* cache-line aligned blocks */
+    // a thread's block: x^T, gx^T and gy^T tiles, the chunk, row positions, then (outside the tile
+    // scratch bound: O(r (in + out))) the partial dB and dA^T
+    const block_layout L = layout_of(W, 1, T, S);
+    int64_t off_part = L.bytes;
+    size_t per_thread = (size_t)sft_round_up(off_part + 4 * part, 64); /* cache-line aligned blocks */
     float *AT = (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(in * r, 1));
     char *mem = (char *)sft_scratch_alloc(per_thread * (size_t)nthreads);
     if (AT == NULL || mem == NULL) {
@@ -1147,14 +1161,14 @@ int sparse_backward(float *gx, float *dA, float *dB, const sparse_base *W, const
     {
         int tid = sft_thread_num(), nth = sft_team_size();
         char *my = mem + per_thread * (size_t)tid;
-        float *xT = (float *)my;                  /* tiles (S, 64) */
-        float *gxT = xT + panel;                  /* tiles (S, 64) */
-        float *gyT = gxT + panel;                 /* tiles (CHUNK_ROWS, 64) */
-        float *dBu = (float *)(my + off_part);    /* (out, r) */
-        float *dATu = dBu + out * r;              /* (in, r) */
-        int64_t *pos = (int64_t *)(my + off_pos); /* (out) CSR: next entry per row */
+        float *xT = (float *)my;                    /* tiles (S, 64) */
+        float *gxT = xT + L.panel;                  /* tiles (S, 64) */
+        float *gyT = gxT + L.panel;                 /* tiles (CHUNK_ROWS, 64) */
+        float *dBu = (float *)(my + off_part);      /* (out, r) */
+        float *dATu = dBu + out * r;                /* (in, r) */
+        int64_t *pos = (int64_t *)(my + L.off_pos); /* (out) CSR: next entry per row */
         chunk c;
-        chunk_init(&c, my + off_chunk, W, S, bwd_kc(W));
+        chunk_init(&c, my + L.off_chunk, W, S, bwd_kc(W));
         if (want_g) memset(dBu, 0, sizeof(float) * (size_t)part);
         transpose_A(AT, A, r, in); /* ends with a barrier */
         int64_t ta, tb;
@@ -1171,9 +1185,7 @@ int sparse_backward(float *gx, float *dA, float *dB, const sparse_base *W, const
                     int64_t nv = SFT_MIN(TOK_TILE, nblk - p * TOK_TILE), nt = sft_round_up(nv, TOK_VEC);
                     float *xp = xT + p * S * TOK_TILE;
                     if (want_g) {
-                        tr(xp, nt, x + (t0 + p * TOK_TILE) * in + c0, in, nv, sw);
-                        for (int64_t j = 0; j < sw; j++)
-                            for (int64_t t = nv; t < nt; t++) xp[j * nt + t] = 0.0f;
+                        token_tile(tr, xp, nt, x + (t0 + p * TOK_TILE) * in + c0, in, nv, nt, sw);
                     }
                     if (gx != NULL) memset(gxT + p * S * TOK_TILE, 0, sizeof(float) * (size_t)(sw * nt));
                 }
@@ -1186,9 +1198,8 @@ int sparse_backward(float *gx, float *dA, float *dB, const sparse_base *W, const
                     for (int64_t p = 0; p < ntiles; p++) {
                         int64_t nv = SFT_MIN(TOK_TILE, nblk - p * TOK_TILE), nt = sft_round_up(nv, TOK_VEC);
                         float *gyt = gyT + p * CHUNK_ROWS * TOK_TILE;
-                        for (int64_t i = 0; i < c.rows; i++)
-                            for (int64_t t = nv; t < nt; t++) gyt[i * TOK_TILE + t] = 0.0f;
-                        tr(gyt, TOK_TILE, gy + (t0 + p * TOK_TILE) * out + i0, out, nv, c.rows);
+                        token_tile(tr, gyt, TOK_TILE, gy + (t0 + p * TOK_TILE) * out + i0, out, nv, nt,
+                                   c.rows);
                         float *gxp = gx != NULL ? gxT + p * S * TOK_TILE : NULL;
                         const float *xp = want_g ? xT + p * S * TOK_TILE : NULL;
                         tile(&c, want_g, gxp, gyt, xp, nt);

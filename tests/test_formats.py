@@ -239,6 +239,30 @@ def test_kernels_over_column_slabs(
     _close(dB, dB_want, N * inn)
 
 
+def test_short_token_blocks_stay_within_the_tile_bound(rng: np.random.Generator) -> None:
+    """A thread's token share below one 64-token tile still gets gy^T tiles 64 tokens wide; the plan
+    counts them as allocated (it once counted 24 tokens, and a 300 x 5000 backward at 2 threads took
+    1 KiB a thread over the 1 MiB bound)."""
+    N, out, inn, r = 40, 300, 5000, 3
+    W, mask, A, B, x, gy = _problem(rng, N, out, inn, r, "0.1")
+    base = _build("0.1", W, mask)
+    before = sft.get_num_threads()
+    try:
+        sft.set_num_threads(2)
+        assert _core.sparse_plan(base._tuple(), N)[2] < 64  # the backward's token block
+        _core.reset_scratch_peak()
+        gx, dA, dB = base.backward(gy, x, A, B, 0.5)
+        peak = _core.scratch_stats()["peak"]
+    finally:
+        sft.set_num_threads(before)
+    # 1 MiB of tiles, chunk and row positions per thread, plus (in + out) * r partials and A^T
+    assert 0 < peak <= 2 * (2**20 + 4 * (inn + out) * r) + 4 * inn * r
+    _close(gx, ref.sparse_backward_input(W, mask, gy, A, B, 0.5), out)
+    dA_want, dB_want = ref.sparse_masked_grad(mask, gy, x, A, B, 0.5)
+    _close(dA, dA_want, N * out)
+    _close(dB, dB_want, N * inn)
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     N=st.integers(1, 40),
