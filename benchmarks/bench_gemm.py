@@ -42,7 +42,6 @@ SIZES = [
     (1000, 999, 1001),  # odd sizes: edge tiles everywhere
 ]
 THREADS = (1, 2)
-PAUSE = 0.12  # seconds between blocks of different workers (OpenBLAS threads spin ~0.1 s)
 BLOCK_SECONDS = 0.25  # target length of one timed block
 
 
@@ -113,7 +112,6 @@ def _worker(kind: str, threads: int) -> None:
             )
         a, b = cache[(m, n, k)]
         f = setup(a, b, t)
-        time.sleep(_timing.SETTLE)  # the previous worker's threads may still be spinning
         t0 = time.perf_counter()
         f()  # warm-up (and the estimate of how many calls fit in a block)
         est = max(time.perf_counter() - t0, 1e-6)
@@ -264,7 +262,7 @@ def main() -> None:
             order = labels[r % len(labels) :] + labels[: r % len(labels)]
             for label in order:
                 w, t = by_label[label]
-                time.sleep(PAUSE)
+                time.sleep(_timing.SETTLE)  # the previous worker's threads may still be spinning
                 res = w.time(*size, t)
                 times.setdefault((size, label), []).extend(res["times"])
                 if res.get("scratch") is not None:
