@@ -47,6 +47,27 @@ def isa_line() -> str:
     return f"ISA caps: {caps or 'none (every library on its native path)'}"
 
 
+def cpu_line() -> str:
+    """The host's CPU as /proc/cpuinfo names it (model name, family/model, AVX-512 or not), for a
+    benchmark's header: the project's machines change CPU model between sessions (family 6 model
+    207 in one, model 167 in the next), and ratios against OpenBLAS or PyTorch move with it."""
+    info: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                info[key.strip()] = value.strip()
+    except OSError:
+        return f"CPU: {os.cpu_count()} logical CPUs (no /proc/cpuinfo)"
+    avx512 = "avx512f" in info.get("flags", "").split()
+    return (
+        f"CPU: {info.get('model name', '?')} (family {info.get('cpu family', '?')} model "
+        f"{info.get('model', '?')}, {'AVX-512' if avx512 else 'no AVX-512'}), {os.cpu_count()} logical CPUs"
+    )
+
+
 #: Seconds of idle time before each timed call: longer than OpenBLAS's spin (0.13 s) with margin.
 SETTLE = 0.25
 

@@ -179,16 +179,6 @@ def _torch_available() -> bool:
     return out.returncode == 0
 
 
-def _cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _loadavg() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" on {os.cpu_count()} CPUs"
@@ -241,7 +231,7 @@ def main() -> None:
             workers[key] = Worker(label, kind, t, env)
         by_label[label] = (workers[key], t)
 
-    print(f"CPU: {_cpu_model()}, {os.cpu_count()} logical CPUs; Python {platform.python_version()}")
+    print(f"{_timing.cpu_line()}; Python {platform.python_version()}")
     for key, w in workers.items():
         print(f"  worker {key}: {w.info}")
     hsw = [w.info for k, w in workers.items() if "Haswell" in k]

@@ -285,6 +285,7 @@ def main() -> None:
     )
     cap = torch.backends.cpu.get_cpu_capability() if torch is not None else "-"
     print(f"{_timing.isa_line()}; torch CPU capability {cap}")
+    print(_timing.cpu_line())
     print(f"N={N} r={r}; min of {args.reps} interleaved reps; ratios < 1 mean sparseft is faster / smaller")
     gc_core, gc_np = gemm_core_ratio(512 if args.quick else 2048, args.reps)
     print(

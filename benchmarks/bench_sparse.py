@@ -92,6 +92,7 @@ def main() -> None:
     )
     print(f"torch: {torch.__version__ if torch is not None else 'not installed'}; numpy {np.__version__}")
     print(_timing.isa_line())
+    print(_timing.cpu_line())
     print(f"N={N} tokens, r={r}, reps={reps} interleaved; times in seconds: min (median)")
     rng = np.random.default_rng(0)
     summary: dict[tuple[int, int], dict[str, float]] = {}

@@ -63,6 +63,7 @@ def main() -> None:
         if torch
         else "; torch not installed"
     )
+    print(_timing.cpu_line())
     print(f"min / median of {args.reps} interleaved repetitions; times in ms\n")
 
     for out, inn in [(4096, 4096), (16384, 1024)]:
