@@ -7,6 +7,8 @@
 #define NPY_NO_DEPRECATED_API NPY_2_0_API_VERSION
 #include <numpy/arrayobject.h>
 
+#include <float.h>
+#include <stdio.h>
 #include <math.h>
 
 #include "common.h"
@@ -42,6 +44,15 @@ static PyArrayObject *arg_array(PyObject *obj, const char *name, int typenum, in
         Py_XDECREF(want);
         return NULL;
     }
+    if (!PyArray_ISNOTSWAPPED(a)) {
+        // '>f4' has the float32 type number but its bytes would be read in the wrong order
+        PyArray_Descr *want = PyArray_DescrFromType(typenum);
+        PyErr_Format(PyExc_TypeError,
+                     "%s: expected dtype %S in native byte order, got %S (pass %s.astype(numpy.%S))", name,
+                     (PyObject *)want, (PyObject *)PyArray_DESCR(a), name, (PyObject *)want);
+        Py_XDECREF(want);
+        return NULL;
+    }
     if (ndim >= 0 && PyArray_NDIM(a) != ndim) {
         PyObject *shape = shape_tuple(a);
         if (shape != NULL)
@@ -49,10 +60,16 @@ static PyArrayObject *arg_array(PyObject *obj, const char *name, int typenum, in
         Py_XDECREF(shape);
         return NULL;
     }
-    if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)) {
+    if (!PyArray_IS_C_CONTIGUOUS(a)) {
         PyErr_Format(PyExc_ValueError,
                      "%s: expected a C-contiguous aligned array, got a strided view "
                      "(pass numpy.ascontiguousarray(%s))",
+                     name, name);
+        return NULL;
+    }
+    if (!PyArray_ISALIGNED(a)) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s: expected a C-contiguous aligned array, got an unaligned buffer (pass %s.copy())",
                      name, name);
         return NULL;
     }
@@ -195,6 +212,10 @@ static PyObject *py_gemm_into(PyObject *self, PyObject *args, PyObject *kwargs) 
     PyArrayObject *c = arg_f32(co, "c", 2), *a = c ? arg_f32(ao, "a", 2) : NULL;
     PyArrayObject *b = a ? arg_f32(bo, "b", 2) : NULL;
     if (b == NULL) return NULL;
+    if (!PyArray_ISWRITEABLE(c)) {
+        PyErr_SetString(PyExc_ValueError, "c: expected a writeable array, got a read-only one");
+        return NULL;
+    }
     npy_intp M = PyArray_DIM(a, ta ? 1 : 0), K = PyArray_DIM(a, ta ? 0 : 1);
     npy_intp N = PyArray_DIM(b, tb ? 0 : 1);
     if (arg_dim(b, "b", tb ? 1 : 0, K, "the inner dimension of op(a)") < 0) return NULL;
@@ -284,9 +305,18 @@ static int lors_parse(PyObject *Wo, PyObject *Mo, PyObject *Ao, PyObject *Bo, in
     return 0;
 }
 
-static int lors_scale_ok(float s) {
-    if (isfinite(s)) return 0;
-    PyErr_SetString(PyExc_ValueError, "scale: expected a finite number, got NaN or infinity");
+/* Checks a scale (parsed as a double) for the float32 kernels: finite, and finite as a float32 too
+ * (1e39 would become inf and turn 0 * scale into NaN). */
+static int check_scale(double scale) {
+    if (isfinite(scale) && fabs(scale) <= FLT_MAX) return 0;
+    if (isfinite(scale)) {
+        char msg[128]; /* PyErr_Format has no %g */
+        snprintf(msg, sizeof msg, "scale: expected a finite float32 number (|scale| <= %g), got %g",
+                 (double)FLT_MAX, scale);
+        PyErr_SetString(PyExc_ValueError, msg);
+    } else
+        PyErr_Format(PyExc_ValueError, "scale: expected a finite number, got %s",
+                     isnan(scale) ? "nan" : "inf");
     return -1;
 }
 
@@ -301,13 +331,14 @@ static PyObject *py_lors_forward(PyObject *self, PyObject *args, PyObject *kwarg
     (void)self;
     static char *kwlist[] = {"x", "W", "mask", "A", "B", "scale", "bias", "check_weights", "naive", NULL};
     PyObject *xo, *Wo, *Mo, *Ao, *Bo, *bo = Py_None;
-    float s;
+    double sd;
     int check = 1, naive = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOf|Opp:lors_forward", kwlist, &xo, &Wo, &Mo, &Ao, &Bo,
-                                     &s, &bo, &check, &naive))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOd|Opp:lors_forward", kwlist, &xo, &Wo, &Mo, &Ao, &Bo,
+                                     &sd, &bo, &check, &naive))
         return NULL;
     lors_args a;
-    if (lors_parse(Wo, Mo, Ao, Bo, check, &a) < 0 || lors_scale_ok(s) < 0) return NULL;
+    if (lors_parse(Wo, Mo, Ao, Bo, check, &a) < 0 || check_scale(sd) < 0) return NULL;
+    const float s = (float)sd;
     PyArrayObject *x = lors_act(xo, "x", a.in, "in, from W", 1);
     if (x == NULL) return NULL;
     PyArrayObject *bias = NULL;
@@ -338,13 +369,14 @@ static PyObject *py_lors_backward_input(PyObject *self, PyObject *args, PyObject
     (void)self;
     static char *kwlist[] = {"gy", "W", "mask", "A", "B", "scale", "check_weights", "naive", NULL};
     PyObject *go, *Wo, *Mo, *Ao, *Bo;
-    float s;
+    double sd;
     int check = 1, naive = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOf|pp:lors_backward_input", kwlist, &go, &Wo, &Mo,
-                                     &Ao, &Bo, &s, &check, &naive))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOd|pp:lors_backward_input", kwlist, &go, &Wo, &Mo,
+                                     &Ao, &Bo, &sd, &check, &naive))
         return NULL;
     lors_args a;
-    if (lors_parse(Wo, Mo, Ao, Bo, check, &a) < 0 || lors_scale_ok(s) < 0) return NULL;
+    if (lors_parse(Wo, Mo, Ao, Bo, check, &a) < 0 || check_scale(sd) < 0) return NULL;
+    const float s = (float)sd;
     PyArrayObject *gy = lors_act(go, "gy", a.out, "out, from W", 1);
     if (gy == NULL) return NULL;
     npy_intp N = PyArray_DIM(gy, 0), dims[2] = {N, a.in};
@@ -368,13 +400,14 @@ static PyObject *py_lors_backward_exact(PyObject *self, PyObject *args, PyObject
     (void)self;
     static char *kwlist[] = {"gy", "x", "mask", "A", "B", "scale", "check_finite", "naive", NULL};
     PyObject *go, *xo, *Mo, *Ao, *Bo;
-    float s;
+    double sd;
     int check = 1, naive = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOf|pp:lors_backward_exact", kwlist, &go, &xo, &Mo,
-                                     &Ao, &Bo, &s, &check, &naive))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOd|pp:lors_backward_exact", kwlist, &go, &xo, &Mo,
+                                     &Ao, &Bo, &sd, &check, &naive))
         return NULL;
     lors_args a;
-    if (lors_parse(NULL, Mo, Ao, Bo, 0, &a) < 0 || lors_scale_ok(s) < 0) return NULL;
+    if (lors_parse(NULL, Mo, Ao, Bo, 0, &a) < 0 || check_scale(sd) < 0) return NULL;
+    const float s = (float)sd;
     PyArrayObject *gy = lors_act(go, "gy", a.out, "out, from mask", check);
     if (gy == NULL) return NULL;
     PyArrayObject *x = lors_act(xo, "x", a.in, "in, from mask", check);
@@ -407,10 +440,10 @@ static PyObject *py_lors_backward_lors(PyObject *self, PyObject *args, PyObject 
     (void)self;
     static char *kwlist[] = {"gy", "x", "A", "B", "scale", "check_finite", "naive", NULL};
     PyObject *go, *xo, *Ao, *Bo;
-    float s;
+    double sd;
     int check = 1, naive = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOf|pp:lors_backward_lors", kwlist, &go, &xo, &Ao, &Bo,
-                                     &s, &check, &naive))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOd|pp:lors_backward_lors", kwlist, &go, &xo, &Ao, &Bo,
+                                     &sd, &check, &naive))
         return NULL;
     PyArrayObject *A = arg_f32(Ao, "A", 2);
     if (A == NULL) return NULL;
@@ -418,7 +451,8 @@ static PyObject *py_lors_backward_lors(PyObject *self, PyObject *args, PyObject 
     PyArrayObject *B = arg_f32(Bo, "B", 2);
     if (B == NULL || arg_dim(B, "B", 1, r, "r, from A") < 0) return NULL;
     npy_intp out = PyArray_DIM(B, 0);
-    if (arg_finite(A, "A") < 0 || arg_finite(B, "B") < 0 || lors_scale_ok(s) < 0) return NULL;
+    if (arg_finite(A, "A") < 0 || arg_finite(B, "B") < 0 || check_scale(sd) < 0) return NULL;
+    const float s = (float)sd;
     PyArrayObject *gy = lors_act(go, "gy", out, "out, from B", check);
     if (gy == NULL) return NULL;
     PyArrayObject *x = lors_act(xo, "x", in, "in, from A", check);
@@ -449,13 +483,14 @@ static PyObject *py_lors_merge(PyObject *self, PyObject *args, PyObject *kwargs)
     (void)self;
     static char *kwlist[] = {"W", "mask", "A", "B", "scale", "naive", NULL};
     PyObject *Wo, *Mo, *Ao, *Bo;
-    float s;
+    double sd;
     int naive = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOf|p:lors_merge", kwlist, &Wo, &Mo, &Ao, &Bo, &s,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOd|p:lors_merge", kwlist, &Wo, &Mo, &Ao, &Bo, &sd,
                                      &naive))
         return NULL;
     lors_args a;
-    if (lors_parse(Wo, Mo, Ao, Bo, 1, &a) < 0 || lors_scale_ok(s) < 0) return NULL;
+    if (lors_parse(Wo, Mo, Ao, Bo, 1, &a) < 0 || check_scale(sd) < 0) return NULL;
+    const float s = (float)sd;
     npy_intp dims[2] = {a.out, a.in};
     PyArrayObject *w2 = new_f32(2, dims);
     if (w2 == NULL) return NULL;
@@ -478,6 +513,13 @@ static PyObject *py_lors_scratch_bytes(PyObject *self, PyObject *args) {
         return NULL;
     }
     int nth = sft_get_num_threads();
+    if (4.0 * nth * (double)r * ((double)in + (double)out) > 0x1p62) {
+        PyErr_Format(
+            PyExc_ValueError,
+            "in_features, out_features, r: expected sizes whose scratch fits in int64, got %lld, %lld, %lld",
+            in, out, r);
+        return NULL;
+    }
     // the exact gradient's tiles and partials, plus the GEMM core's scratch: one single-thread
     // GEMM per thread (the gradient tiles) or one GEMM on all threads (forward, input gradient)
     int64_t gemm = SFT_MAX((int64_t)nth * sgemm_scratch_bytes(1), sgemm_scratch_bytes(nth));
@@ -608,9 +650,11 @@ static int dora_args(PyObject *wo, PyObject *mo, PyObject *ao, PyObject *bo, PyA
 static PyObject *py_dora_rownorm_forward(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *wo, *mo, *ao, *bo;
-    float s;
+    double sd;
     int rc;
-    if (!PyArg_ParseTuple(args, "OOOOf:dora_rownorm_forward", &wo, &mo, &ao, &bo, &s)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOOOd:dora_rownorm_forward", &wo, &mo, &ao, &bo, &sd)) return NULL;
+    if (check_scale(sd) < 0) return NULL;
+    const float s = (float)sd;
     PyArrayObject *W, *M, *A, *B;
     if (dora_args(wo, mo, ao, bo, &W, &M, &A, &B) < 0) return NULL;
     npy_intp out = PyArray_DIM(W, 0);
@@ -632,10 +676,12 @@ static PyObject *py_dora_rownorm_forward(PyObject *self, PyObject *args) {
 static PyObject *py_dora_rownorm_backward(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *gno, *no, *wo, *mo, *ao, *bo;
-    float s;
+    double sd;
     int rc;
-    if (!PyArg_ParseTuple(args, "OOOOOOf:dora_rownorm_backward", &gno, &no, &wo, &mo, &ao, &bo, &s))
+    if (!PyArg_ParseTuple(args, "OOOOOOd:dora_rownorm_backward", &gno, &no, &wo, &mo, &ao, &bo, &sd))
         return NULL;
+    if (check_scale(sd) < 0) return NULL;
+    const float s = (float)sd;
     PyArrayObject *gn = arg_f32(gno, "grad_n", 1), *n = gn ? arg_f32(no, "n", 1) : NULL;
     PyArrayObject *W, *M, *A, *B;
     if (n == NULL || dora_args(wo, mo, ao, bo, &W, &M, &A, &B) < 0) return NULL;
@@ -947,12 +993,6 @@ static npy_intp parse_adapter(PyObject *ao, PyObject *bo, const sparse_base *W, 
         arg_dim(*b, "B", 1, r, "r, the rows of A") < 0 || arg_finite(*a, "A") < 0 || arg_finite(*b, "B") < 0)
         return -1;
     return r;
-}
-
-static int check_scale(double scale) {
-    if (isfinite(scale)) return 0;
-    PyErr_Format(PyExc_ValueError, "scale: expected a finite number, got %s", isnan(scale) ? "nan" : "inf");
-    return -1;
 }
 
 static PyObject *py_sparse_forward(PyObject *self, PyObject *args, PyObject *kwargs) {

@@ -388,9 +388,11 @@ static void plan_blocks(const sparse_base *W, int backward, int64_t Nt, int64_t 
     // loop over slab widths; for each, the longest token block that fits
     for (int64_t S = unit;; S += unit) {
         int64_t Sc = SFT_MIN(S, in), nslab = sft_ceil_div(in, Sc);
+        int fits = 0;
         for (size_t u = 0; u < sizeof Ts / sizeof Ts[0]; u++) {
             int64_t T = SFT_MIN(Ts[u], Tcap);
             if (layout_of(W, backward, T, Sc).bytes > TILE_BYTES) continue;
+            fits = 1;
             double nb = (double)sft_ceil_div(SFT_MAX(Nt, 1), T),
                    rest = (double)(backward ? nslab : nslab - 1);
             double cost = per_nz * nnz * nb + per_out * (double)Nt * (double)out * rest +
@@ -398,7 +400,9 @@ static void plan_blocks(const sparse_base *W, int backward, int64_t Nt, int64_t 
             if (best < 0 || cost < best) best = cost, *T_out = T, *S_out = Sc;
             break;
         }
-        if (S >= in) break;
+        // the scratch grows with the slab: once no token block fits, no wider slab does (this also
+        // bounds the loop for an absurd `in`, which sparse_plan can be asked about)
+        if (S >= in || !fits) break;
     }
 }
 

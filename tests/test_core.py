@@ -251,3 +251,67 @@ def test_stub_matches_compiled_module() -> None:
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_non_native_byte_order_is_a_type_error() -> None:
+    """'>f4' has float32's type number; reading its bytes as native floats gave zeros and 4.6e-41."""
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    with pytest.raises(TypeError, match=r"a: expected dtype float32 in native byte order, got >f4"):
+        _core.matmul(a.astype(">f4"), a, trans_b=True)
+    W = np.eye(3, dtype=">f4")
+    with pytest.raises(TypeError, match="W: expected dtype float32 in native byte order"):
+        _core.lors_forward(
+            np.ones((1, 3), np.float32), W, np.ones((3, 3), np.uint8), np.zeros((1, 3), np.float32),
+            np.zeros((3, 1), np.float32), 1.0,
+        )
+
+
+def test_unaligned_buffer_is_named_as_such() -> None:
+    buf = np.zeros(33, np.uint8)
+    x = np.frombuffer(buf[1:].data, np.float32).reshape(2, 4)
+    assert x.flags.c_contiguous and not x.flags.aligned
+    with pytest.raises(ValueError, match=r"a: expected a C-contiguous aligned array, got an unaligned buffer \(pass a.copy\(\)\)"):
+        _core.matmul(x, np.ones((4, 2), np.float32))
+
+
+def test_gemm_into_refuses_a_read_only_output() -> None:
+    c = np.zeros((2, 2), np.float32)
+    c.flags.writeable = False
+    with pytest.raises(ValueError, match="c: expected a writeable array"):
+        _core.gemm_into(c, np.ones((2, 2), np.float32), np.ones((2, 2), np.float32))
+    assert not c.any()
+
+
+@pytest.mark.parametrize("scale", [1e39, -1e39, np.nan, np.inf])
+def test_scales_beyond_float32_are_value_errors(scale: float) -> None:
+    """A finite double above float32's range became inf in the kernels (and 0 * inf = NaN)."""
+    x, W, M = np.ones((1, 3), np.float32), np.eye(3, dtype=np.float32), np.ones((3, 3), np.uint8)
+    A, B = np.zeros((1, 3), np.float32), np.zeros((3, 1), np.float32)
+    with pytest.raises(ValueError, match="scale: expected a finite"):
+        _core.lors_forward(x, W, M, A, B, scale)
+    with pytest.raises(ValueError, match="scale: expected a finite"):
+        _core.lors_merge(W, M, A, B, scale)
+    base = ("csr", 3, 3, 0, 0, np.ones(3, np.float32), np.arange(3, dtype=np.int32), np.arange(4, dtype=np.int64))
+    with pytest.raises(ValueError, match="scale: expected a finite"):
+        _core.sparse_forward(base, x, A, B, scale)
+    with pytest.raises(ValueError, match="scale: expected a finite"):
+        _core.dora_rownorm_forward(W, M, A, B, scale)
+    # the largest float32 itself is fine
+    assert np.isfinite(_core.lors_forward(x, W, M, A, B, float(np.finfo(np.float32).max))).all()
+
+
+def test_lors_scratch_bytes_refuses_sizes_that_overflow() -> None:
+    assert _core.lors_scratch_bytes(2048, 2048, 16) > 0
+    with pytest.raises(ValueError, match="expected sizes whose scratch fits in int64"):
+        _core.lors_scratch_bytes(2**62, 1, 1)
+
+
+def test_sparse_plan_of_a_huge_input_returns_at_once() -> None:
+    """The slab search once stepped through `in` one column block at a time (2**33 steps here)."""
+    import time
+
+    base = ("csr", 1, 2**40, 0, 0, np.zeros(0, np.float32), np.zeros(0, np.int32), np.zeros(2, np.int64))
+    t0 = time.perf_counter()
+    fwd_t, fwd_s, bwd_t, bwd_s = _core.sparse_plan(base, 1)
+    assert time.perf_counter() - t0 < 5.0
+    assert min(fwd_t, fwd_s, bwd_t, bwd_s) > 0
