@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from sparseft import _core
-from sparseft.formats_dense import check_mask, validate_base
+from sparseft.formats_dense import check_mask, check_scale, validate_base
 
 __all__ = [
     "CROSSOVER_WIDTH_SCALE",
@@ -174,12 +174,7 @@ def _f32(a: object, name: str, ndim: int = 2) -> np.ndarray:
 
 
 def _check_scale(scale: object) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise TypeError(f"scale: expected a real number, got {type(scale).__name__}")
-    s = float(scale)
-    if not np.isfinite(s):
-        raise ValueError(f"scale: expected a finite number, got {scale}")
-    return s
+    return check_scale(scale)
 
 
 def _check_adapter(A: object, B: object, shape: tuple[int, int]) -> None:
@@ -358,6 +353,31 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _owned_copy(a: object, name: str, dtype: type, ndim: int) -> np.ndarray:
+    """A read-only copy of a caller's array (the caller's own array keeps its flags and may change
+    without changing the base), after checking its type, dtype and number of dimensions."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype).name}, got {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {a.shape}")
+    return _readonly(np.array(a, order="C"))
+
+
+def _check_shape(shape: object) -> tuple[int, int]:
+    if (
+        not isinstance(shape, tuple)
+        or len(shape) != 2
+        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in shape)
+    ):
+        raise TypeError(f"shape: expected a tuple (out, in) of two ints, got {shape!r}")
+    out, inn = int(shape[0]), int(shape[1])
+    if out < 0 or inn < 0:
+        raise ValueError(f"shape: expected sizes >= 0, got {shape}")
+    return out, inn
+
+
 class CSRBase(_SparseBase):
     """CSR storage of a masked base: ``values`` (nnz,) float32, ``indices`` (nnz,) int32 columns
     (increasing within a row), ``indptr`` (out+1,) int64 row pointers. Build with ``from_dense``."""
@@ -365,10 +385,33 @@ class CSRBase(_SparseBase):
     format: ClassVar[str] = "csr"
 
     def __init__(self, values: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple[int, int]):
-        self.values = _readonly(values)
-        self.indices = _readonly(indices)
-        self.indptr = _readonly(indptr)
-        self.shape = (int(shape[0]), int(shape[1]))
+        """Copy and check the three arrays (their structure is checked again by every kernel call).
+
+        Raises
+        ------
+        TypeError, ValueError
+            Naming the argument with the wrong type, dtype, dimensions or length.
+        """
+        out, inn = _check_shape(shape)
+        values = _owned_copy(values, "values", np.float32, 1)
+        indices = _owned_copy(indices, "indices", np.int32, 1)
+        indptr = _owned_copy(indptr, "indptr", np.int64, 1)
+        if indices.shape != values.shape:
+            raise ValueError(f"indices: expected shape {values.shape} (one per value), got {indices.shape}")
+        if indptr.shape != (out + 1,):
+            raise ValueError(f"indptr: expected shape ({out + 1},) (out + 1), got {indptr.shape}")
+        self._set(values, indices, indptr, (out, inn))
+
+    def _set(self, values: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple[int, int]) -> None:
+        self.values, self.indices, self.indptr = _readonly(values), _readonly(indices), _readonly(indptr)
+        self.shape = shape
+
+    @classmethod
+    def _wrap(cls, values: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple[int, int]) -> CSRBase:
+        """Trusted constructor: fresh arrays owned by the new base, or another base's read-only ones."""
+        self = cls.__new__(cls)
+        self._set(values, indices, indptr, shape)
+        return self
 
     def _tuple(self) -> tuple[Any, ...]:
         return ("csr", self.shape[0], self.shape[1], 0, 0, self.values, self.indices, self.indptr)
@@ -381,7 +424,7 @@ class CSRBase(_SparseBase):
         indptr = np.zeros(W.shape[0] + 1, np.int64)
         np.cumsum(np.count_nonzero(mask, axis=1), out=indptr[1:])
         values = np.ascontiguousarray(W[rows, cols], dtype=np.float32)
-        return cls(values, cols.astype(np.int32), indptr, W.shape)
+        return cls._wrap(values, cols.astype(np.int32), indptr, W.shape)
 
     @property
     def nbytes(self) -> int:
@@ -405,11 +448,26 @@ class CSRBase(_SparseBase):
 
     def merged(self, A: np.ndarray, B: np.ndarray, scale: float) -> CSRBase:
         """A new base holding W' = W + scale·(B A) ⊙ M (same positions, zeros kept)."""
-        return CSRBase(self._merged_values(A, B, scale), self.indices, self.indptr, self.shape)
+        return CSRBase._wrap(self._merged_values(A, B, scale), self.indices, self.indptr, self.shape)
 
     def unmerged(self, A: np.ndarray, B: np.ndarray, scale: float) -> CSRBase:
         """The inverse of ``merged``: W = W' - scale·(B A) ⊙ M."""
-        return CSRBase(self._merged_values(A, B, -_check_scale(scale)), self.indices, self.indptr, self.shape)
+        return CSRBase._wrap(self._merged_values(A, B, -_check_scale(scale)), self.indices, self.indptr, self.shape)
+
+
+def _check_nm(n: object, m: object, inn: int, where: str = "shape") -> tuple[int, int]:
+    """n and m as ints with 0 <= n <= m, 1 <= m <= 256 and m dividing the input dimension."""
+    for label, v in (("n", n), ("m", m)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{label}: expected an int, got {type(v).__name__}")
+    ni, mi = int(n), int(m)  # type: ignore[call-overload]
+    if not 1 <= mi <= 256:
+        raise ValueError(f"m: expected 1 <= m <= 256 (positions stored as uint8), got {mi}")
+    if not 0 <= ni <= mi:
+        raise ValueError(f"n: expected 0 <= n <= m = {mi}, got {ni}")
+    if inn % mi:
+        raise ValueError(f"{where}: expected the input dimension to be a multiple of m = {mi}, got {inn}")
+    return ni, mi
 
 
 class NMBase(_SparseBase):
@@ -419,10 +477,34 @@ class NMBase(_SparseBase):
     format: ClassVar[str] = "nm"
 
     def __init__(self, values: np.ndarray, indices: np.ndarray, n: int, m: int, shape: tuple[int, int]):
-        self.values = _readonly(values)
-        self.indices = _readonly(indices)
-        self.n, self.m = int(n), int(m)
-        self.shape = (int(shape[0]), int(shape[1]))
+        """Copy and check the arrays (the positions are checked again by every kernel call).
+
+        Raises
+        ------
+        TypeError, ValueError
+            Naming the argument with the wrong type, dtype, shape or value.
+        """
+        out, inn = _check_shape(shape)
+        n, m = _check_nm(n, m, inn)
+        values = _owned_copy(values, "values", np.float32, 2)
+        indices = _owned_copy(indices, "indices", np.uint8, 2)
+        want = (out, inn // m * n)
+        if values.shape != want:
+            raise ValueError(f"values: expected shape {want} (out, in/m*n), got {values.shape}")
+        if indices.shape != want:
+            raise ValueError(f"indices: expected shape {want} (out, in/m*n), got {indices.shape}")
+        self._set(values, indices, n, m, (out, inn))
+
+    def _set(self, values: np.ndarray, indices: np.ndarray, n: int, m: int, shape: tuple[int, int]) -> None:
+        self.values, self.indices = _readonly(values), _readonly(indices)
+        self.n, self.m, self.shape = n, m, shape
+
+    @classmethod
+    def _wrap(cls, values: np.ndarray, indices: np.ndarray, n: int, m: int, shape: tuple[int, int]) -> NMBase:
+        """Trusted constructor: fresh arrays owned by the new base, or another base's read-only ones."""
+        self = cls.__new__(cls)
+        self._set(values, indices, n, m, shape)
+        return self
 
     def _tuple(self) -> tuple[Any, ...]:
         return ("nm", self.shape[0], self.shape[1], self.n, self.m, self.values, self.indices, None)
@@ -449,16 +531,7 @@ class NMBase(_SparseBase):
             n, m = found
         if n is None or m is None:
             raise ValueError("n, m: give both or neither")
-        for label, v in (("n", n), ("m", m)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-                raise TypeError(f"{label}: expected an int, got {type(v).__name__}")
-        n, m = int(n), int(m)
-        if not 1 <= m <= 256:
-            raise ValueError(f"m: expected 1 <= m <= 256 (positions stored as uint8), got {m}")
-        if not 0 <= n <= m:
-            raise ValueError(f"n: expected 0 <= n <= m = {m}, got {n}")
-        if inn % m:
-            raise ValueError(f"W: expected the input dimension to be a multiple of m = {m}, got {inn}")
+        n, m = _check_nm(n, m, inn, "W")
         groups = mask.reshape(out, inn // m, m)
         counts = groups.sum(axis=2)
         if not bool((counts == n).all()):
@@ -467,12 +540,13 @@ class NMBase(_SparseBase):
         # positions of the kept entries, increasing within each group (stable sort of ~mask)
         pos = np.sort(np.argsort(~groups, axis=2, kind="stable")[:, :, :n], axis=2)
         vals = np.take_along_axis(W.reshape(out, inn // m, m), pos, axis=2)
-        return cls(
-            np.ascontiguousarray(vals.reshape(out, -1), dtype=np.float32),
-            np.ascontiguousarray(pos.reshape(out, -1), dtype=np.uint8),
+        kpr = inn // m * n  # kept entries per row (an explicit width: out may be 0)
+        return cls._wrap(
+            np.ascontiguousarray(vals.reshape(out, kpr), dtype=np.float32),
+            np.ascontiguousarray(pos.reshape(out, kpr), dtype=np.uint8),
             n,
             m,
-            W.shape,
+            (out, inn),
         )
 
     @property
@@ -500,10 +574,10 @@ class NMBase(_SparseBase):
 
     def merged(self, A: np.ndarray, B: np.ndarray, scale: float) -> NMBase:
         """A new base holding W' = W + scale·(B A) ⊙ M (same positions, zeros kept)."""
-        return NMBase(self._merged_values(A, B, scale), self.indices, self.n, self.m, self.shape)
+        return NMBase._wrap(self._merged_values(A, B, scale), self.indices, self.n, self.m, self.shape)
 
     def unmerged(self, A: np.ndarray, B: np.ndarray, scale: float) -> NMBase:
         """The inverse of ``merged``: W = W' - scale·(B A) ⊙ M."""
-        return NMBase(
+        return NMBase._wrap(
             self._merged_values(A, B, -_check_scale(scale)), self.indices, self.n, self.m, self.shape
         )

@@ -15,13 +15,14 @@ dB = scale·((gyᵀx) ⊙ M) Aᵀ, reduced tile by tile.
 
 from __future__ import annotations
 
+import numbers
 from typing import Protocol
 
 import numpy as np
 
 from sparseft import _core
 
-__all__ = ["BaseFormat", "DenseBase", "validate_base"]
+__all__ = ["BaseFormat", "DenseBase", "check_scale", "validate_base"]
 
 
 class BaseFormat(Protocol):
@@ -99,21 +100,54 @@ def validate_base(W: object, mask: object) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(W), np.ascontiguousarray(mask)
 
 
+def check_scale(scale: object) -> float:
+    """``scale`` as a float: a real number (not bool) that is finite in float32, else a
+    TypeError/ValueError naming ``scale`` (1e39 would become inf in the float32 kernels)."""
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale: expected a real number, got {type(scale).__name__}")
+    s = float(scale)
+    if not np.isfinite(s):
+        raise ValueError(f"scale: expected a finite number, got {scale}")
+    if abs(s) > _F32_MAX:
+        raise ValueError(f"scale: expected a finite float32 number (|scale| <= {_F32_MAX:.6g}), got {scale}")
+    return s
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
 class DenseBase:
     """Dense-masked base: W (out, in) float32 with zeros off the mask, plus the mask as uint8.
 
-    Build it with :meth:`from_dense`. The arrays are private, read-only copies; the object is
-    immutable (``merged``/``unmerged`` return new objects).
+    Build it with :meth:`from_dense` (or ``DenseBase(W, mask_u8)`` with a uint8 0/1 mask; both copy
+    and validate). The arrays are private, read-only copies; the object is immutable
+    (``merged``/``unmerged`` return new objects).
     """
 
     format = "dense"
 
     def __init__(self, W: np.ndarray, mask_u8: np.ndarray) -> None:
-        # trusted constructor: callers pass owned, validated C-contiguous arrays
-        W.flags.writeable = False
-        mask_u8.flags.writeable = False
-        self._W = W
-        self._M = mask_u8
+        W = _check_2d(W, "W", np.float32)
+        M = _check_2d(mask_u8, "mask_u8", np.uint8)
+        if M.shape != W.shape:
+            raise ValueError(f"mask_u8: expected shape {W.shape} (the shape of W), got {M.shape}")
+        if M.size and int(M.max()) > 1:
+            raise ValueError("mask_u8: expected 0/1 entries")
+        W, mask = validate_base(W, M.astype(np.bool_))
+        self._W, self._M = self._own(np.array(W, order="C")), self._own(mask.astype(np.uint8))
+
+    @staticmethod
+    def _own(a: np.ndarray) -> np.ndarray:
+        a.flags.writeable = False
+        return a
+
+    @classmethod
+    def _wrap(cls, W: np.ndarray, mask_u8: np.ndarray) -> DenseBase:
+        """Trusted constructor: W and mask_u8 are fresh, validated, C-contiguous arrays owned by the
+        new base (made read-only, not copied)."""
+        self = cls.__new__(cls)
+        self._W, self._M = cls._own(W), cls._own(mask_u8)
+        return self
 
     @classmethod
     def from_dense(cls, W: np.ndarray, mask: np.ndarray) -> DenseBase:
@@ -125,7 +159,7 @@ class DenseBase:
             As :func:`validate_base`.
         """
         W, mask = validate_base(W, mask)
-        return cls(np.array(W, dtype=np.float32, order="C"), mask.astype(np.uint8))
+        return cls._wrap(np.array(W, dtype=np.float32, order="C"), mask.astype(np.uint8))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -152,11 +186,11 @@ class DenseBase:
 
     def forward(self, x: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float) -> np.ndarray:
         """y (N, out) = x W'ᵀ for x float32 (N, in) C-contiguous (finite-checked in C)."""
-        return _core.lors_forward(x, self._W, self._M, A, B, float(scale), check_weights=False)
+        return _core.lors_forward(x, self._W, self._M, A, B, check_scale(scale), check_weights=False)
 
     def backward_input(self, gy: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float) -> np.ndarray:
         """gx (N, in) = gy W' for gy float32 (N, out) C-contiguous."""
-        return _core.lors_backward_input(gy, self._W, self._M, A, B, float(scale), check_weights=False)
+        return _core.lors_backward_input(gy, self._W, self._M, A, B, check_scale(scale), check_weights=False)
 
     def masked_grad(
         self, gy: np.ndarray, x: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float
@@ -164,15 +198,15 @@ class DenseBase:
         """Exact adapter gradients (dA (r, in), dB (out, r)) from (gyᵀx) ⊙ M, tile by tile.
 
         gy and x are not re-checked for NaN/inf here: ``forward``/``backward_input`` checked them."""
-        return _core.lors_backward_exact(gy, x, self._M, A, B, float(scale), check_finite=False)
+        return _core.lors_backward_exact(gy, x, self._M, A, B, check_scale(scale), check_finite=False)
 
     def merged(self, A: np.ndarray, B: np.ndarray, scale: float) -> DenseBase:
         """A new base holding W' = W + scale·(B A) at the mask positions (zeros kept exactly)."""
-        return DenseBase(_core.lors_merge(self._W, self._M, A, B, float(scale)), self._M)
+        return DenseBase._wrap(_core.lors_merge(self._W, self._M, A, B, check_scale(scale)), self._M)
 
     def unmerged(self, A: np.ndarray, B: np.ndarray, scale: float) -> DenseBase:
         """The inverse of :meth:`merged`: W' − scale·(B A) at the mask positions."""
-        return DenseBase(_core.lors_merge(self._W, self._M, A, B, -float(scale)), self._M)
+        return DenseBase._wrap(_core.lors_merge(self._W, self._M, A, B, -check_scale(scale)), self._M)
 
     def __repr__(self) -> str:
         out, in_ = self.shape

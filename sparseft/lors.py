@@ -23,6 +23,7 @@ __all__ = ["FORMATS", "GRADS", "INITS", "LoRSConfig", "LoRSLinear", "resolve_for
 
 INITS = ("lora", "gaussian", "lors")
 GRADS = ("exact", "lors")
+_F32_MAX = float(np.finfo(np.float32).max)
 FORMATS = ("auto", "dense", "csr", "nm")
 
 
@@ -135,6 +136,7 @@ class LoRSConfig:
         _check_choice("grad", self.grad, GRADS)
         _check_choice("format", self.format, FORMATS)
         _check_int("seed", self.seed, 0)
+        _check_bool("use_rslora", self.use_rslora)
         _check_bool("magnitude", self.magnitude)
         _check_bool("norm_grad", self.norm_grad)
 
@@ -267,8 +269,13 @@ class LoRSLinear:
         ):
             raise ValueError(f"alpha: expected a finite number or None, got {alpha!r}")
         self.alpha = float(alpha)
-        self.use_rslora = bool(use_rslora)
+        self.use_rslora = _check_bool("use_rslora", use_rslora)
         self.scaling = self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+        if abs(self.scaling) > _F32_MAX:
+            raise ValueError(
+                f"alpha: expected a scale alpha/{'sqrt(r)' if self.use_rslora else 'r'} that is finite in "
+                f"float32 (<= {_F32_MAX:.6g}), got alpha={alpha!r}, r={self.r}"
+            )
         self.grad = _check_choice("grad", grad, GRADS)
         self.init = _check_choice("init", init, INITS)
         self.seed = _check_int("seed", seed, 0)
@@ -293,6 +300,7 @@ class LoRSLinear:
         self.grad_magnitude: np.ndarray | None = None
         self._dora_saved: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # z, n, m/n
         self._premerge_base: BaseFormat | None = None
+        self._merged_with: tuple[np.ndarray, np.ndarray] | None = None  # (A, B) folded in by merge()
         self.init_adapters(
             init, init_grad=init_grad, calibration=calibration, loss_grad=loss_grad, lors_scale=lors_scale
         )
@@ -341,6 +349,11 @@ class LoRSLinear:
                 Gm = np.where(self.base.mask_dense(), G, np.float32(0))
             else:
                 assert calibration is not None
+                if isinstance(calibration, (str, bytes, np.ndarray)) or not isinstance(calibration, Iterable):
+                    raise TypeError(
+                        f"calibration: expected an iterable of batches (see estimate_full_grad), "
+                        f"got {type(calibration).__name__}"
+                    )
                 Gm = self.estimate_full_grad(calibration, loss_grad=loss_grad)
             A = lors_init(Gm, self.r, rng, lors_scale)
         self.A = A
@@ -372,8 +385,13 @@ class LoRSLinear:
         Raises
         ------
         TypeError, ValueError
-            On batches of the wrong type, dtype or shape (naming ``x`` / ``gy``), or no batches.
+            On batches of the wrong type, dtype or shape (naming ``x`` / ``gy``), NaN/inf in x or gy
+            (or in what ``loss_grad`` returns), or no batches.
         """
+        if isinstance(batches, (str, bytes)) or not isinstance(batches, Iterable):
+            raise TypeError(f"batches: expected an iterable of batches, got {type(batches).__name__}")
+        if loss_grad is not None and not callable(loss_grad):
+            raise TypeError(f"loss_grad: expected a callable or None, got {type(loss_grad).__name__}")
         G = np.zeros((self.out_features, self.in_features), np.float32)
         count = 0
         for item in batches:
@@ -390,6 +408,11 @@ class LoRSLinear:
                 gy = loss_grad(y)
             _check_f32("gy", gy, (*lead, self.out_features))
             gy2 = np.ascontiguousarray(gy.reshape(-1, self.out_features))
+            if not np.isfinite(x2).all():
+                raise ValueError(f"x: contains NaN or infinity (batch {count})")
+            if not np.isfinite(gy2).all():
+                src = "loss_grad: returned" if loss_grad is not None else "gy: contains"
+                raise ValueError(f"{src} NaN or infinity (batch {count})")
             G += _core.matmul(gy2, x2, trans_a=True)
             count += 1
         if count == 0:
@@ -408,6 +431,11 @@ class LoRSLinear:
             raise ValueError(f"{name}: expected shape (..., {features}), got {a.shape}")
         return np.ascontiguousarray(a.reshape(-1, features)), tuple(a.shape[:-1])
 
+    def _check_magnitude(self) -> None:
+        # A and B are checked in C at every call; m is a parameter the user updates too
+        if self.magnitude is not None and not np.isfinite(self.magnitude).all():
+            raise ValueError("magnitude: contains NaN or infinity")
+
     def _dora_active(self) -> bool:
         return self.magnitude is not None and not self._merged
 
@@ -417,6 +445,7 @@ class LoRSLinear:
         y = self.base.forward(x2, self.A, self.B, s)
         if self._dora_active():
             assert self.magnitude is not None
+            self._check_magnitude()
             # weight-normalized: y = (x W'^T) * m / ||W'||_row, z and the norms kept for backward
             n = dora.row_norms(self.base, self.A, self.B, s)
             c = dora.forward_scales(self.magnitude, n)
@@ -586,26 +615,36 @@ class LoRSLinear:
         """Fold the adapter into the base (values at the mask only; zeros stay exact).
 
         Forward and backward then use the merged base (no recompute); A and B are kept, so
-        gradients still flow to them, but changing them has no effect until :meth:`unmerge`.
+        gradients still flow to them, but changing them has no effect until :meth:`unmerge`,
+        which subtracts the adapter as it was folded in (a copy of A and B taken here), so the
+        base comes back as the original even when A and B were trained while merged.
         A no-op when already merged. With ``magnitude`` the merged base holds W'' (built densely
         once, then stored in the layer's format) and the unmerged base is kept for :meth:`unmerge`;
         while merged the magnitude gets no gradient.
         """
         if not self._merged:
+            # build the merged base first: a failure (NaN in A, B or m) leaves the layer as it was
             if self.magnitude is not None:
-                self._premerge_base = self.base
+                self._check_magnitude()
                 fmt: Any = type(self.base)  # every base format has from_dense (see formats_dense)
-                self.base = fmt.from_dense(self.merged_weight(), self.base.mask_dense())
+                merged = fmt.from_dense(self.merged_weight(), self.base.mask_dense())
+                self._premerge_base = self.base
             else:
-                self.base = self.base.merged(self.A, self.B, self.scaling)
+                merged = self.base.merged(self.A, self.B, self.scaling)
+                # the adapter as folded in: unmerge() subtracts this one, not A and B as they
+                # are after training while merged (the base then stays the original)
+                self._merged_with = (self.A.copy(), self.B.copy())
+            self.base = merged
             self._merged = True
 
     def unmerge(self) -> None:
-        """Undo :meth:`merge` (W' − s·(B A) at the mask; equal to W up to float32 rounding,
-        zeros exact; with ``magnitude``, the kept unmerged base, bit for bit). A no-op when not merged."""
+        """Undo :meth:`merge`: W' − s·(B₀ A₀) at the mask, with A₀ and B₀ as they were merged in
+        (equal to W up to float32 rounding, zeros exact); with ``magnitude``, the kept unmerged base,
+        bit for bit. A no-op when not merged."""
         if self._merged:
             self.base = self._unmerged_base()
             self._premerge_base = None
+            self._merged_with = None
             self._merged = False
 
     def _unmerged_base(self) -> BaseFormat:
@@ -614,7 +653,8 @@ class LoRSLinear:
             return self.base
         if self._premerge_base is not None:
             return self._premerge_base
-        return self.base.unmerged(self.A, self.B, self.scaling)
+        assert self._merged_with is not None
+        return self.base.unmerged(*self._merged_with, self.scaling)
 
     # ---- state ----
 
@@ -705,6 +745,7 @@ class LoRSLinear:
         self._saved = None
         self.magnitude = magnitude
         self._premerge_base = None
+        self._merged_with = None
         self._dora_saved = None
 
     def __repr__(self) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import sparseft as sft
 from sparseft import dora
 
 from . import reference as ref
@@ -425,4 +426,27 @@ def test_lors_magnitude_compressed_formats(
     assert layer.base.format == fmt
     np.testing.assert_allclose(layer.forward(x), y0, rtol=1e-5, atol=1e-5)
     layer.unmerge()
+    np.testing.assert_array_equal(layer.forward(x), y0)
+
+
+def test_lors_magnitude_nan_is_an_error_and_a_failed_merge_changes_nothing() -> None:
+    """NaN in m gave NaN outputs (NaN in A or B raises), and merge() blamed W; a merge that failed
+    on NaN in A left the pre-merge base recorded while the layer stayed unmerged."""
+    W = np.eye(4, dtype=np.float32)
+    layer = sft.LoRSLinear(W, r=1, format="dense", magnitude=True)
+    x = np.ones((1, 4), np.float32)
+    y0 = layer.forward(x)
+    assert layer.magnitude is not None
+    layer.magnitude[0] = np.nan
+    with pytest.raises(ValueError, match="magnitude: contains NaN or infinity"):
+        layer.forward(x)
+    with pytest.raises(ValueError, match="magnitude: contains NaN or infinity"):
+        layer.merge()
+    assert not layer.merged and layer._premerge_base is None
+    layer.magnitude[0] = 1.0
+    layer.A[0, 0] = np.nan
+    with pytest.raises(ValueError):
+        layer.merge()
+    assert not layer.merged and layer._premerge_base is None
+    layer.A[0, 0] = 0.0
     np.testing.assert_array_equal(layer.forward(x), y0)

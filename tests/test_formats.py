@@ -462,3 +462,68 @@ def test_lors_linear_on_compressed_bases_matches_dense(rng: np.random.Generator,
     assert layers[0].nbytes < layers[1].nbytes
     layers[0].merge()
     assert (layers[0].merged_weight()[~mask] == 0).all()
+
+
+# ---- review fixes: the public constructors copy and check; scale range ----
+
+
+def test_constructors_copy_and_leave_the_callers_arrays_alone() -> None:
+    """The constructors used to make the caller's own arrays read-only (and keep them)."""
+    v = np.ones(2, np.float32)
+    i = np.array([0, 1], np.int32)
+    p = np.array([0, 2], np.int64)
+    csr = CSRBase(v, i, p, (1, 2))
+    assert v.flags.writeable and i.flags.writeable and p.flags.writeable
+    v[:] = 7.0  # the base holds its own copy
+    np.testing.assert_array_equal(csr.to_dense(), [[1.0, 1.0]])
+    assert not csr.values.flags.writeable
+    vals, idx = np.ones((1, 2), np.float32), np.array([[0, 2]], np.uint8)
+    nm = NMBase(vals, idx, 2, 4, (1, 4))
+    assert vals.flags.writeable and idx.flags.writeable
+    np.testing.assert_array_equal(nm.mask_dense(), [[True, False, True, False]])
+    W, M = np.eye(3, dtype=np.float32), np.eye(3, dtype=np.uint8)
+    dense = sft.DenseBase(W, M)
+    assert W.flags.writeable and M.flags.writeable
+    np.testing.assert_array_equal(dense.to_dense(), W)
+
+
+@pytest.mark.parametrize(
+    ("make", "exc", "match"),
+    [
+        (lambda: CSRBase([1.0], np.zeros(1, np.int32), np.array([0, 1]), (1, 1)), TypeError, "values: expected a numpy.ndarray"),
+        (lambda: CSRBase(np.ones(1, np.float32), np.zeros(1, np.int64), np.array([0, 1]), (1, 1)), TypeError, "indices: expected dtype int32"),
+        (lambda: CSRBase(np.ones(1, np.float32), np.zeros(2, np.int32), np.array([0, 1]), (1, 1)), ValueError, "indices: expected shape"),
+        (lambda: CSRBase(np.ones(1, np.float32), np.zeros(1, np.int32), np.array([0, 1]), (2, 1)), ValueError, "indptr: expected shape"),
+        (lambda: CSRBase(np.ones(1, np.float32), np.zeros(1, np.int32), np.array([0, 1]), (-1, 2)), ValueError, "shape: expected sizes >= 0"),
+        (lambda: CSRBase(np.ones(1, np.float32), np.zeros(1, np.int32), np.array([0, 1]), [1, 1]), TypeError, "shape: expected a tuple"),
+        (lambda: NMBase(np.ones((1, 2), np.float32), np.zeros((1, 2), np.uint8), 2, 0, (1, 4)), ValueError, "m: expected 1 <= m <= 256"),
+        (lambda: NMBase(np.ones((1, 2), np.float32), np.zeros((1, 2), np.uint8), 2, 4, (1, 6)), ValueError, "multiple of m = 4"),
+        (lambda: NMBase(np.ones((1, 3), np.float32), np.zeros((1, 2), np.uint8), 2, 4, (1, 4)), ValueError, "values: expected shape"),
+        (lambda: sft.DenseBase(np.eye(2, dtype=np.float32), np.eye(2, dtype=bool)), TypeError, "mask_u8: expected dtype uint8"),
+        (lambda: sft.DenseBase(np.eye(2, dtype=np.float32), np.full((2, 2), 2, np.uint8)), ValueError, "mask_u8: expected 0/1"),
+        (lambda: sft.DenseBase(np.ones((2, 2), np.float32), np.eye(2, dtype=np.uint8)), ValueError, "W: expected exact zeros"),
+    ],
+)
+def test_constructors_reject_bad_arrays(make: object, exc: type[Exception], match: str) -> None:
+    with pytest.raises(exc, match=match):
+        make()  # type: ignore[operator]
+
+
+def test_nm_base_with_no_rows() -> None:
+    """from_dense of a (0, in) weight tried reshape(0, -1)."""
+    base = NMBase.from_dense(np.ones((0, 8), np.float32), np.ones((0, 8), bool), n=2, m=4)
+    assert base.shape == (0, 8) and base.values.shape == (0, 4) and base.nnz == 0
+    y = base.forward(np.ones((3, 8), np.float32), np.zeros((1, 8), np.float32), np.zeros((0, 1), np.float32), 1.0)
+    assert y.shape == (3, 0)
+
+
+@pytest.mark.parametrize("scale", ["1", True, 1j, 1e39, np.nan])
+def test_every_base_checks_the_scale_alike(scale: object) -> None:
+    """DenseBase took "1" and True and called the rest of the kernels' scales floats."""
+    W = np.eye(4, dtype=np.float32)
+    x, A, B = np.ones((1, 4), np.float32), np.ones((1, 4), np.float32), np.ones((4, 1), np.float32)
+    for base in (sft.DenseBase.from_dense(W, W != 0), CSRBase.from_dense(W, W != 0)):
+        with pytest.raises((TypeError, ValueError), match="scale: expected"):
+            base.forward(x, A, B, scale)  # type: ignore[arg-type]
+        with pytest.raises((TypeError, ValueError), match="scale: expected"):
+            base.merged(A, B, scale)  # type: ignore[arg-type]

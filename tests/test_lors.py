@@ -835,3 +835,68 @@ def test_layer_with_compressed_formats(fmt: str, grad: str) -> None:
     assert other.base.format == fmt
     np.testing.assert_allclose(other.forward(p["x"]), lay.forward(p["x"]), rtol=1e-6, atol=1e-6)
     assert lay.nbytes < p["W"].nbytes + p["mask"].size  # compressed below the dense-masked base
+
+
+# ---- review fixes: training while merged, scales, calibration ----
+
+
+@pytest.mark.parametrize("fmt", ["dense", "csr", "nm"])
+def test_training_while_merged_keeps_the_frozen_base(fmt: str) -> None:
+    """unmerge() subtracted the *current* s·BA, so SGD steps taken while merged moved the frozen
+    base by 0.03 (the README lets gradients flow while merged)."""
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((8, 16)).astype(np.float32)
+    M = sft.prune.nm(W, 2, 4) if fmt == "nm" else rng.random((8, 16)) < 0.5
+    W = W * M
+    layer = sft.LoRSLinear(W, M, r=2, format=fmt, seed=1)
+    layer.B[:] = rng.standard_normal(layer.B.shape).astype(np.float32)
+    layer.merge()
+    x = rng.standard_normal((4, 16)).astype(np.float32)
+    y = layer.forward(x)
+    layer.backward(np.ones_like(y))
+    for name, p in layer.parameters().items():
+        p -= 0.5 * layer.gradients()[name]
+    np.testing.assert_allclose(layer.state_dict()["base_layer.weight"], W, atol=1e-6)
+    layer.unmerge()
+    base = layer.state_dict()["base_layer.weight"]
+    np.testing.assert_allclose(base, W, atol=1e-6)
+    assert not base[~M].any()
+    # the trained adapter takes effect after unmerge(): the output is the new W' on the original base
+    want = x.astype(np.float64) @ ref.lors_merged_weight(W, M, layer.A, layer.B, layer.scaling).T
+    np.testing.assert_allclose(layer.forward(x), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("fmt", ["dense", "csr"])
+def test_scale_beyond_float32_is_rejected_at_construction(fmt: str) -> None:
+    """alpha/r = 1e39 passed the double check and became inf in float32: NaN outputs on CSR."""
+    W = np.eye(4, dtype=np.float32)
+    with pytest.raises(ValueError, match="alpha: expected a scale alpha/r that is finite in float32"):
+        sft.LoRSLinear(W, r=1, alpha=1e39, format=fmt)
+    with pytest.raises(ValueError, match=r"alpha/sqrt\(r\)"):
+        sft.LoRSLinear(W, r=1, alpha=1e39, use_rslora=True, format=fmt)
+
+
+def test_use_rslora_must_be_a_bool() -> None:
+    """use_rslora="no" used to turn rsLoRA on (bool("no") is True)."""
+    with pytest.raises(TypeError, match="use_rslora: expected a bool, got str"):
+        sft.LoRSLinear(np.eye(4, dtype=np.float32), r=4, use_rslora="no")
+    with pytest.raises(TypeError, match="use_rslora: expected a bool, got str"):
+        sft.LoRSConfig(use_rslora="yes")
+
+
+def test_calibration_errors_name_the_argument() -> None:
+    W = np.eye(4, dtype=np.float32)
+    ok = np.ones((2, 4), np.float32)
+    with pytest.raises(TypeError, match="calibration: expected an iterable of batches"):
+        sft.LoRSLinear(W, r=1, init="lors", calibration=5)
+    with pytest.raises(ValueError, match=r"gy: contains NaN or infinity \(batch 0\)"):
+        sft.LoRSLinear(W, r=1, init="lors", calibration=[(ok, np.full((2, 4), np.nan, np.float32))])
+    with pytest.raises(ValueError, match=r"x: contains NaN or infinity \(batch 1\)"):
+        sft.LoRSLinear(W, r=1, init="lors", calibration=[(ok, ok), (np.full((2, 4), np.inf, np.float32), ok)])
+    with pytest.raises(ValueError, match="loss_grad: returned NaN or infinity"):
+        sft.LoRSLinear(W, r=1, init="lors", calibration=[ok], loss_grad=lambda y: y * np.nan)
+    layer = sft.LoRSLinear(W, r=1)
+    with pytest.raises(TypeError, match="batches: expected an iterable of batches, got int"):
+        layer.estimate_full_grad(3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="loss_grad: expected a callable or None"):
+        layer.estimate_full_grad([ok], loss_grad=1)  # type: ignore[arg-type]
