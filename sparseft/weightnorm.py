@@ -39,6 +39,8 @@ F32 = npt.NDArray[np.float32]
 # Added under the square root of the batch variance in data_init (as in the paper's reference code).
 DATA_INIT_EPS = 1e-10
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
 
 def _float_array(name: str, a: Any, ndim: int | None = None) -> F32:
     """``a`` as a C-contiguous float32 array (a new array when a conversion is needed).
@@ -53,11 +55,22 @@ def _float_array(name: str, a: Any, ndim: int | None = None) -> F32:
         raise TypeError(f"{name}: expected a floating-point dtype (float32 or float64), got {arr.dtype}")
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"{name}: expected a {ndim}-D array, got shape {arr.shape}")
-    return np.asarray(arr, dtype=np.float32, order="C")  # (ascontiguousarray would make a 0-d g 1-D)
+    with np.errstate(over="ignore"):  # a float64 value beyond float32 range: _check_finite reports it
+        return np.asarray(arr, dtype=np.float32, order="C")  # (ascontiguousarray would make a 0-d g 1-D)
 
 
-def _check_finite(name: str, a: F32) -> None:
+def _check_finite(name: str, a: F32, src: Any = None) -> None:
+    """ValueError naming ``name`` unless ``a`` is finite; ``src`` (what the caller passed, before the
+    float32 conversion) tells a float64 value beyond float32 range from a NaN/inf in the input."""
     if not np.isfinite(a).all():
+        if src is not None:
+            src64 = np.asarray(src)
+            if np.isfinite(src64).all():
+                big = float(np.abs(src64).max())
+                raise ValueError(
+                    f"{name}: expected values within float32 range (|value| <= {_F32_MAX:.4g}), got "
+                    f"{big:.4g}, which overflows to infinity in float32"
+                )
         raise ValueError(f"{name}: contains NaN or infinity")
 
 
@@ -84,6 +97,24 @@ def _core_dim(dim: int | None) -> int:
     return -1 if dim is None else dim
 
 
+def _default_g(name: str, v: F32, dim: int | None) -> F32:
+    """The norms of a finite ``v`` as ``g`` (the kernel sums in double, so only a norm that is itself
+    beyond float32 range comes back as inf): a ValueError naming ``name`` when one does not fit."""
+    norms = _core.weightnorm_norms(v, _core_dim(dim))
+    bad = np.flatnonzero(~np.isfinite(norms))
+    if bad.size:
+        k = int(bad[0])
+        v64 = v.astype(np.float64)
+        part = v64[k] if dim == 0 else v64[:, k] if dim == 1 else v64
+        where = f"row {k}" if dim == 0 else f"column {k}" if dim == 1 else "the whole tensor"
+        raise ValueError(
+            f"{name}: expected norms that fit float32 (<= {_F32_MAX:.4g}) for the default g = ||{name}||, "
+            f"got a norm of {float(np.sqrt(np.sum(part * part))):.4g} for {where}, which overflows "
+            f"float32 (rescale {name} or pass g explicitly)"
+        )
+    return norms.reshape(_g_shape(v.shape, dim))
+
+
 class WeightNorm:
     """A weight-normalized 2-D weight ``w = g * v / ||v||``.
 
@@ -93,7 +124,8 @@ class WeightNorm:
         Direction, shape ``(out, in)``, floating point (computed in float32), finite. Copied.
     g : numpy.ndarray or float, optional
         Magnitude with PyTorch's shape: ``(out, 1)`` for ``dim=0``, ``(1, in)`` for ``dim=1``,
-        ``()`` for ``dim=None``. Default: the norms of ``v``, so that ``weight()`` equals ``v``.
+        ``()`` for ``dim=None``, finite. Default: the norms of ``v``, so that ``weight()`` equals
+        ``v``; they must then fit float32 (a norm above ~3.4e38 is a ValueError).
     dim : {0, 1, None}
         0: one norm per row (output unit); 1: one per column; None: one over the whole tensor.
 
@@ -111,8 +143,8 @@ class WeightNorm:
     TypeError
         If ``v`` or ``g`` is not a floating-point array, or ``dim`` is not an int or None.
     ValueError
-        If ``v`` is not 2-D, ``dim`` is not 0, 1 or None, ``g`` has the wrong shape, or ``v``/``g``
-        hold NaN or infinity.
+        If ``v`` is not 2-D, ``dim`` is not 0, 1 or None, ``g`` has the wrong shape, ``v``/``g``
+        hold NaN or infinity, or ``g`` is omitted and a norm of ``v`` overflows float32.
 
     Notes
     -----
@@ -135,8 +167,7 @@ class WeightNorm:
         self.dim = _check_dim(dim)
         self.v = v  # type: ignore[assignment]  # the setter validates and copies
         if g is None:
-            norms = _core.weightnorm_norms(self._v, _core_dim(self.dim))
-            self._g = norms.reshape(_g_shape(self._v.shape, self.dim))
+            self._g = _default_g("v", self._v, self.dim)
         else:
             self.g = g  # type: ignore[assignment]
 
@@ -150,7 +181,7 @@ class WeightNorm:
     @v.setter
     def v(self, value: npt.ArrayLike) -> None:
         arr = _float_array("v", value, 2)
-        _check_finite("v", arr)
+        _check_finite("v", arr, value)
         if hasattr(self, "_g") and arr.shape != self._v.shape:
             raise ValueError(f"v: expected shape {self._v.shape}, got {arr.shape}")
         self._v = arr.copy() if isinstance(value, np.ndarray) and np.shares_memory(arr, value) else arr
@@ -166,7 +197,7 @@ class WeightNorm:
         want = _g_shape(self._v.shape, self.dim)
         if arr.shape != want:
             raise ValueError(f"g: expected shape {want} for dim={self.dim}, got {arr.shape}")
-        _check_finite("g", arr)
+        _check_finite("g", arr, value)
         self._g = arr.copy() if isinstance(value, np.ndarray) and np.shares_memory(arr, value) else arr
 
     @property
@@ -251,8 +282,19 @@ class WeightNorm:
         Returns
         -------
         WeightNorm
+
+        Raises
+        ------
+        TypeError
+            If ``w`` is not a floating-point array, or ``dim`` is not an int or None.
+        ValueError
+            If ``w`` is not 2-D or holds NaN/inf, ``dim`` is not 0, 1 or None, or a norm of ``w``
+            overflows float32 (then ``g = ||w||`` cannot be represented).
         """
-        return cls(w, None, dim)
+        dim = _check_dim(dim)
+        w32 = _float_array("w", w, 2)
+        _check_finite("w", w32, w)
+        return cls(w32, _default_g("w", w32, dim), dim)
 
     @staticmethod
     def data_init(v: npt.ArrayLike, x: npt.ArrayLike, init_scale: float = 1.0) -> tuple[F32, F32]:
@@ -274,7 +316,8 @@ class WeightNorm:
             Minibatch of layer inputs, ``(N, in)``: one row per example (the convention of
             ``y = x w^T + b``), ``N >= 1``, floating point, finite.
         init_scale : float
-            Target standard deviation of the initial pre-activations, > 0.
+            Target standard deviation of the initial pre-activations, > 0 and representable in
+            float32 (at most ~3.4e38, not rounding to 0).
 
         Returns
         -------
@@ -288,28 +331,67 @@ class WeightNorm:
         TypeError
             If ``v`` or ``x`` is not a floating-point array or ``init_scale`` is not a real number.
         ValueError
-            If the shapes do not match, ``x`` is empty, an input holds NaN/inf, or ``init_scale <= 0``.
+            If the shapes do not match, ``x`` is empty, an input holds NaN/inf, ``init_scale`` is not
+            positive, finite and representable in float32, or ``g`` or ``b`` would overflow float32
+            (or ``g`` underflow to 0): the error names ``init_scale``, or ``x`` when ``b`` overflows
+            even with ``init_scale = 1`` (a unit whose ``t`` has a huge mean for its spread).
         """
         v32 = _float_array("v", v, 2)
         x32 = _float_array("x", x, 2)
         if isinstance(init_scale, bool) or not isinstance(init_scale, numbers.Real):
             raise TypeError(f"init_scale: expected a positive float, got {type(init_scale).__name__}")
-        if not (np.isfinite(init_scale) and init_scale > 0):
+        try:
+            scale = float(init_scale)
+        except OverflowError:  # an int or Fraction beyond double range
+            raise ValueError(
+                f"init_scale: expected a positive finite float, got {type(init_scale).__name__} beyond float64 range"
+            ) from None
+        if not (np.isfinite(scale) and scale > 0):
             raise ValueError(f"init_scale: expected a positive finite float, got {init_scale}")
+        with np.errstate(over="ignore", under="ignore"):
+            scale32 = np.float32(scale)
+        if not (np.isfinite(scale32) and scale32 > 0):
+            raise ValueError(
+                f"init_scale: expected a positive float representable in float32 (<= {_F32_MAX:.4g}, "
+                f"not rounding to 0), got {init_scale}"
+            )
         if x32.shape[1] != v32.shape[1]:
             raise ValueError(
                 f"x: expected shape (N, {v32.shape[1]}) (one row per example, in = v.shape[1]), got {x32.shape}"
             )
         if x32.shape[0] == 0:
             raise ValueError(f"x: expected at least one example (row), got shape {x32.shape}")
-        _check_finite("v", v32)
-        _check_finite("x", x32)
-        norms = _core.weightnorm_norms(v32, 0).astype(np.float64)
-        t = _core.matmul(x32, v32, trans_b=True).astype(np.float64)  # (N, out)
+        _check_finite("v", v32, v)
+        _check_finite("x", x32, x)
+        # In double throughout: |t| <= ||x_n|| and the norms of v stay finite there, where a float32
+        # product or norm could overflow for large finite inputs.
+        v64 = v32.astype(np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", v64, v64))
         inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-        t *= inv
+        t = x32.astype(np.float64) @ (v64 * inv[:, None]).T  # (N, out)
         mu = t.mean(axis=0)
         sigma = np.sqrt(t.var(axis=0) + DATA_INIT_EPS)
-        g = float(init_scale) / sigma
+        g = scale / sigma
         b = -mu * g
-        return g.astype(np.float32).reshape(-1, 1), b.astype(np.float32)
+        with np.errstate(over="ignore", under="ignore"):
+            g32, b32 = g.astype(np.float32), b.astype(np.float32)
+        bad_g = np.flatnonzero(~np.isfinite(g32) | (g32 == 0))
+        if bad_g.size:
+            k = int(bad_g[0])
+            raise ValueError(
+                f"init_scale: expected a value for which g = init_scale / std(t) fits float32, got "
+                f"{init_scale} (g = {g[k]:.4g} for output unit {k}, std(t) = {sigma[k]:.4g})"
+            )
+        bad_b = np.flatnonzero(~np.isfinite(b32))
+        if bad_b.size:
+            k = int(bad_b[0])
+            if abs(mu[k]) / sigma[k] > _F32_MAX:  # overflows with init_scale = 1 too: the data's fault
+                raise ValueError(
+                    f"x: expected inputs for which b = -mean(t) / std(t) * init_scale fits float32, got "
+                    f"mean(t) = {mu[k]:.4g} and std(t) = {sigma[k]:.4g} for output unit {k}"
+                )
+            raise ValueError(
+                f"init_scale: expected a value for which b = -mean(t) / std(t) * init_scale fits float32, "
+                f"got {init_scale} (b = {b[k]:.4g} for output unit {k})"
+            )
+        return g32.reshape(-1, 1), b32

@@ -448,6 +448,124 @@ def test_data_init_bad_input(v: object, x: object, scale: object, exc: type[Exce
         WeightNorm.data_init(v, x, scale)  # type: ignore[arg-type]
 
 
+# ---- float32 range: finite inputs whose norms or results do not fit float32 ----
+
+
+@pytest.mark.parametrize(
+    ("dim", "fits", "where"),
+    [(0, 1.5e38, r"row 0"), (1, 1.5e38, r"column 0"), (None, 9e37, r"the whole tensor")],
+)
+def test_default_g_norm_overflow(simd: str, dim: int | None, fits: float, where: str) -> None:
+    """g = ||w||: exact where the norms fit float32 (summed in double), a ValueError where they don't."""
+    w = np.full((3, 4), fits, np.float32)
+    w[1, 2] = -fits
+    for wn in (WeightNorm.from_weight(w, dim), WeightNorm(w, dim=dim)):
+        assert np.isfinite(wn.g).all()
+        np.testing.assert_allclose(wn.weight(), w, rtol=1e-6)
+    big = np.full((3, 4), 3e38, np.float32)
+    big0 = big.copy()
+    with pytest.raises(
+        ValueError, match=rf"w: expected norms that fit float32 .*got a norm of .*for {where}"
+    ):
+        WeightNorm.from_weight(big, dim)
+    with pytest.raises(
+        ValueError, match=rf"v: expected norms that fit float32 .*got a norm of .*for {where}"
+    ):
+        WeightNorm(big, dim=dim)
+    np.testing.assert_array_equal(big, big0)
+    WeightNorm(big, np.ones(_g_shape((3, 4), dim), np.float32), dim)  # an explicit g is fine
+
+
+def test_from_weight_errors_name_w() -> None:
+    with pytest.raises(TypeError, match=r"w: expected a numpy.ndarray of floats, got list"):
+        WeightNorm.from_weight([[1.0, 2.0]])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"w: contains NaN or infinity"):
+        WeightNorm.from_weight(np.full((2, 2), np.nan, np.float32))
+    with pytest.raises(ValueError, match=r"w: expected a 2-D array, got shape \(4,\)"):
+        WeightNorm.from_weight(np.ones(4, np.float32))
+
+
+def test_float64_values_beyond_float32_range() -> None:
+    """A finite float64 v/g/w/x that overflows float32 is named as such (not as 'NaN or infinity')."""
+    msg = r"expected values within float32 range \(\|value\| <= 3.403e\+38\), got 1e\+39"
+    with pytest.raises(ValueError, match=r"v: " + msg):
+        WeightNorm(np.full((2, 2), 1e39))
+    with pytest.raises(ValueError, match=r"g: " + msg):
+        WeightNorm(np.ones((2, 2)), np.array(1e39), dim=None)
+    with pytest.raises(ValueError, match=r"g: contains NaN or infinity"):
+        WeightNorm(np.ones((2, 2)), np.array(np.inf), dim=None)  # a real inf still says so
+    with pytest.raises(ValueError, match=r"w: " + msg):
+        WeightNorm.from_weight(np.full((2, 2), -1e39))
+    with pytest.raises(ValueError, match=r"x: " + msg):
+        WeightNorm.data_init(np.ones((2, 2)), np.full((3, 2), 1e39))
+    wn = WeightNorm(np.ones((2, 2)))
+    before = (wn.v.copy(), wn.g.copy())
+    with pytest.raises(ValueError, match=r"g: " + msg):
+        wn.g = np.full((2, 1), 1e39)
+    with pytest.raises(ValueError, match=r"v: " + msg):
+        wn.v = np.full((2, 2), 1e39)
+    np.testing.assert_array_equal(wn.v, before[0])
+    np.testing.assert_array_equal(wn.g, before[1])
+
+
+@pytest.mark.parametrize(
+    ("scale", "match"),
+    [
+        (1e300, r"init_scale: expected a positive float representable in float32 .*got 1e\+300"),
+        (3.5e38, r"init_scale: expected a positive float representable in float32 .*got 3.5e\+38"),
+        (1e-300, r"init_scale: expected a positive float representable in float32 .*got 1e-300"),
+        (10**400, r"init_scale: expected a positive finite float, got int beyond float64 range"),
+        (-(10**400), r"init_scale: expected a positive finite float, got int beyond float64 range"),
+        (np.inf, r"init_scale: expected a positive finite float, got inf"),
+    ],
+    ids=["1e300", "3.5e38", "1e-300", "10**400", "-10**400", "inf"],
+)
+def test_data_init_init_scale_beyond_float32(scale: object, match: str) -> None:
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match=match):
+        WeightNorm.data_init(V, x, scale)  # type: ignore[arg-type]
+
+
+def test_data_init_results_must_fit_float32() -> None:
+    x = np.ones((5, 4), np.float32)  # t constant over the batch: std(t) = 1e-5 (eps)
+    x0 = x.copy()
+    WeightNorm.data_init(V, x, 1e30)  # g = 1e35 fits
+    # g = init_scale / std(t) overflows (init_scale itself fits float32)
+    with pytest.raises(
+        ValueError, match=r"init_scale: expected a value for which g = init_scale / std\(t\) fits"
+    ):
+        WeightNorm.data_init(V, x, 1e38)
+    np.testing.assert_array_equal(x, x0)
+    # ... or underflows to 0 (a dead unit): std(t) ~ 1e38, init_scale = 1e-44
+    spread = (np.linspace(-1.0, 1.0, 5)[:, None] * np.full((5, 4), 1e38)).astype(np.float32)
+    with pytest.raises(
+        ValueError, match=r"init_scale: expected a value for which g = .*got 1e-44 \(g = 7.071e-83"
+    ):
+        WeightNorm.data_init(V, spread, 1e-44)
+    # b = -mean(t) / std(t) * init_scale overflows because of init_scale ...
+    const = np.full((5, 4), 3e30, np.float32)  # t = 6e30 on every example: std(t) = 1e-5 (eps)
+    g, b = WeightNorm.data_init(V, const, 1.0)
+    assert np.isfinite(g).all() and np.isfinite(b).all()
+    with pytest.raises(ValueError, match=r"init_scale: expected a value for which b = .*got 1e\+30"):
+        WeightNorm.data_init(V, const, 1e30)
+    # ... or even with init_scale = 1: the inputs' fault
+    with pytest.raises(
+        ValueError, match=r"x: expected inputs for which b = .*fits float32, got mean\(t\) = 6e\+38"
+    ):
+        WeightNorm.data_init(V, np.full((5, 4), 3e38, np.float32), 1.0)
+
+
+def test_data_init_large_finite_inputs(rng: np.random.Generator) -> None:
+    """x v^T beyond float32 range (t up to 6e38) still gives the float64 reference's finite g and b."""
+    x = (np.linspace(0.2, 1.0, 5)[:, None] * np.full((5, 4), 3e38)).astype(np.float32)
+    v = np.vstack([np.ones((2, 4)), rng.uniform(0.5, 1.0, (1, 4))]).astype(np.float32)
+    g, b = WeightNorm.data_init(v, x)
+    assert np.isfinite(g).all() and np.isfinite(b).all()
+    want_g, want_b = ref.weightnorm_data_init(v, x)
+    _close(g, want_g, rtol=1e-5)
+    _close(b, want_b, rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("call", "exc", "match"),
     [
