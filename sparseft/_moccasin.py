@@ -25,6 +25,10 @@ import numpy as np
 
 from sparseft.graph import Graph
 
+# CP-SAT rejects a model whose objective could exceed int64 ("possible integer overflow"); stay
+# well below that with the soft model's weighted objective
+_OBJECTIVE_LIMIT = 2**62
+
 
 @dataclass
 class SolverResult:
@@ -108,7 +112,9 @@ def solve_moccasin(
     no-remat schedule), the memory capacity is a variable ``cap`` in [budget, sum of memory] and
     the objective is ``W * (cap - budget) + recomputation cost`` with ``W`` above any
     recomputation cost: the hint is then a feasible solution, and the search shaves the peak
-    down to the budget (lexicographically first) before it lowers the duration. Only solutions
+    down to the budget (lexicographically first) before it lowers the duration. When that
+    objective could overflow int64 (memory and duration near 2**62 in total), it is
+    ``cap - budget`` alone, and the lower bound returned is the total duration. Only solutions
     with ``cap == budget`` are returned. With ``stop_at_budget`` as well, the search stops at
     the first solution within the budget and returns it (status "feasible"): the caller then
     restarts the plain model from it, whose search is faster than the weighted one.
@@ -155,7 +161,8 @@ def solve_moccasin(
         tau0 = p * (n + 1)
         last_stage = int(last_read[v])
         last_end = last_stage * (n + 1) + 1 if succs[v] else tau0 + 1
-        ncopy = max_copies if last_stage >= p + 1 else 1
+        # copies after the first are computed in distinct stages p + 1 .. last_stage: no more fit
+        ncopy = min(max_copies, last_stage - p + 1) if last_stage >= p + 1 else 1
         sv: list[Any] = []
         ev: list[Any] = []
         pv: list[Any] = []
@@ -222,10 +229,15 @@ def solve_moccasin(
     recompute = sum(c * x for c, x in zip(cost_coefs, cost_terms, strict=True)) if cost_terms else 0
     cap: Any = None
     if soft:
-        cap = m.new_int_var(int(budget), max(int(budget), int(mem.sum())), "cap")
+        cap_max = max(int(budget), int(mem.sum()))
+        cap = m.new_int_var(int(budget), cap_max, "cap")
         m.add_cumulative(intervals, demands, cap)
         weight = int(sum(cost_coefs)) + 1
-        m.minimize(weight * (cap - int(budget)) + recompute)
+        if weight * (cap_max - int(budget) + 1) < _OBJECTIVE_LIMIT:
+            m.minimize(weight * (cap - int(budget)) + recompute)
+        else:  # the weighted objective would overflow CP-SAT's int64 checks: the peak alone
+            m.minimize(cap - int(budget))
+            weight = 0  # the objective bound says nothing about the recomputation cost
     else:
         m.add_cumulative(intervals, demands, int(budget))
         m.minimize(recompute)
@@ -303,7 +315,9 @@ def solve_moccasin(
     cb = _Cb()
     status = solver.solve(m, cb)
     total = int(dur.sum())
-    if cb.first is not None and status != cp_model.OPTIMAL:
+    # with the peak-only soft objective, "optimal" says nothing about the duration
+    proved = status == cp_model.OPTIMAL and (cap is None or weight > 0)
+    if cb.first is not None and not proved:
         return SolverResult(cb.first, "feasible", cb.t_best, None)
     if cap is not None and status in (cp_model.OPTIMAL, cp_model.FEASIBLE) and solver.value(cap) > budget:
         # the search never reached the budget (proved impossible when optimal)
@@ -315,7 +329,7 @@ def solve_moccasin(
         lb = int(np.ceil(bound - 1e-6)) + total
         return SolverResult(
             computes=computes(solver.value, solver.boolean_value),
-            status="optimal" if status == cp_model.OPTIMAL else "feasible",
+            status="optimal" if proved else "feasible",
             time_to_best=cb.t_best,
             lower_bound=lb,
         )

@@ -21,6 +21,26 @@ PathOrDict = Union[str, "os.PathLike[str]", Mapping[str, Any]]
 
 _MEMORY_KEYS = ("memory", "out_cost", "cost_ram")
 _DURATION_KEYS = ("duration", "cost_cpu")
+# the sums of memory and of duration over all nodes stay below this: a resident set never holds
+# more than the sum of memory, and a schedule computing every node at most twice stays below 2**63
+_TOTAL_LIMIT = 2**62
+
+
+def _check_id(v: Any, what: str) -> None:
+    """Raise TypeError naming ``what`` unless ``v`` can be looked up as a node id (hashable, not bool)."""
+    if isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{what} must be a node id (an int or str), got bool {v!r}")
+    try:
+        hash(v)
+    except TypeError:
+        raise TypeError(
+            f"{what} must be a node id (an int or str), got unhashable {type(v).__name__} {v!r}"
+        ) from None
+
+
+def _first_value(record: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    """The value of the first of ``keys`` that ``record`` has with a non-null value, else None."""
+    return next((record[k] for k in keys if record.get(k) is not None), None)
 
 
 def _as_count(value: Any, what: str) -> int:
@@ -66,14 +86,21 @@ class Graph:
 
     Parameters
     ----------
-    nodes : sequence of hashable
-        Node identifiers (ints or strings), unique.
+    nodes : sequence of int or str
+        Node identifiers, unique: ints (NumPy integers are stored as Python ints) or strings,
+        the ids that the node-link JSON of :meth:`to_json` / :meth:`from_json` keeps exactly.
+        Other types (e.g. tuples, which JSON would turn into lists) are rejected.
     edges : iterable of (u, v) pairs
         Directed edges: ``v`` reads the output of ``u``. Duplicates are merged.
     memory : sequence or mapping of int
-        Output size of every node (e.g. bytes), aligned with ``nodes`` or keyed by node.
+        Output size of every node (e.g. bytes), aligned with ``nodes`` or keyed by node. Each
+        value and their sum are below 2**62: the memory resident during a schedule never exceeds
+        that sum, so peaks fit in int64.
     duration : sequence or mapping of int
-        Compute cost of every node, aligned with ``nodes`` or keyed by node.
+        Compute cost of every node, aligned with ``nodes`` or keyed by node. Each value is below
+        2**62 and so is their sum (:attr:`total_duration`), so the duration of any
+        schedule computing every node at most twice fits in int64 (:func:`sparseft.simulate`
+        raises ValueError for a schedule whose duration would not).
     order : sequence of hashable, optional
         A topological order used by the planners for the first computation of each
         node. Defaults to a deterministic topological order (Kahn's algorithm, ties by
@@ -88,11 +115,12 @@ class Graph:
     Raises
     ------
     TypeError
-        If an argument has the wrong type (e.g. a non-integer memory).
+        If an argument has the wrong type (e.g. a non-integer memory, a node id that is not
+        an int or str, an unhashable node in ``edges`` or ``order``).
     ValueError
-        If memory/duration are missing or negative, an edge names an unknown node,
-        the graph has a cycle (the message names the nodes on it), or ``order`` is not
-        a topological order of all nodes.
+        If memory/duration are missing, negative or sum to 2**62 or more, an edge names an
+        unknown node, the graph has a cycle (the message names the nodes on it), or ``order``
+        is not a topological order of all nodes.
 
     Examples
     --------
@@ -115,15 +143,13 @@ class Graph:
     ) -> None:
         if isinstance(nodes, (str, bytes)) or not isinstance(nodes, Iterable):
             raise TypeError(f"nodes must be a sequence of node ids, got {type(nodes).__name__}")
-        node_list = list(nodes)
+        node_list: list[Hashable] = []
         index: dict[Hashable, int] = {}
-        for i, v in enumerate(node_list):
-            try:
-                hash(v)
-            except TypeError:
-                raise TypeError(f"nodes[{i}] must be hashable, got {type(v).__name__}") from None
-            if isinstance(v, (bool, np.bool_)):
-                raise TypeError(f"nodes[{i}] must be an int or str id, got bool {v!r}")
+        for i, v in enumerate(nodes):
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer, str)):
+                raise TypeError(f"nodes[{i}] must be an int or str id, got {type(v).__name__} {v!r}")
+            v = int(v) if isinstance(v, (int, np.integer)) else str(v)  # plain ints/strs: JSON-exact
+            node_list.append(v)
             if v in index:
                 raise ValueError(f"nodes must be unique, got {v!r} twice")
             index[v] = i
@@ -142,10 +168,18 @@ class Graph:
             [_as_count(x, f"duration of node {v!r}") for v, x in zip(node_list, self._duration, strict=True)],
             dtype=np.int64,
         )
+        for what, arr in (("memory", mem), ("duration", dur)):
+            total = sum(arr.tolist())  # exact: Python ints
+            if total >= _TOTAL_LIMIT:
+                raise ValueError(
+                    f"{what} must sum to less than 2**62 over all nodes (so that schedule totals fit in "
+                    f"int64), got a sum of {total}"
+                )
         mem.flags.writeable = False
         dur.flags.writeable = False
         self._mem = mem
         self._dur = dur
+        self._max_duration = int(dur.max()) if n else 0
         lab = self._per_node(labels, "labels", required=False)
         self._labels = [str(v) if x is None else str(x) for v, x in zip(node_list, lab, strict=True)]
         bw = self._per_node(backward, "backward", required=False)
@@ -162,6 +196,8 @@ class Graph:
                 u, v = e
             except (TypeError, ValueError):
                 raise TypeError(f"edges[{k}] must be a (source, target) pair, got {e!r}") from None
+            _check_id(u, f"edges[{k}] source")
+            _check_id(v, f"edges[{k}] target")
             if u not in index:
                 raise ValueError(f"edges[{k}] = {e!r}: unknown source node {u!r}")
             if v not in index:
@@ -189,7 +225,8 @@ class Graph:
             if len(olist) != n:
                 raise ValueError(f"order must list all {n} nodes once, got {len(olist)} entries")
             oidx = []
-            for v in olist:
+            for k, v in enumerate(olist):
+                _check_id(v, f"order[{k}]")
                 if v not in index:
                     raise ValueError(f"order names unknown node {v!r}")
                 oidx.append(index[v])
@@ -311,6 +348,8 @@ class Graph:
 
     def index(self, node: Hashable) -> int:
         """Position of ``node`` in :attr:`nodes`."""
+        if isinstance(node, (bool, np.bool_)):  # True == 1, but bools are never node ids
+            raise ValueError(f"node must be a node of the graph, got {node!r}")
         try:
             return self._index[node]
         except (KeyError, TypeError):
@@ -467,6 +506,9 @@ class Graph:
         ``duration`` | ``cost_cpu``; links under ``"links"`` or ``"edges"``, each with
         ``source``/``target`` or ``"0"``/``"1"``; optional ``graph.order`` (a
         topological order) and per-node ``backward`` flags. networkx is not needed.
+        The memory (duration) of a node is the value of the first of its keys, in the order
+        above, that is present and not null: a null key counts as absent. Node ids must be
+        ints or strings (see :class:`Graph`); a file must be UTF-8 text.
 
         Parameters
         ----------
@@ -481,13 +523,22 @@ class Graph:
         ------
         TypeError, ValueError
             On malformed JSON structure or invalid values; the message names the field.
+            A file that is not UTF-8 or not valid JSON (including nesting too deep to parse)
+            gives ValueError naming the file.
         """
         if isinstance(source, (str, os.PathLike)):
+            where = os.fspath(source)
             with open(source, encoding="utf-8") as fh:
                 try:
                     data = json.load(fh)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"source {os.fspath(source)!r} is not valid JSON: {exc}") from None
+                except UnicodeDecodeError as exc:
+                    raise ValueError(f"source {where!r} is not UTF-8 text: {exc}") from None
+                except RecursionError:
+                    raise ValueError(
+                        f"source {where!r} is not valid JSON: nested too deeply to parse"
+                    ) from None
+                except ValueError as exc:  # json.JSONDecodeError, or e.g. an integer with too many digits
+                    raise ValueError(f"source {where!r} is not valid JSON: {exc}") from None
         elif isinstance(source, Mapping):
             data = source
         else:
@@ -512,15 +563,17 @@ class Graph:
         has_bw = False
         for i, x in enumerate(nodes):
             ids.append(x[key])
-            m = next((x[k] for k in _MEMORY_KEYS if k in x), None)
-            d = next((x[k] for k in _DURATION_KEYS if k in x), None)
+            m = _first_value(x, _MEMORY_KEYS)
+            d = _first_value(x, _DURATION_KEYS)
             if m is None:
                 raise ValueError(
-                    f"nodes[{i}] (id {x[key]!r}) has no memory: expected one of {', '.join(_MEMORY_KEYS)}"
+                    f"nodes[{i}] (id {x[key]!r}) has no memory: expected one of {', '.join(_MEMORY_KEYS)} "
+                    f"with a non-null value"
                 )
             if d is None:
                 raise ValueError(
-                    f"nodes[{i}] (id {x[key]!r}) has no duration: expected one of {', '.join(_DURATION_KEYS)}"
+                    f"nodes[{i}] (id {x[key]!r}) has no duration: expected one of {', '.join(_DURATION_KEYS)} "
+                    f"with a non-null value"
                 )
             mem.append(m)
             dur.append(d)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,8 @@ ORDERS = ("given", "auto")
 _FIRST_ORDER_SHARE = 2.0 / 3.0
 # seconds of the full CP-SAT portfolio on Moccasin's soft start before it switches to LNS alone
 _EXACT_SLICE = 5.0
+_INT32_MAX = 2**31 - 1  # CP-SAT's random_seed and num_workers are int32
+_INT64_MAX = 2**63 - 1
 
 _STATUS_TEXT = {
     1: "names a node that is not in the graph",
@@ -47,14 +49,20 @@ def _encode(graph: Graph, steps: Any) -> np.ndarray:
         return np.ascontiguousarray(steps)
     if isinstance(steps, (str, bytes)):
         raise TypeError('steps must be a list of ("compute" | "free", node) pairs, got a string')
+    if not isinstance(steps, Iterable):
+        raise TypeError(
+            f'steps must be a list of ("compute" | "free", node) pairs, got {type(steps).__name__}'
+        )
     codes = []
     for k, st in enumerate(steps):
         try:
             op, node = st
         except (TypeError, ValueError):
             raise TypeError(f'steps[{k}] must be a ("compute" | "free", node) pair, got {st!r}') from None
-        if op not in ("compute", "free"):
+        if not isinstance(op, str) or op not in ("compute", "free"):
             raise ValueError(f'steps[{k}]: operation must be "compute" or "free", got {op!r}')
+        if isinstance(node, (bool, np.bool_)):  # True == 1, but bools are never node ids
+            raise TypeError(f"steps[{k}]: node must be a node id (an int or str), got bool {node!r}")
         try:
             v = graph.index(node)
         except ValueError:
@@ -80,8 +88,11 @@ def simulate(graph: Graph, steps: Any) -> tuple[int, int]:
 
     Raises
     ------
+    TypeError
+        If ``steps`` is not a sequence of (operation, node) pairs, or names a node by a bool.
     ValueError
-        If the schedule is invalid; the message names the step and the node.
+        If the schedule is invalid; the message names the step and the node. Also if its total
+        duration does not fit in int64 (only possible with many recomputations).
     """
     if not isinstance(graph, Graph):
         raise TypeError(f"graph must be a sparseft.Graph, got {type(graph).__name__}")
@@ -107,6 +118,13 @@ def _sim(graph: Graph, codes: np.ndarray, *, profile: bool) -> tuple[int, int, n
         raise ValueError(
             f"steps[{bad_step}] ({'compute' if step >= 0 else 'free'} {nodes[v]!r}) {what}{extra}"
         )
+    # the peak is at most the sum of memory (< 2**62, see Graph); the duration sum in the C
+    # simulator wraps past int64 only with many recomputations: check it exactly then
+    if len(codes) * graph._max_duration >= 2**63:
+        counts = np.bincount(codes[codes >= 0], minlength=graph.n).tolist()
+        total = sum(c * d for c, d in zip(counts, graph.duration.tolist(), strict=True))
+        if total >= 2**63:
+            raise ValueError(f"steps: the total duration of the computations, {total}, does not fit in int64")
     return int(peak), int(dur), prof
 
 
@@ -276,7 +294,9 @@ class Planner:
     graph : Graph
         The computation graph.
     budget : int or float
-        An ``int`` is a memory budget in the graph's memory unit (e.g. bytes). A ``float`` in
+        An ``int`` is a memory budget in the graph's memory unit (e.g. bytes); one above
+        2**63 - 1 is no constraint (no schedule holds more than the graph's sum of memory, below
+        2**62) and is clamped to 2**63 - 1, so :attr:`Schedule.budget` fits in int64. A ``float`` in
         (0, 1] is a fraction of the no-rematerialization peak of :attr:`Graph.order`
         (``graph.peak_memory()``), rounded down, whatever ``order`` is: the same fraction
         gives the same byte budget under "given" and "auto".
@@ -296,9 +316,9 @@ class Planner:
     max_copies : int
         Moccasin's C: at most this many computations of one node.
     threads : int, optional
-        CP-SAT workers; default ``min(8, os.cpu_count())``.
+        CP-SAT workers, at most 2**31 - 1 (an int32); default ``min(8, os.cpu_count())``.
     seed : int
-        CP-SAT random seed.
+        CP-SAT random seed, in [-2**31, 2**31 - 1] (CP-SAT's ``random_seed`` is an int32).
     order : {"auto", "given"}
         The topological order(s) of first computations the solver plans over. A schedule in
         the memory model need not follow :attr:`Graph.order`; both choices give valid schedules
@@ -321,9 +341,9 @@ class Planner:
     TypeError
         On arguments of the wrong type.
     ValueError
-        On an unknown solver or order, a non-positive time limit, and a budget below the minimum any
-        schedule needs (the largest single computation: a node's output plus its inputs); the
-        message states that minimum.
+        On an unknown solver or order, a non-positive time limit, a seed or thread count outside
+        int32, and a budget below the minimum any schedule needs (the largest single computation:
+        a node's output plus its inputs); the message states that minimum.
 
     Examples
     --------
@@ -364,8 +384,16 @@ class Planner:
                 raise TypeError(f"threads must be None or an int >= 1, got {type(threads).__name__}")
             if threads < 1:
                 raise ValueError(f"threads must be None or an int >= 1, got {threads}")
+            if threads > _INT32_MAX:
+                raise ValueError(
+                    f"threads must be None or an int <= 2**31 - 1 (CP-SAT's int32), got {threads}"
+                )
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        if not -_INT32_MAX - 1 <= seed <= _INT32_MAX:
+            raise ValueError(
+                f"seed must be an int in [-2**31, 2**31 - 1] (CP-SAT's int32 random_seed), got {seed}"
+            )
         if not isinstance(order, str) or order not in ORDERS:
             raise ValueError(f"order must be one of {', '.join(map(repr, ORDERS))}; got {order!r}")
         self.graph = graph
@@ -404,6 +432,8 @@ class Planner:
             value = int(budget)
             if value <= 0:
                 raise ValueError(f"budget must be a positive amount of memory, got {value}")
+            # no schedule holds more than the sum of memory (< 2**62): a larger budget is no constraint
+            value = min(value, _INT64_MAX)
         need, node = self.graph.min_budget()
         if value < need:
             raise ValueError(

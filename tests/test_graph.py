@@ -76,6 +76,14 @@ def test_duplicate_edges_are_merged() -> None:
         ({"order": [0, 1]}, ValueError, r"order must list all 3 nodes once, got 2"),
         ({"order": [0, 1, 7]}, ValueError, r"order names unknown node 7"),
         ({"order": [0, 1, 1]}, ValueError, r"order must list every node exactly once"),
+        ({"edges": [([0], 1)]}, TypeError, r"edges\[0\] source must be a node id \(an int or str\), got unhashable list"),
+        ({"edges": [(0, 1), (1, {2})]}, TypeError, r"edges\[1\] target must be a node id .* got unhashable set"),
+        ({"edges": [(True, 2)]}, TypeError, r"edges\[0\] source must be a node id \(an int or str\), got bool True"),
+        ({"order": [[0], 1, 2]}, TypeError, r"order\[0\] must be a node id \(an int or str\), got unhashable list"),
+        ({"order": [0, True, 2]}, TypeError, r"order\[1\] must be a node id .* got bool True"),
+        ({"nodes": [(0, 1), 1, 2]}, TypeError, r"nodes\[0\] must be an int or str id, got tuple \(0, 1\)"),
+        ({"nodes": [0, 1.0, 2]}, TypeError, r"nodes\[1\] must be an int or str id, got float 1.0"),
+        ({"nodes": [0, None, 2]}, TypeError, r"nodes\[1\] must be an int or str id, got NoneType"),
     ],
 )
 def test_validation_messages(kwargs: dict, exc: type, match: str) -> None:
@@ -87,6 +95,38 @@ def test_validation_messages(kwargs: dict, exc: type, match: str) -> None:
     duration = args.pop("duration")
     with pytest.raises(exc, match=match):
         sft.Graph(nodes, edges, memory, duration, **args)
+
+
+def test_memory_and_duration_sums_must_stay_below_2_62() -> None:
+    # the C simulator sums memory and durations in int64: a graph whose sums could wrap is rejected
+    with pytest.raises(ValueError, match=r"memory must sum to less than 2\*\*62 over all nodes .* got a sum of 138"):
+        sft.Graph([0, 1, 2], [], memory=[2**62 - 1] * 3, duration=[1] * 3)
+    with pytest.raises(ValueError, match=r"duration must sum to less than 2\*\*62 over all nodes"):
+        sft.Graph(list(range(5)), [], memory=[1] * 5, duration=[2**62 - 1] * 5)
+    with pytest.raises(ValueError, match=r"duration must sum to less than 2\*\*62"):
+        sft.Graph([0, 1], [], memory=[1, 1], duration=[2**61, 2**61])
+    # just below the bound: exact totals, and the peak of everything resident is exact too
+    g = sft.Graph([0, 1, 2], [(0, 2), (1, 2)], memory=[2**61, 2**60, 2**60 - 1], duration=[2**61, 2**61 - 1, 0])
+    assert g.total_duration == 2**62 - 1
+    assert g.peak_memory() == 2**62 - 1
+    assert sft.simulate(g, [("compute", 0), ("compute", 1), ("compute", 2)]) == (2**62 - 1, 2**62 - 1)
+
+
+def test_node_ids_are_plain_ints_or_strs_and_round_trip(tmp_path) -> None:
+    # NumPy integer ids are stored as Python ints, so to_json writes plain JSON ints
+    g = sft.Graph(np.arange(3), [(np.int64(0), np.int64(1)), (1, 2)], [1, 2, 3], [1, 1, 1], order=np.arange(3))
+    assert g.nodes == [0, 1, 2] and all(type(v) is int for v in g.nodes)
+    assert g.edges == [(0, 1), (1, 2)] and g.order == [0, 1, 2]
+    assert g.index(np.int64(2)) == 2
+    g2 = sft.Graph.from_json(json.loads(json.dumps(g.to_json(tmp_path / "g.json"))))
+    assert g2.nodes == g.nodes and g2.edges == g.edges and g2.order == g.order
+    h = sft.Graph.from_json(tmp_path / "g.json")
+    assert h.nodes == g.nodes and np.array_equal(h.memory, g.memory)
+    s = sft.Graph([np.str_("a"), "b"], [("a", "b")], [1, 1], [1, 1])
+    assert all(type(v) is str for v in s.nodes)
+    # bools are never node ids, although True == 1
+    with pytest.raises(ValueError, match=r"node must be a node of the graph, got True"):
+        g.index(True)
 
 
 def test_cycle_names_the_nodes_on_it() -> None:
@@ -127,6 +167,33 @@ def test_from_json_variants_dict_and_path(data: dict, tmp_path) -> None:
         assert g.memory.tolist() == [3, 4] and g.duration.tolist() == [1, 2]
         assert g.edges == [(0, 1)]
         assert g.peak_memory() == 7
+
+
+def test_from_json_null_cost_falls_back_to_the_next_key() -> None:
+    # memory | out_cost | cost_ram (and duration | cost_cpu) are alternatives: a null one counts as absent
+    data = {"nodes": [{"id": 0, "memory": None, "out_cost": 5, "duration": None, "cost_cpu": 2},
+                      {"id": 1, "memory": 3, "cost_ram": None, "duration": 1}]}
+    g = sft.Graph.from_json(data)
+    assert g.memory.tolist() == [5, 3] and g.duration.tolist() == [2, 1]
+    with pytest.raises(ValueError, match=r"nodes\[0\] \(id 0\) has no memory: expected one of memory, out_cost, cost_ram with a non-null value"):
+        sft.Graph.from_json({"nodes": [{"id": 0, "memory": None, "duration": 1}]})
+    with pytest.raises(ValueError, match=r"has no duration: expected one of duration, cost_cpu with a non-null value"):
+        sft.Graph.from_json({"nodes": [{"id": 0, "memory": 1, "duration": None, "cost_cpu": None}]})
+
+
+def test_from_json_unreadable_files_name_the_source(tmp_path) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match=r"source '.*deep\.json' is not valid JSON: nested too deeply to parse"):
+        sft.Graph.from_json(deep)
+    binary = tmp_path / "latin1.json"
+    binary.write_bytes('{"nodes": [], "graph": {"name": "caf\u00e9"}}'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"source '.*latin1\.json' is not UTF-8 text: 'utf-8' codec can't decode"):
+        sft.Graph.from_json(binary)
+    big = tmp_path / "big.json"
+    big.write_text('{"nodes": [' + "9" * 5000 + "]}")
+    with pytest.raises(ValueError, match=r"source '.*big\.json' is not valid JSON"):
+        sft.Graph.from_json(big)
 
 
 def test_from_json_labels_and_backward() -> None:

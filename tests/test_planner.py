@@ -353,6 +353,10 @@ def test_budget_forms() -> None:
         ({"max_copies": 1.5}, TypeError, r"max_copies must be an int >= 1, got float"),
         ({"threads": 0}, ValueError, r"threads must be None or an int >= 1, got 0"),
         ({"seed": "x"}, TypeError, r"seed must be an int, got str"),
+        ({"seed": 2**40}, ValueError, r"seed must be an int in \[-2\*\*31, 2\*\*31 - 1\] .* got 1099511627776"),
+        ({"seed": -(2**31) - 1}, ValueError, r"seed must be an int in \[-2\*\*31, 2\*\*31 - 1\]"),
+        ({"seed": np.uint64(2**63)}, ValueError, r"seed must be an int in \[-2\*\*31, 2\*\*31 - 1\]"),
+        ({"threads": 2**31}, ValueError, r"threads must be None or an int <= 2\*\*31 - 1 .* got 2147483648"),
         ({"order": "best"}, ValueError, r"order must be one of 'given', 'auto'; got 'best'"),
     ],
 )
@@ -360,6 +364,56 @@ def test_planner_argument_errors(kwargs: dict, exc: type, match: str) -> None:
     g = sft.graphs.training_graph(3, seed=0)
     with pytest.raises(exc, match=match):
         sft.Planner(g, 1.0, **kwargs)
+
+
+def test_budget_beyond_int64_is_no_constraint() -> None:
+    # a budget no int64 holds is clamped to 2**63 - 1: no schedule holds more than the sum of
+    # memory (< 2**62), so it is no constraint, and every solver takes it
+    g = sft.graphs.random_layered(12, 0)
+    for solver in SOLVERS:
+        plan = sft.Planner(g, 2**70, solver=solver, time_limit=2).solve()
+        assert plan.budget == 2**63 - 1 and plan.status in ("optimal", "feasible"), solver
+        assert plan.recomputations == 0
+        check_schedule(g, plan)
+    assert sft.Planner(g, np.uint64(2**64 - 1), solver="none").budget == 2**63 - 1
+    assert sft.Planner(g, 2**63 - 1, solver="none").budget == 2**63 - 1
+
+
+def test_seed_at_the_int32_limits_reaches_cp_sat() -> None:
+    g = sft.graphs.random_layered(12, 0)
+    for seed in (-(2**31), 2**31 - 1):
+        plan = sft.Planner(g, 0.8, solver="moccasin", time_limit=3, seed=seed, threads=1, order="given").solve()
+        check_schedule(g, plan)
+        assert plan.status in ("optimal", "feasible")
+
+
+def test_moccasin_huge_max_copies_builds_only_the_copies_that_fit() -> None:
+    # after its first computation a node can be recomputed at most once per later stage: a huge
+    # max_copies gives the same model as one copy per stage (it used to build 10**7 intervals)
+    g = sft.graphs.random_layered(12, 0)
+    t = time.perf_counter()
+    huge = sft.Planner(g, 0.8, solver="moccasin", time_limit=10, max_copies=10**7, threads=1, order="given").solve()
+    assert time.perf_counter() - t < 60
+    check_schedule(g, huge)
+    per_stage = sft.Planner(g, 0.8, solver="moccasin", time_limit=10, max_copies=g.n, threads=1, order="given")
+    ref_plan = per_stage.solve()
+    assert huge.status == ref_plan.status == "optimal" and huge.duration == ref_plan.duration
+
+
+def test_moccasin_soft_start_with_costs_near_int64() -> None:
+    # the same graph as test_moccasin_finds_a_schedule_where_the_heuristics_fail, costs scaled by
+    # 2**44 (sums near 2**61): the soft model's weighted objective would overflow CP-SAT's int64
+    # checks (the model was rejected and solve() said "unknown"); the scaled plan is the same
+    g0 = sft.graphs.random_layered(30, seed=2)
+    k = 2**44
+    g = sft.Graph(g0.nodes, g0.edges, [int(m) * k for m in g0.memory], [int(d) * k for d in g0.duration],
+                  order=g0.order)
+    b = int(0.75 * g.peak_memory())
+    assert sft.Planner(g, b, solver="greedy", order="given").solve().status == "infeasible"
+    plan = sft.Planner(g, b, solver="moccasin", time_limit=20, threads=2, order="given").solve()
+    check_schedule(g, plan)
+    assert plan.status in ("feasible", "optimal") and plan.peak_memory <= b
+    assert plan.lower_bound is not None and plan.lower_bound <= plan.duration
 
 
 def test_planner_graph_type_error() -> None:

@@ -112,6 +112,35 @@ def test_error_codes_and_messages() -> None:
     assert sft.simulate(g, [("compute", "a"), ("compute", "b"), ("free", "a"), ("compute", "c")]) == (5, 3)
 
 
+def test_simulate_steps_type_errors() -> None:
+    g = sft.Graph([0, 1], [(0, 1)], [1, 2], [1, 1])
+    with pytest.raises(TypeError, match=r'steps must be a list of \("compute" \| "free", node\) pairs, got NoneType'):
+        sft.simulate(g, None)
+    with pytest.raises(TypeError, match=r"steps must be a list .* got int"):
+        sft.simulate(g, 3)
+    # bools are never node ids (Graph rejects them), although True == 1
+    with pytest.raises(TypeError, match=r"steps\[1\]: node must be a node id \(an int or str\), got bool True"):
+        sft.simulate(g, [("compute", 0), ("compute", True)])
+    with pytest.raises(TypeError, match=r"steps\[0\]: node must be a node id .* got bool (np\.)?False_?"):
+        sft.simulate(g, [("compute", np.bool_(False))])
+    with pytest.raises(ValueError, match=r'steps\[0\]: operation must be "compute" or "free", got array'):
+        sft.simulate(g, [(np.array(["compute", "free"]), 0)])
+    assert sft.simulate(g, [("compute", 0), ("compute", np.int64(1))]) == (3, 2)
+
+
+def test_simulate_duration_past_int64_is_an_error() -> None:
+    # durations sum below 2**62 (Graph's bound): computing each node twice still fits in int64 ...
+    g = sft.Graph([0, 1], [(0, 1)], [1, 1], [2**61, 2**61 - 1])
+    twice = [("compute", 0), ("compute", 1), ("free", 1), ("free", 0)] * 2
+    assert sft.simulate(g, twice) == (2, 2**63 - 2)
+    # ... a third time would wrap the C simulator's int64 sum: an error, not a wrapped duration
+    with pytest.raises(ValueError, match=r"steps: the total duration of the computations, 13835058055282163709, does not fit in int64"):
+        sft.simulate(g, twice + twice[:4])
+    codes = np.array([0, 1, -2, -1] * 3, dtype=np.int64)
+    with pytest.raises(ValueError, match=r"does not fit in int64"):
+        sft.simulate(g, codes)
+
+
 def test_core_argument_validation() -> None:
     g = sft.Graph([0, 1], [(0, 1)], [1, 1], [1, 1])
     steps = np.array([0, 1], dtype=np.int64)
