@@ -102,6 +102,15 @@ def simulate(graph: Graph, steps: Any) -> tuple[int, int]:
 
 
 def _sim(graph: Graph, codes: np.ndarray, *, profile: bool) -> tuple[int, int, np.ndarray | None]:
+    # the peak is at most the sum of memory (< 2**62, see Graph); the duration sum in the C
+    # simulator would overflow int64 (undefined behaviour in C) only with many recomputations:
+    # check it exactly first (node codes out of range are left for the simulator to report)
+    if len(codes) * graph._max_duration >= 2**63:
+        computes = codes[(codes >= 0) & (codes < graph.n)]
+        counts = np.bincount(computes, minlength=graph.n).tolist()
+        total = sum(c * d for c, d in zip(counts, graph.duration.tolist(), strict=True))
+        if total >= 2**63:
+            raise ValueError(f"steps: the total duration of the computations, {total}, does not fit in int64")
     rc, peak, dur, bad_step, bad_node, prof = _core.remat_simulate(
         codes, graph.memory, graph.duration, graph.pred_ptr, graph.pred_idx, profile=profile
     )
@@ -118,13 +127,6 @@ def _sim(graph: Graph, codes: np.ndarray, *, profile: bool) -> tuple[int, int, n
         raise ValueError(
             f"steps[{bad_step}] ({'compute' if step >= 0 else 'free'} {nodes[v]!r}) {what}{extra}"
         )
-    # the peak is at most the sum of memory (< 2**62, see Graph); the duration sum in the C
-    # simulator wraps past int64 only with many recomputations: check it exactly then
-    if len(codes) * graph._max_duration >= 2**63:
-        counts = np.bincount(codes[codes >= 0], minlength=graph.n).tolist()
-        total = sum(c * d for c, d in zip(counts, graph.duration.tolist(), strict=True))
-        if total >= 2**63:
-            raise ValueError(f"steps: the total duration of the computations, {total}, does not fit in int64")
     return int(peak), int(dur), prof
 
 
