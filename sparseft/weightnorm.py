@@ -363,12 +363,16 @@ class WeightNorm:
             raise ValueError(f"x: expected at least one example (row), got shape {x32.shape}")
         _check_finite("v", v32, v)
         _check_finite("x", x32, x)
-        # In double throughout: |t| <= ||x_n|| and the norms of v stay finite there, where a float32
-        # product or norm could overflow for large finite inputs.
-        v64 = v32.astype(np.float64)
-        norms = np.sqrt(np.einsum("ij,ij->i", v64, v64))
+        norms = _core.weightnorm_norms(v32, 0).astype(np.float64)
+        t = _core.matmul(x32, v32, trans_b=True).astype(np.float64)  # (N, out)
+        if not (np.isfinite(norms).all() and np.isfinite(t).all()):
+            # large finite inputs overflowed the float32 product or norms: redo them in double
+            # (only then, so ordinary inputs keep the float32 kernels' results)
+            v64 = v32.astype(np.float64)
+            norms = np.sqrt(np.einsum("ij,ij->i", v64, v64))
+            t = x32.astype(np.float64) @ v64.T
         inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-        t = x32.astype(np.float64) @ (v64 * inv[:, None]).T  # (N, out)
+        t *= inv
         mu = t.mean(axis=0)
         sigma = np.sqrt(t.var(axis=0) + DATA_INIT_EPS)
         g = scale / sigma
