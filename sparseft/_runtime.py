@@ -50,18 +50,25 @@ def set_num_threads(n: int) -> None:
     Parameters
     ----------
     n : int
-        Thread count, at least 1. Results are deterministic for a fixed thread count.
+        Thread count, from 1 to ``MAX_THREADS``. Results are deterministic for a fixed thread count.
 
     Raises
     ------
     TypeError
         If ``n`` is not an int.
     ValueError
-        If ``n < 1``.
+        If ``n < 1`` or ``n > MAX_THREADS``.
     """
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n: expected an int, got {type(n).__name__}")
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"n: expected a thread count in [1, {MAX_THREADS}], got {n}")
     _core.set_num_threads(n)
+
+
+#: Most threads set_num_threads accepts (2**40 overflowed the C int; thousands of OpenMP threads
+#: would only exhaust the process's resources).
+MAX_THREADS = 4096
 
 
 def get_num_threads() -> int:

@@ -85,8 +85,11 @@ def test_set_num_threads_roundtrip_and_errors() -> None:
         assert sparseft.build_info()["num_threads"] == 1
     finally:
         sparseft.set_num_threads(before)
-    with pytest.raises(ValueError, match="n: expected a thread count >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"n: expected a thread count in \[1, 4096\], got 0"):
         sparseft.set_num_threads(0)
+    with pytest.raises(ValueError, match=r"n: expected a thread count in \[1, 4096\], got 1099511627776"):
+        sparseft.set_num_threads(2**40)  # an OverflowError from the C int before
+    assert sparseft.get_num_threads() == before
     with pytest.raises(TypeError, match="n: expected an int"):
         sparseft.set_num_threads(2.0)  # type: ignore[arg-type]
 
