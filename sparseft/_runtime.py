@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import warnings
 from collections.abc import Iterator
 from typing import Any
+
+import numpy as np
 
 from sparseft import _core
 
@@ -59,8 +62,9 @@ def set_num_threads(n: int) -> None:
     ValueError
         If ``n < 1`` or ``n > MAX_THREADS``.
     """
-    if isinstance(n, bool) or not isinstance(n, int):
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
         raise TypeError(f"n: expected an int, got {type(n).__name__}")
+    n = int(n)
     if not 1 <= n <= MAX_THREADS:
         raise ValueError(f"n: expected a thread count in [1, {MAX_THREADS}], got {n}")
     _core.set_num_threads(n)
@@ -95,6 +99,10 @@ def simd_path(path: str) -> Iterator[None]:
     ValueError
         If the path is unknown or not available on this CPU/build.
     """
+    if not isinstance(path, str):
+        raise TypeError(f"path: expected a str, got {type(path).__name__}")
+    if "\0" in path:
+        raise ValueError(f"path: expected one of 'avx512', 'avx2', 'portable', 'auto', got {path!r}")
     before = _core.build_info()["simd"]
     _core.set_simd(path)
     try:

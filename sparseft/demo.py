@@ -11,6 +11,7 @@ The main job, on built-in data (scikit-learn's digits when installed, else a syn
 
 from __future__ import annotations
 
+import numbers
 import sys
 import time
 from typing import TextIO
@@ -189,7 +190,16 @@ def run(seed: int = 0, quick: bool = False, out: TextIO | None = None) -> int:
     -------
     int
         Process exit code, 0 on success.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``seed`` is not an int >= 0.
     """
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed: expected an int >= 0, got {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"seed: expected an int >= 0, got {seed}")
     out = out or sys.stdout
     info = sparseft.build_info()
     print(

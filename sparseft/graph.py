@@ -63,8 +63,21 @@ def _as_count(value: Any, what: str) -> int:
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (temporary file + ``os.replace``)."""
+    """Write ``obj`` as JSON to ``path`` atomically (temporary file + ``os.replace``).
+
+    Raises
+    ------
+    TypeError
+        If ``path`` is not a str or os.PathLike of str.
+    OSError
+        As the file system reports it: IsADirectoryError naming ``path`` when it is a directory,
+        FileNotFoundError when its directory does not exist (nothing is written in either case).
+    """
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+        raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
     target = os.fspath(path)
+    if os.path.isdir(target):
+        raise IsADirectoryError(f"path: expected a file path, got the directory {target!r}")
     directory = os.path.dirname(os.path.abspath(target))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
     try:

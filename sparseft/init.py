@@ -98,6 +98,9 @@ def lors_init(
         norm = float(scale)
         if not np.isfinite(norm) or norm <= 0:
             raise ValueError(f"lors_scale: expected a positive finite float, got {scale!r}")
+        # A's rows have this norm: it must survive float32 (1e300 made A inf, 1e-300 made it 0)
+        if not 1e-30 <= norm <= 1e30:
+            raise ValueError(f"lors_scale: expected a row norm in [1e-30, 1e30] (float32 A), got {scale!r}")
     if not np.any(G_masked):
         raise ValueError(
             "init_grad: G ⊙ mask is all zero, so the 'lors' init has no direction to pick "

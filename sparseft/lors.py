@@ -24,6 +24,7 @@ __all__ = ["FORMATS", "GRADS", "INITS", "LoRSConfig", "LoRSLinear", "resolve_for
 INITS = ("lora", "gaussian", "lors")
 GRADS = ("exact", "lors")
 _F32_MAX = float(np.finfo(np.float32).max)
+_REALS = (int, float, np.integer, np.floating)  # real scalars, NumPy's included (bool excluded apart)
 FORMATS = ("auto", "dense", "csr", "nm")
 
 
@@ -126,12 +127,11 @@ class LoRSConfig:
 
     def __post_init__(self) -> None:
         _check_int("r", self.r, 1)
-        if self.alpha is not None and (
-            isinstance(self.alpha, bool)
-            or not isinstance(self.alpha, (int, float))
-            or not math.isfinite(self.alpha)
-        ):
-            raise ValueError(f"alpha: expected a finite number or None, got {self.alpha!r}")
+        if self.alpha is not None:
+            if isinstance(self.alpha, (bool, np.bool_)) or not isinstance(self.alpha, _REALS):
+                raise TypeError(f"alpha: expected a finite number or None, got {type(self.alpha).__name__}")
+            if not math.isfinite(self.alpha):
+                raise ValueError(f"alpha: expected a finite number or None, got {self.alpha!r}")
         _check_choice("init", self.init, INITS)
         _check_choice("grad", self.grad, GRADS)
         _check_choice("format", self.format, FORMATS)
@@ -262,11 +262,9 @@ class LoRSLinear:
         self.r = _check_int("r", r, 1, min(out, in_))
         if alpha is None:
             alpha = float(self.r)
-        if (
-            isinstance(alpha, bool)
-            or not isinstance(alpha, (int, float, np.floating))
-            or not math.isfinite(alpha)
-        ):
+        if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, _REALS):
+            raise TypeError(f"alpha: expected a finite number or None, got {type(alpha).__name__}")
+        if not math.isfinite(alpha):
             raise ValueError(f"alpha: expected a finite number or None, got {alpha!r}")
         self.alpha = float(alpha)
         self.use_rslora = _check_bool("use_rslora", use_rslora)
@@ -283,7 +281,7 @@ class LoRSLinear:
             bias = _check_f32("bias", bias, (out,))
             if not np.isfinite(bias).all():
                 raise ValueError("bias: contains NaN or infinity")
-        if not isinstance(lors_scale, (str, int, float)) or isinstance(lors_scale, bool):
+        if not isinstance(lors_scale, (str, *_REALS)) or isinstance(lors_scale, (bool, np.bool_)):
             raise TypeError(f"lors_scale: expected {LORS_SCALES} or a float, got {type(lors_scale).__name__}")
         self._format_request = format
         self.base: BaseFormat = resolve_format(mask, format).from_dense(W, mask)
@@ -417,6 +415,8 @@ class LoRSLinear:
             count += 1
         if count == 0:
             raise ValueError("batches: expected at least one calibration batch, got none")
+        if not np.isfinite(G).all():
+            raise ValueError("batches: the summed gradient gy^T x overflows float32 (rescale the calibration data)")
         G[~self.base.mask_dense()] = 0.0
         return G
 
@@ -722,9 +722,20 @@ class LoRSLinear:
         if "base_layer.weight" in state:
             W = _check_f32("base_layer.weight", state["base_layer.weight"], (out, in_))
             mask = state.get("base_layer.weight_mask", base.mask_dense())
-            if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_ or mask.shape != (out, in_):
-                raise ValueError(f"base_layer.weight_mask: expected a bool array of shape {(out, in_)}")
-            base = resolve_format(mask, self._format_request).from_dense(W, mask)
+            if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
+                raise TypeError(
+                    f"base_layer.weight_mask: expected a bool numpy.ndarray, got "
+                    f"{getattr(mask, 'dtype', type(mask).__name__)}"
+                )
+            if mask.shape != (out, in_):
+                raise ValueError(f"base_layer.weight_mask: expected shape {(out, in_)}, got {mask.shape}")
+            try:
+                base = resolve_format(mask, self._format_request).from_dense(W, mask)
+            except ValueError as e:  # validate_base names W and mask: say which state entries
+                msg = str(e).replace("W:", "base_layer.weight:", 1).replace("mask:", "base_layer.weight_mask:", 1)
+                raise ValueError(msg) from None
+        elif "base_layer.weight_mask" in state:
+            raise ValueError("base_layer.weight_mask: given without base_layer.weight (a mask needs its weight)")
         bias = self.bias
         if "base_layer.bias" in state:
             bias = _check_f32("base_layer.bias", state["base_layer.bias"], (out,)).copy()

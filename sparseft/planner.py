@@ -371,7 +371,9 @@ class Planner:
             raise TypeError(f"graph must be a sparseft.Graph, got {type(graph).__name__}")
         if graph.n == 0:
             raise ValueError("graph must have at least one node, got an empty graph")
-        if not isinstance(solver, str) or solver not in SOLVERS:
+        if not isinstance(solver, str):
+            raise TypeError(f"solver must be a str, one of {', '.join(map(repr, SOLVERS))}; got {type(solver).__name__}")
+        if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {', '.join(map(repr, SOLVERS))}; got {solver!r}")
         if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float, np.integer, np.floating)):
             raise TypeError(f"time_limit must be a number of seconds, got {type(time_limit).__name__}")
@@ -396,7 +398,9 @@ class Planner:
             raise ValueError(
                 f"seed must be an int in [-2**31, 2**31 - 1] (CP-SAT's int32 random_seed), got {seed}"
             )
-        if not isinstance(order, str) or order not in ORDERS:
+        if not isinstance(order, str):
+            raise TypeError(f"order must be a str, one of {', '.join(map(repr, ORDERS))}; got {type(order).__name__}")
+        if order not in ORDERS:
             raise ValueError(f"order must be one of {', '.join(map(repr, ORDERS))}; got {order!r}")
         self.graph = graph
         self.solver = solver

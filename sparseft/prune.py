@@ -177,8 +177,20 @@ def wanda(
     if X.shape[1] != W.shape[1]:
         raise ValueError(f"X: expected shape (tokens, {W.shape[1]}), got {X.shape}")
     s = _check_sparsity(sparsity)
-    norms = np.sqrt(np.einsum("ij,ij->j", X.astype(np.float64), X.astype(np.float64)))
-    score = np.abs(W.astype(np.float64)) * norms[None, :]
+    X64 = X.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.sqrt(np.einsum("ij,ij->j", X64, X64))
+        score = np.abs(W.astype(np.float64)) * norms[None, :]
+    if not np.isfinite(score).all():
+        # finite but huge X (or W): the squares overflowed, and 0 * inf = NaN would rank a zero weight
+        # first. Rank by log-scores instead (log 0 = -inf ranks last), the norms taken of each column
+        # scaled by its largest |X| so nothing overflows.
+        big = np.abs(X64).max(axis=0) if X64.shape[0] else np.zeros(X64.shape[1])
+        safe = np.where(big > 0, big, 1.0)
+        log_norms = np.log(safe) + 0.5 * np.log(np.einsum("ij,ij->j", X64 / safe, X64 / safe))
+        with np.errstate(divide="ignore"):
+            score = np.log(np.abs(W.astype(np.float64))) + np.where(big > 0, log_norms, -np.inf)[None, :]
+        score = np.where(np.isnan(score), -np.inf, score)
     if nm is None:
         return _keep_per_row(score, _n_pruned(s, W.shape[1]))
     if not isinstance(nm, tuple | list) or len(nm) != 2:

@@ -526,7 +526,7 @@ def test_load_state_dict_errors_leave_layer_unchanged(rng: np.random.Generator) 
             TypeError,
             "lora_A.weight: expected dtype float32",
         ),
-        ({**good, "base_layer.weight": np.ones((24, 40), np.float32)}, ValueError, "W: expected exact zeros"),
+        ({**good, "base_layer.weight": np.ones((24, 40), np.float32)}, ValueError, "base_layer.weight: expected exact zeros"),
         ({**good, "base_layer.bias": np.zeros(3, np.float32)}, ValueError, "base_layer.bias: expected shape"),
     ]
     for sd, exc, match in cases:
@@ -900,3 +900,54 @@ def test_calibration_errors_name_the_argument() -> None:
         layer.estimate_full_grad(3)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="loss_grad: expected a callable or None"):
         layer.estimate_full_grad([ok], loss_grad=1)  # type: ignore[arg-type]
+
+
+def test_second_review_round_lors_errors(tmp_path: object) -> None:
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((6, 8)).astype(np.float32)
+    M = sft.prune.nm(W, 2, 4)
+    W = W * M
+    G = rng.standard_normal((6, 8)).astype(np.float32)
+    # a lors_scale whose rows overflow (or vanish) in float32
+    for bad in (1e300, 1e-300):
+        with pytest.raises(ValueError, match="lors_scale: expected a row norm in"):
+            sft.LoRSLinear(W, M, r=2, init="lors", init_grad=G, lors_scale=bad)
+    assert sft.LoRSLinear(W, M, r=2, init="lors", init_grad=G, lors_scale=np.float32(0.5)).A.dtype == np.float32
+    # calibration whose gy^T x overflows float32
+    x, gy = np.full((4, 8), 1e20, np.float32), np.full((4, 6), 1e20, np.float32)
+    with pytest.raises(ValueError, match="batches: the summed gradient gy\\^T x overflows float32"):
+        sft.LoRSLinear(W, M, r=2, init="lors", calibration=[(x, gy)])
+    # alpha: NumPy reals accepted alike, non-numbers a TypeError
+    for alpha in (np.float32(4), np.int64(4), 4, 4.0):
+        assert sft.LoRSLinear(W, M, r=2, alpha=alpha).scaling == 2.0
+        assert sft.LoRSConfig(r=2, alpha=alpha).make(W, M).scaling == 2.0
+    with pytest.raises(TypeError, match="alpha: expected a finite number or None, got str"):
+        sft.LoRSLinear(W, M, r=2, alpha="4")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="alpha: expected a finite number or None, got str"):
+        sft.LoRSConfig(r=2, alpha="4")  # type: ignore[arg-type]
+    # load_state_dict names the state entries
+    layer = sft.LoRSLinear(W, M, r=2)
+    sd = layer.state_dict()
+    with pytest.raises(ValueError, match=r"base_layer\.weight: expected exact zeros"):
+        layer.load_state_dict({**sd, "base_layer.weight": np.ones((6, 8), np.float32)})
+    with pytest.raises(TypeError, match=r"base_layer\.weight_mask: expected a bool numpy\.ndarray, got uint8"):
+        layer.load_state_dict({**sd, "base_layer.weight_mask": M.astype(np.uint8)})
+    only_mask = {k: v for k, v in sd.items() if k != "base_layer.weight"}
+    with pytest.raises(ValueError, match=r"base_layer\.weight_mask: given without base_layer\.weight"):
+        layer.load_state_dict(only_mask)
+    np.testing.assert_array_equal(layer.state_dict()["base_layer.weight"], W)
+
+
+def test_runtime_argument_types() -> None:
+    with pytest.raises(TypeError, match="path: expected a str, got int"):
+        with sft.simd_path(3):  # type: ignore[arg-type]
+            pass
+    with pytest.raises(ValueError, match="path: expected one of"):
+        with sft.simd_path("avx2\x00x"):
+            pass
+    before = sft.get_num_threads()
+    try:
+        sft.set_num_threads(np.int64(1))  # type: ignore[arg-type]
+        assert sft.get_num_threads() == 1
+    finally:
+        sft.set_num_threads(before)

@@ -585,3 +585,22 @@ def test_real_graphs(shared_data) -> None:
     auto = sft.Planner(r, 0.9, solver="moccasin", time_limit=10, threads=2).solve()
     check_schedule(r, auto)
     assert auto.duration is not None and auto.duration <= plan.duration
+
+
+def test_planner_type_errors_and_to_json_paths(tmp_path: object) -> None:
+    import pathlib
+
+    g = sft.graphs.random_layered(12, 0)
+    with pytest.raises(TypeError, match="solver must be a str"):
+        sft.Planner(g, 1.0, solver=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="order must be a str"):
+        sft.Planner(g, 1.0, order=None)  # type: ignore[arg-type]
+    plan = sft.Planner(g, 1.0, solver="none").solve()
+    d = pathlib.Path(str(tmp_path))
+    with pytest.raises(TypeError, match=r"path: expected a str or os\.PathLike, got bytes"):
+        plan.to_json(str(d / "p.json").encode())  # type: ignore[arg-type]
+    with pytest.raises(IsADirectoryError, match="path: expected a file path, got the directory"):
+        plan.to_json(d)
+    assert list(d.iterdir()) == []  # nothing left behind
+    plan.to_json(d / "p.json")
+    assert json.loads((d / "p.json").read_text())["steps"] == [list(s) for s in plan.to_json()["steps"]]

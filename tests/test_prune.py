@@ -168,3 +168,16 @@ W_OK = np.ones((2, 8), np.float32)
 def test_bad_input(call: object, exc: type[Exception], match: str) -> None:
     with pytest.raises(exc, match=match):
         call()  # type: ignore[operator]
+
+
+def test_wanda_with_column_norms_beyond_float64() -> None:
+    """||X_col|| overflowed to inf and 0 * inf = NaN ranked the zero weight first."""
+    W = np.array([[0.0, 1.0, 2.0, 3.0]])
+    big = np.full((2, 4), 1e200)
+    want = sft.prune.wanda(W, np.ones((2, 4)), 0.5)
+    np.testing.assert_array_equal(want, [[False, False, True, True]])
+    np.testing.assert_array_equal(sft.prune.wanda(W, big, 0.5), want)
+    W8 = np.array([[0.0, 1.0, 2.0, 3.0, 0.0, 5.0, 1.0, 4.0]])
+    np.testing.assert_array_equal(
+        sft.prune.wanda(W8, np.full((3, 8), 1e200), 0.5, nm=(2, 4)), sft.prune.wanda(W8, np.ones((3, 8)), 0.5, nm=(2, 4))
+    )
