@@ -40,6 +40,17 @@ def check_schedule(g: sft.Graph, plan: sft.Schedule) -> None:
         assert plan.lower_bound <= plan.duration
 
 
+def assert_soft_start_plans(g: sft.Graph) -> None:
+    """At 0.75 of the no-remat peak the heuristics find nothing; Moccasin's soft-capacity start must
+    still return a valid in-budget schedule with a lower bound."""
+    b = int(0.75 * g.peak_memory())
+    assert sft.Planner(g, b, solver="greedy", order="given").solve().status == "infeasible"
+    plan = sft.Planner(g, b, solver="moccasin", time_limit=20, threads=2, order="given").solve()
+    check_schedule(g, plan)
+    assert plan.status in ("feasible", "optimal") and plan.peak_memory <= b
+    assert plan.lower_bound is not None and plan.lower_bound <= plan.duration
+
+
 def random_dag(rng: np.random.Generator, n: int, p: float = 0.35) -> sft.Graph:
     edges = [(u, v) for v in range(1, n) for u in range(v) if rng.random() < p]
     mem = rng.integers(1, 20, size=n).tolist()
@@ -195,13 +206,7 @@ def test_moccasin_finds_a_schedule_where_the_heuristics_fail() -> None:
     # at this tight budget the heuristics find nothing; Moccasin's soft-capacity start (the
     # no-remat schedule or a looser heuristic schedule, then the peak shaved to the budget)
     # must still return a valid in-budget schedule
-    g = sft.graphs.random_layered(30, seed=2)
-    b = int(0.75 * g.peak_memory())
-    assert sft.Planner(g, b, solver="greedy", order="given").solve().status == "infeasible"
-    plan = sft.Planner(g, b, solver="moccasin", time_limit=20, threads=2, order="given").solve()
-    check_schedule(g, plan)
-    assert plan.status in ("feasible", "optimal") and plan.peak_memory <= b
-    assert plan.lower_bound is not None and plan.lower_bound <= plan.duration
+    assert_soft_start_plans(sft.graphs.random_layered(30, seed=2))
 
 
 @pytest.mark.parametrize("lns_only", [False, True])
@@ -408,12 +413,7 @@ def test_moccasin_soft_start_with_costs_near_int64() -> None:
     k = 2**44
     g = sft.Graph(g0.nodes, g0.edges, [int(m) * k for m in g0.memory], [int(d) * k for d in g0.duration],
                   order=g0.order)
-    b = int(0.75 * g.peak_memory())
-    assert sft.Planner(g, b, solver="greedy", order="given").solve().status == "infeasible"
-    plan = sft.Planner(g, b, solver="moccasin", time_limit=20, threads=2, order="given").solve()
-    check_schedule(g, plan)
-    assert plan.status in ("feasible", "optimal") and plan.peak_memory <= b
-    assert plan.lower_bound is not None and plan.lower_bound <= plan.duration
+    assert_soft_start_plans(g)
 
 
 def test_planner_graph_type_error() -> None:
