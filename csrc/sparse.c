@@ -1345,7 +1345,7 @@ void sparse_backward_naive(float *gx, float *dA, float *dB, const sparse_base *W
             float g = 0.0f;
             for (int64_t t = 0; t < N; t++) {
                 if (gx != NULL) gx[t * in + j] += gy[t * out + i] * w;
-                g += gy[t * out + i] * x[t * in + j];
+                if (dA != NULL) g += gy[t * out + i] * x[t * in + j]; /* x may be NULL without dA */
             }
             if (dA == NULL) continue;
             for (int64_t q = 0; q < r; q++) {

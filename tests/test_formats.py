@@ -527,3 +527,26 @@ def test_every_base_checks_the_scale_alike(scale: object) -> None:
             base.forward(x, A, B, scale)  # type: ignore[arg-type]
         with pytest.raises((TypeError, ValueError), match="scale: expected"):
             base.merged(A, B, scale)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("simd", SIMD_PATHS)
+def test_naive_backward_without_the_weight_gradient(simd: str) -> None:
+    """The naive twin read x (NULL when weight_grad=False) for the sampled gradient: a segfault."""
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((5, 8)).astype(np.float32)
+    mask = rng.random((5, 8)) < 0.5
+    A = rng.standard_normal((2, 8)).astype(np.float32)
+    B = rng.standard_normal((5, 2)).astype(np.float32)
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    gy = rng.standard_normal((3, 5)).astype(np.float32)
+    for base in (CSRBase.from_dense(W * mask, mask), NMBase.from_dense(*_nm24(W))):
+        with sft.simd_path(simd):
+            fast = _core.sparse_backward(base._tuple(), gy, x, A, B, 1.0, weight_grad=False)
+            naive = _core.sparse_backward(base._tuple(), gy, x, A, B, 1.0, weight_grad=False, naive=True)
+        assert naive[1] is None and naive[2] is None
+        np.testing.assert_allclose(naive[0], fast[0], rtol=1e-5, atol=1e-5)
+
+
+def _nm24(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    m = sft.prune.nm(W, 2, 4)
+    return W * m, m
