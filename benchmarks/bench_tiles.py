@@ -32,11 +32,10 @@ def build(cc: str, out: str) -> None:
     ]
     base = [cc, "-O3", "-std=c11", "-D_POSIX_C_SOURCE=200809L", "-I", os.path.join(ROOT, "csrc")]
     for extra in (["-fopenmp"], []):
-        cmd = [*base, *extra, *src, "-o", out, "-lm"]
-        if subprocess.run(cmd, capture_output=True, text=True).returncode == 0:
+        res = subprocess.run([*base, *extra, *src, "-o", out, "-lm"], capture_output=True, text=True)
+        if res.returncode == 0:
             return
-    res = subprocess.run([*base, *src, "-o", out, "-lm"], capture_output=True, text=True)
-    raise SystemExit(f"bench_tiles: compiling failed:\n{res.stderr}")
+    raise SystemExit(f"bench_tiles: compiling failed:\n{res.stderr}")  # the build without OpenMP
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from sparseft import _core
-from sparseft.formats_dense import check_mask, check_scale, validate_base
+from sparseft.formats_dense import check_array, check_mask, check_scale, readonly, validate_base
 
 __all__ = [
     "CROSSOVER_WIDTH_SCALE",
@@ -164,17 +164,7 @@ _NM_CANDIDATES = (4, 8, 16, 32, 2)
 
 
 def _f32(a: object, name: str, ndim: int = 2) -> np.ndarray:
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype != np.float32:
-        raise TypeError(f"{name}: expected dtype float32, got {a.dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {a.shape}")
-    return a
-
-
-def _check_scale(scale: object) -> float:
-    return check_scale(scale)
+    return check_array(a, name, np.float32, ndim)
 
 
 def _check_adapter(A: object, B: object, shape: tuple[int, int]) -> None:
@@ -288,14 +278,14 @@ class _SparseBase:
         x : float32 (N, in), C-contiguous
         A : float32 (r, in);  B : float32 (out, r);  scale : float
         """
-        s = _check_scale(scale)
+        s = check_scale(scale)
         x = self._x(x, "x", self.shape[1])
         _check_adapter(A, B, self.shape)
         return _core.sparse_forward(self._tuple(), x, A, B, s)
 
     def backward_input(self, gy: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float) -> np.ndarray:
         """``gx (N, in) = gy @ W'`` (SpMM with recomputed values)."""
-        s = _check_scale(scale)
+        s = check_scale(scale)
         gy = self._x(gy, "gy", self.shape[0])
         _check_adapter(A, B, self.shape)
         gx, _, _ = _core.sparse_backward(self._tuple(), gy, None, A, B, s, input_grad=True, weight_grad=False)
@@ -328,7 +318,7 @@ class _SparseBase:
         self, gy: np.ndarray, x: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float
     ) -> tuple[np.ndarray, np.ndarray, float]:
         """Validated ``(gy (N, out), x (N, in), scale)`` of a backward call, adapter checked too."""
-        s = _check_scale(scale)
+        s = check_scale(scale)
         gy = self._x(gy, "gy", self.shape[0])
         x = self._x(x, "x", self.shape[1])
         if x.shape[0] != gy.shape[0]:
@@ -339,7 +329,7 @@ class _SparseBase:
         return gy, x, s
 
     def _merged_values(self, A: np.ndarray, B: np.ndarray, scale: float) -> np.ndarray:
-        s = _check_scale(scale)
+        s = check_scale(scale)
         _check_adapter(A, B, self.shape)
         return _core.sparse_merge(self._tuple(), A, B, s)
 
@@ -348,21 +338,10 @@ class _SparseBase:
         return f"{type(self).__name__}(shape=({out}, {inn}), nnz={self.nnz}, nbytes={self.nbytes})"
 
 
-def _readonly(a: np.ndarray) -> np.ndarray:
-    a.flags.writeable = False
-    return a
-
-
 def _owned_copy(a: object, name: str, dtype: type, ndim: int) -> np.ndarray:
     """A read-only copy of a caller's array (the caller's own array keeps its flags and may change
     without changing the base), after checking its type, dtype and number of dimensions."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype != dtype:
-        raise TypeError(f"{name}: expected dtype {np.dtype(dtype).name}, got {a.dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {a.shape}")
-    return _readonly(np.array(a, order="C"))
+    return readonly(np.array(check_array(a, name, dtype, ndim), order="C"))
 
 
 def _check_shape(shape: object) -> tuple[int, int]:
@@ -403,7 +382,7 @@ class CSRBase(_SparseBase):
         self._set(values, indices, indptr, (out, inn))
 
     def _set(self, values: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple[int, int]) -> None:
-        self.values, self.indices, self.indptr = _readonly(values), _readonly(indices), _readonly(indptr)
+        self.values, self.indices, self.indptr = readonly(values), readonly(indices), readonly(indptr)
         self.shape = shape
 
     @classmethod
@@ -452,7 +431,7 @@ class CSRBase(_SparseBase):
 
     def unmerged(self, A: np.ndarray, B: np.ndarray, scale: float) -> CSRBase:
         """The inverse of ``merged``: W = W' - scale·(B A) ⊙ M."""
-        return CSRBase._wrap(self._merged_values(A, B, -_check_scale(scale)), self.indices, self.indptr, self.shape)
+        return CSRBase._wrap(self._merged_values(A, B, -check_scale(scale)), self.indices, self.indptr, self.shape)
 
 
 def _check_nm(n: object, m: object, inn: int, where: str = "shape") -> tuple[int, int]:
@@ -496,7 +475,7 @@ class NMBase(_SparseBase):
         self._set(values, indices, n, m, (out, inn))
 
     def _set(self, values: np.ndarray, indices: np.ndarray, n: int, m: int, shape: tuple[int, int]) -> None:
-        self.values, self.indices = _readonly(values), _readonly(indices)
+        self.values, self.indices = readonly(values), readonly(indices)
         self.n, self.m, self.shape = n, m, shape
 
     @classmethod
@@ -579,5 +558,5 @@ class NMBase(_SparseBase):
     def unmerged(self, A: np.ndarray, B: np.ndarray, scale: float) -> NMBase:
         """The inverse of ``merged``: W = W' - scale·(B A) ⊙ M."""
         return NMBase._wrap(
-            self._merged_values(A, B, -_check_scale(scale)), self.indices, self.n, self.m, self.shape
+            self._merged_values(A, B, -check_scale(scale)), self.indices, self.n, self.m, self.shape
         )

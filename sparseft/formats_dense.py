@@ -22,7 +22,7 @@ import numpy as np
 
 from sparseft import _core
 
-__all__ = ["BaseFormat", "DenseBase", "check_scale", "validate_base"]
+__all__ = ["F32_MAX", "BaseFormat", "DenseBase", "check_array", "check_mask", "check_scale", "readonly", "validate_base"]
 
 
 class BaseFormat(Protocol):
@@ -47,14 +47,26 @@ class BaseFormat(Protocol):
     def unmerged(self, A: np.ndarray, B: np.ndarray, scale: float) -> BaseFormat: ...
 
 
-def _check_2d(a: object, name: str, dtype: type) -> np.ndarray:
-    """A 2-D (out, in) ndarray of ``dtype`` (returned as is), else a TypeError/ValueError naming ``name``."""
+def check_array(a: object, name: str, dtype: type, ndim: int, dims: str = "") -> np.ndarray:
+    """An ``ndim``-D ndarray of ``dtype`` (returned as is), else a TypeError/ValueError naming
+    ``name``; ``dims`` names the axes in the message (e.g. " (out, in)")."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
     if a.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {np.dtype(dtype).name}, got {a.dtype}")
-    if a.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array (out, in), got shape {a.shape}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D array{dims}, got shape {a.shape}")
+    return a
+
+
+def _check_2d(a: object, name: str, dtype: type) -> np.ndarray:
+    """A 2-D (out, in) ndarray of ``dtype`` (returned as is), else a TypeError/ValueError naming ``name``."""
+    return check_array(a, name, dtype, 2, " (out, in)")
+
+
+def readonly(a: np.ndarray) -> np.ndarray:
+    """``a`` itself, made read-only (for arrays a base owns)."""
+    a.flags.writeable = False
     return a
 
 
@@ -63,8 +75,11 @@ def check_mask(mask: object, name: str = "mask") -> np.ndarray:
     return _check_2d(mask, name, np.bool_)
 
 
-def validate_base(W: object, mask: object) -> tuple[np.ndarray, np.ndarray]:
-    """Check a base weight and its mask, the way every ``from_dense`` does.
+def validate_base(
+    W: object, mask: object, w_name: str = "W", mask_name: str = "mask"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check a base weight and its mask, the way every ``from_dense`` does (errors name them
+    ``w_name`` and ``mask_name``).
 
     Parameters
     ----------
@@ -85,19 +100,23 @@ def validate_base(W: object, mask: object) -> tuple[np.ndarray, np.ndarray]:
     ValueError
         If the shapes are not 2-D and equal, ``W`` holds NaN/inf, or ``W`` is nonzero off the mask.
     """
-    W = _check_2d(W, "W", np.float32)
-    mask = check_mask(mask)
+    W = _check_2d(W, w_name, np.float32)
+    mask = check_mask(mask, mask_name)
     if mask.shape != W.shape:
-        raise ValueError(f"mask: expected shape {W.shape} (the shape of W), got {mask.shape}")
+        raise ValueError(f"{mask_name}: expected shape {W.shape} (the shape of {w_name}), got {mask.shape}")
     if not np.isfinite(W).all():
-        raise ValueError("W: contains NaN or infinity")
+        raise ValueError(f"{w_name}: contains NaN or infinity")
     off = np.count_nonzero(W[~mask])
     if off:
         raise ValueError(
-            f"W: expected exact zeros wherever mask is False, got {off} nonzero entries there "
-            "(prune first, e.g. W * mask)"
+            f"{w_name}: expected exact zeros wherever {mask_name} is False, got {off} nonzero entries there "
+            f"(prune first, e.g. {w_name} * {mask_name})"
         )
     return np.ascontiguousarray(W), np.ascontiguousarray(mask)
+
+
+#: Largest finite float32, as a Python float (scales and the like must not exceed it).
+F32_MAX = float(np.finfo(np.float32).max)
 
 
 def check_scale(scale: object) -> float:
@@ -108,12 +127,9 @@ def check_scale(scale: object) -> float:
     s = float(scale)
     if not np.isfinite(s):
         raise ValueError(f"scale: expected a finite number, got {scale}")
-    if abs(s) > _F32_MAX:
-        raise ValueError(f"scale: expected a finite float32 number (|scale| <= {_F32_MAX:.6g}), got {scale}")
+    if abs(s) > F32_MAX:
+        raise ValueError(f"scale: expected a finite float32 number (|scale| <= {F32_MAX:.6g}), got {scale}")
     return s
-
-
-_F32_MAX = float(np.finfo(np.float32).max)
 
 
 class DenseBase:
@@ -134,19 +150,14 @@ class DenseBase:
         if M.size and int(M.max()) > 1:
             raise ValueError("mask_u8: expected 0/1 entries")
         W, mask = validate_base(W, M.astype(np.bool_))
-        self._W, self._M = self._own(np.array(W, order="C")), self._own(mask.astype(np.uint8))
-
-    @staticmethod
-    def _own(a: np.ndarray) -> np.ndarray:
-        a.flags.writeable = False
-        return a
+        self._W, self._M = readonly(np.array(W, order="C")), readonly(mask.astype(np.uint8))
 
     @classmethod
     def _wrap(cls, W: np.ndarray, mask_u8: np.ndarray) -> DenseBase:
         """Trusted constructor: W and mask_u8 are fresh, validated, C-contiguous arrays owned by the
         new base (made read-only, not copied)."""
         self = cls.__new__(cls)
-        self._W, self._M = cls._own(W), cls._own(mask_u8)
+        self._W, self._M = readonly(W), readonly(mask_u8)
         return self
 
     @classmethod

@@ -16,14 +16,13 @@ from typing import Any
 import numpy as np
 
 from sparseft import _core, dora, formats
-from sparseft.formats_dense import BaseFormat, DenseBase, validate_base
+from sparseft.formats_dense import F32_MAX, BaseFormat, DenseBase, validate_base
 from sparseft.init import LORS_SCALES, gaussian_init, lora_init, lors_init
 
 __all__ = ["FORMATS", "GRADS", "INITS", "LoRSConfig", "LoRSLinear", "resolve_format"]
 
 INITS = ("lora", "gaussian", "lors")
 GRADS = ("exact", "lors")
-_F32_MAX = float(np.finfo(np.float32).max)
 _REALS = (int, float, np.integer, np.floating)  # real scalars, NumPy's included (bool excluded apart)
 FORMATS = ("auto", "dense", "csr", "nm")
 
@@ -269,10 +268,10 @@ class LoRSLinear:
         self.alpha = float(alpha)
         self.use_rslora = _check_bool("use_rslora", use_rslora)
         self.scaling = self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
-        if abs(self.scaling) > _F32_MAX:
+        if abs(self.scaling) > F32_MAX:
             raise ValueError(
                 f"alpha: expected a scale alpha/{'sqrt(r)' if self.use_rslora else 'r'} that is finite in "
-                f"float32 (<= {_F32_MAX:.6g}), got alpha={alpha!r}, r={self.r}"
+                f"float32 (<= {F32_MAX:.6g}), got alpha={alpha!r}, r={self.r}"
             )
         self.grad = _check_choice("grad", grad, GRADS)
         self.init = _check_choice("init", init, INITS)
@@ -729,11 +728,8 @@ class LoRSLinear:
                 )
             if mask.shape != (out, in_):
                 raise ValueError(f"base_layer.weight_mask: expected shape {(out, in_)}, got {mask.shape}")
-            try:
-                base = resolve_format(mask, self._format_request).from_dense(W, mask)
-            except ValueError as e:  # validate_base names W and mask: say which state entries
-                msg = str(e).replace("W:", "base_layer.weight:", 1).replace("mask:", "base_layer.weight_mask:", 1)
-                raise ValueError(msg) from None
+            W, mask = validate_base(W, mask, "base_layer.weight", "base_layer.weight_mask")
+            base = resolve_format(mask, self._format_request).from_dense(W, mask)
         elif "base_layer.weight_mask" in state:
             raise ValueError("base_layer.weight_mask: given without base_layer.weight (a mask needs its weight)")
         bias = self.bias
