@@ -6,12 +6,12 @@ holds the objects and does I/O. See ``README.md`` and ``DESIGN.md`` for the API 
 
 from __future__ import annotations
 
-from sparseft import _core, formats, graphs, prune
-from sparseft._runtime import build_info, get_num_threads, set_num_threads, simd_path
-from sparseft.formats_dense import DenseBase
-from sparseft.graph import Graph
-from sparseft.lors import LoRSConfig, LoRSLinear
-from sparseft.planner import Planner, Schedule, simulate
+from sparseft import _core, adapters, formats, prune, remat
+from sparseft.adapters import LoRSConfig, LoRSLinear
+from sparseft.formats import DenseBase
+from sparseft.remat import Graph, Planner, Schedule, simulate
+from sparseft.remat import generators as graphs
+from sparseft.runtime import build_info, get_num_threads, set_num_threads, simd_path
 from sparseft.weightnorm import WeightNorm
 
 __version__ = "0.1.0"
@@ -26,11 +26,13 @@ __all__ = [
     "WeightNorm",
     "__version__",
     "_core",
+    "adapters",
     "build_info",
     "formats",
     "get_num_threads",
     "graphs",
     "prune",
+    "remat",
     "set_num_threads",
     "simd_path",
     "simulate",

@@ -1,4 +1,4 @@
-"""Weight-normalized sparse adapters (sparseft.dora): the z-based math vs the dense float64 reference
+"""Weight-normalized sparse adapters (sparseft.adapters.dora): the z-based math vs the dense float64 reference
 and a PEFT-style DoRA in torch, on a NumPy stand-in of a LoRS base format."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 import sparseft as sft
-from sparseft import dora
+from sparseft.adapters import dora
 
 from . import reference as ref
 
 
 class NumpyBase:
-    """A LoRS base format in plain NumPy (float64 inside, float32 out): the interface sparseft.dora uses."""
+    """A LoRS base format in plain NumPy (float64 inside, float32 out): the interface sparseft.adapters.dora uses."""
 
     def __init__(self, W: np.ndarray, mask: np.ndarray, fmt: str = "numpy") -> None:
         self.format = fmt
@@ -61,7 +61,7 @@ def dora_step(
     m: np.ndarray,
     norm_grad: bool,
 ) -> dict[str, np.ndarray]:
-    """One forward + backward composed from sparseft.dora the way LoRSLinear(magnitude=True) does."""
+    """One forward + backward composed from sparseft.adapters.dora the way LoRSLinear(magnitude=True) does."""
     z = base.forward(x, A, B, s)
     n = dora.row_norms(base, A, B, s)
     c = dora.forward_scales(m, n)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import sparseft
 import sparseft as sft
 from sparseft import _core
-from sparseft.init import randomized_svd
+from sparseft.adapters.inits import randomized_svd
 
 from . import reference as ref
 from .conftest import SIMD_PATHS
@@ -951,3 +951,40 @@ def test_runtime_argument_types() -> None:
         assert sft.get_num_threads() == 1
     finally:
         sft.set_num_threads(before)
+
+
+@pytest.mark.parametrize("magnitude", [False, True])
+@pytest.mark.parametrize("fmt", ["dense", "csr"])
+def test_backward_at_a_given_input_equals_the_pending_one(magnitude: bool, fmt: str) -> None:
+    """forward(x, save=False) keeps nothing; backward(gy, x=x) equals forward(x) + backward(gy)."""
+    rng = np.random.default_rng(7)
+    W = rng.standard_normal((13, 11)).astype(np.float32)
+    W[rng.random(W.shape) < 0.6] = 0
+    kw = dict(r=3, alpha=4.0, seed=1, format=fmt, magnitude=magnitude)
+    a, b = sparseft.LoRSLinear(W, **kw), sparseft.LoRSLinear(W, **kw)
+    for layer in (a, b):
+        layer.B[...] = rng.standard_normal(layer.B.shape).astype(np.float32) if layer is a else a.B
+    x = rng.standard_normal((2, 5, 11)).astype(np.float32)
+    gy = rng.standard_normal((2, 5, 13)).astype(np.float32)
+    ya = a.forward(x)
+    gxa = a.backward(gy)
+    yb = b.forward(x, save=False)
+    assert b._saved is None
+    with pytest.raises(RuntimeError, match="forward"):
+        b.backward(gy)
+    gxb = b.backward(gy, x=x)
+    np.testing.assert_array_equal(ya, yb)
+    np.testing.assert_array_equal(gxa, gxb)
+    for name, g in a.gradients().items():
+        np.testing.assert_array_equal(g, b.gradients()[name], err_msg=name)
+    # a pending forward survives a save=False forward and an explicit backward
+    b.zero_grad()
+    b.forward(x)
+    b.forward(x[:1], save=False)
+    b.backward(gy[:1], x=x[:1])
+    b.zero_grad()
+    np.testing.assert_array_equal(b.backward(gy), gxa)
+    with pytest.raises(ValueError, match="x"):
+        b.backward(gy, x=np.full_like(x, np.nan))
+    with pytest.raises(TypeError, match="save"):
+        b.forward(x, save="yes")

@@ -213,7 +213,7 @@ def test_moccasin_finds_a_schedule_where_the_heuristics_fail() -> None:
 def test_soft_start_stops_at_the_first_in_budget_schedule(lns_only: bool) -> None:
     # the soft phase with stop_at_budget hands back an in-budget schedule that fits max_copies,
     # which the plain model then takes as its hint
-    from sparseft._moccasin import hint_copies, solve_moccasin
+    from sparseft.remat.solvers.moccasin import hint_copies, solve_moccasin
 
     g = sft.graphs.random_layered(30, seed=2)
     b = int(0.75 * g.peak_memory())
@@ -243,7 +243,7 @@ def test_soft_start_stops_at_the_first_in_budget_schedule(lns_only: bool) -> Non
 def test_moccasin_soft_start_through_lns_alone(monkeypatch) -> None:
     # with no time for the full portfolio, the soft start goes straight to LNS alone; the
     # result must still be a valid in-budget schedule, never worse than the start it restarts from
-    from sparseft import planner
+    from sparseft.remat import planner
 
     monkeypatch.setattr(planner, "_EXACT_SLICE", 0.0)
     g = sft.graphs.random_layered(30, seed=2)
@@ -256,7 +256,7 @@ def test_moccasin_soft_start_through_lns_alone(monkeypatch) -> None:
 def test_moccasin_complete_hint_is_a_solution() -> None:
     # every variable is hinted: fixing them all to the hint must leave a feasible model whose
     # objective is the hint's recomputation cost
-    from sparseft._moccasin import hint_copies, solve_moccasin
+    from sparseft.remat.solvers.moccasin import hint_copies, solve_moccasin
 
     for seed in range(3):
         g = sft.graphs.random_layered(40, seed=seed)
@@ -284,7 +284,7 @@ def test_moccasin_complete_hint_is_a_solution() -> None:
 @pytest.mark.parametrize("seed", range(4))
 def test_soft_moccasin_on_tiny_graphs_equals_brute_force_at_tight_budgets(seed: int) -> None:
     # the soft model (used when no heuristic schedule fits) is exact on tiny graphs
-    from sparseft._moccasin import solve_moccasin
+    from sparseft.remat.solvers.moccasin import solve_moccasin
 
     g = sft.graphs.random_layered(7, seed=seed)
     lo, _ = g.min_budget()

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from sparseft import _core, dora, formats
-from sparseft.formats_dense import F32_MAX, BaseFormat, DenseBase, validate_base
-from sparseft.init import LORS_SCALES, gaussian_init, lora_init, lors_init
+from sparseft import _core, formats
+from sparseft.adapters import dora
+from sparseft.adapters.inits import LORS_SCALES, gaussian_init, lora_init, lors_init
+from sparseft.formats.dense import F32_MAX, BaseFormat, DenseBase, validate_base
 
 __all__ = ["FORMATS", "GRADS", "INITS", "LoRSConfig", "LoRSLinear", "resolve_format"]
 
@@ -204,7 +205,7 @@ class LoRSLinear:
         Weight-normalized adapters ("sparse DoRA"): the layer's weight becomes
         W'' = m ⊙ W'/‖W'‖_row with a trainable magnitude m (out,), initialized to the row norms of W
         so the output is unchanged at step 0 (B = 0). Still no out×in buffer: y = (x W'ᵀ) ⊙ m/n with
-        the row norms n computed row by row in C (see :mod:`sparseft.dora`). A row with ‖W'‖ = 0
+        the row norms n computed row by row in C (see :mod:`sparseft.adapters.dora`). A row with ‖W'‖ = 0
         gives output 0 and zero gradients through it (not NaN). PEFT's name for m is
         ``lora_magnitude_vector``.
     norm_grad : bool
@@ -478,8 +479,18 @@ class LoRSLinear:
         dA, dB = self._adapter_grads(gy2, x2)
         return gx2, dA, dB
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: np.ndarray, save: bool = True) -> np.ndarray:
         """y = x W'ᵀ + bias for x float32 (..., in); keeps a reference to x (only) for backward.
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+            float32 (..., in).
+        save : bool
+            Keep x (and DoRA's row norms) for the next :meth:`backward` (default). ``False``
+            keeps nothing, for callers that own their activations and pass x to
+            ``backward(gy, x=x)`` themselves (the Trainer's step executor frees and recomputes
+            activations, so the layer must not hold one alive).
 
         Returns
         -------
@@ -494,21 +505,31 @@ class LoRSLinear:
             If x's last axis is not ``in`` or x holds NaN/inf.
         """
         x2, lead = self._as_rows("x", x, self.in_features)
+        save = _check_bool("save", save)
+        pending = self._dora_saved
         y2 = self._forward_2d(x2)
-        self._saved = (x2, lead)
+        if save:
+            self._saved = (x2, lead)
+        else:
+            self._dora_saved = pending  # a pending forward stays as it was
         return y2.reshape(*lead, self.out_features)
 
     __call__ = forward
 
-    def backward(self, gy: np.ndarray) -> np.ndarray:
+    def backward(self, gy: np.ndarray, x: np.ndarray | None = None) -> np.ndarray:
         """Gradient with respect to x; ACCUMULATES ``grad_A``, ``grad_B`` (and ``grad_bias``).
 
-        One backward per forward (the saved x is released afterwards).
+        One backward per forward (the saved x is released afterwards), or, with ``x`` given,
+        a backward at that input with nothing pending needed.
 
         Parameters
         ----------
         gy : numpy.ndarray
             float32 (..., out), the same leading shape as the last forward's x.
+        x : numpy.ndarray, optional
+            float32 (..., in): the forward's input, passed by a caller that kept (or recomputed)
+            it itself (see ``forward(x, save=False)``). A pending forward is then left pending.
+            With a DoRA magnitude the forward's row norms are recomputed from x.
 
         Returns
         -------
@@ -522,12 +543,23 @@ class LoRSLinear:
         TypeError, ValueError
             On a wrong dtype/shape or NaN/inf in gy (the gradients are then left unchanged).
         """
-        if self._saved is None:
+        explicit = x is not None
+        if explicit:
+            x2, lead = self._as_rows("x", x, self.in_features)
+            if not np.isfinite(x2).all():
+                raise ValueError("x: contains NaN or infinity")
+        elif self._saved is None:
             raise RuntimeError("backward: call forward(x) first (each forward allows one backward)")
-        x2, lead = self._saved
+        else:
+            x2, lead = self._saved
         _check_f32("gy", gy, (*lead, self.out_features))
         gy2 = np.ascontiguousarray(gy.reshape(-1, self.out_features))
-        dora_saved = self._dora_saved if self._dora_active() else None
+        if explicit and self._dora_active():
+            pending = self._dora_saved
+            self._forward_2d(x2)  # recompute z and the row norms at this x
+            dora_saved, self._dora_saved = self._dora_saved, pending
+        else:
+            dora_saved = self._dora_saved if self._dora_active() else None
         dm = None
         if dora_saved is None:
             gx2, dA, dB = self._backward_2d(gy2, x2)  # checks gy for NaN/inf in C
@@ -542,8 +574,9 @@ class LoRSLinear:
             self.grad_magnitude += dm
         if self.grad_bias is not None:
             self.grad_bias += gy2.sum(axis=0, dtype=np.float32)
-        self._saved = None
-        self._dora_saved = None
+        if not explicit:
+            self._saved = None
+            self._dora_saved = None
         return gx2.reshape(*lead, self.in_features)
 
     def _magnitude_grads(

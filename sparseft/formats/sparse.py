@@ -14,7 +14,7 @@ storing W': the C kernels recompute W'_ij = W_ij + s·B[i,:]·A[:,j] at the stor
     N:M masks (n kept in every group of m consecutive inputs): values (out, in·n/m) float32 and
     the kept positions inside each group as uint8 (out, in·n/m). 2:4 stores 2.5 bytes per weight.
 
-Every base implements the same contract as ``sparseft.lors.DenseBase``: ``format``, ``shape``,
+Every base implements the same contract as ``sparseft.formats.DenseBase``: ``format``, ``shape``,
 ``nnz``, ``nbytes``, ``from_dense``, ``to_dense``, ``mask_dense``, ``forward``,
 ``backward_input``, ``masked_grad``, ``merged``, ``unmerged`` (and the fused ``backward``).
 ``choose_format`` picks the format from a mask.
@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from sparseft import _core
-from sparseft.formats_dense import check_array, check_mask, check_scale, readonly, validate_base
+from sparseft.formats.dense import check_array, check_mask, check_scale, readonly, validate_base
 
 __all__ = [
     "CROSSOVER_WIDTH_SCALE",

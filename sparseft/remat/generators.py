@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sparseft.graph import Graph
+from sparseft.remat.graph import Graph
 
 __all__ = ["random_layered", "training_graph"]
 

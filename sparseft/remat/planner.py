@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from sparseft import _core
-from sparseft.graph import Graph, atomic_write_json
+from sparseft.remat.graph import Graph, atomic_write_json
 
 __all__ = ["SOLVERS", "Planner", "Schedule", "simulate"]
 
@@ -500,7 +500,7 @@ class Planner:
 
     def _greedy(self) -> tuple[np.ndarray | None, int]:
         """Best of the C eviction heuristics and the interval-splitting heuristic (None, 0 if both fail)."""
-        from sparseft._split import split_heuristic
+        from sparseft.remat.solvers.split import split_heuristic
 
         g = self._plan_graph
         found: list[np.ndarray] = []
@@ -527,8 +527,8 @@ class Planner:
         """An over-budget start for Moccasin's soft model: the heuristic schedule with the lowest
         peak among budgets between ``budget`` and the no-remat peak that fits ``max_copies``
         (the no-remat schedule if none does)."""
-        from sparseft._moccasin import hint_copies
-        from sparseft._split import split_heuristic
+        from sparseft.remat.solvers.moccasin import hint_copies
+        from sparseft.remat.solvers.split import split_heuristic
 
         g = self._plan_graph
         pos = np.empty(g.n, dtype=np.int64)
@@ -607,7 +607,7 @@ class Planner:
         return best[1], "feasible", time.perf_counter() - t0, None
 
     def _solve_moccasin(self, t0: float) -> tuple[np.ndarray | None, str, float | None, int | None]:
-        from sparseft._moccasin import solve_moccasin
+        from sparseft.remat.solvers.moccasin import solve_moccasin
 
         if self.plan_peak <= self.budget:  # nothing to recompute: the planning order fits
             return self._solve_none(t0)
@@ -653,7 +653,7 @@ class Planner:
         return self._best_of(res, hint, hint_dur, t_hint)
 
     def _solve_checkmate(self, t0: float) -> tuple[np.ndarray | None, str, float | None, int | None]:
-        from sparseft._checkmate import solve_checkmate
+        from sparseft.remat.solvers.checkmate import solve_checkmate
 
         if self.plan_peak <= self.budget:  # nothing to recompute: the planning order fits
             return self._solve_none(t0)

@@ -21,8 +21,8 @@ import time
 
 import numpy as np
 
-from sparseft._moccasin import SolverResult
-from sparseft.graph import Graph
+from sparseft.remat.graph import Graph
+from sparseft.remat.solvers.moccasin import SolverResult
 
 
 def solve_checkmate(g: Graph, budget: int, *, time_limit: float, t0: float) -> SolverResult:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from sparseft.graph import Graph
+from sparseft.remat.graph import Graph
 
 # CP-SAT rejects a model whose objective could exceed int64 ("possible integer overflow"); stay
 # well below that with the soft model's weighted objective

@@ -6,7 +6,7 @@ memory and cut one copy that is live across it but not read there: the copy is f
 last read before the event and computed again (in the stage of its next read, before that read)
 from inputs that are live at that time. The cut chosen removes the most over-budget memory
 (net of what the inputs recomputed for it add) per unit of recomputation. Times are the stage grid of
-:mod:`sparseft._moccasin` (stage t, order position p -> ``t * n + p``).
+:mod:`sparseft.remat.solvers.moccasin` (stage t, order position p -> ``t * n + p``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sparseft.graph import Graph
+from sparseft.remat.graph import Graph
 
 
 def split_heuristic(

@@ -1,0 +1,1 @@
+"""Datasets: the built-in corpus, tokenization and image corruptions."""

@@ -1,0 +1,1 @@
+"""Models built on LoRS layers: GPT-2 / Llama decoders, an MLP, and Hugging Face checkpoint I/O."""

@@ -1,0 +1,1 @@
+"""The Planner's exact and heuristic solvers (each returns a ``SolverResult``)."""

@@ -1,0 +1,1 @@
+"""Robust Weight Signatures: extraction, quantization, merging and the bit-exact Patcher."""
