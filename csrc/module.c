@@ -97,8 +97,10 @@ static inline int arg_finite(PyArrayObject *a, const char *name) {
     int64_t bad;
     const float *p = (const float *)PyArray_DATA(a);
     int64_t n = (int64_t)PyArray_SIZE(a);
-    Py_BEGIN_ALLOW_THREADS bad = sft_count_nonfinite(p, n);
-    Py_END_ALLOW_THREADS if (bad) {
+    Py_BEGIN_ALLOW_THREADS
+    bad = sft_count_nonfinite(p, n);
+    Py_END_ALLOW_THREADS
+    if (bad) {
         PyErr_Format(PyExc_ValueError, "%s: contains NaN or infinity", name);
         return -1;
     }
@@ -235,10 +237,15 @@ static PyObject *py_gemm_into(PyObject *self, PyObject *args, PyObject *kwargs) 
     int64_t rsa = ta ? 1 : lda, csa = ta ? lda : 1, rsb = tb ? 1 : ldb, csb = tb ? ldb : 1;
     gemm_strided_b sb = {B, rsb, csb};
     int rc = 0;
-    Py_BEGIN_ALLOW_THREADS if (naive) sgemm_naive(C, ldc, A, rsa, csa, B, rsb, csb, M, N, K, beta);
-    else if (packb) rc = sgemm_packb_ab(C, ldc, A, rsa, csa, gemm_pack_b_strided, &sb, M, N, K, alpha, beta);
-    else rc = sgemm_ab(C, ldc, A, rsa, csa, B, rsb, csb, M, N, K, alpha, beta);
-    Py_END_ALLOW_THREADS if (rc != 0) return scratch_error();
+    Py_BEGIN_ALLOW_THREADS
+    if (naive)
+        sgemm_naive(C, ldc, A, rsa, csa, B, rsb, csb, M, N, K, beta);
+    else if (packb)
+        rc = sgemm_packb_ab(C, ldc, A, rsa, csa, gemm_pack_b_strided, &sb, M, N, K, alpha, beta);
+    else
+        rc = sgemm_ab(C, ldc, A, rsa, csa, B, rsb, csb, M, N, K, alpha, beta);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) return scratch_error();
     Py_RETURN_NONE;
 }
 
@@ -261,9 +268,10 @@ static PyObject *py_matmul(PyObject *self, PyObject *args, PyObject *kwargs) {
     int64_t lda = PyArray_DIM(a, 1), ldb = PyArray_DIM(b, 1);
     int rc;
     // a (M, K) row-major -> rsa = lda, csa = 1; transposed: rsa = 1, csa = lda (same for b)
-    Py_BEGIN_ALLOW_THREADS rc =
-        sgemm(C, N, A, ta ? 1 : lda, ta ? lda : 1, B, tb ? 1 : ldb, tb ? ldb : 1, M, N, K, 0.0f);
-    Py_END_ALLOW_THREADS if (rc != 0) {
+    Py_BEGIN_ALLOW_THREADS
+    rc = sgemm(C, N, A, ta ? 1 : lda, ta ? lda : 1, B, tb ? 1 : ldb, tb ? ldb : 1, M, N, K, 0.0f);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
         Py_DECREF(c);
         return scratch_error();
     }
@@ -356,9 +364,13 @@ static PyObject *py_lors_forward(PyObject *self, PyObject *args, PyObject *kwarg
     const float *A = (const float *)PyArray_DATA(a.A), *B = (const float *)PyArray_DATA(a.B);
     const float *bias_p = bias != NULL ? (const float *)PyArray_DATA(bias) : NULL;
     int rc = 0;
-    Py_BEGIN_ALLOW_THREADS if (naive) lors_forward_naive(Y, X, W, M, A, B, bias_p, s, N, a.in, a.out, a.r);
-    else rc = lors_forward(Y, X, W, M, A, B, bias_p, s, N, a.in, a.out, a.r);
-    Py_END_ALLOW_THREADS if (rc != 0) {
+    Py_BEGIN_ALLOW_THREADS
+    if (naive)
+        lors_forward_naive(Y, X, W, M, A, B, bias_p, s, N, a.in, a.out, a.r);
+    else
+        rc = lors_forward(Y, X, W, M, A, B, bias_p, s, N, a.in, a.out, a.r);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
         Py_DECREF(y);
         return scratch_error();
     }
@@ -387,9 +399,13 @@ static PyObject *py_lors_backward_input(PyObject *self, PyObject *args, PyObject
     const uint8_t *M = (const uint8_t *)PyArray_DATA(a.M);
     const float *A = (const float *)PyArray_DATA(a.A), *B = (const float *)PyArray_DATA(a.B);
     int rc = 0;
-    Py_BEGIN_ALLOW_THREADS if (naive) lors_backward_input_naive(GX, GY, W, M, A, B, s, N, a.in, a.out, a.r);
-    else rc = lors_backward_input(GX, GY, W, M, A, B, s, N, a.in, a.out, a.r);
-    Py_END_ALLOW_THREADS if (rc != 0) {
+    Py_BEGIN_ALLOW_THREADS
+    if (naive)
+        lors_backward_input_naive(GX, GY, W, M, A, B, s, N, a.in, a.out, a.r);
+    else
+        rc = lors_backward_input(GX, GY, W, M, A, B, s, N, a.in, a.out, a.r);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
         Py_DECREF(gx);
         return scratch_error();
     }
@@ -425,10 +441,13 @@ static PyObject *py_lors_backward_exact(PyObject *self, PyObject *args, PyObject
     const uint8_t *M = (const uint8_t *)PyArray_DATA(a.M);
     const float *A = (const float *)PyArray_DATA(a.A), *B = (const float *)PyArray_DATA(a.B);
     int rc = 0;
-    Py_BEGIN_ALLOW_THREADS if (naive)
+    Py_BEGIN_ALLOW_THREADS
+    if (naive)
         lors_backward_exact_naive(DA, DB, GY, X, M, A, B, s, N, a.in, a.out, a.r);
-    else rc = lors_backward_exact(DA, DB, GY, X, M, A, B, s, N, a.in, a.out, a.r);
-    Py_END_ALLOW_THREADS if (rc != 0) {
+    else
+        rc = lors_backward_exact(DA, DB, GY, X, M, A, B, s, N, a.in, a.out, a.r);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
         Py_DECREF(dA);
         Py_DECREF(dB);
         return scratch_error();
@@ -469,9 +488,13 @@ static PyObject *py_lors_backward_lors(PyObject *self, PyObject *args, PyObject 
     const float *GY = (const float *)PyArray_DATA(gy), *X = (const float *)PyArray_DATA(x);
     const float *Ap = (const float *)PyArray_DATA(A), *Bp = (const float *)PyArray_DATA(B);
     int rc = 0;
-    Py_BEGIN_ALLOW_THREADS if (naive) lors_backward_lors_naive(DA, DB, GY, X, Ap, Bp, s, N, in, out, r);
-    else rc = lors_backward_lors(DA, DB, GY, X, Ap, Bp, s, N, in, out, r);
-    Py_END_ALLOW_THREADS if (rc != 0) {
+    Py_BEGIN_ALLOW_THREADS
+    if (naive)
+        lors_backward_lors_naive(DA, DB, GY, X, Ap, Bp, s, N, in, out, r);
+    else
+        rc = lors_backward_lors(DA, DB, GY, X, Ap, Bp, s, N, in, out, r);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
         Py_DECREF(dA);
         Py_DECREF(dB);
         return scratch_error();
@@ -498,9 +521,13 @@ static PyObject *py_lors_merge(PyObject *self, PyObject *args, PyObject *kwargs)
     const float *W = (const float *)PyArray_DATA(a.W);
     const uint8_t *M = (const uint8_t *)PyArray_DATA(a.M);
     const float *A = (const float *)PyArray_DATA(a.A), *B = (const float *)PyArray_DATA(a.B);
-    Py_BEGIN_ALLOW_THREADS if (naive) lors_merge_naive(W2, W, M, A, B, s, a.in, a.out, a.r);
-    else lors_merge(W2, W, M, A, B, s, a.in, a.out, a.r);
-    Py_END_ALLOW_THREADS return (PyObject *)w2;
+    Py_BEGIN_ALLOW_THREADS
+    if (naive)
+        lors_merge_naive(W2, W, M, A, B, s, a.in, a.out, a.r);
+    else
+        lors_merge(W2, W, M, A, B, s, a.in, a.out, a.r);
+    Py_END_ALLOW_THREADS
+    return (PyObject *)w2;
 }
 
 static PyObject *py_lors_scratch_bytes(PyObject *self, PyObject *args) {
@@ -551,8 +578,10 @@ static PyObject *py_weightnorm_norms(PyObject *self, PyObject *args) {
     float *np_ = (float *)PyArray_DATA(n);
     const float *vp = (const float *)PyArray_DATA(v);
     int64_t R = PyArray_DIM(v, 0), C = PyArray_DIM(v, 1);
-    Py_BEGIN_ALLOW_THREADS rc = weightnorm_norms(np_, vp, R, C, dim);
-    Py_END_ALLOW_THREADS if (rc != 0) {
+    Py_BEGIN_ALLOW_THREADS
+    rc = weightnorm_norms(np_, vp, R, C, dim);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
         Py_DECREF(n);
         return scratch_error();
     }
@@ -587,8 +616,10 @@ static PyObject *py_weightnorm_forward(PyObject *self, PyObject *args, PyObject 
     float *wp = (float *)PyArray_DATA(w);
     const float *vp = (const float *)PyArray_DATA(v), *gp = (const float *)PyArray_DATA(g);
     int64_t R = PyArray_DIM(v, 0), C = PyArray_DIM(v, 1);
-    Py_BEGIN_ALLOW_THREADS rc = weightnorm_forward(wp, vp, gp, R, C, dim);
-    Py_END_ALLOW_THREADS if (rc != 0) {
+    Py_BEGIN_ALLOW_THREADS
+    rc = weightnorm_forward(wp, vp, gp, R, C, dim);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
         Py_DECREF(w);
         return scratch_error();
     }
@@ -620,8 +651,10 @@ static PyObject *py_weightnorm_backward(PyObject *self, PyObject *args, PyObject
     const float *gwp = (const float *)PyArray_DATA(gw), *vp = (const float *)PyArray_DATA(v);
     const float *gp = (const float *)PyArray_DATA(g);
     int64_t R = PyArray_DIM(v, 0), C = PyArray_DIM(v, 1);
-    Py_BEGIN_ALLOW_THREADS rc = weightnorm_backward(gvp, ggp, gwp, vp, gp, R, C, dim);
-    Py_END_ALLOW_THREADS if (rc != 0) {
+    Py_BEGIN_ALLOW_THREADS
+    rc = weightnorm_backward(gvp, ggp, gwp, vp, gp, R, C, dim);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
         Py_DECREF(gv);
         Py_DECREF(gg);
         return scratch_error();
@@ -665,8 +698,10 @@ static PyObject *py_dora_rownorm_forward(PyObject *self, PyObject *args) {
     const float *Bp = (const float *)PyArray_DATA(B);
     const uint8_t *Mp = (const uint8_t *)PyArray_DATA(M);
     int64_t in = PyArray_DIM(W, 1), r = PyArray_DIM(A, 0);
-    Py_BEGIN_ALLOW_THREADS rc = dora_rownorm_forward(np_, Wp, Mp, Ap, Bp, s, out, in, r);
-    Py_END_ALLOW_THREADS if (rc != 0) {
+    Py_BEGIN_ALLOW_THREADS
+    rc = dora_rownorm_forward(np_, Wp, Mp, Ap, Bp, s, out, in, r);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
         Py_DECREF(n);
         return scratch_error();
     }
@@ -700,8 +735,10 @@ static PyObject *py_dora_rownorm_backward(PyObject *self, PyObject *args) {
     const float *Wp = (const float *)PyArray_DATA(W), *Ap = (const float *)PyArray_DATA(A);
     const float *Bp = (const float *)PyArray_DATA(B);
     const uint8_t *Mp = (const uint8_t *)PyArray_DATA(M);
-    Py_BEGIN_ALLOW_THREADS rc = dora_rownorm_backward(dAp, dBp, gnp, np_, Wp, Mp, Ap, Bp, s, out, in, r);
-    Py_END_ALLOW_THREADS if (rc != 0) {
+    Py_BEGIN_ALLOW_THREADS
+    rc = dora_rownorm_backward(dAp, dBp, gnp, np_, Wp, Mp, Ap, Bp, s, out, in, r);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
         Py_DECREF(dA);
         Py_DECREF(dB);
         return scratch_error();
@@ -731,9 +768,10 @@ static int arg_csr(PyArrayObject **ptr, PyArrayObject **idx, PyObject *ptr_o, Py
     *idx = arg_i64(idx_o, idx_name, -1, "");
     if (*idx == NULL) return -1;
     int ok;
-    Py_BEGIN_ALLOW_THREADS ok =
-        remat_check_csr(i64(*ptr), i64(*idx), (int64_t)n, (int64_t)PyArray_DIM(*idx, 0));
-    Py_END_ALLOW_THREADS if (!ok) {
+    Py_BEGIN_ALLOW_THREADS
+    ok = remat_check_csr(i64(*ptr), i64(*idx), (int64_t)n, (int64_t)PyArray_DIM(*idx, 0));
+    Py_END_ALLOW_THREADS
+    if (!ok) {
         PyErr_Format(PyExc_ValueError,
                      "%s/%s: expected a CSR adjacency of %zd nodes (offsets from 0 to len(%s) = %zd, "
                      "non-decreasing, indices in [0, %zd)), got something else",
@@ -781,10 +819,11 @@ static PyObject *py_remat_simulate(PyObject *self, PyObject *args, PyObject *kwa
     }
     int64_t res[4];
     int rc;
-    Py_BEGIN_ALLOW_THREADS rc =
-        remat_simulate(res, prof ? (int64_t *)PyArray_DATA(prof) : NULL, i64(steps), i64(mem), i64(dur),
-                       i64(ptr), i64(idx), (int64_t)n, (int64_t)ns);
-    Py_END_ALLOW_THREADS if (rc == REMAT_ENOMEM) {
+    Py_BEGIN_ALLOW_THREADS
+    rc = remat_simulate(res, prof ? (int64_t *)PyArray_DATA(prof) : NULL, i64(steps), i64(mem), i64(dur),
+                        i64(ptr), i64(idx), (int64_t)n, (int64_t)ns);
+    Py_END_ALLOW_THREADS
+    if (rc == REMAT_ENOMEM) {
         Py_XDECREF(prof);
         return PyErr_NoMemory();
     }
@@ -814,9 +853,11 @@ static PyObject *py_remat_compact(PyObject *self, PyObject *args, PyObject *kwar
     if (out == NULL) return NULL;
     int64_t w = 0;
     int rc;
-    Py_BEGIN_ALLOW_THREADS rc = remat_compact((int64_t *)PyArray_DATA(out), &w, i64(steps), i64(ptr),
-                                              i64(idx), (int64_t)n, (int64_t)ns, (int64_t)cap);
-    Py_END_ALLOW_THREADS if (rc != REMAT_OK) {
+    Py_BEGIN_ALLOW_THREADS
+    rc = remat_compact((int64_t *)PyArray_DATA(out), &w, i64(steps), i64(ptr), i64(idx), (int64_t)n,
+                       (int64_t)ns, (int64_t)cap);
+    Py_END_ALLOW_THREADS
+    if (rc != REMAT_OK) {
         Py_DECREF(out);
         if (rc == REMAT_ENOMEM) return PyErr_NoMemory();
         PyErr_Format(PyExc_ValueError,
@@ -872,13 +913,16 @@ static PyObject *remat_run_planner(PyObject *args, PyObject *kwargs, int greedy)
         int64_t info[3];
         int rc;
         int64_t *o = (int64_t *)PyArray_DATA(out);
-        Py_BEGIN_ALLOW_THREADS if (greedy) rc =
-            remat_greedy(o, info, i64(mem), i64(dur), i64(ptr), i64(idx), i64(sptr), i64(sidx), i64(order),
-                         (int64_t)n, (int64_t)budget, (int64_t)cap);
-        else rc = remat_plan_stages(o, info, i64(mem), i64(dur), i64(ptr), i64(idx), i64(sptr), i64(sidx),
-                                    i64(order), seg ? i64(seg) : NULL, (int64_t)n, (int64_t)budget, mem_exp,
-                                    dist_exp, (int64_t)cap);
-        Py_END_ALLOW_THREADS if (rc == REMAT_ECAPACITY && cap < ((npy_intp)1 << 40)) {
+        Py_BEGIN_ALLOW_THREADS
+        if (greedy)
+            rc = remat_greedy(o, info, i64(mem), i64(dur), i64(ptr), i64(idx), i64(sptr), i64(sidx),
+                              i64(order), (int64_t)n, (int64_t)budget, (int64_t)cap);
+        else
+            rc = remat_plan_stages(o, info, i64(mem), i64(dur), i64(ptr), i64(idx), i64(sptr), i64(sidx),
+                                   i64(order), seg ? i64(seg) : NULL, (int64_t)n, (int64_t)budget, mem_exp,
+                                   dist_exp, (int64_t)cap);
+        Py_END_ALLOW_THREADS
+        if (rc == REMAT_ECAPACITY && cap < ((npy_intp)1 << 40)) {
             Py_DECREF(out);
             cap *= 4;
             continue;
@@ -970,8 +1014,10 @@ static int parse_sparse_base(PyObject *base, sparse_base *W) {
         return -1;
     }
     int bad;
-    Py_BEGIN_ALLOW_THREADS bad = sparse_check(W, nnz);
-    Py_END_ALLOW_THREADS if (bad) {
+    Py_BEGIN_ALLOW_THREADS
+    bad = sparse_check(W, nnz);
+    Py_END_ALLOW_THREADS
+    if (bad) {
         static const char *why[] = {"", "rowptr: expected 0, nondecreasing, ending at the number of values",
                                     "indices: expected increasing column indices in [0, in) within each row",
                                     "indices: expected increasing positions in [0, m) within each group",
@@ -1018,9 +1064,13 @@ static PyObject *py_sparse_forward(PyObject *self, PyObject *args, PyObject *kwa
     const float *X = (const float *)PyArray_DATA(x), *A = (const float *)PyArray_DATA(a),
                 *B = (const float *)PyArray_DATA(b);
     int rc = 0;
-    Py_BEGIN_ALLOW_THREADS if (naive) sparse_forward_naive(Y, &W, X, A, B, (float)scale, N, r);
-    else rc = sparse_forward(Y, &W, X, A, B, (float)scale, N, r);
-    Py_END_ALLOW_THREADS if (rc != 0) {
+    Py_BEGIN_ALLOW_THREADS
+    if (naive)
+        sparse_forward_naive(Y, &W, X, A, B, (float)scale, N, r);
+    else
+        rc = sparse_forward(Y, &W, X, A, B, (float)scale, N, r);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
         Py_DECREF(y);
         return scratch_error();
     }
@@ -1063,9 +1113,13 @@ static PyObject *py_sparse_backward(PyObject *self, PyObject *args, PyObject *kw
     const float *GY = (const float *)PyArray_DATA(gy), *X = x ? (const float *)PyArray_DATA(x) : NULL,
                 *A = (const float *)PyArray_DATA(a), *B = (const float *)PyArray_DATA(b);
     int rc = 0;
-    Py_BEGIN_ALLOW_THREADS if (naive) sparse_backward_naive(GX, DA, DB, &W, GY, X, A, B, (float)scale, N, r);
-    else rc = sparse_backward(GX, DA, DB, &W, GY, X, A, B, (float)scale, N, r);
-    Py_END_ALLOW_THREADS if (rc != 0) {
+    Py_BEGIN_ALLOW_THREADS
+    if (naive)
+        sparse_backward_naive(GX, DA, DB, &W, GY, X, A, B, (float)scale, N, r);
+    else
+        rc = sparse_backward(GX, DA, DB, &W, GY, X, A, B, (float)scale, N, r);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
         Py_XDECREF(gx), Py_XDECREF(da), Py_XDECREF(db);
         return scratch_error();
     }
@@ -1093,8 +1147,10 @@ static PyObject *py_sparse_merge(PyObject *self, PyObject *args, PyObject *kwarg
     float *V = (float *)PyArray_DATA(vals);
     const float *A = (const float *)PyArray_DATA(a), *B = (const float *)PyArray_DATA(b);
     int rc;
-    Py_BEGIN_ALLOW_THREADS rc = sparse_merge(V, &W, A, B, (float)scale, r);
-    Py_END_ALLOW_THREADS if (rc != 0) {
+    Py_BEGIN_ALLOW_THREADS
+    rc = sparse_merge(V, &W, A, B, (float)scale, r);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
         Py_DECREF(vals);
         return scratch_error();
     }
