@@ -62,6 +62,8 @@ static inline int sft_team_size(void) {
     return 1;
 #endif
 }
+/* The most threads the kernels accept: per-thread scratch and partial sums grow with the count. */
+#define SFT_MAX_THREADS 4096
 void sft_set_num_threads(int n);
 int sft_openmp_enabled(void);
 

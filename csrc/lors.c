@@ -276,7 +276,7 @@ void lors_forward_naive(float *y, const float *x, const float *W, const uint8_t 
             float acc = 0.0f;
             for (int64_t k = 0; k < in; k++) {
                 float wp = W[j * in + k];
-                if (M[j * in + k]) {
+                if (M[j * in + k] && s != 0.0f) { /* scale 0: the adapter is off, W' = W */
                     float ba = 0.0f;
                     for (int64_t t = 0; t < r; t++) ba += B[j * r + t] * A[t * in + k];
                     wp += s * ba;
@@ -306,7 +306,7 @@ void lors_backward_input_naive(float *gx, const float *gy, const float *W, const
             float acc = 0.0f;
             for (int64_t j = 0; j < out; j++) {
                 float wp = W[j * in + k];
-                if (M[j * in + k]) {
+                if (M[j * in + k] && s != 0.0f) { /* scale 0: the adapter is off, W' = W */
                     float ba = 0.0f;
                     for (int64_t t = 0; t < r; t++) ba += B[j * r + t] * A[t * in + k];
                     wp += s * ba;
@@ -364,7 +364,8 @@ int lors_backward_exact(float *dA, float *dB, const float *gy, const float *x, c
                         int64_t r) {
     memset(dA, 0, sizeof(float) * (size_t)(r * in));
     memset(dB, 0, sizeof(float) * (size_t)(out * r));
-    if (N <= 0 || r <= 0 || in <= 0 || out <= 0) return 0;
+    // scale 0: the adapter is off and its gradients are exactly 0 (never 0 * inf)
+    if (N <= 0 || r <= 0 || in <= 0 || out <= 0 || s == 0.0f) return 0;
     int nth = sft_get_num_threads();
     // each thread takes one slab of output rows (as equal as LORS_ROW_ALIGN allows) and tiles
     // it with equal tiles of at most LORS_TILE_O x LORS_TILE_I: a fixed grid of 144-row tiles
@@ -434,6 +435,7 @@ void lors_backward_exact_naive(float *dA, float *dB, const float *gy, const floa
                                int64_t r) {
     memset(dA, 0, sizeof(float) * (size_t)(r * in));
     memset(dB, 0, sizeof(float) * (size_t)(out * r));
+    if (s == 0.0f) return; /* the adapter is off: its gradients are exactly 0 */
     // one masked entry of G = gy^T x at a time, scattered into dA and dB
     for (int64_t j = 0; j < out; j++)
         for (int64_t k = 0; k < in; k++) {
@@ -452,7 +454,7 @@ void lors_backward_exact_naive(float *dA, float *dB, const float *gy, const floa
 int lors_backward_lors(float *dA, float *dB, const float *gy, const float *x, const float *A, const float *B,
                        float s, int64_t N, int64_t in, int64_t out, int64_t r) {
     if (r <= 0 || in <= 0 || out <= 0) return 0;
-    if (N <= 0) {
+    if (N <= 0 || s == 0.0f) { /* scale 0: the adapter is off, its gradients exactly 0 */
         memset(dA, 0, sizeof(float) * (size_t)(r * in));
         memset(dB, 0, sizeof(float) * (size_t)(out * r));
         return 0;
@@ -488,6 +490,7 @@ void lors_backward_lors_naive(float *dA, float *dB, const float *gy, const float
                               const float *B, float s, int64_t N, int64_t in, int64_t out, int64_t r) {
     memset(dA, 0, sizeof(float) * (size_t)(r * in));
     memset(dB, 0, sizeof(float) * (size_t)(out * r));
+    if (s == 0.0f) return; /* the adapter is off: its gradients are exactly 0 */
     // token by token: xa = x[n] A^T, gb = gy[n] B, then the two rank-1 style updates
     for (int64_t n = 0; n < N; n++)
         for (int64_t t = 0; t < r; t++) {
@@ -522,11 +525,11 @@ void lors_merge(float *Wout, const float *W, const uint8_t *M, const float *A, c
 
 void lors_merge_naive(float *Wout, const float *W, const uint8_t *M, const float *A, const float *B, float s,
                       int64_t in, int64_t out, int64_t r) {
-    // element by element
+    // element by element (scale 0: the adapter is off, W' = W)
     for (int64_t j = 0; j < out; j++)
         for (int64_t k = 0; k < in; k++) {
             float ba = 0.0f;
             for (int64_t t = 0; t < r; t++) ba += B[j * r + t] * A[t * in + k];
-            Wout[j * in + k] = M[j * in + k] ? W[j * in + k] + s * ba : W[j * in + k];
+            Wout[j * in + k] = M[j * in + k] && s != 0.0f ? W[j * in + k] + s * ba : W[j * in + k];
         }
 }

@@ -107,13 +107,138 @@ static inline int arg_finite(PyArrayObject *a, const char *name) {
     return 0;
 }
 
+/* Checks that obj is an integer (int, numpy integer or anything with __index__, but not a bool
+ * or an array) in [lo, hi]; stores it in *out. TypeError / ValueError name the argument. */
+static int arg_int(PyObject *obj, const char *name, long long lo, long long hi, long long *out) {
+    if (obj == NULL || PyBool_Check(obj) || PyArray_Check(obj) || !PyIndex_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected an integer, got %s", name,
+                     obj == NULL ? "nothing" : Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    PyObject *i = PyNumber_Index(obj);
+    if (i == NULL) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s: expected an integer, got %s", name, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(i, &overflow);
+    Py_DECREF(i);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (overflow || v < lo || v > hi) {
+        if (overflow)
+            PyErr_Format(PyExc_ValueError, "%s: expected an integer in [%lld, %lld], got one outside int64",
+                         name, lo, hi);
+        else
+            PyErr_Format(PyExc_ValueError, "%s: expected an integer in [%lld, %lld], got %lld", name, lo, hi,
+                         v);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Checks that obj is a boolean flag: a bool, a numpy bool or an integer (nonzero = true); an array
+ * or anything else is a TypeError naming the argument. obj NULL (not passed) leaves *out alone. */
+static int arg_flag(PyObject *obj, const char *name, int *out) {
+    if (obj == NULL) return 0;
+    if (PyBool_Check(obj) || PyArray_IsScalar(obj, Bool) || (PyIndex_Check(obj) && !PyArray_Check(obj))) {
+        int t = PyObject_IsTrue(obj);
+        if (t < 0) return -1;
+        *out = t;
+        return 0;
+    }
+    PyErr_Format(PyExc_TypeError, "%s: expected a bool, got %s", name, Py_TYPE(obj)->tp_name);
+    return -1;
+}
+
+/* Checks that obj is a real number (float, int, numpy scalar; not a bool, str or array) and
+ * stores it as a double; an int beyond the double range is a ValueError naming the argument. */
+static int arg_real(PyObject *obj, const char *name, double *out) {
+    if (obj == NULL || PyBool_Check(obj) || PyArray_Check(obj) || PyUnicode_Check(obj) ||
+        PyBytes_Check(obj) || !(PyFloat_Check(obj) || PyLong_Check(obj) || PyNumber_Check(obj))) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a real number, got %s", name,
+                     obj == NULL ? "nothing" : Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    double v = PyLong_Check(obj) ? PyLong_AsDouble(obj) : PyFloat_AsDouble(obj);
+    if (v == -1.0 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError,
+                         "%s: expected a finite number, got an integer beyond the float range", name);
+        } else {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "%s: expected a real number, got %s", name, Py_TYPE(obj)->tp_name);
+        }
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Checks that obj is a real number that is finite as a float32 too (1e39 would become inf and
+ * turn 0 * scale into NaN); stores it as a double. */
+static int arg_f32_number(PyObject *obj, const char *name, double *out) {
+    double v;
+    if (arg_real(obj, name, &v) < 0) return -1;
+    if (isfinite(v) && fabs(v) <= FLT_MAX) {
+        *out = v;
+        return 0;
+    }
+    if (isfinite(v)) {
+        char msg[160]; /* PyErr_Format has no %g */
+        snprintf(msg, sizeof msg, "%s: expected a finite float32 number (|%s| <= %g), got %g", name, name,
+                 (double)FLT_MAX, v);
+        PyErr_SetString(PyExc_ValueError, msg);
+    } else
+        PyErr_Format(PyExc_ValueError, "%s: expected a finite number, got %s", name,
+                     isnan(v) ? "nan" : "inf");
+    return -1;
+}
+
+/* Checks that obj is a str without NUL characters; *out borrows its UTF-8 buffer. */
+static int arg_str(PyObject *obj, const char *name, const char **out) {
+    if (!PyUnicode_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a str, got %s", name, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    Py_ssize_t len;
+    const char *s = PyUnicode_AsUTF8AndSize(obj, &len);
+    if (s == NULL) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s: expected a UTF-8 encodable str", name);
+        return -1;
+    }
+    if ((Py_ssize_t)strlen(s) != len) {
+        PyErr_Format(PyExc_ValueError, "%s: expected a str without NUL characters, got %R", name, obj);
+        return -1;
+    }
+    *out = s;
+    return 0;
+}
+
+/* Refuses two arrays whose memory overlaps (by address range, not identity: views count). Both
+ * are C-contiguous, so the range [data, data + nbytes) is exactly the bytes each one touches. */
+static int arg_disjoint(PyArrayObject *a, const char *an, PyArrayObject *b, const char *bn) {
+    const char *pa = (const char *)PyArray_DATA(a), *pb = (const char *)PyArray_DATA(b);
+    npy_intp na = PyArray_NBYTES(a), nb = PyArray_NBYTES(b);
+    if (na == 0 || nb == 0 || pa + na <= pb || pb + nb <= pa) return 0;
+    PyErr_Format(PyExc_ValueError,
+                 "%s, %s: expected arrays that do not share memory, got overlapping ones "
+                 "(pass a copy of %s)",
+                 an, bn, bn);
+    return -1;
+}
+
 /* A new uninitialised float32 array of the given shape. */
 static PyArrayObject *new_f32(int nd, const npy_intp *dims) {
     return (PyArrayObject *)PyArray_EMPTY(nd, (npy_intp *)dims, NPY_FLOAT32, 0);
 }
 
-static PyObject *scratch_error(void) {
-    return PyErr_NoMemory();
+/* The kernel could not allocate its scratch memory: a MemoryError that says where. */
+static PyObject *scratch_error(const char *fn) {
+    return PyErr_Format(PyExc_MemoryError, "%s: could not allocate the kernel's scratch memory", fn);
 }
 
 /* ---- runtime: build info, threads, SIMD path, scratch ------------------------------------- */
@@ -144,13 +269,11 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
 
 static PyObject *py_set_num_threads(PyObject *self, PyObject *args) {
     (void)self;
-    int n;
-    if (!PyArg_ParseTuple(args, "i:set_num_threads", &n)) return NULL;
-    if (n < 1) {
-        PyErr_Format(PyExc_ValueError, "n: expected a thread count >= 1, got %d", n);
+    PyObject *no;
+    long long n;
+    if (!PyArg_ParseTuple(args, "O:set_num_threads", &no) || arg_int(no, "n", 1, SFT_MAX_THREADS, &n) < 0)
         return NULL;
-    }
-    sft_set_num_threads(n);
+    sft_set_num_threads((int)n);
     Py_RETURN_NONE;
 }
 
@@ -161,8 +284,9 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs) {
 
 static PyObject *py_set_simd(PyObject *self, PyObject *args) {
     (void)self;
+    PyObject *po;
     const char *name;
-    if (!PyArg_ParseTuple(args, "s:set_simd", &name)) return NULL;
+    if (!PyArg_ParseTuple(args, "O:set_simd", &po) || arg_str(po, "path", &name) < 0) return NULL;
     int path;
     if (strcmp(name, "portable") == 0)
         path = SFT_SIMD_PORTABLE;
@@ -205,15 +329,20 @@ static PyObject *py_reset_scratch_peak(PyObject *self, PyObject *noargs) {
 static PyObject *py_gemm_into(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"c", "a", "b", "trans_a", "trans_b", "alpha", "beta", "packb", "naive", NULL};
-    PyObject *co, *ao, *bo;
+    PyObject *co, *ao, *bo, *tao = NULL, *tbo = NULL, *alo = NULL, *beo = NULL, *pbo = NULL, *nvo = NULL;
     int ta = 0, tb = 0, packb = 0, naive = 0;
-    float alpha = 1.0f, beta = 0.0f;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|ppffpp:gemm_into", kwlist, &co, &ao, &bo, &ta, &tb,
-                                     &alpha, &beta, &packb, &naive))
+    double ad = 1.0, bd = 0.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOOOOO:gemm_into", kwlist, &co, &ao, &bo, &tao, &tbo,
+                                     &alo, &beo, &pbo, &nvo) ||
+        arg_flag(tao, "trans_a", &ta) < 0 || arg_flag(tbo, "trans_b", &tb) < 0 ||
+        arg_flag(pbo, "packb", &packb) < 0 || arg_flag(nvo, "naive", &naive) < 0 ||
+        (alo != NULL && arg_f32_number(alo, "alpha", &ad) < 0) ||
+        (beo != NULL && arg_f32_number(beo, "beta", &bd) < 0))
         return NULL;
+    const float alpha = (float)ad, beta = (float)bd;
     PyArrayObject *c = arg_f32(co, "c", 2), *a = c ? arg_f32(ao, "a", 2) : NULL;
     PyArrayObject *b = a ? arg_f32(bo, "b", 2) : NULL;
-    if (b == NULL) return NULL;
+    if (b == NULL || arg_disjoint(c, "c", a, "a") < 0 || arg_disjoint(c, "c", b, "b") < 0) return NULL;
     if (!PyArray_ISWRITEABLE(c)) {
         PyErr_SetString(PyExc_ValueError, "c: expected a writeable array, got a read-only one");
         return NULL;
@@ -245,16 +374,18 @@ static PyObject *py_gemm_into(PyObject *self, PyObject *args, PyObject *kwargs) 
     else
         rc = sgemm_ab(C, ldc, A, rsa, csa, B, rsb, csb, M, N, K, alpha, beta);
     Py_END_ALLOW_THREADS
-    if (rc != 0) return scratch_error();
+    if (rc != 0) return scratch_error("gemm_into");
     Py_RETURN_NONE;
 }
 
 static PyObject *py_matmul(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"a", "b", "trans_a", "trans_b", NULL};
-    PyObject *ao, *bo;
+    PyObject *ao, *bo, *tao = NULL, *tbo = NULL;
     int ta = 0, tb = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|pp:matmul", kwlist, &ao, &bo, &ta, &tb)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OO:matmul", kwlist, &ao, &bo, &tao, &tbo) ||
+        arg_flag(tao, "trans_a", &ta) < 0 || arg_flag(tbo, "trans_b", &tb) < 0)
+        return NULL;
     PyArrayObject *a = arg_f32(ao, "a", 2), *b = a ? arg_f32(bo, "b", 2) : NULL;
     if (b == NULL) return NULL;
     npy_intp M = PyArray_DIM(a, ta ? 1 : 0), K = PyArray_DIM(a, ta ? 0 : 1);
@@ -273,7 +404,7 @@ static PyObject *py_matmul(PyObject *self, PyObject *args, PyObject *kwargs) {
     Py_END_ALLOW_THREADS
     if (rc != 0) {
         Py_DECREF(c);
-        return scratch_error();
+        return scratch_error("matmul");
     }
     return (PyObject *)c;
 }
@@ -313,21 +444,6 @@ static int lors_parse(PyObject *Wo, PyObject *Mo, PyObject *Ao, PyObject *Bo, in
     return 0;
 }
 
-/* Checks a scale (parsed as a double) for the float32 kernels: finite, and finite as a float32 too
- * (1e39 would become inf and turn 0 * scale into NaN). */
-static int check_scale(double scale) {
-    if (isfinite(scale) && fabs(scale) <= FLT_MAX) return 0;
-    if (isfinite(scale)) {
-        char msg[128]; /* PyErr_Format has no %g */
-        snprintf(msg, sizeof msg, "scale: expected a finite float32 number (|scale| <= %g), got %g",
-                 (double)FLT_MAX, scale);
-        PyErr_SetString(PyExc_ValueError, msg);
-    } else
-        PyErr_Format(PyExc_ValueError, "scale: expected a finite number, got %s",
-                     isnan(scale) ? "nan" : "inf");
-    return -1;
-}
-
 /* A 2-D activation (rows, cols) with cols fixed by the weights. */
 static PyArrayObject *lors_act(PyObject *o, const char *name, npy_intp cols, const char *what, int check) {
     PyArrayObject *a = arg_f32(o, name, 2);
@@ -338,14 +454,15 @@ static PyArrayObject *lors_act(PyObject *o, const char *name, npy_intp cols, con
 static PyObject *py_lors_forward(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"x", "W", "mask", "A", "B", "scale", "bias", "check_weights", "naive", NULL};
-    PyObject *xo, *Wo, *Mo, *Ao, *Bo, *bo = Py_None;
+    PyObject *xo, *Wo, *Mo, *Ao, *Bo, *sdo, *bo = Py_None, *cho = NULL, *nvo = NULL;
     double sd;
     int check = 1, naive = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOd|Opp:lors_forward", kwlist, &xo, &Wo, &Mo, &Ao, &Bo,
-                                     &sd, &bo, &check, &naive))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO|OOO:lors_forward", kwlist, &xo, &Wo, &Mo, &Ao, &Bo,
+                                     &sdo, &bo, &cho, &nvo) ||
+        arg_flag(cho, "check_weights", &check) < 0 || arg_flag(nvo, "naive", &naive) < 0)
         return NULL;
     lors_args a;
-    if (lors_parse(Wo, Mo, Ao, Bo, check, &a) < 0 || check_scale(sd) < 0) return NULL;
+    if (lors_parse(Wo, Mo, Ao, Bo, check, &a) < 0 || arg_f32_number(sdo, "scale", &sd) < 0) return NULL;
     const float s = (float)sd;
     PyArrayObject *x = lors_act(xo, "x", a.in, "in, from W", 1);
     if (x == NULL) return NULL;
@@ -372,7 +489,7 @@ static PyObject *py_lors_forward(PyObject *self, PyObject *args, PyObject *kwarg
     Py_END_ALLOW_THREADS
     if (rc != 0) {
         Py_DECREF(y);
-        return scratch_error();
+        return scratch_error("lors_forward");
     }
     return (PyObject *)y;
 }
@@ -380,14 +497,15 @@ static PyObject *py_lors_forward(PyObject *self, PyObject *args, PyObject *kwarg
 static PyObject *py_lors_backward_input(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"gy", "W", "mask", "A", "B", "scale", "check_weights", "naive", NULL};
-    PyObject *go, *Wo, *Mo, *Ao, *Bo;
+    PyObject *go, *Wo, *Mo, *Ao, *Bo, *sdo, *cho = NULL, *nvo = NULL;
     double sd;
     int check = 1, naive = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOd|pp:lors_backward_input", kwlist, &go, &Wo, &Mo,
-                                     &Ao, &Bo, &sd, &check, &naive))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO|OO:lors_backward_input", kwlist, &go, &Wo, &Mo,
+                                     &Ao, &Bo, &sdo, &cho, &nvo) ||
+        arg_flag(cho, "check_weights", &check) < 0 || arg_flag(nvo, "naive", &naive) < 0)
         return NULL;
     lors_args a;
-    if (lors_parse(Wo, Mo, Ao, Bo, check, &a) < 0 || check_scale(sd) < 0) return NULL;
+    if (lors_parse(Wo, Mo, Ao, Bo, check, &a) < 0 || arg_f32_number(sdo, "scale", &sd) < 0) return NULL;
     const float s = (float)sd;
     PyArrayObject *gy = lors_act(go, "gy", a.out, "out, from W", 1);
     if (gy == NULL) return NULL;
@@ -407,7 +525,7 @@ static PyObject *py_lors_backward_input(PyObject *self, PyObject *args, PyObject
     Py_END_ALLOW_THREADS
     if (rc != 0) {
         Py_DECREF(gx);
-        return scratch_error();
+        return scratch_error("lors_backward_input");
     }
     return (PyObject *)gx;
 }
@@ -415,14 +533,15 @@ static PyObject *py_lors_backward_input(PyObject *self, PyObject *args, PyObject
 static PyObject *py_lors_backward_exact(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"gy", "x", "mask", "A", "B", "scale", "check_finite", "naive", NULL};
-    PyObject *go, *xo, *Mo, *Ao, *Bo;
+    PyObject *go, *xo, *Mo, *Ao, *Bo, *sdo, *cho = NULL, *nvo = NULL;
     double sd;
     int check = 1, naive = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOd|pp:lors_backward_exact", kwlist, &go, &xo, &Mo,
-                                     &Ao, &Bo, &sd, &check, &naive))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO|OO:lors_backward_exact", kwlist, &go, &xo, &Mo,
+                                     &Ao, &Bo, &sdo, &cho, &nvo) ||
+        arg_flag(cho, "check_finite", &check) < 0 || arg_flag(nvo, "naive", &naive) < 0)
         return NULL;
     lors_args a;
-    if (lors_parse(NULL, Mo, Ao, Bo, 0, &a) < 0 || check_scale(sd) < 0) return NULL;
+    if (lors_parse(NULL, Mo, Ao, Bo, 0, &a) < 0 || arg_f32_number(sdo, "scale", &sd) < 0) return NULL;
     const float s = (float)sd;
     PyArrayObject *gy = lors_act(go, "gy", a.out, "out, from mask", check);
     if (gy == NULL) return NULL;
@@ -450,7 +569,7 @@ static PyObject *py_lors_backward_exact(PyObject *self, PyObject *args, PyObject
     if (rc != 0) {
         Py_DECREF(dA);
         Py_DECREF(dB);
-        return scratch_error();
+        return scratch_error("lors_backward_exact");
     }
     return Py_BuildValue("NN", dA, dB);
 }
@@ -458,11 +577,12 @@ static PyObject *py_lors_backward_exact(PyObject *self, PyObject *args, PyObject
 static PyObject *py_lors_backward_lors(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"gy", "x", "A", "B", "scale", "check_finite", "naive", NULL};
-    PyObject *go, *xo, *Ao, *Bo;
+    PyObject *go, *xo, *Ao, *Bo, *sdo, *cho = NULL, *nvo = NULL;
     double sd;
     int check = 1, naive = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOd|pp:lors_backward_lors", kwlist, &go, &xo, &Ao, &Bo,
-                                     &sd, &check, &naive))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO|OO:lors_backward_lors", kwlist, &go, &xo, &Ao, &Bo,
+                                     &sdo, &cho, &nvo) ||
+        arg_flag(cho, "check_finite", &check) < 0 || arg_flag(nvo, "naive", &naive) < 0)
         return NULL;
     PyArrayObject *A = arg_f32(Ao, "A", 2);
     if (A == NULL) return NULL;
@@ -470,7 +590,8 @@ static PyObject *py_lors_backward_lors(PyObject *self, PyObject *args, PyObject 
     PyArrayObject *B = arg_f32(Bo, "B", 2);
     if (B == NULL || arg_dim(B, "B", 1, r, "r, from A") < 0) return NULL;
     npy_intp out = PyArray_DIM(B, 0);
-    if (arg_finite(A, "A") < 0 || arg_finite(B, "B") < 0 || check_scale(sd) < 0) return NULL;
+    if (arg_finite(A, "A") < 0 || arg_finite(B, "B") < 0 || arg_f32_number(sdo, "scale", &sd) < 0)
+        return NULL;
     const float s = (float)sd;
     PyArrayObject *gy = lors_act(go, "gy", out, "out, from B", check);
     if (gy == NULL) return NULL;
@@ -497,7 +618,7 @@ static PyObject *py_lors_backward_lors(PyObject *self, PyObject *args, PyObject 
     if (rc != 0) {
         Py_DECREF(dA);
         Py_DECREF(dB);
-        return scratch_error();
+        return scratch_error("lors_backward_lors");
     }
     return Py_BuildValue("NN", dA, dB);
 }
@@ -505,14 +626,15 @@ static PyObject *py_lors_backward_lors(PyObject *self, PyObject *args, PyObject 
 static PyObject *py_lors_merge(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"W", "mask", "A", "B", "scale", "naive", NULL};
-    PyObject *Wo, *Mo, *Ao, *Bo;
+    PyObject *Wo, *Mo, *Ao, *Bo, *sdo, *nvo = NULL;
     double sd;
     int naive = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOd|p:lors_merge", kwlist, &Wo, &Mo, &Ao, &Bo, &sd,
-                                     &naive))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO|O:lors_merge", kwlist, &Wo, &Mo, &Ao, &Bo, &sdo,
+                                     &nvo) ||
+        arg_flag(nvo, "naive", &naive) < 0)
         return NULL;
     lors_args a;
-    if (lors_parse(Wo, Mo, Ao, Bo, 1, &a) < 0 || check_scale(sd) < 0) return NULL;
+    if (lors_parse(Wo, Mo, Ao, Bo, 1, &a) < 0 || arg_f32_number(sdo, "scale", &sd) < 0) return NULL;
     const float s = (float)sd;
     npy_intp dims[2] = {a.out, a.in};
     PyArrayObject *w2 = new_f32(2, dims);
@@ -532,8 +654,13 @@ static PyObject *py_lors_merge(PyObject *self, PyObject *args, PyObject *kwargs)
 
 static PyObject *py_lors_scratch_bytes(PyObject *self, PyObject *args) {
     (void)self;
+    PyObject *io, *oo, *ro;
     long long in, out, r;
-    if (!PyArg_ParseTuple(args, "LLL:lors_scratch_bytes", &in, &out, &r)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOO:lors_scratch_bytes", &io, &oo, &ro) ||
+        arg_int(io, "in_features", INT64_MIN, INT64_MAX, &in) < 0 ||
+        arg_int(oo, "out_features", INT64_MIN, INT64_MAX, &out) < 0 ||
+        arg_int(ro, "r", INT64_MIN, INT64_MAX, &r) < 0)
+        return NULL;
     if (in < 0 || out < 0 || r < 0) {
         PyErr_Format(PyExc_ValueError,
                      "in_features, out_features, r: expected sizes >= 0, got %lld, %lld, %lld", in, out, r);
@@ -556,23 +683,33 @@ static PyObject *py_lors_scratch_bytes(PyObject *self, PyObject *args) {
 /* ---- weightnorm ---------------------------------------------------------------------------- */
 
 /* Parses dim (0: per row, 1: per column, -1: whole tensor) and returns the number of norms K. */
-static int wn_dim(int dim, PyArrayObject *v, npy_intp *K) {
-    if (dim != 0 && dim != 1 && dim != -1) {
-        PyErr_Format(PyExc_ValueError, "dim: expected 0, 1 or -1 (whole tensor), got %d", dim);
+static int wn_dim(PyObject *dimo, PyArrayObject *v, int *dim, npy_intp *K) {
+    long long d;
+    if (arg_int(dimo, "dim", INT64_MIN, INT64_MAX, &d) < 0) return -1;
+    if (d != 0 && d != 1 && d != -1) {
+        PyErr_Format(PyExc_ValueError, "dim: expected 0, 1 or -1 (whole tensor), got %lld", d);
         return -1;
     }
-    *K = (npy_intp)weightnorm_num_norms(PyArray_DIM(v, 0), PyArray_DIM(v, 1), dim);
+    *dim = (int)d;
+    *K = (npy_intp)weightnorm_num_norms(PyArray_DIM(v, 0), PyArray_DIM(v, 1), *dim);
     return 0;
+}
+
+/* An output `out` may be exactly `other` (the kernels support that in-place case) but may not
+ * overlap it otherwise (a shifted view would be read after it was written). */
+static int wn_alias(PyArrayObject *out, PyArrayObject *other, const char *other_name) {
+    if (PyArray_DATA(out) == PyArray_DATA(other) && PyArray_NBYTES(out) == PyArray_NBYTES(other)) return 0;
+    return arg_disjoint(out, "out", other, other_name);
 }
 
 static PyObject *py_weightnorm_norms(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *vo;
+    PyObject *vo, *dimo;
     int dim, rc;
-    if (!PyArg_ParseTuple(args, "Oi:weightnorm_norms", &vo, &dim)) return NULL;
+    if (!PyArg_ParseTuple(args, "OO:weightnorm_norms", &vo, &dimo)) return NULL;
     PyArrayObject *v = arg_f32(vo, "v", 2);
     npy_intp K;
-    if (v == NULL || wn_dim(dim, v, &K) < 0) return NULL;
+    if (v == NULL || wn_dim(dimo, v, &dim, &K) < 0) return NULL;
     PyArrayObject *n = new_f32(1, &K);
     if (n == NULL) return NULL;
     float *np_ = (float *)PyArray_DATA(n);
@@ -583,7 +720,7 @@ static PyObject *py_weightnorm_norms(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     if (rc != 0) {
         Py_DECREF(n);
-        return scratch_error();
+        return scratch_error("weightnorm_norms");
     }
     return (PyObject *)n;
 }
@@ -603,16 +740,20 @@ static PyArrayObject *wn_out(PyObject *oo, const char *name, PyArrayObject *v) {
 static PyObject *py_weightnorm_forward(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"v", "g", "dim", "out", NULL};
-    PyObject *vo, *go, *oo = NULL;
+    PyObject *vo, *go, *dimo, *oo = NULL;
     int dim, rc;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOi|O:weightnorm_forward", kwlist, &vo, &go, &dim, &oo))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|O:weightnorm_forward", kwlist, &vo, &go, &dimo, &oo))
         return NULL;
     PyArrayObject *v = arg_f32(vo, "v", 2), *g = v ? arg_f32(go, "g", 1) : NULL;
     npy_intp K;
-    if (g == NULL || wn_dim(dim, v, &K) < 0) return NULL;
+    if (g == NULL || wn_dim(dimo, v, &dim, &K) < 0) return NULL;
     if (arg_dim(g, "g", 0, K, "one value per norm") < 0) return NULL;
     PyArrayObject *w = wn_out(oo, "out", v);
     if (w == NULL) return NULL;
+    if (wn_alias(w, v, "v") < 0 || arg_disjoint(w, "out", g, "g") < 0) {
+        Py_DECREF(w);
+        return NULL;
+    }
     float *wp = (float *)PyArray_DATA(w);
     const float *vp = (const float *)PyArray_DATA(v), *gp = (const float *)PyArray_DATA(g);
     int64_t R = PyArray_DIM(v, 0), C = PyArray_DIM(v, 1);
@@ -621,7 +762,7 @@ static PyObject *py_weightnorm_forward(PyObject *self, PyObject *args, PyObject 
     Py_END_ALLOW_THREADS
     if (rc != 0) {
         Py_DECREF(w);
-        return scratch_error();
+        return scratch_error("weightnorm_forward");
     }
     return (PyObject *)w;
 }
@@ -629,22 +770,24 @@ static PyObject *py_weightnorm_forward(PyObject *self, PyObject *args, PyObject 
 static PyObject *py_weightnorm_backward(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"grad_w", "v", "g", "dim", "out", NULL};
-    PyObject *gwo, *vo, *go, *oo = NULL;
+    PyObject *gwo, *vo, *go, *dimo, *oo = NULL;
     int dim, rc;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOi|O:weightnorm_backward", kwlist, &gwo, &vo, &go, &dim,
-                                     &oo))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|O:weightnorm_backward", kwlist, &gwo, &vo, &go,
+                                     &dimo, &oo))
         return NULL;
     PyArrayObject *gw = arg_f32(gwo, "grad_w", 2), *v = gw ? arg_f32(vo, "v", 2) : NULL;
     PyArrayObject *g = v ? arg_f32(go, "g", 1) : NULL;
     npy_intp K;
-    if (g == NULL || wn_dim(dim, v, &K) < 0) return NULL;
+    if (g == NULL || wn_dim(dimo, v, &dim, &K) < 0) return NULL;
     if (arg_dim(gw, "grad_w", 0, PyArray_DIM(v, 0), "rows of v") < 0 ||
         arg_dim(gw, "grad_w", 1, PyArray_DIM(v, 1), "columns of v") < 0 ||
         arg_dim(g, "g", 0, K, "one value per norm") < 0)
         return NULL;
     PyArrayObject *gv = wn_out(oo, "out", v), *gg = gv ? new_f32(1, &K) : NULL;
-    if (gg == NULL) {
+    if (gg == NULL || wn_alias(gv, v, "v") < 0 || wn_alias(gv, gw, "grad_w") < 0 ||
+        arg_disjoint(gv, "out", g, "g") < 0) {
         Py_XDECREF(gv);
+        Py_XDECREF(gg);
         return NULL;
     }
     float *gvp = (float *)PyArray_DATA(gv), *ggp = (float *)PyArray_DATA(gg);
@@ -657,7 +800,7 @@ static PyObject *py_weightnorm_backward(PyObject *self, PyObject *args, PyObject
     if (rc != 0) {
         Py_DECREF(gv);
         Py_DECREF(gg);
-        return scratch_error();
+        return scratch_error("weightnorm_backward");
     }
     return Py_BuildValue("NN", gv, gg);
 }
@@ -682,11 +825,11 @@ static int dora_args(PyObject *wo, PyObject *mo, PyObject *ao, PyObject *bo, PyA
 
 static PyObject *py_dora_rownorm_forward(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *wo, *mo, *ao, *bo;
+    PyObject *wo, *mo, *ao, *bo, *sdo;
     double sd;
     int rc;
-    if (!PyArg_ParseTuple(args, "OOOOd:dora_rownorm_forward", &wo, &mo, &ao, &bo, &sd)) return NULL;
-    if (check_scale(sd) < 0) return NULL;
+    if (!PyArg_ParseTuple(args, "OOOOO:dora_rownorm_forward", &wo, &mo, &ao, &bo, &sdo)) return NULL;
+    if (arg_f32_number(sdo, "scale", &sd) < 0) return NULL;
     const float s = (float)sd;
     PyArrayObject *W, *M, *A, *B;
     if (dora_args(wo, mo, ao, bo, &W, &M, &A, &B) < 0) return NULL;
@@ -703,19 +846,19 @@ static PyObject *py_dora_rownorm_forward(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     if (rc != 0) {
         Py_DECREF(n);
-        return scratch_error();
+        return scratch_error("dora_rownorm_forward");
     }
     return (PyObject *)n;
 }
 
 static PyObject *py_dora_rownorm_backward(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *gno, *no, *wo, *mo, *ao, *bo;
+    PyObject *gno, *no, *wo, *mo, *ao, *bo, *sdo;
     double sd;
     int rc;
-    if (!PyArg_ParseTuple(args, "OOOOOOd:dora_rownorm_backward", &gno, &no, &wo, &mo, &ao, &bo, &sd))
+    if (!PyArg_ParseTuple(args, "OOOOOOO:dora_rownorm_backward", &gno, &no, &wo, &mo, &ao, &bo, &sdo))
         return NULL;
-    if (check_scale(sd) < 0) return NULL;
+    if (arg_f32_number(sdo, "scale", &sd) < 0) return NULL;
     const float s = (float)sd;
     PyArrayObject *gn = arg_f32(gno, "grad_n", 1), *n = gn ? arg_f32(no, "n", 1) : NULL;
     PyArrayObject *W, *M, *A, *B;
@@ -741,7 +884,7 @@ static PyObject *py_dora_rownorm_backward(PyObject *self, PyObject *args) {
     if (rc != 0) {
         Py_DECREF(dA);
         Py_DECREF(dB);
-        return scratch_error();
+        return scratch_error("dora_rownorm_backward");
     }
     return Py_BuildValue("NN", dA, dB);
 }
@@ -955,29 +1098,33 @@ static PyObject *py_remat_greedy(PyObject *self, PyObject *args, PyObject *kwarg
 /* ---- sparse ---- */
 
 /* Parses base = (kind, out, in, n, m, values, indices, rowptr) into W (pointers borrowed from the
- * tuple's arrays) and checks dtypes, shapes and the index structure. */
-static int parse_sparse_base(PyObject *base, sparse_base *W) {
-    const char *kind;
-    Py_ssize_t out, in, n, m;
-    PyObject *vo, *io, *ro;
-    if (!PyTuple_Check(base)) {
+ * tuple's arrays) and checks kinds, sizes, dtypes, shapes and lengths (O(1)). Unless trusted, also
+ * the O(nnz) part: the index structure (row pointers first, then the indices they delimit, so a
+ * bad pointer is never followed) and that the values are finite. */
+static int parse_sparse_base(PyObject *base, sparse_base *W, int trusted) {
+    if (!PyTuple_Check(base) || PyTuple_GET_SIZE(base) != 8) {
         PyErr_Format(PyExc_TypeError,
-                     "base: expected a tuple (kind, out, in, n, m, values, indices, rowptr), got %s",
-                     Py_TYPE(base)->tp_name);
+                     "base: expected a tuple (kind, out, in, n, m, values, indices, rowptr), got %s%s",
+                     Py_TYPE(base)->tp_name, PyTuple_Check(base) ? " of another length" : "");
         return -1;
     }
-    if (!PyArg_ParseTuple(base, "snnnnOOO;base: expected (kind, out, in, n, m, values, indices, rowptr)",
-                          &kind, &out, &in, &n, &m, &vo, &io, &ro))
+    const char *kind;
+    long long out, in, n, m;
+    PyObject *vo = PyTuple_GET_ITEM(base, 5), *io = PyTuple_GET_ITEM(base, 6),
+             *ro = PyTuple_GET_ITEM(base, 7);
+    // column indices are int32, so in < 2**31; out + 1 row pointers must be countable
+    if (arg_str(PyTuple_GET_ITEM(base, 0), "base[0] (kind)", &kind) < 0 ||
+        arg_int(PyTuple_GET_ITEM(base, 1), "base[1] (out)", 0, INT64_MAX / 4, &out) < 0 ||
+        arg_int(PyTuple_GET_ITEM(base, 2), "base[2] (in)", 0, INT32_MAX, &in) < 0 ||
+        arg_int(PyTuple_GET_ITEM(base, 3), "base[3] (n)", INT64_MIN, INT64_MAX, &n) < 0 ||
+        arg_int(PyTuple_GET_ITEM(base, 4), "base[4] (m)", INT64_MIN, INT64_MAX, &m) < 0)
         return -1;
-    if (out < 0 || in < 0) {
-        PyErr_Format(PyExc_ValueError, "base: expected out, in >= 0, got (%zd, %zd)", out, in);
-        return -1;
-    }
     memset(W, 0, sizeof *W);
     W->out = out, W->in = in, W->n = n, W->m = m;
     int64_t nnz;
+    PyArrayObject *v;
     if (strcmp(kind, "csr") == 0) {
-        PyArrayObject *v = arg_f32(vo, "values", 1);
+        v = arg_f32(vo, "values", 1);
         PyArrayObject *c = v ? arg_array(io, "indices", NPY_INT32, 1) : NULL;
         PyArrayObject *rp = c ? arg_array(ro, "rowptr", NPY_INT64, 1) : NULL;
         if (rp == NULL) return -1;
@@ -988,15 +1135,22 @@ static int parse_sparse_base(PyObject *base, sparse_base *W) {
         W->values = (const float *)PyArray_DATA(v);
         W->colidx = (const int32_t *)PyArray_DATA(c);
         W->rowptr = (const int64_t *)PyArray_DATA(rp);
-        if (arg_finite(v, "values") < 0) return -1;
+        if (W->rowptr[0] != 0 || W->rowptr[out] != nnz) {
+            PyErr_Format(
+                PyExc_ValueError,
+                "rowptr: expected 0, nondecreasing, ending at the number of values (%lld), got %lld .. "
+                "%lld",
+                (long long)nnz, (long long)W->rowptr[0], (long long)W->rowptr[out]);
+            return -1;
+        }
     } else if (strcmp(kind, "nm") == 0) {
         if (m < 1 || m > 256 || n < 0 || n > m || in % m != 0) {
             PyErr_Format(PyExc_ValueError,
-                         "base: expected 0 <= n <= m <= 256 and in %% m == 0, got n=%zd, m=%zd, in=%zd", n, m,
-                         in);
+                         "base: expected 0 <= n <= m <= 256 and in %% m == 0, got n=%lld, m=%lld, in=%lld", n,
+                         m, in);
             return -1;
         }
-        PyArrayObject *v = arg_f32(vo, "values", 2);
+        v = arg_f32(vo, "values", 2);
         PyArrayObject *c = v ? arg_array(io, "indices", NPY_UINT8, 2) : NULL;
         if (c == NULL) return -1;
         if (arg_dim(v, "values", 0, out, "out") < 0 ||
@@ -1008,11 +1162,12 @@ static int parse_sparse_base(PyObject *base, sparse_base *W) {
         W->values = (const float *)PyArray_DATA(v);
         W->idx = (const uint8_t *)PyArray_DATA(c);
         nnz = (int64_t)out * (in / m * n);
-        if (arg_finite(v, "values") < 0) return -1;
     } else {
         PyErr_Format(PyExc_ValueError, "base: expected kind 'csr' or 'nm', got '%s'", kind);
         return -1;
     }
+    if (trusted) return 0;
+    if (arg_finite(v, "values") < 0) return -1;
     int bad;
     Py_BEGIN_ALLOW_THREADS
     bad = sparse_check(W, nnz);
@@ -1043,15 +1198,16 @@ static npy_intp parse_adapter(PyObject *ao, PyObject *bo, const sparse_base *W, 
 
 static PyObject *py_sparse_forward(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
-    static char *kwlist[] = {"base", "x", "A", "B", "scale", "naive", NULL};
-    PyObject *baseo, *xo, *ao, *bo;
+    static char *kwlist[] = {"base", "x", "A", "B", "scale", "naive", "trusted", NULL};
+    PyObject *baseo, *xo, *ao, *bo, *scaleo, *nvo = NULL, *tro = NULL;
     double scale;
-    int naive = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOd|p:sparse_forward", kwlist, &baseo, &xo, &ao, &bo,
-                                     &scale, &naive))
+    int naive = 0, trusted = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO|OO:sparse_forward", kwlist, &baseo, &xo, &ao, &bo,
+                                     &scaleo, &nvo, &tro) ||
+        arg_flag(nvo, "naive", &naive) < 0 || arg_flag(tro, "trusted", &trusted) < 0)
         return NULL;
     sparse_base W;
-    if (parse_sparse_base(baseo, &W) < 0 || check_scale(scale) < 0) return NULL;
+    if (parse_sparse_base(baseo, &W, trusted) < 0 || arg_f32_number(scaleo, "scale", &scale) < 0) return NULL;
     PyArrayObject *x = arg_f32(xo, "x", 2), *a, *b;
     if (x == NULL || arg_dim(x, "x", 1, W.in, "in") < 0 || arg_finite(x, "x") < 0) return NULL;
     npy_intp r = parse_adapter(ao, bo, &W, &a, &b);
@@ -1072,23 +1228,25 @@ static PyObject *py_sparse_forward(PyObject *self, PyObject *args, PyObject *kwa
     Py_END_ALLOW_THREADS
     if (rc != 0) {
         Py_DECREF(y);
-        return scratch_error();
+        return scratch_error("sparse_forward");
     }
     return (PyObject *)y;
 }
 
 static PyObject *py_sparse_backward(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
-    static char *kwlist[] = {"base",  "gy",         "x",           "A",     "B",
-                             "scale", "input_grad", "weight_grad", "naive", NULL};
-    PyObject *baseo, *gyo, *xo, *ao, *bo;
+    static char *kwlist[] = {"base",       "gy",          "x",     "A",       "B", "scale",
+                             "input_grad", "weight_grad", "naive", "trusted", NULL};
+    PyObject *baseo, *gyo, *xo, *ao, *bo, *scaleo, *gxo = NULL, *go = NULL, *nvo = NULL, *tro = NULL;
     double scale;
-    int want_gx = 1, want_g = 1, naive = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOd|ppp:sparse_backward", kwlist, &baseo, &gyo, &xo,
-                                     &ao, &bo, &scale, &want_gx, &want_g, &naive))
+    int want_gx = 1, want_g = 1, naive = 0, trusted = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO|OOOO:sparse_backward", kwlist, &baseo, &gyo, &xo,
+                                     &ao, &bo, &scaleo, &gxo, &go, &nvo, &tro) ||
+        arg_flag(gxo, "input_grad", &want_gx) < 0 || arg_flag(go, "weight_grad", &want_g) < 0 ||
+        arg_flag(nvo, "naive", &naive) < 0 || arg_flag(tro, "trusted", &trusted) < 0)
         return NULL;
     sparse_base W;
-    if (parse_sparse_base(baseo, &W) < 0 || check_scale(scale) < 0) return NULL;
+    if (parse_sparse_base(baseo, &W, trusted) < 0 || arg_f32_number(scaleo, "scale", &scale) < 0) return NULL;
     PyArrayObject *gy = arg_f32(gyo, "gy", 2), *x = NULL, *a, *b;
     if (gy == NULL || arg_dim(gy, "gy", 1, W.out, "out") < 0 || arg_finite(gy, "gy") < 0) return NULL;
     npy_intp N = PyArray_DIM(gy, 0);
@@ -1121,7 +1279,7 @@ static PyObject *py_sparse_backward(PyObject *self, PyObject *args, PyObject *kw
     Py_END_ALLOW_THREADS
     if (rc != 0) {
         Py_XDECREF(gx), Py_XDECREF(da), Py_XDECREF(db);
-        return scratch_error();
+        return scratch_error("sparse_backward");
     }
     PyObject *none = Py_None;
     return Py_BuildValue("(NNN)", gx ? (PyObject *)gx : (Py_INCREF(none), none),
@@ -1131,13 +1289,16 @@ static PyObject *py_sparse_backward(PyObject *self, PyObject *args, PyObject *kw
 
 static PyObject *py_sparse_merge(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
-    static char *kwlist[] = {"base", "A", "B", "scale", NULL};
-    PyObject *baseo, *ao, *bo;
+    static char *kwlist[] = {"base", "A", "B", "scale", "trusted", NULL};
+    PyObject *baseo, *ao, *bo, *scaleo, *tro = NULL;
     double scale;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOd:sparse_merge", kwlist, &baseo, &ao, &bo, &scale))
+    int trusted = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|O:sparse_merge", kwlist, &baseo, &ao, &bo, &scaleo,
+                                     &tro) ||
+        arg_flag(tro, "trusted", &trusted) < 0)
         return NULL;
     sparse_base W;
-    if (parse_sparse_base(baseo, &W) < 0 || check_scale(scale) < 0) return NULL;
+    if (parse_sparse_base(baseo, &W, trusted) < 0 || arg_f32_number(scaleo, "scale", &scale) < 0) return NULL;
     PyArrayObject *a, *b;
     npy_intp r = parse_adapter(ao, bo, &W, &a, &b);
     if (r < 0) return NULL;
@@ -1152,26 +1313,43 @@ static PyObject *py_sparse_merge(PyObject *self, PyObject *args, PyObject *kwarg
     Py_END_ALLOW_THREADS
     if (rc != 0) {
         Py_DECREF(vals);
-        return scratch_error();
+        return scratch_error("sparse_merge");
     }
     return (PyObject *)vals;
 }
 
-static PyObject *py_sparse_plan(PyObject *self, PyObject *args) {
+static PyObject *py_sparse_plan(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
-    PyObject *baseo;
+    static char *kwlist[] = {"", "", "trusted", NULL};
+    PyObject *baseo, *No, *tro = NULL;
     long long N;
-    if (!PyArg_ParseTuple(args, "OL:sparse_plan", &baseo, &N)) return NULL;
-    if (N < 0) {
-        PyErr_Format(PyExc_ValueError, "N: expected a token count >= 0, got %lld", N);
+    int trusted = 0;
+    // N is bounded so that the planner's token arithmetic (rounding up to whole vectors) stays in int64
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|$O:sparse_plan", kwlist, &baseo, &No, &tro) ||
+        arg_int(No, "N", INT64_MIN, INT64_MAX, &N) < 0 || arg_flag(tro, "trusted", &trusted) < 0)
+        return NULL;
+    if (N < 0 || N > INT64_MAX / 4) {
+        PyErr_Format(PyExc_ValueError, "N: expected a token count %s, got %lld", N < 0 ? ">= 0" : "<= 2**61",
+                     N);
         return NULL;
     }
     sparse_base W;
-    if (parse_sparse_base(baseo, &W) < 0) return NULL;
+    if (parse_sparse_base(baseo, &W, trusted) < 0) return NULL;
     int64_t fwd_tokens, fwd_slab, bwd_tokens, bwd_slab;
     sparse_plan(&W, (int64_t)N, sft_get_num_threads(), &fwd_tokens, &fwd_slab, &bwd_tokens, &bwd_slab);
     return Py_BuildValue("(LLLL)", (long long)fwd_tokens, (long long)fwd_slab, (long long)bwd_tokens,
                          (long long)bwd_slab);
+}
+
+/* ---- sparse: checked once ---- */
+
+/* The full structural check of a base, for a caller that then passes trusted=True. */
+static PyObject *py_sparse_check(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *baseo;
+    sparse_base W;
+    if (!PyArg_ParseTuple(args, "O:sparse_check", &baseo) || parse_sparse_base(baseo, &W, 0) < 0) return NULL;
+    Py_RETURN_NONE;
 }
 
 /* ---- module -------------------------------------------------------------------------------- */
@@ -1248,19 +1426,28 @@ static PyMethodDef methods[] = {
      "steps | None, peak, duration)\n\nBest of several eviction heuristics under a memory budget."},
     /* sparse */
     {"sparse_forward", (PyCFunction)(void (*)(void))py_sparse_forward, METH_VARARGS | METH_KEYWORDS,
-     "sparse_forward(base, x, A, B, scale, naive=False) -> ndarray\n\ny (N, out) = x @ W'^T with W' = W + "
+     "sparse_forward(base, x, A, B, scale, naive=False, trusted=False) -> ndarray\n\ny (N, out) = x @ W'^T "
+     "with W' = W + "
      "scale*(B A) at the stored positions of base = (kind, out, in, n, m, values, indices, rowptr)."},
     {"sparse_backward", (PyCFunction)(void (*)(void))py_sparse_backward, METH_VARARGS | METH_KEYWORDS,
-     "sparse_backward(base, gy, x, A, B, scale, input_grad=True, weight_grad=True, naive=False) -> (gx, dA, "
+     "sparse_backward(base, gy, x, A, B, scale, input_grad=True, weight_grad=True, naive=False, "
+     "trusted=False) "
+     "-> (gx, dA, "
      "dB)"
      "\n\ngx = gy @ W' and the exact masked adapter gradients (None where not requested), one fused pass."},
     {"sparse_merge", (PyCFunction)(void (*)(void))py_sparse_merge, METH_VARARGS | METH_KEYWORDS,
-     "sparse_merge(base, A, B, scale) -> ndarray\n\nThe stored values of W' = W + scale*(B A) (same "
+     "sparse_merge(base, A, B, scale, trusted=False) -> ndarray\n\nThe stored values of W' = W + scale*(B A) "
+     "(same "
      "layout)."},
-    {"sparse_plan", py_sparse_plan, METH_VARARGS,
-     "sparse_plan(base, N) -> (fwd_tokens, fwd_slab, bwd_tokens, bwd_slab)\n\nThe sparse kernels' blocking "
+    {"sparse_plan", (PyCFunction)(void (*)(void))py_sparse_plan, METH_VARARGS | METH_KEYWORDS,
+     "sparse_plan(base, N, /, *, trusted=False) -> (fwd_tokens, fwd_slab, bwd_tokens, bwd_slab)\n\nThe "
+     "sparse kernels' blocking "
      "for N tokens at the current thread count: token block and column slab of the forward and the "
      "backward."},
+    /* sparse: checked once */
+    {"sparse_check", py_sparse_check, METH_VARARGS,
+     "sparse_check(base) -> None\n\nThe full O(nnz) check of a base (row pointers, indices, finite values) "
+     "that the sparse functions skip when called with trusted=True; ValueError naming what is wrong."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -203,7 +203,15 @@ SFT_TARGET_AVX512 static void recompute_avx512(float *wv, const int32_t *col, co
 typedef void (*recompute_fn)(float *, const int32_t *, const float *, const float *, const float *, float,
                              int64_t, int64_t);
 
-static recompute_fn select_recompute(void) {
+/* scale == 0: the adapter is off and W' = W exactly, whatever B A holds (B A may overflow float32,
+ * and 0 * inf would be NaN); the same rule holds on every path (docs/numerics.md). */
+static void recompute_off(float *wv, const int32_t *col, const float *v, const float *Bi, const float *AT,
+                          float scale, int64_t cnt, int64_t r) {
+    memcpy(wv, v, sizeof(float) * (size_t)cnt);
+}
+
+static recompute_fn select_recompute(float scale) {
+    if (scale == 0.0f) return recompute_off;
 #if SFT_X86
     if (sft_simd_path >= SFT_SIMD_AVX512) return recompute_avx512;
     if (sft_simd_path >= SFT_SIMD_AVX2) return recompute_avx2;
@@ -1066,7 +1074,7 @@ int sparse_forward(float *y, const sparse_base *W, const float *x, const float *
         sft_scratch_free(AT);
         return -1;
     }
-    recompute_fn rcf = select_recompute();
+    recompute_fn rcf = select_recompute(scale);
     fwd_tile_fn tile = fwd_tile_portable;
     transpose_fn tr = select_transpose();
 #if SFT_X86
@@ -1132,6 +1140,7 @@ int sparse_backward(float *gx, float *dA, float *dB, const sparse_base *W, const
         memset(dA, 0, sizeof(float) * (size_t)(r * in));
         memset(dB, 0, sizeof(float) * (size_t)(out * r));
     }
+    if (scale == 0.0f) want_g = 0; /* the adapter is off: its gradients are exactly 0 */
     if (gx != NULL) memset(gx, 0, sizeof(float) * (size_t)SFT_MAX(N * in, 0));
     if (N <= 0 || out <= 0 || in <= 0 || (gx == NULL && !want_g)) return 0;
     int nthreads = sft_get_num_threads();
@@ -1152,7 +1161,7 @@ int sparse_backward(float *gx, float *dA, float *dB, const sparse_base *W, const
         sft_scratch_free(AT);
         return -1;
     }
-    recompute_fn rcf = select_recompute();
+    recompute_fn rcf = select_recompute(scale);
     bwd_tile_fn tile = bwd_tile_portable;
     transpose_fn tr = select_transpose();
     reduce_fn red = reduce_portable;
@@ -1255,7 +1264,7 @@ int sparse_merge(float *values_out, const sparse_base *W, const float *A, const 
         sft_scratch_free(AT);
         return -1;
     }
-    recompute_fn rcf = select_recompute();
+    recompute_fn rcf = select_recompute(scale);
 #pragma omp parallel num_threads(nthreads)
     {
         int tid = sft_thread_num();
@@ -1276,10 +1285,13 @@ int sparse_merge(float *values_out, const sparse_base *W, const float *A, const 
 
 int sparse_check(const sparse_base *W, int64_t nnz) {
     if (W->kind == SPARSE_CSR) {
+        // the row pointers completely first (0, nondecreasing, nnz at the end: every one in
+        // [0, nnz]), so that no index is read through a pointer past the arrays
         if (W->rowptr[0] != 0 || W->rowptr[W->out] != nnz) return 1;
-        // rows: pointers nondecreasing, columns increasing and inside [0, in)
-        for (int64_t i = 0; i < W->out; i++) {
+        for (int64_t i = 0; i < W->out; i++)
             if (W->rowptr[i + 1] < W->rowptr[i]) return 1;
+        // rows: columns increasing and inside [0, in)
+        for (int64_t i = 0; i < W->out; i++) {
             for (int64_t k = W->rowptr[i]; k < W->rowptr[i + 1]; k++) {
                 if (W->colidx[k] < 0 || W->colidx[k] >= W->in) return 2;
                 if (k > W->rowptr[i] && W->colidx[k] <= W->colidx[k - 1]) return 2;
@@ -1309,6 +1321,7 @@ static int64_t naive_col(const sparse_base *W, int64_t i, int64_t k) {
 static float naive_wprime(const sparse_base *W, const float *A, const float *B, float scale, int64_t r,
                           int64_t i, int64_t k) {
     int64_t j = naive_col(W, i, k);
+    if (scale == 0.0f) return W->values[row_begin(W, i) + k]; /* the adapter is off: W' = W */
     float d = 0.0f;
     for (int64_t q = 0; q < r; q++) d += B[i * r + q] * A[q * W->in + j];
     return W->values[row_begin(W, i) + k] + scale * d;
@@ -1347,7 +1360,7 @@ void sparse_backward_naive(float *gx, float *dA, float *dB, const sparse_base *W
                 if (gx != NULL) gx[t * in + j] += gy[t * out + i] * w;
                 if (dA != NULL) g += gy[t * out + i] * x[t * in + j]; /* x may be NULL without dA */
             }
-            if (dA == NULL) continue;
+            if (dA == NULL || scale == 0.0f) continue; /* scale 0: the adapter's gradients are 0 */
             for (int64_t q = 0; q < r; q++) {
                 dB[i * r + q] += scale * g * A[q * in + j];
                 dA[q * in + j] += scale * g * B[i * r + q];

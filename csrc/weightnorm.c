@@ -866,7 +866,7 @@ void dora_rownorm_forward_naive(float *n, const float *W, const uint8_t *M, cons
         for (int64_t j = 0; j < in; j++) {
             double ba = 0.0;
             for (int64_t k = 0; k < r; k++) ba += (double)B[i * r + k] * A[k * in + j];
-            double wp = W[i * in + j] + (M[i * in + j] ? (double)s * ba : 0.0);
+            double wp = W[i * in + j] + (M[i * in + j] && s != 0.0f ? (double)s * ba : 0.0);
             ss += wp * wp;
         }
         n[i] = (float)sqrt(ss);
@@ -875,6 +875,11 @@ void dora_rownorm_forward_naive(float *n, const float *W, const uint8_t *M, cons
 
 int dora_rownorm_forward(float *n, const float *W, const uint8_t *M, const float *A, const float *B, float s,
                          int64_t out, int64_t in, int64_t r) {
+    if (out <= 0) return 0;
+    if (in <= 0) {
+        memset(n, 0, sizeof(float) * (size_t)out);
+        return 0;
+    }
     const wn_ops *op = select_ops();
     int nthreads = wn_threads(out * in * (r + 1));
     float *tmp = (float *)sft_scratch_alloc(sizeof(float) * (size_t)nthreads * (size_t)SFT_MAX(in, 1));
@@ -886,7 +891,7 @@ int dora_rownorm_forward(float *n, const float *W, const uint8_t *M, const float
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < out; i++) {
             const float *wi = W + i * in;
-            if (all_zero(B + i * r, r)) {
+            if (s == 0.0f || all_zero(B + i * r, r)) { /* scale 0: the adapter is off, W' = W */
                 n[i] = (float)sqrt(op->sumsq(wi, in));
             } else {
                 op->row_ba(t, B + i * r, A, r, in);
@@ -901,6 +906,7 @@ int dora_rownorm_forward(float *n, const float *W, const uint8_t *M, const float
 void dora_rownorm_backward_naive(float *dA, float *dB, const float *grad_n, const float *n, const float *W,
                                  const uint8_t *M, const float *A, const float *B, float s, int64_t out,
                                  int64_t in, int64_t r) {
+    if (s == 0.0f) return; /* the adapter is off: its gradients are exactly 0 */
     // each row i, column j: g_ij = alpha_i * M_ij * W'_ij pushed into dB[i, :] and dA[:, j]
     for (int64_t i = 0; i < out; i++) {
         double alpha = n[i] > 0.0f ? (double)grad_n[i] / n[i] : 0.0;
@@ -920,6 +926,8 @@ void dora_rownorm_backward_naive(float *dA, float *dB, const float *grad_n, cons
 int dora_rownorm_backward(float *dA, float *dB, const float *grad_n, const float *n, const float *W,
                           const uint8_t *M, const float *A, const float *B, float s, int64_t out, int64_t in,
                           int64_t r) {
+    // dA, dB arrive zeroed; scale 0 turns the adapter off (gradients exactly 0)
+    if (out <= 0 || in <= 0 || r <= 0 || s == 0.0f) return 0;
     const wn_ops *op = select_ops();
     int nthreads = wn_threads(out * in * (r + 1));
     size_t rin = (size_t)r * (size_t)in;

@@ -155,6 +155,7 @@ def sparse_forward(
     B: npt.NDArray[np.float32],
     scale: float,
     naive: bool = ...,
+    trusted: bool = ...,
 ) -> npt.NDArray[np.float32]: ...
 def sparse_backward(
     base: tuple[Any, ...],
@@ -166,6 +167,7 @@ def sparse_backward(
     input_grad: bool = ...,
     weight_grad: bool = ...,
     naive: bool = ...,
+    trusted: bool = ...,
 ) -> tuple[
     npt.NDArray[np.float32] | None, npt.NDArray[np.float32] | None, npt.NDArray[np.float32] | None
 ]: ...
@@ -174,5 +176,9 @@ def sparse_merge(
     A: npt.NDArray[np.float32],
     B: npt.NDArray[np.float32],
     scale: float,
+    trusted: bool = ...,
 ) -> npt.NDArray[np.float32]: ...
-def sparse_plan(base: tuple[Any, ...], N: int, /) -> tuple[int, int, int, int]: ...
+def sparse_plan(base: tuple[Any, ...], N: int, /, *, trusted: bool = ...) -> tuple[int, int, int, int]: ...
+
+# ---- sparse: checked once ----
+def sparse_check(base: tuple[Any, ...], /) -> None: ...

@@ -309,12 +309,346 @@ def test_lors_scratch_bytes_refuses_sizes_that_overflow() -> None:
         _core.lors_scratch_bytes(2**62, 1, 1)
 
 
-def test_sparse_plan_of_a_huge_input_returns_at_once() -> None:
-    """The slab search once stepped through `in` one column block at a time (2**33 steps here)."""
-    import time
-
-    base = ("csr", 1, 2**40, 0, 0, np.zeros(0, np.float32), np.zeros(0, np.int32), np.zeros(2, np.int64))
-    t0 = time.perf_counter()
+def test_sparse_plan_of_the_widest_input_stops_its_slab_search() -> None:
+    """The slab search stops once no token block fits, so the widest base (in = 2**31 - 1: column
+    indices are int32) plans without stepping through every column block; wider is a named error."""
+    wide = 2**31 - 1
+    base = ("csr", 1, wide, 0, 0, np.zeros(0, np.float32), np.zeros(0, np.int32), np.zeros(2, np.int64))
     fwd_t, fwd_s, bwd_t, bwd_s = _core.sparse_plan(base, 1)
-    assert time.perf_counter() - t0 < 5.0
     assert min(fwd_t, fwd_s, bwd_t, bwd_s) > 0
+    with pytest.raises(ValueError, match=r"base\[2\] \(in\): expected an integer in \[0, 2147483647\]"):
+        _core.sparse_plan(("csr", 1, 2**40, *base[3:]), 1)
+
+
+# ---- reliability: structure checks, aliasing, argument errors, the scale-0 rule ----
+
+
+def _csr(W: np.ndarray) -> tuple:
+    """A CSR base tuple of the nonzeros of W."""
+    rows, cols = np.nonzero(W)
+    rowptr = np.zeros(W.shape[0] + 1, np.int64)
+    np.add.at(rowptr, rows + 1, 1)
+    return (
+        "csr",
+        W.shape[0],
+        W.shape[1],
+        0,
+        0,
+        W[rows, cols].astype(np.float32),
+        cols.astype(np.int32),
+        np.cumsum(rowptr),
+    )
+
+
+def test_csr_row_pointers_are_checked_before_any_index_is_read() -> None:
+    """rowptr [0, 100, 3] over 3 indices placed against a guard page: reading row 0's "100 indices"
+    died with SIGSEGV; the pointers are now validated completely first (run in a child process)."""
+    from .fuzz.child import Call, Worker
+
+    base = (
+        "csr",
+        2,
+        10**9,
+        0,
+        0,
+        np.ones(3, np.float32),
+        np.arange(3, dtype=np.int32),
+        np.array([0, 100, 3], np.int64),
+    )
+    w = Worker()
+    try:
+        for fn, args in [("sparse_plan", (base, 4)), ("sparse_check", (base,))]:
+            got = w.call(Call(fn, args, guard="end"))
+            assert (got.kind, got.exc_type) == ("raised", "ValueError"), got
+            assert got.message.startswith("rowptr: expected 0, nondecreasing")
+    finally:
+        w.close()
+
+
+@pytest.mark.parametrize(
+    "rowptr, match",
+    [
+        ([0, 2, 1, 3], "rowptr: expected 0, nondecreasing"),
+        ([0, -1, 2, 3], "rowptr: expected 0, nondecreasing"),
+        (
+            [1, 1, 2, 3],
+            r"rowptr: expected 0, nondecreasing, ending at the number of values \(3\), got 1 .. 3",
+        ),
+        (
+            [0, 1, 2, 4],
+            r"rowptr: expected 0, nondecreasing, ending at the number of values \(3\), got 0 .. 4",
+        ),
+    ],
+)
+def test_bad_row_pointers_are_named(rowptr: list[int], match: str) -> None:
+    base = ("csr", 3, 4, 0, 0, np.ones(3, np.float32), np.zeros(3, np.int32), np.array(rowptr, np.int64))
+    with pytest.raises(ValueError, match=match):
+        _core.sparse_check(base)
+
+
+def test_sparse_check_and_trusted_calls(rng: np.random.Generator) -> None:
+    """sparse_check runs the whole structural check once; trusted=True then skips it per call with
+    identical results, while the O(1) checks (shapes, dtypes, lengths, rowptr ends) still run."""
+    W = rng.standard_normal((7, 9)).astype(np.float32) * (rng.random((7, 9)) < 0.4)
+    base = _csr(W)
+    x = rng.standard_normal((5, 9)).astype(np.float32)
+    A = rng.standard_normal((3, 9)).astype(np.float32)
+    B = rng.standard_normal((7, 3)).astype(np.float32)
+    assert _core.sparse_check(base) is None
+    y0 = _core.sparse_forward(base, x, A, B, 0.5)
+    np.testing.assert_array_equal(_core.sparse_forward(base, x, A, B, 0.5, trusted=True), y0)
+    gy = rng.standard_normal((5, 7)).astype(np.float32)
+    for a, b in zip(
+        _core.sparse_backward(base, gy, x, A, B, 0.5),
+        _core.sparse_backward(base, gy, x, A, B, 0.5, trusted=True),
+        strict=False,
+    ):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(
+        _core.sparse_merge(base, A, B, 0.5, trusted=True), _core.sparse_merge(base, A, B, 0.5)
+    )
+    assert _core.sparse_plan(base, 64, trusted=True) == _core.sparse_plan(base, 64)
+    # a bad column index: found by the check, not looked for when trusted
+    bad = (*base[:6], np.where(np.arange(len(base[6])) == 0, 99, base[6]).astype(np.int32), *base[7:])
+    with pytest.raises(ValueError, match="indices: expected increasing column indices"):
+        _core.sparse_check(bad)
+    with pytest.raises(ValueError, match="indices: expected increasing column indices"):
+        _core.sparse_forward(bad, x, A, B, 0.5)
+    # the O(1) checks still run when trusted
+    with pytest.raises(ValueError, match="rowptr: expected axis 0 of length 8"):
+        _core.sparse_forward((*base[:7], base[7][:-1]), x, A, B, 0.5, trusted=True)
+    with pytest.raises(
+        ValueError, match=r"rowptr: expected 0, nondecreasing, ending at the number of values \(\d+\), got 1"
+    ):
+        _core.sparse_forward((*base[:7], base[7] + 1), x, A, B, 0.5, trusted=True)
+    with pytest.raises(TypeError, match=r"trusted: expected a bool, got numpy\.ndarray"):
+        _core.sparse_forward(base, x, A, B, 0.5, trusted=np.ones(2, bool))
+
+
+def test_gemm_into_refuses_an_output_that_overlaps_an_input(rng: np.random.Generator) -> None:
+    """c aliasing a or b gave errors of 20+ on the naive path; every path now refuses overlap by
+    memory range (a shifted view counts, disjoint halves of one buffer do not)."""
+    buf = rng.standard_normal((6, 6)).astype(np.float32)
+    for naive in (False, True):
+        with pytest.raises(ValueError, match="c, a: expected arrays that do not share memory"):
+            _core.gemm_into(buf, buf, np.eye(6, dtype=np.float32), naive=naive)
+        with pytest.raises(ValueError, match="c, b: expected arrays that do not share memory"):
+            _core.gemm_into(buf, np.eye(6, dtype=np.float32), buf, naive=naive)
+    flat = rng.standard_normal(40).astype(np.float32)
+    c, a = flat[:16].reshape(4, 4), flat[2:18].reshape(4, 4)  # overlapping views, different starts
+    with pytest.raises(ValueError, match="c, a: expected arrays that do not share memory"):
+        _core.gemm_into(c, a, np.eye(4, dtype=np.float32))
+    c, a = flat[:16].reshape(4, 4), flat[16:32].reshape(4, 4)  # one buffer, disjoint halves
+    want = a @ np.full((4, 4), 0.5, np.float32)
+    _core.gemm_into(c, a, np.full((4, 4), 0.5, np.float32))
+    np.testing.assert_allclose(c, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_weightnorm_out_may_be_v_but_not_overlap_otherwise(dim: int, rng: np.random.Generator) -> None:
+    """out overlapping g gave errors of 1.1 (forward) and 0.41 (backward): refused now; out == v
+    (and grad_w for the backward) stays the documented in-place case."""
+    v = rng.standard_normal((4, 6)).astype(np.float32)
+    K = {0: 4, 1: 6, -1: 1}[dim]
+    g = rng.standard_normal(K).astype(np.float32)
+    buf = np.zeros(64, np.float32)
+    out, gal = buf[:24].reshape(4, 6), buf[20 : 20 + K]
+    gal[:] = g
+    with pytest.raises(ValueError, match="out, g: expected arrays that do not share memory"):
+        _core.weightnorm_forward(v, gal, dim, out)
+    with pytest.raises(ValueError, match="out, g: expected arrays that do not share memory"):
+        _core.weightnorm_backward(v, v, gal, dim, out)
+    shifted = np.concatenate([v.ravel(), np.zeros(1, np.float32)])
+    with pytest.raises(ValueError, match="out, v: expected arrays that do not share memory"):
+        _core.weightnorm_forward(shifted[:24].reshape(4, 6), g, dim, shifted[1:].reshape(4, 6))
+    want = _core.weightnorm_forward(v, g, dim)
+    inplace = v.copy()
+    _core.weightnorm_forward(inplace, g, dim, inplace)
+    np.testing.assert_array_equal(inplace, want)
+    gw = rng.standard_normal((4, 6)).astype(np.float32)
+    gv_ref, _ = _core.weightnorm_backward(gw, v, g, dim)
+    gw2 = gw.copy()
+    gv, _ = _core.weightnorm_backward(gw2, v, g, dim, gw2)
+    np.testing.assert_array_equal(gv, gv_ref)
+
+
+F32 = np.ones((2, 3), np.float32)
+A13, B21 = np.ones((1, 3), np.float32), np.ones((2, 1), np.float32)
+
+
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda: _core.set_num_threads(2**40), ValueError, r"n: expected an integer in \[1, 4096\]"),
+        (lambda: _core.set_num_threads(None), TypeError, "n: expected an integer, got NoneType"),
+        (lambda: _core.set_num_threads(2.0), TypeError, "n: expected an integer, got float"),
+        (lambda: _core.set_simd("avx2\0"), ValueError, "path: expected a str without NUL"),
+        (lambda: _core.set_simd(b"avx2"), TypeError, "path: expected a str, got bytes"),
+        (lambda: _core.weightnorm_norms(F32, 2**40), ValueError, "dim: expected 0, 1 or -1"),
+        (lambda: _core.weightnorm_norms(F32, 2**70), ValueError, "dim: expected an integer .* outside int64"),
+        (lambda: _core.weightnorm_norms(F32, None), TypeError, "dim: expected an integer, got NoneType"),
+        (lambda: _core.lors_scratch_bytes(2**70, 1, 1), ValueError, "in_features: expected an integer"),
+        (lambda: _core.lors_scratch_bytes(1, None, 1), TypeError, "out_features: expected an integer"),
+        (
+            lambda: _core.lors_merge(F32, F32 > 0, A13, B21, 10**400),
+            ValueError,
+            "scale: expected a finite number, got an integer beyond the float range",
+        ),
+        (
+            lambda: _core.lors_merge(F32, F32 > 0, A13, B21, "1"),
+            TypeError,
+            "scale: expected a real number, got str",
+        ),
+        (
+            lambda: _core.lors_merge(F32, F32 > 0, A13, B21, None),
+            TypeError,
+            "scale: expected a real number, got NoneType",
+        ),
+        (
+            lambda: _core.lors_merge(F32, F32 > 0, A13, B21, 1.0, naive=np.ones(2)),
+            TypeError,
+            "naive: expected a bool, got numpy.ndarray",
+        ),
+        (lambda: _core.matmul(F32, F32.T, trans_a=np.zeros(3)), TypeError, "trans_a: expected a bool"),
+        (
+            lambda: _core.gemm_into(np.ones((2, 2), np.float32), F32, F32.T, packb=[1]),
+            TypeError,
+            "packb: expected a bool, got list",
+        ),
+        (
+            lambda: _core.gemm_into(np.ones((2, 2), np.float32), F32, F32.T, alpha=1e39),
+            ValueError,
+            "alpha: expected a finite float32 number",
+        ),
+        (
+            lambda: _core.sparse_plan(_csr(np.eye(3, dtype=np.float32)), 2**70),
+            ValueError,
+            "N: expected an integer in .* got one outside int64",
+        ),
+        (
+            lambda: _core.sparse_plan(_csr(np.eye(3, dtype=np.float32)), None),
+            TypeError,
+            "N: expected an integer",
+        ),
+        (
+            lambda: _core.sparse_plan(("csr", 2**63 - 1, *_csr(np.eye(3, dtype=np.float32))[2:]), 1),
+            ValueError,
+            r"base\[1\] \(out\): expected an integer in \[0, ",
+        ),
+        (
+            lambda: _core.sparse_plan(("csr", None, *_csr(np.eye(3, dtype=np.float32))[2:]), 1),
+            TypeError,
+            r"base\[1\] \(out\): expected an integer, got NoneType",
+        ),
+        (
+            lambda: _core.sparse_plan(("cs\x00r", *_csr(np.eye(3, dtype=np.float32))[1:]), 1),
+            ValueError,
+            r"base\[0\] \(kind\): expected a str without NUL",
+        ),
+        (
+            lambda: _core.sparse_plan(_csr(np.eye(3, dtype=np.float32))[:7], 1),
+            TypeError,
+            "base: expected a tuple .* of another length",
+        ),
+        (
+            lambda: _core.sparse_backward(
+                _csr(np.eye(3, dtype=np.float32)),
+                np.ones((2, 3), np.float32),
+                None,
+                np.ones((1, 3), np.float32),
+                np.ones((3, 1), np.float32),
+                1.0,
+                weight_grad=np.array([True, False]),
+            ),
+            TypeError,
+            "weight_grad: expected a bool, got numpy.ndarray",
+        ),
+    ],
+)
+def test_argument_errors_name_the_argument(call: object, exc: type[Exception], match: str) -> None:
+    """Huge ints, None where an int is expected, arrays as flags, str scales and NUL characters gave
+    unnamed OverflowError/TypeError/ValueError messages; each names its argument now."""
+    with pytest.raises(exc, match=match):
+        call()  # type: ignore[operator]
+
+
+def test_dora_on_empty_wide_arrays_needs_no_scratch() -> None:
+    """(0, 2**40) operands raised an empty MemoryError (a row buffer of `in` floats per thread was
+    allocated for zero rows); zero rows now need no scratch."""
+    W = np.zeros((0, 2**40), np.float32)
+    M = np.zeros((0, 2**40), np.uint8)
+    A = np.zeros((0, 2**40), np.float32)
+    B = np.zeros((0, 0), np.float32)
+    assert _core.dora_rownorm_forward(W, M, A, B, 1.0).shape == (0,)
+    dA, dB = _core.dora_rownorm_backward(np.zeros(0, np.float32), np.zeros(0, np.float32), W, M, A, B, 1.0)
+    assert dA.shape == (0, 2**40) and dB.shape == (0, 0)
+
+
+def _overflowing_adapter(rng: np.random.Generator, out: int, inn: int, r: int):
+    """Finite A, B whose product B A overflows float32 (1e20 * 1e20 * r)."""
+    A = np.full((r, inn), 1e20, np.float32) * np.sign(rng.standard_normal((r, inn))).astype(np.float32)
+    B = np.full((out, r), 1e20, np.float32)
+    return A, B
+
+
+@pytest.mark.parametrize("fmt", ["dense", "csr", "nm"])
+def test_scale_zero_turns_the_adapter_off_on_every_path(
+    fmt: str, simd: str, rng: np.random.Generator
+) -> None:
+    """With finite A, B whose product overflows float32 and scale=0, the dense path returned finite
+    values and the naive twin, CSR and DoRA NaN. The rule (docs/numerics.md): scale == 0 means
+    W' = W exactly and zero adapter gradients, on every path."""
+    out, inn, r, N = 6, 8, 3, 5
+    W = rng.standard_normal((out, inn)).astype(np.float32)
+    mask = np.zeros((out, inn), bool)
+    mask[:, ::2] = True  # 2:4 (positions 0 and 2 of every group of 4)
+    W *= mask
+    A, B = _overflowing_adapter(rng, out, inn, r)
+    x = rng.standard_normal((N, inn)).astype(np.float32)
+    gy = rng.standard_normal((N, out)).astype(np.float32)
+    y_ref, gx_ref = x @ W.T, gy @ W
+    zA, zB = np.zeros_like(A), np.zeros_like(B)
+    if fmt == "dense":
+        M = mask.astype(np.uint8)
+        for naive in (False, True):
+            np.testing.assert_allclose(
+                _core.lors_forward(x, W, M, A, B, 0.0, naive=naive), y_ref, rtol=1e-5, atol=1e-5
+            )
+            np.testing.assert_allclose(
+                _core.lors_backward_input(gy, W, M, A, B, 0.0, naive=naive), gx_ref, rtol=1e-5, atol=1e-5
+            )
+            np.testing.assert_array_equal(_core.lors_merge(W, M, A, B, 0.0, naive=naive), W)
+            for got, want in zip(
+                _core.lors_backward_exact(gy * 1e30, x * 1e8, M, A, B, 0.0, naive=naive),
+                (zA, zB),
+                strict=False,
+            ):
+                np.testing.assert_array_equal(got, want)
+            for got, want in zip(
+                _core.lors_backward_lors(gy * 1e30, x * 1e8, A, B, 0.0, naive=naive), (zA, zB), strict=False
+            ):
+                np.testing.assert_array_equal(got, want)
+        np.testing.assert_allclose(
+            _core.dora_rownorm_forward(W, M, A, B, 0.0), np.linalg.norm(W, axis=1), rtol=1e-6
+        )
+        n = np.linalg.norm(W, axis=1).astype(np.float32)
+        for got, want in zip(
+            _core.dora_rownorm_backward(np.ones(out, np.float32), n, W, M, A, B, 0.0), (zA, zB), strict=False
+        ):
+            np.testing.assert_array_equal(got, want)
+        return
+    if fmt == "csr":
+        base = _csr(W)
+    else:
+        pos = np.nonzero(mask[0].reshape(-1, 4))[1].reshape(-1, 2)
+        idx = np.tile(pos.reshape(1, -1), (out, 1)).astype(np.uint8)
+        base = ("nm", out, inn, 2, 4, W[mask].reshape(out, -1), idx, np.zeros(0, np.int64))
+    for naive in (False, True):
+        np.testing.assert_allclose(
+            _core.sparse_forward(base, x, A, B, 0.0, naive=naive), y_ref, rtol=1e-5, atol=1e-5
+        )
+        gx, dA, dB = _core.sparse_backward(base, gy, x, A, B, 0.0, naive=naive)
+        np.testing.assert_allclose(gx, gx_ref, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(dA, zA)
+        np.testing.assert_array_equal(dB, zB)
+    np.testing.assert_array_equal(_core.sparse_merge(base, A, B, 0.0), base[5])
