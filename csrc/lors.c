@@ -453,8 +453,9 @@ void lors_backward_exact_naive(float *dA, float *dB, const float *gy, const floa
 
 int lors_backward_lors(float *dA, float *dB, const float *gy, const float *x, const float *A, const float *B,
                        float s, int64_t N, int64_t in, int64_t out, int64_t r) {
-    if (r <= 0 || in <= 0 || out <= 0) return 0;
-    if (N <= 0 || s == 0.0f) { /* scale 0: the adapter is off, its gradients exactly 0 */
+    // no tokens, no outputs (gy B = 0), no inputs (x A^T = 0) or scale 0 (the adapter is off):
+    // the gradients are exactly 0
+    if (N <= 0 || r <= 0 || in <= 0 || out <= 0 || s == 0.0f) {
         memset(dA, 0, sizeof(float) * (size_t)(r * in));
         memset(dB, 0, sizeof(float) * (size_t)(out * r));
         return 0;

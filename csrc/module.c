@@ -231,6 +231,13 @@ static int arg_disjoint(PyArrayObject *a, const char *an, PyArrayObject *b, cons
     return -1;
 }
 
+/* Checks that an output array may be written. */
+static int arg_writeable(PyArrayObject *a, const char *name) {
+    if (PyArray_ISWRITEABLE(a)) return 0;
+    PyErr_Format(PyExc_ValueError, "%s: expected a writeable array, got a read-only one", name);
+    return -1;
+}
+
 /* A new uninitialised float32 array of the given shape. */
 static PyArrayObject *new_f32(int nd, const npy_intp *dims) {
     return (PyArrayObject *)PyArray_EMPTY(nd, (npy_intp *)dims, NPY_FLOAT32, 0);
@@ -343,10 +350,7 @@ static PyObject *py_gemm_into(PyObject *self, PyObject *args, PyObject *kwargs) 
     PyArrayObject *c = arg_f32(co, "c", 2), *a = c ? arg_f32(ao, "a", 2) : NULL;
     PyArrayObject *b = a ? arg_f32(bo, "b", 2) : NULL;
     if (b == NULL || arg_disjoint(c, "c", a, "a") < 0 || arg_disjoint(c, "c", b, "b") < 0) return NULL;
-    if (!PyArray_ISWRITEABLE(c)) {
-        PyErr_SetString(PyExc_ValueError, "c: expected a writeable array, got a read-only one");
-        return NULL;
-    }
+    if (arg_writeable(c, "c") < 0) return NULL;
     npy_intp M = PyArray_DIM(a, ta ? 1 : 0), K = PyArray_DIM(a, ta ? 0 : 1);
     npy_intp N = PyArray_DIM(b, tb ? 0 : 1);
     if (arg_dim(b, "b", tb ? 1 : 0, K, "the inner dimension of op(a)") < 0) return NULL;
@@ -732,7 +736,7 @@ static PyArrayObject *wn_out(PyObject *oo, const char *name, PyArrayObject *v) {
     if (o == NULL || arg_dim(o, name, 0, PyArray_DIM(v, 0), "rows of v") < 0 ||
         arg_dim(o, name, 1, PyArray_DIM(v, 1), "columns of v") < 0)
         return NULL;
-    if (PyArray_FailUnlessWriteable(o, name) < 0) return NULL;
+    if (arg_writeable(o, name) < 0) return NULL;
     Py_INCREF(o);
     return o;
 }
@@ -946,10 +950,11 @@ static int arg_costs(PyArrayObject **mem, PyArrayObject **dur, PyObject *mem_o, 
 static PyObject *py_remat_simulate(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"steps", "memory", "duration", "pred_ptr", "pred_idx", "profile", NULL};
-    PyObject *so, *mo, *dO, *po, *io;
+    PyObject *so, *mo, *dO, *po, *io, *pro = NULL;
     int want_profile = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO|p:remat_simulate", kwlist, &so, &mo, &dO, &po, &io,
-                                     &want_profile))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO|O:remat_simulate", kwlist, &so, &mo, &dO, &po, &io,
+                                     &pro) ||
+        arg_flag(pro, "profile", &want_profile) < 0)
         return NULL;
     PyArrayObject *steps = arg_i64(so, "steps", -1, ""), *mem, *dur, *ptr, *idx;
     if (steps == NULL || arg_costs(&mem, &dur, mo, dO) < 0) return NULL;
@@ -981,14 +986,17 @@ static PyObject *py_remat_simulate(PyObject *self, PyObject *args, PyObject *kwa
 static PyObject *py_remat_compact(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"steps", "pred_ptr", "pred_idx", "n", NULL};
-    PyObject *so, *po, *io;
-    Py_ssize_t n;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOn:remat_compact", kwlist, &so, &po, &io, &n))
+    PyObject *so, *po, *io, *no;
+    long long nl;
+    // n + 1 row pointers must be countable
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO:remat_compact", kwlist, &so, &po, &io, &no) ||
+        arg_int(no, "n", INT64_MIN, PY_SSIZE_T_MAX - 1, &nl) < 0)
         return NULL;
-    if (n < 0) {
-        PyErr_Format(PyExc_ValueError, "n: expected a node count >= 0, got %zd", n);
+    if (nl < 0) {
+        PyErr_Format(PyExc_ValueError, "n: expected a node count >= 0, got %lld", nl);
         return NULL;
     }
+    Py_ssize_t n = (Py_ssize_t)nl;
     PyArrayObject *steps = arg_i64(so, "steps", -1, ""), *ptr, *idx;
     if (steps == NULL || arg_csr(&ptr, &idx, po, io, "pred_ptr", "pred_idx", n) < 0) return NULL;
     npy_intp ns = PyArray_DIM(steps, 0), cap = 2 * ns + 1;
@@ -1018,15 +1026,18 @@ static PyObject *remat_run_planner(PyObject *args, PyObject *kwargs, int greedy)
                                 "order",  "seg_end",  "budget",   "mem_exp",  "dist_exp", NULL};
     static char *kw_greedy[] = {"memory",   "duration", "pred_ptr", "pred_idx", "succ_ptr",
                                 "succ_idx", "order",    "budget",   NULL};
-    PyObject *mo, *dO, *po, *io, *spo, *sio, *oo, *sego = Py_None;
+    PyObject *mo, *dO, *po, *io, *spo, *sio, *oo, *sego = Py_None, *bo, *meo = NULL, *deo = NULL;
     long long budget;
     double mem_exp = 1.0, dist_exp = 1.0;
-    int okp = greedy ? PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOL:remat_greedy", kw_greedy, &mo, &dO,
-                                                   &po, &io, &spo, &sio, &oo, &budget)
-                     : PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOLdd:remat_plan_stages", kw_stages,
-                                                   &mo, &dO, &po, &io, &spo, &sio, &oo, &sego, &budget,
-                                                   &mem_exp, &dist_exp);
-    if (!okp) return NULL;
+    int okp = greedy
+                  ? PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOO:remat_greedy", kw_greedy, &mo, &dO,
+                                                &po, &io, &spo, &sio, &oo, &bo)
+                  : PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOOOO:remat_plan_stages", kw_stages, &mo,
+                                                &dO, &po, &io, &spo, &sio, &oo, &sego, &bo, &meo, &deo);
+    if (!okp || arg_int(bo, "budget", INT64_MIN, INT64_MAX, &budget) < 0 ||
+        (meo != NULL && arg_real(meo, "mem_exp", &mem_exp) < 0) ||
+        (deo != NULL && arg_real(deo, "dist_exp", &dist_exp) < 0))
+        return NULL;
     PyArrayObject *mem, *dur, *ptr, *idx, *sptr, *sidx, *order, *seg = NULL;
     if (arg_costs(&mem, &dur, mo, dO) < 0) return NULL;
     npy_intp n = PyArray_DIM(mem, 0);

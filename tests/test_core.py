@@ -652,3 +652,15 @@ def test_scale_zero_turns_the_adapter_off_on_every_path(
         np.testing.assert_array_equal(dA, zA)
         np.testing.assert_array_equal(dB, zB)
     np.testing.assert_array_equal(_core.sparse_merge(base, A, B, 0.0), base[5])
+
+
+@pytest.mark.parametrize("naive", [False, True])
+def test_lors_gradient_of_a_layer_without_outputs_is_zero(naive: bool) -> None:
+    """out = 0 returned dA (r, in) uninitialised (found by the fuzz suite): gy B = 0, so dA = 0."""
+    rng = np.random.default_rng(3)
+    gy, x = np.zeros((4, 0), np.float32), rng.standard_normal((4, 17)).astype(np.float32)
+    A, B = rng.standard_normal((5, 17)).astype(np.float32), np.zeros((0, 5), np.float32)
+    for _ in range(3):  # fresh allocations may hold anything
+        dA, dB = _core.lors_backward_lors(gy, x, A, B, 1.5, naive=naive)
+        np.testing.assert_array_equal(dA, np.zeros((5, 17), np.float32))
+        assert dB.shape == (0, 5)

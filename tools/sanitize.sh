@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Build sparseft._core with AddressSanitizer + UndefinedBehaviorSanitizer and run the test suite
-# against it, then rebuild the normal extension. Usage: tools/sanitize.sh [pytest args...]
+# Build sparseft._core with AddressSanitizer + UndefinedBehaviorSanitizer and run the fuzz suite and
+# the kernel tests against it (the fuzz children inherit the sanitizer through LD_PRELOAD), then
+# rebuild the normal extension. Usage: tools/sanitize.sh [pytest args...] (given arguments replace
+# the default targets, e.g. tools/sanitize.sh tests for the whole suite)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python}
@@ -9,9 +11,12 @@ rm -rf build
 CFLAGS="$san -O1 -g" LDFLAGS="$san" "$python" setup.py build_ext --inplace --force >/dev/null
 preload="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
 # Python itself is not built with ASan: leaks at exit are CPython's, so leak checking is off.
+targets=(tests/fuzz tests/test_core.py tests/test_gemm.py)
+[ $# -gt 0 ] && targets=("$@")
 status=0
 LD_PRELOAD="$preload" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-    SPARSEFT_SANITIZE=1 "$python" -m pytest -q -p no:cacheprovider "$@" || status=$?
+    SPARSEFT_SANITIZE=1 PYTHONPATH="$PWD" "$python" -m pytest -q -p no:cacheprovider \
+    "${targets[@]}" || status=$?
 rm -rf build
 "$python" setup.py build_ext --inplace --force >/dev/null
 exit $status

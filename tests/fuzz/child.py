@@ -111,7 +111,9 @@ def _materialize(obj: Any, label: str, arrays: list[tuple[str, np.ndarray]], gua
     elif isinstance(obj, Misaligned):
         a = np.ascontiguousarray(obj.a)
         raw = guarded(np.zeros(a.nbytes + 1, np.uint8), guard)
-        out = raw[1:].view(a.dtype).reshape(a.shape) if a.nbytes else raw[1:1].view(a.dtype).reshape(a.shape)
+        # one byte off the page-aligned end (or start) of the guarded buffer
+        part = raw[:-1] if guard == "end" else raw[1:]
+        out = part.view(a.dtype).reshape(a.shape)
         out[...] = a
     elif isinstance(obj, ReadOnly):
         out = guarded(obj.a, guard, readonly=True)

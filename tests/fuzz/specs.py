@@ -1,0 +1,543 @@
+"""What the fuzz harness knows about every ``sparseft._core`` entry point: how to build a valid
+call on random sizes (including 0 and 1), which arguments are integers, flags, scales, outputs
+and index structures, which names its error messages may use, and how to check a result against
+``tests/reference.py``.
+
+An entry point is registered with ``@entry(...)`` on its builder; ``ENTRIES`` maps names to them.
+A builder takes a NumPy generator and returns a ``Call`` (see ``child.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import reference as ref
+from .child import Call
+
+F32 = np.float32
+
+
+@dataclass
+class Entry:
+    """One ``_core`` entry point as the fuzzer sees it.
+
+    ``build(rng) -> Call``; ``check(call, result)`` raises AssertionError when a successful
+    result disagrees with the reference (None: no reference, only "it ran"); ``names``: the
+    argument names an error message may start with; ``ints``/``flags``/``scales``: argument
+    labels of those kinds ("arg3", "naive", "arg0[1]" for an item of the base tuple)."""
+
+    name: str
+    build: Callable[[np.random.Generator], Call]
+    check: Callable[[Call, Any], None] | None = None
+    names: frozenset[str] = frozenset()
+    ints: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()
+    scales: tuple[str, ...] = ()
+    sparse: bool = False
+    inplace_ok: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.names = frozenset(self.names | set(self.flags) | {"trusted"})
+
+
+ENTRIES: dict[str, Entry] = {}
+
+
+def entry(name: str, **kw: Any) -> Callable[[Callable[[np.random.Generator], Call]], Callable[..., Call]]:
+    """Registers the decorated builder as the fuzz entry for ``_core.<name>``."""
+
+    def deco(build: Callable[[np.random.Generator], Call]) -> Callable[..., Call]:
+        ENTRIES[name] = Entry(name, build, **kw)
+        return build
+
+    return deco
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def size(rng: np.random.Generator, hi: int = 13) -> int:
+    """A size biased to the edges: 0, 1, odd and a few larger ones."""
+    return int(rng.choice([0, 1, 1, 2, 3, 5, 7, 8, 9, int(rng.integers(1, hi + 1)), 17]))
+
+
+def f32(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    return rng.standard_normal(shape).astype(F32)
+
+
+def close(got: Any, want: Any, what: str, tol: float = 2e-3) -> None:
+    """float32 result against a float64 reference, relative to the reference's magnitude."""
+    got = np.asarray(got, np.float64)
+    want = np.asarray(want, np.float64)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != reference {want.shape}"
+    if got.size == 0:
+        return
+    scale = max(1.0, float(np.max(np.abs(want))))
+    err = float(np.max(np.abs(got - want)))
+    assert err <= tol * scale, f"{what}: max error {err:.3g} against the reference (scale {scale:.3g})"
+
+
+def value(call: Call, label: str) -> Any:
+    """The argument at ``label`` ("arg2", "arg0[5]", "naive"), defaults where not passed."""
+    head, _, rest = label.partition("[")
+    if head.startswith("arg") and head[3:].isdigit():
+        v = call.args[int(head[3:])]
+    else:
+        v = call.kwargs[head]
+    while rest:
+        idx, _, rest = rest.partition("]")
+        v = v[int(idx)]
+        rest = rest.lstrip("[")
+    return v
+
+
+def dense_of_base(base: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(W dense float64, mask bool) of a valid CSR or N:M base tuple."""
+    kind, out, inn, n, m, vals, idx, rowptr = base
+    W = np.zeros((out, inn))
+    M = np.zeros((out, inn), bool)
+    if kind == "csr":
+        for i in range(out):
+            cols = idx[rowptr[i] : rowptr[i + 1]]
+            W[i, cols] = vals[rowptr[i] : rowptr[i + 1]]
+            M[i, cols] = True
+    else:
+        for i in range(out):
+            cols = (np.arange(idx.shape[1]) // n) * m + idx[i]
+            W[i, cols] = vals[i]
+            M[i, cols] = True
+    return W, M
+
+
+def random_base(rng: np.random.Generator, kind: str | None = None) -> tuple:
+    """A valid CSR or N:M base tuple of random size and density."""
+    kind = kind or str(rng.choice(["csr", "nm"]))
+    out = size(rng)
+    if kind == "csr":
+        inn = size(rng)
+        M = rng.random((out, inn)) < rng.choice([0.0, 0.2, 0.6, 1.0])
+        rows, cols = np.nonzero(M)
+        rowptr = np.zeros(out + 1, np.int64)
+        np.add.at(rowptr, rows + 1, 1)
+        vals = f32(rng, len(rows))
+        return ("csr", out, inn, 0, 0, vals, cols.astype(np.int32), np.cumsum(rowptr))
+    m = int(rng.choice([1, 2, 4, 8]))
+    n = int(rng.integers(0, m + 1))
+    groups = int(rng.choice([0, 1, 2, 3]))
+    inn = groups * m
+    idx = np.zeros((out, groups * n), np.uint8)
+    for i in range(out):
+        for gr in range(groups):
+            idx[i, gr * n : (gr + 1) * n] = np.sort(rng.choice(m, n, replace=False))
+    return ("nm", out, inn, n, m, f32(rng, out, groups * n), idx, np.zeros(0, np.int64))
+
+
+BASE_NAMES = frozenset(
+    {"base", "base[0] (kind)", "base[1] (out)", "base[2] (in)", "base[3] (n)", "base[4] (m)", "values", "indices", "rowptr"}
+)
+BASE_INTS = ("arg0[1]", "arg0[2]", "arg0[3]", "arg0[4]")
+
+
+# ---- runtime ----------------------------------------------------------------------------------
+
+
+@entry("set_num_threads", names=frozenset({"n"}), ints=("arg0",))
+def _set_num_threads(rng: np.random.Generator) -> Call:
+    return Call("set_num_threads", (int(rng.integers(1, 5)),))
+
+
+@entry("set_simd", names=frozenset({"path"}))
+def _set_simd(rng: np.random.Generator) -> Call:
+    return Call("set_simd", (str(rng.choice(["portable", "auto"])),))
+
+
+def _no_arguments(name: str) -> Callable[[np.random.Generator], Call]:
+    def build(rng: np.random.Generator) -> Call:
+        return Call(name, ())
+
+    return build
+
+
+for _name in ("build_info", "get_num_threads", "scratch_stats", "reset_scratch_peak"):
+    ENTRIES[_name] = Entry(_name, _no_arguments(_name))
+
+
+@entry("lors_scratch_bytes", names=frozenset({"in_features", "out_features", "r", "in_features, out_features, r"}),
+       ints=("arg0", "arg1", "arg2"))
+def _lors_scratch_bytes(rng: np.random.Generator) -> Call:
+    return Call("lors_scratch_bytes", (size(rng, 4096), size(rng, 4096), size(rng, 64)))
+
+
+# ---- gemm -------------------------------------------------------------------------------------
+
+
+def _check_matmul(call: Call, res: Any) -> None:
+    a, b = call.args[0], call.args[1]
+    close(res, ref.matmul(a, b, bool(call.kwargs.get("trans_a")), bool(call.kwargs.get("trans_b"))), "matmul")
+
+
+@entry("matmul", check=_check_matmul, names=frozenset({"a", "b"}), flags=("trans_a", "trans_b"))
+def _matmul(rng: np.random.Generator) -> Call:
+    M, N, K = size(rng), size(rng), size(rng)
+    ta, tb = bool(rng.integers(2)), bool(rng.integers(2))
+    a = f32(rng, *((K, M) if ta else (M, K)))
+    b = f32(rng, *((N, K) if tb else (K, N)))
+    return Call("matmul", (a, b), {"trans_a": ta, "trans_b": tb})
+
+
+def _check_gemm_into(call: Call, res: Any) -> None:
+    _, outs = res
+    c0, a, b = call.args
+    ta, tb = bool(call.kwargs.get("trans_a")), bool(call.kwargs.get("trans_b"))
+    alpha, beta = call.kwargs.get("alpha", 1.0), call.kwargs.get("beta", 0.0)
+    prod = ref.matmul(a, b, ta, tb)
+    want = np.asarray(c0, np.float64).copy()
+    want[:, : prod.shape[1]] = beta * want[:, : prod.shape[1]] + alpha * prod
+    close(outs["arg0"], want, "gemm_into")
+
+
+@entry("gemm_into", check=_check_gemm_into, names=frozenset({"a", "b", "c", "alpha", "beta", "c, a", "c, b"}),
+       flags=("trans_a", "trans_b", "packb", "naive"), scales=("alpha", "beta"))
+def _gemm_into(rng: np.random.Generator) -> Call:
+    M, N, K = size(rng), size(rng), size(rng)
+    ta, tb, packb, naive = (bool(rng.integers(2)) for _ in range(4))
+    a = f32(rng, *((K, M) if ta else (M, K)))
+    b = f32(rng, *((N, K) if tb else (K, N)))
+    c = f32(rng, M, N + int(rng.integers(0, 3)))
+    kw: dict[str, Any] = {"trans_a": ta, "trans_b": tb, "packb": packb, "naive": naive, "beta": float(rng.choice([0.0, 0.5]))}
+    if not naive:
+        kw["alpha"] = float(rng.choice([1.0, -2.0]))
+    return Call("gemm_into", (c, a, b), kw, outputs=frozenset({"arg0"}))
+
+
+# ---- lors -------------------------------------------------------------------------------------
+
+
+def _adapter(rng: np.random.Generator, out: int, inn: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    r = size(rng, 9)
+    W = f32(rng, out, inn)
+    M = rng.random((out, inn)) < 0.5
+    if rng.integers(2):
+        M = M.astype(np.uint8)
+    return W, M, f32(rng, r, inn), f32(rng, out, r)
+
+
+LORS_NAMES = frozenset({"x", "gy", "W", "mask", "A", "B", "scale", "bias"})
+
+
+def _check_lors_forward(call: Call, res: Any) -> None:
+    x, W, M, A, B, s = call.args[:6]
+    close(res, ref.lors_forward(x, W, M, A, B, s, call.kwargs.get("bias")), "lors_forward")
+
+
+@entry("lors_forward", check=_check_lors_forward, names=LORS_NAMES, flags=("check_weights", "naive"), scales=("arg5",))
+def _lors_forward(rng: np.random.Generator) -> Call:
+    out, inn, N = size(rng), size(rng), size(rng)
+    W, M, A, B = _adapter(rng, out, inn)
+    kw: dict[str, Any] = {"naive": bool(rng.integers(2))}
+    if rng.integers(2):
+        kw["bias"] = f32(rng, out)
+    return Call("lors_forward", (f32(rng, N, inn), W, M, A, B, float(rng.standard_normal())), kw)
+
+
+def _check_lors_bi(call: Call, res: Any) -> None:
+    gy, W, M, A, B, s = call.args[:6]
+    close(res, ref.lors_backward_input(gy, W, M, A, B, s), "lors_backward_input")
+
+
+@entry("lors_backward_input", check=_check_lors_bi, names=LORS_NAMES, flags=("check_weights", "naive"), scales=("arg5",))
+def _lors_backward_input(rng: np.random.Generator) -> Call:
+    out, inn, N = size(rng), size(rng), size(rng)
+    W, M, A, B = _adapter(rng, out, inn)
+    return Call("lors_backward_input", (f32(rng, N, out), W, M, A, B, float(rng.standard_normal())),
+                {"naive": bool(rng.integers(2))})
+
+
+def _check_lors_exact(call: Call, res: Any) -> None:
+    gy, x, M, A, B, s = call.args[:6]
+    for got, want, what in zip(res, ref.lors_grad_exact(gy, x, M, A, B, s), ("dA", "dB"), strict=True):
+        close(got, want, f"lors_backward_exact {what}")
+
+
+@entry("lors_backward_exact", check=_check_lors_exact, names=LORS_NAMES, flags=("check_finite", "naive"), scales=("arg5",))
+def _lors_backward_exact(rng: np.random.Generator) -> Call:
+    out, inn, N = size(rng), size(rng), size(rng)
+    _, M, A, B = _adapter(rng, out, inn)
+    return Call("lors_backward_exact", (f32(rng, N, out), f32(rng, N, inn), M, A, B, float(rng.standard_normal())),
+                {"naive": bool(rng.integers(2))})
+
+
+def _check_lors_lors(call: Call, res: Any) -> None:
+    gy, x, A, B, s = call.args[:5]
+    for got, want, what in zip(res, ref.lors_grad_lors(gy, x, A, B, s), ("dA", "dB"), strict=True):
+        close(got, want, f"lors_backward_lors {what}")
+
+
+@entry("lors_backward_lors", check=_check_lors_lors, names=LORS_NAMES, flags=("check_finite", "naive"), scales=("arg4",))
+def _lors_backward_lors(rng: np.random.Generator) -> Call:
+    out, inn, N = size(rng), size(rng), size(rng)
+    _, _, A, B = _adapter(rng, out, inn)
+    return Call("lors_backward_lors", (f32(rng, N, out), f32(rng, N, inn), A, B, float(rng.standard_normal())),
+                {"naive": bool(rng.integers(2))})
+
+
+def _check_lors_merge(call: Call, res: Any) -> None:
+    W, M, A, B, s = call.args[:5]
+    close(res, ref.lors_merged_weight(W, M, A, B, s), "lors_merge")
+
+
+@entry("lors_merge", check=_check_lors_merge, names=LORS_NAMES, flags=("naive",), scales=("arg4",))
+def _lors_merge(rng: np.random.Generator) -> Call:
+    W, M, A, B = _adapter(rng, size(rng), size(rng))
+    return Call("lors_merge", (W, M, A, B, float(rng.standard_normal())), {"naive": bool(rng.integers(2))})
+
+
+# ---- weightnorm -------------------------------------------------------------------------------
+
+
+def _wn_g(rng: np.random.Generator, v: np.ndarray, dim: int) -> np.ndarray:
+    K = {0: v.shape[0], 1: v.shape[1], -1: 1}[dim]
+    return f32(rng, K)
+
+
+def _g_shaped(g: np.ndarray, dim: int) -> Any:
+    return g.reshape(-1, 1) if dim == 0 else g.reshape(1, -1) if dim == 1 else g.reshape(())
+
+
+def _check_wn_norms(call: Call, res: Any) -> None:
+    v, dim = call.args
+    close(res, ref.weightnorm_norms(v, None if dim == -1 else int(dim)).reshape(-1), "weightnorm_norms")
+
+
+@entry("weightnorm_norms", check=_check_wn_norms, names=frozenset({"v", "dim"}), ints=("arg1",))
+def _weightnorm_norms(rng: np.random.Generator) -> Call:
+    return Call("weightnorm_norms", (f32(rng, size(rng), size(rng)), int(rng.choice([0, 1, -1]))))
+
+
+def _check_wn_forward(call: Call, res: Any) -> None:
+    v, g, dim = call.args[:3]
+    got = res[1]["out"] if isinstance(res, tuple) else res
+    close(got, ref.weightnorm_forward(v, _g_shaped(g, int(dim)), None if dim == -1 else int(dim)), "weightnorm_forward")
+
+
+@entry("weightnorm_forward", check=_check_wn_forward, names=frozenset({"v", "g", "dim", "out", "out, v", "out, g"}),
+       ints=("arg2",), inplace_ok={"out": ("arg0",)})
+def _weightnorm_forward(rng: np.random.Generator) -> Call:
+    v = f32(rng, size(rng), size(rng))
+    dim = int(rng.choice([0, 1, -1]))
+    kw: dict[str, Any] = {}
+    outputs: frozenset[str] = frozenset()
+    if rng.integers(2):
+        kw["out"] = np.zeros_like(v)
+        outputs = frozenset({"out"})
+    return Call("weightnorm_forward", (v, _wn_g(rng, v, dim), dim), kw, outputs=outputs)
+
+
+def _check_wn_backward(call: Call, res: Any) -> None:
+    gw, v, g, dim = call.args[:4]
+    res, outs = res if call.outputs else (res, {})
+    gv, gg = res
+    want_v, want_g = ref.weightnorm_backward(gw, v, _g_shaped(g, int(dim)), None if dim == -1 else int(dim))
+    close(outs.get("out", gv), want_v, "weightnorm_backward grad_v")
+    close(gg, np.reshape(want_g, -1), "weightnorm_backward grad_g")
+
+
+@entry("weightnorm_backward", check=_check_wn_backward,
+       names=frozenset({"grad_w", "v", "g", "dim", "out", "out, v", "out, g", "out, grad_w"}), ints=("arg3",),
+       inplace_ok={"out": ("arg0", "arg1")})
+def _weightnorm_backward(rng: np.random.Generator) -> Call:
+    v = f32(rng, size(rng), size(rng))
+    dim = int(rng.choice([0, 1, -1]))
+    kw: dict[str, Any] = {}
+    outputs: frozenset[str] = frozenset()
+    if rng.integers(2):
+        kw["out"] = np.zeros_like(v)
+        outputs = frozenset({"out"})
+    return Call("weightnorm_backward", (f32(rng, *v.shape), v, _wn_g(rng, v, dim), dim), kw, outputs=outputs)
+
+
+def _check_dora_f(call: Call, res: Any) -> None:
+    close(res, ref.dora_rownorm_forward(*call.args), "dora_rownorm_forward")
+
+
+@entry("dora_rownorm_forward", check=_check_dora_f, names=frozenset({"W", "mask", "A", "B", "scale"}), scales=("arg4",))
+def _dora_f(rng: np.random.Generator) -> Call:
+    W, M, A, B = _adapter(rng, size(rng), size(rng))
+    return Call("dora_rownorm_forward", (W, M, A, B, float(rng.standard_normal())))
+
+
+def _check_dora_b(call: Call, res: Any) -> None:
+    for got, want, what in zip(res, ref.dora_rownorm_backward(*call.args), ("dA", "dB"), strict=True):
+        close(got, want, f"dora_rownorm_backward {what}")
+
+
+@entry("dora_rownorm_backward", check=_check_dora_b,
+       names=frozenset({"grad_n", "n", "W", "mask", "A", "B", "scale"}), scales=("arg6",))
+def _dora_b(rng: np.random.Generator) -> Call:
+    W, M, A, B = _adapter(rng, size(rng), size(rng))
+    s = float(rng.standard_normal())
+    n = ref.dora_rownorm_forward(W, M, A, B, s).astype(F32)
+    return Call("dora_rownorm_backward", (f32(rng, W.shape[0]), n, W, M, A, B, s))
+
+
+# ---- sparse -----------------------------------------------------------------------------------
+
+
+def _sparse_operands(rng: np.random.Generator, base: tuple) -> tuple[np.ndarray, np.ndarray]:
+    r = size(rng, 9)
+    return f32(rng, r, base[2]), f32(rng, base[1], r)
+
+
+def _check_sparse_forward(call: Call, res: Any) -> None:
+    base, x, A, B, s = call.args[:5]
+    W, M = dense_of_base(base)
+    close(res, ref.sparse_forward(W, M, x, A, B, s), "sparse_forward")
+
+
+SPARSE_NAMES = BASE_NAMES | {"x", "gy", "A", "B", "scale", "N"}
+
+
+@entry("sparse_forward", check=_check_sparse_forward, names=SPARSE_NAMES, flags=("naive",), scales=("arg4",),
+       ints=BASE_INTS, sparse=True)
+def _sparse_forward(rng: np.random.Generator) -> Call:
+    base = random_base(rng)
+    A, B = _sparse_operands(rng, base)
+    return Call("sparse_forward", (base, f32(rng, size(rng, 70), base[2]), A, B, float(rng.standard_normal())),
+                {"naive": bool(rng.integers(2))})
+
+
+def _check_sparse_backward(call: Call, res: Any) -> None:
+    base, gy, x, A, B, s = call.args[:6]
+    W, M = dense_of_base(base)
+    gx, dA, dB = res
+    if call.kwargs.get("input_grad", True):
+        close(gx, ref.sparse_backward_input(W, M, gy, A, B, s), "sparse_backward gx")
+    if call.kwargs.get("weight_grad", True):
+        want_a, want_b = ref.sparse_masked_grad(M, gy, x, A, B, s)
+        close(dA, want_a, "sparse_backward dA")
+        close(dB, want_b, "sparse_backward dB")
+
+
+@entry("sparse_backward", check=_check_sparse_backward, names=SPARSE_NAMES,
+       flags=("input_grad", "weight_grad", "naive"), scales=("arg5",), ints=BASE_INTS, sparse=True)
+def _sparse_backward(rng: np.random.Generator) -> Call:
+    base = random_base(rng)
+    A, B = _sparse_operands(rng, base)
+    N = size(rng, 70)
+    kw = {"naive": bool(rng.integers(2)), "input_grad": bool(rng.integers(2)), "weight_grad": bool(rng.integers(2))}
+    x = f32(rng, N, base[2]) if kw["weight_grad"] else None  # x is not read without weight_grad
+    return Call("sparse_backward", (base, f32(rng, N, base[1]), x, A, B, float(rng.standard_normal())), kw)
+
+
+def _check_sparse_merge(call: Call, res: Any) -> None:
+    base, A, B, s = call.args[:4]
+    W, M = dense_of_base(base)
+    Wp = ref.lors_weight(W, M, A, B, s)
+    want = dense_of_base((*base[:5], np.zeros_like(base[5]), *base[6:]))[0]  # shape only
+    got = dense_of_base((*base[:5], res, *base[6:]))[0]
+    close(got, np.where(M, Wp, want), "sparse_merge")
+
+
+@entry("sparse_merge", check=_check_sparse_merge, names=SPARSE_NAMES, scales=("arg3",), ints=BASE_INTS, sparse=True)
+def _sparse_merge(rng: np.random.Generator) -> Call:
+    base = random_base(rng)
+    A, B = _sparse_operands(rng, base)
+    return Call("sparse_merge", (base, A, B, float(rng.standard_normal())))
+
+
+def _check_sparse_plan(call: Call, res: Any) -> None:
+    assert len(res) == 4 and min(res) > 0, f"sparse_plan: {res}"
+
+
+@entry("sparse_plan", check=_check_sparse_plan, names=SPARSE_NAMES, ints=(*BASE_INTS, "arg1"), sparse=True)
+def _sparse_plan(rng: np.random.Generator) -> Call:
+    return Call("sparse_plan", (random_base(rng), int(rng.integers(0, 5000))))
+
+
+@entry("sparse_check", names=SPARSE_NAMES, ints=BASE_INTS, sparse=True)
+def _sparse_check(rng: np.random.Generator) -> Call:
+    return Call("sparse_check", (random_base(rng),))
+
+
+# ---- remat ------------------------------------------------------------------------------------
+
+
+def random_dag(rng: np.random.Generator) -> dict[str, Any]:
+    """A random DAG in topological order 0..n-1: memory, duration, predecessor and successor CSR."""
+    n = size(rng, 12)
+    preds = [sorted(set(rng.choice(i, int(rng.integers(0, min(i, 3) + 1)), replace=False).tolist())) if i else [] for i in range(n)]
+    succs: list[list[int]] = [[] for _ in range(n)]
+    for v, ps in enumerate(preds):
+        for p in ps:
+            succs[p].append(v)
+
+    def csr(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        ptr = np.zeros(n + 1, np.int64)
+        ptr[1:] = np.cumsum([len(x) for x in lists])
+        return ptr, np.array([v for x in lists for v in x], np.int64)
+
+    pp, pi = csr(preds)
+    sp, si = csr(succs)
+    return {
+        "memory": rng.integers(0, 100, n).astype(np.int64),
+        "duration": rng.integers(0, 10, n).astype(np.int64),
+        "pred_ptr": pp,
+        "pred_idx": pi,
+        "succ_ptr": sp,
+        "succ_idx": si,
+        "preds": preds,
+    }
+
+
+REMAT_NAMES = frozenset({"steps", "memory", "duration", "pred_ptr", "pred_idx", "succ_ptr", "succ_idx", "order",
+                         "seg_end", "budget", "mem_exp", "dist_exp", "n", "pred_ptr/pred_idx", "succ_ptr/succ_idx",
+                         "memory/duration", "mem_exp/dist_exp"})
+
+
+def _check_remat_simulate(call: Call, res: Any) -> None:
+    steps, memory, duration = call.args[:3]
+    status, peak, dur = res[0], res[1], res[2]
+    preds = [call.args[4][call.args[3][v] : call.args[3][v + 1]].tolist() for v in range(len(memory))]
+    try:
+        want_peak, want_dur, _ = ref.remat_simulate(steps.tolist(), memory.tolist(), duration.tolist(), preds)
+    except ValueError:
+        assert status != 0, "remat_simulate accepted a schedule the reference rejects"
+        return
+    assert status == 0 and (peak, dur) == (want_peak, want_dur), f"remat_simulate {res[:3]} != {(0, want_peak, want_dur)}"
+
+
+@entry("remat_simulate", check=_check_remat_simulate, names=REMAT_NAMES, flags=("profile",))
+def _remat_simulate(rng: np.random.Generator) -> Call:
+    g = random_dag(rng)
+    n = len(g["memory"])
+    steps = np.arange(n, dtype=np.int64) if rng.integers(4) else rng.integers(-n - 1, n + 1, size(rng)).astype(np.int64)
+    return Call("remat_simulate", (steps, g["memory"], g["duration"], g["pred_ptr"], g["pred_idx"]),
+                {"profile": bool(rng.integers(2))})
+
+
+@entry("remat_compact", names=REMAT_NAMES)
+def _remat_compact(rng: np.random.Generator) -> Call:
+    g = random_dag(rng)
+    n = len(g["memory"])
+    return Call("remat_compact", (np.arange(n, dtype=np.int64), g["pred_ptr"], g["pred_idx"], n))
+
+
+@entry("remat_greedy", names=REMAT_NAMES)
+def _remat_greedy(rng: np.random.Generator) -> Call:
+    g = random_dag(rng)
+    n = len(g["memory"])
+    args = (g["memory"], g["duration"], g["pred_ptr"], g["pred_idx"], g["succ_ptr"], g["succ_idx"],
+            np.arange(n, dtype=np.int64), int(rng.integers(0, 400)))
+    return Call("remat_greedy", args)
+
+
+@entry("remat_plan_stages", names=REMAT_NAMES)
+def _remat_plan_stages(rng: np.random.Generator) -> Call:
+    g = random_dag(rng)
+    n = len(g["memory"])
+    args = (g["memory"], g["duration"], g["pred_ptr"], g["pred_idx"], g["succ_ptr"], g["succ_idx"],
+            np.arange(n, dtype=np.int64), None, int(rng.integers(0, 400)), 1.0, 1.0)
+    return Call("remat_plan_stages", args)
