@@ -4,7 +4,8 @@ Each BUILD is a source tree whose extension is built in place (``python setup.py
 --inplace``), e.g. ``git worktree add /tmp/old <rev>`` then a build there. Every build's
 ``sparseft/_core*.so`` is loaded into this one process and the calls alternate build by build, so
 a noisy machine slows all of them alike. The first build is the reference of the ratios. Before
-timing, every build's results are checked against the first (same problem, same inputs).
+timing, every build's results are checked against the first (same problem, same inputs; with
+``--exact`` they must be bit-identical, the check of a refactor that must not change results).
 
 Printed as measured: min and median milliseconds of ``sparse_forward`` (y = x W'^T) or the fused
 ``sparse_backward`` (gx and the exact masked dA, dB), effective GFLOP/s (2*nnz*N per product), and
@@ -14,7 +15,7 @@ with ``--grad lors``), and GFLOP/s counts the dense products (2*out*in*N each).
 
 Usage: python benchmarks/bench_builds.py [--mask 0.1|2:4|...] [--pass fwd|bwd] [--dense]
        [--grad exact|lors] [--seconds 20] [--shape 2048x2048] [--tokens 2048] [--threads 2]
-       BUILD [BUILD ...]
+       [--exact] BUILD [BUILD ...]
 """
 
 from __future__ import annotations
@@ -47,6 +48,27 @@ def load_core(build: str) -> ModuleType:
     return mod
 
 
+def problem(
+    mask_spec: str, out: int, inn: int, N: int, r: int
+) -> tuple[np.ndarray, np.ndarray, CSRBase | NMBase, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The benchmark problem (seed 0): W, its mask (a density: magnitude-pruned, CSR; "n:m": N:M),
+    the base, x (N, in), gy (N, out) and small adapters A (r, in), B (out, r)."""
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((out, inn)).astype(np.float32)
+    if ":" in mask_spec:
+        n, m = (int(v) for v in mask_spec.split(":"))
+        mask = sft.prune.nm(W, n, m)
+        base: CSRBase | NMBase = NMBase.from_dense(W * mask, mask)
+    else:
+        mask = sft.prune.magnitude(W, 1.0 - float(mask_spec))
+        base = CSRBase.from_dense(W * mask, mask)
+    x = rng.standard_normal((N, inn)).astype(np.float32)
+    gy = rng.standard_normal((N, out)).astype(np.float32)
+    A = (rng.standard_normal((r, inn)) * 0.01).astype(np.float32)
+    B = (rng.standard_normal((out, r)) * 0.01).astype(np.float32)
+    return W, mask, base, x, gy, A, B
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("builds", nargs="+", metavar="BUILD")
@@ -58,6 +80,9 @@ def main() -> None:
     ap.add_argument("--shape", default="2048x2048", help="OUTxIN")
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--exact", action="store_true", help="require bit-identical results of every build (a refactor check)"
+    )
     args = ap.parse_args()
     out, inn = (int(v) for v in args.shape.lower().split("x"))
     N, r, s = args.tokens, 16, 2.0
@@ -65,21 +90,8 @@ def main() -> None:
     for core in cores:
         core.set_num_threads(args.threads)
 
-    rng = np.random.default_rng(0)
-    W = rng.standard_normal((out, inn)).astype(np.float32)
-    if ":" in args.mask:
-        n, m = (int(v) for v in args.mask.split(":"))
-        mask = sft.prune.nm(W, n, m)
-        base: CSRBase | NMBase = NMBase.from_dense(W * mask, mask)
-    else:
-        mask = sft.prune.magnitude(W, 1.0 - float(args.mask))
-        base = CSRBase.from_dense(W * mask, mask)
+    W, mask, base, x, gy, A, B = problem(args.mask, out, inn, N, r)
     t = base._tuple()
-    x = rng.standard_normal((N, inn)).astype(np.float32)
-    gy = rng.standard_normal((N, out)).astype(np.float32)
-    A = (rng.standard_normal((r, inn)) * 0.01).astype(np.float32)
-    B = (rng.standard_normal((out, r)) * 0.01).astype(np.float32)
-
     Wm = (W * mask).astype(np.float32)
 
     def call(core: ModuleType) -> tuple[np.ndarray, ...]:
@@ -97,9 +109,12 @@ def main() -> None:
     want = call(cores[0])
     for build, core in zip(args.builds[1:], cores[1:], strict=True):
         for a, b in zip(want, call(core), strict=True):
-            np.testing.assert_allclose(
-                b, a, rtol=1e-3, atol=1e-2, err_msg=f"{build} disagrees with {args.builds[0]}"
-            )
+            if args.exact:
+                np.testing.assert_array_equal(b, a, err_msg=f"{build} is not bit-identical to {args.builds[0]}")
+            else:
+                np.testing.assert_allclose(
+                    b, a, rtol=1e-3, atol=1e-2, err_msg=f"{build} disagrees with {args.builds[0]}"
+                )
 
     times: list[list[float]] = [[] for _ in cores]
     end = time.perf_counter() + args.seconds

@@ -532,11 +532,11 @@ SFT_TARGET_AVX512 static inline __attribute__((always_inline)) void store_avx512
 /* The full 24 x 16 AVX-512 micro-kernel: 24 zmm accumulators, each FMA taking its A value as an
  * embedded broadcast, the depth loop in asm (so no accumulator can be spilled) unrolled by 4,
  * the A panel prefetched two unrolled steps ahead (it streams from L2; B stays in L1). The C
- * rows are prefetched one per unrolled step during the last 24 steps (a burst of 48 prefetches at
- * the start stalled the loop, and lines fetched early were evicted by the A stream), and a
- * full-width tile is added to C straight from the accumulators: spilling them to the stack and
- * reloading cost a store-forwarding stall per row. Together: 140 -> 150 GFLOP/s on one core at
- * 2048^3 (best of 3 s, ad hoc loop). Outputs are "+&r": early-clobber, so that no input shares
+ * rows are prefetched one per unrolled step during the last 24 steps (a burst of prefetches at the
+ * start would stall the loop, and lines fetched early would be evicted by the A stream), and a
+ * full-width tile is added to C straight from the accumulators (spilling them to the stack and
+ * reloading costs a store-forwarding stall per row); `python benchmarks/bench_gemm.py` measures
+ * the kernel. Outputs are "+&r": early-clobber, so that no input shares
  * their register (pc starts equal to C). */
 SFT_TARGET_AVX512 static void ukernel_avx512_24(int64_t kc, const float *a, const float *b, float *C,
                                                 int64_t ldc, int n, int first, float alpha, float beta) {

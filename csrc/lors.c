@@ -368,8 +368,8 @@ int lors_backward_exact(float *dA, float *dB, const float *gy, const float *x, c
     if (N <= 0 || r <= 0 || in <= 0 || out <= 0 || s == 0.0f) return 0;
     int nth = sft_get_num_threads();
     // each thread takes one slab of output rows (as equal as LORS_ROW_ALIGN allows) and tiles
-    // it with equal tiles of at most LORS_TILE_O x LORS_TILE_I: a fixed grid of 144-row tiles
-    // dealt out statically left one thread a whole tile row more (10% at out = 2048)
+    // it with equal tiles of at most LORS_TILE_O x LORS_TILE_I, so no thread gets a whole tile
+    // row more than another (as a fixed tile grid dealt out statically would give)
     if ((int64_t)nth > sft_ceil_div(out, LORS_ROW_ALIGN)) nth = (int)sft_ceil_div(out, LORS_ROW_ALIGN);
     const int64_t n_ti = sft_ceil_div(in, LORS_TILE_I);
     const int64_t ti_eq = SFT_MIN(LORS_TILE_I, sft_round_up(sft_ceil_div(in, n_ti), 16));

@@ -12,9 +12,9 @@
  * LORS_TILE_I floats (288 KiB, one buffer per thread) and runs the tile GEMMs on its own (one
  * parallel region and one barrier per call, so a busy machine does not stall it at every GEMM).
  * Every tile's GEMM packs x[:, tile columns] again (out / LORS_TILE_O times per call) and
- * gy[:, tile rows] (in / LORS_TILE_I times); the tall shape packs x half as often as 144 x 512
- * did with the same buffer, and its GEMMs' scratch is smaller (328 KiB instead of 400): gx plus
- * the exact gradient ran ~2% faster at 2048 x 2048, N = 2048 (bench_builds --dense, 2 threads). */
+ * gy[:, tile rows] (in / LORS_TILE_I times); a tall tile packs x less often than a square one
+ * of the same bytes and needs less GEMM scratch (`python benchmarks/bench_builds.py --dense OLD
+ * NEW` compares two tile shapes). */
 #define LORS_TILE_O 288
 #define LORS_TILE_I 256
 

@@ -252,17 +252,16 @@ static int64_t base_nnz(const sparse_base *W) {
 }
 
 /* Forward column block: 128 columns keep a 64-token tile's x^T rows of a block (32 KiB) in L1;
- * at density 0.15 and below 256 columns pay more by doubling the segments' length (measured
- * interleaved at N=2048, 2048 x 2048, 2 threads: 256 columns ~9% faster at density 0.1 and 0.05,
- * ~5% slower at 0.2 and ~10% slower at 2:4). */
+ * at density 0.15 and below, 256 columns pay more by doubling the segments' length. Compare the
+ * two with `python benchmarks/bench_builds.py --pass fwd --mask 0.1 OLD NEW` (and --mask 0.2,
+ * 2:4) on two builds that differ in this threshold. */
 static int64_t fwd_kc(const sparse_base *W) {
     return 20 * base_nnz(W) <= 3 * W->out * W->in ? 256 : 128;
 }
 
 /* Backward column block: 64 columns keep a 64-token tile's x^T and gx^T rows of a block (32 KiB)
  * in L1, which pays from density 1/4 on; sparser rows gain more from segments twice as long
- * (measured at N=2048, 2048 x 2048, 2 threads: 2:4 ~9% faster with 64, density 0.1 ~10% faster
- * with 128). */
+ * (`python benchmarks/bench_builds.py --pass bwd --mask 2:4 OLD NEW`, and --mask 0.1). */
 static int64_t bwd_kc(const sparse_base *W) {
     return 4 * base_nnz(W) >= W->out * W->in ? 64 : 128;
 }
@@ -309,11 +308,9 @@ static int64_t chunk_build(chunk *c, const sparse_base *W, int64_t *pos, int64_t
             for (int64_t kb = 0; kb <= nkb; kb++) sg[kb] = (int32_t)(cnt + SFT_MIN(kb * gpb, ng) * n);
         } else {
             // one pass over the row's entries in the slab (increasing columns): copy them relative
-            // to c0 and close a column block's segment at the first entry past it. It replaced a
-            // binary search per block and slab over the rest of the row: under perf (one thread,
-            // density 0.1) the backward driver's share fell from 11.9% to 6.6%, though wall time
-            // moved only within noise (-1.5%): the searches' cache misses had been paying for
-            // the copy that followed.
+            // to c0 and close a column block's segment at the first entry past it (the copy
+            // touches every entry anyway, so finding the block boundaries costs no extra misses,
+            // where a search per block would)
             const int32_t *col = W->colidx, width = (int32_t)(c1 - c0);
             int32_t *rc = c->rowcol + cnt, next = (int32_t)SFT_MIN(unit, c1 - c0);
             int64_t rend = W->rowptr[i + 1], k, kb = 0;
@@ -339,16 +336,6 @@ static int64_t chunk_build(chunk *c, const sparse_base *W, int64_t *pos, int64_t
     c->rows = i - i0, c->cnt = cnt;
     return i;
 }
-
-/* One tile of a chunk: every row's segment of every column block, in that order (the segment
- * kernel is chosen once per tile, not once per segment). CALL sees the row i and the segment's
- * chunk offsets [b, e). */
-#define TILE_LOOP(c, CALL)                                                                            \
-    for (int64_t kb = 0; kb < (c)->nkb; kb++)                                                         \
-        for (int64_t i = 0; i < (c)->rows; i++) {                                                     \
-            int64_t b = (c)->seg[i * ((c)->nkb + 1) + kb], e = (c)->seg[i * ((c)->nkb + 1) + kb + 1]; \
-            if (b < e) CALL;                                                                          \
-        }
 
 /* ---- blocking: token blocks and column slabs within TILE_BYTES per thread ------------------- */
 
@@ -379,13 +366,11 @@ static block_layout layout_of(const sparse_base *W, int backward, int64_t T, int
  * recomputed and the chunk rebuilt (backward: and the gradient reduced into dA and dB); per
  * (token, output, extra slab) the forward reads and writes its output tile again, the backward
  * transposes gy again; per (row, block, slab) the loops run. Weights, in rough cycles: 12 per
- * nonzero (forward and backward), 2 and 1 per output, 20 per row. They began as estimates from
- * perf shares and were raised after interleaved runs (bench_builds, 2048 x 2048, N = 2048) that
- * favoured longer token blocks: the forward's from 4 (density 0.1: T 448 over S 512 instead of
- * T 192 over S 1024, ~6% faster), the backward's from 6 (0.1: T 384 over S 256 instead of T 256
- * over S 384, 2.7% faster; 0.05 4%, 1:4 6%; 0.2 and 2:4 keep their plans). The
- * cheapest (T, S) by that count wins: long token blocks over narrow slabs where nonzeros are
- * many, wide slabs where re-reading the outputs or gy would dominate. */
+ * nonzero (forward and backward), 2 and 1 per output, 20 per row; the per-nonzero weight is set
+ * high enough that long token blocks win where interleaved runs favour them (check a change with
+ * `python benchmarks/bench_builds.py --pass fwd|bwd --mask 0.1|0.05|0.2|1:4|2:4 OLD NEW`, the plan
+ * of a shape with `_core.sparse_plan`). The cheapest (T, S) by that count wins: long token blocks over narrow
+ * slabs where nonzeros are many, wide slabs where re-reading the outputs or gy would dominate. */
 static void plan_blocks(const sparse_base *W, int backward, int64_t Nt, int64_t *T_out, int64_t *S_out) {
     int64_t out = W->out, in = SFT_MAX(W->in, 1), unit = col_block(W, backward ? bwd_kc(W) : fwd_kc(W));
     double nnz = (double)base_nnz(W), per_nz = 12.0, per_out = backward ? 1.0 : 2.0;
@@ -501,6 +486,44 @@ static void thread_tokens(int64_t N, int tid, int nth, int64_t *ta, int64_t *tb)
     *tb = SFT_MIN(N, units * (tid + 1) / nth * TOK_VEC);
 }
 
+/* ---- tiles: every row's segment of every column block ---------------------------------------- */
+
+/* A forward segment kernel: yt[t] += sum_k w[k] * xT[col[k]*ld + t] for the tile's nt tokens. */
+typedef void (*fwd_seg_fn)(float *yt, const float *w, const int32_t *col, int64_t cnt, const float *xT,
+                           int64_t ld, int64_t nt);
+
+/* A backward segment kernel: gxT[col[k]] += w[k] * gyrow (gxT != NULL) and g[k] += <gyrow, xT[col[k]]>
+ * (g != NULL) for the tile's nt tokens. */
+typedef void (*bwd_seg_fn)(float *g, float *gxT, const float *w, const int32_t *col, int64_t cnt,
+                           const float *gyrow, const float *xT, int64_t ld, int64_t nt);
+
+/* One forward tile of a chunk: every row's segment of every column block, in that order (a column
+ * block's rows of the token tile stay in L1); ytile (rows, 64) += the chunk's W' times the tile xp
+ * (slab columns, nt). seg is a constant after inlining, so the segment kernel is called directly. */
+static ALWAYS_INLINE void fwd_tile_loop(fwd_seg_fn seg, float *ytile, const chunk *c, const float *xp,
+                                        int64_t nt) {
+    // column blocks, then rows: the segment [b, e) of row i in block kb
+    for (int64_t kb = 0; kb < c->nkb; kb++)
+        for (int64_t i = 0; i < c->rows; i++) {
+            int64_t b = c->seg[i * (c->nkb + 1) + kb], e = c->seg[i * (c->nkb + 1) + kb + 1];
+            if (b < e) seg(ytile + i * TOK_TILE, c->wrow + b, c->rowcol + b, e - b, xp, nt, nt);
+        }
+}
+
+/* One backward tile of a chunk in the same order: gxp (slab columns, nt) += W'^T gy when gxp !=
+ * NULL; c->g += the sampled products of the tile's gy^T rows gyt (rows, 64) with xp when want_g. */
+static ALWAYS_INLINE void bwd_tile_loop(bwd_seg_fn seg, const chunk *c, int want_g, float *gxp,
+                                        const float *gyt, const float *xp, int64_t nt) {
+    // column blocks, then rows: the segment [b, e) of row i in block kb
+    for (int64_t kb = 0; kb < c->nkb; kb++)
+        for (int64_t i = 0; i < c->rows; i++) {
+            int64_t b = c->seg[i * (c->nkb + 1) + kb], e = c->seg[i * (c->nkb + 1) + kb + 1];
+            if (b < e)
+                seg(want_g ? c->g + b : NULL, gxp, c->wrow + b, c->rowcol + b, e - b, gyt + i * TOK_TILE, xp,
+                    nt, nt);
+        }
+}
+
 /* ---- forward segment: yt[t] += sum_k w[k] * xT[col[k]*ld + t], t < nv*8 --------------------- */
 
 static void fwd_seg_portable(float *yt, const float *w, const int32_t *col, int64_t cnt, const float *xT,
@@ -517,55 +540,57 @@ static void fwd_seg_portable(float *yt, const float *w, const int32_t *col, int6
 }
 
 #if SFT_X86
-/* NV accumulators (8*NV tokens) kept in registers across the segment: one broadcast, NV loads,
- * NV FMAs per nonzero (XNNPACK spmm style). */
-#define FWD_LOAD(v) __m256 a##v = NV > v ? _mm256_loadu_ps(yt + 8 * v) : _mm256_setzero_ps()
-#define FWD_FMA(v) \
-    if (NV > v) a##v = _mm256_fmadd_ps(wk, _mm256_loadu_ps(p + 8 * v), a##v)
-#define FWD_STORE(v) \
-    if (NV > v) _mm256_storeu_ps(yt + 8 * v, a##v)
-#define DEF_FWD_AVX2(NV_)                                                                         \
-    SFT_TARGET_AVX2 static void fwd_seg_avx2_##NV_(float *yt, const float *w, const int32_t *col, \
-                                                   int64_t cnt, const float *xT, int64_t ld) {    \
-        enum { NV = NV_ };                                                                        \
-                                                                                                  \
-        FWD_LOAD(0);                                                                              \
-        FWD_LOAD(1);                                                                              \
-        FWD_LOAD(2);                                                                              \
-        FWD_LOAD(3);                                                                              \
-        FWD_LOAD(4);                                                                              \
-        FWD_LOAD(5);                                                                              \
-        FWD_LOAD(6);                                                                              \
-        FWD_LOAD(7);                                                                              \
-        for (int64_t k = 0; k < cnt; k++) {                                                       \
-            __m256 wk = _mm256_broadcast_ss(w + k);                                               \
-            const float *p = xT + (int64_t)col[k] * ld;                                           \
-            FWD_FMA(0);                                                                           \
-            FWD_FMA(1);                                                                           \
-            FWD_FMA(2);                                                                           \
-            FWD_FMA(3);                                                                           \
-            FWD_FMA(4);                                                                           \
-            FWD_FMA(5);                                                                           \
-            FWD_FMA(6);                                                                           \
-            FWD_FMA(7);                                                                           \
-        }                                                                                         \
-        FWD_STORE(0);                                                                             \
-        FWD_STORE(1);                                                                             \
-        FWD_STORE(2);                                                                             \
-        FWD_STORE(3);                                                                             \
-        FWD_STORE(4);                                                                             \
-        FWD_STORE(5);                                                                             \
-        FWD_STORE(6);                                                                             \
-        FWD_STORE(7);                                                                             \
+/* NV accumulators (8*NV tokens, NV a constant after inlining) kept in registers across the
+ * segment: one broadcast, NV loads, NV FMAs per nonzero (XNNPACK spmm style). */
+SFT_TARGET_AVX2 static ALWAYS_INLINE void fwd_seg_avx2_body(const int NV, float *yt, const float *w,
+                                                            const int32_t *col, int64_t cnt, const float *xT,
+                                                            int64_t ld) {
+    __m256 a[8];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; v++) a[v] = _mm256_loadu_ps(yt + 8 * v);
+    // loop over the segment's nonzeros
+    for (int64_t k = 0; k < cnt; k++) {
+        const __m256 wk = _mm256_broadcast_ss(w + k);
+        const float *p = xT + (int64_t)col[k] * ld;
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; v++) a[v] = _mm256_fmadd_ps(wk, _mm256_loadu_ps(p + 8 * v), a[v]);
     }
-DEF_FWD_AVX2(1)
-DEF_FWD_AVX2(2)
-DEF_FWD_AVX2(3)
-DEF_FWD_AVX2(4)
-DEF_FWD_AVX2(5)
-DEF_FWD_AVX2(6)
-DEF_FWD_AVX2(7)
-DEF_FWD_AVX2(8)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; v++) _mm256_storeu_ps(yt + 8 * v, a[v]);
+}
+
+SFT_TARGET_AVX2 static void fwd_seg_avx2_1(float *yt, const float *w, const int32_t *col, int64_t cnt,
+                                           const float *xT, int64_t ld) {
+    fwd_seg_avx2_body(1, yt, w, col, cnt, xT, ld);
+}
+SFT_TARGET_AVX2 static void fwd_seg_avx2_2(float *yt, const float *w, const int32_t *col, int64_t cnt,
+                                           const float *xT, int64_t ld) {
+    fwd_seg_avx2_body(2, yt, w, col, cnt, xT, ld);
+}
+SFT_TARGET_AVX2 static void fwd_seg_avx2_3(float *yt, const float *w, const int32_t *col, int64_t cnt,
+                                           const float *xT, int64_t ld) {
+    fwd_seg_avx2_body(3, yt, w, col, cnt, xT, ld);
+}
+SFT_TARGET_AVX2 static void fwd_seg_avx2_4(float *yt, const float *w, const int32_t *col, int64_t cnt,
+                                           const float *xT, int64_t ld) {
+    fwd_seg_avx2_body(4, yt, w, col, cnt, xT, ld);
+}
+SFT_TARGET_AVX2 static void fwd_seg_avx2_5(float *yt, const float *w, const int32_t *col, int64_t cnt,
+                                           const float *xT, int64_t ld) {
+    fwd_seg_avx2_body(5, yt, w, col, cnt, xT, ld);
+}
+SFT_TARGET_AVX2 static void fwd_seg_avx2_6(float *yt, const float *w, const int32_t *col, int64_t cnt,
+                                           const float *xT, int64_t ld) {
+    fwd_seg_avx2_body(6, yt, w, col, cnt, xT, ld);
+}
+SFT_TARGET_AVX2 static void fwd_seg_avx2_7(float *yt, const float *w, const int32_t *col, int64_t cnt,
+                                           const float *xT, int64_t ld) {
+    fwd_seg_avx2_body(7, yt, w, col, cnt, xT, ld);
+}
+SFT_TARGET_AVX2 static void fwd_seg_avx2_8(float *yt, const float *w, const int32_t *col, int64_t cnt,
+                                           const float *xT, int64_t ld) {
+    fwd_seg_avx2_body(8, yt, w, col, cnt, xT, ld);
+}
 
 SFT_TARGET_AVX2 static void fwd_seg_avx2(float *yt, const float *w, const int32_t *col, int64_t cnt,
                                          const float *xT, int64_t ld, int64_t nt) {
@@ -601,11 +626,12 @@ SFT_TARGET_AVX2 static void fwd_seg_avx2(float *yt, const float *w, const int32_
 /* ytile (rows, 64) += the chunk's W' times the tile xp (slab columns, nt). */
 typedef void (*fwd_tile_fn)(float *, const chunk *, const float *, int64_t);
 
-static void fwd_tile_portable(float *ytile, const chunk *c, const float *xp, int64_t nt){
-    TILE_LOOP(c, fwd_seg_portable(ytile + i * TOK_TILE, c -> wrow + b, c->rowcol + b, e - b, xp, nt, nt))}
+static void fwd_tile_portable(float *ytile, const chunk *c, const float *xp, int64_t nt) {
+    fwd_tile_loop(fwd_seg_portable, ytile, c, xp, nt);
+}
 #if SFT_X86
 SFT_TARGET_AVX2 static void fwd_tile_avx2(float *ytile, const chunk *c, const float *xp, int64_t nt) {
-    TILE_LOOP(c, fwd_seg_avx2(ytile + i * TOK_TILE, c->wrow + b, c->rowcol + b, e - b, xp, nt, nt))
+    fwd_tile_loop(fwd_seg_avx2, ytile, c, xp, nt);
 }
 #endif
 
@@ -632,88 +658,109 @@ static void bwd_seg_portable(float *g, float *gxT, const float *w, const int32_t
 }
 
 #if SFT_X86
-/* The tile's gy row stays in NV registers; per nonzero one pass over the tokens serves both the
- * scatter into gx^T and the sampled product (SparseProp's fused backward). */
-#define BWD_GY(v) __m256 y##v = NV > v ? _mm256_loadu_ps(gyrow + 8 * v) : _mm256_setzero_ps()
-#define BWD_BOTH(v)                                                                           \
-    if (NV > v) {                                                                             \
-        if (v % 2 == 0)                                                                       \
-            s0 = _mm256_fmadd_ps(y##v, _mm256_loadu_ps(xT + off + 8 * v), s0);                \
-        else                                                                                  \
-            s1 = _mm256_fmadd_ps(y##v, _mm256_loadu_ps(xT + off + 8 * v), s1);                \
-        _mm256_storeu_ps(px + 8 * v, _mm256_fmadd_ps(wk, y##v, _mm256_loadu_ps(px + 8 * v))); \
+/* The per-nonzero partial sums s (8 lanes) wait in sb and are reduced 8 at a time into g (one
+ * hsum8 per 8 nonzeros). */
+SFT_TARGET_AVX2 static ALWAYS_INLINE void sg_push(float *sb, float *g, int64_t k, __m256 s) {
+    _mm256_store_ps(sb + 8 * (k & 7), s);
+    if ((k & 7) == 7) {
+        __m256 h = hsum8_avx2(_mm256_load_ps(sb), _mm256_load_ps(sb + 8), _mm256_load_ps(sb + 16),
+                              _mm256_load_ps(sb + 24), _mm256_load_ps(sb + 32), _mm256_load_ps(sb + 40),
+                              _mm256_load_ps(sb + 48), _mm256_load_ps(sb + 56));
+        _mm256_storeu_ps(g + k - 7, _mm256_add_ps(_mm256_loadu_ps(g + k - 7), h));
     }
-#define BWD_GX(v) \
-    if (NV > v) _mm256_storeu_ps(px + 8 * v, _mm256_fmadd_ps(wk, y##v, _mm256_loadu_ps(px + 8 * v)))
-#define BWD_G(v)                                                               \
-    if (NV > v) {                                                              \
-        if (v % 2 == 0)                                                        \
-            s0 = _mm256_fmadd_ps(y##v, _mm256_loadu_ps(xT + off + 8 * v), s0); \
-        else                                                                   \
-            s1 = _mm256_fmadd_ps(y##v, _mm256_loadu_ps(xT + off + 8 * v), s1); \
+}
+
+/* The last cnt % 8 partial sums of a segment, one at a time. */
+SFT_TARGET_AVX2 static ALWAYS_INLINE void sg_tail(const float *sb, float *g, int64_t cnt) {
+    for (int64_t kk = cnt / 8 * 8; kk < cnt; kk++) g[kk] += hsum_avx2(_mm256_load_ps(sb + 8 * (kk & 7)));
+}
+
+/* The tile's gy row stays in NV registers (NV a constant after inlining); per nonzero one pass
+ * over the tokens serves both the scatter into gx^T and the sampled product (SparseProp's fused
+ * backward), the product's even and odd vectors in two sums. */
+SFT_TARGET_AVX2 static ALWAYS_INLINE void bwd_seg_avx2_body(const int NV, float *g, float *gxT,
+                                                            const float *w, const int32_t *col, int64_t cnt,
+                                                            const float *gyrow, const float *xT, int64_t ld) {
+    float sb[64] __attribute__((aligned(32)));
+    __m256 y[8];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; v++) y[v] = _mm256_loadu_ps(gyrow + 8 * v);
+    if (gxT != NULL && g != NULL) {
+        // both: the sampled product, then the scatter, vector by vector
+        for (int64_t k = 0; k < cnt; k++) {
+            int64_t off = (int64_t)col[k] * ld;
+            float *px = gxT + off;
+            __m256 wk = _mm256_broadcast_ss(w + k), s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; v++) {
+                if (v % 2 == 0)
+                    s0 = _mm256_fmadd_ps(y[v], _mm256_loadu_ps(xT + off + 8 * v), s0);
+                else
+                    s1 = _mm256_fmadd_ps(y[v], _mm256_loadu_ps(xT + off + 8 * v), s1);
+                _mm256_storeu_ps(px + 8 * v, _mm256_fmadd_ps(wk, y[v], _mm256_loadu_ps(px + 8 * v)));
+            }
+            sg_push(sb, g, k, _mm256_add_ps(s0, s1));
+        }
+        sg_tail(sb, g, cnt);
+    } else if (gxT != NULL) {
+        // the scatter only
+        for (int64_t k = 0; k < cnt; k++) {
+            float *px = gxT + (int64_t)col[k] * ld;
+            __m256 wk = _mm256_broadcast_ss(w + k);
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; v++)
+                _mm256_storeu_ps(px + 8 * v, _mm256_fmadd_ps(wk, y[v], _mm256_loadu_ps(px + 8 * v)));
+        }
+    } else {
+        // the sampled product only
+        for (int64_t k = 0; k < cnt; k++) {
+            int64_t off = (int64_t)col[k] * ld;
+            __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; v++) {
+                if (v % 2 == 0)
+                    s0 = _mm256_fmadd_ps(y[v], _mm256_loadu_ps(xT + off + 8 * v), s0);
+                else
+                    s1 = _mm256_fmadd_ps(y[v], _mm256_loadu_ps(xT + off + 8 * v), s1);
+            }
+            sg_push(sb, g, k, _mm256_add_ps(s0, s1));
+        }
+        sg_tail(sb, g, cnt);
     }
-#define BWD_ALL(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
-#define BWD_ALLS(M) \
-    M(0);           \
-    M(1);           \
-    M(2);           \
-    M(3);           \
-    M(4);           \
-    M(5);           \
-    M(6);           \
-    M(7)
-/* The per-nonzero partial sums wait in sb and are reduced 8 at a time (one hsum8 per 8 nonzeros). */
-#define SG_PUSH(k)                                                                                       \
-    _mm256_store_ps(sb + 8 * ((k) & 7), _mm256_add_ps(s0, s1));                                          \
-    if (((k) & 7) == 7) {                                                                                \
-        __m256 h = hsum8_avx2(_mm256_load_ps(sb), _mm256_load_ps(sb + 8), _mm256_load_ps(sb + 16),       \
-                              _mm256_load_ps(sb + 24), _mm256_load_ps(sb + 32), _mm256_load_ps(sb + 40), \
-                              _mm256_load_ps(sb + 48), _mm256_load_ps(sb + 56));                         \
-        _mm256_storeu_ps(g + (k) - 7, _mm256_add_ps(_mm256_loadu_ps(g + (k) - 7), h));                   \
-    }
-#define SG_TAIL() \
-    for (int64_t kk = cnt / 8 * 8; kk < cnt; kk++) g[kk] += hsum_avx2(_mm256_load_ps(sb + 8 * (kk & 7)))
-#define DEF_BWD_AVX2(NV_)                                                                                    \
-    SFT_TARGET_AVX2 static void bwd_seg_avx2_##NV_(float *g, float *gxT, const float *w, const int32_t *col, \
-                                                   int64_t cnt, const float *gyrow, const float *xT,         \
-                                                   int64_t ld) {                                             \
-        enum { NV = NV_ };                                                                                   \
-        float sb[64] __attribute__((aligned(32)));                                                           \
-                                                                                                             \
-        BWD_ALLS(BWD_GY);                                                                                    \
-        if (gxT != NULL && g != NULL) {                                                                      \
-            for (int64_t k = 0; k < cnt; k++) {                                                              \
-                int64_t off = (int64_t)col[k] * ld;                                                          \
-                float *px = gxT + off;                                                                       \
-                __m256 wk = _mm256_broadcast_ss(w + k), s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();  \
-                BWD_ALL(BWD_BOTH)                                                                            \
-                SG_PUSH(k);                                                                                  \
-            }                                                                                                \
-            SG_TAIL();                                                                                       \
-        } else if (gxT != NULL) {                                                                            \
-            for (int64_t k = 0; k < cnt; k++) {                                                              \
-                float *px = gxT + (int64_t)col[k] * ld;                                                      \
-                __m256 wk = _mm256_broadcast_ss(w + k);                                                      \
-                BWD_ALLS(BWD_GX);                                                                            \
-            }                                                                                                \
-        } else {                                                                                             \
-            for (int64_t k = 0; k < cnt; k++) {                                                              \
-                int64_t off = (int64_t)col[k] * ld;                                                          \
-                __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();                                   \
-                BWD_ALL(BWD_G)                                                                               \
-                SG_PUSH(k);                                                                                  \
-            }                                                                                                \
-            SG_TAIL();                                                                                       \
-        }                                                                                                    \
-    }
-DEF_BWD_AVX2(1)
-DEF_BWD_AVX2(2)
-DEF_BWD_AVX2(3)
-DEF_BWD_AVX2(4)
-DEF_BWD_AVX2(5)
-DEF_BWD_AVX2(6)
-DEF_BWD_AVX2(7)
-DEF_BWD_AVX2(8)
+}
+
+SFT_TARGET_AVX2 static void bwd_seg_avx2_1(float *g, float *gxT, const float *w, const int32_t *col,
+                                           int64_t cnt, const float *gyrow, const float *xT, int64_t ld) {
+    bwd_seg_avx2_body(1, g, gxT, w, col, cnt, gyrow, xT, ld);
+}
+SFT_TARGET_AVX2 static void bwd_seg_avx2_2(float *g, float *gxT, const float *w, const int32_t *col,
+                                           int64_t cnt, const float *gyrow, const float *xT, int64_t ld) {
+    bwd_seg_avx2_body(2, g, gxT, w, col, cnt, gyrow, xT, ld);
+}
+SFT_TARGET_AVX2 static void bwd_seg_avx2_3(float *g, float *gxT, const float *w, const int32_t *col,
+                                           int64_t cnt, const float *gyrow, const float *xT, int64_t ld) {
+    bwd_seg_avx2_body(3, g, gxT, w, col, cnt, gyrow, xT, ld);
+}
+SFT_TARGET_AVX2 static void bwd_seg_avx2_4(float *g, float *gxT, const float *w, const int32_t *col,
+                                           int64_t cnt, const float *gyrow, const float *xT, int64_t ld) {
+    bwd_seg_avx2_body(4, g, gxT, w, col, cnt, gyrow, xT, ld);
+}
+SFT_TARGET_AVX2 static void bwd_seg_avx2_5(float *g, float *gxT, const float *w, const int32_t *col,
+                                           int64_t cnt, const float *gyrow, const float *xT, int64_t ld) {
+    bwd_seg_avx2_body(5, g, gxT, w, col, cnt, gyrow, xT, ld);
+}
+SFT_TARGET_AVX2 static void bwd_seg_avx2_6(float *g, float *gxT, const float *w, const int32_t *col,
+                                           int64_t cnt, const float *gyrow, const float *xT, int64_t ld) {
+    bwd_seg_avx2_body(6, g, gxT, w, col, cnt, gyrow, xT, ld);
+}
+SFT_TARGET_AVX2 static void bwd_seg_avx2_7(float *g, float *gxT, const float *w, const int32_t *col,
+                                           int64_t cnt, const float *gyrow, const float *xT, int64_t ld) {
+    bwd_seg_avx2_body(7, g, gxT, w, col, cnt, gyrow, xT, ld);
+}
+SFT_TARGET_AVX2 static void bwd_seg_avx2_8(float *g, float *gxT, const float *w, const int32_t *col,
+                                           int64_t cnt, const float *gyrow, const float *xT, int64_t ld) {
+    bwd_seg_avx2_body(8, g, gxT, w, col, cnt, gyrow, xT, ld);
+}
 
 SFT_TARGET_AVX2 static void bwd_seg_avx2(float *g, float *gxT, const float *w, const int32_t *col,
                                          int64_t cnt, const float *gyrow, const float *xT, int64_t ld,
@@ -752,18 +799,17 @@ SFT_TARGET_AVX2 static void bwd_seg_avx2(float *g, float *gxT, const float *w, c
 typedef void (*bwd_tile_fn)(const chunk *, int, float *, const float *, const float *, int64_t);
 
 static void bwd_tile_portable(const chunk *c, int want_g, float *gxp, const float *gyt, const float *xp,
-                              int64_t nt){
-    TILE_LOOP(c, bwd_seg_portable(want_g ? c -> g + b : NULL, gxp, c->wrow + b, c->rowcol + b, e - b,
-                                  gyt + i * TOK_TILE, xp, nt, nt))}
+                              int64_t nt) {
+    bwd_tile_loop(bwd_seg_portable, c, want_g, gxp, gyt, xp, nt);
+}
 #if SFT_X86
 SFT_TARGET_AVX2 static void bwd_tile_avx2(const chunk *c, int want_g, float *gxp, const float *gyt,
                                           const float *xp, int64_t nt) {
-    TILE_LOOP(c, bwd_seg_avx2(want_g ? c->g + b : NULL, gxp, c->wrow + b, c->rowcol + b, e - b,
-                              gyt + i * TOK_TILE, xp, nt, nt))
+    bwd_tile_loop(bwd_seg_avx2, c, want_g, gxp, gyt, xp, nt);
 }
 #endif
 
-/* ---- AVX-512 forward segment: 16 tokens per vector ---------------------------------------- */
+/* ---- AVX-512 segments: 16 tokens per vector ---------------------------------------------- */
 
 #if SFT_X86
 /* Lane mask of the last vector of an nt-token row (nt a multiple of 8): 8 or 16 lanes. */
@@ -771,194 +817,202 @@ static ALWAYS_INLINE __mmask16 last_mask(int64_t nt) {
     return (__mmask16)(nt % 16 ? 0x00FFu : 0xFFFFu);
 }
 
-/* Vector v of a row of NZ vectors: the last one masked (masked-off lanes read as zero). */
-#define Z_LOAD(v, ptr) ((v) == NZ - 1 && !FULL ? _mm512_maskz_loadu_ps(last, (ptr)) : _mm512_loadu_ps(ptr))
-#define Z_STORE(v, ptr, x)                           \
-    do {                                             \
-        if ((v) == NZ - 1 && !FULL)                  \
-            _mm512_mask_storeu_ps((ptr), last, (x)); \
-        else                                         \
-            _mm512_storeu_ps((ptr), (x));            \
-    } while (0)
-#define Z_ALLS(M) \
-    M(0);         \
-    M(1);         \
-    M(2);         \
-    M(3)
+/* Vector v of a row of NZ vectors: the last one masked unless FULL (masked-off lanes read as 0). */
+SFT_TARGET_AVX512 static ALWAYS_INLINE __m512 z_load(const int NZ, const int FULL, int v, __mmask16 last,
+                                                     const float *p) {
+    return v == NZ - 1 && !FULL ? _mm512_maskz_loadu_ps(last, p) : _mm512_loadu_ps(p);
+}
+
+SFT_TARGET_AVX512 static ALWAYS_INLINE void z_store(const int NZ, const int FULL, int v, __mmask16 last,
+                                                    float *p, __m512 x) {
+    if (v == NZ - 1 && !FULL)
+        _mm512_mask_storeu_ps(p, last, x);
+    else
+        _mm512_storeu_ps(p, x);
+}
 
 /* Forward: 2*NZ accumulators (16*NZ tokens, the last vector maybe half) in registers across the
  * segment, even and odd nonzeros in separate sets: with only NZ <= 4 vectors per nonzero, one set
  * would wait on the FMA latency (4 cycles) at every nonzero. Per pair of nonzeros: two broadcasts,
- * 2*NZ loads, 2*NZ FMAs; the sets are added at the end. */
-#define FZ_LOAD(v)                                                       \
-    __m512 a##v = NZ > v ? Z_LOAD(v, yt + 16 * v) : _mm512_setzero_ps(); \
-    __m512 b##v = _mm512_setzero_ps()
-#define FZ_FMA(v)                                                 \
-    if (NZ > v) {                                                 \
-        a##v = _mm512_fmadd_ps(w0, Z_LOAD(v, p0 + 16 * v), a##v); \
-        b##v = _mm512_fmadd_ps(w1, Z_LOAD(v, p1 + 16 * v), b##v); \
-    }
-#define FZ_FMA1(v) \
-    if (NZ > v) a##v = _mm512_fmadd_ps(w0, Z_LOAD(v, p0 + 16 * v), a##v)
-#define FZ_STORE(v) \
-    if (NZ > v) Z_STORE(v, yt + 16 * v, _mm512_add_ps(a##v, b##v))
-#define DEF_FWD_AVX512(NZ_, FULL_)                                                               \
-    SFT_TARGET_AVX512 static void fwd_seg_avx512_##NZ_##_##FULL_(                                \
-        float *yt, const float *w, const int32_t *col, int64_t cnt, const float *xT, int64_t ld, \
-        __mmask16 last) {                                                                        \
-        enum { NZ = NZ_, FULL = FULL_ };                                                         \
-        Z_ALLS(FZ_LOAD);                                                                         \
-        int64_t k = 0;                                                                           \
-        for (; k + 2 <= cnt; k += 2) {                                                           \
-            const __m512 w0 = _mm512_set1_ps(w[k]), w1 = _mm512_set1_ps(w[k + 1]);               \
-            const float *p0 = xT + (int64_t)col[k] * ld, *p1 = xT + (int64_t)col[k + 1] * ld;    \
-            Z_ALLS(FZ_FMA);                                                                      \
-        }                                                                                        \
-        if (k < cnt) {                                                                           \
-            const __m512 w0 = _mm512_set1_ps(w[k]);                                              \
-            const float *p0 = xT + (int64_t)col[k] * ld;                                         \
-            Z_ALLS(FZ_FMA1);                                                                     \
-        }                                                                                        \
-        Z_ALLS(FZ_STORE);                                                                        \
-    }
-DEF_FWD_AVX512(1, 0)
-DEF_FWD_AVX512(2, 0)
-DEF_FWD_AVX512(3, 0)
-DEF_FWD_AVX512(4, 0)
-DEF_FWD_AVX512(4, 1)
-
-#define FWD_TILE_Z(NZ_, FULL_)                                                                               \
-    TILE_LOOP(c, fwd_seg_avx512_##NZ_##_##FULL_(ytile + i * TOK_TILE, c->wrow + b, c->rowcol + b, e - b, xp, \
-                                                nt, last))
-SFT_TARGET_AVX512 static void fwd_tile_avx512(float *ytile, const chunk *c, const float *xp, int64_t nt) {
+ * 2*NZ loads, 2*NZ FMAs; the sets are added at the end. NZ, FULL: constants after inlining. */
+SFT_TARGET_AVX512 static ALWAYS_INLINE void fwd_seg_avx512_body(const int NZ, const int FULL, float *yt,
+                                                                const float *w, const int32_t *col,
+                                                                int64_t cnt, const float *xT, int64_t ld,
+                                                                int64_t nt) {
     const __mmask16 last = last_mask(nt);
+    __m512 a[4], b[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < NZ; v++) a[v] = z_load(NZ, FULL, v, last, yt + 16 * v), b[v] = _mm512_setzero_ps();
+    int64_t k = 0;
+    // pairs of nonzeros
+    for (; k + 2 <= cnt; k += 2) {
+        const __m512 w0 = _mm512_set1_ps(w[k]), w1 = _mm512_set1_ps(w[k + 1]);
+        const float *p0 = xT + (int64_t)col[k] * ld, *p1 = xT + (int64_t)col[k + 1] * ld;
+#pragma GCC unroll 4
+        for (int v = 0; v < NZ; v++) {
+            a[v] = _mm512_fmadd_ps(w0, z_load(NZ, FULL, v, last, p0 + 16 * v), a[v]);
+            b[v] = _mm512_fmadd_ps(w1, z_load(NZ, FULL, v, last, p1 + 16 * v), b[v]);
+        }
+    }
+    if (k < cnt) {
+        const __m512 w0 = _mm512_set1_ps(w[k]);
+        const float *p0 = xT + (int64_t)col[k] * ld;
+#pragma GCC unroll 4
+        for (int v = 0; v < NZ; v++) a[v] = _mm512_fmadd_ps(w0, z_load(NZ, FULL, v, last, p0 + 16 * v), a[v]);
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < NZ; v++) z_store(NZ, FULL, v, last, yt + 16 * v, _mm512_add_ps(a[v], b[v]));
+}
+
+SFT_TARGET_AVX512 static void fwd_seg_avx512_1(float *yt, const float *w, const int32_t *col, int64_t cnt,
+                                               const float *xT, int64_t ld, int64_t nt) {
+    fwd_seg_avx512_body(1, 0, yt, w, col, cnt, xT, ld, nt);
+}
+SFT_TARGET_AVX512 static void fwd_seg_avx512_2(float *yt, const float *w, const int32_t *col, int64_t cnt,
+                                               const float *xT, int64_t ld, int64_t nt) {
+    fwd_seg_avx512_body(2, 0, yt, w, col, cnt, xT, ld, nt);
+}
+SFT_TARGET_AVX512 static void fwd_seg_avx512_3(float *yt, const float *w, const int32_t *col, int64_t cnt,
+                                               const float *xT, int64_t ld, int64_t nt) {
+    fwd_seg_avx512_body(3, 0, yt, w, col, cnt, xT, ld, nt);
+}
+SFT_TARGET_AVX512 static void fwd_seg_avx512_4(float *yt, const float *w, const int32_t *col, int64_t cnt,
+                                               const float *xT, int64_t ld, int64_t nt) {
+    fwd_seg_avx512_body(4, 0, yt, w, col, cnt, xT, ld, nt);
+}
+SFT_TARGET_AVX512 static void fwd_seg_avx512_full(float *yt, const float *w, const int32_t *col, int64_t cnt,
+                                                  const float *xT, int64_t ld, int64_t nt) {
+    fwd_seg_avx512_body(4, 1, yt, w, col, cnt, xT, ld, nt);
+}
+
+/* The segment kernel is chosen once per tile (by its token count), not once per segment. */
+SFT_TARGET_AVX512 static void fwd_tile_avx512(float *ytile, const chunk *c, const float *xp, int64_t nt) {
     switch ((nt + 15) / 16) {
         case 1:
-            FWD_TILE_Z(1, 0)
+            fwd_tile_loop(fwd_seg_avx512_1, ytile, c, xp, nt);
             break;
         case 2:
-            FWD_TILE_Z(2, 0)
+            fwd_tile_loop(fwd_seg_avx512_2, ytile, c, xp, nt);
             break;
         case 3:
-            FWD_TILE_Z(3, 0)
+            fwd_tile_loop(fwd_seg_avx512_3, ytile, c, xp, nt);
             break;
         default:
             if (nt == TOK_TILE)
-                FWD_TILE_Z(4, 1) /* a full tile: no lane mask */
+                fwd_tile_loop(fwd_seg_avx512_full, ytile, c, xp, nt); /* a full tile: no lane mask */
             else
-                FWD_TILE_Z(4, 0)
+                fwd_tile_loop(fwd_seg_avx512_4, ytile, c, xp, nt);
             break;
     }
 }
-#undef FWD_TILE_Z
 
 /* Backward: the tile's gy row in NZ registers; per nonzero one pass over the tokens does the
- * scatter into gx^T (load, FMA, store) and the sampled product (load, FMA into two sets); the
+ * sampled product (load, FMA into two sums) and the scatter into gx^T (load, FMA, store); the
  * product's vector is folded to 8 lanes and waits in sb, reduced 8 nonzeros at a time. */
-#define BZ_GY(v) const __m512 y##v = NZ > v ? Z_LOAD(v, gyrow + 16 * v) : _mm512_setzero_ps()
-#define BZ_G(v)                                                           \
-    if (NZ > v) {                                                         \
-        if (v % 2 == 0)                                                   \
-            s0 = _mm512_fmadd_ps(y##v, Z_LOAD(v, xT + off + 16 * v), s0); \
-        else                                                              \
-            s1 = _mm512_fmadd_ps(y##v, Z_LOAD(v, xT + off + 16 * v), s1); \
+SFT_TARGET_AVX512 static ALWAYS_INLINE void bwd_seg_avx512_body(const int NZ, const int FULL, float *g,
+                                                                float *gxT, const float *w,
+                                                                const int32_t *col, int64_t cnt,
+                                                                const float *gyrow, const float *xT,
+                                                                int64_t ld, int64_t nt) {
+    const __mmask16 last = last_mask(nt);
+    float sb[64] __attribute__((aligned(32)));
+    __m512 y[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < NZ; v++) y[v] = z_load(NZ, FULL, v, last, gyrow + 16 * v);
+    if (gxT != NULL && g != NULL) {
+        // both: the sampled product, then the scatter, vector by vector
+        for (int64_t k = 0; k < cnt; k++) {
+            int64_t off = (int64_t)col[k] * ld;
+            float *px = gxT + off;
+            __m512 wk = _mm512_set1_ps(w[k]), s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+#pragma GCC unroll 4
+            for (int v = 0; v < NZ; v++) {
+                if (v % 2 == 0)
+                    s0 = _mm512_fmadd_ps(y[v], z_load(NZ, FULL, v, last, xT + off + 16 * v), s0);
+                else
+                    s1 = _mm512_fmadd_ps(y[v], z_load(NZ, FULL, v, last, xT + off + 16 * v), s1);
+                z_store(NZ, FULL, v, last, px + 16 * v,
+                        _mm512_fmadd_ps(wk, y[v], z_load(NZ, FULL, v, last, px + 16 * v)));
+            }
+            sg_push(sb, g, k, fold8_avx512(_mm512_add_ps(s0, s1)));
+        }
+        sg_tail(sb, g, cnt);
+    } else if (gxT != NULL) {
+        // the scatter only
+        for (int64_t k = 0; k < cnt; k++) {
+            float *px = gxT + (int64_t)col[k] * ld;
+            __m512 wk = _mm512_set1_ps(w[k]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NZ; v++)
+                z_store(NZ, FULL, v, last, px + 16 * v,
+                        _mm512_fmadd_ps(wk, y[v], z_load(NZ, FULL, v, last, px + 16 * v)));
+        }
+    } else {
+        // the sampled product only
+        for (int64_t k = 0; k < cnt; k++) {
+            int64_t off = (int64_t)col[k] * ld;
+            __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+#pragma GCC unroll 4
+            for (int v = 0; v < NZ; v++) {
+                if (v % 2 == 0)
+                    s0 = _mm512_fmadd_ps(y[v], z_load(NZ, FULL, v, last, xT + off + 16 * v), s0);
+                else
+                    s1 = _mm512_fmadd_ps(y[v], z_load(NZ, FULL, v, last, xT + off + 16 * v), s1);
+            }
+            sg_push(sb, g, k, fold8_avx512(_mm512_add_ps(s0, s1)));
+        }
+        sg_tail(sb, g, cnt);
     }
-#define BZ_GX(v) \
-    if (NZ > v) Z_STORE(v, px + 16 * v, _mm512_fmadd_ps(wk, y##v, Z_LOAD(v, px + 16 * v)))
-#define BZ_BOTH(v) \
-    BZ_G(v)        \
-    BZ_GX(v);
-#define BZ_PUSH(k)                                                                                           \
-    do {                                                                                                     \
-        _mm256_store_ps(sb + 8 * ((k) & 7), fold8_avx512(_mm512_add_ps(s0, s1)));                            \
-        if (((k) & 7) == 7) {                                                                                \
-            __m256 h = hsum8_avx2(_mm256_load_ps(sb), _mm256_load_ps(sb + 8), _mm256_load_ps(sb + 16),       \
-                                  _mm256_load_ps(sb + 24), _mm256_load_ps(sb + 32), _mm256_load_ps(sb + 40), \
-                                  _mm256_load_ps(sb + 48), _mm256_load_ps(sb + 56));                         \
-            _mm256_storeu_ps(g + (k) - 7, _mm256_add_ps(_mm256_loadu_ps(g + (k) - 7), h));                   \
-        }                                                                                                    \
-    } while (0)
-#define BZ_TAIL() \
-    for (int64_t kk = cnt / 8 * 8; kk < cnt; kk++) g[kk] += hsum_avx2(_mm256_load_ps(sb + 8 * (kk & 7)))
-#define DEF_BWD_AVX512(NZ_, FULL_)                                                                    \
-    SFT_TARGET_AVX512 static void bwd_seg_avx512_##NZ_##_##FULL_(                                     \
-        float *g, float *gxT, const float *w, const int32_t *col, int64_t cnt, const float *gyrow,    \
-        const float *xT, int64_t ld, __mmask16 last) {                                                \
-        enum { NZ = NZ_, FULL = FULL_ };                                                              \
-        float sb[64] __attribute__((aligned(32)));                                                    \
-        Z_ALLS(BZ_GY);                                                                                \
-        if (gxT != NULL && g != NULL) {                                                               \
-            for (int64_t k = 0; k < cnt; k++) {                                                       \
-                int64_t off = (int64_t)col[k] * ld;                                                   \
-                float *px = gxT + off;                                                                \
-                __m512 wk = _mm512_set1_ps(w[k]), s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(); \
-                Z_ALLS(BZ_BOTH);                                                                      \
-                BZ_PUSH(k);                                                                           \
-            }                                                                                         \
-            BZ_TAIL();                                                                                \
-        } else if (gxT != NULL) {                                                                     \
-            for (int64_t k = 0; k < cnt; k++) {                                                       \
-                float *px = gxT + (int64_t)col[k] * ld;                                               \
-                __m512 wk = _mm512_set1_ps(w[k]);                                                     \
-                Z_ALLS(BZ_GX);                                                                        \
-            }                                                                                         \
-        } else {                                                                                      \
-            for (int64_t k = 0; k < cnt; k++) {                                                       \
-                int64_t off = (int64_t)col[k] * ld;                                                   \
-                __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();                            \
-                Z_ALLS(BZ_G);                                                                         \
-                BZ_PUSH(k);                                                                           \
-            }                                                                                         \
-            BZ_TAIL();                                                                                \
-        }                                                                                             \
-    }
-DEF_BWD_AVX512(1, 0)
-DEF_BWD_AVX512(2, 0)
-DEF_BWD_AVX512(3, 0)
-DEF_BWD_AVX512(4, 0)
-DEF_BWD_AVX512(4, 1)
+}
 
-#define BWD_TILE_Z(NZ_, FULL_)                                                                             \
-    TILE_LOOP(c, bwd_seg_avx512_##NZ_##_##FULL_(want_g ? c->g + b : NULL, gxp, c->wrow + b, c->rowcol + b, \
-                                                e - b, gyt + i * TOK_TILE, xp, nt, last))
+SFT_TARGET_AVX512 static void bwd_seg_avx512_1(float *g, float *gxT, const float *w, const int32_t *col,
+                                               int64_t cnt, const float *gyrow, const float *xT, int64_t ld,
+                                               int64_t nt) {
+    bwd_seg_avx512_body(1, 0, g, gxT, w, col, cnt, gyrow, xT, ld, nt);
+}
+SFT_TARGET_AVX512 static void bwd_seg_avx512_2(float *g, float *gxT, const float *w, const int32_t *col,
+                                               int64_t cnt, const float *gyrow, const float *xT, int64_t ld,
+                                               int64_t nt) {
+    bwd_seg_avx512_body(2, 0, g, gxT, w, col, cnt, gyrow, xT, ld, nt);
+}
+SFT_TARGET_AVX512 static void bwd_seg_avx512_3(float *g, float *gxT, const float *w, const int32_t *col,
+                                               int64_t cnt, const float *gyrow, const float *xT, int64_t ld,
+                                               int64_t nt) {
+    bwd_seg_avx512_body(3, 0, g, gxT, w, col, cnt, gyrow, xT, ld, nt);
+}
+SFT_TARGET_AVX512 static void bwd_seg_avx512_4(float *g, float *gxT, const float *w, const int32_t *col,
+                                               int64_t cnt, const float *gyrow, const float *xT, int64_t ld,
+                                               int64_t nt) {
+    bwd_seg_avx512_body(4, 0, g, gxT, w, col, cnt, gyrow, xT, ld, nt);
+}
+SFT_TARGET_AVX512 static void bwd_seg_avx512_full(float *g, float *gxT, const float *w, const int32_t *col,
+                                                  int64_t cnt, const float *gyrow, const float *xT,
+                                                  int64_t ld, int64_t nt) {
+    bwd_seg_avx512_body(4, 1, g, gxT, w, col, cnt, gyrow, xT, ld, nt);
+}
+
+/* The segment kernel is chosen once per tile (by its token count), not once per segment. */
 SFT_TARGET_AVX512 static void bwd_tile_avx512(const chunk *c, int want_g, float *gxp, const float *gyt,
                                               const float *xp, int64_t nt) {
-    const __mmask16 last = last_mask(nt);
     switch ((nt + 15) / 16) {
         case 1:
-            BWD_TILE_Z(1, 0)
+            bwd_tile_loop(bwd_seg_avx512_1, c, want_g, gxp, gyt, xp, nt);
             break;
         case 2:
-            BWD_TILE_Z(2, 0)
+            bwd_tile_loop(bwd_seg_avx512_2, c, want_g, gxp, gyt, xp, nt);
             break;
         case 3:
-            BWD_TILE_Z(3, 0)
+            bwd_tile_loop(bwd_seg_avx512_3, c, want_g, gxp, gyt, xp, nt);
             break;
         default:
             if (nt == TOK_TILE)
-                BWD_TILE_Z(4, 1) /* a full tile: no lane mask */
+                bwd_tile_loop(bwd_seg_avx512_full, c, want_g, gxp, gyt, xp,
+                              nt); /* a full tile: no lane mask */
             else
-                BWD_TILE_Z(4, 0)
+                bwd_tile_loop(bwd_seg_avx512_4, c, want_g, gxp, gyt, xp, nt);
             break;
     }
 }
-#undef BWD_TILE_Z
-
-#undef BZ_GY
-#undef BZ_G
-#undef BZ_GX
-#undef BZ_BOTH
-#undef BZ_PUSH
-#undef BZ_TAIL
-#undef DEF_BWD_AVX512
-#undef Z_LOAD
-#undef Z_STORE
-#undef Z_ALLS
-#undef FZ_LOAD
-#undef FZ_FMA
-#undef FZ_FMA1
-#undef FZ_STORE
-#undef DEF_FWD_AVX512
 #endif
 
 /* ---- gradient reduction: dB[i,:] += s*g*AT[j,:],  dAT[j,:] += s*g*B[i,:] --------------------- */

@@ -319,7 +319,8 @@ def _weightnorm_norms(rng: np.random.Generator) -> Call:
 
 def _check_wn_forward(call: Call, res: Any) -> None:
     v, g, dim = call.args[:3]
-    got = res[1]["out"] if isinstance(res, tuple) else res
+    result, outs = res if call.outputs else (res, {})
+    got = outs.get("out", result)
     close(got, ref.weightnorm_forward(v, _g_shaped(g, int(dim)), None if dim == -1 else int(dim)), "weightnorm_forward")
 
 
