@@ -440,7 +440,7 @@ def test_backward_and_setters_bad_input() -> None:
             ValueError,
             r"init_scale: expected a positive finite float, got 0.0",
         ),
-        (V, np.ones((5, 4), np.float32), "1", TypeError, r"init_scale: expected a positive float, got str"),
+        (V, np.ones((5, 4), np.float32), "1", TypeError, r"init_scale: expected a positive finite float, got str"),
     ],
 )
 def test_data_init_bad_input(v: object, x: object, scale: object, exc: type[Exception], match: str) -> None:
