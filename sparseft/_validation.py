@@ -59,7 +59,13 @@ def check_int(
         raise TypeError(f"{name}: expected an int, got {_kind(value)}")
     v = int(value)
     if (lo is not None and v < lo) or (hi is not None and v > hi):
-        rng = f"in [{lo}, {hi}]" if lo is not None and hi is not None else f">= {lo}" if lo is not None else f"<= {hi}"
+        rng = (
+            f"in [{lo}, {hi}]"
+            if lo is not None and hi is not None
+            else f">= {lo}"
+            if lo is not None
+            else f"<= {hi}"
+        )
         raise ValueError(f"{name}: expected {what} {rng}, got {v}")
     return v
 
@@ -119,14 +125,20 @@ def check_real(
         v = float(value)
     except OverflowError:
         raise ValueError(f"{name}: expected {what}, got {_kind(value)} beyond float64 range") from None
-    if not math.isfinite(v) or (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
+    if (
+        not math.isfinite(v)
+        or (lo is not None and (v <= lo if lo_open else v < lo))
+        or (hi is not None and v > hi)
+    ):
         raise ValueError(f"{name}: expected {what}, got {value!r}")
     return v
 
 
 def check_scale(scale: object, name: str = "scale") -> float:
     """``scale`` as a float that is finite in float32 (the adapter scale the kernels multiply by)."""
-    return check_real(scale, name, -F32_MAX, F32_MAX, what=f"a finite float32 number (|{name}| <= {F32_MAX:.6g})")
+    return check_real(
+        scale, name, -F32_MAX, F32_MAX, what=f"a finite float32 number (|{name}| <= {F32_MAX:.6g})"
+    )
 
 
 def check_nm(
@@ -189,7 +201,12 @@ def check_shaped(a: object, name: str, dtype: type, shape: tuple[int | None, ...
     """An ndarray of ``dtype`` whose shape matches ``shape`` (None: any length on that axis)."""
     a = _check_ndarray(a, name, dtype)
     if a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape, strict=False)):
-        want = "(" + ", ".join("..." if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+        want = (
+            "("
+            + ", ".join("..." if s is None else str(s) for s in shape)
+            + ("," if len(shape) == 1 else "")
+            + ")"
+        )
         raise ValueError(f"{name}: expected shape {want}, got {a.shape}")
     return a
 

@@ -422,3 +422,22 @@ def test_lors_magnitude_nan_is_an_error_and_a_failed_merge_changes_nothing() -> 
     assert not layer.merged and layer._premerge_base is None
     layer.A[0, 0] = 0.0
     np.testing.assert_array_equal(layer.forward(x), y0)
+
+
+def test_magnitude_flag_builds_the_dora_variant(rng: np.random.Generator) -> None:
+    """LoRSLinear(magnitude=True), LoRSConfig(magnitude=True).make() and DoRALinear build the same layer."""
+    p = _problem(rng, 3, 6, 8, 2, 0.5)
+    plain = sft.LoRSLinear(p["W"], p["mask"], r=2)
+    assert type(plain) is sft.LoRSLinear and plain.magnitude is None and "magnitude" not in plain.parameters()
+    layers = [
+        sft.LoRSLinear(p["W"], p["mask"], r=2, magnitude=True, norm_grad=False),
+        sft.LoRSConfig(r=2, magnitude=True, norm_grad=False).make(p["W"], p["mask"]),
+        sft.DoRALinear(p["W"], p["mask"], r=2, norm_grad=False),
+        sft.adapters.DoRALinear(p["W"], p["mask"], 2, None, None, "lora", "exact", 0, False, "auto", None, None, None, "lora", True, False),
+    ]
+    for layer in layers:
+        assert type(layer) is sft.DoRALinear and isinstance(layer, sft.LoRSLinear)
+        assert layer.norm_grad is False and sorted(layer.parameters()) == ["A", "B", "magnitude"]
+        np.testing.assert_array_equal(layer.forward(p["x"]), layers[0].forward(p["x"]))
+    with pytest.raises(ValueError, match="magnitude: DoRALinear is the magnitude=True layer"):
+        sft.DoRALinear(p["W"], p["mask"], r=2, magnitude=False)

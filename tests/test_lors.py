@@ -697,6 +697,14 @@ GOOD_W = (np.arange(1, 13, dtype=np.float32).reshape(3, 4) - 6) * (np.arange(12)
         ),
         ({"init": "lors", "calibration": []}, ValueError, "batches: expected at least one"),
         ({"format": "bsr"}, ValueError, "format: expected one of"),
+        ({"format": 5}, TypeError, r"format: expected one of \(.*\), got int"),
+        ({"r": None}, TypeError, "r: expected an int, got NoneType"),
+        ({"alpha": 10**400}, ValueError, "alpha: expected a finite number or None, got int beyond float64 range"),
+        (
+            {"init": "lors", "init_grad": np.ones((3, 4), np.float32), "lors_scale": 10**400},
+            ValueError,
+            "lors_scale: expected a positive finite float, got int beyond float64 range",
+        ),
         ({"bias": np.zeros(4, np.float32)}, ValueError, r"bias: expected shape \(3,\), got \(4,\)"),
         ({"bias": np.zeros(3, np.float64)}, TypeError, "bias: expected dtype float32"),
         ({"seed": -1}, ValueError, "seed: expected an int >= 0"),
@@ -902,7 +910,7 @@ def test_calibration_errors_name_the_argument() -> None:
         layer.estimate_full_grad([ok], loss_grad=1)  # type: ignore[arg-type]
 
 
-def test_second_review_round_lors_errors(tmp_path: object) -> None:
+def test_init_alpha_and_state_errors_name_the_argument() -> None:
     rng = np.random.default_rng(0)
     W = rng.standard_normal((6, 8)).astype(np.float32)
     M = sft.prune.nm(W, 2, 4)
@@ -936,6 +944,25 @@ def test_second_review_round_lors_errors(tmp_path: object) -> None:
     with pytest.raises(ValueError, match=r"base_layer\.weight_mask: given without base_layer\.weight"):
         layer.load_state_dict(only_mask)
     np.testing.assert_array_equal(layer.state_dict()["base_layer.weight"], W)
+
+
+@pytest.mark.parametrize(
+    ("state", "exc", "match"),
+    [
+        ({1: 0, "x": 0}, TypeError, r"state: expected str keys, got the int key 1"),
+        ([("lora_A.weight", 0)], TypeError, r"state: expected a dict, got list"),
+        ({"lora_A.weight": 0}, ValueError, r"state: missing keys \['lora_B.weight'\]"),
+    ],
+)
+def test_load_state_dict_names_bad_keys(state: object, exc: type[Exception], match: str) -> None:
+    layer = sft.LoRSLinear(GOOD_W, r=2)
+    before = layer.state_dict()
+    with pytest.raises(exc, match=match):
+        layer.load_state_dict(state)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="strict: expected a bool, got int"):
+        layer.load_state_dict(before, strict=1)  # type: ignore[arg-type]
+    for k, v in layer.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
 
 
 def test_runtime_argument_types() -> None:

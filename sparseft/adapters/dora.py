@@ -135,7 +135,20 @@ class DoRALinear(LoRSLinear):
         self.norm_grad = check_bool(norm_grad, "norm_grad")
         self._premerge_base: BaseFormat | None = None
         super().__init__(
-            W, mask, r, alpha, bias, init, grad, seed, use_rslora, format, init_grad, calibration, loss_grad, lors_scale
+            W,
+            mask,
+            r,
+            alpha,
+            bias,
+            init,
+            grad,
+            seed,
+            use_rslora,
+            format,
+            init_grad,
+            calibration,
+            loss_grad,
+            lors_scale,
         )
 
     def _init_extra_parameters(self) -> None:
@@ -159,7 +172,9 @@ class DoRALinear(LoRSLinear):
     def _state_at(self, x2: np.ndarray) -> Any:
         return self._forward_2d(x2)[1]
 
-    def _backward_2d(self, gy2: np.ndarray, x2: np.ndarray, state: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def _backward_2d(
+        self, gy2: np.ndarray, x2: np.ndarray, state: Any
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if self._merged or state is None:
             return super()._backward_2d(gy2, x2, None)
         z, n, c = state

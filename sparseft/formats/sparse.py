@@ -85,7 +85,16 @@ class SparseArrays:
 
     def core(self) -> tuple[Any, ...]:
         """The base as the tuple the ``_core.sparse_*`` functions take."""
-        return (self.kind, self.shape[0], self.shape[1], self.n, self.m, self.values, self.indices, self.indptr)
+        return (
+            self.kind,
+            self.shape[0],
+            self.shape[1],
+            self.n,
+            self.m,
+            self.values,
+            self.indices,
+            self.indptr,
+        )
 
     def with_values(self, values: np.ndarray) -> SparseArrays:
         """The same structure holding other (fresh, owned) values."""
@@ -306,11 +315,15 @@ class CSRBase(_SparseBase):
             raise ValueError(f"indptr: expected shape ({out + 1},) (out + 1), got {indptr.shape}")
         nnz = values.size
         if indptr[0] != 0 or indptr[-1] != nnz:
-            raise ValueError(f"indptr: expected to run from 0 to nnz = {nnz}, got {indptr[0]} to {indptr[-1]}")
+            raise ValueError(
+                f"indptr: expected to run from 0 to nnz = {nnz}, got {indptr[0]} to {indptr[-1]}"
+            )
         drop = np.flatnonzero(np.diff(indptr) < 0)
         if drop.size:
             i = int(drop[0])
-            raise ValueError(f"indptr: expected non-decreasing row pointers, got {indptr[i]} then {indptr[i + 1]} at row {i}")
+            raise ValueError(
+                f"indptr: expected non-decreasing row pointers, got {indptr[i]} then {indptr[i + 1]} at row {i}"
+            )
         bad = np.flatnonzero((indices < 0) | (indices >= inn))
         if bad.size:
             k = int(bad[0])
@@ -337,7 +350,11 @@ class CSRBase(_SparseBase):
         values = np.ascontiguousarray(W[rows, cols], dtype=np.float32)
         self = cls.__new__(cls)
         self.arrays = SparseArrays(
-            "csr", (int(W.shape[0]), int(W.shape[1])), readonly(values), readonly(cols.astype(np.int32)), readonly(indptr)
+            "csr",
+            (int(W.shape[0]), int(W.shape[1])),
+            readonly(values),
+            readonly(cols.astype(np.int32)),
+            readonly(indptr),
         )
         return self
 
@@ -391,12 +408,18 @@ class NMBase(_SparseBase):
         bad = np.flatnonzero(flat >= m)
         if bad.size:
             k = int(bad[0])
-            raise ValueError(f"indices: expected positions in [0, m = {m}), got {flat[k]} at row {k // max(want[1], 1)}")
+            raise ValueError(
+                f"indices: expected positions in [0, m = {m}), got {flat[k]} at row {k // max(want[1], 1)}"
+            )
         if n:
             first = np.arange(flat.size) % n == 0
             per_row = max(want[1], 1)
             _check_increasing(
-                flat, first, "indices", "position", lambda k: f"group {(k % per_row) // n} of row {k // per_row}"
+                flat,
+                first,
+                "indices",
+                "position",
+                lambda k: f"group {(k % per_row) // n} of row {k // per_row}",
             )
         self.arrays = SparseArrays("nm", (out, inn), values, indices, None, n, m)
 
