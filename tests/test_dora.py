@@ -12,6 +12,7 @@ import sparseft as sft
 from sparseft.adapters import dora
 
 from . import reference as ref
+from .conftest import close
 
 
 def dora_step(
@@ -53,12 +54,6 @@ def _problem(rng: np.random.Generator, N: int, out: int, inn: int, r: int, densi
     }
 
 
-def _close(got: np.ndarray, want: np.ndarray, rtol: float = 1e-4, scale: float = 0.0) -> None:
-    """Relative to the reference's size, or to ``scale`` (the size of terms that may cancel) if larger."""
-    scale = max(float(np.abs(want).max(initial=0.0)), scale, 1e-30)
-    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale)
-
-
 def _base(fmt: str, W: np.ndarray, mask: np.ndarray) -> Any:
     """A base format of sparseft, or the float64 reference base (``"reference"``)."""
     if fmt == "reference":
@@ -93,7 +88,7 @@ def test_dora_math_matches_dense_reference(
     detached = ref.dora_layer(p["x"], p["W"], p["mask"], p["A"], p["B"], 0.5, p["m"], None, p["gy"], False)
     for k in ("y", "gx", "dA", "dB", "dm"):
         assert np.isfinite(got[k]).all(), k
-        _close(got[k], want[k], scale=float(np.abs(detached[k]).max(initial=0.0)))
+        close(got[k], want[k], scale=float(np.abs(detached[k]).max(initial=0.0)))
     if out > 3:
         assert (got["y"][:, 2] == 0).all() and got["dm"][2] == 0 and (got["dB"][2] == 0).all()
 
@@ -116,11 +111,11 @@ def test_dora_math_matches_peft_style_torch(rng: np.random.Generator, norm_grad:
     got = dora_step(
         _base("dense", p["W"], p["mask"]), p["x"], p["gy"], p["A"], p["B"], s, p["m"], norm_grad
     )
-    _close(got["y"], y.detach().numpy())
-    _close(got["gx"], t["x"].grad.numpy())
-    _close(got["dA"], t["A"].grad.numpy())
-    _close(got["dB"], t["B"].grad.numpy())
-    _close(got["dm"], t["m"].grad.numpy())
+    close(got["y"], y.detach().numpy())
+    close(got["gx"], t["x"].grad.numpy())
+    close(got["dA"], t["A"].grad.numpy())
+    close(got["dB"], t["B"].grad.numpy())
+    close(got["dm"], t["m"].grad.numpy())
 
 
 def test_magnitude_init_keeps_the_output(rng: np.random.Generator) -> None:
@@ -128,11 +123,11 @@ def test_magnitude_init_keeps_the_output(rng: np.random.Generator) -> None:
     p["W"][5] = 0  # a zero row: m = 0, c = 0, output 0 = x W_5
     base = _base("dense", p["W"], p["mask"])
     m = dora.magnitude_init(base)
-    _close(m, np.linalg.norm(p["W"].astype(np.float64), axis=1), rtol=1e-6)
+    close(m, np.linalg.norm(p["W"].astype(np.float64), axis=1), rtol=1e-6)
     B0 = np.zeros_like(p["B"])
     z = base.forward(p["x"], p["A"], B0, 1.0)
     y = z * dora.forward_scales(m, base.row_norms(p["A"], B0, 1.0))
-    _close(y, p["x"].astype(np.float64) @ p["W"].T.astype(np.float64), rtol=1e-5)
+    close(y, p["x"].astype(np.float64) @ p["W"].T.astype(np.float64), rtol=1e-5)
 
 
 def test_merged_dense_keeps_zeros(rng: np.random.Generator) -> None:
@@ -141,7 +136,7 @@ def test_merged_dense_keeps_zeros(rng: np.random.Generator) -> None:
     base = _base("dense", p["W"], p["mask"])
     W2 = dora.merged_dense(base, p["A"], p["B"], 0.7, p["m"])
     want = ref.dora_layer(p["x"], p["W"], p["mask"], p["A"], p["B"], 0.7, p["m"], None, p["gy"])["W2"]
-    _close(W2, want)
+    close(W2, want)
     assert (W2[~p["mask"]] == 0).all() and not np.signbit(W2[~p["mask"]]).any()
 
 
@@ -199,12 +194,12 @@ def test_lors_magnitude_matches_reference(
     )
     y = layer.forward(x)
     gx = layer.backward(gy)
-    _close(y, want["y"])
-    _close(gx, want["gx"])
-    _close(layer.grad_A, want["dA"], scale=float(np.abs(terms["dA"]).max(initial=0.0)))
-    _close(layer.grad_B, want["dB"], scale=float(np.abs(terms["dB"]).max(initial=0.0)))
-    _close(layer.grad_magnitude, want["dm"])
-    _close(layer.grad_bias, want["dbias"])
+    close(y, want["y"])
+    close(gx, want["gx"])
+    close(layer.grad_A, want["dA"], scale=float(np.abs(terms["dA"]).max(initial=0.0)))
+    close(layer.grad_B, want["dB"], scale=float(np.abs(terms["dB"]).max(initial=0.0)))
+    close(layer.grad_magnitude, want["dm"])
+    close(layer.grad_bias, want["dbias"])
     for a in (y, gx, layer.grad_A, layer.grad_B, layer.grad_magnitude):
         assert np.isfinite(a).all()
     if out > 4:  # the pruned unit: output = bias, zero gradients through it
@@ -216,7 +211,7 @@ def test_lors_magnitude_matches_reference(
     dm = layer.grad_magnitude.copy()
     layer.forward(x.reshape(1, N, inn))
     layer.backward(gy.reshape(1, N, out))
-    _close(layer.grad_magnitude, 2 * dm)
+    close(layer.grad_magnitude, 2 * dm)
     layer.zero_grad()
     assert not layer.grad_magnitude.any()
 
@@ -246,11 +241,11 @@ def test_lors_magnitude_matches_peft_style_torch(rng: np.random.Generator) -> No
             np.testing.assert_array_equal(y_ours[..., 3], np.full((2, 5), p["bias"][3], np.float32))
             continue
         y.backward(torch.tensor(gy, dtype=torch.float64))
-        _close(layer.forward(x), y.detach().numpy())
-        _close(layer.backward(gy), tx.grad.numpy())
-        _close(layer.grad_A, tA.grad.numpy())
-        _close(layer.grad_B, tB.grad.numpy())
-        _close(layer.grad_magnitude, tm.grad.numpy())
+        close(layer.forward(x), y.detach().numpy())
+        close(layer.backward(gy), tx.grad.numpy())
+        close(layer.grad_A, tA.grad.numpy())
+        close(layer.grad_B, tB.grad.numpy())
+        close(layer.grad_magnitude, tm.grad.numpy())
 
 
 def test_lors_magnitude_init_keeps_output_and_lors_grad_mode(rng: np.random.Generator) -> None:
@@ -259,7 +254,7 @@ def test_lors_magnitude_init_keeps_output_and_lors_grad_mode(rng: np.random.Gene
     p = _problem(rng, 1, 30, 50, 4, 0.4)
     plain = sft.LoRSLinear(p["W"], p["mask"], r=4)
     wn = sft.LoRSLinear(p["W"], p["mask"], r=4, magnitude=True)
-    _close(wn.magnitude, np.linalg.norm(p["W"].astype(np.float64), axis=1), rtol=1e-6)
+    close(wn.magnitude, np.linalg.norm(p["W"].astype(np.float64), axis=1), rtol=1e-6)
     x = rng.standard_normal((11, 50)).astype(np.float32)
     np.testing.assert_allclose(wn.forward(x), plain.forward(x), rtol=1e-5, atol=1e-5)
     # grad="lors" changes only dA, dB (the rearranged adapter gradient); gx and grad m are the same
@@ -282,7 +277,7 @@ def test_lors_magnitude_merge_keeps_zeros_and_unmerge_restores(rng: np.random.Ge
     want = ref.dora_layer(x, p["W"], p["mask"], layer.A, layer.B, layer.scaling, layer.magnitude, None, y0)[
         "W2"
     ]
-    _close(W2, want)
+    close(W2, want)
     assert (W2[~p["mask"]] == 0).all() and not np.signbit(W2[~p["mask"]]).any()
     sd = layer.state_dict()
     layer.merge()
@@ -384,14 +379,14 @@ def test_lors_magnitude_compressed_formats(
     gy = rng.standard_normal((N, out)).astype(np.float32)
     want = ref.dora_layer(x, W, mask, layer.A, layer.B, layer.scaling, layer.magnitude, bias, gy, norm_grad)
     terms = ref.dora_layer(x, W, mask, layer.A, layer.B, layer.scaling, layer.magnitude, bias, gy, False)
-    _close(layer.forward(x), want["y"])
-    _close(layer.backward(gy), want["gx"])
-    _close(layer.grad_A, want["dA"], scale=float(np.abs(terms["dA"]).max()))
-    _close(layer.grad_B, want["dB"], scale=float(np.abs(terms["dB"]).max()))
-    _close(layer.grad_magnitude, want["dm"])
+    close(layer.forward(x), want["y"])
+    close(layer.backward(gy), want["gx"])
+    close(layer.grad_A, want["dA"], scale=float(np.abs(terms["dA"]).max()))
+    close(layer.grad_B, want["dB"], scale=float(np.abs(terms["dB"]).max()))
+    close(layer.grad_magnitude, want["dm"])
     assert np.isfinite(layer.grad_A).all() and np.isfinite(layer.grad_magnitude).all()
     W2 = layer.merged_weight()
-    _close(W2, want["W2"])
+    close(W2, want["W2"])
     assert (W2[~mask] == 0).all()
     y0 = layer.forward(x)
     layer.merge()

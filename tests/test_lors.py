@@ -16,7 +16,7 @@ from sparseft import _core
 from sparseft.adapters.inits import randomized_svd
 
 from . import reference as ref
-from .conftest import SIMD_PATHS
+from .conftest import SIMD_PATHS, close
 
 # ---- helpers ----
 
@@ -56,17 +56,6 @@ def problem(
     }
 
 
-def assert_close(got: np.ndarray, want: np.ndarray, mag: np.ndarray, tol: float = 1e-4) -> None:
-    """|got − want| <= tol·mag + 1e-6, mag the same sum over absolute values (float32 rounding
-    grows with it); a wrong formula misses by O(mag)."""
-    assert got.shape == want.shape, (got.shape, want.shape)
-    err = np.abs(got.astype(np.float64) - want)
-    bound = tol * mag + 1e-6
-    assert (err <= bound).all(), (
-        f"max err {err.max():.3g}, bound there {bound.flat[np.argmax(err - bound)]:.3g}"
-    )
-
-
 def abs_problem(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: (np.abs(v) if v.dtype != bool else v) for k, v in p.items()}
 
@@ -78,25 +67,25 @@ def check_kernels(p: dict[str, np.ndarray], s: float, naive: bool = False) -> No
     args = (p["W"], m8, p["A"], p["B"], s)
     y = _core.lors_forward(p["x"], *args, bias=p["bias"], naive=naive)
     mag = ref.lors_forward(q["x"], q["W"], q["mask"], q["A"], q["B"], abs(s), q["bias"])
-    assert_close(y, ref.lors_forward(p["x"], p["W"], p["mask"], p["A"], p["B"], s, p["bias"]), mag)
+    close(y, ref.lors_forward(p["x"], p["W"], p["mask"], p["A"], p["B"], s, p["bias"]), mag)
     y0 = _core.lors_forward(p["x"], *args, naive=naive)
-    assert_close(y0, ref.lors_forward(p["x"], p["W"], p["mask"], p["A"], p["B"], s), mag)
+    close(y0, ref.lors_forward(p["x"], p["W"], p["mask"], p["A"], p["B"], s), mag)
     gx = _core.lors_backward_input(p["gy"], *args, naive=naive)
     mag = ref.lors_backward_input(q["gy"], q["W"], q["mask"], q["A"], q["B"], abs(s))
-    assert_close(gx, ref.lors_backward_input(p["gy"], p["W"], p["mask"], p["A"], p["B"], s), mag)
+    close(gx, ref.lors_backward_input(p["gy"], p["W"], p["mask"], p["A"], p["B"], s), mag)
     dA, dB = _core.lors_backward_exact(p["gy"], p["x"], m8, p["A"], p["B"], s, naive=naive)
     wA, wB = ref.lors_grad_exact(p["gy"], p["x"], p["mask"], p["A"], p["B"], s)
     mA, mB = ref.lors_grad_exact(q["gy"], q["x"], q["mask"], q["A"], q["B"], abs(s))
-    assert_close(dA, wA, mA)
-    assert_close(dB, wB, mB)
+    close(dA, wA, mA)
+    close(dB, wB, mB)
     dA, dB = _core.lors_backward_lors(p["gy"], p["x"], p["A"], p["B"], s, naive=naive)
     wA, wB = ref.lors_grad_lors(p["gy"], p["x"], p["A"], p["B"], s)
     mA, mB = ref.lors_grad_lors(q["gy"], q["x"], q["A"], q["B"], abs(s))
-    assert_close(dA, wA, mA)
-    assert_close(dB, wB, mB)
+    close(dA, wA, mA)
+    close(dB, wB, mB)
     W2 = _core.lors_merge(*args, naive=naive)
     mag = ref.lors_merged_weight(q["W"], q["mask"], q["A"], q["B"], abs(s))
-    assert_close(W2, ref.lors_merged_weight(p["W"], p["mask"], p["A"], p["B"], s), mag)
+    close(W2, ref.lors_merged_weight(p["W"], p["mask"], p["A"], p["B"], s), mag)
     assert (W2[~p["mask"]] == 0).all()
 
 
@@ -154,7 +143,7 @@ def test_kernels_scale_zero_is_the_base(simd: str, rng: np.random.Generator) -> 
     p = problem(rng, 9, 40, 30, 4)
     m8 = p["mask"].astype(np.uint8)
     y = _core.lors_forward(p["x"], p["W"], m8, p["A"], p["B"], 0.0)
-    assert_close(y, p["x"].astype(np.float64) @ p["W"].T, np.abs(p["x"]) @ np.abs(p["W"]).T)
+    close(y, p["x"].astype(np.float64) @ p["W"].T, np.abs(p["x"]) @ np.abs(p["W"]).T)
     np.testing.assert_array_equal(_core.lors_merge(p["W"], m8, p["A"], p["B"], 0.0), p["W"])
 
 
@@ -229,8 +218,8 @@ def test_exact_gradient_any_thread_count(threads: int, out: int, in_: int) -> No
         sparseft.set_num_threads(before)
     wA, wB = ref.lors_grad_exact(p["gy"], p["x"], p["mask"], p["A"], p["B"], 0.5)
     mA, mB = ref.lors_grad_exact(q["gy"], q["x"], q["mask"], q["A"], q["B"], 0.5)
-    assert_close(dA, wA, mA)
-    assert_close(dB, wB, mB)
+    close(dA, wA, mA)
+    close(dB, wB, mB)
 
 
 def test_exact_gradient_skips_density_zero(rng: np.random.Generator) -> None:
@@ -362,7 +351,7 @@ def test_layer_forward_backward_match_reference(simd: str, grad: str, kind: str)
     q = abs_problem(p)
     y = lay.forward(x)
     want = ref.lors_forward(x, p["W"], p["mask"], lay.A, lay.B, s, p["bias"])
-    assert_close(
+    close(
         y, want, ref.lors_forward(q["x"], q["W"], q["mask"], np.abs(lay.A), np.abs(lay.B), s, q["bias"])
     )
     gx = lay.backward(gy)
