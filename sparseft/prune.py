@@ -151,7 +151,7 @@ def wanda(
         norms = np.sqrt(np.einsum("ij,ij->j", X64, X64))
         score = np.abs(W.astype(np.float64)) * norms[None, :]
     if not np.isfinite(score).all():
-        # finite but huge X (or W): the squares overflowed, and 0 * inf = NaN would rank a zero weight
+        # finite but huge X (or W): the squares overflow, and 0 * inf = NaN would rank a zero weight
         # first. Rank by log-scores instead (log 0 = -inf ranks last), the norms taken of each column
         # scaled by its largest |X| so nothing overflows.
         big = np.abs(X64).max(axis=0) if X64.shape[0] else np.zeros(X64.shape[1])

@@ -98,7 +98,7 @@ def lors_init(
         norm = 1.0 / np.sqrt(3.0) if scale == "lora" else 1.0
     else:
         norm = check_real(scale, "lors_scale", 0.0, lo_open=True, what="a positive finite float")
-        # A's rows have this norm: it must survive float32 (1e300 made A inf, 1e-300 made it 0)
+        # A's rows have this norm: it must survive float32 (1e300 would make A inf, 1e-300 zero)
         if not 1e-30 <= norm <= 1e30:
             raise ValueError(f"lors_scale: expected a row norm in [1e-30, 1e30] (float32 A), got {scale!r}")
     if not np.any(G_masked):
