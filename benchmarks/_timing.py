@@ -1,13 +1,12 @@
 """Timing shared by the benchmarks: interleaved repetitions, each timed call after a settle pause.
 
 Why the pause: NumPy's OpenBLAS keeps its worker threads busy-waiting for 2^28 TSC cycles after a
-BLAS call returns (about 0.13 s on this 2.1 GHz machine; ``OPENBLAS_THREAD_TIMEOUT`` sets the
-exponent), and PyTorch's and our OpenMP threads spin for a shorter while. On two cores, whichever
-call comes next shares them with a spinning thread. ``benchmarks/bench_settle.py`` measures it:
-``_core.lors_forward`` (2048^3, 2 threads) ran 1.44x slower right after ``x @ W.T`` than 0.3 s
-later, 1.09x after 0.1 s, and within noise from 0.15 s on. Without the pause
-an interleaved run slows whatever follows a NumPy call, so ratios depend on the order of the
-functions in the dict.
+BLAS call returns (about 0.13 s at 2.1 GHz; ``OPENBLAS_THREAD_TIMEOUT`` sets the exponent), and
+PyTorch's and our OpenMP threads spin for a shorter while. On two cores, whichever call comes next
+shares them with a spinning thread, so without the pause an interleaved run slows whatever follows
+a NumPy call and ratios depend on the order of the functions in the dict. The pause (``SETTLE``)
+is longer than the busy-wait; ``python benchmarks/bench_settle.py`` measures the slowdown as a
+function of the pause (results in ``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations

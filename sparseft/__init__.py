@@ -1,13 +1,13 @@
 """sparseft: fine-tune sparse (pruned) neural networks on NumPy arrays without losing the sparsity.
 
 The heavy loops live in the C extension :mod:`sparseft._core`; this package validates input,
-holds the objects and does I/O. See ``README.md`` and ``DESIGN.md`` for the API contract.
+holds the objects and does I/O. See ``README.md`` and ``docs/design.md``.
 """
 
 from __future__ import annotations
 
 from sparseft import _core, adapters, formats, prune, remat
-from sparseft.adapters import LoRSConfig, LoRSLinear
+from sparseft.adapters import DoRALinear, LoRSConfig, LoRSLinear
 from sparseft.formats import DenseBase
 from sparseft.remat import Graph, Planner, Schedule, simulate
 from sparseft.remat import generators as graphs
@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DenseBase",
+    "DoRALinear",
     "Graph",
     "LoRSConfig",
     "LoRSLinear",

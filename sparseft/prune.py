@@ -8,10 +8,9 @@ entries keeps ``n - round(sparsity * n)`` of them, with Python's ``round`` (half
 
 from __future__ import annotations
 
-import numbers
-from typing import Any
-
 import numpy as np
+
+from sparseft._validation import check_choice, check_finite, check_nm, check_real
 
 __all__ = ["magnitude", "nm", "wanda"]
 
@@ -24,34 +23,7 @@ def _check_matrix(W: object, name: str) -> np.ndarray:
         raise TypeError(f"{name}: expected a floating dtype (float16/32/64), got {W.dtype}")
     if W.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array (out, in), got shape {W.shape}")
-    if not np.isfinite(W).all():
-        raise ValueError(f"{name}: contains NaN or infinity")
-    return W
-
-
-def _check_sparsity(sparsity: object) -> float:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
-        raise TypeError(f"sparsity: expected a real number in [0, 1], got {type(sparsity).__name__}")
-    s = float(sparsity)
-    if not 0.0 <= s <= 1.0:
-        raise ValueError(f"sparsity: expected a number in [0, 1], got {sparsity}")
-    return s
-
-
-def _check_nm(n: Any, m: Any, in_features: int | None, name: str = "") -> tuple[int, int]:
-    for label, v in ((f"{name}n", n), (f"{name}m", m)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise TypeError(f"{label}: expected an int, got {type(v).__name__}")
-    n, m = int(n), int(m)
-    if m < 1:
-        raise ValueError(f"{name}m: expected m >= 1, got {m}")
-    if not 0 <= n <= m:
-        raise ValueError(f"{name}n: expected 0 <= n <= m = {m}, got {n}")
-    if in_features is not None and in_features % m != 0:
-        raise ValueError(
-            f"W: expected the input dimension to be a multiple of m = {m} for N:M groups, got {in_features}"
-        )
-    return n, m
+    return check_finite(W, name)
 
 
 def _n_pruned(sparsity: float, size: int) -> int:
@@ -107,16 +79,13 @@ def magnitude(W: np.ndarray, sparsity: float = 0.5, scope: str = "row") -> np.nd
         ``W`` not 2-D or not finite, ``sparsity`` outside [0, 1], unknown ``scope``.
     """
     W = _check_matrix(W, "W")
-    s = _check_sparsity(sparsity)
-    if not isinstance(scope, str):
-        raise TypeError(f"scope: expected 'row' or 'global', got {type(scope).__name__}")
+    s = check_real(sparsity, "sparsity", 0.0, 1.0, what="a number in [0, 1]")
+    check_choice(scope, "scope", ("row", "global"))
     score = np.abs(W.astype(np.float64))
     if scope == "row":
         return _keep_per_row(score, _n_pruned(s, W.shape[1]))
-    if scope == "global":
-        flat = score.reshape(1, -1)
-        return _keep_per_row(flat, _n_pruned(s, flat.shape[1])).reshape(W.shape)
-    raise ValueError(f"scope: expected 'row' or 'global', got {scope!r}")
+    flat = score.reshape(1, -1)
+    return _keep_per_row(flat, _n_pruned(s, flat.shape[1])).reshape(W.shape)
 
 
 def nm(W: np.ndarray, n: int = 2, m: int = 4) -> np.ndarray:
@@ -141,7 +110,7 @@ def nm(W: np.ndarray, n: int = 2, m: int = 4) -> np.ndarray:
         ``W`` not 2-D or not finite, ``m < 1``, ``n`` outside [0, m], ``in`` not a multiple of ``m``.
     """
     W = _check_matrix(W, "W")
-    n, m = _check_nm(n, m, W.shape[1])
+    n, m = check_nm(n, m, W.shape[1])
     return _keep_nm(np.abs(W.astype(np.float64)), n, m)
 
 
@@ -176,13 +145,13 @@ def wanda(
     X = _check_matrix(X, "X")
     if X.shape[1] != W.shape[1]:
         raise ValueError(f"X: expected shape (tokens, {W.shape[1]}), got {X.shape}")
-    s = _check_sparsity(sparsity)
+    s = check_real(sparsity, "sparsity", 0.0, 1.0, what="a number in [0, 1]")
     X64 = X.astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         norms = np.sqrt(np.einsum("ij,ij->j", X64, X64))
         score = np.abs(W.astype(np.float64)) * norms[None, :]
     if not np.isfinite(score).all():
-        # finite but huge X (or W): the squares overflowed, and 0 * inf = NaN would rank a zero weight
+        # finite but huge X (or W): the squares overflow, and 0 * inf = NaN would rank a zero weight
         # first. Rank by log-scores instead (log 0 = -inf ranks last), the norms taken of each column
         # scaled by its largest |X| so nothing overflows.
         big = np.abs(X64).max(axis=0) if X64.shape[0] else np.zeros(X64.shape[1])
@@ -195,5 +164,5 @@ def wanda(
         return _keep_per_row(score, _n_pruned(s, W.shape[1]))
     if not isinstance(nm, tuple | list) or len(nm) != 2:
         raise TypeError(f"nm: expected a pair (n, m) of ints or None, got {nm!r}")
-    n, m = _check_nm(nm[0], nm[1], W.shape[1], name="nm.")
+    n, m = check_nm(nm[0], nm[1], W.shape[1], prefix="nm.")
     return _keep_nm(score, n, m)

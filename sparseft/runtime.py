@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import numbers
 import os
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
-
 from sparseft import _core
+from sparseft._validation import check_int
 
 #: Values of the environment variable SPARSEFT_SIMD that the C core understands (a cap on the
 #: SIMD path chosen at import).
@@ -62,15 +60,10 @@ def set_num_threads(n: int) -> None:
     ValueError
         If ``n < 1`` or ``n > MAX_THREADS``.
     """
-    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
-        raise TypeError(f"n: expected an int, got {type(n).__name__}")
-    n = int(n)
-    if not 1 <= n <= MAX_THREADS:
-        raise ValueError(f"n: expected a thread count in [1, {MAX_THREADS}], got {n}")
-    _core.set_num_threads(n)
+    _core.set_num_threads(check_int(n, "n", 1, MAX_THREADS, what="a thread count"))
 
 
-#: Most threads set_num_threads accepts (2**40 overflowed the C int; thousands of OpenMP threads
+#: Most threads set_num_threads accepts (the C core takes an int; thousands of OpenMP threads
 #: would only exhaust the process's resources).
 MAX_THREADS = 4096
 
@@ -101,7 +94,7 @@ def simd_path(path: str) -> Iterator[None]:
     """
     if not isinstance(path, str):
         raise TypeError(f"path: expected a str, got {type(path).__name__}")
-    if "\0" in path:
+    if "\0" in path:  # the C core reads a C string: "avx2\0x" would pass as "avx2"
         raise ValueError(f"path: expected one of 'avx512', 'avx2', 'portable', 'auto', got {path!r}")
     before = _core.build_info()["simd"]
     _core.set_simd(path)

@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sparseft import _core
+from sparseft._validation import F32_MAX, check_real
 
 __all__ = ["WeightNorm"]
 
@@ -38,8 +39,6 @@ F32 = npt.NDArray[np.float32]
 
 # Added under the square root of the batch variance in data_init (as in the paper's reference code).
 DATA_INIT_EPS = 1e-10
-
-_F32_MAX = float(np.finfo(np.float32).max)
 
 
 def _float_array(name: str, a: Any, ndim: int | None = None) -> F32:
@@ -68,7 +67,7 @@ def _check_finite(name: str, a: F32, src: Any = None) -> None:
             if np.isfinite(src64).all():
                 big = float(np.abs(src64).max())
                 raise ValueError(
-                    f"{name}: expected values within float32 range (|value| <= {_F32_MAX:.4g}), got "
+                    f"{name}: expected values within float32 range (|value| <= {F32_MAX:.4g}), got "
                     f"{big:.4g}, which overflows to infinity in float32"
                 )
         raise ValueError(f"{name}: contains NaN or infinity")
@@ -77,7 +76,7 @@ def _check_finite(name: str, a: F32, src: Any = None) -> None:
 def _check_dim(dim: Any) -> int | None:
     if dim is None:
         return None
-    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+    if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, numbers.Integral):
         raise TypeError(f"dim: expected 0, 1 or None, got {type(dim).__name__}")
     if dim not in (0, 1):
         hint = " (use dim=None for one norm over the whole tensor)" if dim < 0 else ""
@@ -108,7 +107,7 @@ def _default_g(name: str, v: F32, dim: int | None) -> F32:
         part = v64[k] if dim == 0 else v64[:, k] if dim == 1 else v64
         where = f"row {k}" if dim == 0 else f"column {k}" if dim == 1 else "the whole tensor"
         raise ValueError(
-            f"{name}: expected norms that fit float32 (<= {_F32_MAX:.4g}) for the default g = ||{name}||, "
+            f"{name}: expected norms that fit float32 (<= {F32_MAX:.4g}) for the default g = ||{name}||, "
             f"got a norm of {float(np.sqrt(np.sum(part * part))):.4g} for {where}, which overflows "
             f"float32 (rescale {name} or pass g explicitly)"
         )
@@ -338,21 +337,12 @@ class WeightNorm:
         """
         v32 = _float_array("v", v, 2)
         x32 = _float_array("x", x, 2)
-        if isinstance(init_scale, bool) or not isinstance(init_scale, numbers.Real):
-            raise TypeError(f"init_scale: expected a positive float, got {type(init_scale).__name__}")
-        try:
-            scale = float(init_scale)
-        except OverflowError:  # an int or Fraction beyond double range
-            raise ValueError(
-                f"init_scale: expected a positive finite float, got {type(init_scale).__name__} beyond float64 range"
-            ) from None
-        if not (np.isfinite(scale) and scale > 0):
-            raise ValueError(f"init_scale: expected a positive finite float, got {init_scale}")
+        scale = check_real(init_scale, "init_scale", 0.0, lo_open=True, what="a positive finite float")
         with np.errstate(over="ignore", under="ignore"):
             scale32 = np.float32(scale)
         if not (np.isfinite(scale32) and scale32 > 0):
             raise ValueError(
-                f"init_scale: expected a positive float representable in float32 (<= {_F32_MAX:.4g}, "
+                f"init_scale: expected a positive float representable in float32 (<= {F32_MAX:.4g}, "
                 f"not rounding to 0), got {init_scale}"
             )
         if x32.shape[1] != v32.shape[1]:
@@ -389,7 +379,7 @@ class WeightNorm:
         bad_b = np.flatnonzero(~np.isfinite(b32))
         if bad_b.size:
             k = int(bad_b[0])
-            if abs(mu[k]) / sigma[k] > _F32_MAX:  # overflows with init_scale = 1 too: the data's fault
+            if abs(mu[k]) / sigma[k] > F32_MAX:  # overflows with init_scale = 1 too: the data's fault
                 raise ValueError(
                     f"x: expected inputs for which b = -mean(t) / std(t) * init_scale fits float32, got "
                     f"mean(t) = {mu[k]:.4g} and std(t) = {sigma[k]:.4g} for output unit {k}"

@@ -1,6 +1,6 @@
 """Float64 NumPy twins of every C kernel (the "slow" references the tests compare against).
 
-Each function here is written independently of the C code, from the math in DESIGN.md, and
+Each function here is written independently of the C code, from the math in docs/design.md, and
 computes in float64. Keep one block per area, marked ``# ---- area ----``.
 """
 
@@ -137,6 +137,58 @@ def dora_rownorm_backward(
     alpha = np.divide(np.asarray(grad_n, np.float64), n64, out=np.zeros_like(n64), where=n64 > 0)
     G = alpha[:, None] * dora_merged(W, mask, A, B, s) * np.asarray(mask, dtype=np.float64)
     return s * np.asarray(B, np.float64).T @ G, s * G @ np.asarray(A, np.float64).T
+
+
+class ReferenceBase:
+    """A base format (sparseft.formats.BaseFormat) in plain NumPy: float64 inside, float32 out."""
+
+    format = "reference"
+
+    def __init__(self, W: np.ndarray, mask: np.ndarray) -> None:
+        self.W = np.asarray(W, np.float64)
+        self.M = np.asarray(mask, bool)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.W.shape[0]), int(self.W.shape[1]))
+
+    def _wp(self, A: np.ndarray, B: np.ndarray, scale: float) -> np.ndarray:
+        return dora_merged(self.W, self.M, A, B, scale)
+
+    def forward(self, x: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float) -> np.ndarray:
+        return (x.astype(np.float64) @ self._wp(A, B, scale).T).astype(np.float32)
+
+    def backward_input(self, gy: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float) -> np.ndarray:
+        return (gy.astype(np.float64) @ self._wp(A, B, scale)).astype(np.float32)
+
+    def masked_grad(
+        self, gy: np.ndarray, x: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        G = (gy.astype(np.float64).T @ x) * self.M
+        return (scale * B.T @ G).astype(np.float32), (scale * G @ A.T).astype(np.float32)
+
+    def backward(
+        self, gy: np.ndarray, x: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (self.backward_input(gy, A, B, scale), *self.masked_grad(gy, x, A, B, scale))
+
+    def merged(self, A: np.ndarray, B: np.ndarray, scale: float) -> ReferenceBase:
+        return ReferenceBase(self._wp(A, B, scale) * self.M, self.M)
+
+    def row_norms(self, A: np.ndarray, B: np.ndarray, scale: float) -> np.ndarray:
+        return dora_rownorm_forward(self.W, self.M, A, B, scale).astype(np.float32)
+
+    def norm_grad(
+        self, grad_n: np.ndarray, n: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        dA, dB = dora_rownorm_backward(grad_n, n, self.W, self.M, A, B, scale)
+        return dA.astype(np.float32), dB.astype(np.float32)
+
+    def to_dense(self) -> np.ndarray:
+        return self.W.astype(np.float32)
+
+    def mask_dense(self) -> np.ndarray:
+        return self.M.copy()
 
 
 def dora_layer(

@@ -272,9 +272,9 @@ def test_generators() -> None:
     assert sorted(t.predecessors("b2")) == ["b3", "f1", "f2"]
     assert t.duration[t.index("b3")] == 8
     assert t.backward.tolist() == [False] * 5 + [True] * 4
-    with pytest.raises(ValueError, match=r"n must be an int >= 3, got 2"):
+    with pytest.raises(ValueError, match=r"n: expected an int >= 3, got 2"):
         sft.graphs.random_layered(2)
     with pytest.raises(ValueError, match=r"memory must have one value per layer \(2\), got 1"):
         sft.graphs.training_graph(2, memory=[1])
-    with pytest.raises(ValueError, match=r"edge_density must be a number in \[0, 1.0\], got 2.0"):
+    with pytest.raises(ValueError, match=r"edge_density: expected a number in \[0.0, 1.0\], got 2.0"):
         sft.graphs.random_layered(10, edge_density=2.0)

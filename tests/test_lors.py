@@ -16,7 +16,7 @@ from sparseft import _core
 from sparseft.adapters.inits import randomized_svd
 
 from . import reference as ref
-from .conftest import SIMD_PATHS
+from .conftest import SIMD_PATHS, close
 
 # ---- helpers ----
 
@@ -56,17 +56,6 @@ def problem(
     }
 
 
-def assert_close(got: np.ndarray, want: np.ndarray, mag: np.ndarray, tol: float = 1e-4) -> None:
-    """|got − want| <= tol·mag + 1e-6, mag the same sum over absolute values (float32 rounding
-    grows with it); a wrong formula misses by O(mag)."""
-    assert got.shape == want.shape, (got.shape, want.shape)
-    err = np.abs(got.astype(np.float64) - want)
-    bound = tol * mag + 1e-6
-    assert (err <= bound).all(), (
-        f"max err {err.max():.3g}, bound there {bound.flat[np.argmax(err - bound)]:.3g}"
-    )
-
-
 def abs_problem(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: (np.abs(v) if v.dtype != bool else v) for k, v in p.items()}
 
@@ -78,25 +67,25 @@ def check_kernels(p: dict[str, np.ndarray], s: float, naive: bool = False) -> No
     args = (p["W"], m8, p["A"], p["B"], s)
     y = _core.lors_forward(p["x"], *args, bias=p["bias"], naive=naive)
     mag = ref.lors_forward(q["x"], q["W"], q["mask"], q["A"], q["B"], abs(s), q["bias"])
-    assert_close(y, ref.lors_forward(p["x"], p["W"], p["mask"], p["A"], p["B"], s, p["bias"]), mag)
+    close(y, ref.lors_forward(p["x"], p["W"], p["mask"], p["A"], p["B"], s, p["bias"]), mag)
     y0 = _core.lors_forward(p["x"], *args, naive=naive)
-    assert_close(y0, ref.lors_forward(p["x"], p["W"], p["mask"], p["A"], p["B"], s), mag)
+    close(y0, ref.lors_forward(p["x"], p["W"], p["mask"], p["A"], p["B"], s), mag)
     gx = _core.lors_backward_input(p["gy"], *args, naive=naive)
     mag = ref.lors_backward_input(q["gy"], q["W"], q["mask"], q["A"], q["B"], abs(s))
-    assert_close(gx, ref.lors_backward_input(p["gy"], p["W"], p["mask"], p["A"], p["B"], s), mag)
+    close(gx, ref.lors_backward_input(p["gy"], p["W"], p["mask"], p["A"], p["B"], s), mag)
     dA, dB = _core.lors_backward_exact(p["gy"], p["x"], m8, p["A"], p["B"], s, naive=naive)
     wA, wB = ref.lors_grad_exact(p["gy"], p["x"], p["mask"], p["A"], p["B"], s)
     mA, mB = ref.lors_grad_exact(q["gy"], q["x"], q["mask"], q["A"], q["B"], abs(s))
-    assert_close(dA, wA, mA)
-    assert_close(dB, wB, mB)
+    close(dA, wA, mA)
+    close(dB, wB, mB)
     dA, dB = _core.lors_backward_lors(p["gy"], p["x"], p["A"], p["B"], s, naive=naive)
     wA, wB = ref.lors_grad_lors(p["gy"], p["x"], p["A"], p["B"], s)
     mA, mB = ref.lors_grad_lors(q["gy"], q["x"], q["A"], q["B"], abs(s))
-    assert_close(dA, wA, mA)
-    assert_close(dB, wB, mB)
+    close(dA, wA, mA)
+    close(dB, wB, mB)
     W2 = _core.lors_merge(*args, naive=naive)
     mag = ref.lors_merged_weight(q["W"], q["mask"], q["A"], q["B"], abs(s))
-    assert_close(W2, ref.lors_merged_weight(p["W"], p["mask"], p["A"], p["B"], s), mag)
+    close(W2, ref.lors_merged_weight(p["W"], p["mask"], p["A"], p["B"], s), mag)
     assert (W2[~p["mask"]] == 0).all()
 
 
@@ -154,7 +143,7 @@ def test_kernels_scale_zero_is_the_base(simd: str, rng: np.random.Generator) -> 
     p = problem(rng, 9, 40, 30, 4)
     m8 = p["mask"].astype(np.uint8)
     y = _core.lors_forward(p["x"], p["W"], m8, p["A"], p["B"], 0.0)
-    assert_close(y, p["x"].astype(np.float64) @ p["W"].T, np.abs(p["x"]) @ np.abs(p["W"]).T)
+    close(y, p["x"].astype(np.float64) @ p["W"].T, np.abs(p["x"]) @ np.abs(p["W"]).T)
     np.testing.assert_array_equal(_core.lors_merge(p["W"], m8, p["A"], p["B"], 0.0), p["W"])
 
 
@@ -229,8 +218,8 @@ def test_exact_gradient_any_thread_count(threads: int, out: int, in_: int) -> No
         sparseft.set_num_threads(before)
     wA, wB = ref.lors_grad_exact(p["gy"], p["x"], p["mask"], p["A"], p["B"], 0.5)
     mA, mB = ref.lors_grad_exact(q["gy"], q["x"], q["mask"], q["A"], q["B"], 0.5)
-    assert_close(dA, wA, mA)
-    assert_close(dB, wB, mB)
+    close(dA, wA, mA)
+    close(dB, wB, mB)
 
 
 def test_exact_gradient_skips_density_zero(rng: np.random.Generator) -> None:
@@ -362,7 +351,7 @@ def test_layer_forward_backward_match_reference(simd: str, grad: str, kind: str)
     q = abs_problem(p)
     y = lay.forward(x)
     want = ref.lors_forward(x, p["W"], p["mask"], lay.A, lay.B, s, p["bias"])
-    assert_close(
+    close(
         y, want, ref.lors_forward(q["x"], q["W"], q["mask"], np.abs(lay.A), np.abs(lay.B), s, q["bias"])
     )
     gx = lay.backward(gy)
@@ -697,6 +686,14 @@ GOOD_W = (np.arange(1, 13, dtype=np.float32).reshape(3, 4) - 6) * (np.arange(12)
         ),
         ({"init": "lors", "calibration": []}, ValueError, "batches: expected at least one"),
         ({"format": "bsr"}, ValueError, "format: expected one of"),
+        ({"format": 5}, TypeError, r"format: expected one of \(.*\), got int"),
+        ({"r": None}, TypeError, "r: expected an int, got NoneType"),
+        ({"alpha": 10**400}, ValueError, "alpha: expected a finite number or None, got int beyond float64 range"),
+        (
+            {"init": "lors", "init_grad": np.ones((3, 4), np.float32), "lors_scale": 10**400},
+            ValueError,
+            "lors_scale: expected a positive finite float, got int beyond float64 range",
+        ),
         ({"bias": np.zeros(4, np.float32)}, ValueError, r"bias: expected shape \(3,\), got \(4,\)"),
         ({"bias": np.zeros(3, np.float64)}, TypeError, "bias: expected dtype float32"),
         ({"seed": -1}, ValueError, "seed: expected an int >= 0"),
@@ -902,7 +899,7 @@ def test_calibration_errors_name_the_argument() -> None:
         layer.estimate_full_grad([ok], loss_grad=1)  # type: ignore[arg-type]
 
 
-def test_second_review_round_lors_errors(tmp_path: object) -> None:
+def test_init_alpha_and_state_errors_name_the_argument() -> None:
     rng = np.random.default_rng(0)
     W = rng.standard_normal((6, 8)).astype(np.float32)
     M = sft.prune.nm(W, 2, 4)
@@ -936,6 +933,25 @@ def test_second_review_round_lors_errors(tmp_path: object) -> None:
     with pytest.raises(ValueError, match=r"base_layer\.weight_mask: given without base_layer\.weight"):
         layer.load_state_dict(only_mask)
     np.testing.assert_array_equal(layer.state_dict()["base_layer.weight"], W)
+
+
+@pytest.mark.parametrize(
+    ("state", "exc", "match"),
+    [
+        ({1: 0, "x": 0}, TypeError, r"state: expected str keys, got the int key 1"),
+        ([("lora_A.weight", 0)], TypeError, r"state: expected a dict, got list"),
+        ({"lora_A.weight": 0}, ValueError, r"state: missing keys \['lora_B.weight'\]"),
+    ],
+)
+def test_load_state_dict_names_bad_keys(state: object, exc: type[Exception], match: str) -> None:
+    layer = sft.LoRSLinear(GOOD_W, r=2)
+    before = layer.state_dict()
+    with pytest.raises(exc, match=match):
+        layer.load_state_dict(state)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="strict: expected a bool, got int"):
+        layer.load_state_dict(before, strict=1)  # type: ignore[arg-type]
+    for k, v in layer.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
 
 
 def test_runtime_argument_types() -> None:

@@ -11,7 +11,7 @@ import sparseft
 from sparseft import WeightNorm, _core
 
 from . import reference as ref
-from .conftest import SIMD_PATHS
+from .conftest import SIMD_PATHS, close
 
 DIMS = [0, 1, None]
 SHAPES = [(1, 1), (1, 7), (9, 1), (7, 13), (33, 1000), (130, 67), (3, 40000)]
@@ -28,14 +28,6 @@ def _random_case(
     g = rng.uniform(-2, 2, _g_shape(shape, dim)).astype(np.float32)
     gw = rng.standard_normal(shape).astype(np.float32)
     return v, g, gw
-
-
-def _close(got: np.ndarray, want: np.ndarray, rtol: float = 2e-5, scale: float | None = None) -> None:
-    """float32 results vs float64 references: relative to ``scale`` (default: the reference's size)."""
-    want = np.asarray(want)
-    if scale is None:
-        scale = float(np.abs(want).max(initial=0.0))
-    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * max(scale, 1e-30))
 
 
 def _grad_scale(v: np.ndarray, g: np.ndarray, gw: np.ndarray, dim: int | None) -> float:
@@ -58,14 +50,14 @@ def test_forward_backward_match_reference(
     wn = WeightNorm(v, g, dim)
     w = wn.weight()
     assert w.dtype == np.float32 and w.shape == shape
-    _close(w, ref.weightnorm_forward(v, g, dim))
+    close(w, ref.weightnorm_forward(v, g, dim))
     gv, gg = wn.backward(gw)
     want_gv, want_gg = ref.weightnorm_backward(gw, v, g, dim)
     assert gv.dtype == np.float32 and gv.shape == shape
     assert gg.dtype == np.float32 and gg.shape == g.shape
-    _close(gv, want_gv, scale=_grad_scale(v, g, gw, dim))
-    _close(gg, want_gg)
-    _close(wn.norms(), ref.weightnorm_norms(v, dim), rtol=1e-6)
+    close(gv, want_gv, scale=_grad_scale(v, g, gw, dim))
+    close(gg, want_gg)
+    close(wn.norms(), ref.weightnorm_norms(v, dim), rtol=1e-6)
     for a, a0 in [(v, v0), (g, g0), (gw, gw0)]:
         np.testing.assert_array_equal(a, a0)  # inputs never modified
 
@@ -91,11 +83,11 @@ def test_hypothesis_both_paths(rows: int, cols: int, dim: int | None, seed: int,
     for path in SIMD_PATHS:
         with sparseft.simd_path(path):
             wn = WeightNorm(v, g, dim)
-            _close(wn.weight(), ref.weightnorm_forward(v, g, dim))
+            close(wn.weight(), ref.weightnorm_forward(v, g, dim))
             gv, gg = wn.backward(gw)
             want_gv, want_gg = ref.weightnorm_backward(gw, v, g, dim)
-            _close(gv, want_gv, scale=_grad_scale(v, g, gw, dim))
-            _close(gg, want_gg)
+            close(gv, want_gv, scale=_grad_scale(v, g, gw, dim))
+            close(gg, want_gg)
 
 
 def test_reference_backward_matches_finite_differences(rng: np.random.Generator) -> None:
@@ -158,10 +150,10 @@ def test_matches_torch_weight_norm(
     tw = torch._weight_norm(tv, tg, -1 if dim is None else dim)
     tw.backward(torch.tensor(gw, dtype=torch.float64))
     wn = WeightNorm(v, g, dim)
-    _close(wn.weight(), tw.detach().numpy())
+    close(wn.weight(), tw.detach().numpy())
     gv, gg = wn.backward(gw)
-    _close(gv, tv.grad.numpy(), scale=_grad_scale(v, g, gw, dim))
-    _close(gg, tg.grad.numpy())
+    close(gv, tv.grad.numpy(), scale=_grad_scale(v, g, gw, dim))
+    close(gg, tg.grad.numpy())
     assert gg.shape == tuple(tg.grad.shape)  # torch's g shape, including () for dim=None
 
 
@@ -174,7 +166,7 @@ def test_g_shapes_follow_torch_parametrization() -> None:
         g_torch = layer.parametrizations.weight.original0
         wn = WeightNorm.from_weight(layer.weight.detach().numpy(), dim)
         assert wn.g.shape == tuple(g_torch.shape)
-        _close(wn.g, g_torch.detach().numpy(), rtol=1e-6)
+        close(wn.g, g_torch.detach().numpy(), rtol=1e-6)
 
 
 # ---- zero and tiny norms ----
@@ -203,8 +195,8 @@ def test_zero_norm_gives_zero_weight_and_zero_grads(
     gg_zero = gg.reshape(-1)[2] if dim == 0 else gg.reshape(-1)[4] if dim == 1 else gg
     assert gg_zero == 0
     # the other slices are unaffected by the zero one
-    _close(w, ref.weightnorm_forward(v, g, dim))
-    _close(gv, ref.weightnorm_backward(gw, v, g, dim)[0], scale=_grad_scale(v, g, gw, dim))
+    close(w, ref.weightnorm_forward(v, g, dim))
+    close(gv, ref.weightnorm_backward(gw, v, g, dim)[0], scale=_grad_scale(v, g, gw, dim))
 
 
 def test_zero_row_where_torch_gives_nan() -> None:
@@ -229,7 +221,7 @@ def test_tiny_norms_stay_finite_and_exact(simd: str) -> None:
         vv = v if dim != 1 else v[[0, 2]]
         w = WeightNorm(vv, gg, dim).weight()
         assert np.isfinite(w).all()
-        _close(w, ref.weightnorm_forward(vv, gg, dim), rtol=1e-5)
+        close(w, ref.weightnorm_forward(vv, gg, dim), rtol=1e-5)
     # backward: ||v|| ~ 1e-29, the coefficient of v is ~1e58 > FLT_MAX, yet grad_v ~ 1e29 is finite
     v = np.full((2, 33), 3e-30, np.float32)
     v[0, ::3] = -1e-30
@@ -239,8 +231,8 @@ def test_tiny_norms_stay_finite_and_exact(simd: str) -> None:
         grad_v, grad_g = WeightNorm(vv, gg, dim).backward(gw)
         assert np.isfinite(grad_v).all() and np.isfinite(grad_g).all()
         want_gv, want_gg = ref.weightnorm_backward(gw, vv, gg, dim)
-        _close(grad_v, want_gv, rtol=1e-4)
-        _close(grad_g, want_gg, rtol=1e-4)
+        close(grad_v, want_gv, rtol=1e-4)
+        close(grad_g, want_gg, rtol=1e-4)
 
 
 @pytest.mark.parametrize("dim", DIMS)
@@ -283,11 +275,11 @@ def test_large_outputs_use_streaming_stores(simd: str, rng: np.random.Generator)
     for dim in DIMS:
         g = rng.uniform(0.5, 2, _g_shape(shape, dim)).astype(np.float32)
         wn = WeightNorm(v, g, dim)
-        _close(wn.weight(out=misaligned), ref.weightnorm_forward(v, g, dim))
+        close(wn.weight(out=misaligned), ref.weightnorm_forward(v, g, dim))
         gv, gg = wn.backward(gw)
         want_gv, want_gg = ref.weightnorm_backward(gw, v, g, dim)
-        _close(gv, want_gv, scale=_grad_scale(v, g, gw, dim))
-        _close(gg, want_gg)
+        close(gv, want_gv, scale=_grad_scale(v, g, gw, dim))
+        close(gg, want_gg)
 
 
 # ---- constructors, data-dependent init ----
@@ -298,7 +290,7 @@ def test_from_weight_keeps_the_weight(rng: np.random.Generator, dim: int | None)
     w = rng.standard_normal((17, 29)).astype(np.float32)
     w[3] = 0
     wn = WeightNorm.from_weight(w, dim)
-    _close(wn.g, ref.weightnorm_norms(w, dim), rtol=1e-6)
+    close(wn.g, ref.weightnorm_norms(w, dim), rtol=1e-6)
     np.testing.assert_allclose(wn.weight(), w, rtol=1e-5, atol=1e-6)
     default = WeightNorm(w, dim=dim)  # g=None means the same
     np.testing.assert_array_equal(default.g, wn.g)
@@ -327,8 +319,8 @@ def test_data_init_normalizes_preactivations(simd: str, rng: np.random.Generator
         g, b = WeightNorm.data_init(v, x, init_scale=scale)
         assert g.shape == (12, 1) and b.shape == (12,) and g.dtype == b.dtype == np.float32
         want_g, want_b = ref.weightnorm_data_init(v, x, scale)
-        _close(g[np.arange(12) != 5], want_g[np.arange(12) != 5], rtol=1e-4)
-        _close(b, want_b, rtol=1e-4)
+        close(g[np.arange(12) != 5], want_g[np.arange(12) != 5], rtol=1e-4)
+        close(b, want_b, rtol=1e-4)
         assert np.isfinite(g).all() and b[5] == 0
         y = x.astype(np.float64) @ WeightNorm(v, g, 0).weight().T.astype(np.float64) + b
         live = np.arange(12) != 5
@@ -440,7 +432,7 @@ def test_backward_and_setters_bad_input() -> None:
             ValueError,
             r"init_scale: expected a positive finite float, got 0.0",
         ),
-        (V, np.ones((5, 4), np.float32), "1", TypeError, r"init_scale: expected a positive float, got str"),
+        (V, np.ones((5, 4), np.float32), "1", TypeError, r"init_scale: expected a positive finite float, got str"),
     ],
 )
 def test_data_init_bad_input(v: object, x: object, scale: object, exc: type[Exception], match: str) -> None:
@@ -562,8 +554,8 @@ def test_data_init_large_finite_inputs(rng: np.random.Generator) -> None:
     g, b = WeightNorm.data_init(v, x)
     assert np.isfinite(g).all() and np.isfinite(b).all()
     want_g, want_b = ref.weightnorm_data_init(v, x)
-    _close(g, want_g, rtol=1e-5)
-    _close(b, want_b, rtol=1e-5)
+    close(g, want_g, rtol=1e-5)
+    close(b, want_b, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -629,14 +621,14 @@ def test_dora_rownorm_kernels_match_reference(
     s = 0.75
     inputs = [a.copy() for a in (W, M, A, B)]
     n = _core.dora_rownorm_forward(W, M, A, B, s)
-    _close(n, ref.dora_rownorm_forward(W, M, A, B, s), rtol=1e-5)
+    close(n, ref.dora_rownorm_forward(W, M, A, B, s), rtol=1e-5)
     np.testing.assert_array_equal(_core.dora_rownorm_forward(W, M.astype(np.uint8), A, B, s), n)
     grad_n = rng.standard_normal(out).astype(np.float32)
     dA, dB = _core.dora_rownorm_backward(grad_n, n, W, M, A, B, s)
     want_dA, want_dB = ref.dora_rownorm_backward(grad_n, n, W, M, A, B, s)
     assert dA.shape == A.shape and dB.shape == B.shape
-    _close(dA, want_dA, rtol=1e-4)
-    _close(dB, want_dB, rtol=1e-4)
+    close(dA, want_dA, rtol=1e-4)
+    close(dB, want_dB, rtol=1e-4)
     assert np.isfinite(dA).all() and np.isfinite(dB).all()
     for a, a0 in zip((W, M, A, B), inputs, strict=True):
         np.testing.assert_array_equal(a, a0)
@@ -653,10 +645,10 @@ def test_dora_rownorm_backward_matches_torch(rng: np.random.Generator) -> None:
     grad_n = rng.standard_normal(20)
     tn.backward(torch.tensor(grad_n))
     n = _core.dora_rownorm_forward(W, M, A, B, s)
-    _close(n, tn.detach().numpy(), rtol=1e-5)
+    close(n, tn.detach().numpy(), rtol=1e-5)
     dA, dB = _core.dora_rownorm_backward(grad_n.astype(np.float32), n, W, M, A, B, s)
-    _close(dA, tA.grad.numpy(), rtol=1e-4)
-    _close(dB, tB.grad.numpy(), rtol=1e-4)
+    close(dA, tA.grad.numpy(), rtol=1e-4)
+    close(dB, tB.grad.numpy(), rtol=1e-4)
 
 
 def test_dora_rownorm_thread_counts_agree(rng: np.random.Generator) -> None:

@@ -1,12 +1,13 @@
 """Low-rank adapters on sparse bases.
 
 ``lors``  -- :class:`LoRSLinear` and :class:`LoRSConfig` (W' = W + s·(B A) ⊙ M).
-``dora``  -- the weight-normalized (DoRA-style) variant's math.
+``dora``  -- :class:`DoRALinear`, the weight-normalized (DoRA-style) variant.
 ``inits`` -- adapter initializations ("lora", "gaussian", "lors" gradient-SVD).
 """
 
 from __future__ import annotations
 
+from sparseft.adapters.dora import DoRALinear
 from sparseft.adapters.lors import LoRSConfig, LoRSLinear
 
-__all__ = ["LoRSConfig", "LoRSLinear"]
+__all__ = ["DoRALinear", "LoRSConfig", "LoRSLinear"]

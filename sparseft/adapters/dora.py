@@ -1,4 +1,4 @@
-"""Weight-normalized sparse adapters ("sparse DoRA"): the math on top of a LoRS base format.
+"""Weight-normalized sparse adapters ("sparse DoRA"): :class:`DoRALinear`, a LoRS variant.
 
 With W' = W + s·(B A) ⊙ M (the LoRS merged weight, zero off the mask M) the layer's weight is
 
@@ -8,97 +8,43 @@ with a trainable magnitude m (out,) (PEFT's ``lora_magnitude_vector``). Nothing 
 formed: with z = x W'ᵀ from the base format's recomputing GEMM and c = m / n,
 
     y  = z ⊙ c                                     (per output column)
-    gz = gy ⊙ c,   gx = gz W'                      (the base's backward_input with gz)
+    gz = gy ⊙ c,   gx = gz W'                      (the base's backward with gz)
     grad m_i = Σ_t gy_ti z_ti / n_i
     grad n_i = −m_i Σ_t gy_ti z_ti / n_i²          (only with norm_grad)
 
 and the adapters get the LoRS gradients with gy replaced by gz plus, with ``norm_grad``, the
-gradient through the row norms, −s·diag(k)(W' ⊙ M)Aᵀ for B and −s·Bᵀdiag(k)(W' ⊙ M) for A with
-k_i = m_i Σ_t gy_ti z_ti / n_i³ (C kernels ``dora_rownorm_forward/backward``: O(out·in·r), row by
-row). ``norm_grad=False`` is DoRA's detached norm (PEFT's default): the norm is treated as a
-constant and that second term is dropped.
+gradient through the row norms, which the base format computes (``row_norms`` and ``norm_grad``
+of :class:`sparseft.formats.BaseFormat`: row by row in C for the dense base, O(out·in·r); two
+SpMMs of the merged base for CSR and N:M, O(nnz·r)). ``norm_grad=False`` is DoRA's detached
+norm (PEFT's default): the norm is treated as a constant and that second term is dropped.
 
 Zero rows: where n_i = 0 (a row of W' entirely zero, e.g. a fully pruned output unit) the layer
 defines c_i = 0, so y's column i is 0 and every gradient through row i (gz, grad m_i, grad n_i) is 0,
 where the formula would give 0/0 = NaN.
-
-These functions take a LoRS base format object (``forward``, ``backward_input``, ``merged``,
-``to_dense``, ``mask_dense``); :class:`sparseft.LoRSLinear` uses them for ``magnitude=True``.
-For the dense-masked base the C kernels above read its stored W and mask directly. For the
-compressed bases of :mod:`sparseft.formats` (CSR, N:M) the row norms come from the values of
-``base.merged(A, B, s)`` (O(nnz·r) in C, an nnz-sized array), and the norm term of the backward
-from two SpMMs of that merged base with r rows (``forward(A)`` and ``backward_input((α·B)ᵀ)``),
-O(nnz·r); nothing of size out×in either. Any other base falls back to ``to_dense()`` (an out×in
-temporary).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from sparseft import _core
+from sparseft._validation import check_bool, check_finite
+from sparseft.adapters.lors import LoRSLinear
+from sparseft.formats import BaseFormat
 
-__all__ = [
-    "backward_scales",
-    "forward_scales",
-    "magnitude_init",
-    "merged_dense",
-    "norm_grad_adapters",
-    "row_norms",
-]
+__all__ = ["DoRALinear", "backward_scales", "forward_scales", "magnitude_init", "merged_dense"]
 
 F32 = npt.NDArray[np.float32]
 
 
-def _is_dense(base: Any) -> bool:
-    return (
-        getattr(base, "format", None) == "dense"
-        and isinstance(getattr(base, "_W", None), np.ndarray)
-        and isinstance(getattr(base, "_M", None), np.ndarray)
-    )
-
-
-def _compressed_row_norms(merged: Any) -> npt.NDArray[np.float64] | None:
-    """Row norms (float64) from the stored values of a CSR or N:M base, None for other layouts."""
-    values = getattr(merged, "values", None)
-    if not isinstance(values, np.ndarray):
-        return None
-    out = int(merged.shape[0])
-    v64 = values.astype(np.float64)
-    if getattr(merged, "format", None) == "csr":
-        rows = np.repeat(np.arange(out), np.diff(merged.indptr))
-        return np.sqrt(np.bincount(rows, weights=v64 * v64, minlength=out))
-    if getattr(merged, "format", None) == "nm" and values.ndim == 2 and values.shape[0] == out:
-        return np.sqrt(np.einsum("ij,ij->i", v64, v64))
-    return None
-
-
-def _operands(base: Any) -> tuple[F32, npt.NDArray[Any]]:
-    """(W, mask) of a base format for the row-norm kernels: the stored arrays of the dense-masked
-    base (no copy), else dense copies."""
-    if _is_dense(base):
-        return base._W, base._M
-    return base.to_dense(), base.mask_dense()
-
-
-def row_norms(base: Any, A: F32, B: F32, scale: float) -> F32:
-    """n (out,) float32: the row norms of W' = W + scale·(B A) ⊙ M, accumulated in double."""
-    if not _is_dense(base):
-        n = _compressed_row_norms(base.merged(A, B, float(scale)))
-        if n is not None:
-            return n.astype(np.float32)
-    W, M = _operands(base)
-    return _core.dora_rownorm_forward(W, M, A, B, float(scale))
-
-
-def magnitude_init(base: Any) -> F32:
+def magnitude_init(base: BaseFormat) -> F32:
     """The row norms of the base W (float32 (out,)): m = ‖W‖_row leaves the layer's output
     unchanged while B = 0 (W' = W, so W'' = W)."""
     out, inn = base.shape
-    return row_norms(base, np.zeros((1, inn), np.float32), np.zeros((out, 1), np.float32), 0.0)
+    return base.row_norms(np.zeros((1, inn), np.float32), np.zeros((out, 1), np.float32), 0.0)
 
 
 def forward_scales(m: F32, n: F32) -> F32:
@@ -124,30 +70,169 @@ def backward_scales(gy: F32, z: F32, m: F32, n: F32, norm_grad: bool) -> tuple[F
     return grad_m.astype(np.float32), grad_n.astype(np.float32)
 
 
-def norm_grad_adapters(base: Any, grad_n: F32, n: F32, A: F32, B: F32, scale: float) -> tuple[F32, F32]:
-    """(dA, dB): the gradient of Σ_i grad_n_i·n_i with respect to A and B through W' (0 for rows
-    with n == 0): row by row in C, O(out·in·r), for the dense base; two SpMMs of the merged base
-    with r rows, O(nnz·r), for CSR and N:M. No out×in buffer either way."""
-    if not _is_dense(base) and _compressed_row_norms(base) is not None:
-        merged = base.merged(A, B, float(scale))
-        n64 = n.astype(np.float64)
-        alpha = np.divide(grad_n.astype(np.float64), n64, out=np.zeros_like(n64), where=n64 > 0)
-        A0 = np.zeros((1, A.shape[1]), np.float32)
-        B0 = np.zeros((B.shape[0], 1), np.float32)
-        awt = merged.forward(A, A0, B0, 0.0)  # (r, out) = A W'^T
-        dB = (float(scale) * alpha[:, None] * awt.T).astype(np.float32)
-        gb = np.ascontiguousarray((alpha[:, None] * B).T, dtype=np.float32)  # (r, out)
-        dA = merged.backward_input(gb, A0, B0, 0.0)  # (r, in) = (alpha B)^T W'
-        dA *= np.float32(scale)
-        return dA, dB
-    W, M = _operands(base)
-    return _core.dora_rownorm_backward(grad_n, n, W, M, A, B, float(scale))
-
-
-def merged_dense(base: Any, A: F32, B: F32, scale: float, m: F32) -> F32:
+def merged_dense(base: BaseFormat, A: F32, B: F32, scale: float, m: F32) -> F32:
     """W'' = (m / n) ⊙ W' as a new float32 (out, in) array, exactly 0 wherever the mask is False."""
-    c = forward_scales(m, row_norms(base, A, B, scale))  # the forward's norms, bit for bit
-    W2 = base.merged(A, B, float(scale)).to_dense()
+    c = forward_scales(m, base.row_norms(A, B, scale))  # the forward's norms, bit for bit
+    W2 = base.merged(A, B, scale).to_dense()
     W2 *= c[:, None]
     W2[~base.mask_dense()] = 0.0  # also turns -0.0 (a negative m_i times a zero) into +0.0
     return W2
+
+
+class DoRALinear(LoRSLinear):
+    """A LoRS layer with weight-normalized rows: W'' = m ⊙ W'/‖W'‖_row (see the module docstring).
+
+    Takes every :class:`~sparseft.LoRSLinear` parameter (``LoRSLinear(..., magnitude=True)`` and
+    ``LoRSConfig(magnitude=True)`` build this class), plus:
+
+    Parameters
+    ----------
+    norm_grad : bool
+        True differentiates through ‖W'‖ (the exact gradient); False treats it as a constant
+        (DoRA's detached norm, PEFT's choice), which drops an O(out·in·r) term.
+    magnitude : bool
+        Must be True (accepted so that both constructors take the same arguments).
+
+    Attributes
+    ----------
+    magnitude, grad_magnitude : numpy.ndarray
+        m (float32 (out,), a parameter, initialized to the row norms of W so the output is
+        unchanged at step 0 where B = 0) and its accumulated gradient. A row with ‖W'‖ = 0 gives
+        output 0 and zero gradients through it (not NaN).
+
+    Notes
+    -----
+    Still no out×in buffer: y = (x W'ᵀ) ⊙ m/n with the row norms n from the base format. Merging
+    builds W'' densely once and stores it in the layer's format (the unmerged base is kept for
+    :meth:`unmerge`, which restores it bit for bit); while merged the layer computes with W''
+    like a plain merged LoRS layer and the magnitude gets no gradient.
+    """
+
+    magnitude: np.ndarray
+    grad_magnitude: np.ndarray
+
+    def __init__(
+        self,
+        W: np.ndarray,
+        mask: np.ndarray | None = None,
+        r: int = 8,
+        alpha: float | None = None,
+        bias: np.ndarray | None = None,
+        init: str = "lora",
+        grad: str = "exact",
+        seed: int = 0,
+        use_rslora: bool = False,
+        format: str = "auto",
+        init_grad: np.ndarray | None = None,
+        calibration: Iterable[Any] | None = None,
+        loss_grad: Callable[[np.ndarray], np.ndarray] | None = None,
+        lors_scale: str | float = "lora",
+        magnitude: bool = True,
+        norm_grad: bool = True,
+    ) -> None:
+        if not check_bool(magnitude, "magnitude"):
+            raise ValueError("magnitude: DoRALinear is the magnitude=True layer (use LoRSLinear without it)")
+        self.norm_grad = check_bool(norm_grad, "norm_grad")
+        self._premerge_base: BaseFormat | None = None
+        super().__init__(
+            W,
+            mask,
+            r,
+            alpha,
+            bias,
+            init,
+            grad,
+            seed,
+            use_rslora,
+            format,
+            init_grad,
+            calibration,
+            loss_grad,
+            lors_scale,
+        )
+
+    def _init_extra_parameters(self) -> None:
+        self.magnitude = magnitude_init(self.base)
+        self.grad_magnitude = np.zeros_like(self.magnitude)
+
+    def _check_magnitude(self) -> None:
+        # A and B are checked in C at every call; m is a parameter the user updates too
+        check_finite(self.magnitude, "magnitude")
+
+    def _forward_2d(self, x2: np.ndarray) -> tuple[np.ndarray, Any]:
+        """y = (x W'ᵀ) ⊙ m/n, with (z, n, c) kept for the backward."""
+        if self._merged:
+            return super()._forward_2d(x2)
+        z, _ = super()._forward_2d(x2)
+        self._check_magnitude()
+        n = self.base.row_norms(self.A, self.B, self.scaling)
+        c = forward_scales(self.magnitude, n)
+        return z * c, (z, n, c)
+
+    def _state_at(self, x2: np.ndarray) -> Any:
+        return self._forward_2d(x2)[1]
+
+    def _backward_2d(
+        self, gy2: np.ndarray, x2: np.ndarray, state: Any
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        if self._merged or state is None:
+            return super()._backward_2d(gy2, x2, None)
+        z, n, c = state
+        gx2, grads = super()._backward_2d(gy2 * c, x2, None)  # through y = z * m/n
+        dm, grad_n = backward_scales(gy2, z, self.magnitude, n, self.norm_grad)
+        if grad_n is not None:
+            cA, cB = self.base.norm_grad(grad_n, n, self.A, self.B, self.scaling)
+            grads["A"], grads["B"] = grads["A"] + cA, grads["B"] + cB
+        grads["magnitude"] = dm
+        return gx2, grads
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """Trainable arrays by name (``A``, ``B``, ``magnitude``, and ``bias`` when present)."""
+        return {**super().parameters(), "magnitude": self.magnitude}
+
+    def gradients(self) -> dict[str, np.ndarray]:
+        """Accumulated gradients under the names of :meth:`parameters`; the live arrays."""
+        return {**super().gradients(), "magnitude": self.grad_magnitude}
+
+    def merged_weight(self) -> np.ndarray:
+        """W'' = m ⊙ W'/‖W'‖_row as a new float32 (out, in) array, exactly 0 wherever M is False."""
+        if self._merged:
+            return self.base.to_dense()
+        return merged_dense(self.base, self.A, self.B, self.scaling, self.magnitude)
+
+    def _merged_base(self) -> BaseFormat:
+        self._check_magnitude()
+        merged = type(self.base).from_dense(self.merged_weight(), self.base.mask_dense())
+        self._premerge_base = self.base
+        return merged
+
+    def unmerge(self) -> None:
+        """Undo :meth:`merge`: the unmerged base kept at merge time, bit for bit."""
+        super().unmerge()
+        self._premerge_base = None
+
+    def _unmerged_base(self) -> BaseFormat:
+        if self._merged and self._premerge_base is not None:
+            return self._premerge_base
+        return self.base
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """:meth:`LoRSLinear.state_dict` plus ``lora_magnitude_vector`` (out,)."""
+        return {**super().state_dict(), "lora_magnitude_vector": self.magnitude.copy()}
+
+    def _state_keys(self) -> set[str]:
+        return super()._state_keys() | {"lora_magnitude_vector"}
+
+    def _checked_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        new = super()._checked_state(state)
+        if "lora_magnitude_vector" in state:
+            new["magnitude"] = self._checked_vector(state, "lora_magnitude_vector")
+        return new
+
+    def _commit_state(self, new: dict[str, Any]) -> None:
+        super()._commit_state(new)
+        self.magnitude = new.get("magnitude", self.magnitude)
+        self._premerge_base = None
+
+    def _repr_extra(self) -> str:
+        return f", magnitude=True, norm_grad={self.norm_grad}"

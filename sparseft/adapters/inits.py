@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sparseft._validation import check_real
+
 __all__ = ["LORS_SCALES", "gaussian_init", "lora_init", "lors_init", "randomized_svd"]
 
 #: Named row scalings of the "lors" init (a positive float is accepted too).
@@ -95,10 +97,8 @@ def lors_init(
             raise ValueError(f"lors_scale: expected one of {LORS_SCALES} or a positive float, got {scale!r}")
         norm = 1.0 / np.sqrt(3.0) if scale == "lora" else 1.0
     else:
-        norm = float(scale)
-        if not np.isfinite(norm) or norm <= 0:
-            raise ValueError(f"lors_scale: expected a positive finite float, got {scale!r}")
-        # A's rows have this norm: it must survive float32 (1e300 made A inf, 1e-300 made it 0)
+        norm = check_real(scale, "lors_scale", 0.0, lo_open=True, what="a positive finite float")
+        # A's rows have this norm: it must survive float32 (1e300 would make A inf, 1e-300 zero)
         if not 1e-30 <= norm <= 1e30:
             raise ValueError(f"lors_scale: expected a row norm in [1e-30, 1e30] (float32 A), got {scale!r}")
     if not np.any(G_masked):

@@ -14,26 +14,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from sparseft._validation import check_int, check_real
 from sparseft.remat.graph import Graph
 
 __all__ = ["random_layered", "training_graph"]
-
-
-def _check_int(value: object, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= {low}, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value}")
-    return int(value)
-
-
-def _check_frac(value: object, name: str, high: float = 1.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number in [0, {high}], got {type(value).__name__}")
-    v = float(value)
-    if not (0.0 <= v <= high):
-        raise ValueError(f"{name} must be a number in [0, {high}], got {v}")
-    return v
 
 
 def random_layered(
@@ -73,14 +57,14 @@ def random_layered(
     -------
     Graph
     """
-    n = _check_int(n, "n", 3)
-    seed = _check_int(seed, "seed", 0)
-    width = _check_frac(width, "width", 10.0)
-    layer_var = _check_frac(layer_var, "layer_var", 10.0)
-    edge_density = _check_frac(edge_density, "edge_density")
-    skip_density = _check_frac(skip_density, "skip_density")
-    max_memory = _check_int(max_memory, "max_memory", 10)
-    max_duration = _check_int(max_duration, "max_duration", 1)
+    n = check_int(n, "n", 3)
+    seed = check_int(seed, "seed", 0)
+    width = check_real(width, "width", 0.0, 10.0)
+    layer_var = check_real(layer_var, "layer_var", 0.0, 10.0)
+    edge_density = check_real(edge_density, "edge_density", 0.0, 1.0)
+    skip_density = check_real(skip_density, "skip_density", 0.0, 1.0)
+    max_memory = check_int(max_memory, "max_memory", 10)
+    max_duration = check_int(max_duration, "max_duration", 1)
     rng = np.random.default_rng(seed)
     mu = max(1.0, 2.0 * width * math.sqrt(n))
     # cut the inner nodes into layers of random width
@@ -150,9 +134,9 @@ def training_graph(
     Graph
         With ``backward`` flags set and the order forward, loss, backward.
     """
-    L = _check_int(n_layers, "n_layers", 1)
-    seed = _check_int(seed, "seed", 0)
-    backward_factor = _check_frac(backward_factor, "backward_factor", 1e6)
+    L = check_int(n_layers, "n_layers", 1)
+    seed = check_int(seed, "seed", 0)
+    backward_factor = check_real(backward_factor, "backward_factor", 0.0, 1e6)
     rng = np.random.default_rng(seed)
 
     def per_layer(values: Sequence[int] | None, name: str) -> list[int]:
