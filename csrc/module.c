@@ -1317,7 +1317,8 @@ static PyObject *py_rws_patch(PyObject *self, PyObject *args, PyObject *kwargs) 
     static char *kwlist[] = {"w", "source", "alpha", "mask", NULL};
     PyObject *wo, *so, *mo = Py_None;
     double alpha;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOd|O:rws_patch", kwlist, &wo, &so, &alpha, &mo)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOd|O:rws_patch", kwlist, &wo, &so, &alpha, &mo))
+        return NULL;
     int wtype;
     PyArrayObject *w = rws_parse_weights(wo, &wtype);
     if (w == NULL || rws_alpha(alpha) < 0) return NULL;
@@ -1367,7 +1368,8 @@ static PyObject *py_rws_unpatch(PyObject *self, PyObject *args, PyObject *kwargs
     if (rws_parse_source(so, n, &src) < 0 || rws_parse_mask(mo, n, &mask) < 0) return NULL;
     PyArrayObject *index = arg_array(io, "index", NPY_INT64, 1);
     PyArrayObject *bits = index ? arg_array(bo, "bits", NPY_UINT32, 1) : NULL;
-    if (bits == NULL || arg_dim(bits, "bits", 0, PyArray_DIM(index, 0), "the length of index") < 0) return NULL;
+    if (bits == NULL || arg_dim(bits, "bits", 0, PyArray_DIM(index, 0), "the length of index") < 0)
+        return NULL;
     const int64_t *Ix = (const int64_t *)PyArray_DATA(index);
     npy_intp cnt = PyArray_DIM(index, 0);
     for (npy_intp k = 0; k < cnt; k++)
@@ -1469,16 +1471,19 @@ static PyMethodDef methods[] = {
      "backward."},
     /* rws */
     {"rws_extract", (PyCFunction)(void (*)(void))py_rws_extract, METH_VARARGS | METH_KEYWORDS,
-     "rws_extract(pre, clean, robust, naive=False) -> (sig, d.r, d.d)\n\nsig = r - (d.r / d.d) d with r = robust - "
+     "rws_extract(pre, clean, robust, naive=False) -> (sig, d.r, d.d)\n\nsig = r - (d.r / d.d) d with r = "
+     "robust - "
      "pre, d = clean - pre (float32 arrays of one size), sums in double."},
     {"rws_quantize", py_rws_quantize, METH_VARARGS,
      "rws_quantize(x, group, bits, scheme) -> (codes, params)\n\nPacked codes (uint8, ceil(n*bits/8)) and "
      "per-group parameters (float32 (ceil(n/group), 2)); scheme 0 linear, 1 log."},
     {"rws_dequantize", py_rws_dequantize, METH_VARARGS,
-     "rws_dequantize(codes, params, n, group, bits, scheme) -> ndarray\n\nThe n float32 values of packed codes."},
+     "rws_dequantize(codes, params, n, group, bits, scheme) -> ndarray\n\nThe n float32 values of packed "
+     "codes."},
     {"rws_patch", (PyCFunction)(void (*)(void))py_rws_patch, METH_VARARGS | METH_KEYWORDS,
      "rws_patch(w, source, alpha, mask=None) -> (index, bits, nonfinite)\n\nw += alpha * source in place "
-     "(fmaf; w float32, float16 or uint16 bfloat16 bits; source float32 or (codes, params, group, bits, scheme)) "
+     "(fmaf; w float32, float16 or uint16 bfloat16 bits; source float32 or (codes, params, group, bits, "
+     "scheme)) "
      "where mask is set; returns the undo record and the count of non-finite results."},
     {"rws_unpatch", (PyCFunction)(void (*)(void))py_rws_unpatch, METH_VARARGS | METH_KEYWORDS,
      "rws_unpatch(w, source, alpha, index, bits, mask=None) -> None\n\nUndo rws_patch bit for bit with its "
