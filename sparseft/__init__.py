@@ -6,12 +6,13 @@ holds the objects and does I/O. See ``README.md`` and ``DESIGN.md`` for the API 
 
 from __future__ import annotations
 
-from sparseft import _core, adapters, formats, prune, remat
+from sparseft import _core, adapters, formats, prune, remat, rws
 from sparseft.adapters import LoRSConfig, LoRSLinear
 from sparseft.formats import DenseBase
 from sparseft.remat import Graph, Planner, Schedule, simulate
 from sparseft.remat import generators as graphs
 from sparseft.runtime import build_info, get_num_threads, set_num_threads, simd_path
+from sparseft.rws import Patcher, QuantizedSignature, Signature
 from sparseft.weightnorm import WeightNorm
 
 __version__ = "0.1.0"
@@ -21,8 +22,11 @@ __all__ = [
     "Graph",
     "LoRSConfig",
     "LoRSLinear",
+    "Patcher",
     "Planner",
+    "QuantizedSignature",
     "Schedule",
+    "Signature",
     "WeightNorm",
     "__version__",
     "_core",
@@ -33,6 +37,7 @@ __all__ = [
     "graphs",
     "prune",
     "remat",
+    "rws",
     "set_num_threads",
     "simd_path",
     "simulate",
