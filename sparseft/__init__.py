@@ -6,7 +6,7 @@ holds the objects and does I/O. See ``README.md`` and ``DESIGN.md`` for the API 
 
 from __future__ import annotations
 
-from sparseft import _core, adapters, formats, prune, remat, rws
+from sparseft import _core, adapters, formats, models, prune, remat, rws
 from sparseft.adapters import LoRSConfig, LoRSLinear
 from sparseft.formats import DenseBase
 from sparseft.remat import Graph, Planner, Schedule, simulate
@@ -35,6 +35,7 @@ __all__ = [
     "formats",
     "get_num_threads",
     "graphs",
+    "models",
     "prune",
     "remat",
     "rws",
