@@ -6,7 +6,7 @@ holds the objects and does I/O. See ``README.md`` and ``DESIGN.md`` for the API 
 
 from __future__ import annotations
 
-from sparseft import _core, adapters, formats, models, prune, remat, rws
+from sparseft import _core, adapters, data, formats, models, prune, remat, rws
 from sparseft.adapters import LoRSConfig, LoRSLinear
 from sparseft.formats import DenseBase
 from sparseft.remat import Graph, Planner, Schedule, simulate
@@ -32,6 +32,7 @@ __all__ = [
     "_core",
     "adapters",
     "build_info",
+    "data",
     "formats",
     "get_num_threads",
     "graphs",
