@@ -3,7 +3,7 @@
 ``MLP(sizes)`` is ``Linear → activation → … → Linear → softmax cross-entropy``. Every op is a pure
 function of its inputs and parameters: ``forward`` keeps nothing, ``backward`` gets the inputs and
 output back and accumulates its parameter gradients, so a step executor can free and recompute
-activations. The linears own full float32 weights (all of them are trained; a pruned layer's mask
+activations. Matrix products run on the package's GEMM core (``sparseft._core.matmul``). The linears own full float32 weights (all of them are trained; a pruned layer's mask
 zeroes its gradient, so every pruned zero stays exact), or with ``weight_norm=True`` are
 parametrised as w = g·v/‖v‖ (:class:`sparseft.WeightNorm`, one norm per output row) with the
 data-dependent init of Salimans & Kingma (:meth:`MLP.data_init`).
@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from sparseft import _core
 from sparseft import prune as prune_module
 from sparseft.weightnorm import WeightNorm
 
@@ -53,7 +54,9 @@ class Linear:
         """x (N, in) → (N, out)."""
         x = xs[0]
         assert isinstance(x, np.ndarray)
-        return x @ self._w().T + self.bias
+        y = _core.matmul(np.ascontiguousarray(x, dtype=np.float32), self._w(), trans_b=True)
+        y += self.bias
+        return y
 
     def _accumulate_weight(self, gw: np.ndarray) -> None:
         if self.mask is not None:
@@ -64,9 +67,9 @@ class Linear:
         """Accumulates dW = gyᵀx (masked) and db = Σ gy; returns gx = gy W (None for the batch input)."""
         x = xs[0]
         assert isinstance(x, np.ndarray) and isinstance(gy, np.ndarray)
-        self._accumulate_weight(gy.T @ x)
+        self._accumulate_weight(_core.matmul(gy, np.ascontiguousarray(x, dtype=np.float32), trans_a=True))
         self.grad_bias += gy.sum(axis=0)
-        return (None if self.inputs[0] == "input" else gy @ self._w(),)
+        return (None if self.inputs[0] == "input" else _core.matmul(gy, self._w()),)
 
     def out_nbytes(self, batch: int, seq: int) -> int:
         """Bytes of the output (batch, out) float32."""
