@@ -265,7 +265,8 @@ class Signature:
     def _map(self, f: Any, name: str) -> Signature:
         out = {}
         for k, v in self._t.items():
-            r = np.asarray(f(v), dtype=np.float32)
+            with np.errstate(over="ignore"):  # an overflow is reported below
+                r = np.asarray(f(v), dtype=np.float32)
             _check_finite(r, f"{name} (overflows float32 at {k!r})")
             out[k] = r
         return Signature._own(out)
@@ -295,7 +296,8 @@ class Signature:
             if k in out:
                 if out[k].shape != v.shape:
                     raise ValueError(f"other[{k!r}]: expected shape {out[k].shape}, got {v.shape}")
-                out[k] = out[k] + v
+                with np.errstate(over="ignore"):  # an overflow is reported below
+                    out[k] = out[k] + v
                 _check_finite(out[k], f"sig + other (overflows float32 at {k!r})")
             else:
                 out[k] = v
