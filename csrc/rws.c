@@ -192,17 +192,13 @@ static void quant_params(float *p, const float *x, int64_t m, int bits, int sche
 static inline uint32_t quant_code(float x, const float *lv, int bits, int scheme) {
     int nl = 1 << bits;
     if (scheme == RWS_LINEAR) {
-        // levels ascend with q (p[1] >= 0): binary search, then the nearer neighbour
-        int lo = 0, hi = nl - 1;
-        while (lo < hi) {
-            int mid = (lo + hi) / 2;
-            if (lv[mid] < x)
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        if (lo > 0 && fabsf(x - lv[lo - 1]) <= fabsf(lv[lo] - x)) lo--;
-        return (uint32_t)lo;
+        // levels ascend with q (step lv[1] - lv[0] >= 0): the rounded position, then the nearest of it and
+        // its neighbours in the table itself (the levels are fmaf-rounded)
+        float step = nl > 1 ? lv[1] - lv[0] : 0.0f;
+        int q = step > 0.0f ? (int)SFT_MIN((float)(nl - 1), SFT_MAX(0.0f, rintf((x - lv[0]) / step))) : 0;
+        if (q > 0 && fabsf(x - lv[q - 1]) <= fabsf(lv[q] - x)) q--;
+        if (q + 1 < nl && fabsf(lv[q + 1] - x) < fabsf(x - lv[q])) q++;
+        return (uint32_t)q;
     }
     if (bits == 1) return x < 0.0f ? 1u : 0u;
     int K = nl / 2;
@@ -245,10 +241,15 @@ int rws_quantize(uint8_t *codes, float *params, const float *x, int64_t n, int64
         float lv[256];
         int64_t i0 = b * RWS_BLOCK, i1 = SFT_MIN(n, i0 + RWS_BLOCK), g = -1;
         memset(codes + (i0 * bits) / 8, 0, (size_t)(sft_ceil_div(i1 * bits, 8) - (i0 * bits) / 8));
-        for (int64_t i = i0; i < i1; i++) {
-            if (i / group != g) g = i / group, rws_levels(lv, params + 2 * g, bits, scheme);
-            int64_t bit = i * bits;
-            codes[bit >> 3] |= (uint8_t)(quant_code(x[i], lv, bits, scheme) << (bit & 7));
+        // one run per group inside the block
+        for (int64_t i = i0; i < i1;) {
+            g = i / group;
+            rws_levels(lv, params + 2 * g, bits, scheme);
+            int64_t end = SFT_MIN(i1, (g + 1) * group);
+            for (; i < end; i++) {
+                int64_t bit = i * bits;
+                codes[bit >> 3] |= (uint8_t)(quant_code(x[i], lv, bits, scheme) << (bit & 7));
+            }
         }
     }
     return 0;
@@ -256,10 +257,33 @@ int rws_quantize(uint8_t *codes, float *params, const float *x, int64_t n, int64
 
 /* tile (i1 - i0) = the values of a packed source at [i0, i1); *g / lv: the group whose levels lv holds */
 static void decode_block(float *tile, const rws_source *src, int64_t i0, int64_t i1, int64_t *g, float *lv) {
-    for (int64_t i = i0; i < i1; i++) {
-        int64_t gi = i / src->group;
-        if (gi != *g) *g = gi, rws_levels(lv, src->params + 2 * gi, src->bits, src->scheme);
-        tile[i - i0] = lv[code_at(src->codes, i, src->bits)];
+    const int bits = src->bits;
+    const uint32_t mask = (1u << bits) - 1u;
+    const uint8_t *codes = src->codes;
+    const int64_t group = src->group;
+    // one run per group; levels rebuilt only when the group changes
+    for (int64_t i = i0; i < i1;) {
+        int64_t gi = i / group;
+        if (gi != *g) *g = gi, rws_levels(lv, src->params + 2 * gi, bits, src->scheme);
+        int64_t end = SFT_MIN(i1, (gi + 1) * group);
+        float *restrict t = tile - i0;
+        const float *restrict l = lv;
+        if (bits == 8) {
+            for (; i < end; i++) t[i] = l[codes[i]];
+        } else if (bits == 4) {
+            // pairs of codes from one byte, then an odd tail
+            if ((i & 1) && i < end) t[i] = l[codes[i >> 1] >> 4], i++;
+            for (; i + 2 <= end; i += 2) {
+                uint32_t byte = codes[i >> 1];
+                t[i] = l[byte & 15u], t[i + 1] = l[byte >> 4];
+            }
+            if (i < end) t[i] = l[codes[i >> 1] & 15u], i++;
+        } else {
+            for (; i < end; i++) {
+                int64_t bit = i * bits;
+                t[i] = l[((uint32_t)codes[bit >> 3] >> (bit & 7)) & mask];
+            }
+        }
     }
 }
 
@@ -290,7 +314,7 @@ typedef struct {
 /* Appends (i, bits); returns 0, or -1 (and sets stop = i) when out of memory. */
 static int undo_push(undo_list *u, int64_t i, uint32_t bits) {
     if (u->count == u->cap) {
-        int64_t cap = u->cap ? 2 * u->cap : 256;
+        int64_t cap = u->cap ? 2 * u->cap : 4096;
         int64_t *ni = (int64_t *)realloc(u->index, (size_t)cap * sizeof(int64_t));
         if (ni != NULL) u->index = ni;
         uint32_t *nb = ni == NULL ? NULL : (uint32_t *)realloc(u->bits, (size_t)cap * sizeof(uint32_t));
