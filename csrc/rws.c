@@ -301,9 +301,9 @@ int rws_dequantize(float *out, const rws_source *src, int64_t n) {
 
 /* ---- patching -------------------------------------------------------------------------------- */
 
-/* A growable undo list (one per thread). */
-/* A growable undo list (one per thread). When it cannot grow, the thread stops patching at `stop`
- * (nothing from there on is written), so [start, stop) is patched with a complete record. */
+/* The growable undo list of one thread. A block is appended whole once patched; when the list cannot
+ * grow, that block is unpatched at once and the thread stops (`stop` = the block's start), so
+ * [start, stop) is patched with a complete record. */
 typedef struct {
     int64_t *index;
     uint32_t *bits;
@@ -311,20 +311,28 @@ typedef struct {
     int64_t start, stop; /* the thread's share begins at start; patched up to stop (INT64_MAX: all) */
 } undo_list;
 
-/* Appends (i, bits); returns 0, or -1 (and sets stop = i) when out of memory. */
-static int undo_push(undo_list *u, int64_t i, uint32_t bits) {
-    if (u->count == u->cap) {
-        int64_t cap = u->cap ? 2 * u->cap : 4096;
+/* The record of one block: positions from the block's start and original bits (+16 slack for the
+ * full-vector stores of compressed AVX-512 lanes). */
+typedef struct {
+    int32_t idx[RWS_BLOCK + 16];
+    uint32_t bits[RWS_BLOCK + 16];
+    int64_t n;
+} block_undo;
+
+/* Appends a block's record at global offset i0; returns 0, or -1 when out of memory. */
+static int undo_append(undo_list *u, int64_t i0, const block_undo *b) {
+    if (u->count + b->n > u->cap) {
+        int64_t cap = SFT_MAX(SFT_MAX(2 * u->cap, u->count + b->n), 4096);
         int64_t *ni = (int64_t *)realloc(u->index, (size_t)cap * sizeof(int64_t));
-        if (ni != NULL) u->index = ni;
-        uint32_t *nb = ni == NULL ? NULL : (uint32_t *)realloc(u->bits, (size_t)cap * sizeof(uint32_t));
-        if (nb == NULL) {
-            u->stop = i;
-            return -1;
-        }
+        if (ni == NULL) return -1;
+        u->index = ni;
+        uint32_t *nb = (uint32_t *)realloc(u->bits, (size_t)cap * sizeof(uint32_t));
+        if (nb == NULL) return -1;
         u->bits = nb, u->cap = cap;
     }
-    u->index[u->count] = i, u->bits[u->count] = bits, u->count++;
+    for (int64_t k = 0; k < b->n; k++) u->index[u->count + k] = i0 + b->idx[k];
+    memcpy(u->bits + u->count, b->bits, (size_t)b->n * sizeof(uint32_t));
+    u->count += b->n;
     return 0;
 }
 
@@ -337,16 +345,16 @@ static inline int nonfinite32(uint32_t b) {
     return (b & 0x7f800000u) == 0x7f800000u;
 }
 
-/* float32 weights w (m) at global offset off: w = fmaf(a, s, w) where mask is set, recording elements
- * whose fmaf(-a, s, w') differs from the original; returns the count of non-finite results. */
+/* float32 weights w (m): w = fmaf(a, s, w) where mask is set, recording (base + i, original bits) for
+ * elements whose fmaf(-a, s, w') differs from the original; returns the count of non-finite results. */
 static int64_t patch_f32_portable(float *w, const float *s, const uint8_t *mask, float a, int64_t m,
-                                  int64_t off, undo_list *u) {
+                                  int32_t base, block_undo *b) {
     int64_t bad = 0;
     for (int64_t i = 0; i < m; i++) {
         if (mask && !mask[i]) continue;
         float w0 = w[i], w1 = fmaf(a, s[i], w0);
         uint32_t b0 = f32_bits(w0);
-        if (f32_bits(fmaf(-a, s[i], w1)) != b0 && undo_push(u, off + i, b0) != 0) return bad;
+        if (f32_bits(fmaf(-a, s[i], w1)) != b0) b->idx[b->n] = base + (int32_t)i, b->bits[b->n++] = b0;
         bad += nonfinite32(f32_bits(w1));
         w[i] = w1;
     }
@@ -360,7 +368,7 @@ static void unpatch_f32_portable(float *w, const float *s, const uint8_t *mask, 
 
 #if SFT_X86
 SFT_TARGET_AVX2 static int64_t patch_f32_avx2(float *w, const float *s, const uint8_t *mask, float a,
-                                              int64_t m, int64_t off, undo_list *u) {
+                                              int64_t m, block_undo *b) {
     const __m256 va = _mm256_set1_ps(a);
     const __m256i expo = _mm256_set1_epi32(0x7f800000);
     int64_t bad = 0, i = 0;
@@ -376,15 +384,10 @@ SFT_TARGET_AVX2 static int64_t patch_f32_avx2(float *w, const float *s, const ui
             w1 = _mm256_blendv_ps(w1, w0, _mm256_castsi256_ps(off_mask));
             same = _mm256_or_si256(same, off_mask);
         }
-        int ok = _mm256_movemask_ps(_mm256_castsi256_ps(same));
-        if (ok != 0xff) {
-            int64_t before = u->count;
-            for (int l = 0; l < 8; l++)
-                if (!((ok >> l) & 1) && undo_push(u, off + i + l, f32_bits(w[i + l])) != 0) {
-                    // out of memory: these 8 stay unpatched, patching stops at their start
-                    u->count = before, u->stop = off + i;
-                    return bad;
-                }
+        unsigned ok = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(same));
+        for (unsigned miss = ~ok & 0xffu; miss; miss &= miss - 1) {
+            int l = __builtin_ctz(miss);
+            b->idx[b->n] = (int32_t)(i + l), b->bits[b->n++] = f32_bits(w[i + l]);
         }
         __m256i e = _mm256_and_si256(_mm256_castps_si256(w1), expo);
         bad += __builtin_popcount(
@@ -392,7 +395,7 @@ SFT_TARGET_AVX2 static int64_t patch_f32_avx2(float *w, const float *s, const ui
         _mm256_storeu_ps(w + i, w1);
     }
     // tail
-    return bad + patch_f32_portable(w + i, s + i, mask ? mask + i : NULL, a, m - i, off + i, u);
+    return bad + patch_f32_portable(w + i, s + i, mask ? mask + i : NULL, a, m - i, (int32_t)i, b);
 }
 
 SFT_TARGET_AVX2 static void unpatch_f32_avx2(float *w, const float *s, const uint8_t *mask, float a,
@@ -411,11 +414,60 @@ SFT_TARGET_AVX2 static void unpatch_f32_avx2(float *w, const float *s, const uin
     }
     unpatch_f32_portable(w + i, s + i, mask ? mask + i : NULL, a, m - i);
 }
+
+/* 16 lanes; the lanes to record are compressed in registers (no branch) and stored as a full vector. */
+SFT_TARGET_AVX512 static int64_t patch_f32_avx512(float *w, const float *s, const uint8_t *mask, float a,
+                                                  int64_t m, block_undo *b) {
+    const __m512 va = _mm512_set1_ps(a);
+    const __m512i expo = _mm512_set1_epi32(0x7f800000);
+    const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    int64_t bad = 0, i = 0;
+    for (; i + 16 <= m; i += 16) {
+        __m512 w0 = _mm512_loadu_ps(w + i), sv = _mm512_loadu_ps(s + i);
+        __m512 w1 = _mm512_fmadd_ps(va, sv, w0);
+        __m512 back = _mm512_fnmadd_ps(va, sv, w1);
+        __mmask16 on = 0xffff;
+        if (mask) {
+            __m512i mv = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(mask + i)));
+            on = _mm512_test_epi32_mask(mv, mv);
+            w1 = _mm512_mask_blend_ps(on, w0, w1);
+        }
+        __mmask16 miss =
+            _mm512_mask_cmpneq_epi32_mask(on, _mm512_castps_si512(back), _mm512_castps_si512(w0));
+        if (miss) {
+            __m512i pos = _mm512_add_epi32(lanes, _mm512_set1_epi32((int)i));
+            _mm512_storeu_si512((void *)(b->idx + b->n), _mm512_maskz_compress_epi32(miss, pos));
+            _mm512_storeu_si512((void *)(b->bits + b->n),
+                                _mm512_maskz_compress_epi32(miss, _mm512_castps_si512(w0)));
+            b->n += __builtin_popcount((unsigned)miss);
+        }
+        __m512i e = _mm512_and_si512(_mm512_castps_si512(w1), expo);
+        bad += __builtin_popcount((unsigned)_mm512_cmpeq_epi32_mask(e, expo));
+        _mm512_storeu_ps(w + i, w1);
+    }
+    return bad + patch_f32_portable(w + i, s + i, mask ? mask + i : NULL, a, m - i, (int32_t)i, b);
+}
+
+SFT_TARGET_AVX512 static void unpatch_f32_avx512(float *w, const float *s, const uint8_t *mask, float a,
+                                                 int64_t m) {
+    const __m512 va = _mm512_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 16 <= m; i += 16) {
+        __m512 w1 = _mm512_loadu_ps(w + i);
+        __m512 w0 = _mm512_fnmadd_ps(va, _mm512_loadu_ps(s + i), w1);
+        if (mask) {
+            __m512i mv = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(mask + i)));
+            w0 = _mm512_mask_blend_ps(_mm512_test_epi32_mask(mv, mv), w1, w0);
+        }
+        _mm512_storeu_ps(w + i, w0);
+    }
+    unpatch_f32_portable(w + i, s + i, mask ? mask + i : NULL, a, m - i);
+}
 #endif
 
 /* 16-bit weights: widen exactly, fmaf in float32, round to nearest even; same check as float32. */
 static int64_t patch_16(uint16_t *w, int bf16, const float *s, const uint8_t *mask, float a, int64_t m,
-                        int64_t off, undo_list *u) {
+                        block_undo *b) {
     int64_t bad = 0;
     for (int64_t i = 0; i < m; i++) {
         if (mask && !mask[i]) continue;
@@ -426,7 +478,7 @@ static int64_t patch_16(uint16_t *w, int bf16, const float *s, const uint8_t *ma
         float w1 = bf16 ? rws_bf16_to_f32(h1) : rws_f16_to_f32(h1);
         float backf = fmaf(-a, s[i], w1);
         uint16_t back = bf16 ? rws_f32_to_bf16(backf) : rws_f32_to_f16(backf);
-        if (back != h0 && undo_push(u, off + i, h0) != 0) return bad;
+        if (back != h0) b->idx[b->n] = (int32_t)i, b->bits[b->n++] = h0;
         bad += !isfinite(w1);
         w[i] = h1;
     }
@@ -442,9 +494,9 @@ static void unpatch_16(uint16_t *w, int bf16, const float *s, const uint8_t *mas
     }
 }
 
-/* One block [i0, i1) of rws_patch (undo != NULL) or rws_unpatch (undo == NULL). */
+/* One block [i0, i1) of rws_patch (b != NULL: its record, from b->n = 0) or rws_unpatch (b == NULL). */
 static int64_t patch_block(void *w, int wtype, const uint8_t *mask, const rws_source *src, float a,
-                           int64_t i0, int64_t i1, float *tile, int64_t *g, float *lv, undo_list *undo) {
+                           int64_t i0, int64_t i1, float *tile, int64_t *g, float *lv, block_undo *b) {
     const float *s;
     if (src->dense) {
         s = src->dense + i0;
@@ -454,21 +506,36 @@ static int64_t patch_block(void *w, int wtype, const uint8_t *mask, const rws_so
     }
     const uint8_t *mk = mask ? mask + i0 : NULL;
     int64_t m = i1 - i0;
+    if (b) b->n = 0;
     if (wtype == RWS_F32) {
         float *wf = (float *)w + i0;
 #if SFT_X86
+        if (sft_simd_path >= SFT_SIMD_AVX512) {
+            if (!b) return unpatch_f32_avx512(wf, s, mk, a, m), 0;
+            return patch_f32_avx512(wf, s, mk, a, m, b);
+        }
         if (sft_simd_path >= SFT_SIMD_AVX2) {
-            if (!undo) return unpatch_f32_avx2(wf, s, mk, a, m), 0;
-            return patch_f32_avx2(wf, s, mk, a, m, i0, undo);
+            if (!b) return unpatch_f32_avx2(wf, s, mk, a, m), 0;
+            return patch_f32_avx2(wf, s, mk, a, m, b);
         }
 #endif
-        if (!undo) return unpatch_f32_portable(wf, s, mk, a, m), 0;
-        return patch_f32_portable(wf, s, mk, a, m, i0, undo);
+        if (!b) return unpatch_f32_portable(wf, s, mk, a, m), 0;
+        return patch_f32_portable(wf, s, mk, a, m, 0, b);
     }
     uint16_t *wh = (uint16_t *)w + i0;
     int bf16 = wtype == RWS_BF16;
-    if (!undo) return unpatch_16(wh, bf16, s, mk, a, m), 0;
-    return patch_16(wh, bf16, s, mk, a, m, i0, undo);
+    if (!b) return unpatch_16(wh, bf16, s, mk, a, m), 0;
+    return patch_16(wh, bf16, s, mk, a, m, b);
+}
+
+/* Writes a block's recorded bits back into w (block at offset i0). */
+static void block_undo_write(void *w, int wtype, int64_t i0, const block_undo *b) {
+    for (int64_t k = 0; k < b->n; k++) {
+        if (wtype == RWS_F32)
+            ((uint32_t *)w)[i0 + b->idx[k]] = b->bits[k];
+        else
+            ((uint16_t *)w)[i0 + b->idx[k]] = (uint16_t)b->bits[k];
+    }
 }
 
 /* Runs patch_block over the tensor, one contiguous share of blocks per thread
@@ -481,10 +548,23 @@ static int64_t patch_all(void *w, int wtype, const uint8_t *mask, const rws_sour
         float tile[RWS_BLOCK], lv[256];
         int64_t t = sft_thread_num(), nt = sft_team_size(), g = -1;
         undo_list *u = lists ? &lists[t] : NULL;
-        if (u) u->start = nblocks * t / nt * RWS_BLOCK, u->stop = INT64_MAX;
-        for (int64_t b = nblocks * t / nt; b < nblocks * (t + 1) / nt && (!u || u->stop == INT64_MAX); b++)
-            bad += patch_block(w, wtype, mask, src, a, b * RWS_BLOCK, SFT_MIN(n, (b + 1) * RWS_BLOCK), tile,
-                               &g, lv, u);
+        block_undo *bu = NULL;
+        if (u) {
+            u->start = nblocks * t / nt * RWS_BLOCK, u->stop = INT64_MAX;
+            bu = (block_undo *)malloc(sizeof(block_undo));
+            if (bu == NULL) u->stop = u->start;  // nothing patched, nothing to undo
+        }
+        for (int64_t k = nblocks * t / nt; k < nblocks * (t + 1) / nt && (!u || u->stop == INT64_MAX); k++) {
+            int64_t i0 = k * RWS_BLOCK, i1 = SFT_MIN(n, i0 + RWS_BLOCK);
+            bad += patch_block(w, wtype, mask, src, a, i0, i1, tile, &g, lv, bu);
+            if (u && undo_append(u, i0, bu) != 0) {
+                // out of memory: this block comes off at once, and the thread stops here
+                patch_block(w, wtype, mask, src, a, i0, i1, tile, &g, lv, NULL);
+                block_undo_write(w, wtype, i0, bu);
+                u->stop = i0;
+            }
+        }
+        free(bu);
     }
     return bad;
 }
