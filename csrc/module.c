@@ -17,6 +17,7 @@
 #include "remat.h"
 #include "weightnorm.h"
 #include "lors.h"
+#include "rws.h"
 
 /* ---- argument helpers ---------------------------------------------------------------------- */
 
@@ -1365,6 +1366,269 @@ static PyObject *py_sparse_check(PyObject *self, PyObject *args) {
 
 /* ---- module -------------------------------------------------------------------------------- */
 
+/* ---- rws ----------------------------------------------------------------------------------- */
+
+/* Checks that a has n elements (the size of `other`). */
+static int rws_same_size(PyArrayObject *a, const char *name, npy_intp n, const char *other) {
+    if (PyArray_SIZE(a) == n) return 0;
+    PyObject *shape = shape_tuple(a);
+    if (shape != NULL)
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd elements (the size of %s), got shape %R", name,
+                     (Py_ssize_t)n, other, shape);
+    Py_XDECREF(shape);
+    return -1;
+}
+
+/* A finite scale that fits float32. */
+static int rws_alpha(double a) {
+    if (!isfinite(a) || fabs(a) > (double)FLT_MAX) {
+        PyErr_Format(PyExc_ValueError, "alpha: expected a finite number within float32's range, got %R",
+                     PyFloat_FromDouble(a));
+        return -1;
+    }
+    return 0;
+}
+
+/* Validates a packed source (codes, params, group, bits, scheme) for n elements into *src. */
+static int rws_parse_packed(PyObject *co, PyObject *po, long long group, int bits, int scheme, npy_intp n,
+                            rws_source *src) {
+    if (bits != 1 && bits != 2 && bits != 4 && bits != 8) {
+        PyErr_Format(PyExc_ValueError, "bits: expected 1, 2, 4 or 8, got %d", bits);
+        return -1;
+    }
+    if (scheme != RWS_LINEAR && scheme != RWS_LOG) {
+        PyErr_Format(PyExc_ValueError, "scheme: expected 0 (linear) or 1 (log), got %d", scheme);
+        return -1;
+    }
+    if (group < 1) {
+        PyErr_Format(PyExc_ValueError, "group: expected a group size >= 1, got %lld", group);
+        return -1;
+    }
+    PyArrayObject *codes = arg_array(co, "codes", NPY_UINT8, 1);
+    PyArrayObject *params = codes ? arg_f32(po, "params", 2) : NULL;
+    if (params == NULL) return -1;
+    npy_intp nbytes = (npy_intp)sft_ceil_div((int64_t)n * bits, 8);
+    npy_intp ngroups = (npy_intp)sft_ceil_div((int64_t)n, (int64_t)group);
+    if (arg_dim(codes, "codes", 0, nbytes, "ceil(n * bits / 8)") < 0 ||
+        arg_dim(params, "params", 0, ngroups, "ceil(n / group)") < 0 ||
+        arg_dim(params, "params", 1, 2, "two parameters per group") < 0 || arg_finite(params, "params") < 0)
+        return -1;
+    src->dense = NULL;
+    src->codes = (const uint8_t *)PyArray_DATA(codes);
+    src->params = (const float *)PyArray_DATA(params);
+    src->bits = bits, src->scheme = scheme, src->group = (int64_t)group;
+    return 0;
+}
+
+/* The source argument of rws_patch/rws_unpatch: a float32 array of n elements, or a tuple
+ * (codes, params, group, bits, scheme). */
+static int rws_parse_source(PyObject *so, npy_intp n, rws_source *src) {
+    if (PyTuple_Check(so)) {
+        PyObject *co, *po;
+        long long group;
+        int bits, scheme;
+        if (!PyArg_ParseTuple(so, "OOLii:source", &co, &po, &group, &bits, &scheme)) return -1;
+        return rws_parse_packed(co, po, group, bits, scheme, n, src);
+    }
+    PyArrayObject *s = arg_f32(so, "source", -1);
+    if (s == NULL || rws_same_size(s, "source", n, "w") < 0) return -1;
+    memset(src, 0, sizeof(*src));
+    src->dense = (const float *)PyArray_DATA(s);
+    return 0;
+}
+
+/* The weights w (writeable float32, float16, or uint16 holding bfloat16 bits) and its type. */
+static PyArrayObject *rws_parse_weights(PyObject *wo, int *wtype) {
+    if (!PyArray_Check(wo)) {
+        PyErr_Format(PyExc_TypeError, "w: expected a numpy.ndarray, got %s", Py_TYPE(wo)->tp_name);
+        return NULL;
+    }
+    int t = PyArray_TYPE((PyArrayObject *)wo);
+    if (t != NPY_FLOAT32 && t != NPY_FLOAT16 && t != NPY_UINT16) {
+        PyErr_Format(PyExc_TypeError, "w: expected dtype float32, float16 or uint16 (bfloat16 bits), got %S",
+                     (PyObject *)PyArray_DESCR((PyArrayObject *)wo));
+        return NULL;
+    }
+    PyArrayObject *w = arg_array(wo, "w", t, -1);
+    if (w == NULL) return NULL;
+    if (!PyArray_ISWRITEABLE(w)) {
+        PyErr_SetString(PyExc_ValueError, "w: expected a writeable array, got a read-only one");
+        return NULL;
+    }
+    *wtype = t == NPY_FLOAT32 ? RWS_F32 : t == NPY_FLOAT16 ? RWS_F16 : RWS_BF16;
+    return w;
+}
+
+/* An optional bool/uint8 mask of n elements; *mask = NULL for None. */
+static int rws_parse_mask(PyObject *mo, npy_intp n, const uint8_t **mask) {
+    *mask = NULL;
+    if (mo == Py_None) return 0;
+    int t = PyArray_Check(mo) ? PyArray_TYPE((PyArrayObject *)mo) : NPY_BOOL;
+    PyArrayObject *m = arg_array(mo, "mask", t == NPY_UINT8 ? NPY_UINT8 : NPY_BOOL, -1);
+    if (m == NULL || rws_same_size(m, "mask", n, "w") < 0) return -1;
+    *mask = (const uint8_t *)PyArray_DATA(m);
+    return 0;
+}
+
+static PyObject *py_rws_extract(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"pre", "clean", "robust", "naive", NULL};
+    PyObject *po, *co, *ro;
+    int naive = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|p:rws_extract", kwlist, &po, &co, &ro, &naive))
+        return NULL;
+    PyArrayObject *p = arg_f32(po, "pre", -1);
+    PyArrayObject *c = p ? arg_f32(co, "clean", -1) : NULL;
+    PyArrayObject *r = c ? arg_f32(ro, "robust", -1) : NULL;
+    if (r == NULL) return NULL;
+    npy_intp n = PyArray_SIZE(p);
+    if (rws_same_size(c, "clean", n, "pre") < 0 || rws_same_size(r, "robust", n, "pre") < 0) return NULL;
+    PyArrayObject *sig = new_f32(PyArray_NDIM(p), PyArray_DIMS(p));
+    if (sig == NULL) return NULL;
+    double dots[2] = {0.0, 0.0};
+    int rc = 0;
+    float *S = (float *)PyArray_DATA(sig);
+    const float *P = (const float *)PyArray_DATA(p), *C = (const float *)PyArray_DATA(c);
+    const float *R = (const float *)PyArray_DATA(r);
+    Py_BEGIN_ALLOW_THREADS if (naive) rws_extract_naive(S, dots, P, C, R, (int64_t)n);
+    else rc = rws_extract(S, dots, P, C, R, (int64_t)n);
+    Py_END_ALLOW_THREADS if (rc != 0) {
+        Py_DECREF(sig);
+        return scratch_error();
+    }
+    return Py_BuildValue("Ndd", sig, dots[0], dots[1]);
+}
+
+static PyObject *py_rws_quantize(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *xo;
+    long long group;
+    int bits, scheme;
+    if (!PyArg_ParseTuple(args, "OLii:rws_quantize", &xo, &group, &bits, &scheme)) return NULL;
+    PyArrayObject *x = arg_f32(xo, "x", -1);
+    if (x == NULL || arg_finite(x, "x") < 0) return NULL;
+    npy_intp n = PyArray_SIZE(x);
+    if (n < 1) {
+        PyErr_SetString(PyExc_ValueError, "x: expected at least one element, got an empty array");
+        return NULL;
+    }
+    rws_source chk;
+    npy_intp nbytes = (npy_intp)sft_ceil_div((int64_t)n * (bits > 0 ? bits : 1), 8);
+    npy_intp dims[2] = {(npy_intp)sft_ceil_div((int64_t)n, group > 0 ? (int64_t)group : 1), 2};
+    PyArrayObject *codes = (PyArrayObject *)PyArray_ZEROS(1, &nbytes, NPY_UINT8, 0);
+    PyArrayObject *params = new_f32(2, dims);
+    if (codes == NULL || params == NULL) goto fail;
+    float *Pm = (float *)PyArray_DATA(params);
+    for (npy_intp i = 0; i < 2 * dims[0]; i++) Pm[i] = 0.0f;
+    if (rws_parse_packed((PyObject *)codes, (PyObject *)params, group, bits, scheme, n, &chk) < 0) goto fail;
+    int rc;
+    uint8_t *Cd = (uint8_t *)PyArray_DATA(codes);
+    const float *X = (const float *)PyArray_DATA(x);
+    Py_BEGIN_ALLOW_THREADS rc = rws_quantize(Cd, Pm, X, (int64_t)n, (int64_t)group, bits, scheme);
+    Py_END_ALLOW_THREADS if (rc != 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "x: its range does not fit float32 quantization parameters (max - min overflows)");
+        goto fail;
+    }
+    return Py_BuildValue("NN", codes, params);
+fail:
+    Py_XDECREF(codes);
+    Py_XDECREF(params);
+    return NULL;
+}
+
+static PyObject *py_rws_dequantize(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *co, *po;
+    long long n, group;
+    int bits, scheme;
+    if (!PyArg_ParseTuple(args, "OOLLii:rws_dequantize", &co, &po, &n, &group, &bits, &scheme)) return NULL;
+    if (n < 0) {
+        PyErr_Format(PyExc_ValueError, "n: expected a size >= 0, got %lld", n);
+        return NULL;
+    }
+    rws_source src;
+    if (rws_parse_packed(co, po, group, bits, scheme, (npy_intp)n, &src) < 0) return NULL;
+    npy_intp dims[1] = {(npy_intp)n};
+    PyArrayObject *out = new_f32(1, dims);
+    if (out == NULL) return NULL;
+    float *O = (float *)PyArray_DATA(out);
+    Py_BEGIN_ALLOW_THREADS rws_dequantize(O, &src, (int64_t)n);
+    Py_END_ALLOW_THREADS return (PyObject *)out;
+}
+
+static PyObject *py_rws_patch(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"w", "source", "alpha", "mask", NULL};
+    PyObject *wo, *so, *mo = Py_None;
+    double alpha;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOd|O:rws_patch", kwlist, &wo, &so, &alpha, &mo))
+        return NULL;
+    int wtype;
+    PyArrayObject *w = rws_parse_weights(wo, &wtype);
+    if (w == NULL || rws_alpha(alpha) < 0) return NULL;
+    npy_intp n = PyArray_SIZE(w);
+    rws_source src;
+    const uint8_t *mask;
+    if (rws_parse_source(so, n, &src) < 0 || rws_parse_mask(mo, n, &mask) < 0) return NULL;
+    rws_undo undo = {NULL, NULL, 0};
+    int64_t nonfinite = 0;
+    int rc;
+    void *W = PyArray_DATA(w);
+    Py_BEGIN_ALLOW_THREADS rc = rws_patch(W, wtype, mask, &src, (float)alpha, (int64_t)n, &undo, &nonfinite);
+    Py_END_ALLOW_THREADS if (rc != 0) return scratch_error();
+    npy_intp cnt = (npy_intp)undo.count;
+    PyArrayObject *index = (PyArrayObject *)PyArray_EMPTY(1, &cnt, NPY_INT64, 0);
+    PyArrayObject *bits = (PyArrayObject *)PyArray_EMPTY(1, &cnt, NPY_UINT32, 0);
+    if (index == NULL || bits == NULL) {
+        // the patch stays applied but its record is lost: undo it now, then report
+        rws_unpatch(W, wtype, mask, &src, (float)alpha, (int64_t)n, undo.index, undo.bits, undo.count);
+        rws_undo_free(&undo);
+        Py_XDECREF(index);
+        Py_XDECREF(bits);
+        return NULL;
+    }
+    if (cnt > 0) {
+        memcpy(PyArray_DATA(index), undo.index, (size_t)cnt * sizeof(int64_t));
+        memcpy(PyArray_DATA(bits), undo.bits, (size_t)cnt * sizeof(uint32_t));
+    }
+    rws_undo_free(&undo);
+    return Py_BuildValue("NNL", index, bits, (long long)nonfinite);
+}
+
+static PyObject *py_rws_unpatch(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"w", "source", "alpha", "index", "bits", "mask", NULL};
+    PyObject *wo, *so, *io, *bo, *mo = Py_None;
+    double alpha;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOdOO|O:rws_unpatch", kwlist, &wo, &so, &alpha, &io, &bo,
+                                     &mo))
+        return NULL;
+    int wtype;
+    PyArrayObject *w = rws_parse_weights(wo, &wtype);
+    if (w == NULL || rws_alpha(alpha) < 0) return NULL;
+    npy_intp n = PyArray_SIZE(w);
+    rws_source src;
+    const uint8_t *mask;
+    if (rws_parse_source(so, n, &src) < 0 || rws_parse_mask(mo, n, &mask) < 0) return NULL;
+    PyArrayObject *index = arg_array(io, "index", NPY_INT64, 1);
+    PyArrayObject *bits = index ? arg_array(bo, "bits", NPY_UINT32, 1) : NULL;
+    if (bits == NULL || arg_dim(bits, "bits", 0, PyArray_DIM(index, 0), "the length of index") < 0)
+        return NULL;
+    const int64_t *Ix = (const int64_t *)PyArray_DATA(index);
+    npy_intp cnt = PyArray_DIM(index, 0);
+    for (npy_intp k = 0; k < cnt; k++)
+        if (Ix[k] < 0 || Ix[k] >= n || (k > 0 && Ix[k] <= Ix[k - 1])) {
+            PyErr_Format(PyExc_ValueError, "index: expected ascending positions in [0, %zd), got %lld at %zd",
+                         (Py_ssize_t)n, (long long)Ix[k], (Py_ssize_t)k);
+            return NULL;
+        }
+    const uint32_t *Bt = (const uint32_t *)PyArray_DATA(bits);
+    void *W = PyArray_DATA(w);
+    Py_BEGIN_ALLOW_THREADS rws_unpatch(W, wtype, mask, &src, (float)alpha, (int64_t)n, Ix, Bt, (int64_t)cnt);
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"build_info", py_build_info, METH_NOARGS,
      "build_info() -> dict\n\nCompiler, OpenMP, SIMD paths compiled, SIMD path selected, threads."},
@@ -1459,6 +1723,25 @@ static PyMethodDef methods[] = {
     {"sparse_check", py_sparse_check, METH_VARARGS,
      "sparse_check(base) -> None\n\nThe full O(nnz) check of a base (row pointers, indices, finite values) "
      "that the sparse functions skip when called with trusted=True; ValueError naming what is wrong."},
+    /* rws */
+    {"rws_extract", (PyCFunction)(void (*)(void))py_rws_extract, METH_VARARGS | METH_KEYWORDS,
+     "rws_extract(pre, clean, robust, naive=False) -> (sig, d.r, d.d)\n\nsig = r - (d.r / d.d) d with r = "
+     "robust - "
+     "pre, d = clean - pre (float32 arrays of one size), sums in double."},
+    {"rws_quantize", py_rws_quantize, METH_VARARGS,
+     "rws_quantize(x, group, bits, scheme) -> (codes, params)\n\nPacked codes (uint8, ceil(n*bits/8)) and "
+     "per-group parameters (float32 (ceil(n/group), 2)); scheme 0 linear, 1 log."},
+    {"rws_dequantize", py_rws_dequantize, METH_VARARGS,
+     "rws_dequantize(codes, params, n, group, bits, scheme) -> ndarray\n\nThe n float32 values of packed "
+     "codes."},
+    {"rws_patch", (PyCFunction)(void (*)(void))py_rws_patch, METH_VARARGS | METH_KEYWORDS,
+     "rws_patch(w, source, alpha, mask=None) -> (index, bits, nonfinite)\n\nw += alpha * source in place "
+     "(fmaf; w float32, float16 or uint16 bfloat16 bits; source float32 or (codes, params, group, bits, "
+     "scheme)) "
+     "where mask is set; returns the undo record and the count of non-finite results."},
+    {"rws_unpatch", (PyCFunction)(void (*)(void))py_rws_unpatch, METH_VARARGS | METH_KEYWORDS,
+     "rws_unpatch(w, source, alpha, index, bits, mask=None) -> None\n\nUndo rws_patch bit for bit with its "
+     "record (the same w, source, alpha and mask)."},
     {NULL, NULL, 0, NULL},
 };
 

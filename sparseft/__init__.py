@@ -6,12 +6,13 @@ holds the objects and does I/O. See ``README.md`` and ``docs/design.md``.
 
 from __future__ import annotations
 
-from sparseft import _core, adapters, formats, prune, remat
+from sparseft import _core, adapters, data, formats, models, prune, remat, rws
 from sparseft.adapters import DoRALinear, LoRSConfig, LoRSLinear
 from sparseft.formats import DenseBase
 from sparseft.remat import Graph, Planner, Schedule, simulate
 from sparseft.remat import generators as graphs
 from sparseft.runtime import build_info, get_num_threads, set_num_threads, simd_path
+from sparseft.rws import Patcher, QuantizedSignature, Signature
 from sparseft.weightnorm import WeightNorm
 
 __version__ = "0.1.0"
@@ -22,18 +23,24 @@ __all__ = [
     "Graph",
     "LoRSConfig",
     "LoRSLinear",
+    "Patcher",
     "Planner",
+    "QuantizedSignature",
     "Schedule",
+    "Signature",
     "WeightNorm",
     "__version__",
     "_core",
     "adapters",
     "build_info",
+    "data",
     "formats",
     "get_num_threads",
     "graphs",
+    "models",
     "prune",
     "remat",
+    "rws",
     "set_num_threads",
     "simd_path",
     "simulate",

@@ -1,9 +1,12 @@
-"""Command line: ``python -m sparseft demo`` runs the main job on built-in defaults."""
+"""Command line: ``python -m sparseft demo`` runs the main job on built-in defaults;
+``python -m sparseft rws extract|apply|info`` works on signatures in safetensors files."""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from typing import Any
 
 from sparseft import demo
 
@@ -19,6 +22,76 @@ def _seed(text: str) -> int:
     return value
 
 
+def _add_rws_parser(sub: argparse._SubParsersAction) -> None:
+    p_rws = sub.add_parser("rws", help="robust weight signatures on safetensors files")
+    rws_sub = p_rws.add_subparsers(dest="rws_command", required=True)
+    p_ex = rws_sub.add_parser("extract", help="extract a signature from pretrained/clean/robust weights")
+    p_ex.add_argument("--pretrained", required=True, help="safetensors file of the pretrained weights")
+    p_ex.add_argument("--clean", required=True, help="safetensors file of the clean fine-tune")
+    p_ex.add_argument("--robust", required=True, help="safetensors file of the robust fine-tune")
+    p_ex.add_argument("-o", "--output", required=True, help="signature file to write")
+    p_ex.add_argument("--layers", default=None, help="comma-separated tensor or layer names (default: all)")
+    p_ex.add_argument("--shallow", type=int, default=None, help="keep the first k layers")
+    p_ex.add_argument("--bits", type=int, choices=(1, 2, 4, 8), default=None, help="store quantized")
+    p_ex.add_argument("--scheme", choices=("linear", "log"), default="linear")
+    p_ex.add_argument("--granularity", choices=("channel", "tensor"), default="channel")
+    p_ap = rws_sub.add_parser("apply", help="write weights + alpha * signature to a new file")
+    p_ap.add_argument("weights", help="safetensors file of the weights")
+    p_ap.add_argument("signatures", nargs="+", help="signature files, applied in order")
+    p_ap.add_argument("-o", "--output", required=True, help="patched weights file to write")
+    p_ap.add_argument("--alpha", type=float, default=1.0, help="scale of every signature (default 1)")
+    p_in = rws_sub.add_parser("info", help="describe a signature file")
+    p_in.add_argument("signature", help="signature file")
+
+
+def _natural(name: str) -> list[Any]:
+    """Sort key: digit runs compare as numbers."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _run_rws(args: argparse.Namespace) -> int:
+    """The ``rws`` subcommands; bad files and arguments print one line and exit with status 2."""
+    from sparseft import rws
+    from sparseft.rws import io
+
+    try:
+        if args.rws_command == "extract":
+            pre, clean, robust = (
+                io.read_safetensors(p)[0] for p in (args.pretrained, args.clean, args.robust)
+            )
+            # a file keeps no model order: layers are taken in natural name order (h.2 before h.10)
+            pre = {k: pre[k] for k in sorted(pre, key=_natural)}
+            layers = None if args.layers is None else [x for x in args.layers.split(",") if x]
+            sig = rws.Signature.extract(pre, clean, robust, layers=layers, shallow=args.shallow)
+            out: rws.Signature | rws.QuantizedSignature = sig
+            if args.bits is not None:
+                out = sig.quantize(args.bits, args.granularity, args.scheme)
+            out.save(args.output)
+            print(f"wrote {args.output}: {out!r}")
+        elif args.rws_command == "apply":
+            weights, meta = io.read_safetensors(args.weights)
+            patcher = rws.Patcher(weights)
+            for path in args.signatures:
+                patcher.apply(rws.Signature.load(path), args.alpha)
+            io.write_safetensors(args.output, weights, meta)
+            print(
+                f"wrote {args.output}: {len(args.signatures)} signature(s) applied with alpha {args.alpha:g}"
+            )
+        else:
+            loaded = rws.Signature.load(args.signature)
+            print(repr(loaded))
+            errors = getattr(loaded, "errors", {})
+            norms = loaded.dequantize().norm(per_layer=True)
+            assert isinstance(norms, dict)
+            for name, shape in loaded.shapes.items():
+                extra = f"  rel. error {errors[name]['rel_l2']:.3g}" if name in errors else ""
+                print(f"  {name}  {tuple(shape)}  norm {norms[name]:.6g}{extra}")
+    except (ValueError, TypeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the chosen command."""
     parser = argparse.ArgumentParser(prog="python -m sparseft", description=__doc__)
@@ -27,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     p_demo.add_argument("--seed", type=_seed, default=0, help="random seed, an int >= 0 (default 0)")
     p_demo.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke test")
     sub.add_parser("info", help="print how the C core was built")
+    _add_rws_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "rws":
+        return _run_rws(args)
     if args.command == "info":
         import sparseft
 

@@ -182,3 +182,32 @@ def sparse_plan(base: tuple[Any, ...], N: int, /, *, trusted: bool = ...) -> tup
 
 # ---- sparse: checked once ----
 def sparse_check(base: tuple[Any, ...], /) -> None: ...
+def sparse_plan(base: tuple[Any, ...], N: int, /) -> tuple[int, int, int, int]: ...
+
+# ---- rws ----
+def rws_extract(
+    pre: npt.NDArray[np.float32],
+    clean: npt.NDArray[np.float32],
+    robust: npt.NDArray[np.float32],
+    naive: bool = ...,
+) -> tuple[npt.NDArray[np.float32], float, float]: ...
+def rws_quantize(
+    x: npt.NDArray[np.float32], group: int, bits: int, scheme: int, /
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]: ...
+def rws_dequantize(
+    codes: npt.NDArray[np.uint8], params: npt.NDArray[np.float32], n: int, group: int, bits: int, scheme: int, /
+) -> npt.NDArray[np.float32]: ...
+def rws_patch(
+    w: npt.NDArray[Any],
+    source: npt.NDArray[np.float32] | tuple[Any, ...],
+    alpha: float,
+    mask: npt.NDArray[Any] | None = ...,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint32], int]: ...
+def rws_unpatch(
+    w: npt.NDArray[Any],
+    source: npt.NDArray[np.float32] | tuple[Any, ...],
+    alpha: float,
+    index: npt.NDArray[np.int64],
+    bits: npt.NDArray[np.uint32],
+    mask: npt.NDArray[Any] | None = ...,
+) -> None: ...

@@ -390,3 +390,82 @@ def prune_wanda(
         order = sorted(range(row.size), key=lambda j: (row[j], j))
         keep[i, order[round(sparsity * row.size) :]] = True
     return keep
+
+
+# ---- rws ----
+
+
+def rws_extract(pre: np.ndarray, clean: np.ndarray, robust: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """RWS = r − (d·r / d·d)·d with r = robust − pre, d = clean − pre (r when d·d = 0), float64."""
+    p, c, r = (np.asarray(a, np.float64).ravel() for a in (pre, clean, robust))
+    d, q = c - p, r - p
+    dr, dd = float(d @ q), float(d @ d)
+    coef = dr / dd if dd > 0 else 0.0
+    return (q - coef * d).reshape(np.shape(pre)), dr, dd
+
+
+def rws_levels(p0: float, p1: float, bits: int, scheme: str) -> np.ndarray:
+    """The 2**bits levels of a quantization group from its parameters (float64; see docs/rws.md)."""
+    n = 2**bits
+    if scheme == "linear":
+        return p0 + np.arange(n) * p1
+    if bits == 1:
+        return np.array([p1, -p1])
+    K = n // 2
+    L = K - 1
+    mags = np.zeros(K)
+    for k in range(1, L + 1):
+        mags[k] = p1 if (k == L or p0 <= 0) else p0 * (p1 / p0) ** ((k - 1) / (L - 1))
+    return np.concatenate([mags, -mags])
+
+
+def rws_unpack(codes: np.ndarray, n: int, bits: int) -> np.ndarray:
+    """The n codes packed LSB first into ``codes`` (uint8)."""
+    allbits = np.unpackbits(np.asarray(codes, np.uint8), bitorder="little")[: n * bits].reshape(n, bits)
+    return (allbits.astype(np.int64) << np.arange(bits)).sum(axis=1)
+
+
+def rws_dequantize(
+    codes: np.ndarray, params: np.ndarray, n: int, group: int, bits: int, scheme: str
+) -> np.ndarray:
+    """Values of packed codes with per-group parameters (float64)."""
+    q = rws_unpack(codes, n, bits)
+    out = np.empty(n)
+    for g in range(-(-n // group)):
+        lv = rws_levels(float(params[g, 0]), float(params[g, 1]), bits, scheme)
+        out[g * group : (g + 1) * group] = lv[q[g * group : (g + 1) * group]]
+    return out
+
+
+def rws_patch(w: np.ndarray, s: np.ndarray, alpha: float, mask: np.ndarray | None = None) -> np.ndarray:
+    """w + alpha·s in float64 where mask is set (w elsewhere)."""
+    w64 = np.asarray(w, np.float64)
+    out = w64 + float(alpha) * np.asarray(s, np.float64)
+    return out if mask is None else np.where(mask, out, w64)
+
+
+def merge_ties(taus: list[np.ndarray], density: float) -> np.ndarray:
+    """TIES per tensor, entry by entry: trim each tau to its top ceil(density·n) magnitudes (the
+    earlier position wins a tie), elect the sign of the trimmed sum, average the agreeing kept values."""
+    n = taus[0].size
+    k = int(np.ceil(density * n))
+    trimmed = []
+    for t in taus:
+        flat = np.asarray(t, np.float64).ravel()
+        order = sorted(range(n), key=lambda i: (-abs(flat[i]), i))
+        keep = np.zeros(n)
+        for i in order[:k]:
+            keep[i] = flat[i]
+        trimmed.append(keep)
+    out = np.zeros(n)
+    for i in range(n):
+        vals = [t[i] for t in trimmed]
+        sign = np.sign(sum(vals))
+        agree = [v for v in vals if v != 0 and np.sign(v) == sign]
+        out[i] = sum(agree) / len(agree) if agree else 0.0
+    return out.reshape(taus[0].shape)
+
+
+def merge_dare(taus: list[np.ndarray], density: float, keeps: list[np.ndarray]) -> np.ndarray:
+    """DARE given the keep masks: sum of tau·keep / density."""
+    return sum(np.asarray(t, np.float64) * k / density for t, k in zip(taus, keeps, strict=True))
