@@ -12,6 +12,7 @@ from sparseft.formats import DenseBase
 from sparseft.remat import Graph, Planner, Schedule, simulate
 from sparseft.remat import generators as graphs
 from sparseft.runtime import build_info, get_num_threads, set_num_threads, simd_path
+from sparseft.train import Trainer
 from sparseft.weightnorm import WeightNorm
 
 __version__ = "0.1.0"
@@ -23,6 +24,7 @@ __all__ = [
     "LoRSLinear",
     "Planner",
     "Schedule",
+    "Trainer",
     "WeightNorm",
     "__version__",
     "_core",
