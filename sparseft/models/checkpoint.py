@@ -1,0 +1,314 @@
+"""Hugging Face checkpoints in and out: ``from_pretrained(dir)`` and ``save_pretrained(model, dir)``.
+
+Reading: ``config.json`` picks GPT-2 or Llama; weights come from ``model.safetensors`` or the shards
+listed in ``model.safetensors.index.json``. Every file is opened and validated with the
+``safetensors`` package, which also reads F32/F16 tensors; BF16 tensors, which it cannot give to
+NumPy, are read from the byte range its header names and widened to float32 here. Tensors are read
+one at a time, each file opened only for that read, and converted straight to the float32 array the
+model keeps, so a checkpoint loads without a second copy of the model in memory (peak extra: the
+largest tensor in its stored dtype, plus that tensor's float32 copy while its LoRS layer is built).
+
+Writing: ``config.json`` + ``model.safetensors`` (float32, metadata ``format: pt``), each written
+to a temporary file and renamed, so an interrupted save never leaves a corrupt file.
+See ``docs/models.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparseft.models.config import GPTConfig, LlamaConfig, config_from_hf
+from sparseft.models.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
+from sparseft.models.transformer import Decoder, build, normalize_keys, weight_spec
+
+__all__ = ["SafetensorsReader", "from_pretrained", "save_pretrained"]
+
+_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8"), "BF16": np.dtype("<u2")}
+_MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
+
+
+def _safe_open(path: Path) -> Any:
+    from safetensors import safe_open
+
+    return safe_open(str(path), framework="numpy")
+
+
+class SafetensorsReader:
+    """Float32 tensors by key from one or more ``.safetensors`` files (F32, F16, BF16, F64 stored).
+
+    Parameters
+    ----------
+    files : list of pathlib.Path
+        The files; each is opened once here to validate it and list its tensors.
+
+    Raises
+    ------
+    ValueError
+        On a file that is not a valid safetensors file (truncated, header lying about offsets or
+        sizes, overlapping data) or a key present in two files; the message names the file.
+    """
+
+    def __init__(self, files: list[Path]) -> None:
+        self.where: dict[str, tuple[Path, str, tuple[int, ...]]] = {}
+        for path in files:
+            try:
+                with _safe_open(path) as f:
+                    for key in f.keys():
+                        sl = f.get_slice(key)
+                        if key in self.where:
+                            raise ValueError(f"{path}: tensor {key!r} also stored in {self.where[key][0]}")
+                        self.where[key] = (path, str(sl.get_dtype()), tuple(int(s) for s in sl.get_shape()))
+            except ValueError:
+                raise
+            except Exception as e:  # SafetensorError, OSError: a corrupt, truncated or unreadable file
+                raise ValueError(f"{path}: not a valid safetensors file ({e})") from e
+
+    def keys(self) -> list[str]:
+        return list(self.where)
+
+    def read(self, key: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """The tensor ``key`` as a new float32 C-contiguous array.
+
+        Raises
+        ------
+        ValueError
+            If the key is absent, its shape is not ``shape``, its dtype is unsupported, or it holds
+            NaN/inf; the message names the file and key.
+        """
+        if key not in self.where:
+            raise ValueError(f"{key}: missing from the checkpoint")
+        path, dtype, stored = self.where[key]
+        if shape is not None and stored != tuple(shape):
+            raise ValueError(f"{path}: {key}: expected shape {tuple(shape)}, got {stored}")
+        if dtype not in _DTYPES:
+            raise ValueError(f"{path}: {key}: unsupported dtype {dtype} (expected F32, F16 or BF16)")
+        try:
+            if dtype == "BF16":
+                a = _read_bf16(path, key, stored)
+            else:
+                with _safe_open(path) as f:
+                    raw = f.get_tensor(key)
+                if raw.dtype == np.float32 and raw.flags.c_contiguous and raw.flags.writeable:
+                    a = raw
+                else:
+                    a = np.empty(stored, np.float32)
+                    a[...] = raw
+                del raw
+        except ValueError:
+            raise
+        except Exception as e:
+            raise ValueError(f"{path}: {key}: unreadable ({e})") from e
+        if not np.isfinite(a).all():
+            raise ValueError(f"{path}: {key}: contains NaN or infinity")
+        return a
+
+
+def _header(path: Path) -> tuple[dict[str, Any], int, int]:
+    """The parsed JSON header, the data section's start and the file size, checked."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{path}: truncated (no header length)")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(_MAX_HEADER, size - 8):
+            raise ValueError(f"{path}: header length {n} exceeds the file ({size} bytes)")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: header is not JSON ({e})") from e
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: header is not a JSON object")
+    return header, 8 + n, size
+
+
+def _read_bf16(path: Path, key: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A BF16 tensor widened to float32 (the upper 16 bits of each float32), read from its byte range."""
+    header, start, size = _header(path)
+    entry = header.get(key)
+    offs = entry.get("data_offsets") if isinstance(entry, dict) else None
+    if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)):
+        raise ValueError(f"{path}: {key}: header entry without valid data_offsets")
+    b, e = offs
+    count = int(np.prod(shape, dtype=np.int64))
+    if not (0 <= b <= e and start + e <= size and e - b == 2 * count):
+        raise ValueError(f"{path}: {key}: data_offsets {offs} do not fit {shape} BF16 in a {size}-byte file")
+    out = np.empty(shape, np.float32)
+    u32 = out.reshape(-1).view(np.uint32)
+    chunk = 1 << 22  # widen 4M values at a time: the extra buffer stays small
+    with open(path, "rb") as f:
+        f.seek(start + b)
+        buf = np.empty(min(chunk, count), np.uint16)
+        for i in range(0, count, chunk):
+            m = min(chunk, count - i)
+            got = f.readinto(buf[:m].view(np.uint8).data)
+            if got != 2 * m:
+                raise ValueError(f"{path}: {key}: truncated data")
+            np.left_shift(buf[:m], 16, out=u32[i : i + m], dtype=np.uint32)
+    return out
+
+
+def _weight_files(d: Path) -> list[Path]:
+    index = d / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            wm = json.loads(index.read_text())["weight_map"]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{index}: not a valid index file ({e!r})") from e
+        if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
+            raise ValueError(f"{index}: weight_map must map tensor names to file names")
+        files = []
+        for name in dict.fromkeys(wm.values()):
+            if Path(name).name != name or not name.endswith(".safetensors"):
+                raise ValueError(f"{index}: shard {name!r} is not a .safetensors file name in the directory")
+            if not (d / name).is_file():
+                raise ValueError(f"{index}: shard {name!r} is missing from {d}")
+            files.append(d / name)
+        return files
+    single = d / "model.safetensors"
+    if not single.is_file():
+        raise ValueError(f"{d}: no model.safetensors or model.safetensors.index.json")
+    return [single]
+
+
+def read_config(path: str | os.PathLike[str]) -> GPTConfig | LlamaConfig:
+    """The model config of a Hugging Face directory's ``config.json`` (errors name the file)."""
+    f = Path(path) / "config.json"
+    try:
+        d = json.loads(f.read_text())
+    except FileNotFoundError as e:
+        raise ValueError(f"{f}: missing") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{f}: not valid JSON ({e})") from e
+    try:
+        return config_from_hf(d)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{f}: {e}") from e
+
+
+def from_pretrained(path: str | os.PathLike[str], tokenizer: Any = "auto") -> Decoder:
+    """Load a GPT-2 or Llama from a Hugging Face checkpoint directory.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Directory with ``config.json`` and ``model.safetensors`` or a sharded
+        ``model.safetensors.index.json``. GPT-2 keys may carry the ``transformer.`` prefix or not;
+        F32, F16 and BF16 tensors are read to float32. Exact zeros in a block linear's weight are
+        its pruning mask.
+    tokenizer : "auto", str, path-like or None
+        ``"auto"``: the directory's ``tokenizer.json`` through the ``tokenizers`` package when
+        present, else :class:`ByteTokenizer` when the vocabulary has at least 256 tokens, else
+        None. A path: a ``tokenizer.json`` or a directory holding one. None: no tokenizer.
+
+    Returns
+    -------
+    GPT or Llama
+        With ``model.tokenizer`` set.
+
+    Raises
+    ------
+    ValueError
+        On a missing/invalid config or weight file, a missing, mis-shaped or non-finite tensor (the
+        message names the file and key), or an unsupported architecture variant.
+    """
+    d = Path(path)
+    if not d.is_dir():
+        raise ValueError(f"path: expected a checkpoint directory, got {str(path)!r}")
+    cfg = read_config(d)
+    reader = SafetensorsReader(_weight_files(d))
+    stored = normalize_keys(dict.fromkeys(reader.keys(), None), cfg)
+    alias = {}  # spec key -> key in the files (GPT-2 files may omit "transformer.")
+    for k in reader.keys():
+        for n in normalize_keys({k: None}, cfg):
+            alias[n] = k
+    wanted = {k for k, _, _ in weight_spec(cfg)}
+    unused = sorted(set(stored) - wanted)
+    if unused:
+        warnings.warn(f"{d}: tensors not used by the model: {unused[:5]}", stacklevel=2)
+
+    def get(key: str, shape: tuple[int, ...]) -> np.ndarray:
+        if key not in alias:
+            raise ValueError(f"{d}: tensor {key!r} missing from the checkpoint")
+        return reader.read(alias[key], shape)
+
+    model = build(cfg, get)
+    model.tokenizer = _tokenizer(d, tokenizer, cfg.vocab_size)
+    return model
+
+
+def _tokenizer(d: Path, tokenizer: Any, vocab: int) -> Any:
+    if tokenizer is None:
+        return None
+    if isinstance(tokenizer, str) and tokenizer == "auto":
+        if (d / "tokenizer.json").is_file():
+            return load_tokenizer(d)
+        return ByteTokenizer() if vocab >= 256 else None
+    if isinstance(tokenizer, (str, os.PathLike)):
+        return load_tokenizer(tokenizer)
+    if isinstance(tokenizer, (ByteTokenizer, HFTokenizer)):
+        return tokenizer
+    raise TypeError(
+        f"tokenizer: expected 'auto', a path, a tokenizer or None, got {type(tokenizer).__name__}"
+    )
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_pretrained(model: Decoder, path: str | os.PathLike[str]) -> None:
+    """Write ``config.json`` and ``model.safetensors`` (float32, Hugging Face keys and layouts) that
+    ``transformers.AutoModelForCausalLM.from_pretrained`` loads; pruned zeros are written as zeros.
+
+    Adapters are not part of the file: call ``model.merge_adapters()`` first to ship the merged
+    (still sparse) weights. A ``tokenizers``-backed tokenizer is saved as ``tokenizer.json``. Each
+    file is written to a temporary name and renamed, and a shard index left from an earlier
+    sharded checkpoint in the directory is removed so that the new weights are the ones read.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not a GPT or Llama.
+    """
+    from safetensors.numpy import save_file
+
+    if not isinstance(model, Decoder):
+        raise TypeError(f"model: expected a GPT or Llama model, got {type(model).__name__}")
+    d = Path(path)
+    d.mkdir(parents=True, exist_ok=True)
+    sd = {k: np.ascontiguousarray(v) for k, v in model.state_dict().items()}
+    _atomic_write(d / "model.safetensors", lambda tmp: save_file(sd, tmp, metadata={"format": "pt"}))
+    sd.clear()
+    text = json.dumps(model.config.to_hf(), indent=2) + "\n"
+    _atomic_write(d / "config.json", lambda tmp: Path(tmp).write_text(text))
+    if isinstance(model.tokenizer, HFTokenizer):
+        _atomic_write(d / "tokenizer.json", model.tokenizer.save)
+    stale = d / "model.safetensors.index.json"
+    if stale.exists():
+        stale.unlink()
+
+
+def iter_tensors(path: str | os.PathLike[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """(key, float32 array) of every tensor of a checkpoint directory, one at a time."""
+    reader = SafetensorsReader(_weight_files(Path(path)))
+    for k in reader.keys():
+        yield k, reader.read(k)
