@@ -60,7 +60,11 @@ def test_duplicate_edges_are_merged() -> None:
     ("kwargs", "exc", "match"),
     [
         ({"memory": [1, -2, 3]}, ValueError, r"memory of node 1 must be a non-negative integer, got -2"),
-        ({"duration": [1, 2.5, 3]}, ValueError, r"duration of node 1 must be a non-negative integer, got 2.5"),
+        (
+            {"duration": [1, 2.5, 3]},
+            ValueError,
+            r"duration of node 1 must be a non-negative integer, got 2.5",
+        ),
         ({"memory": [1, "x", 3]}, TypeError, r"memory of node 1 must be a non-negative integer, got str"),
         ({"memory": [1, True, 3]}, TypeError, r"memory of node 1 .* got bool"),
         ({"memory": [1, 2]}, ValueError, r"memory must have one value per node \(3\), got 2"),
@@ -76,10 +80,26 @@ def test_duplicate_edges_are_merged() -> None:
         ({"order": [0, 1]}, ValueError, r"order must list all 3 nodes once, got 2"),
         ({"order": [0, 1, 7]}, ValueError, r"order names unknown node 7"),
         ({"order": [0, 1, 1]}, ValueError, r"order must list every node exactly once"),
-        ({"edges": [([0], 1)]}, TypeError, r"edges\[0\] source must be a node id \(an int or str\), got unhashable list"),
-        ({"edges": [(0, 1), (1, {2})]}, TypeError, r"edges\[1\] target must be a node id .* got unhashable set"),
-        ({"edges": [(True, 2)]}, TypeError, r"edges\[0\] source must be a node id \(an int or str\), got bool True"),
-        ({"order": [[0], 1, 2]}, TypeError, r"order\[0\] must be a node id \(an int or str\), got unhashable list"),
+        (
+            {"edges": [([0], 1)]},
+            TypeError,
+            r"edges\[0\] source must be a node id \(an int or str\), got unhashable list",
+        ),
+        (
+            {"edges": [(0, 1), (1, {2})]},
+            TypeError,
+            r"edges\[1\] target must be a node id .* got unhashable set",
+        ),
+        (
+            {"edges": [(True, 2)]},
+            TypeError,
+            r"edges\[0\] source must be a node id \(an int or str\), got bool True",
+        ),
+        (
+            {"order": [[0], 1, 2]},
+            TypeError,
+            r"order\[0\] must be a node id \(an int or str\), got unhashable list",
+        ),
         ({"order": [0, True, 2]}, TypeError, r"order\[1\] must be a node id .* got bool True"),
         ({"nodes": [(0, 1), 1, 2]}, TypeError, r"nodes\[0\] must be an int or str id, got tuple \(0, 1\)"),
         ({"nodes": [0, 1.0, 2]}, TypeError, r"nodes\[1\] must be an int or str id, got float 1.0"),
@@ -99,14 +119,18 @@ def test_validation_messages(kwargs: dict, exc: type, match: str) -> None:
 
 def test_memory_and_duration_sums_must_stay_below_2_62() -> None:
     # the C simulator sums memory and durations in int64: a graph whose sums could wrap is rejected
-    with pytest.raises(ValueError, match=r"memory must sum to less than 2\*\*62 over all nodes .* got a sum of 138"):
+    with pytest.raises(
+        ValueError, match=r"memory must sum to less than 2\*\*62 over all nodes .* got a sum of 138"
+    ):
         sft.Graph([0, 1, 2], [], memory=[2**62 - 1] * 3, duration=[1] * 3)
     with pytest.raises(ValueError, match=r"duration must sum to less than 2\*\*62 over all nodes"):
         sft.Graph(list(range(5)), [], memory=[1] * 5, duration=[2**62 - 1] * 5)
     with pytest.raises(ValueError, match=r"duration must sum to less than 2\*\*62"):
         sft.Graph([0, 1], [], memory=[1, 1], duration=[2**61, 2**61])
     # just below the bound: exact totals, and the peak of everything resident is exact too
-    g = sft.Graph([0, 1, 2], [(0, 2), (1, 2)], memory=[2**61, 2**60, 2**60 - 1], duration=[2**61, 2**61 - 1, 0])
+    g = sft.Graph(
+        [0, 1, 2], [(0, 2), (1, 2)], memory=[2**61, 2**60, 2**60 - 1], duration=[2**61, 2**61 - 1, 0]
+    )
     assert g.total_duration == 2**62 - 1
     assert g.peak_memory() == 2**62 - 1
     assert sft.simulate(g, [("compute", 0), ("compute", 1), ("compute", 2)]) == (2**62 - 1, 2**62 - 1)
@@ -114,7 +138,9 @@ def test_memory_and_duration_sums_must_stay_below_2_62() -> None:
 
 def test_node_ids_are_plain_ints_or_strs_and_round_trip(tmp_path) -> None:
     # NumPy integer ids are stored as Python ints, so to_json writes plain JSON ints
-    g = sft.Graph(np.arange(3), [(np.int64(0), np.int64(1)), (1, 2)], [1, 2, 3], [1, 1, 1], order=np.arange(3))
+    g = sft.Graph(
+        np.arange(3), [(np.int64(0), np.int64(1)), (1, 2)], [1, 2, 3], [1, 1, 1], order=np.arange(3)
+    )
     assert g.nodes == [0, 1, 2] and all(type(v) is int for v in g.nodes)
     assert g.edges == [(0, 1), (1, 2)] and g.order == [0, 1, 2]
     assert g.index(np.int64(2)) == 2
@@ -131,7 +157,9 @@ def test_node_ids_are_plain_ints_or_strs_and_round_trip(tmp_path) -> None:
 
 def test_cycle_names_the_nodes_on_it() -> None:
     edges = [("in", "a"), ("a", "b"), ("b", "c"), ("c", "a"), ("c", "out")]
-    with pytest.raises(ValueError, match=r"found a cycle: '(a|b|c)' -> '(a|b|c)' -> '(a|b|c)' -> '(a|b|c)'") as ei:
+    with pytest.raises(
+        ValueError, match=r"found a cycle: '(a|b|c)' -> '(a|b|c)' -> '(a|b|c)' -> '(a|b|c)'"
+    ) as ei:
         sft.Graph(["in", "a", "b", "c", "out"], edges, [1] * 5, [1] * 5)
     msg = str(ei.value)
     assert "'in'" not in msg and "'out'" not in msg
@@ -141,19 +169,29 @@ def test_cycle_names_the_nodes_on_it() -> None:
 
 NODE_LINK_VARIANTS = [
     # networkx default: id, source/target, "links"
-    {"nodes": [{"id": 0, "memory": 3, "duration": 1}, {"id": 1, "memory": 4, "duration": 2}],
-     "links": [{"source": 0, "target": 1}]},
+    {
+        "nodes": [{"id": 0, "memory": 3, "duration": 1}, {"id": 1, "memory": 4, "duration": 2}],
+        "links": [{"source": 0, "target": 1}],
+    },
     # Checkmate graphs: id + name, cost_ram/cost_cpu
-    {"nodes": [{"id": 0, "name": "conv", "cost_ram": 3, "cost_cpu": 1, "backward": False},
-               {"id": 1, "name": "conv_backward", "cost_ram": 4, "cost_cpu": 2, "backward": True}],
-     "links": [{"source": 0, "target": 1}]},
+    {
+        "nodes": [
+            {"id": 0, "name": "conv", "cost_ram": 3, "cost_cpu": 1, "backward": False},
+            {"id": 1, "name": "conv_backward", "cost_ram": 4, "cost_cpu": 2, "backward": True},
+        ],
+        "links": [{"source": 0, "target": 1}],
+    },
     # random_layered graphs: name, out_cost/duration, "0"/"1" links, graph.order
-    {"graph": {"order": [0, 1]}, "nodes": [{"name": 0, "out_cost": 3, "duration": 1},
-                                           {"name": 1, "out_cost": 4, "duration": 2}],
-     "links": [{"0": 0, "1": 1}]},
+    {
+        "graph": {"order": [0, 1]},
+        "nodes": [{"name": 0, "out_cost": 3, "duration": 1}, {"name": 1, "out_cost": 4, "duration": 2}],
+        "links": [{"0": 0, "1": 1}],
+    },
     # networkx >= 3.4 may write "edges" instead of "links"
-    {"nodes": [{"id": 0, "memory": 3, "duration": 1}, {"id": 1, "memory": 4, "duration": 2}],
-     "edges": [{"source": 0, "target": 1}]},
+    {
+        "nodes": [{"id": 0, "memory": 3, "duration": 1}, {"id": 1, "memory": 4, "duration": 2}],
+        "edges": [{"source": 0, "target": 1}],
+    },
 ]
 
 
@@ -171,24 +209,37 @@ def test_from_json_variants_dict_and_path(data: dict, tmp_path) -> None:
 
 def test_from_json_null_cost_falls_back_to_the_next_key() -> None:
     # memory | out_cost | cost_ram (and duration | cost_cpu) are alternatives: a null one counts as absent
-    data = {"nodes": [{"id": 0, "memory": None, "out_cost": 5, "duration": None, "cost_cpu": 2},
-                      {"id": 1, "memory": 3, "cost_ram": None, "duration": 1}]}
+    data = {
+        "nodes": [
+            {"id": 0, "memory": None, "out_cost": 5, "duration": None, "cost_cpu": 2},
+            {"id": 1, "memory": 3, "cost_ram": None, "duration": 1},
+        ]
+    }
     g = sft.Graph.from_json(data)
     assert g.memory.tolist() == [5, 3] and g.duration.tolist() == [2, 1]
-    with pytest.raises(ValueError, match=r"nodes\[0\] \(id 0\) has no memory: expected one of memory, out_cost, cost_ram with a non-null value"):
+    with pytest.raises(
+        ValueError,
+        match=r"nodes\[0\] \(id 0\) has no memory: expected one of memory, out_cost, cost_ram with a non-null value",
+    ):
         sft.Graph.from_json({"nodes": [{"id": 0, "memory": None, "duration": 1}]})
-    with pytest.raises(ValueError, match=r"has no duration: expected one of duration, cost_cpu with a non-null value"):
+    with pytest.raises(
+        ValueError, match=r"has no duration: expected one of duration, cost_cpu with a non-null value"
+    ):
         sft.Graph.from_json({"nodes": [{"id": 0, "memory": 1, "duration": None, "cost_cpu": None}]})
 
 
 def test_from_json_unreadable_files_name_the_source(tmp_path) -> None:
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)
-    with pytest.raises(ValueError, match=r"source '.*deep\.json' is not valid JSON: nested too deeply to parse"):
+    with pytest.raises(
+        ValueError, match=r"source '.*deep\.json' is not valid JSON: nested too deeply to parse"
+    ):
         sft.Graph.from_json(deep)
     binary = tmp_path / "latin1.json"
     binary.write_bytes('{"nodes": [], "graph": {"name": "caf\u00e9"}}'.encode("latin-1"))
-    with pytest.raises(ValueError, match=r"source '.*latin1\.json' is not UTF-8 text: 'utf-8' codec can't decode"):
+    with pytest.raises(
+        ValueError, match=r"source '.*latin1\.json' is not UTF-8 text: 'utf-8' codec can't decode"
+    ):
         sft.Graph.from_json(binary)
     big = tmp_path / "big.json"
     big.write_text('{"nodes": [' + "9" * 5000 + "]}")
@@ -206,13 +257,20 @@ def test_from_json_labels_and_backward() -> None:
     ("data", "match"),
     [
         ({"links": []}, r"source must have a 'nodes' list"),
-        ({"nodes": [{"id": 0, "duration": 1}]}, r"nodes\[0\] \(id 0\) has no memory: expected one of memory, out_cost, cost_ram"),
+        (
+            {"nodes": [{"id": 0, "duration": 1}]},
+            r"nodes\[0\] \(id 0\) has no memory: expected one of memory, out_cost, cost_ram",
+        ),
         ({"nodes": [{"id": 0, "memory": 1}]}, r"has no duration: expected one of duration, cost_cpu"),
         ({"nodes": [{"memory": 1, "duration": 1}]}, r"every node must be an object with an 'id'"),
-        ({"nodes": [{"id": 0, "memory": 1, "duration": 1}], "links": [{"from": 0, "to": 1}]},
-         r"links\[0\] must have 'source'/'target' \(or '0'/'1'\)"),
-        ({"nodes": [{"id": 0, "memory": 1, "duration": 1}], "links": [{"source": 0, "target": 3}]},
-         r"unknown target node 3"),
+        (
+            {"nodes": [{"id": 0, "memory": 1, "duration": 1}], "links": [{"from": 0, "to": 1}]},
+            r"links\[0\] must have 'source'/'target' \(or '0'/'1'\)",
+        ),
+        (
+            {"nodes": [{"id": 0, "memory": 1, "duration": 1}], "links": [{"source": 0, "target": 3}]},
+            r"unknown target node 3",
+        ),
     ],
 )
 def test_from_json_malformed(data: dict, match: str) -> None:
@@ -278,3 +336,64 @@ def test_generators() -> None:
         sft.graphs.training_graph(2, memory=[1])
     with pytest.raises(ValueError, match=r"edge_density must be a number in \[0, 1.0\], got 2.0"):
         sft.graphs.random_layered(10, edge_density=2.0)
+
+
+def test_once_and_block_attributes_validate_and_round_trip(tmp_path) -> None:
+    g = sft.Graph(
+        list("abcd"),
+        [("a", "b"), ("b", "c"), ("c", "d")],
+        [1, 2, 3, 4],
+        [1, 1, 1, 1],
+        once={"c": True, "d": True},
+        block=[None, 0, 0, np.int64(1)],
+    )
+    assert g.once.tolist() == [False, False, True, True]
+    assert g.block == [None, 0, 0, 1] and g.has_blocks
+    g.once[0] = True  # a copy: the graph is unchanged
+    assert g.once.tolist() == [False, False, True, True]
+    back = sft.Graph.from_json(json.loads(json.dumps(g.to_json(tmp_path / "g.json"))))
+    assert back.once.tolist() == g.once.tolist() and back.block == g.block
+    assert sft.Graph.from_json(tmp_path / "g.json").block == g.block
+    moved = g.with_order(list("abcd"))
+    assert moved.once.tolist() == g.once.tolist() and moved.block == g.block
+    plain = chain()
+    assert plain.once.tolist() == [False] * 3 and plain.block == [None] * 3 and not plain.has_blocks
+    assert "once" not in plain.to_json()["nodes"][0] and "block" not in plain.to_json()["nodes"][0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"once": [True, "yes"]}, TypeError, r"once of node 1 must be a bool, got str 'yes'"),
+        ({"once": [True]}, ValueError, r"once must have one value per node \(2\), got 1"),
+        ({"block": [0, 1.5]}, TypeError, r"block of node 1 must be an int or None, got float 1.5"),
+        ({"block": [0, True]}, TypeError, r"block of node 1 must be an int or None, got bool True"),
+        ({"block": [-1, 0]}, ValueError, r"block of node 0 must be a non-negative int or None, got -1"),
+        ({"block": 3}, TypeError, r"block must be a sequence or mapping with one value per node, got int"),
+    ],
+)
+def test_once_and_block_validation_messages(kwargs: dict, exc: type, match: str) -> None:
+    with pytest.raises(exc, match=match):
+        sft.Graph([0, 1], [(0, 1)], [1, 1], [1, 1], **kwargs)
+
+
+def test_transformer_graph_shape_once_and_blocks() -> None:
+    g = sft.graphs.transformer_graph(2, batch=2, seq=8, d_model=16, n_heads=2, vocab=11)
+    assert g.n == 6 + 20 * 2
+    assert g.order[0] == "embed" and g.order[-1] == "embed.backward"
+    i = g.index
+    # a backward node reads its users' gradients, its inputs and its output
+    assert sorted(g.predecessors("h0.add_1.backward")) == sorted(
+        ["h0.ln_2.backward", "h0.add_2.backward", "embed", "h0.attn.c_proj", "h0.add_1"]
+    )
+    assert g.memory[i("h1.mlp.c_fc")] == 4 * 2 * 8 * 16 * 4
+    assert g.memory[i("h1.add_1.backward")] == 2 * 2 * 8 * 16 * 4  # gradients of both inputs
+    once = {v for v, o in zip(g.nodes, g.once.tolist(), strict=True) if o}
+    assert "h0.mlp.c_fc.backward" in once and "loss.backward" in once and "embed.backward" in once
+    assert not once & {"h0.mlp.gelu.backward", "h1.attn.core.backward", "h1.add_2.backward", "h0.ln_1"}
+    assert g.block[i("h1.ln_2.backward")] == 1 and g.block[i("loss")] is None
+    assert g.backward.tolist() == [False] * 23 + [True] * 23
+    with pytest.raises(ValueError, match=r"d_model must be a multiple of n_heads \(3\), got 16"):
+        sft.graphs.transformer_graph(1, d_model=16, n_heads=3)
+    with pytest.raises(ValueError, match=r"n_layers must be an int >= 1, got 0"):
+        sft.graphs.transformer_graph(0)

@@ -345,7 +345,7 @@ def test_budget_forms() -> None:
         (
             {"solver": "gurobi"},
             ValueError,
-            r"solver must be one of 'moccasin', 'checkmate', 'chen', 'greedy', 'none'; got 'gurobi'",
+            r"solver must be one of 'moccasin', 'checkmate', 'chen', 'greedy', 'blocks', 'none'; got 'gurobi'",
         ),
         ({"time_limit": 0}, ValueError, r"time_limit must be a positive number of seconds, got 0"),
         (
@@ -358,7 +358,11 @@ def test_budget_forms() -> None:
         ({"max_copies": 1.5}, TypeError, r"max_copies must be an int >= 1, got float"),
         ({"threads": 0}, ValueError, r"threads must be None or an int >= 1, got 0"),
         ({"seed": "x"}, TypeError, r"seed must be an int, got str"),
-        ({"seed": 2**40}, ValueError, r"seed must be an int in \[-2\*\*31, 2\*\*31 - 1\] .* got 1099511627776"),
+        (
+            {"seed": 2**40},
+            ValueError,
+            r"seed must be an int in \[-2\*\*31, 2\*\*31 - 1\] .* got 1099511627776",
+        ),
         ({"seed": -(2**31) - 1}, ValueError, r"seed must be an int in \[-2\*\*31, 2\*\*31 - 1\]"),
         ({"seed": np.uint64(2**63)}, ValueError, r"seed must be an int in \[-2\*\*31, 2\*\*31 - 1\]"),
         ({"threads": 2**31}, ValueError, r"threads must be None or an int <= 2\*\*31 - 1 .* got 2147483648"),
@@ -387,7 +391,9 @@ def test_budget_beyond_int64_is_no_constraint() -> None:
 def test_seed_at_the_int32_limits_reaches_cp_sat() -> None:
     g = sft.graphs.random_layered(12, 0)
     for seed in (-(2**31), 2**31 - 1):
-        plan = sft.Planner(g, 0.8, solver="moccasin", time_limit=3, seed=seed, threads=1, order="given").solve()
+        plan = sft.Planner(
+            g, 0.8, solver="moccasin", time_limit=3, seed=seed, threads=1, order="given"
+        ).solve()
         check_schedule(g, plan)
         assert plan.status in ("optimal", "feasible")
 
@@ -397,10 +403,14 @@ def test_moccasin_huge_max_copies_builds_only_the_copies_that_fit() -> None:
     # max_copies gives the same model as one copy per stage (it used to build 10**7 intervals)
     g = sft.graphs.random_layered(12, 0)
     t = time.perf_counter()
-    huge = sft.Planner(g, 0.8, solver="moccasin", time_limit=10, max_copies=10**7, threads=1, order="given").solve()
+    huge = sft.Planner(
+        g, 0.8, solver="moccasin", time_limit=10, max_copies=10**7, threads=1, order="given"
+    ).solve()
     assert time.perf_counter() - t < 60
     check_schedule(g, huge)
-    per_stage = sft.Planner(g, 0.8, solver="moccasin", time_limit=10, max_copies=g.n, threads=1, order="given")
+    per_stage = sft.Planner(
+        g, 0.8, solver="moccasin", time_limit=10, max_copies=g.n, threads=1, order="given"
+    )
     ref_plan = per_stage.solve()
     assert huge.status == ref_plan.status == "optimal" and huge.duration == ref_plan.duration
 
@@ -411,8 +421,9 @@ def test_moccasin_soft_start_with_costs_near_int64() -> None:
     # checks (the model was rejected and solve() said "unknown"); the scaled plan is the same
     g0 = sft.graphs.random_layered(30, seed=2)
     k = 2**44
-    g = sft.Graph(g0.nodes, g0.edges, [int(m) * k for m in g0.memory], [int(d) * k for d in g0.duration],
-                  order=g0.order)
+    g = sft.Graph(
+        g0.nodes, g0.edges, [int(m) * k for m in g0.memory], [int(d) * k for d in g0.duration], order=g0.order
+    )
     assert_soft_start_plans(g)
 
 
@@ -604,3 +615,111 @@ def test_planner_type_errors_and_to_json_paths(tmp_path: object) -> None:
     assert list(d.iterdir()) == []  # nothing left behind
     plan.to_json(d / "p.json")
     assert json.loads((d / "p.json").read_text())["steps"] == [list(s) for s in plan.to_json()["steps"]]
+
+
+# ------------------------------------------------------------------ once and block
+def computes_per_node(plan: sft.Schedule) -> dict:
+    counts: dict = {}
+    for op, v in plan.steps:
+        if op == "compute":
+            counts[v] = counts.get(v, 0) + 1
+    return counts
+
+
+def with_once(g: sft.Graph, once: list[bool], block: list | None = None) -> sft.Graph:
+    return sft.Graph(
+        g.nodes,
+        g.edges,
+        g.memory.tolist(),
+        g.duration.tolist(),
+        order=g.order,
+        backward=g.backward.tolist(),
+        once=once,
+        block=block,
+    )
+
+
+def test_simulate_rejects_a_once_node_computed_twice() -> None:
+    g = sft.Graph(list("abc"), [("a", "b"), ("b", "c")], [1, 1, 1], [1, 1, 1], once={"b": True})
+    twice = [("compute", "a"), ("compute", "b"), ("free", "b"), ("compute", "b"), ("compute", "c")]
+    with pytest.raises(
+        ValueError, match=r"steps\[3\] computes node 'b' a second time \(first at steps\[1\]\)"
+    ):
+        sft.simulate(g, twice)
+    # the same schedule is valid where b may be recomputed, and a once node computed once is fine
+    plain = sft.Graph(list("abc"), [("a", "b"), ("b", "c")], [1, 1, 1], [1, 1, 1])
+    assert sft.simulate(plain, twice) == (3, 4)
+    twice_a = [("compute", "a"), ("free", "a"), ("compute", "a"), ("compute", "b"), ("compute", "c")]
+    assert sft.simulate(g, twice_a) == (3, 4)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_every_solver_computes_once_nodes_exactly_once(solver: str) -> None:
+    rng = np.random.default_rng(11)
+    base = [sft.graphs.training_graph(6, seed=3), random_dag(rng, 12), sft.graphs.random_layered(30, seed=5)]
+    found = 0
+    for g0 in base:
+        # the backward nodes (or a random third of the nodes) must run exactly once
+        once = g0.backward.tolist() if g0.backward.any() else (rng.random(g0.n) < 0.33).tolist()
+        g = with_once(g0, once)
+        for b in budgets(g):
+            plan = sft.Planner(g, b, solver=solver, time_limit=3, threads=1, max_copies=3).solve()
+            check_schedule(g, plan)
+            if plan.steps:
+                found += 1
+                counts = computes_per_node(plan)
+                assert all(counts[v] == 1 for v, o in zip(g.nodes, once, strict=True) if o)
+    assert found >= 3
+
+
+def test_exact_solvers_with_once_equal_brute_force_over_once_respecting_schedules() -> None:
+    # a chain whose middle node is once: at the tight budget the optimum recomputes only the others
+    g0 = sft.graphs.training_graph(4, memory=[10, 10, 10, 10], duration=[1, 2, 3, 4])
+    g = with_once(g0, [v in ("f2", "b1") for v in g0.nodes])
+    for b in budgets(g):
+        mc = sft.Planner(
+            g, b, solver="moccasin", time_limit=10, threads=1, max_copies=3, order="given"
+        ).solve()
+        ck = sft.Planner(g, b, solver="checkmate", time_limit=10, order="given").solve()
+        check_schedule(g, mc)
+        check_schedule(g, ck)
+        assert mc.status == ck.status
+        if mc.status == "optimal":
+            assert mc.duration == ck.duration
+            assert computes_per_node(mc)["f2"] == 1
+
+
+def test_blocks_solver_checkpoints_block_inputs_and_recomputes_internals() -> None:
+    g = sft.graphs.transformer_graph(3, batch=2, seq=16, d_model=32, n_heads=2, vocab=17)
+    plan = sft.Planner(g, 1.0, solver="blocks", threads=1).solve()
+    check_schedule(g, plan)
+    assert plan.status == "feasible" and plan.solver == "blocks"
+    counts = computes_per_node(plan)
+    once = {v for v, o in zip(g.nodes, g.once.tolist(), strict=True) if o}
+    for v in g.nodes:
+        if v.endswith(".backward") or v in ("embed", "ln_f", "loss") or v.endswith("add_2"):
+            assert counts[v] == 1, v  # checkpoints (block outputs), backward and once nodes: once
+        else:
+            assert counts[v] == 2, v  # a block's internals: recomputed once for its backward
+    assert once <= {v for v in g.nodes if counts[v] == 1}
+    assert plan.peak_memory < g.peak_memory()
+    # at the blocks schedule's own peak it is still found; moccasin is never worse (it is a hint)
+    at_peak = sft.Planner(g, plan.peak_memory, solver="blocks").solve()
+    assert at_peak.status == "feasible" and at_peak.duration == plan.duration
+    mc = sft.Planner(g, plan.peak_memory, solver="moccasin", time_limit=3, threads=1).solve()
+    check_schedule(g, mc)
+    assert mc.status in ("feasible", "optimal") and mc.duration <= plan.duration
+
+
+def test_blocks_solver_needs_blocks() -> None:
+    with pytest.raises(ValueError, match=r'solver "blocks" needs a graph whose nodes carry block indices'):
+        sft.Planner(sft.graphs.training_graph(3), 1.0, solver="blocks")
+
+
+def test_transformer_step_at_half_the_peak() -> None:
+    g = sft.graphs.transformer_graph(6)
+    plan = sft.Planner(g, 0.5, solver="moccasin", time_limit=5, threads=2).solve()
+    check_schedule(g, plan)
+    assert plan.status in ("feasible", "optimal") and plan.peak_memory <= g.peak_memory() // 2
+    counts = computes_per_node(plan)
+    assert all(counts[v] == 1 for v, o in zip(g.nodes, g.once.tolist(), strict=True) if o)

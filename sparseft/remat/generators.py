@@ -16,7 +16,7 @@ import numpy as np
 
 from sparseft.remat.graph import Graph
 
-__all__ = ["random_layered", "training_graph"]
+__all__ = ["random_layered", "training_graph", "transformer_graph"]
 
 
 def _check_int(value: object, name: str, low: int) -> int:
@@ -192,3 +192,117 @@ def training_graph(
         if i > 0:
             edges.append((f"f{i - 1}", b))
     return Graph(nodes, edges, m, d, order=nodes, backward=bw, name=f"training_chain_L{L}_seed{seed}")
+
+
+def transformer_graph(
+    n_layers: int = 6,
+    *,
+    batch: int = 8,
+    seq: int = 256,
+    d_model: int = 512,
+    n_heads: int = 8,
+    vocab: int = 256,
+) -> Graph:
+    """The graph of one training step of a GPT-2-shaped transformer, as the Trainer builds it.
+
+    One node per forward op and one per backward op (``"<op>"`` and ``"<op>.backward"``). Ops,
+    in order: ``"embed"`` (token + position embedding), then per block ``i`` ``"h{i}.ln_1"``,
+    ``"h{i}.attn.c_attn"``, ``"h{i}.attn.core"`` (causal attention, also returning its
+    log-sum-exp), ``"h{i}.attn.c_proj"``, ``"h{i}.add_1"`` (residual), ``"h{i}.ln_2"``,
+    ``"h{i}.mlp.c_fc"``, ``"h{i}.mlp.gelu"``, ``"h{i}.mlp.c_proj"``, ``"h{i}.add_2"``, and
+    ``"ln_f"`` and ``"loss"`` (the fused head and cross-entropy, a scalar output). A forward
+    node reads its ops' inputs; a backward node reads the backward nodes of the op's users (the
+    gradients of its output), the op's inputs and its output, and produces the gradients of its
+    inputs. Memory is bytes of float32 outputs from the shapes (LayerNorm adds its mean and rstd,
+    attention its log-sum-exp); duration is the op's FLOPs in units of 2**20 (at least 1), a
+    backward twice its forward. The backward nodes of ops with parameters (embedding, LayerNorms,
+    linears, loss) accumulate parameter gradients and are marked ``once``; every node of block
+    ``i`` has ``block = i`` (None for the embedding, ``ln_f`` and the loss).
+
+    Parameters
+    ----------
+    n_layers : int
+        Number of transformer blocks (>= 1); the graph has ``6 + 20 * n_layers`` nodes.
+    batch, seq, d_model, n_heads, vocab : int
+        Shapes (>= 1); ``d_model`` a multiple of ``n_heads``.
+
+    Returns
+    -------
+    Graph
+        With ``backward``, ``once`` and ``block`` set and the order forward, then backward in
+        reverse.
+    """
+    L = _check_int(n_layers, "n_layers", 1)
+    B = _check_int(batch, "batch", 1)
+    T = _check_int(seq, "seq", 1)
+    d = _check_int(d_model, "d_model", 1)
+    H = _check_int(n_heads, "n_heads", 1)
+    V = _check_int(vocab, "vocab", 1)
+    if d % H:
+        raise ValueError(f"d_model must be a multiple of n_heads ({H}), got {d}")
+    act = B * T * d * 4
+    stats = 2 * B * T * 4  # LayerNorm mean and rstd
+    bt = B * T
+    # (name, inputs, output bytes, forward FLOPs, has parameters, block)
+    ops: list[tuple[str, list[str], int, int, bool, int | None]] = [("embed", [], act, bt * d, True, None)]
+    x = "embed"
+    for i in range(L):
+        h = f"h{i}."
+        ops += [
+            (h + "ln_1", [x], act + stats, 8 * bt * d, True, i),
+            (h + "attn.c_attn", [h + "ln_1"], 3 * act, 2 * bt * d * 3 * d, True, i),
+            (h + "attn.core", [h + "attn.c_attn"], act + B * H * T * 4, 2 * B * T * T * d, False, i),
+            (h + "attn.c_proj", [h + "attn.core"], act, 2 * bt * d * d, True, i),
+            (h + "add_1", [x, h + "attn.c_proj"], act, bt * d, False, i),
+            (h + "ln_2", [h + "add_1"], act + stats, 8 * bt * d, True, i),
+            (h + "mlp.c_fc", [h + "ln_2"], 4 * act, 2 * bt * d * 4 * d, True, i),
+            (h + "mlp.gelu", [h + "mlp.c_fc"], 4 * act, 8 * bt * 4 * d, False, i),
+            (h + "mlp.c_proj", [h + "mlp.gelu"], act, 2 * bt * 4 * d * d, True, i),
+            (h + "add_2", [h + "add_1", h + "mlp.c_proj"], act, bt * d, False, i),
+        ]
+        x = h + "add_2"
+    ops += [
+        ("ln_f", [x], act + stats, 8 * bt * d, True, None),
+        ("loss", ["ln_f"], 4, 2 * bt * d * V, True, None),
+    ]
+    out_bytes = {name: m for name, _, m, _, _, _ in ops}
+    users: dict[str, list[str]] = {name: [] for name, *_ in ops}
+    for name, ins, *_ in ops:
+        for u in ins:
+            users[u].append(name)
+    nodes: list[str] = []
+    edges: list[tuple[str, str]] = []
+    memory: list[int] = []
+    duration: list[int] = []
+    backward: list[bool] = []
+    once: list[bool] = []
+    block: list[int | None] = []
+
+    def add(node: str, mem: int, flops: int, bw: bool, one: bool, blk: int | None) -> None:
+        nodes.append(node)
+        memory.append(mem)
+        duration.append(max(1, flops >> 20))
+        backward.append(bw)
+        once.append(one)
+        block.append(blk)
+
+    for name, ins, mem, flops, _, blk in ops:
+        add(name, mem, flops, False, False, blk)
+        edges += [(u, name) for u in ins]
+    for name, ins, _, flops, params, blk in reversed(ops):
+        b = name + ".backward"
+        # the gradients of the op's inputs (the embedding's input, token ids, has none)
+        add(b, sum(out_bytes[u] for u in ins), 2 * flops, True, params, blk)
+        edges += [(u + ".backward", b) for u in users[name]]
+        edges += [(u, b) for u in [*ins, name]]
+    return Graph(
+        nodes,
+        edges,
+        memory,
+        duration,
+        order=nodes,
+        backward=backward,
+        once=once,
+        block=block,
+        name=f"transformer_L{L}_b{B}_t{T}_d{d}",
+    )

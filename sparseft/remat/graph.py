@@ -62,6 +62,28 @@ def _as_count(value: Any, what: str) -> int:
     return iv
 
 
+def _as_flag(value: Any, what: str) -> bool:
+    """Return ``value`` as a bool (None is False), or raise TypeError naming ``what``."""
+    if value is None:
+        return False
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and int(value) in (0, 1):
+        return bool(value)
+    raise TypeError(f"{what} must be a bool, got {type(value).__name__} {value!r}")
+
+
+def _as_block(value: Any, what: str) -> int | None:
+    """Return ``value`` as a block index (a non-negative int) or None, or raise naming ``what``."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what} must be an int or None, got {type(value).__name__} {value!r}")
+    if int(value) < 0:
+        raise ValueError(f"{what} must be a non-negative int or None, got {int(value)}")
+    return int(value)
+
+
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` atomically (temporary file + ``os.replace``).
 
@@ -121,7 +143,16 @@ class Graph:
     labels : sequence or mapping of str, optional
         Human-readable names (e.g. layer names); default ``str(node)``.
     backward : sequence or mapping of bool, optional
-        Marks backward-pass nodes (training graphs); used by the "chen" planner.
+        Marks backward-pass nodes (training graphs); used by the "chen" and "blocks" planners.
+    once : sequence or mapping of bool, optional
+        Marks nodes that every schedule computes exactly once (e.g. a backward op that
+        accumulates parameter gradients: running it twice would add them twice). Every solver
+        honours it, and :func:`sparseft.simulate` rejects a schedule that computes such a node
+        twice. Default: no such node.
+    block : sequence or mapping of int or None, optional
+        The block (transformer block, MLP layer) each node belongs to; None for nodes outside
+        any block (embeddings, head, loss). Used by per-block checkpointing
+        (``Planner(solver="blocks")``, and as a hint of the other solvers). Default: no blocks.
     name : str, optional
         Graph name.
 
@@ -152,6 +183,8 @@ class Graph:
         order: Sequence[Hashable] | None = None,
         labels: Sequence[str] | Mapping[Any, str] | None = None,
         backward: Sequence[bool] | Mapping[Any, bool] | None = None,
+        once: Sequence[bool] | Mapping[Any, bool] | None = None,
+        block: Sequence[int | None] | Mapping[Any, int | None] | None = None,
         name: str = "",
     ) -> None:
         if isinstance(nodes, (str, bytes)) or not isinstance(nodes, Iterable):
@@ -198,6 +231,20 @@ class Graph:
         bw = self._per_node(backward, "backward", required=False)
         self._backward = np.array([bool(x) if x is not None else False for x in bw], dtype=bool)
         self._has_backward = backward is not None
+        self._once = np.array(
+            [
+                _as_flag(x, f"once of node {v!r}")
+                for v, x in zip(node_list, self._per_node(once, "once", required=False), strict=True)
+            ],
+            dtype=bool,
+        )
+        self._once.flags.writeable = False
+        self._has_once = once is not None
+        self._block: list[int | None] = [
+            _as_block(x, f"block of node {v!r}")
+            for v, x in zip(node_list, self._per_node(block, "block", required=False), strict=True)
+        ]
+        self._has_block = block is not None
 
         if isinstance(edges, (str, bytes)) or not isinstance(edges, Iterable):
             raise TypeError(
@@ -355,6 +402,21 @@ class Graph:
         return self._backward.copy()
 
     @property
+    def once(self) -> np.ndarray:
+        """Compute-exactly-once flag per node, aligned with :attr:`nodes` (all False unless given)."""
+        return self._once.copy()
+
+    @property
+    def block(self) -> list[int | None]:
+        """Block index per node (None outside any block), aligned with :attr:`nodes`."""
+        return list(self._block)
+
+    @property
+    def has_blocks(self) -> bool:
+        """True when some node belongs to a block (per-block checkpointing applies)."""
+        return any(b is not None for b in self._block)
+
+    @property
     def total_duration(self) -> int:
         """Sum of all node durations (the duration of a schedule without recomputation)."""
         return int(self._dur.sum())
@@ -502,6 +564,8 @@ class Graph:
             order=order,
             labels=self._labels,
             backward=self._backward.tolist() if self._has_backward else None,
+            once=self._once.tolist() if self._has_once else None,
+            block=self._block if self._has_block else None,
             name=self.name,
         )
 
@@ -518,7 +582,8 @@ class Graph:
         memory under ``memory`` | ``out_cost`` | ``cost_ram``; duration under
         ``duration`` | ``cost_cpu``; links under ``"links"`` or ``"edges"``, each with
         ``source``/``target`` or ``"0"``/``"1"``; optional ``graph.order`` (a
-        topological order) and per-node ``backward`` flags. networkx is not needed.
+        topological order) and per-node ``backward`` and ``once`` flags and ``block`` indices
+        (an int or null). networkx is not needed.
         The memory (duration) of a node is the value of the first of its keys, in the order
         above, that is present and not null: a null key counts as absent. Node ids must be
         ints or strings (see :class:`Graph`); a file must be UTF-8 text.
@@ -572,8 +637,8 @@ class Graph:
             key = "id"
         else:
             raise ValueError("every node must be an object with an 'id' (or 'name') key")
-        ids, mem, dur, labels, bw = [], [], [], [], []
-        has_bw = False
+        ids, mem, dur, labels, bw, once, blk = [], [], [], [], [], [], []
+        has_bw = has_once = has_blk = False
         for i, x in enumerate(nodes):
             ids.append(x[key])
             m = _first_value(x, _MEMORY_KEYS)
@@ -594,6 +659,10 @@ class Graph:
             if "backward" in x:
                 has_bw = True
             bw.append(bool(x.get("backward", False)))
+            has_once = has_once or "once" in x
+            once.append(x.get("once", False))
+            has_blk = has_blk or "block" in x
+            blk.append(x.get("block"))
         edges = []
         for k, e in enumerate(links):
             if not isinstance(e, Mapping):
@@ -608,7 +677,16 @@ class Graph:
         order = graph_attrs.get("order") if isinstance(graph_attrs, Mapping) else None
         name = graph_attrs.get("name", "") if isinstance(graph_attrs, Mapping) else ""
         return cls(
-            ids, edges, mem, dur, order=order, labels=labels, backward=bw if has_bw else None, name=str(name)
+            ids,
+            edges,
+            mem,
+            dur,
+            order=order,
+            labels=labels,
+            backward=bw if has_bw else None,
+            once=once if has_once else None,
+            block=blk if has_blk else None,
+            name=str(name),
         )
 
     def to_json(self, path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -627,7 +705,7 @@ class Graph:
         dict
             ``{"directed": True, "multigraph": False, "graph": {...}, "nodes": [...],
             "links": [...]}`` with node keys ``id``, ``name``, ``memory``, ``duration``
-            (and ``backward`` when known).
+            (and ``backward``, ``once``, ``block`` when given).
         """
         nodes = []
         for i, v in enumerate(self._nodes):
@@ -639,6 +717,10 @@ class Graph:
             }
             if self._has_backward:
                 rec["backward"] = bool(self._backward[i])
+            if self._has_once:
+                rec["once"] = bool(self._once[i])
+            if self._has_block:
+                rec["block"] = self._block[i]
             nodes.append(rec)
         out = {
             "directed": True,

@@ -24,7 +24,7 @@ from sparseft.remat.graph import Graph, atomic_write_json
 
 __all__ = ["SOLVERS", "Planner", "Schedule", "simulate"]
 
-SOLVERS = ("moccasin", "checkmate", "chen", "greedy", "none")
+SOLVERS = ("moccasin", "checkmate", "chen", "greedy", "blocks", "none")
 ORDERS = ("given", "auto")
 # with order="auto" and two orders to plan over: the share of the time limit for the first
 # (the lower-peak order); the given order gets the rest
@@ -79,7 +79,8 @@ def simulate(graph: Graph, steps: Any) -> tuple[int, int]:
     graph : Graph
     steps : list of ("compute" | "free", node)
         The schedule. Computing a node needs all its inputs resident and the node not
-        resident; freeing needs the node resident; every node must be computed at least once.
+        resident; freeing needs the node resident; every node must be computed at least once,
+        and a node the graph marks ``once`` exactly once.
 
     Returns
     -------
@@ -127,7 +128,23 @@ def _sim(graph: Graph, codes: np.ndarray, *, profile: bool) -> tuple[int, int, n
         raise ValueError(
             f"steps[{bad_step}] ({'compute' if step >= 0 else 'free'} {nodes[v]!r}) {what}{extra}"
         )
+    if graph._has_once:
+        _check_once(graph, codes)
     return int(peak), int(dur), prof
+
+
+def _check_once(graph: Graph, codes: np.ndarray) -> None:
+    """Raise ValueError naming the step and node if a schedule computes a ``once`` node twice."""
+    computes = codes[codes >= 0]
+    counts = np.bincount(computes, minlength=graph.n)
+    twice = np.nonzero((counts > 1) & graph._once)[0]
+    if len(twice):
+        v = int(twice[0])
+        steps = np.nonzero(codes == v)[0]
+        raise ValueError(
+            f"steps[{int(steps[1])}] computes node {graph.nodes[v]!r} a second time (first at "
+            f"steps[{int(steps[0])}]), but the graph marks it once: it must be computed exactly once"
+        )
 
 
 class Schedule:
@@ -310,7 +327,11 @@ class Planner:
         "checkmate": the MILP of Jain et al. (2020) with HiGHS (small graphs);
         "chen": sqrt(n) checkpointing on articulation points (Chen et al., 2016), the best
         segment length that fits; "greedy": the best of the C eviction heuristics and an
-        interval-splitting peak-shaving heuristic; "none": no recomputation.
+        interval-splitting peak-shaving heuristic; "blocks": per-block checkpointing (keep each
+        block's inputs, recompute a block's internals for its backward; needs a graph with
+        ``block`` indices; see :mod:`sparseft.remat.solvers.blocks`), also one of Moccasin's
+        hints; "none": no recomputation. Every solver computes the nodes the graph marks
+        ``once`` exactly once.
     time_limit : float
         Seconds for the exact solvers (the whole :meth:`solve` call; with ``order="auto"`` and
         two orders to plan over, 2/3 of it goes to the lower-peak order, the rest to
@@ -372,7 +393,9 @@ class Planner:
         if graph.n == 0:
             raise ValueError("graph must have at least one node, got an empty graph")
         if not isinstance(solver, str):
-            raise TypeError(f"solver must be a str, one of {', '.join(map(repr, SOLVERS))}; got {type(solver).__name__}")
+            raise TypeError(
+                f"solver must be a str, one of {', '.join(map(repr, SOLVERS))}; got {type(solver).__name__}"
+            )
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {', '.join(map(repr, SOLVERS))}; got {solver!r}")
         if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float, np.integer, np.floating)):
@@ -398,8 +421,15 @@ class Planner:
             raise ValueError(
                 f"seed must be an int in [-2**31, 2**31 - 1] (CP-SAT's int32 random_seed), got {seed}"
             )
+        if solver == "blocks" and not graph.has_blocks:
+            raise ValueError(
+                'solver "blocks" needs a graph whose nodes carry block indices (Graph(..., block=...)); '
+                "this graph has none"
+            )
         if not isinstance(order, str):
-            raise TypeError(f"order must be a str, one of {', '.join(map(repr, ORDERS))}; got {type(order).__name__}")
+            raise TypeError(
+                f"order must be a str, one of {', '.join(map(repr, ORDERS))}; got {type(order).__name__}"
+            )
         if order not in ORDERS:
             raise ValueError(f"order must be one of {', '.join(map(repr, ORDERS))}; got {order!r}")
         self.graph = graph
@@ -512,16 +542,32 @@ class Planner:
         comp = split_heuristic(g, self.budget, time_limit=min(10.0, self._limit / 4))
         if comp is not None:
             found.append(np.array(comp, dtype=np.int64))
+        return self._best_within(found)
+
+    def _best_within(self, found: Iterable[np.ndarray]) -> tuple[np.ndarray | None, int]:
+        """The compacted schedule of least duration among ``found`` that is valid (``once``
+        included) and within the budget; (None, 0) if none is."""
         best: tuple[np.ndarray | None, int] = (None, 0)
         for steps in found:
             try:
                 steps = self._compact(steps)
-                peak, dur, _ = _sim(g, steps, profile=False)
-            except ValueError:  # a heuristic bug must not break solve(): skip that schedule
+                peak, dur, _ = _sim(self._plan_graph, steps, profile=False)
+            except ValueError:  # a heuristic bug or a repeated once node: skip that schedule
                 continue
             if peak <= self.budget and (best[0] is None or dur < best[1]):
                 best = (steps, dur)
         return best
+
+    def _blocks(self) -> tuple[np.ndarray | None, int]:
+        """The best per-block checkpointing schedule within the budget ((None, 0) if none fits)."""
+        from sparseft.remat.solvers.blocks import block_schedules
+
+        return self._best_within(block_schedules(self._plan_graph, self.budget))
+
+    def _heuristic(self) -> tuple[np.ndarray | None, int]:
+        """The best of the greedy heuristics and per-block checkpointing ((None, 0) if none fits)."""
+        cands = [c for c, _ in (self._greedy(), self._blocks()) if c is not None]
+        return self._best_within(cands)
 
     def _tight_hint(self) -> np.ndarray:
         """An over-budget start for Moccasin's soft model: the heuristic schedule with the lowest
@@ -539,7 +585,11 @@ class Planner:
             if comp is None:
                 continue
             copies = hint_copies(comp, g, pos)
-            if copies is not None and max(len(c) for c in copies) <= self.max_copies:
+            if (
+                copies is not None
+                and max(len(c) for c in copies) <= self.max_copies
+                and all(len(copies[v]) == 1 for v in np.nonzero(g._once)[0].tolist())
+            ):
                 return np.array(comp, dtype=np.int64)
         return self._compact(g.order_idx.copy())
 
@@ -559,7 +609,15 @@ class Planner:
             return None, "infeasible", None, None
         return steps, "feasible", time.perf_counter() - t0, None
 
+    def _solve_blocks(self, t0: float) -> tuple[np.ndarray | None, str, float | None, int | None]:
+        steps, _ = self._blocks()
+        if steps is None:
+            return None, "infeasible", None, None
+        return steps, "feasible", time.perf_counter() - t0, None
+
     def _solve_chen(self, t0: float) -> tuple[np.ndarray | None, str, float | None, int | None]:
+        from sparseft.remat.solvers.blocks import plan_stages
+
         g = self._plan_graph
         n = g.n
         order = g.order_idx
@@ -579,22 +637,10 @@ class Planner:
                 v = int(order[t])
                 if v in checkpoints:
                     nxt = t
-                elif not (g._has_backward and g._backward[v]):
+                elif not (g._has_backward and g._backward[v]) and not g._once[v]:
                     seg_end[v] = nxt
-            rc, steps, _, _ = _core.remat_plan_stages(
-                g.memory,
-                g.duration,
-                g.pred_ptr,
-                g.pred_idx,
-                g.succ_ptr,
-                g.succ_idx,
-                order,
-                seg_end,
-                big,
-                1.0,
-                1.0,
-            )
-            if rc != 0 or steps is None:
+            steps = plan_stages(g, seg_end, big)
+            if steps is None:
                 continue
             steps = self._compact(steps)
             peak, dur, _ = _sim(g, steps, profile=False)
@@ -611,7 +657,7 @@ class Planner:
 
         if self.plan_peak <= self.budget:  # nothing to recompute: the planning order fits
             return self._solve_none(t0)
-        hint, hint_dur = self._greedy()
+        hint, hint_dur = self._heuristic()
         t_hint: float | None = time.perf_counter() - t0
         args: dict[str, Any] = {
             "time_limit": self._limit,

@@ -125,6 +125,8 @@ def solve_checkmate(g: Graph, budget: int, *, time_limit: float, t0: float) -> S
         c[j] = dur[i] if i < t else 0.0
         if i == t:
             lb[j] = 1.0
+        elif g._once[int(order[i])]:  # computed exactly once: never in a later stage
+            ub[j] = 0.0
     for j in u_idx.values():
         integrality[j] = 0
     for j in f_idx.values():

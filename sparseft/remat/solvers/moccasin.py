@@ -163,6 +163,8 @@ def solve_moccasin(
         last_end = last_stage * (n + 1) + 1 if succs[v] else tau0 + 1
         # copies after the first are computed in distinct stages p + 1 .. last_stage: no more fit
         ncopy = min(max_copies, last_stage - p + 1) if last_stage >= p + 1 else 1
+        if g._once[v]:  # computed exactly once: no recomputation copies
+            ncopy = 1
         sv: list[Any] = []
         ev: list[Any] = []
         pv: list[Any] = []

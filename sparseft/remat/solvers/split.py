@@ -78,6 +78,7 @@ def split_heuristic(
                 preds,
                 n,
                 budget,
+                g._once,
             )
             if best is not None:
                 break
@@ -127,11 +128,13 @@ def _plan_inputs(
     start: list[int],
     reads: list[list[int]],
     live_of: list[list[int]],
+    once: np.ndarray,
     limit: int = 64,
 ) -> tuple[dict[int, int], list[tuple[object, int]]] | None:
     """Inputs needed to recompute v at t_v: missing ones are recomputed in the same stage.
 
-    Returns (new copies {node: time}, reads [(copy id | ("new", node), time)]) or None.
+    Returns (new copies {node: time}, reads [(copy id | ("new", node), time)]) or None (also
+    when an input to recompute is marked ``once``).
     """
     new: dict[int, int] = {}
     feeds: list[tuple[object, int]] = []
@@ -152,7 +155,7 @@ def _plan_inputs(
             if d is not None:  # w is already computed in this slot: read that copy longer
                 feeds.append((d, tx))
                 continue
-            if len(new) >= limit or int(pos[w]) >= stage:
+            if len(new) >= limit or int(pos[w]) >= stage or once[w]:
                 return None
             new[w] = t_w
             feeds.append((("new", w), tx))
@@ -177,6 +180,7 @@ def _best_cut(
     preds: list[list[int]],
     n: int,
     budget: int,
+    g_once: np.ndarray,
 ) -> Any:
     """The best interval cut at the fullest over-budget events (None if there is none)."""
     best: Any = None
@@ -194,6 +198,8 @@ def _best_cut(
                 continue
             last_before = max([x for x in r if x < tau], default=start[c])
             v = node[c]
+            if g_once[v]:  # computed exactly once: its copy cannot be cut
+                continue
             # recompute as late as possible: in the stage of the next read, or earlier (but
             # after tau) where its inputs are live or cheap to rebuild
             plan = None
@@ -201,7 +207,9 @@ def _best_cut(
                 t_new = stage * n + int(pos[v])
                 if t_new >= nxt or t_new <= tau:
                     continue
-                plan = _plan_inputs(v, t_new, stage, n, pos, preds, start, reads, live_of, limit=depth)
+                plan = _plan_inputs(
+                    v, t_new, stage, n, pos, preds, start, reads, live_of, g_once, limit=depth
+                )
                 if plan is not None:
                     break
             if plan is None:
