@@ -178,7 +178,7 @@ def test_accumulate_averages_micro_batches() -> None:
         ({"memory_budget": [1]}, TypeError, "memory_budget"),
         ({"planner": "magic"}, ValueError, "planner: expected one of"),
         ({"adapter": "lors"}, TypeError, "adapter: expected a sparseft.LoRSConfig"),
-        ({"adapter": sft.LoRSConfig(r=2)}, TypeError, "adapter: TinyLM has no set_adapter"),
+        ({"adapter": sft.LoRSConfig(r=2)}, TypeError, "adapter: TinyLM has no add_adapters"),
         ({"seed": -1}, ValueError, "seed: expected an int >= 0"),
     ],
 )

@@ -67,8 +67,7 @@ def tokenize(
         :class:`pathlib.Path` to be explicit.
     tokenizer : object, optional
         Anything with ``encode(text)`` returning ids or an Encoding with ``.ids`` (the
-        ``tokenizers`` package). None: byte-level (UTF-8 bytes are the ids). Bytes input is
-        always byte-level.
+        ``tokenizers`` package). None: byte-level (UTF-8 bytes are the ids; bytes input as is).
     vocab_size : int, optional
         Checked bound on the ids.
     name : str
@@ -96,7 +95,13 @@ def tokenize(
         ids = _encode_text(text, tokenizer, name)
         where = f" (file {str(path)!r})"
     elif isinstance(data, (bytes, bytearray, memoryview)):
-        ids = np.frombuffer(bytes(data), dtype=np.uint8).astype(np.int64)
+        if tokenizer is None:
+            ids = np.frombuffer(bytes(data), dtype=np.uint8).astype(np.int64)
+        else:
+            try:
+                ids = _encode_text(bytes(data).decode("utf-8"), tokenizer, name)
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{name}: bytes are not UTF-8 text for the model's tokenizer: {e}") from None
         where = ""
     elif isinstance(data, str):
         ids = _encode_text(data, tokenizer, name)

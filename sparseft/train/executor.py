@@ -22,9 +22,11 @@ __all__ = ["ActivationStore", "execute"]
 
 
 def _nbytes(value: Any) -> int:
-    """Bytes of an activation or of a backward's gradient tuple (``None`` entries count 0)."""
+    """Bytes of an activation or of a backward's gradient tuple (``None`` entries count 0; an array
+    returned twice, e.g. a residual add passing its gradient to both inputs, counts once)."""
     if isinstance(value, tuple):
-        return sum(act_nbytes(x) for x in value)
+        seen = {id(x): act_nbytes(x) for x in value if x is not None}
+        return sum(seen.values())
     return act_nbytes(value)
 
 
@@ -45,11 +47,20 @@ class ActivationStore:
         self.live = 0
         self.peak = 0
 
-    def put(self, node: int, value: Any) -> None:
-        """Make ``value`` the resident output of ``node`` (which must not be resident)."""
+    def put(self, node: int, value: Any, declared: int | None = None, what: str = "") -> None:
+        """Make ``value`` the resident output of ``node`` (which must not be resident).
+
+        With ``declared``, a value larger than the declared bytes is a RuntimeError naming
+        ``what``: the plan's memory (and so the budget) would not hold.
+        """
         if node in self._bufs:
             raise RuntimeError(f"node {node} is already resident")
         nb = _nbytes(value)
+        if declared is not None and nb > declared:
+            raise RuntimeError(
+                f"{what}: {nb} bytes, more than the {declared} bytes its op declares; "
+                "the step's memory plan would not hold"
+            )
         self._bufs[node] = value
         self._bytes[node] = nb
         self.live += nb
@@ -125,6 +136,7 @@ def execute(
     data = {"input": batch, "target": target}
     st = ActivationStore() if store is None else store
     loss: float | None = None
+    mem = sg.graph.memory
 
     def arg(name: str) -> Any:
         return data[name] if name in BATCH_NAMES else st.get(pos[name])
@@ -142,7 +154,7 @@ def execute(
                 y = op.forward(*xs)
                 if i == n - 1 and loss is None:
                     loss = float(primary(y))
-                st.put(c, y)
+                st.put(c, y, int(mem[c]), f"op {op.name!r}: forward returned")
             else:
                 gy: np.ndarray | None = None
                 for ci, k in reversed(sg.consumers[i]):
@@ -162,7 +174,7 @@ def execute(
                         g if (s not in BATCH_NAMES and sg.need_bwd[pos[s]]) else None
                         for s, g in zip(op.inputs, gxs, strict=True)
                     )
-                    st.put(c, kept)
+                    st.put(c, kept, int(mem[c]), f"op {op.name!r}: backward returned")
             if durations is not None and c not in durations:
                 durations[c] = max(1, (time.perf_counter_ns() - t0) // 1000)
     finally:

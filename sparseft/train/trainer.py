@@ -126,14 +126,22 @@ def _model_ops(model: Any) -> list[Any]:
 
 
 def _attach_adapter(model: Model, adapter: LoRSConfig | None) -> None:
-    """Make the model train its adapters (``adapter``) or its sparse base weights (None)."""
-    hook = getattr(model, "set_adapter", None)
-    if hook is not None:
-        hook(adapter)
-    elif adapter is not None:
-        raise TypeError(
-            f"adapter: {type(model).__name__} has no set_adapter(), so it cannot take LoRS adapters"
-        )
+    """Make the model train LoRS adapters (``adapter``) or its own sparse weights (None).
+
+    With an adapter: ``model.add_adapters(adapter, target_modules)`` (GPT/Llama); ``target_modules``
+    comes from the config when it has that field (None: every block linear). Without one, a model
+    that has no trainable parameters yet and a ``train_base()`` (GPT/Llama) switches to sparse full
+    fine-tuning; a model that already has trainable parameters trains them as they are.
+    """
+    if adapter is not None:
+        hook = getattr(model, "add_adapters", None)
+        if hook is None:
+            raise TypeError(
+                f"adapter: {type(model).__name__} has no add_adapters(), so it cannot take LoRS adapters"
+            )
+        hook(adapter, getattr(adapter, "target_modules", None))
+    elif not model.parameters() and hasattr(model, "train_base"):
+        model.train_base(True)
 
 
 def _vocab_size(model: Any) -> int | None:
@@ -271,8 +279,10 @@ class Trainer:
             )
         return value
 
-    def _solve(self, sg: StepGraph, budget: int, time_limit: float) -> Schedule:
-        """The best valid schedule within ``budget``: the Planner's, or per-block checkpointing."""
+    def _solve(self, sg: StepGraph, budget: int, time_limit: float, use_planner: bool = True) -> Schedule:
+        """The best valid schedule within ``budget``: no recomputation when it fits, else the
+        Planner's or per-block checkpointing (the Planner only when ``use_planner`` or when
+        per-block checkpointing does not fit)."""
         candidates: list[Schedule] = []
         free = self._unbudgeted(sg)
         if free.peak_memory is not None and free.peak_memory <= budget:
@@ -283,6 +293,8 @@ class Trainer:
                 candidates.append(blocks)
         except ValueError:
             pass
+        if candidates and not use_planner:
+            return candidates[0]
         plan = Planner(sg.graph, budget, solver=self.planner, time_limit=time_limit, seed=self.seed).solve()
         if plan.steps:
             try:
@@ -312,8 +324,9 @@ class Trainer:
             if self.memory_budget is None:
                 sched = self._unbudgeted(sg)
             else:
-                # unit durations first (the fewest recomputations); fit() re-plans with a profile
-                sched = self._solve(sg, self._budget_bytes(sg), min(self.plan_time_limit, 10.0))
+                # a first schedule without a profile (per-block checkpointing where it fits);
+                # fit() re-plans with the durations measured in its first step
+                sched = self._solve(sg, self._budget_bytes(sg), self.plan_time_limit, use_planner=False)
             self._plans[key] = (sg, sched)
         return self._plans[key]
 
@@ -327,6 +340,11 @@ class Trainer:
     # ---------------------------------------------------------------- training
     def _check_fit_args(self, steps: Any, batch_size: Any, seq_len: Any) -> tuple[int, int, int]:
         return _int("steps", steps, 1), _int("batch_size", batch_size, 1), _int("seq_len", seq_len, 1)
+
+    def _check_seq_len(self, seq_len: int) -> None:
+        limit = getattr(getattr(self.model, "config", None), "seq_len", None)
+        if isinstance(limit, int) and seq_len > limit:
+            raise ValueError(f"seq_len: the model has {limit} positions, got seq_len={seq_len}")
 
     def _dataset(self, data: Any, name: str) -> TokenData | ArrayData:
         return as_dataset(data, getattr(self.model, "tokenizer", None), _vocab_size(self.model), name)
@@ -381,6 +399,7 @@ class Trainer:
         ds = self._dataset(data, "data")
         if isinstance(ds, ArrayData):
             seq_len = 1
+        self._check_seq_len(seq_len)
         ds.check(batch_size, seq_len, "data")
         eval_ds = None
         if eval_data is not None:
@@ -482,6 +501,7 @@ class Trainer:
         ds = self._dataset(data, "data")
         if isinstance(ds, ArrayData):
             seq_len = 1
+        self._check_seq_len(seq_len)
         ds.check(1, seq_len, "data")
         ops = _model_ops(self.model)
         total, count, correct = 0.0, 0, 0
@@ -502,6 +522,48 @@ class Trainer:
         else:
             out["perplexity"] = math.exp(min(mean, 700.0))
         return out
+
+    # ---------------------------------------------------------------- shipping
+    def merge(self) -> Model:
+        """Fold the adapters into the sparse bases (every pruned zero kept) and return the model.
+
+        The model then holds no adapters; ``model.save_pretrained(dir)`` writes the merged, still
+        sparse weights that ``transformers`` loads. The trainer cannot train afterwards.
+
+        Raises
+        ------
+        ValueError
+            If the trainer has no adapter (nothing to merge).
+        """
+        if self.adapter is None:
+            raise ValueError(
+                "merge: the trainer trains the model's own weights (adapter=None); nothing to merge"
+            )
+        merger = getattr(self.model, "merge_adapters", None)
+        if merger is None:
+            raise TypeError(f"model: {type(self.model).__name__} has no merge_adapters()")
+        merger()
+        self._plans.clear()
+        self.optimizer = AdamW({}, weight_decay=self.weight_decay)
+        return self.model
+
+    def export_peft(
+        self, path: str | os.PathLike[str], base_model_name_or_path: str | None = None
+    ) -> list[str]:
+        """Write the adapters as a PEFT adapter directory (``adapter_config.json`` and
+        ``adapter_model.safetensors``) that ``peft.PeftModel.from_pretrained`` loads onto the
+        ``transformers`` model; returns the adapted module names.
+
+        PEFT's forward adds the UNMASKED product s·B A, so the PEFT model fills in the pruned zeros
+        and is not the sparse model trained here; a UserWarning says so at every export. To keep
+        the sparsity, ship :meth:`merge` + ``save_pretrained``. See
+        :func:`sparseft.train.peft_export.export_peft`.
+        """
+        from sparseft.train.peft_export import export_peft
+
+        if self.adapter is None:
+            raise ValueError("export_peft: the trainer has no adapter (adapter=None trains the base weights)")
+        return export_peft(self.model, path, base_model_name_or_path)
 
     # ---------------------------------------------------------------- checkpoints
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -574,9 +636,9 @@ class Trainer:
         elif (root / "model.npz").is_file():
             model.load_state_dict(ckpt.read_arrays(root / "model.npz"))
         elif (root / "model").is_dir():
-            loader = getattr(model, "load_pretrained", None)
-            if loader is not None:
-                loader(root / "model")
+            from sparseft import models
+
+            model.load_state_dict(models.from_pretrained(root / "model").state_dict())
         try:
             adapter = None if adapter_d is None else LoRSConfig(**adapter_d)
             trainer = cls(model, adapter=adapter, **conf)
