@@ -802,11 +802,12 @@ class Decoder(Model):
             return self._wte
         if key == "lm_head.weight":
             return self._head_weight()
+        if short == "wpe.weight":
+            emb = self._ops[0]
+            assert isinstance(emb, _Embed) and emb.wpe is not None
+            return emb.wpe
         name, _, leaf = short.rpartition(".")
         op = next(o for o in self._ops if o.name == name)
-        if isinstance(op, _Embed):
-            assert op.wpe is not None
-            return op.wpe
         assert isinstance(op, _Norm)
         a = op.w if leaf == "weight" else op.b
         assert a is not None
