@@ -329,7 +329,7 @@ def test_load_state_dict_rejects_bad_entries() -> None:
     sd = model.state_dict()
     bad = dict(sd)
     del bad["model.norm.weight"]
-    with pytest.raises(ValueError, match="missing keys.*model.norm.weight"):
+    with pytest.raises(ValueError, match=r"missing keys.*model\.norm\.weight"):
         model.load_state_dict(bad)
     bad = dict(sd, **{"model.layers.0.mlp.up_proj.weight": np.zeros((3, 3), np.float32)})
     with pytest.raises(ValueError, match=r"up_proj.weight: expected shape \(40, 32\)"):
@@ -342,11 +342,11 @@ def test_load_state_dict_rejects_bad_entries() -> None:
             )
         },
     )
-    with pytest.raises(TypeError, match="q_proj.weight: expected a float32"):
+    with pytest.raises(TypeError, match=r"q_proj\.weight: expected a float32"):
         model.load_state_dict(bad)
     nan = sd["model.norm.weight"].copy()
     nan[0] = np.nan
-    with pytest.raises(ValueError, match="norm.weight: contains NaN"):
+    with pytest.raises(ValueError, match=r"norm\.weight: contains NaN"):
         model.load_state_dict(dict(sd, **{"model.norm.weight": nan}))
     with pytest.raises(ValueError, match="unexpected keys"):
         model.load_state_dict(dict(sd, extra=np.zeros(1, np.float32)))
