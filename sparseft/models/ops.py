@@ -1,10 +1,14 @@
 """Functional forward/backward kernels of the transformer ops (NumPy float32 in and out).
 
-Every function validates its arrays (float32, shapes that agree; ``TypeError``/``ValueError``
-naming the argument) and never modifies its inputs, except :func:`adamw_step`, which updates
-``param``, ``m`` and ``v`` in place. Rows are tokens: ``x`` of shape (N, C) holds N tokens of C
-features; the norms also accept (..., C) and treat every leading index as a row.
-See ``docs/ops.md`` for the math and the memory behaviour of each op.
+Each function is a thin front of a C kernel in :mod:`sparseft._core`: it shapes the arguments
+(the norms accept (..., C) and treat every leading index as a row; strided views are copied to
+C-contiguous), and the kernel validates them (``TypeError`` for a wrong type or dtype,
+``ValueError`` for a wrong shape or value, both naming the argument). Inputs are never modified,
+except by :func:`adamw_step`, which updates ``param``, ``m`` and ``v`` in place.
+
+Memory: :func:`attention_forward` keeps only the log-sum-exp per query (no T x T matrix), and
+:func:`lm_head_xent_forward` builds the logits ``chunk`` rows at a time (never (N, V) whole); their
+backwards recompute what they need. See ``docs/ops.md``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from sparseft import _core
 
 __all__ = [
     "adamw_step",
@@ -39,56 +45,44 @@ __all__ = [
 F32 = np.float32
 
 
-def _f32(a: object, name: str, ndim: int | None = None, dims: str = "") -> np.ndarray:
-    """``a`` as a C-contiguous float32 array (a copy only when not contiguous), else a named error."""
+def _c(a: object, name: str) -> np.ndarray:
+    """``a`` C-contiguous (a copy only for a strided view); a non-array is a TypeError naming ``name``."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype != F32:
-        raise TypeError(f"{name}: expected dtype float32, got {a.dtype}")
-    if ndim is not None and a.ndim != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-D array{dims}, got shape {a.shape}")
-    if ndim is None and a.ndim < 1:
-        raise ValueError(f"{name}: expected an array of at least 1 dimension, got shape {a.shape}")
-    return np.ascontiguousarray(a)
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
-def _same(a: np.ndarray, name: str, shape: tuple[int, ...], ref: str) -> None:
-    if a.shape != shape:
-        raise ValueError(f"{name}: expected shape {shape} (that of {ref}), got {a.shape}")
+def _rows(a: object, name: str) -> np.ndarray:
+    """``a`` (..., C) viewed as (N, C) for the row kernels."""
+    a = _c(a, name)
+    if a.ndim < 1:
+        raise ValueError(f"{name}: expected an array of at least 1 dimension (..., C), got shape {a.shape}")
+    return a.reshape(-1, a.shape[-1])
 
 
-def _ids(a: object, name: str, ndim: int, dims: str, V: int) -> np.ndarray:
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype != np.int64:
-        raise TypeError(f"{name}: expected dtype int64, got {a.dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-D array{dims}, got shape {a.shape}")
-    if a.size and (int(a.min()) < 0 or int(a.max()) >= V):
-        raise ValueError(f"{name}: expected ids in [0, {V}), got values in [{a.min()}, {a.max()}]")
-    return np.ascontiguousarray(a)
+def _per_row(a: object, name: str, x: np.ndarray) -> np.ndarray:
+    """A per-row vector of ``x`` (shape x.shape[:-1]) flattened to (N,)."""
+    a = _c(a, name)
+    if a.shape != x.shape[:-1]:
+        raise ValueError(f"{name}: expected shape {x.shape[:-1]} (x without its last axis), got {a.shape}")
+    return a.reshape(-1)
 
 
-def _eps(eps: float, name: str = "eps") -> float:
-    e = float(eps)
-    if not (math.isfinite(e) and e > 0):
-        raise ValueError(f"{name}: expected a finite positive float, got {eps!r}")
-    return e
+def _chunk(chunk: int | None) -> int:
+    if chunk is None:
+        return 0
+    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        raise ValueError(f"chunk: expected a positive int or None, got {chunk!r}")
+    return int(chunk)
 
 
-def _rows(x: np.ndarray, name: str) -> tuple[np.ndarray, int]:
-    """``x`` (..., C) viewed as (N, C)."""
-    C = x.shape[-1]
-    return x.reshape(-1, C), C
-
-
-# ---- LayerNorm ----
+# ---- LayerNorm, RMSNorm ----
 
 
 def layernorm_forward(
     x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float = 1e-5
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """LayerNorm over the last axis: ``y = (x - mean) * rstd * w + b``.
+    """LayerNorm over the last axis: ``y = (x - mean) * rstd * w + b`` (``torch.nn.LayerNorm``).
 
     Parameters
     ----------
@@ -97,30 +91,19 @@ def layernorm_forward(
     w, b : numpy.ndarray
         float32 (C,), scale and shift.
     eps : float
-        Added to the variance (biased, as in ``torch.nn.LayerNorm``).
+        Added to the (biased) variance; finite and positive.
 
     Returns
     -------
     y : numpy.ndarray
         float32, the shape of ``x``.
     mean, rstd : numpy.ndarray
-        float32 (...,): per row mean and 1 / sqrt(var + eps), kept for the backward.
+        float32 (...,): per row mean and ``1 / sqrt(var + eps)``, kept for the backward.
     """
-    x = _f32(x, "x")
-    C = x.shape[-1]
-    w = _f32(w, "w", 1, " (C,)")
-    b = _f32(b, "b", 1, " (C,)")
-    _same(w, "w", (C,), "x's last axis")
-    _same(b, "b", (C,), "x's last axis")
-    e = _eps(eps)
-    xr, _ = _rows(x, "x")
-    x64 = xr.astype(np.float64)
-    mean = x64.mean(axis=1)
-    var = ((x64 - mean[:, None]) ** 2).mean(axis=1)
-    rstd = 1.0 / np.sqrt(var + e)
-    y = (x64 - mean[:, None]) * rstd[:, None] * w + b
-    lead = x.shape[:-1]
-    return y.astype(F32).reshape(x.shape), mean.astype(F32).reshape(lead), rstd.astype(F32).reshape(lead)
+    xr = _rows(x, "x")
+    y, mean, rstd = _core.layernorm_forward(xr, _c(w, "w"), _c(b, "b"), float(eps))
+    lead = np.shape(x)[:-1]
+    return y.reshape(np.shape(x)), mean.reshape(lead), rstd.reshape(lead)
 
 
 def layernorm_backward(
@@ -131,7 +114,7 @@ def layernorm_backward(
     Parameters
     ----------
     dy, x : numpy.ndarray
-        float32 (..., C), the output gradient and the forward input.
+        float32 (..., C): the output gradient and the forward input.
     w : numpy.ndarray
         float32 (C,).
     mean, rstd : numpy.ndarray
@@ -142,31 +125,17 @@ def layernorm_backward(
     dx : numpy.ndarray
         float32 (..., C).
     dw, db : numpy.ndarray
-        float32 (C,), summed over the rows (the caller accumulates them).
+        float32 (C,), summed over the rows (the caller accumulates them into its gradients).
     """
-    x = _f32(x, "x")
-    dy = _f32(dy, "dy")
-    _same(dy, "dy", x.shape, "x")
-    C = x.shape[-1]
-    w = _f32(w, "w", 1, " (C,)")
-    _same(w, "w", (C,), "x's last axis")
-    mean = _f32(mean, "mean", x.ndim - 1) if x.ndim > 1 else _f32(mean, "mean")
-    rstd = _f32(rstd, "rstd", x.ndim - 1) if x.ndim > 1 else _f32(rstd, "rstd")
-    _same(mean, "mean", x.shape[:-1], "x without its last axis")
-    _same(rstd, "rstd", x.shape[:-1], "x without its last axis")
-    xr = x.reshape(-1, C).astype(np.float64)
-    g = dy.reshape(-1, C).astype(np.float64)
-    mu = mean.reshape(-1, 1).astype(np.float64)
-    rs = rstd.reshape(-1, 1).astype(np.float64)
-    xhat = (xr - mu) * rs
-    db = g.sum(axis=0)
-    dw = (g * xhat).sum(axis=0)
-    gw = g * w
-    dx = rs * (gw - gw.mean(axis=1, keepdims=True) - xhat * (gw * xhat).mean(axis=1, keepdims=True))
-    return dx.astype(F32).reshape(x.shape), dw.astype(F32), db.astype(F32)
-
-
-# ---- RMSNorm ----
+    xr = _rows(x, "x")
+    xs = np.shape(x)
+    dyr = _c(dy, "dy")
+    if dyr.shape != xs:
+        raise ValueError(f"dy: expected shape {xs} (that of x), got {dyr.shape}")
+    dx, dw, db = _core.layernorm_backward(
+        dyr.reshape(xr.shape), xr, _c(w, "w"), _per_row(mean, "mean", dyr), _per_row(rstd, "rstd", dyr)
+    )
+    return dx.reshape(xs), dw, db
 
 
 def rmsnorm_forward(x: np.ndarray, w: np.ndarray, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
@@ -179,7 +148,7 @@ def rmsnorm_forward(x: np.ndarray, w: np.ndarray, eps: float = 1e-6) -> tuple[np
     w : numpy.ndarray
         float32 (C,).
     eps : float
-        Added to the mean square.
+        Added to the mean square; finite and positive.
 
     Returns
     -------
@@ -188,110 +157,54 @@ def rmsnorm_forward(x: np.ndarray, w: np.ndarray, eps: float = 1e-6) -> tuple[np
     rstd : numpy.ndarray
         float32 (...,), kept for the backward.
     """
-    x = _f32(x, "x")
-    C = x.shape[-1]
-    w = _f32(w, "w", 1, " (C,)")
-    _same(w, "w", (C,), "x's last axis")
-    e = _eps(eps)
-    xr = x.reshape(-1, C).astype(np.float64)
-    rstd = 1.0 / np.sqrt((xr * xr).mean(axis=1) + e)
-    y = xr * rstd[:, None] * w
-    return y.astype(F32).reshape(x.shape), rstd.astype(F32).reshape(x.shape[:-1])
+    xr = _rows(x, "x")
+    y, rstd = _core.rmsnorm_forward(xr, _c(w, "w"), float(eps))
+    return y.reshape(np.shape(x)), rstd.reshape(np.shape(x)[:-1])
 
 
 def rmsnorm_backward(
     dy: np.ndarray, x: np.ndarray, w: np.ndarray, rstd: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gradients of :func:`rmsnorm_forward`: ``(dx (..., C), dw (C,))``, dw summed over the rows."""
-    x = _f32(x, "x")
-    dy = _f32(dy, "dy")
-    _same(dy, "dy", x.shape, "x")
-    C = x.shape[-1]
-    w = _f32(w, "w", 1, " (C,)")
-    _same(w, "w", (C,), "x's last axis")
-    rstd = _f32(rstd, "rstd")
-    _same(rstd, "rstd", x.shape[:-1], "x without its last axis")
-    xr = x.reshape(-1, C).astype(np.float64)
-    g = dy.reshape(-1, C).astype(np.float64)
-    rs = rstd.reshape(-1, 1).astype(np.float64)
-    xhat = xr * rs
-    dw = (g * xhat).sum(axis=0)
-    gw = g * w
-    dx = rs * (gw - xhat * (gw * xhat).mean(axis=1, keepdims=True))
-    return dx.astype(F32).reshape(x.shape), dw.astype(F32)
+    xr = _rows(x, "x")
+    xs = np.shape(x)
+    dyr = _c(dy, "dy")
+    if dyr.shape != xs:
+        raise ValueError(f"dy: expected shape {xs} (that of x), got {dyr.shape}")
+    dx, dw = _core.rmsnorm_backward(dyr.reshape(xr.shape), xr, _c(w, "w"), _per_row(rstd, "rstd", dyr))
+    return dx.reshape(xs), dw
 
 
 # ---- GELU (tanh approximation) and SwiGLU ----
 
-_GELU_K = math.sqrt(2.0 / math.pi)
-
 
 def gelu_forward(x: np.ndarray) -> np.ndarray:
-    """GPT-2's GELU, ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x**3)))``, elementwise, any shape."""
-    x = _f32(x, "x")
-    x64 = x.astype(np.float64)
-    return (0.5 * x64 * (1.0 + np.tanh(_GELU_K * (x64 + 0.044715 * x64**3)))).astype(F32)
+    """GPT-2's GELU ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x**3)))``, elementwise, any shape."""
+    return _core.gelu_forward(_c(x, "x"))
 
 
 def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Gradient of :func:`gelu_forward`: ``dx`` with the shape of ``x``."""
-    x = _f32(x, "x")
-    dy = _f32(dy, "dy")
-    _same(dy, "dy", x.shape, "x")
-    x64 = x.astype(np.float64)
-    u = _GELU_K * (x64 + 0.044715 * x64**3)
-    t = np.tanh(u)
-    d = 0.5 * (1.0 + t) + 0.5 * x64 * (1.0 - t * t) * _GELU_K * (1.0 + 3 * 0.044715 * x64 * x64)
-    return (dy * d).astype(F32)
+    """Gradient of :func:`gelu_forward`: ``dx`` shaped like ``x``."""
+    return _core.gelu_backward(_c(dy, "dy"), _c(x, "x"))
 
 
 def swiglu_forward(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     """Llama's gated activation ``silu(gate) * up`` (``silu(g) = g * sigmoid(g)``), elementwise."""
-    gate = _f32(gate, "gate")
-    up = _f32(up, "up")
-    _same(up, "up", gate.shape, "gate")
-    g = gate.astype(np.float64)
-    return (g / (1.0 + np.exp(-g)) * up).astype(F32)
+    return _core.swiglu_forward(_c(gate, "gate"), _c(up, "up"))
 
 
 def swiglu_backward(dy: np.ndarray, gate: np.ndarray, up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Gradients of :func:`swiglu_forward`: ``(dgate, dup)``."""
-    gate = _f32(gate, "gate")
-    up = _f32(up, "up")
-    dy = _f32(dy, "dy")
-    _same(up, "up", gate.shape, "gate")
-    _same(dy, "dy", gate.shape, "gate")
-    g = gate.astype(np.float64)
-    s = 1.0 / (1.0 + np.exp(-g))
-    dgate = dy * up * s * (1.0 + g * (1.0 - s))
-    dup = dy * g * s
-    return dgate.astype(F32), dup.astype(F32)
+    return _core.swiglu_backward(_c(dy, "dy"), _c(gate, "gate"), _c(up, "up"))
 
 
 # ---- RoPE ----
 
 
-def _rope_check(x: np.ndarray, name: str, theta: float, offset: int) -> tuple[np.ndarray, float, int]:
-    x = _f32(x, name, 4, " (B, T, H, D)")
-    if x.shape[3] % 2:
-        raise ValueError(f"{name}: expected an even head size D, got shape {x.shape}")
-    t = float(theta)
-    if not (math.isfinite(t) and t > 0):
-        raise ValueError(f"theta: expected a finite positive float, got {theta!r}")
+def _offset(offset: int) -> int:
     if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
         raise ValueError(f"offset: expected a non-negative int, got {offset!r}")
-    return x, t, int(offset)
-
-
-def _rope(x: np.ndarray, theta: float, offset: int, sign: float) -> np.ndarray:
-    T, D = x.shape[1], x.shape[3]
-    inv = 1.0 / theta ** (np.arange(0, D, 2, dtype=np.float64) / D)
-    ang = (np.arange(T, dtype=np.float64) + offset)[:, None] * inv[None, :]
-    cos = np.cos(ang)[None, :, None, :]
-    sin = sign * np.sin(ang)[None, :, None, :]
-    x64 = x.astype(np.float64)
-    x1, x2 = x64[..., : D // 2], x64[..., D // 2 :]
-    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(F32)
+    return int(offset)
 
 
 def rope_forward(x: np.ndarray, theta: float = 10000.0, offset: int = 0) -> np.ndarray:
@@ -302,7 +215,7 @@ def rope_forward(x: np.ndarray, theta: float = 10000.0, offset: int = 0) -> np.n
     x : numpy.ndarray
         float32 (B, T, H, D), D even; token t sits at position ``offset + t``.
     theta : float
-        Base of the frequencies ``theta ** (-2i / D)``.
+        Base of the inverse frequencies ``theta ** (-2i / D)``.
     offset : int
         Position of the first token (for a KV cache).
 
@@ -310,61 +223,44 @@ def rope_forward(x: np.ndarray, theta: float = 10000.0, offset: int = 0) -> np.n
     -------
     numpy.ndarray
         float32 (B, T, H, D): ``x * cos + rotate_half(x) * sin`` with
-        ``rotate_half(x) = concat(-x[..., D/2:], x[..., :D/2])``.
+        ``rotate_half(x) = concat(-x[..., D/2:], x[..., :D/2])``. The angles are rounded to float32
+        as Hugging Face computes them (float32 frequencies times float32 positions).
     """
-    x, t, o = _rope_check(x, "x", theta, offset)
-    return _rope(x, t, o, 1.0)
+    return _core.rope(_c(x, "x"), float(theta), _offset(offset), False)
 
 
 def rope_backward(dy: np.ndarray, theta: float = 10000.0, offset: int = 0) -> np.ndarray:
-    """Gradient of :func:`rope_forward` (a rotation, so the inverse rotation of ``dy``)."""
-    dy, t, o = _rope_check(dy, "dy", theta, offset)
-    return _rope(dy, t, o, -1.0)
+    """Gradient of :func:`rope_forward` (a rotation: the inverse rotation of ``dy``)."""
+    return _core.rope(_c(dy, "dy"), float(theta), _offset(offset), True)
 
 
 # ---- attention ----
 
 
-def _attn_check(
-    q: object, k: object, v: object, scale: float | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    q = _f32(q, "q", 4, " (B, H, T, D)")
-    k = _f32(k, "k", 4, " (B, Hkv, T, D)")
-    v = _f32(v, "v", 4, " (B, Hkv, T, D)")
-    B, H, T, D = q.shape
-    if k.shape[0] != B or k.shape[2:] != (T, D) or k.shape[1] < 1 or H % k.shape[1]:
-        raise ValueError(f"k: expected shape ({B}, Hkv, {T}, {D}) with Hkv dividing H={H}, got {k.shape}")
-    _same(v, "v", k.shape, "k")
+def _scale(scale: float | None, q: object) -> float:
     if scale is None:
-        s = 1.0 / math.sqrt(D) if D else 1.0
-    else:
-        s = float(scale)
-        if not math.isfinite(s):
-            raise ValueError(f"scale: expected a finite float or None, got {scale!r}")
-    return q, k, v, s
-
-
-def _attn_scores(q: np.ndarray, k: np.ndarray, causal: bool, s: float) -> np.ndarray:
-    H, Hkv = q.shape[1], k.shape[1]
-    kk = np.repeat(k.astype(np.float64), H // Hkv, axis=1)
-    S = s * (q.astype(np.float64) @ kk.transpose(0, 1, 3, 2))
-    if causal:
-        T = q.shape[2]
-        S = np.where(np.tril(np.ones((T, T), dtype=bool)), S, -np.inf)
-    return S
+        D = q.shape[-1] if isinstance(q, np.ndarray) and q.ndim == 4 else 1
+        return 1.0 / math.sqrt(D) if D > 0 else 1.0
+    s = float(scale)
+    if not math.isfinite(s):
+        raise ValueError(f"scale: expected a finite float or None, got {scale!r}")
+    return s
 
 
 def attention_forward(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool = True, scale: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Scaled dot-product attention, grouped-query when k and v have fewer heads than q.
+    """Scaled dot-product attention, grouped-query when ``k``, ``v`` have fewer heads than ``q``.
+
+    Flash-style: keys are visited in tiles with an online softmax, so no T x T matrix is stored.
 
     Parameters
     ----------
     q : numpy.ndarray
         float32 (B, H, T, D).
     k, v : numpy.ndarray
-        float32 (B, Hkv, T, D), Hkv dividing H; query head h reads kv head ``h // (H // Hkv)``.
+        float32 (B, Hkv, T, D), Hkv dividing H; query head h reads kv head ``h // (H // Hkv)``
+        (Hugging Face's ``repeat_kv``).
     causal : bool
         Token t attends to tokens 0..t only.
     scale : float or None
@@ -375,18 +271,9 @@ def attention_forward(
     o : numpy.ndarray
         float32 (B, H, T, D).
     lse : numpy.ndarray
-        float32 (B, H, T), the log-sum-exp of each query's scaled scores, kept for the backward
-        (which recomputes the probabilities from it: no T x T matrix is kept per head).
+        float32 (B, H, T): the log-sum-exp of each query's scaled scores, kept for the backward.
     """
-    q, k, v, s = _attn_check(q, k, v, scale)
-    H, Hkv = q.shape[1], k.shape[1]
-    S = _attn_scores(q, k, bool(causal), s)
-    m = S.max(axis=-1, keepdims=True)
-    P = np.exp(S - m)
-    z = P.sum(axis=-1, keepdims=True)
-    o = (P / z) @ np.repeat(v.astype(np.float64), H // Hkv, axis=1)
-    lse = (m + np.log(z))[..., 0]
-    return o.astype(F32), lse.astype(F32)
+    return _core.attention_forward(_c(q, "q"), _c(k, "k"), _c(v, "v"), bool(causal), _scale(scale, q))
 
 
 def attention_backward(
@@ -401,77 +288,48 @@ def attention_backward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of :func:`attention_forward`: ``(dq (B,H,T,D), dk, dv (B,Hkv,T,D))``.
 
-    The probabilities are recomputed from ``q``, ``k`` and ``lse``; ``o`` gives the row terms
-    ``sum(do * o)`` of the softmax backward.
+    The probabilities are recomputed tile by tile from ``q``, ``k`` and ``lse``
+    (FlashAttention-2); ``o`` gives the row terms ``sum(do * o)`` of the softmax backward.
     """
-    q, k, v, s = _attn_check(q, k, v, scale)
-    do = _f32(do, "do", 4, " (B, H, T, D)")
-    o = _f32(o, "o", 4, " (B, H, T, D)")
-    _same(do, "do", q.shape, "q")
-    _same(o, "o", q.shape, "q")
-    lse = _f32(lse, "lse", 3, " (B, H, T)")
-    _same(lse, "lse", q.shape[:3], "q without its last axis")
-    B, H, T, D = q.shape
-    Hkv = k.shape[1]
-    g = H // Hkv
-    S = _attn_scores(q, k, bool(causal), s)
-    P = np.exp(S - lse.astype(np.float64)[..., None])
-    do64 = do.astype(np.float64)
-    vv = np.repeat(v.astype(np.float64), g, axis=1)
-    kk = np.repeat(k.astype(np.float64), g, axis=1)
-    dP = do64 @ vv.transpose(0, 1, 3, 2)
-    Di = (do64 * o.astype(np.float64)).sum(axis=-1, keepdims=True)
-    dS = P * (dP - Di)
-    dq = s * dS @ kk
-    dk = (s * dS.transpose(0, 1, 3, 2) @ q.astype(np.float64)).reshape(B, Hkv, g, T, D).sum(axis=2)
-    dv = (P.transpose(0, 1, 3, 2) @ do64).reshape(B, Hkv, g, T, D).sum(axis=2)
-    return dq.astype(F32), dk.astype(F32), dv.astype(F32)
+    return _core.attention_backward(
+        _c(do, "do"),
+        _c(q, "q"),
+        _c(k, "k"),
+        _c(v, "v"),
+        _c(o, "o"),
+        _c(lse, "lse"),
+        bool(causal),
+        _scale(scale, q),
+    )
 
 
 # ---- embedding ----
 
 
 def embedding_forward(ids: np.ndarray, wte: np.ndarray) -> np.ndarray:
-    """Rows of ``wte`` (V, C) gathered by ``ids`` (int64 (B, T), each in [0, V)): (B, T, C) float32."""
-    wte = _f32(wte, "wte", 2, " (V, C)")
-    ids = _ids(ids, "ids", 2, " (B, T)", wte.shape[0])
-    return wte[ids]
+    """Rows of ``wte`` (V, C) gathered by int64 ``ids`` (B, T), each in [0, V): (B, T, C) float32."""
+    return _core.embedding_forward(_c(ids, "ids"), _c(wte, "wte"))
 
 
 def embedding_backward(dx: np.ndarray, ids: np.ndarray, V: int) -> np.ndarray:
     """Gradient of :func:`embedding_forward` wrt ``wte``: dense (V, C), rows of ``dx`` summed per id."""
-    if isinstance(V, bool) or not isinstance(V, (int, np.integer)) or V < 1:
-        raise ValueError(f"V: expected a positive int, got {V!r}")
-    dx = _f32(dx, "dx", 3, " (B, T, C)")
-    ids = _ids(ids, "ids", 2, " (B, T)", int(V))
-    if dx.shape[:2] != ids.shape:
-        raise ValueError(
-            f"dx: expected shape {(*ids.shape, dx.shape[2])} (ids' shape + (C,)), got {dx.shape}"
-        )
-    out = np.zeros((int(V), dx.shape[2]), dtype=np.float64)
-    np.add.at(out, ids.reshape(-1), dx.reshape(-1, dx.shape[2]).astype(np.float64))
-    return out.astype(F32)
+    if isinstance(V, bool) or not isinstance(V, (int, np.integer)):
+        raise TypeError(f"V: expected an int, got {type(V).__name__}")
+    return _core.embedding_backward(_c(dx, "dx"), _c(ids, "ids"), int(V))
 
 
 # ---- fused LM head + cross-entropy ----
 
-DEFAULT_CHUNK = 4096
-
-
-def _head_check(x: object, w: object, targets: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    x = _f32(x, "x", 2, " (N, C)")
-    w = _f32(w, "w", 2, " (V, C)")
-    if w.shape[1] != x.shape[1]:
-        raise ValueError(f"w: expected shape (V, {x.shape[1]}) (C of x), got {w.shape}")
-    targets = _ids(targets, "targets", 1, " (N,)", w.shape[0])
-    _same(targets, "targets", (x.shape[0],), "x's rows")
-    return x, w, targets
-
 
 def lm_head_xent_forward(
-    x: np.ndarray, w: np.ndarray, targets: np.ndarray, chunk: int = DEFAULT_CHUNK
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mean softmax cross-entropy of the logits ``x @ w.T`` without materialising them whole.
+    x: np.ndarray,
+    w: np.ndarray,
+    targets: np.ndarray,
+    chunk: int | None = None,
+    grad: bool = False,
+    need_dw: bool = False,
+) -> tuple[np.ndarray, ...]:
+    """Mean softmax cross-entropy of the logits ``x @ w.T``, never materialised whole.
 
     Parameters
     ----------
@@ -481,8 +339,15 @@ def lm_head_xent_forward(
         float32 (V, C), the head (tied or not).
     targets : numpy.ndarray
         int64 (N,), each in [0, V).
-    chunk : int
-        Vocabulary rows per block: the largest logits buffer is (N, chunk).
+    chunk : int or None
+        Rows of x per logits block: the largest temporary is (chunk, V) float32. None picks about
+        32 MiB.
+    grad : bool
+        Also return the gradients for ``dloss = 1`` computed in the same pass (one logits GEMM
+        fewer than :func:`lm_head_xent_backward`, which recomputes them); scale them by the
+        incoming loss gradient.
+    need_dw : bool
+        With ``grad``, also the head's gradient.
 
     Returns
     -------
@@ -490,30 +355,13 @@ def lm_head_xent_forward(
         float32 0-d, the mean over the N rows.
     lse : numpy.ndarray
         float32 (N,), the log-sum-exp of each row's logits, kept for the backward.
+    dx, dw : numpy.ndarray
+        Only with ``grad``: float32 (N, C) and (V, C) (None unless ``need_dw``).
     """
-    x, w, targets = _head_check(x, w, targets)
-    c = _chunk(chunk)
-    N, V = x.shape[0], w.shape[0]
-    m = np.full(N, -np.inf)
-    z = np.zeros(N)
-    tgt = np.zeros(N)
-    x64 = x.astype(np.float64)
-    for v0 in range(0, V, c):
-        L = x64 @ w[v0 : v0 + c].astype(np.float64).T
-        mn = np.maximum(m, L.max(axis=1))
-        z = z * np.exp(m - mn) + np.exp(L - mn[:, None]).sum(axis=1)
-        m = mn
-        sel = (targets >= v0) & (targets < v0 + c)
-        tgt[sel] = L[sel, targets[sel] - v0]
-    lse = m + np.log(z)
-    loss = np.float32((lse - tgt).mean()) if N else np.float32(0.0)
-    return np.asarray(loss, dtype=F32), lse.astype(F32)
-
-
-def _chunk(chunk: int) -> int:
-    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
-        raise ValueError(f"chunk: expected a positive int, got {chunk!r}")
-    return int(chunk)
+    out = _core.lm_head_xent_forward(
+        _c(x, "x"), _c(w, "w"), _c(targets, "targets"), _chunk(chunk), bool(grad), bool(need_dw)
+    )
+    return (np.asarray(out[0], dtype=F32), *out[1:])
 
 
 def lm_head_xent_backward(
@@ -523,79 +371,44 @@ def lm_head_xent_backward(
     lse: np.ndarray,
     dloss: float = 1.0,
     need_dw: bool = False,
-    chunk: int = DEFAULT_CHUNK,
+    chunk: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Gradients of :func:`lm_head_xent_forward`, recomputing the logits chunk by chunk.
+    """Gradients of :func:`lm_head_xent_forward`, the logits recomputed ``chunk`` rows at a time.
 
     Returns
     -------
     dx : numpy.ndarray
-        float32 (N, C), ``dloss / N * (softmax(x w^T) - onehot(targets)) @ w``.
+        float32 (N, C): ``dloss / N * (softmax(x w^T) - onehot(targets)) @ w``.
     dw : numpy.ndarray or None
         float32 (V, C) when ``need_dw`` (a trainable head), else None.
     """
-    x, w, targets = _head_check(x, w, targets)
-    lse = _f32(lse, "lse", 1, " (N,)")
-    _same(lse, "lse", (x.shape[0],), "x's rows")
-    c = _chunk(chunk)
-    N, V = x.shape[0], w.shape[0]
-    g = float(dloss) / max(N, 1)
-    x64 = x.astype(np.float64)
-    dx = np.zeros_like(x64)
-    dw = np.zeros(w.shape) if need_dw else None
-    for v0 in range(0, V, c):
-        w64 = w[v0 : v0 + c].astype(np.float64)
-        P = np.exp(x64 @ w64.T - lse.astype(np.float64)[:, None])
-        sel = (targets >= v0) & (targets < v0 + c)
-        P[np.nonzero(sel)[0], targets[sel] - v0] -= 1.0
-        P *= g
-        dx += P @ w64
-        if dw is not None:
-            dw[v0 : v0 + c] = P.T @ x64
-    return dx.astype(F32), None if dw is None else dw.astype(F32)
+    return _core.lm_head_xent_backward(
+        _c(x, "x"), _c(w, "w"), _c(targets, "targets"), _c(lse, "lse"), float(dloss), bool(need_dw), _chunk(chunk)
+    )
 
 
 def lm_head_logits(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Full logits ``x @ w.T``: (N, V) float32, for inference and tests (training never builds them)."""
-    x = _f32(x, "x", 2, " (N, C)")
-    w = _f32(w, "w", 2, " (V, C)")
-    if w.shape[1] != x.shape[1]:
-        raise ValueError(f"w: expected shape (V, {x.shape[1]}) (C of x), got {w.shape}")
-    return (x @ w.T).astype(F32)
+    return _core.matmul(_c(x, "x"), _c(w, "w"), trans_b=True)
 
 
 # ---- softmax cross-entropy on given logits (the MLP's loss) ----
 
 
 def softmax_xent_forward(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean softmax cross-entropy of ``logits`` (N, K) against int64 ``targets`` (N,).
+    """Mean softmax cross-entropy of ``logits`` (N, K) against int64 ``targets`` (N,) in [0, K).
 
     Returns ``(loss float32 0-d, lse float32 (N,))``.
     """
-    logits = _f32(logits, "logits", 2, " (N, K)")
-    targets = _ids(targets, "targets", 1, " (N,)", logits.shape[1])
-    _same(targets, "targets", (logits.shape[0],), "logits' rows")
-    L = logits.astype(np.float64)
-    m = L.max(axis=1) if L.shape[0] else np.zeros(0)
-    lse = m + np.log(np.exp(L - m[:, None]).sum(axis=1))
-    N = L.shape[0]
-    loss = (lse - L[np.arange(N), targets]).mean() if N else 0.0
-    return np.asarray(loss, dtype=F32), lse.astype(F32)
+    loss, lse = _core.softmax_xent_forward(_c(logits, "logits"), _c(targets, "targets"))
+    return np.asarray(loss, dtype=F32), lse
 
 
 def softmax_xent_backward(
     logits: np.ndarray, targets: np.ndarray, lse: np.ndarray, dloss: float = 1.0
 ) -> np.ndarray:
     """Gradient of :func:`softmax_xent_forward` wrt the logits: ``dloss / N * (softmax - onehot)``."""
-    logits = _f32(logits, "logits", 2, " (N, K)")
-    targets = _ids(targets, "targets", 1, " (N,)", logits.shape[1])
-    N = logits.shape[0]
-    _same(targets, "targets", (N,), "logits' rows")
-    lse = _f32(lse, "lse", 1, " (N,)")
-    _same(lse, "lse", (N,), "logits' rows")
-    P = np.exp(logits.astype(np.float64) - lse.astype(np.float64)[:, None])
-    P[np.arange(N), targets] -= 1.0
-    return (P * (float(dloss) / max(N, 1))).astype(F32)
+    return _core.softmax_xent_backward(_c(logits, "logits"), _c(targets, "targets"), _c(lse, "lse"), float(dloss))
 
 
 # ---- AdamW ----
@@ -624,37 +437,21 @@ def adamw_step(
     param, grad, m, v : numpy.ndarray
         float32, one shape; ``param``, ``m``, ``v`` C-contiguous and writeable (updated in place).
     lr, beta1, beta2, eps, weight_decay : float
-        Hyper-parameters; betas in [0, 1).
+        Hyper-parameters: lr, eps, weight_decay finite and >= 0, betas in [0, 1).
     step : int
         1 for the first step (bias correction).
     """
-    arrs = {}
-    for name, a in (("param", param), ("grad", grad), ("m", m), ("v", v)):
-        if not isinstance(a, np.ndarray):
-            raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
-        if a.dtype != F32:
-            raise TypeError(f"{name}: expected dtype float32, got {a.dtype}")
-        if a.shape != param.shape:
-            raise ValueError(f"{name}: expected shape {param.shape} (that of param), got {a.shape}")
-        if name != "grad" and not (a.flags.c_contiguous and a.flags.writeable):
-            raise ValueError(f"{name}: expected a C-contiguous writeable array (updated in place)")
-        arrs[name] = a
-    for name, val in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay)):
-        if not (math.isfinite(float(val)) and float(val) >= 0):
-            raise ValueError(f"{name}: expected a finite non-negative float, got {val!r}")
-    for name, val in (("beta1", beta1), ("beta2", beta2)):
-        if not (0.0 <= float(val) < 1.0):
-            raise ValueError(f"{name}: expected a float in [0, 1), got {val!r}")
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
-        raise ValueError(f"step: expected a positive int, got {step!r}")
-    p64 = param.astype(np.float64)
-    g64 = grad.astype(np.float64)
-    m64 = beta1 * m.astype(np.float64) + (1 - beta1) * g64
-    v64 = beta2 * v.astype(np.float64) + (1 - beta2) * g64 * g64
-    p64 *= 1 - lr * weight_decay
-    bc1 = 1 - beta1**step
-    bc2 = 1 - beta2**step
-    p64 -= lr / bc1 * m64 / (np.sqrt(v64) / math.sqrt(bc2) + eps)
-    param[...] = p64
-    m[...] = m64
-    v[...] = v64
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+        raise TypeError(f"step: expected an int, got {type(step).__name__}")
+    _core.adamw_step(
+        param,
+        _c(grad, "grad"),
+        m,
+        v,
+        float(lr),
+        float(beta1),
+        float(beta2),
+        float(eps),
+        float(weight_decay),
+        int(step),
+    )
