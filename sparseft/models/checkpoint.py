@@ -1,12 +1,10 @@
 """Hugging Face checkpoints in and out: ``from_pretrained(dir)`` and ``save_pretrained(model, dir)``.
 
 Reading: ``config.json`` picks GPT-2 or Llama; weights come from ``model.safetensors`` or the shards
-listed in ``model.safetensors.index.json``. Every file is opened and validated with the
-``safetensors`` package, which also reads F32/F16 tensors; BF16 tensors, which it cannot give to
-NumPy, are read from the byte range its header names and widened to float32 here. Tensors are read
-one at a time, each file opened only for that read, and converted straight to the float32 array the
-model keeps, so a checkpoint loads without a second copy of the model in memory (peak extra: the
-largest tensor in its stored dtype, plus that tensor's float32 copy while its LoRS layer is built).
+listed in ``model.safetensors.index.json``. Every file is validated by the ``safetensors`` package;
+each tensor is then read from its byte range straight into the float32 array the model keeps (F16
+and BF16 widened 4M values at a time), so a checkpoint loads without a second copy of the model in
+memory: the peak extra is one block linear's float32 weight while its LoRS layer is built.
 
 Writing: ``config.json`` + ``model.safetensors`` (float32, metadata ``format: pt``), each written
 to a temporary file and renamed, so an interrupted save never leaves a corrupt file.
@@ -32,8 +30,8 @@ from sparseft.models.transformer import Decoder, build, normalize_keys, weight_s
 
 __all__ = ["SafetensorsReader", "from_pretrained", "save_pretrained"]
 
-_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8"), "BF16": np.dtype("<u2")}
-_MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
+_DTYPES: dict[str, np.dtype[Any]] = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8"), "BF16": np.dtype("<u2")}
+_CHUNK = 1 << 22  # values widened per read: the only temporary besides the float32 result
 
 
 def _safe_open(path: Path) -> Any:
@@ -43,12 +41,17 @@ def _safe_open(path: Path) -> Any:
 
 
 class SafetensorsReader:
-    """Float32 tensors by key from one or more ``.safetensors`` files (F32, F16, BF16, F64 stored).
+    """Float32 tensors by key from one or more ``.safetensors`` files (F32, F16, BF16 or F64 stored).
+
+    Each file is validated by the ``safetensors`` package when the reader is made (header, offsets
+    covering the data exactly, dtypes and shapes matching the byte ranges), which also lists its
+    tensors. A tensor is then read from its byte range straight into its float32 result, in chunks
+    of 4M values for the narrower dtypes: no full-size temporary and no mapping of the whole file
+    stays resident (the package's NumPy API cannot give BF16, and copies F16 whole first).
 
     Parameters
     ----------
     files : list of pathlib.Path
-        The files; each is opened once here to validate it and list its tensors.
 
     Raises
     ------
@@ -59,6 +62,7 @@ class SafetensorsReader:
 
     def __init__(self, files: list[Path]) -> None:
         self.where: dict[str, tuple[Path, str, tuple[int, ...]]] = {}
+        self._headers: dict[Path, tuple[dict[str, Any], int, int]] = {}
         for path in files:
             try:
                 with _safe_open(path) as f:
@@ -75,14 +79,15 @@ class SafetensorsReader:
     def keys(self) -> list[str]:
         return list(self.where)
 
-    def read(self, key: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    def read(self, key: str, shape: tuple[int, ...] | None = None, check_finite: bool = True) -> np.ndarray:
         """The tensor ``key`` as a new float32 C-contiguous array.
 
         Raises
         ------
         ValueError
-            If the key is absent, its shape is not ``shape``, its dtype is unsupported, or it holds
-            NaN/inf; the message names the file and key.
+            If the key is absent, its shape is not ``shape``, its dtype is unsupported, its bytes
+            are not in the file, or (``check_finite``) it holds NaN/inf; the message names the file
+            and key.
         """
         if key not in self.where:
             raise ValueError(f"{key}: missing from the checkpoint")
@@ -91,23 +96,13 @@ class SafetensorsReader:
             raise ValueError(f"{path}: {key}: expected shape {tuple(shape)}, got {stored}")
         if dtype not in _DTYPES:
             raise ValueError(f"{path}: {key}: unsupported dtype {dtype} (expected F32, F16 or BF16)")
+        if path not in self._headers:
+            self._headers[path] = _header(path)
         try:
-            if dtype == "BF16":
-                a = _read_bf16(path, key, stored)
-            else:
-                with _safe_open(path) as f:
-                    raw = f.get_tensor(key)
-                if raw.dtype == np.float32 and raw.flags.c_contiguous and raw.flags.writeable:
-                    a = raw
-                else:
-                    a = np.empty(stored, np.float32)
-                    a[...] = raw
-                del raw
-        except ValueError:
-            raise
-        except Exception as e:
+            a = _read_range(path, self._headers[path], key, dtype, stored)
+        except OSError as e:
             raise ValueError(f"{path}: {key}: unreadable ({e})") from e
-        if not np.isfinite(a).all():
+        if check_finite and not np.isfinite(a).all():
             raise ValueError(f"{path}: {key}: contains NaN or infinity")
         return a
 
@@ -120,7 +115,7 @@ def _header(path: Path) -> tuple[dict[str, Any], int, int]:
         if len(head) < 8:
             raise ValueError(f"{path}: truncated (no header length)")
         (n,) = struct.unpack("<Q", head)
-        if n > min(_MAX_HEADER, size - 8):
+        if n > size - 8:
             raise ValueError(f"{path}: header length {n} exceeds the file ({size} bytes)")
         try:
             header = json.loads(f.read(n))
@@ -131,29 +126,40 @@ def _header(path: Path) -> tuple[dict[str, Any], int, int]:
     return header, 8 + n, size
 
 
-def _read_bf16(path: Path, key: str, shape: tuple[int, ...]) -> np.ndarray:
-    """A BF16 tensor widened to float32 (the upper 16 bits of each float32), read from its byte range."""
-    header, start, size = _header(path)
+def _read_range(
+    path: Path, head: tuple[dict[str, Any], int, int], key: str, dtype: str, shape: tuple[int, ...]
+) -> np.ndarray:
+    """Tensor ``key`` read from its byte range and widened to float32 (BF16: the upper 16 bits)."""
+    header, start, size = head
     entry = header.get(key)
     offs = entry.get("data_offsets") if isinstance(entry, dict) else None
     if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)):
         raise ValueError(f"{path}: {key}: header entry without valid data_offsets")
+    src = _DTYPES[dtype]
     b, e = offs
     count = int(np.prod(shape, dtype=np.int64))
-    if not (0 <= b <= e and start + e <= size and e - b == 2 * count):
-        raise ValueError(f"{path}: {key}: data_offsets {offs} do not fit {shape} BF16 in a {size}-byte file")
+    if not (0 <= b <= e and start + e <= size and e - b == src.itemsize * count):
+        raise ValueError(
+            f"{path}: {key}: data_offsets {offs} do not fit {shape} {dtype} in a {size}-byte file"
+        )
     out = np.empty(shape, np.float32)
-    u32 = out.reshape(-1).view(np.uint32)
-    chunk = 1 << 22  # widen 4M values at a time: the extra buffer stays small
+    flat = out.reshape(-1)
     with open(path, "rb") as f:
         f.seek(start + b)
-        buf = np.empty(min(chunk, count), np.uint16)
-        for i in range(0, count, chunk):
-            m = min(chunk, count - i)
-            got = f.readinto(buf[:m].view(np.uint8).data)
-            if got != 2 * m:
+        if dtype == "F32":
+            got = f.readinto(flat.view(np.uint8).data)
+            if got != 4 * count:
                 raise ValueError(f"{path}: {key}: truncated data")
-            np.left_shift(buf[:m], 16, out=u32[i : i + m], dtype=np.uint32)
+            return out
+        buf = np.empty(min(_CHUNK, count), src)
+        for i in range(0, count, _CHUNK):
+            m = min(_CHUNK, count - i)
+            if f.readinto(buf[:m].view(np.uint8).data) != src.itemsize * m:
+                raise ValueError(f"{path}: {key}: truncated data")
+            if dtype == "BF16":
+                np.left_shift(buf[:m], 16, out=flat[i : i + m].view(np.uint32), dtype=np.uint32)
+            else:
+                flat[i : i + m] = buf[:m]
     return out
 
 
@@ -236,12 +242,18 @@ def from_pretrained(path: str | os.PathLike[str], tokenizer: Any = "auto") -> De
     if unused:
         warnings.warn(f"{d}: tensors not used by the model: {unused[:5]}", stacklevel=2)
 
+    linear = {k for k, _, kind in weight_spec(cfg) if kind in ("linear", "conv1d")}
+
     def get(key: str, shape: tuple[int, ...]) -> np.ndarray:
         if key not in alias:
             raise ValueError(f"{d}: tensor {key!r} missing from the checkpoint")
-        return reader.read(alias[key], shape)
+        # a block linear's weight is checked for NaN/inf when its LoRS layer is built
+        return reader.read(alias[key], shape, check_finite=key not in linear)
 
-    model = build(cfg, get)
+    try:
+        model = build(cfg, get)
+    except ValueError as e:
+        raise ValueError(str(e) if str(e).startswith(str(d)) else f"{d}: {e}") from e
     model.tokenizer = _tokenizer(d, tokenizer, cfg.vocab_size)
     return model
 

@@ -479,10 +479,12 @@ def weight_spec(cfg: Config) -> list[tuple[str, tuple[int, ...], str]]:
 
 def _frozen_linear(W: np.ndarray, bias: np.ndarray | None, name: str) -> LoRSLinear:
     """A LoRSLinear holding the base only (its r=1 adapter is zero and unused in "frozen" mode)."""
+    mask = W != 0
     try:
-        return LoRSLinear(W, mask=W != 0, r=1, bias=bias)
+        # a fully dense mask needs no format search (detect_nm scans the whole mask)
+        return LoRSLinear(W, mask=mask, r=1, bias=bias, format="dense" if mask.all() else "auto")
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{name}: {e}") from e
+        raise ValueError(f"{name}: {str(e).removeprefix('W: ')}") from e
 
 
 # ---- the model --------------------------------------------------------------------------------
