@@ -34,7 +34,7 @@ from sparseft.train.stepgraph import (
     schedule_of,
 )
 
-__all__ = ["History", "Trainer", "parse_bytes"]
+__all__ = ["History", "Trainer", "evaluate", "parse_bytes"]
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 _BYTES_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*([kmg]i?b|b)?\s*$", re.IGNORECASE)
@@ -341,11 +341,6 @@ class Trainer:
     def _check_fit_args(self, steps: Any, batch_size: Any, seq_len: Any) -> tuple[int, int, int]:
         return _int("steps", steps, 1), _int("batch_size", batch_size, 1), _int("seq_len", seq_len, 1)
 
-    def _check_seq_len(self, seq_len: int) -> None:
-        limit = getattr(getattr(self.model, "config", None), "seq_len", None)
-        if isinstance(limit, int) and seq_len > limit:
-            raise ValueError(f"seq_len: the model has {limit} positions, got seq_len={seq_len}")
-
     def _dataset(self, data: Any, name: str) -> TokenData | ArrayData:
         return as_dataset(data, getattr(self.model, "tokenizer", None), _vocab_size(self.model), name)
 
@@ -399,7 +394,7 @@ class Trainer:
         ds = self._dataset(data, "data")
         if isinstance(ds, ArrayData):
             seq_len = 1
-        self._check_seq_len(seq_len)
+        _check_seq_len(self.model, seq_len)
         ds.check(batch_size, seq_len, "data")
         eval_ds = None
         if eval_data is not None:
@@ -488,40 +483,8 @@ class Trainer:
 
     # -------------------------------------------------------------- evaluation
     def evaluate(self, data: Any, batch_size: int = 8, seq_len: int = 64) -> dict[str, float]:
-        """Mean loss over every non-overlapping window of ``data`` (forward only, nothing trained).
-
-        Returns
-        -------
-        dict
-            ``loss`` and ``perplexity`` = exp(loss) for token data; ``loss`` and ``accuracy``
-            (argmax of the loss op's input) for ``(X, y)`` data.
-        """
-        batch_size = _int("batch_size", batch_size, 1)
-        seq_len = _int("seq_len", seq_len, 1)
-        ds = self._dataset(data, "data")
-        if isinstance(ds, ArrayData):
-            seq_len = 1
-        self._check_seq_len(seq_len)
-        ds.check(1, seq_len, "data")
-        ops = _model_ops(self.model)
-        total, count, correct = 0.0, 0, 0
-        for x, y in ds.windows(batch_size, seq_len):
-            loss, logits = _forward_only(ops, x, y)
-            total += loss * y.size
-            count += y.size
-            if (
-                isinstance(ds, ArrayData)
-                and logits is not None
-                and logits.shape == (y.size, logits.shape[-1])
-            ):
-                correct += int((logits.argmax(axis=1) == y).sum())
-        mean = total / count
-        out = {"loss": mean}
-        if isinstance(ds, ArrayData):
-            out["accuracy"] = correct / count
-        else:
-            out["perplexity"] = math.exp(min(mean, 700.0))
-        return out
+        """:func:`evaluate` on this trainer's model."""
+        return evaluate(self.model, data, batch_size, seq_len)
 
     # ---------------------------------------------------------------- shipping
     def merge(self) -> Model:
@@ -668,6 +631,54 @@ class Trainer:
         trainer.rng.bit_generator.state = rng_state
         trainer.history = History(**hist)
         return trainer
+
+
+def evaluate(model: Model, data: Any, batch_size: int = 8, seq_len: int = 64) -> dict[str, float]:
+    """Mean loss of ``model`` over every non-overlapping window of ``data`` (forward only; nothing
+    trained, the model is not changed).
+
+    Parameters
+    ----------
+    model : Model
+    data : token ids, bytes, str, path, or (X, y)
+        As for :meth:`Trainer.fit`.
+    batch_size, seq_len : int
+        Windows per forward and tokens per window (``seq_len`` is ignored for ``(X, y)``).
+
+    Returns
+    -------
+    dict
+        ``loss`` and ``perplexity`` = exp(loss) for token data; ``loss`` and ``accuracy``
+        (argmax of the loss op's input) for ``(X, y)`` data.
+    """
+    ops = _model_ops(model)
+    batch_size = _int("batch_size", batch_size, 1)
+    seq_len = _int("seq_len", seq_len, 1)
+    ds = as_dataset(data, getattr(model, "tokenizer", None), _vocab_size(model), "data")
+    if isinstance(ds, ArrayData):
+        seq_len = 1
+    _check_seq_len(model, seq_len)
+    ds.check(1, seq_len, "data")
+    total, count, correct = 0.0, 0, 0
+    for x, y in ds.windows(batch_size, seq_len):
+        loss, logits = _forward_only(ops, x, y)
+        total += loss * y.size
+        count += y.size
+        if isinstance(ds, ArrayData) and logits is not None and logits.shape == (y.size, logits.shape[-1]):
+            correct += int((logits.argmax(axis=1) == y).sum())
+    mean = total / count
+    out = {"loss": mean}
+    if isinstance(ds, ArrayData):
+        out["accuracy"] = correct / count
+    else:
+        out["perplexity"] = math.exp(min(mean, 700.0))
+    return out
+
+
+def _check_seq_len(model: Any, seq_len: int) -> None:
+    limit = getattr(getattr(model, "config", None), "seq_len", None)
+    if isinstance(limit, int) and seq_len > limit:
+        raise ValueError(f"seq_len: the model has {limit} positions, got seq_len={seq_len}")
 
 
 def _forward_only(ops: list[Any], x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray | None]:
