@@ -6,7 +6,7 @@ holds the objects and does I/O. See ``README.md`` and ``DESIGN.md`` for the API 
 
 from __future__ import annotations
 
-from sparseft import _core, adapters, formats, prune, remat
+from sparseft import _core, adapters, formats, models, prune, remat
 from sparseft.adapters import LoRSConfig, LoRSLinear
 from sparseft.formats import DenseBase
 from sparseft.remat import Graph, Planner, Schedule, simulate
@@ -33,6 +33,7 @@ __all__ = [
     "formats",
     "get_num_threads",
     "graphs",
+    "models",
     "prune",
     "remat",
     "set_num_threads",
