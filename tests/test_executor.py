@@ -317,3 +317,35 @@ def test_tracemalloc_agrees_with_the_store() -> None:
         assert traced <= store.peak + 6 * 8 * 32 * 256 * 4
     assert results["blocks"][0] < results["full"][0]
     assert results["blocks"][1] < results["full"][1]
+
+
+def _gpt_step(cfg_kw: dict, B: int, T: int, r: int = 4) -> tuple[ActivationStore, int]:
+    from sparseft.models import GPT, GPTConfig
+
+    m = GPT.random(GPTConfig(**cfg_kw), seed=0)
+    m.add_adapters(sft.LoRSConfig(r=r))
+    sg = build_step_graph(m.ops(), B, T)
+    steps = liveness_steps(sg.graph, [*range(sg.n_ops), *sg.backward_nodes()])
+    codes = np.array([v if o == "compute" else -1 - v for o, v in steps], dtype=np.int64)
+    ids = np.random.default_rng(0).integers(0, cfg_kw["vocab_size"], (B, T + 1))
+    store = ActivationStore()
+    execute(sg, codes, ids[:, :-1].copy(), ids[:, 1:].copy(), store)
+    return store, sft.simulate(sg.graph, steps)[0]
+
+
+def test_no_logits_buffer_and_no_attention_matrix_in_the_store() -> None:
+    """A GPT step keeps neither (tokens x vocab) logits nor a (T x T) matrix per head: the largest
+    stored activation is far below both, and the measured peak is the one planned from shapes."""
+    B, T, V, H = 1, 128, 2048, 8
+    store, planned = _gpt_step(dict(vocab_size=V, n_layer=2, n_head=H, d_model=64, seq_len=T), B, T)
+    assert store.peak == planned
+    assert store.largest < B * T * V * 4 // 4  # a logits buffer would be 1 MiB; the largest is 128 KiB
+    assert store.largest < B * H * T * T * 4 // 2  # per-head attention probabilities: 512 KiB
+
+
+def test_no_out_by_in_buffer_per_adapted_layer() -> None:
+    """Adapters add no (out x in) activation: the whole step's peak stays below one such buffer."""
+    store, planned = _gpt_step(dict(vocab_size=256, n_layer=2, n_head=4, d_model=256, seq_len=2), 1, 2, r=16)
+    smallest_weight = 256 * 256 * 4  # attn.c_proj: the smallest adapted (out, in)
+    assert store.peak == planned
+    assert store.peak < smallest_weight

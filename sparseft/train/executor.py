@@ -39,6 +39,8 @@ class ActivationStore:
         Bytes resident now.
     peak : int
         Largest ``live`` seen since construction (or :meth:`reset_peak`).
+    largest : int
+        Largest single output stored since construction.
     """
 
     def __init__(self) -> None:
@@ -46,6 +48,7 @@ class ActivationStore:
         self._bytes: dict[int, int] = {}
         self.live = 0
         self.peak = 0
+        self.largest = 0
 
     def put(self, node: int, value: Any, declared: int | None = None, what: str = "") -> None:
         """Make ``value`` the resident output of ``node`` (which must not be resident).
@@ -63,6 +66,7 @@ class ActivationStore:
             )
         self._bufs[node] = value
         self._bytes[node] = nb
+        self.largest = max(self.largest, nb)
         self.live += nb
         self.peak = max(self.peak, self.live)
 

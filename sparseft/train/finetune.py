@@ -88,7 +88,7 @@ def finetune(
     dt = time.perf_counter() - t0
     tuned = ppl(m)
     plan = trainer.plan
-    merged = trainer.merge()
+    merged: Any = trainer.merge()
     kept = all(np.array_equal(lay.base.to_dense() == 0, zeros[n]) for n, lay in merged.linears().items())
     merged.save_pretrained(out)
     print(f"perplexity after {steps} LoRS steps: {tuned:.3f}", file=stream)
