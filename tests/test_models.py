@@ -406,3 +406,27 @@ def test_deterministic_random_init_and_sizes() -> None:
     assert not np.array_equal(a.logits(ids), Llama.random(LLAMA_CFG, seed=6).logits(ids))
     assert sorted(a.linears())[:2] == ["layers.0.mlp.down_proj", "layers.0.mlp.gate_proj"]
     assert a.linears()["layers.0.self_attn.k_proj"].base.shape == (16, 32)  # 2 kv heads of 8
+
+
+def test_base_training_after_merge_and_layer_swap() -> None:
+    model = GPT.random(GPT_CFG, seed=4)
+    _prune(model, 2)
+    model.add_adapters(sft.LoRSConfig(r=2))
+    for layer in model.linears().values():
+        layer.B[...] = 0.1
+    ids, tg = ids_and_targets(0)
+    before = model.logits(ids)
+    model.merge_adapters()
+    model.train_base(True)  # the merged weights become the trainable base
+    np.testing.assert_allclose(model.logits(ids), before, rtol=1e-5, atol=1e-6)
+    op = next(o for o in model.ops() if o.name == "h.1.mlp.c_fc")
+    W = op.layer.base.to_dense()
+    W[:, ::2] = 0  # a sparser rebuild swapped in (as sparsify does): base mode follows the new mask
+    op.layer = sft.LoRSLinear(W, r=1, bias=op.layer.bias)
+    model.zero_grad()
+    run_step(model, ids, tg)
+    g = model.gradients()["h.1.mlp.c_fc.weight"]
+    assert g.shape == model.parameters()["h.1.mlp.c_fc.weight"].shape
+    assert not (g.reshape(op.layer.mask.shape)[~op.layer.mask] if g.ndim == 2 else g[:0]).any()
+    model.train_base(False)
+    assert model.parameters() == {}

@@ -49,12 +49,28 @@ class LinearOp(Op):
 
     def __init__(self, name: str, src: str, block: int, layer: LoRSLinear, conv1d: bool) -> None:
         super().__init__(name, (src,), block)
-        self.layer = layer
+        self._layer = layer
         self.conv1d = conv1d  # stored (in, out) in the checkpoint (GPT-2's Conv1D)
         self.mode = "frozen"
         self._gw: np.ndarray | None = None
         self._gb: np.ndarray | None = None
         self._pos: np.ndarray | None = None
+
+    @property
+    def layer(self) -> LoRSLinear:
+        """The LoRS layer; assigning a new one (e.g. a pruned rebuild) keeps the op's mode, and in
+        base mode re-derives the trainable values and fresh gradients from the new base."""
+        return self._layer
+
+    @layer.setter
+    def layer(self, layer: LoRSLinear) -> None:
+        if not isinstance(layer, LoRSLinear):
+            raise TypeError(f"layer: expected a LoRSLinear, got {type(layer).__name__}")
+        mode = self.mode
+        if mode == "base":
+            self.set_mode("frozen")
+        self._layer = layer
+        self.set_mode(mode)
 
     @property
     def in_features(self) -> int:
@@ -73,9 +89,9 @@ class LinearOp(Op):
         if mode not in ("frozen", "adapter", "base"):
             raise ValueError(f"mode: expected 'frozen', 'adapter' or 'base', got {mode!r}")
         if mode == "base" and self.mode != "base":
-            layer = self.layer
-            if layer.merged:
-                raise ValueError(f"{self.name}: the layer is merged; base training needs an unmerged layer")
+            layer = self._layer
+            if layer.merged:  # adapters folded in: the merged weights become the plain base
+                layer = self._layer = _frozen_linear(layer.base.to_dense(), layer.bias, self.name)
             mask = layer.mask
             # a private copy of the base whose value array the optimizer may update in place
             fmt: Any = type(layer.base)  # every base format has from_dense
