@@ -15,7 +15,7 @@ from sparseft.models import ByteTokenizer, HFTokenizer, from_pretrained, load_to
 from sparseft.models.checkpoint import SafetensorsReader
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers")
 from safetensors.numpy import save_file  # noqa: E402
 
 from tests.test_models import V, hf_gpt2, hf_llama, hf_logits, save_hf  # noqa: E402
@@ -303,3 +303,28 @@ def test_tokenizer_json_is_used(gpt2_dir: Path, tmp_path: Path) -> None:
         load_tokenizer(tmp_path / "none")
     with pytest.raises(TypeError, match="tokenizer: expected"):
         from_pretrained(gpt2_dir, tokenizer=3)
+
+
+def test_llama_with_tied_head(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=V,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        hidden_size=16,
+        intermediate_size=24,
+        max_position_embeddings=8,
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    d = save_hf(hf, tmp_path / "in")
+    model = from_pretrained(d)
+    assert model.config.tie_word_embeddings and "lm_head.weight" not in model.state_dict()
+    ids = np.arange(16).reshape(2, 8) % V
+    np.testing.assert_allclose(model.logits(ids), hf_logits(hf, ids), rtol=1e-4, atol=2e-5)
+    model.save_pretrained(tmp_path / "out")
+    back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out")).eval()
+    np.testing.assert_allclose(hf_logits(back, ids), model.logits(ids), rtol=1e-4, atol=2e-5)

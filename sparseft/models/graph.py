@@ -16,7 +16,10 @@ Conventions
 * ``backward(gy, *xs, y=y)`` gets the gradient of the primary output (``None`` for the loss op,
   which seeds 1.0) and returns one gradient per input, w.r.t. that input's primary output (``None``
   where not differentiable). It *accumulates* parameter gradients into :meth:`Op.grads`, so it runs
-  exactly once per step; each parameter gradient is accumulated by exactly one op.
+  exactly once per step; each parameter gradient is accumulated by exactly one op. The returned
+  gradients may alias each other or ``gy`` (a residual add passes ``gy`` on to both inputs), so an
+  executor sums gradients out of place; the loss op's primary output is its 0-d loss (it may return
+  more, e.g. the per-token log-sum-exp its backward reuses).
 * The last op of :meth:`Model.ops` is the loss: its forward returns a float32 0-d array (mean loss
   over the batch) and its inputs include ``"target"``.
 
