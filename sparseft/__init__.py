@@ -9,9 +9,11 @@ from __future__ import annotations
 from sparseft import _core, adapters, formats, models, prune, remat
 from sparseft.adapters import LoRSConfig, LoRSLinear
 from sparseft.formats import DenseBase
+from sparseft.models.sparsify import sparsify
 from sparseft.remat import Graph, Planner, Schedule, simulate
 from sparseft.remat import generators as graphs
 from sparseft.runtime import build_info, get_num_threads, set_num_threads, simd_path
+from sparseft.sparsegpt import sparsegpt
 from sparseft.train import Trainer
 from sparseft.weightnorm import WeightNorm
 
@@ -39,4 +41,6 @@ __all__ = [
     "set_num_threads",
     "simd_path",
     "simulate",
+    "sparsegpt",
+    "sparsify",
 ]

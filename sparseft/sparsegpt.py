@@ -146,6 +146,18 @@ def check_sparsity_nm(
     return (m - n) / m, (n, m)
 
 
+def check_options(blocksize: object, percdamp: object) -> tuple[int, float]:
+    """Validate SparseGPT's ``blocksize`` (int >= 1) and ``percdamp`` (in (0, 1])."""
+    if isinstance(blocksize, bool) or not isinstance(blocksize, numbers.Integral):
+        raise TypeError(f"blocksize: expected an int, got {type(blocksize).__name__}")
+    if blocksize < 1:
+        raise ValueError(f"blocksize: expected an int >= 1, got {blocksize}")
+    damp = _check_real("percdamp", percdamp, 0.0, 1.0, hi_open=False)
+    if damp == 0.0:
+        raise ValueError("percdamp: expected a number in (0, 1], got 0 (H may be singular)")
+    return int(blocksize), damp
+
+
 def _dampen(H: np.ndarray, W: np.ndarray, percdamp: float) -> np.ndarray:
     """Dead inputs (always 0: diag H = 0) get H_jj = 1 and W[:, j] = 0 (in place on W); then
     ``percdamp`` times the mean diagonal is added to the diagonal, as in the paper's code."""
@@ -245,15 +257,8 @@ def sparsegpt(
     W = _check_matrix(W, "W")
     out, n_in = W.shape
     s, pair = check_sparsity_nm(sparsity, nm, n_in)
-    if isinstance(blocksize, bool) or not isinstance(blocksize, numbers.Integral):
-        raise TypeError(f"blocksize: expected an int, got {type(blocksize).__name__}")
-    if blocksize < 1:
-        raise ValueError(f"blocksize: expected an int >= 1, got {blocksize}")
-    damp = _check_real("percdamp", percdamp, 0.0, 1.0, hi_open=False)
-    if damp == 0.0:
-        raise ValueError("percdamp: expected a number in (0, 1], got 0 (H may be singular)")
+    bs, damp = check_options(blocksize, percdamp)
     gram = _as_gram(X, n_in)
-    bs = int(blocksize)
     if pair is not None:
         bs = max(pair[1], bs - bs % pair[1])
 
