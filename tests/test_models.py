@@ -165,10 +165,18 @@ def test_adapter_gradients_match_torch_autograd(pair: tuple[Any, Any, Path]) -> 
     assert np.isfinite(loss)
 
 
-def test_base_training_gradients_match_torch_and_keep_zeros(pair: tuple[Any, Any, Path]) -> None:
+@pytest.mark.parametrize("fmt", ["dense", "csr", "nm"])
+def test_base_training_gradients_match_torch_and_keep_zeros(pair: tuple[Any, Any, Path], fmt: str) -> None:
     hf, _, d = pair
     model = from_pretrained(d)
-    _prune(model, 4)
+    _prune(model, 4, sparsity={"dense": 0.5, "csr": 0.9, "nm": 0.0}[fmt])
+    if fmt == "nm":  # 2:4 masks stored in the N:M format (swapped in, as sparsify does)
+        for op in model.ops():
+            if hasattr(op, "conv1d"):
+                W = op.layer.base.to_dense()
+                W = np.where(sft.prune.nm(W, 2, 4), W, np.float32(0))
+                op.layer = sft.LoRSLinear(W, r=1, bias=op.layer.bias, format="nm")
+    assert {layer.base.format for layer in model.linears().values()} == {fmt}
     masks = {n: layer.mask for n, layer in model.linears().items()}
     model.train_base(True)
     ids, tg = ids_and_targets(5)

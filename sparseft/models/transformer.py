@@ -496,11 +496,14 @@ def weight_spec(cfg: Config) -> list[tuple[str, tuple[int, ...], str]]:
 def _frozen_linear(W: np.ndarray, bias: np.ndarray | None, name: str) -> LoRSLinear:
     """A LoRSLinear holding the base only (its r=1 adapter is zero and unused in "frozen" mode)."""
     mask = W != 0
+    full = bool(mask.all())
     try:
-        # a fully dense mask needs no format search (detect_nm scans the whole mask)
-        return LoRSLinear(W, mask=mask, r=1, bias=bias, format="dense" if mask.all() else "auto")
+        # a full mask needs no format search (choose_format's N:M detection scans the whole mask)
+        layer = LoRSLinear(W, mask=mask, r=1, bias=bias, format="dense" if full else "auto")
     except (TypeError, ValueError) as e:
         raise ValueError(f"{name}: {str(e).removeprefix('W: ')}") from e
+    layer._format_request = "auto"  # a later pruned base (load_state_dict) still picks its format
+    return layer
 
 
 # ---- the model --------------------------------------------------------------------------------
