@@ -34,6 +34,9 @@ __all__ = ["METHODS", "LayerReport", "SparsifyReport", "sparsify"]
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 
+#: Default calibration window: the papers' 2048 tokens, or the model's context if shorter.
+DEFAULT_SEQ_LEN = 2048
+
 
 @dataclasses.dataclass(frozen=True)
 class LayerReport:
@@ -211,7 +214,7 @@ def _calibration(model: Any, calib: Any, nsamples: int, seq_len: int | None, see
         if calib.ndim < 1 or calib.shape[0] < 1:
             raise ValueError(f"calib: expected at least one sample along axis 0, got shape {calib.shape}")
         return calib
-    T = max_len if seq_len is None else _check_int("seq_len", seq_len, 1)
+    T = min(max_len, DEFAULT_SEQ_LEN) if seq_len is None else _check_int("seq_len", seq_len, 1)
     if T > max_len:
         raise ValueError(f"seq_len: expected at most the model's seq_len {max_len}, got {T}")
     if isinstance(calib, np.ndarray) and calib.ndim == 2:
@@ -317,7 +320,8 @@ def sparsify(
     nsamples : int
         Calibration windows drawn from text or 1-D ids (the papers use 128).
     seq_len : int, optional
-        Window length; default the model's ``config.seq_len``.
+        Window length, at most the model's ``config.seq_len``; default that or 2048 tokens (the
+        papers' window), whichever is smaller.
     batch_size : int
         Calibration samples per forward (bounds the activation memory).
     seed : int
