@@ -260,20 +260,26 @@ int rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, cons
 #define GELU_K 0.7978845608028654f /* sqrt(2 / pi) */
 #define GELU_C 0.044715f
 
-/* tanh(u) = 1 - 2 / (exp(2u) + 1): exact limits +-1 for large |u| */
-NN_INLINE v8f v8_tanh(v8f u) {
-    return v8_set(1.0f) - v8_set(2.0f) / (v8_exp(u + u) + v8_set(1.0f));
+/* 0.5 (1 + tanh(u)) = sigmoid(2u), so gelu(x) = x sigmoid(2u) with u = sqrt(2/pi) (x + 0.044715 x^3):
+ * one exp and one division per lane. u is taken at x clamped to [-15, 15], where sigmoid(2u) is
+ * already exactly 0 or 1 in float32 (and x^3 cannot overflow into 0 * inf in the derivative). */
+NN_INLINE v8f gelu_sig8(v8f x, v8f *xc_out) {
+    const v8f lim = v8_set(15.0f);
+    v8f xc = v8_select(x > lim, lim, v8_select(x < -lim, -lim, x));
+    v8f u = v8_set(GELU_K) * (xc + v8_set(GELU_C) * xc * xc * xc);
+    *xc_out = xc;
+    return v8_set(1.0f) / (v8_set(1.0f) + v8_exp(v8_set(-2.0f) * u));
 }
-
 NN_INLINE v8f gelu8(v8f x) {
-    v8f u = v8_set(GELU_K) * (x + v8_set(GELU_C) * x * x * x);
-    return v8_set(0.5f) * x * (v8_set(1.0f) + v8_tanh(u));
+    v8f xc;
+    return x * gelu_sig8(x, &xc);
 }
+/* d/dx x s(2u) = s + 2 x s (1 - s) du/dx */
 NN_INLINE v8f gelu_grad8(v8f x, v8f g) {
-    v8f u = v8_set(GELU_K) * (x + v8_set(GELU_C) * x * x * x);
-    v8f t = v8_tanh(u);
-    v8f du = v8_set(GELU_K) * (v8_set(1.0f) + v8_set(3.0f * GELU_C) * x * x);
-    return g * (v8_set(0.5f) * (v8_set(1.0f) + t) + v8_set(0.5f) * x * (v8_set(1.0f) - t * t) * du);
+    v8f xc;
+    v8f s = gelu_sig8(x, &xc);
+    v8f du = v8_set(GELU_K) * (v8_set(1.0f) + v8_set(3.0f * GELU_C) * xc * xc);
+    return g * (s + v8_set(2.0f) * xc * s * (v8_set(1.0f) - s) * du);
 }
 NN_INLINE v8f sigmoid8(v8f x) {
     return v8_set(1.0f) / (v8_set(1.0f) + v8_exp(-x));

@@ -1,0 +1,340 @@
+"""Models benchmark, in sections chosen on the command line.
+
+``--ops``: forward+backward of each transformer op at GPT-2-small shapes (B=4, T=1024, d=768,
+12 heads of 64, vocabulary 50,257: N = 4096 tokens) against PyTorch CPU, side by side in one run
+with interleaved repetitions (the machine is shared and noisy):
+
+* attention: ``ops.attention_forward`` + ``attention_backward`` (flash-style, causal) vs
+  ``F.scaled_dot_product_attention(is_causal=True)`` and its autograd backward;
+* LM head + cross-entropy (frozen head, the fine-tuning case): ``ops.lm_head_xent_forward(...,
+  grad=True)`` (loss and dx in one pass, the Trainer's path) and forward + ``lm_head_xent_backward``
+  (recomputing the logits) vs ``F.cross_entropy(x @ w.T, t)`` on materialised logits, backward to x;
+* LayerNorm, RMSNorm, GELU-tanh, SwiGLU, RoPE, AdamW: vs ``F.layer_norm``, ``F.rms_norm``,
+  ``F.gelu(approximate="tanh")``, ``F.silu(g) * u``, the Hugging Face rotate_half formula in torch,
+  and ``torch.optim.AdamW``; their effective bandwidth (the bytes the op must move, read + written,
+  over the time) against a memory copy (``numpy.copyto``, 2 x bytes / time) measured in the same run.
+
+Peak memory of each call is the growth of the process's resident set (VmHWM after resetting it
+through /proc/self/clear_refs, minus VmRSS before the call), the same meter for both libraries; the
+script re-executes itself once with glibc's mmap threshold pinned, so freed buffers go back to the
+OS and one call's leftovers do not hide the next call's peak.
+
+Targets printed beside the results: attention and the fused head at <= 1x PyTorch's time with
+<= 0.25x its peak memory; the norms and activations at >= 70% of the copy bandwidth.
+
+Usage: ``python benchmarks/bench_models.py --ops [--reps 3] [--threads N] [--small]``
+(``--small``: B=1, T=256 and a 8,192 vocabulary, for a quick look; not the reported shapes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+import _timing  # benchmarks/_timing.py (the script's own folder is on sys.path)
+import numpy as np
+
+import sparseft
+from sparseft import _core
+from sparseft.models import ops
+
+#: glibc: allocations from 128 KiB up are mmapped and unmapped on free (no dynamic threshold)
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
+def _reexec_with_malloc_env() -> None:
+    if all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()):
+        return
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, *sys.argv], dict(os.environ, **MALLOC_ENV))
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def peak_growth(fn: Callable[[], object]) -> int:
+    """Bytes the resident set grows to above its level before one call of ``fn`` (result dropped)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS
+    before = _status_kib("VmRSS")
+    fn()
+    return (_status_kib("VmHWM") - before) * 1024
+
+
+def _drop(fn: Callable[[], object]) -> Callable[[], None]:
+    """``fn`` with its result discarded inside the call (so peak_growth sees it freed)."""
+
+    def run() -> None:
+        fn()
+
+    return run
+
+
+def measure(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, tuple[float, int]]:
+    """Min seconds (interleaved) and peak RSS growth of each function."""
+    times = _timing.interleaved({k: _drop(f) for k, f in fns.items()}, reps)
+    out = {}
+    for k, f in fns.items():
+        peaks = [peak_growth(_drop(f)) for _ in range(2)]
+        out[k] = (min(times[k]), min(peaks))
+    return out
+
+
+def _row(name: str, t: float, peak: int, extra: str = "") -> str:
+    return f"  {name:<34s} {t * 1e3:9.1f} ms  peak +{peak / 2**20:8.1f} MiB  {extra}"
+
+
+def section_ops(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(sparseft.get_num_threads())
+    if args.small:
+        B, T, C, H, V = 1, 256, 768, 12, 8192
+    else:
+        B, T, C, H, V = 4, 1024, 768, 12, 50257
+    D, N, reps = C // H, B * T, args.reps
+    rng = np.random.default_rng(0)
+
+    def rnd(*shape: int, scale: float = 1.0) -> np.ndarray:
+        return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+    print(
+        f"shapes: B={B} T={T} C={C} heads={H}x{D} V={V} (N={N} tokens); threads: sparseft "
+        f"{sparseft.get_num_threads()}, torch {torch.get_num_threads()}; reps {reps}, min time"
+    )
+
+    copy_bw = _copy_bandwidth(rnd(N, 4 * C), reps)
+    _attention(rnd, B, H, T, D, reps)
+    _head(rnd, rng, N, C, V, reps)
+    _row_ops(rnd, B, T, C, H, D, N, reps, copy_bw)
+    _adamw(rnd, reps, copy_bw)
+
+
+def _copy_bandwidth(src: np.ndarray, reps: int) -> float:
+    """Read+write bytes per second of numpy.copyto into a preallocated array (the row ops' ceiling)."""
+    dst = np.empty_like(src)
+    tcopy = min(_timing.interleaved({"copy": lambda: np.copyto(dst, src)}, reps)["copy"])
+    copy_bw = 2 * src.nbytes / tcopy
+    print(
+        f"memory copy: {src.nbytes / 2**20:.0f} MiB in {tcopy * 1e3:.1f} ms = {copy_bw / 1e9:.2f} GB/s (read+write)"
+    )
+    return copy_bw
+
+
+def _attention(rnd: Callable[..., np.ndarray], B: int, H: int, T: int, D: int, reps: int) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    q, k, v, do = rnd(B, H, T, D), rnd(B, H, T, D), rnd(B, H, T, D), rnd(B, H, T, D)
+
+    def sft_attn() -> object:
+        o, lse = ops.attention_forward(q, k, v)
+        return ops.attention_backward(do, q, k, v, o, lse)
+
+    qt, kt, vt = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    dot = torch.tensor(do)
+
+    def torch_attn() -> object:
+        for t in (qt, kt, vt):
+            t.grad = None
+        F.scaled_dot_product_attention(qt, kt, vt, is_causal=True).backward(dot)
+        return qt.grad
+
+    res = measure({"sft": sft_attn, "torch": torch_attn}, reps)
+    (ts, ps), (tt, pt) = res["sft"], res["torch"]
+    print("\nattention fwd+bwd (causal):")
+    print(_row("sparseft (flash, lse kept)", ts, ps))
+    print(_row("torch SDPA + autograd", tt, pt))
+    print(f"  ratio: time {ts / tt:.2f}x, peak {ps / max(pt, 1):.2f}x   (target <= 1x time, <= 0.25x peak)")
+
+
+def _head(
+    rnd: Callable[..., np.ndarray], rng: np.random.Generator, N: int, C: int, V: int, reps: int
+) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    x, w, tgt = rnd(N, C), rnd(V, C, scale=0.05), rng.integers(0, V, N)
+
+    def sft_fused() -> object:
+        return ops.lm_head_xent_forward(x, w, tgt, grad=True)
+
+    def sft_recompute() -> object:
+        _, lse = ops.lm_head_xent_forward(x, w, tgt)
+        return ops.lm_head_xent_backward(x, w, tgt, lse)
+
+    xt, wt, tt_ = torch.tensor(x, requires_grad=True), torch.tensor(w), torch.tensor(tgt)
+
+    def torch_head() -> object:
+        xt.grad = None
+        F.cross_entropy(xt @ wt.T, tt_).backward()
+        return xt.grad
+
+    res = measure({"fused": sft_fused, "recompute": sft_recompute, "torch": torch_head}, reps)
+    tt, pt = res["torch"]
+    print("\nLM head + cross-entropy fwd+bwd (frozen head, dx only):")
+    for key, label in (
+        ("fused", "sparseft fused (loss+dx, 1 pass)"),
+        ("recompute", "sparseft fwd + bwd (recompute)"),
+    ):
+        t, p = res[key]
+        print(_row(label, t, p, f"time {t / tt:.2f}x, peak {p / max(pt, 1):.2f}x"))
+    print(_row("torch matmul + cross_entropy", tt, pt))
+    print("  target: <= 1x time, <= 0.25x peak")
+
+
+def _row_ops(
+    rnd: Callable[..., np.ndarray], B: int, T: int, C: int, H: int, D: int, N: int, reps: int, copy_bw: float
+) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    print(
+        f"\nrow ops fwd+bwd: effective bandwidth = bytes the op must move / time; copy {copy_bw / 1e9:.2f} GB/s "
+        "(target >= 70% of it)"
+    )
+    x, dy, wv, bv = rnd(N, C), rnd(N, C), rnd(C), rnd(C)
+    hx, hdy, hu = rnd(N, 4 * C), rnd(N, 4 * C), rnd(N, 4 * C)
+    rx = rnd(B, T, H, D)
+
+    def sft_ln() -> object:
+        _, m, r = ops.layernorm_forward(x, wv, bv)
+        return ops.layernorm_backward(dy, x, wv, m, r)
+
+    def sft_rms() -> object:
+        _, r = ops.rmsnorm_forward(x, wv)
+        return ops.rmsnorm_backward(dy, x, wv, r)
+
+    def sft_gelu() -> object:
+        ops.gelu_forward(hx)
+        return ops.gelu_backward(hdy, hx)
+
+    def sft_swiglu() -> object:
+        ops.swiglu_forward(hx, hu)
+        return ops.swiglu_backward(hdy, hx, hu)
+
+    def sft_rope() -> object:
+        ops.rope_forward(rx)
+        return ops.rope_backward(rx)
+
+    xT, wT, bT, dyT = (torch.tensor(a, requires_grad=i < 3) for i, a in enumerate((x, wv, bv, dy)))
+    hxT, huT, hdyT = (
+        torch.tensor(hx, requires_grad=True),
+        torch.tensor(hu, requires_grad=True),
+        torch.tensor(hdy),
+    )
+    rxT = torch.tensor(rx, requires_grad=True)
+    inv = 1.0 / (10000.0 ** (torch.arange(0, D, 2, dtype=torch.float32) / D))
+    ang = torch.arange(T, dtype=torch.float32)[:, None] * inv[None, :]
+    cos = torch.cat([ang.cos(), ang.cos()], -1)[None, :, None, :]
+    sin = torch.cat([ang.sin(), ang.sin()], -1)[None, :, None, :]
+
+    def grads_none(*ts: torch.Tensor) -> None:
+        for t in ts:
+            t.grad = None
+
+    def torch_ln() -> object:
+        grads_none(xT, wT, bT)
+        F.layer_norm(xT, (C,), wT, bT, 1e-5).backward(dyT)
+        return xT.grad
+
+    def torch_rms() -> object:
+        grads_none(xT, wT)
+        F.rms_norm(xT, (C,), wT, 1e-6).backward(dyT)
+        return xT.grad
+
+    def torch_gelu() -> object:
+        grads_none(hxT)
+        F.gelu(hxT, approximate="tanh").backward(hdyT)
+        return hxT.grad
+
+    def torch_swiglu() -> object:
+        grads_none(hxT, huT)
+        (F.silu(hxT) * huT).backward(hdyT)
+        return hxT.grad
+
+    def torch_rope() -> object:
+        grads_none(rxT)
+        rot = torch.cat([-rxT[..., D // 2 :], rxT[..., : D // 2]], -1)
+        (rxT * cos + rot * sin).backward(rxT.detach())
+        return rxT.grad
+
+    nbytes = x.nbytes
+    cases = [
+        # name, sparseft fn, torch fn, bytes moved (fwd: read x, write y; bwd: read dy, x, write dx)
+        ("layernorm", sft_ln, torch_ln, 5 * nbytes),
+        ("rmsnorm", sft_rms, torch_rms, 5 * nbytes),
+        ("gelu (N x 4C)", sft_gelu, torch_gelu, 5 * hx.nbytes),
+        # fwd: read gate, up, write y; bwd: read dy, gate, up, write dgate, dup
+        ("swiglu (N x 4C)", sft_swiglu, torch_swiglu, 8 * hx.nbytes),
+        ("rope (B,T,H,D)", sft_rope, torch_rope, 4 * rx.nbytes),
+    ]
+    res = measure(
+        {f"{n}|{lib}": f for n, fs, ft, _ in cases for lib, f in (("sft", fs), ("torch", ft))}, reps
+    )
+    for name, _, _, moved in cases:
+        ts, ps = res[f"{name}|sft"]
+        tt, pt = res[f"{name}|torch"]
+        print(
+            f"  {name:<16s} sparseft {ts * 1e3:7.1f} ms ({moved / ts / 1e9:6.2f} GB/s = "
+            f"{moved / ts / copy_bw:4.0%} of copy) peak +{ps / 2**20:6.1f} MiB | torch {tt * 1e3:7.1f} ms "
+            f"({moved / tt / copy_bw:4.0%}) peak +{pt / 2**20:6.1f} MiB | time {ts / tt:.2f}x"
+        )
+
+
+def _adamw(rnd: Callable[..., np.ndarray], reps: int, copy_bw: float) -> None:
+    import torch
+
+    P = 1 << 24
+    p, g, m, vv = rnd(P), rnd(P), np.zeros(P, np.float32), np.zeros(P, np.float32)
+    pT = torch.tensor(p.copy(), requires_grad=True)
+    pT.grad = torch.tensor(g)
+    opt = torch.optim.AdamW([pT], lr=1e-3, weight_decay=0.1)
+    step = [0]
+
+    def sft_adamw() -> None:
+        step[0] += 1
+        ops.adamw_step(p, g, m, vv, 1e-3, 0.9, 0.999, 1e-8, 0.1, step[0])
+
+    res = measure({"sft": sft_adamw, "torch": opt.step}, reps)
+    moved = 7 * p.nbytes  # read param, grad, m, v; write param, m, v
+    ts, tt = res["sft"][0], res["torch"][0]
+    print(
+        f"  {'adamw (16M)':<16s} sparseft {ts * 1e3:7.1f} ms ({moved / ts / copy_bw:4.0%} of copy) | torch "
+        f"{tt * 1e3:7.1f} ms ({moved / tt / copy_bw:4.0%}) | time {ts / tt:.2f}x"
+    )
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {"ops": section_ops}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for name in SECTIONS:
+        parser.add_argument(f"--{name}", action="store_true", help=f"run the {name} section")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--small", action="store_true", help="small shapes for a quick look")
+    args = parser.parse_args()
+    chosen = [n for n in SECTIONS if getattr(args, n)]
+    if not chosen:
+        parser.error("choose at least one section: " + ", ".join(f"--{n}" for n in SECTIONS))
+    _reexec_with_malloc_env()
+    if args.threads:
+        sparseft.set_num_threads(args.threads)
+    print(_timing.cpu_line())
+    print(f"sparseft {sparseft.__version__}, SIMD {_core.build_info()['simd']}")
+    for name in chosen:
+        print(f"\n== {name} ==")
+        SECTIONS[name](args)
+
+
+if __name__ == "__main__":
+    main()
