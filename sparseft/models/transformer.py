@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from sparseft import formats
 from sparseft.adapters.lors import LoRSConfig, LoRSLinear
 from sparseft.models import ops as F
 from sparseft.models.config import GPTConfig, LlamaConfig
@@ -496,10 +497,13 @@ def weight_spec(cfg: Config) -> list[tuple[str, tuple[int, ...], str]]:
 def _frozen_linear(W: np.ndarray, bias: np.ndarray | None, name: str) -> LoRSLinear:
     """A LoRSLinear holding the base only (its r=1 adapter is zero and unused in "frozen" mode)."""
     mask = W != 0
-    full = bool(mask.all())
+    # above both crossovers "auto" means dense: say so and skip choose_format's N:M scan of the mask
+    density = np.count_nonzero(mask) / max(mask.size, 1)
+    dense = density > max(
+        formats.density_crossover(None, W.shape[1]), formats.nm_max_density(None, W.shape[1])
+    )
     try:
-        # a full mask needs no format search (choose_format's N:M detection scans the whole mask)
-        layer = LoRSLinear(W, mask=mask, r=1, bias=bias, format="dense" if full else "auto")
+        layer = LoRSLinear(W, mask=mask, r=1, bias=bias, format="dense" if dense else "auto")
     except (TypeError, ValueError) as e:
         raise ValueError(f"{name}: {str(e).removeprefix('W: ')}") from e
     layer._format_request = "auto"  # a later pruned base (load_state_dict) still picks its format
