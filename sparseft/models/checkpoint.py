@@ -30,7 +30,12 @@ from sparseft.models.transformer import Decoder, build, normalize_keys, weight_s
 
 __all__ = ["SafetensorsReader", "from_pretrained", "save_pretrained"]
 
-_DTYPES: dict[str, np.dtype[Any]] = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8"), "BF16": np.dtype("<u2")}
+_DTYPES: dict[str, np.dtype[Any]] = {
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "F64": np.dtype("<f8"),
+    "BF16": np.dtype("<u2"),
+}
 _CHUNK = 1 << 22  # values widened per read: the only temporary besides the float32 result
 
 
