@@ -3,6 +3,8 @@ magnitude pruning and Wanda, exact counts and N:M groups, the Gram accumulator, 
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -13,6 +15,8 @@ from sparseft.sparsegpt import Gram, inverse_hessian_factor, reconstruction_erro
 
 from . import reference as ref
 
+sparsegpt_module = sys.modules["sparseft.sparsegpt"]  # the attribute sft.sparsegpt is the function
+
 
 def _inputs(rng: np.random.Generator, tokens: int, n_in: int, outliers: bool = True) -> np.ndarray:
     """Correlated layer inputs with a few large-norm features, as LLM activations have."""
@@ -22,7 +26,14 @@ def _inputs(rng: np.random.Generator, tokens: int, n_in: int, outliers: bool = T
     return X
 
 
-def test_inverse_hessian_factor(rng: np.random.Generator) -> None:
+@pytest.mark.parametrize("lapack", ["scipy", "numpy"])
+def test_inverse_hessian_factor(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, lapack: str
+) -> None:
+    if lapack == "numpy":  # the path without SciPy: NumPy's general inverse of the Cholesky factor
+        monkeypatch.setattr(sparsegpt_module, "_trtri", None)
+    elif sparsegpt_module._trtri is None:
+        pytest.skip("scipy not installed")
     for n in (1, 2, 7, 40):
         M = rng.standard_normal((n, n + 3))
         H = M @ M.T + 0.1 * np.eye(n)

@@ -388,3 +388,9 @@ def test_bad_input() -> None:
     stack, _ = _stack(np.random.default_rng(0), (4, 4))
     with pytest.raises(TypeError, match=r"calib: expected a numpy\.ndarray of model inputs"):
         sft.sparsify(stack, method="wanda", calib="some text")
+
+
+def test_default_window_is_at_most_2048_tokens() -> None:
+    model = GPT.random(GPTConfig(vocab_size=256, n_layer=1, n_head=2, d_model=8, seq_len=4096), seed=0)
+    report = sft.sparsify(model, 0.5, method="wanda", calib=CALIB, nsamples=1)
+    assert report.calib_tokens == 2048
