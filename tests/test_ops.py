@@ -495,3 +495,24 @@ def test_inputs_are_not_modified_and_views_are_accepted() -> None:
     for a, k in zip((big, w, b), keep, strict=True):
         np.testing.assert_array_equal(a, k)
     np.testing.assert_array_equal(q, qk)
+
+
+def test_empty_shapes_do_not_crash() -> None:
+    z = lambda *s: np.zeros(s, np.float32)  # noqa: E731
+    assert ops.layernorm_forward(z(0, 4), z(4), z(4))[0].shape == (0, 4)
+    assert ops.rmsnorm_backward(z(3, 0), z(3, 0), z(0), z(3))[1].shape == (0,)
+    o, lse = ops.attention_forward(z(1, 2, 0, 4), z(1, 1, 0, 4), z(1, 1, 0, 4))
+    assert o.shape == (1, 2, 0, 4) and lse.shape == (1, 2, 0)
+    assert ops.attention_backward(o, z(1, 2, 0, 4), z(1, 1, 0, 4), z(1, 1, 0, 4), o, lse)[1].shape == (
+        1,
+        1,
+        0,
+        4,
+    )
+    loss, lse, dx, dw = ops.lm_head_xent_forward(
+        z(0, 4), z(5, 4), np.zeros(0, np.int64), grad=True, need_dw=True
+    )
+    assert float(loss) == 0.0 and dx.shape == (0, 4)
+    np.testing.assert_array_equal(dw, z(5, 4))
+    assert ops.embedding_backward(z(1, 2, 0), np.zeros((1, 2), np.int64), 3).shape == (3, 0)
+    assert ops.rope_forward(z(1, 0, 2, 4)).shape == (1, 0, 2, 4)

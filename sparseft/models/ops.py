@@ -57,7 +57,7 @@ def _rows(a: object, name: str) -> np.ndarray:
     a = _c(a, name)
     if a.ndim < 1:
         raise ValueError(f"{name}: expected an array of at least 1 dimension (..., C), got shape {a.shape}")
-    return a.reshape(-1, a.shape[-1])
+    return a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
 
 
 def _per_row(a: object, name: str, x: np.ndarray) -> np.ndarray:
@@ -383,7 +383,13 @@ def lm_head_xent_backward(
         float32 (V, C) when ``need_dw`` (a trainable head), else None.
     """
     return _core.lm_head_xent_backward(
-        _c(x, "x"), _c(w, "w"), _c(targets, "targets"), _c(lse, "lse"), float(dloss), bool(need_dw), _chunk(chunk)
+        _c(x, "x"),
+        _c(w, "w"),
+        _c(targets, "targets"),
+        _c(lse, "lse"),
+        float(dloss),
+        bool(need_dw),
+        _chunk(chunk),
     )
 
 
@@ -408,7 +414,9 @@ def softmax_xent_backward(
     logits: np.ndarray, targets: np.ndarray, lse: np.ndarray, dloss: float = 1.0
 ) -> np.ndarray:
     """Gradient of :func:`softmax_xent_forward` wrt the logits: ``dloss / N * (softmax - onehot)``."""
-    return _core.softmax_xent_backward(_c(logits, "logits"), _c(targets, "targets"), _c(lse, "lse"), float(dloss))
+    return _core.softmax_xent_backward(
+        _c(logits, "logits"), _c(targets, "targets"), _c(lse, "lse"), float(dloss)
+    )
 
 
 # ---- AdamW ----
