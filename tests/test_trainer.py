@@ -247,3 +247,11 @@ def test_lr_schedules_and_parse_bytes() -> None:
     assert lr_at(6, 1.0, 10, 2, "linear") == pytest.approx(0.5)
     assert parse_bytes("64MiB") == 64 * 2**20 and parse_bytes("1.5 GB") == 1_500_000_000
     assert parse_bytes(1000) == 1000 and parse_bytes(0.5) == 0.5
+
+
+def test_plan_for_before_fit_still_replans_with_the_profile() -> None:
+    tr = sft.Trainer(TinyLM(n_layer=4, d=16, h=48), memory_budget=0.5, seed=3, plan_time_limit=5)
+    _, first = tr.plan_for(3, 8)
+    assert first.solver == "blocks"  # no profile yet: per-block checkpointing where it fits
+    tr.fit(TEXT, steps=1, batch_size=3, seq_len=8, progress=False)
+    assert tr.plan is not first and tr.plan.duration is not None and tr.plan.duration > tr.plan.graph.n

@@ -242,6 +242,9 @@ class Trainer:
         self.plan: Schedule | None = None
         self.peak_activation_bytes = 0
         self._plans: dict[tuple[int, int, int | float | None], tuple[StepGraph, Schedule]] = {}
+        self._profiled: set[tuple[int, int, int | float | None]] = (
+            set()
+        )  # plans solved with measured durations
 
     # ------------------------------------------------------------------ config
     def config(self) -> dict[str, Any]:
@@ -406,7 +409,7 @@ class Trainer:
             if not callable(cb):
                 raise TypeError(f"callbacks: expected callables, got {type(cb).__name__}")
         key = (batch_size, seq_len, self.memory_budget)
-        fresh = key not in self._plans
+        fresh = key not in self._profiled
         sg, sched = self.plan_for(batch_size, seq_len)
         self.plan = sched
         store = ActivationStore()
@@ -456,6 +459,7 @@ class Trainer:
                 }
                 if fresh and durations is not None:
                     self._replan_with_profile(key, durations)
+                    self._profiled.add(key)
                     sg, sched = self._plans[key]
                     self.plan = sched
                     fresh = False
@@ -507,6 +511,7 @@ class Trainer:
             raise TypeError(f"model: {type(self.model).__name__} has no merge_adapters()")
         merger()
         self._plans.clear()
+        self._profiled.clear()
         self.optimizer = AdamW({}, weight_decay=self.weight_decay)
         return self.model
 
