@@ -22,7 +22,14 @@ OS and one call's leftovers do not hide the next call's peak.
 Targets printed beside the results: attention and the fused head at <= 1x PyTorch's time with
 <= 0.25x its peak memory; the norms and activations at >= 70% of the copy bandwidth.
 
-Usage: ``python benchmarks/bench_models.py --ops [--reps 3] [--threads N] [--small]``
+``--load``: a ~1 GB F16 Llama checkpoint (d=2048, 16 heads / 8 key-value heads, SwiGLU 5632,
+vocabulary 32,000; generated in a temporary directory) loaded by ``sparseft.models.from_pretrained``
+and by ``transformers.AutoModelForCausalLM.from_pretrained(dtype=float32)``, each in a fresh process:
+time and peak RSS (``ru_maxrss``), also as growth over the process's RSS after its imports, against
+the loaded model's own bytes (``model.nbytes``; the parameters' bytes for transformers). Target:
+sparseft's peak RSS growth <= 1.2x ``model.nbytes`` (no second copy of the model on the way).
+
+Usage: ``python benchmarks/bench_models.py --ops [--reps 3] [--threads N] [--small]``; ``--load [--gb 1.0]``
 (``--small``: B=1, T=256 and a 8,192 vocabulary, for a quick look; not the reported shapes).
 """
 
@@ -87,6 +94,15 @@ def measure(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, tuple[
     return out
 
 
+def take_grads(*ts: object) -> tuple[object, ...]:
+    """The tensors' .grad, cleared on them: a torch step's gradients are dropped with its result,
+    like sparseft's returned arrays, so neither library's last outputs sit in the baseline RSS."""
+    grads = tuple(t.grad for t in ts)  # type: ignore[attr-defined]
+    for t in ts:
+        t.grad = None  # type: ignore[attr-defined]
+    return grads
+
+
 def _row(name: str, t: float, peak: int, extra: str = "") -> str:
     return f"  {name:<34s} {t * 1e3:9.1f} ms  peak +{peak / 2**20:8.1f} MiB  {extra}"
 
@@ -142,10 +158,8 @@ def _attention(rnd: Callable[..., np.ndarray], B: int, H: int, T: int, D: int, r
     dot = torch.tensor(do)
 
     def torch_attn() -> object:
-        for t in (qt, kt, vt):
-            t.grad = None
         F.scaled_dot_product_attention(qt, kt, vt, is_causal=True).backward(dot)
-        return qt.grad
+        return take_grads(qt, kt, vt)
 
     res = measure({"sft": sft_attn, "torch": torch_attn}, reps)
     (ts, ps), (tt, pt) = res["sft"], res["torch"]
@@ -173,9 +187,8 @@ def _head(
     xt, wt, tt_ = torch.tensor(x, requires_grad=True), torch.tensor(w), torch.tensor(tgt)
 
     def torch_head() -> object:
-        xt.grad = None
         F.cross_entropy(xt @ wt.T, tt_).backward()
-        return xt.grad
+        return take_grads(xt)
 
     res = measure({"fused": sft_fused, "recompute": sft_recompute, "torch": torch_head}, reps)
     tt, pt = res["torch"]
@@ -236,35 +249,26 @@ def _row_ops(
     cos = torch.cat([ang.cos(), ang.cos()], -1)[None, :, None, :]
     sin = torch.cat([ang.sin(), ang.sin()], -1)[None, :, None, :]
 
-    def grads_none(*ts: torch.Tensor) -> None:
-        for t in ts:
-            t.grad = None
-
     def torch_ln() -> object:
-        grads_none(xT, wT, bT)
         F.layer_norm(xT, (C,), wT, bT, 1e-5).backward(dyT)
-        return xT.grad
+        return take_grads(xT, wT, bT)
 
     def torch_rms() -> object:
-        grads_none(xT, wT)
         F.rms_norm(xT, (C,), wT, 1e-6).backward(dyT)
-        return xT.grad
+        return take_grads(xT, wT)
 
     def torch_gelu() -> object:
-        grads_none(hxT)
         F.gelu(hxT, approximate="tanh").backward(hdyT)
-        return hxT.grad
+        return take_grads(hxT)
 
     def torch_swiglu() -> object:
-        grads_none(hxT, huT)
         (F.silu(hxT) * huT).backward(hdyT)
-        return hxT.grad
+        return take_grads(hxT, huT)
 
     def torch_rope() -> object:
-        grads_none(rxT)
         rot = torch.cat([-rxT[..., D // 2 :], rxT[..., : D // 2]], -1)
         (rxT * cos + rot * sin).backward(rxT.detach())
-        return rxT.grad
+        return take_grads(rxT)
 
     nbytes = x.nbytes
     cases = [
@@ -312,7 +316,109 @@ def _adamw(rnd: Callable[..., np.ndarray], reps: int, copy_bw: float) -> None:
     )
 
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {"ops": section_ops}
+# ---- load: checkpoint loading, sparseft vs transformers ----
+
+LOAD_CHILD = r"""
+import json, resource, sys, time
+which, path = sys.argv[1], sys.argv[2]
+def rss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+if which == "sparseft":
+    import sparseft.models as M
+    base = rss()
+    t0 = time.perf_counter()
+    model = M.from_pretrained(path, tokenizer=None)
+    dt = time.perf_counter() - t0
+    nbytes = model.nbytes
+else:
+    import torch, transformers
+    base = rss()
+    t0 = time.perf_counter()
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    dt = time.perf_counter() - t0
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"seconds": dt, "peak": peak, "base": base, "nbytes": nbytes}))
+"""
+
+LOAD_WRITER = r"""
+import sys, numpy as np
+from safetensors.numpy import save_file
+import sparseft.models as M
+from sparseft.models.transformer import weight_spec
+path, cfg = sys.argv[1], M.LlamaConfig(**__import__("json").loads(sys.argv[2]))
+rng = np.random.default_rng(0)
+sd = {}
+for key, shape, _ in weight_spec(cfg):
+    if len(shape) == 1:
+        sd[key] = np.ones(shape, np.float16)
+    else:
+        sd[key] = (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16)
+save_file(sd, path + "/model.safetensors", metadata={"format": "pt"})
+open(path + "/config.json", "w").write(__import__("json").dumps(cfg.to_hf()))
+"""
+
+
+def load_config(gb: float) -> dict[str, int | float | bool]:
+    """A Llama shape (d=2048, GQA 16/8 heads, SwiGLU 5632, vocab 32000) with enough layers for ~gb GB in F16."""
+    d, ff, vocab, kv = 2048, 5632, 32000, 1024
+    per_layer = 2 * d * d + 2 * d * kv + 3 * d * ff + 2 * d
+    layers = max(1, round((gb * 1e9 / 2 - 2 * vocab * d) / per_layer))
+    return dict(
+        vocab_size=vocab,
+        n_layer=layers,
+        n_head=16,
+        n_kv_head=8,
+        d_model=d,
+        d_ff=ff,
+        seq_len=2048,
+        rope_theta=10000.0,
+    )
+
+
+def section_load(args: argparse.Namespace) -> None:
+    """Load a ~``args.gb`` GB F16 Llama checkpoint (generated in a temp dir) with sparseft and with
+    transformers, each in a fresh process; print time and peak RSS (total and over the process's
+    RSS after its imports) against the loaded model's own bytes."""
+    import json
+    import subprocess
+    import tempfile
+
+    cfg = load_config(0.2 if args.small else args.gb)
+    with tempfile.TemporaryDirectory(prefix="sft_load_") as d:
+        subprocess.run([sys.executable, "-c", LOAD_WRITER, d, json.dumps(cfg)], check=True)
+        size = os.path.getsize(os.path.join(d, "model.safetensors"))
+        print(f"checkpoint: Llama {cfg['n_layer']} layers, d={cfg['d_model']}, F16, {size / 1e9:.2f} GB")
+        rows = {}
+        for which in ("sparseft", "transformers"):
+            out = subprocess.run(
+                [sys.executable, "-c", LOAD_CHILD, which, d], check=True, capture_output=True, text=True
+            ).stdout
+            rows[which] = json.loads(out.strip().splitlines()[-1])
+        print(
+            f"{'loader':<14}{'time s':>8}{'model GB':>10}{'peak RSS GB':>13}{'over imports':>14}{'peak/model':>12}"
+        )
+        for which, r in rows.items():
+            grow = r["peak"] - r["base"]
+            print(
+                f"{which:<14}{r['seconds']:>8.2f}{r['nbytes'] / 1e9:>10.2f}{r['peak'] / 1e9:>13.2f}"
+                f"{grow / 1e9:>14.2f}{grow / r['nbytes']:>12.2f}"
+            )
+        s, t = rows["sparseft"], rows["transformers"]
+        ratio = (s["peak"] - s["base"]) / s["nbytes"]
+        print(
+            f"sparseft/transformers: time {s['seconds'] / t['seconds']:.2f}x, peak RSS over imports "
+            f"{(s['peak'] - s['base']) / (t['peak'] - t['base']):.2f}x"
+        )
+        print(
+            f"target: sparseft peak RSS growth <= 1.2x model.nbytes: {ratio:.2f}x {'met' if ratio <= 1.2 else 'NOT met'}"
+        )
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {"ops": section_ops, "load": section_load}
 
 
 def main() -> None:
@@ -322,6 +428,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--small", action="store_true", help="small shapes for a quick look")
+    parser.add_argument("--gb", type=float, default=1.0, help="--load: checkpoint size in GB (F16)")
     args = parser.parse_args()
     chosen = [n for n in SECTIONS if getattr(args, n)]
     if not chosen:
