@@ -4,6 +4,7 @@ magnitude pruning and Wanda, exact counts and N:M groups, the Gram accumulator, 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -235,3 +236,68 @@ def test_bad_input(rng: np.random.Generator) -> None:
             sparsegpt(W, X, percdamp=d)
     with pytest.raises(ValueError, match="W_new: expected shape"):
         reconstruction_error(W, W[:2], X)
+
+
+def _official_torch(
+    W: np.ndarray, X: np.ndarray, sparsity: float, prunen: int, prunem: int, blocksize: int
+) -> Any:
+    """A float64 port of the authors' ``SparseGPT.fasterprune`` (IST-DASLab/sparsegpt) in torch:
+    torch.linalg.cholesky, cholesky_inverse, the upper Cholesky factor, and their mask rules
+    (unstructured: threshold at the sorted score ``int(numel * sparsity)``, pruning ``<=``; N:M: prune
+    the ``prunen`` lowest of every ``prunem``)."""
+    torch = pytest.importorskip("torch")
+    Wt = torch.tensor(W, dtype=torch.float64)
+    Xt = torch.tensor(X, dtype=torch.float64)
+    H = 2.0 / Xt.shape[0] * Xt.T @ Xt
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    Wt[:, dead] = 0
+    idx = torch.arange(H.shape[0])
+    H[idx, idx] += 0.01 * torch.mean(torch.diag(H))
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    M = torch.zeros_like(Wt, dtype=torch.bool)
+    for i1 in range(0, Wt.shape[1], blocksize):
+        i2 = min(i1 + blocksize, Wt.shape[1])
+        W1 = Wt[:, i1:i2].clone()
+        Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        if prunen == 0:
+            tmp = W1**2 / (torch.diag(Hinv1).reshape((1, -1))) ** 2
+            mask1 = tmp <= torch.sort(tmp.flatten())[0][int(tmp.numel() * sparsity)]
+        else:
+            mask1 = torch.zeros_like(W1) == 1
+        for i in range(i2 - i1):
+            w, d = W1[:, i], Hinv1[i, i]
+            if prunen != 0 and i % prunem == 0:
+                tmp = W1[:, i : i + prunem] ** 2 / (torch.diag(Hinv1)[i : i + prunem].reshape((1, -1))) ** 2
+                mask1.scatter_(1, i + torch.topk(tmp, prunen, dim=1, largest=False)[1], True)
+            q = w.clone()
+            q[mask1[:, i]] = 0
+            Q1[:, i] = q
+            err1 = (w - q) / d
+            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
+            Err1[:, i] = err1
+        Wt[:, i1:i2] = Q1
+        M[:, i1:i2] = mask1
+        Wt[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+    return Wt.numpy(), ~M.numpy()
+
+
+@pytest.mark.parametrize("case", ["2:4", "4:8", "unstructured"])
+def test_matches_the_authors_algorithm_in_torch(rng: np.random.Generator, case: str) -> None:
+    """Against a port of the authors' torch code (Cholesky factors from torch, not NumPy). Their
+    unstructured rule prunes ``int(numel * s) + 1`` per block; with one block and a sparsity whose
+    ``numel * s`` has a fractional part above 1/2 that is the same count as sparseft's rounding."""
+    W = rng.standard_normal((10, 48))
+    X = _inputs(rng, 150, 48)
+    if case == "unstructured":
+        s = 0.31  # 480 * 0.31 = 148.8: 148 + 1 = round(148.8) = 149 pruned
+        Wo, mo = _official_torch(W, X, s, 0, 0, blocksize=128)
+        Wn, mask = sparsegpt(W, X, s, blocksize=128)
+        assert (~mask).sum() == 149
+    else:
+        n, m = map(int, case.split(":"))
+        Wo, mo = _official_torch(W, X, 0.0, m - n, m, blocksize=16)
+        Wn, mask = sparsegpt(W, X, nm=(n, m), blocksize=16)
+    np.testing.assert_array_equal(mask, mo)
+    np.testing.assert_allclose(Wn, Wo, rtol=1e-9, atol=1e-10)
