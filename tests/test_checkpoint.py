@@ -306,9 +306,8 @@ def test_tokenizer_json_is_used(gpt2_dir: Path, tmp_path: Path) -> None:
 
 
 def test_llama_with_tied_head(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        vocab_size=V,
+    hf = hf_llama(
+        0,
         num_hidden_layers=1,
         num_attention_heads=2,
         num_key_value_heads=1,
@@ -316,10 +315,7 @@ def test_llama_with_tied_head(tmp_path: Path) -> None:
         intermediate_size=24,
         max_position_embeddings=8,
         tie_word_embeddings=True,
-        bos_token_id=0,
-        eos_token_id=0,
     )
-    hf = transformers.LlamaForCausalLM(cfg).eval()
     d = save_hf(hf, tmp_path / "in")
     model = from_pretrained(d)
     assert model.config.tie_word_embeddings and "lm_head.weight" not in model.state_dict()

@@ -38,10 +38,11 @@ def hf_gpt2(seed: int = 0) -> Any:
     return m
 
 
-def hf_llama(seed: int = 0) -> Any:
-    """A tiny random LlamaForCausalLM with grouped-query attention and random norm weights."""
+def hf_llama(seed: int = 0, **config: Any) -> Any:
+    """A tiny random LlamaForCausalLM with grouped-query attention and random norm weights
+    (``config`` overrides LlamaConfig fields)."""
     torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(
+    fields = dict(
         vocab_size=V,
         num_hidden_layers=2,
         num_attention_heads=4,
@@ -53,6 +54,7 @@ def hf_llama(seed: int = 0) -> Any:
         bos_token_id=0,
         eos_token_id=0,
     )
+    cfg = transformers.LlamaConfig(**{**fields, **config})
     m = transformers.LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
         for name, p in m.named_parameters():

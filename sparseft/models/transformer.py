@@ -525,6 +525,7 @@ class Decoder(Model):
     """
 
     tokenizer: Any = None
+    config_type: type | tuple[type, ...] = (GPTConfig, LlamaConfig)
 
     def __init__(self, config: Config, get: Getter) -> None:
         if not isinstance(config, (GPTConfig, LlamaConfig)):
@@ -619,6 +620,12 @@ class Decoder(Model):
     def random(cls, config: Config, seed: int = 0) -> Decoder:
         """A randomly initialized model (GPT-2's init: N(0, 0.02), residual projections scaled by
         1/√(2·n_layer), zero biases, unit norms), deterministic for ``seed``."""
+        if not isinstance(config, cls.config_type):
+            want = " or ".join(
+                t.__name__
+                for t in (cls.config_type if isinstance(cls.config_type, tuple) else (cls.config_type,))
+            )
+            raise TypeError(f"config: expected a {want}, got {type(config).__name__}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
         rng = np.random.default_rng(seed)
@@ -939,21 +946,13 @@ def normalize_keys(sd: Mapping[str, Any], cfg: Config) -> dict[str, Any]:
 class GPT(Decoder):
     """GPT-2 (see :class:`Decoder`); ``GPT.random(GPTConfig(...), seed)``."""
 
-    @classmethod
-    def random(cls, config: Config, seed: int = 0) -> Decoder:
-        if not isinstance(config, GPTConfig):
-            raise TypeError(f"config: expected a GPTConfig, got {type(config).__name__}")
-        return Decoder.random(config, seed)
+    config_type = GPTConfig
 
 
 class Llama(Decoder):
     """Llama (see :class:`Decoder`); ``Llama.random(LlamaConfig(...), seed)``."""
 
-    @classmethod
-    def random(cls, config: Config, seed: int = 0) -> Decoder:
-        if not isinstance(config, LlamaConfig):
-            raise TypeError(f"config: expected a LlamaConfig, got {type(config).__name__}")
-        return Decoder.random(config, seed)
+    config_type = LlamaConfig
 
 
 def _class_for(cfg: Config) -> type[Decoder]:
