@@ -744,7 +744,8 @@ class Decoder(Model):
         if enabled and any(op.mode == "adapter" for op in lin):
             raise ValueError("train_base: the model has adapters; call merge_adapters() first")
         for op in lin:
-            op.set_mode("base" if enabled else "frozen")
+            if enabled or op.mode == "base":  # train_base(False) leaves adapters as they are
+                op.set_mode("base" if enabled else "frozen")
         for o in self._ops:
             if isinstance(o, _Norm):
                 o.trainable = enabled
