@@ -247,6 +247,9 @@ def test_lr_schedules_and_parse_bytes() -> None:
     assert lr_at(6, 1.0, 10, 2, "linear") == pytest.approx(0.5)
     assert parse_bytes("64MiB") == 64 * 2**20 and parse_bytes("1.5 GB") == 1_500_000_000
     assert parse_bytes(1000) == 1000 and parse_bytes(0.5) == 0.5
+    assert parse_bytes("0.5") == 0.5 and parse_bytes("50%") == 0.5 and parse_bytes("4096") == 4096
+    with pytest.raises(ValueError, match="fraction of the no-recompute peak must be in"):
+        parse_bytes("150%")
 
 
 def test_plan_for_before_fit_still_replans_with_the_profile() -> None:

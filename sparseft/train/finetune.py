@@ -12,7 +12,7 @@ import numpy as np
 
 import sparseft
 from sparseft.data.corpus import tokenize
-from sparseft.train.trainer import evaluate
+from sparseft.train.trainer import evaluate, parse_bytes
 
 __all__ = ["finetune"]
 
@@ -59,6 +59,7 @@ def finetune(
         On an unreadable checkpoint or data file, too little data, or a budget below the minimum.
     """
     stream = sys.stdout if stream is None else stream
+    memory_budget = None if budget is None else parse_bytes(budget, "budget")
     m = sparseft.models.from_pretrained(model)
     ids = tokenize(pathlib.Path(data), getattr(m, "tokenizer", None), m.config.vocab_size, "data")
     seq_len = min(seq_len, m.config.seq_len)
@@ -81,7 +82,11 @@ def finetune(
     pruned = ppl(m)
     print(f"perplexity: dense {dense:.3f}, pruned ({method}, {sparsity:.0%}) {pruned:.3f}", file=stream)
     trainer = sparseft.Trainer(
-        m, adapter=sparseft.LoRSConfig(r=r, alpha=alpha, seed=seed), lr=lr, memory_budget=budget, seed=seed
+        m,
+        adapter=sparseft.LoRSConfig(r=r, alpha=alpha, seed=seed),
+        lr=lr,
+        memory_budget=memory_budget,
+        seed=seed,
     )
     t0 = time.perf_counter()
     trainer.fit(train, steps=steps, batch_size=batch_size, seq_len=seq_len, progress=progress)

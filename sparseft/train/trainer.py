@@ -37,13 +37,15 @@ from sparseft.train.stepgraph import (
 __all__ = ["History", "Trainer", "evaluate", "parse_bytes"]
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+_FRACTION_RE = re.compile(r"^\s*([0-9]*\.[0-9]+|[0-9]+(?:\.[0-9]*)?(?=\s*%))\s*(%)?\s*$")
 _BYTES_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*([kmg]i?b|b)?\s*$", re.IGNORECASE)
 
 
 def parse_bytes(value: Any, name: str = "memory_budget") -> int | float:
-    """A byte count from an int, a str such as ``"64MiB"``/``"1.5GB"``, or a float fraction in (0, 1].
+    """A byte count from an int or a str such as ``"64MiB"``/``"1.5GB"``/``"4096"``, or a fraction of
+    the no-recompute activation peak from a float in (0, 1] or a str such as ``"0.5"``/``"50%"``.
 
-    A float is returned as is (a fraction of the no-recompute activation peak).
+    A fraction is returned as a float.
     """
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected bytes (int or str like '64MiB') or a fraction in (0, 1], got bool")
@@ -56,6 +58,14 @@ def parse_bytes(value: Any, name: str = "memory_budget") -> int | float:
             raise ValueError(f"{name}: a float is a fraction of the no-recompute peak in (0, 1], got {value}")
         return float(value)
     if isinstance(value, str):
+        frac = _FRACTION_RE.match(value)
+        if frac is not None:
+            f = float(frac.group(1)) / (100.0 if frac.group(2) else 1.0)
+            if not 0.0 < f <= 1.0:
+                raise ValueError(
+                    f"{name}: a fraction of the no-recompute peak must be in (0, 1], got {value!r}"
+                )
+            return f
         m = _BYTES_RE.match(value)
         if m is None:
             raise ValueError(f"{name}: expected a size like '64MiB', '512KB' or '1.5GiB', got {value!r}")
