@@ -217,7 +217,7 @@ def worker_torch(kind: str, steps: int) -> dict[str, Any]:
             for blk in self.blocks:
                 x = checkpoint(blk, x, use_reentrant=False) if kind == "spp_ckpt" else blk(x)
             logits = self.lnf(x) @ self.wte.T
-            return F.cross_entropy(logits.view(-1, V), tgt.view(-1))
+            return F.cross_entropy(logits.reshape(-1, V), tgt.reshape(-1))
 
     model = GPT()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -231,7 +231,7 @@ def worker_torch(kind: str, steps: int) -> dict[str, Any]:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     step()
     base = _baseline()
