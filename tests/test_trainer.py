@@ -125,6 +125,16 @@ def test_corrupt_and_truncated_checkpoints(tmp_path: pathlib.Path) -> None:
     (d / "trainer.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"trainer\.json.*corrupt"):
         sft.Trainer.load(d, model=TinyMLP())
+    d = copy("state")
+    doc = json.loads((d / "trainer.json").read_text())
+    doc["history"] = {"nonsense": [1]}
+    (d / "trainer.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"trainer\.json.*bad trainer state"):
+        sft.Trainer.load(d, model=TinyMLP())
+    del doc["step"]
+    (d / "trainer.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"trainer\.json.*missing entry"):
+        sft.Trainer.load(d, model=TinyMLP())
     d = copy("missing")
     (d / "model.npz").unlink()
     with pytest.raises(ValueError, match=r"model\.npz.*missing"):

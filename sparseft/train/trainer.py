@@ -639,12 +639,19 @@ class Trainer:
                     f"checkpoint file {str(root / 'state.npz')!r}: {k} has {src.dtype}{src.shape}, "
                     f"expected {dst.dtype}{dst.shape}"
                 )
+        try:
+            history = History(**hist)
+            trainer.rng.bit_generator.state = rng_state
+            step, opt_t = int(step), int(opt_t)
+        except (TypeError, ValueError, KeyError) as e:
+            raise ValueError(
+                f"checkpoint file {str(root / ckpt.MANIFEST)!r}: bad trainer state: {e}"
+            ) from None
         for k, dst in live.items():
             dst[...] = arrays[k]
-        trainer.step = int(step)
-        trainer.optimizer.t = int(opt_t)
-        trainer.rng.bit_generator.state = rng_state
-        trainer.history = History(**hist)
+        trainer.step = step
+        trainer.optimizer.t = opt_t
+        trainer.history = history
         return trainer
 
 
