@@ -55,6 +55,7 @@ class Gram:
         self.in_features: int = int(in_features)
         self.gram: np.ndarray = np.zeros((self.in_features, self.in_features), np.float64)
         self.tokens: int = 0
+        self._factor: tuple[float, np.ndarray, np.ndarray] | None = None  # (percdamp, dead, U)
 
     def add(self, X: np.ndarray) -> None:
         """Add a batch of inputs X (..., in), any floating dtype (not modified).
@@ -89,12 +90,26 @@ class Gram:
                 raise ValueError("X: XᵀX overflows float64")
         self.gram += g
         self.tokens += int(X2.shape[0])
+        self._factor = None
 
     def hessian(self) -> np.ndarray:
         """H = 2 XᵀX / tokens, float64 (in, in) (the layer-wise squared error's Hessian, averaged)."""
         if self.tokens == 0:
             raise ValueError("Gram: no inputs added (call add(X) with calibration inputs first)")
         return self.gram * (2.0 / self.tokens)
+
+    def factor(self, percdamp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+        """SparseGPT's factor of the damped Hessian: (dead, U) with ``dead`` the bool (in,) inputs
+        that were 0 in every row and U the upper Cholesky factor of H⁻¹ (see
+        :func:`inverse_hessian_factor`).
+
+        Cached until the next :meth:`add`, so layers reading the same inputs (Llama's q/k/v or
+        gate/up projections) share one O(in³) factorisation.
+        """
+        if self._factor is None or self._factor[0] != percdamp:
+            H, dead = _dampen(self.hessian(), percdamp)
+            self._factor = (percdamp, dead, inverse_hessian_factor(H))
+        return self._factor[1], self._factor[2]
 
     def column_norms(self) -> np.ndarray:
         """‖X[:, j]‖₂ for every input column j, float64 (in,) (Wanda's activation norms)."""
@@ -163,15 +178,14 @@ def check_options(blocksize: object, percdamp: object) -> tuple[int, float]:
     return int(blocksize), damp
 
 
-def _dampen(H: np.ndarray, W: np.ndarray, percdamp: float) -> np.ndarray:
-    """Dead inputs (always 0: diag H = 0) get H_jj = 1 and W[:, j] = 0 (in place on W); then
-    ``percdamp`` times the mean diagonal is added to the diagonal, as in the paper's code."""
+def _dampen(H: np.ndarray, percdamp: float) -> tuple[np.ndarray, np.ndarray]:
+    """The damped Hessian and the dead inputs (always 0: diag H = 0), as in the paper's code: dead
+    inputs get H_jj = 1, then ``percdamp`` times the mean diagonal is added to the diagonal."""
     H = H.copy()
     dead = np.diag(H) == 0
     H[dead, dead] = 1.0
-    W[:, dead] = 0.0
     H[np.diag_indices_from(H)] += percdamp * float(np.mean(np.diag(H)))
-    return H
+    return H, dead
 
 
 def inverse_hessian_factor(H: np.ndarray) -> np.ndarray:
@@ -274,7 +288,8 @@ def sparsegpt(
         bs = max(pair[1], bs - bs % pair[1])
 
     Wd = W.astype(np.float64)  # a copy: the caller's W is never touched
-    U = inverse_hessian_factor(_dampen(gram.hessian(), Wd, damp))
+    dead, U = gram.factor(damp)
+    Wd[:, dead] = 0.0  # inputs that are always 0: their weights go first
     prune = np.zeros((out, n_in), dtype=bool)
     for i1 in range(0, n_in, bs):
         i2 = min(i1 + bs, n_in)

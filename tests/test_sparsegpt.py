@@ -301,3 +301,22 @@ def test_matches_the_authors_algorithm_in_torch(rng: np.random.Generator, case: 
         Wn, mask = sparsegpt(W, X, nm=(n, m), blocksize=16)
     np.testing.assert_array_equal(mask, mo)
     np.testing.assert_allclose(Wn, Wo, rtol=1e-9, atol=1e-10)
+
+
+def test_gram_factor_is_cached_until_the_next_add(rng: np.random.Generator) -> None:
+    X = _inputs(rng, 30, 6)
+    g = Gram(6)
+    g.add(X)
+    dead, U = g.factor(0.01)
+    assert g.factor(0.01)[1] is U  # cached
+    assert g.factor(0.1)[1] is not U  # another damping
+    H = 2 * X.T @ X / 30
+    H[np.diag_indices(6)] += 0.01 * np.mean(np.diag(H))
+    np.testing.assert_allclose(g.factor(0.01)[1].T @ g.factor(0.01)[1], np.linalg.inv(H), rtol=1e-8)
+    assert not dead.any()
+    g.add(X[:, [0, 1, 2, 3, 4, 5]] * 0)
+    dead2, U2 = g.factor(0.01)
+    assert U2 is not U and not dead2.any()  # a new add drops the cached factor
+    z = Gram(3)
+    z.add(np.zeros((4, 3)))
+    assert z.factor()[0].all()

@@ -6,6 +6,7 @@ bad input."""
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -394,3 +395,16 @@ def test_default_window_is_at_most_2048_tokens() -> None:
     model = GPT.random(GPTConfig(vocab_size=256, n_layer=1, n_head=2, d_model=8, seq_len=4096), seed=0)
     report = sft.sparsify(model, 0.5, method="wanda", calib=CALIB, nsamples=1)
     assert report.calib_tokens == 2048
+
+
+def test_linears_reading_one_input_share_its_factorisation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Llama's q/k/v (and gate/up) read the same activation: one Gram and one Cholesky per input."""
+    module = sys.modules["sparseft.sparsegpt"]
+    calls = []
+    real = module.inverse_hessian_factor
+    monkeypatch.setattr(module, "inverse_hessian_factor", lambda H: calls.append(H.shape) or real(H))
+    model = MAKERS["llama"]()
+    report = sft.sparsify(model, 0.5, method="sparsegpt", calib=CALIB, nsamples=3)
+    # per block: input_layernorm (q, k, v), attention (o), post_attention_layernorm (gate, up), SwiGLU (down)
+    assert calls == [(32, 32), (32, 32), (32, 32), (64, 64)] * 2
+    assert report.calib_tokens == 3 * 32 and len(report.layers) == 14

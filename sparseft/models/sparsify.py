@@ -258,6 +258,7 @@ class _Pass:
         with ``advance`` keep the results as the new states (else the states stay as they were)."""
         for c, state in enumerate(self.states):
             acts = dict(state)
+            added: list[Gram] = []  # a Gram shared by several linears takes the input once
             for k in range(start, stop):
                 op = self.ops[k]
                 try:
@@ -266,8 +267,10 @@ class _Pass:
                     raise ValueError(
                         f"model: op {op.name!r} reads {e.args[0]!r}, which calibration cannot supply"
                     ) from None
-                if grams is not None and op.name in grams:
-                    grams[op.name].add(primary(xs[0]))
+                g = None if grams is None else grams.get(op.name)
+                if g is not None and all(g is not h for h in added):
+                    g.add(primary(xs[0]))
+                    added.append(g)
                 acts[op.name] = op.forward(*xs)
                 for i in op.inputs:
                     if self.last.get(i, -1) <= k:
@@ -402,9 +405,13 @@ def sparsify(
         swapped: list[tuple[Op, LoRSLinear]] = []
         try:
             for k, (a, b) in enumerate(_progress(runs[: last_run + 1], progress)):
-                grams = {
-                    op.name: Gram(targets[op.name][1].in_features) for op in ops[a:b] if op.name in targets
-                }
+                grams: dict[str, Gram] = {}
+                shared: dict[str, Gram] = {}  # linears reading the same activation share its Gram
+                for op in ops[a:b]:
+                    if op.name in targets:
+                        if op.inputs[0] not in shared:
+                            shared[op.inputs[0]] = Gram(targets[op.name][1].in_features)
+                        grams[op.name] = shared[op.inputs[0]]
                 if grams:
                     passer.run(a, b, grams, advance=False)  # this block's inputs, the block still dense
                     for name, g in grams.items():
