@@ -195,7 +195,11 @@ def test_llama_unsupported_variants(llama_dirs: dict[str, Any], tmp_path: Path) 
     shutil.copytree(llama_dirs["f32"], d)
     good = json.loads((d / "config.json").read_text())
     for change, pattern in (
-        ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope_scaling"),
+        ({"rope_scaling": {"rope_type": "yarn", "factor": 8.0}}, "rope_scaling: only plain RoPE"),
+        (
+            {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
+            "llama3 scaling without 'low_freq_factor'",
+        ),
         ({"attention_bias": True}, "attention_bias"),
         ({"hidden_act": "gelu"}, "hidden_act"),
         ({"num_key_value_heads": 3}, "n_kv_head"),
@@ -320,6 +324,27 @@ def test_llama_with_tied_head(tmp_path: Path) -> None:
     model = from_pretrained(d)
     assert model.config.tie_word_embeddings and "lm_head.weight" not in model.state_dict()
     ids = np.arange(16).reshape(2, 8) % V
+    np.testing.assert_allclose(model.logits(ids), hf_logits(hf, ids), rtol=1e-4, atol=2e-5)
+    model.save_pretrained(tmp_path / "out")
+    back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out")).eval()
+    np.testing.assert_allclose(hf_logits(back, ids), model.logits(ids), rtol=1e-4, atol=2e-5)
+
+
+def test_llama3_rope_scaling(tmp_path: Path) -> None:
+    """Llama 3.1's scaled frequencies: low ones divided by the factor, middle ones smoothed."""
+    rope = {
+        "rope_type": "llama3",
+        "factor": 4.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8,
+        "rope_theta": 500.0,
+    }
+    hf = hf_llama(1, rope_parameters=rope)
+    model = from_pretrained(save_hf(hf, tmp_path / "in"))
+    assert model.config.rope_llama3 == (4.0, 1.0, 4.0, 8)
+    np.testing.assert_allclose(model.config.inv_freq(), hf.model.rotary_emb.inv_freq.numpy(), rtol=1e-6)
+    ids = np.random.default_rng(0).integers(0, V, (2, 16))
     np.testing.assert_allclose(model.logits(ids), hf_logits(hf, ids), rtol=1e-4, atol=2e-5)
     model.save_pretrained(tmp_path / "out")
     back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out")).eval()

@@ -379,6 +379,21 @@ def test_bad_configs() -> None:
         LlamaConfig(
             vocab_size=10, n_layer=1, n_head=1, n_kv_head=1, d_model=8, d_ff=8, seq_len=8, rope_theta=-1.0
         )
+    with pytest.raises(ValueError, match="high_freq_factor > low_freq_factor"):
+        LlamaConfig(
+            vocab_size=10,
+            n_layer=1,
+            n_head=1,
+            n_kv_head=1,
+            d_model=8,
+            d_ff=8,
+            seq_len=8,
+            rope_llama3=(8.0, 4.0, 1.0, 8),
+        )
+    with pytest.raises(TypeError, match="rope_llama3: expected a tuple"):
+        LlamaConfig(
+            vocab_size=10, n_layer=1, n_head=1, n_kv_head=1, d_model=8, d_ff=8, seq_len=8, rope_llama3=[8.0]
+        )  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="config: expected a GPTConfig"):
         GPT.random(LLAMA_CFG)
     with pytest.raises(ValueError, match="seed"):
@@ -441,3 +456,25 @@ def test_base_training_after_merge_and_layer_swap() -> None:
     assert not (g.reshape(op.layer.mask.shape)[~op.layer.mask] if g.ndim == 2 else g[:0]).any()
     model.train_base(False)
     assert model.parameters() == {}
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_rope_backward_is_the_adjoint(scaled: bool) -> None:
+    """<rope(x), g> == <x, rope_backward(g)> for plain and Llama 3.1-scaled frequencies."""
+    cfg = LlamaConfig(
+        vocab_size=V,
+        n_layer=1,
+        n_head=2,
+        n_kv_head=1,
+        d_model=12,
+        d_ff=8,
+        seq_len=16,
+        rope_llama3=(8.0, 1.0, 4.0, 4) if scaled else None,
+    )
+    op = next(o for o in Llama.random(cfg).ops() if o.name.endswith("rope_q"))
+    rng = np.random.default_rng(0)
+    x, g = (rng.standard_normal((2, 13, 12)).astype(np.float32) for _ in range(2))
+    y = op.forward(x)
+    (gx,) = op.backward(g, x, y=y)
+    assert float(np.vdot(y, g)) == pytest.approx(float(np.vdot(x, gx)), rel=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(y), np.linalg.norm(x), rtol=1e-5)  # a rotation

@@ -9,6 +9,8 @@ import dataclasses
 import math
 from typing import Any
 
+import numpy as np
+
 __all__ = ["GPTConfig", "LlamaConfig", "config_from_hf"]
 
 
@@ -125,6 +127,9 @@ class LlamaConfig:
         RMSNorm epsilon.
     tie_word_embeddings : bool
         Whether the head is the token embedding (Llama 3.2 1B/3B tie it).
+    rope_llama3 : tuple or None
+        Llama 3.1's RoPE frequency scaling, ``(factor, low_freq_factor, high_freq_factor,
+        original_max_position_embeddings)`` (Hugging Face ``rope_type: "llama3"``); None for plain RoPE.
     """
 
     vocab_size: int
@@ -137,6 +142,7 @@ class LlamaConfig:
     rope_theta: float = 10000.0
     rms_eps: float = 1e-6
     tie_word_embeddings: bool = False
+    rope_llama3: tuple[float, float, float, int] | None = None
 
     kind = "llama"
 
@@ -155,6 +161,29 @@ class LlamaConfig:
             raise ValueError(f"n_kv_head: expected a divisor of n_head={self.n_head}, got {self.n_kv_head}")
         if self.head_dim % 2:
             raise ValueError(f"d_model: expected an even head size d_model/n_head, got {self.head_dim}")
+        if self.rope_llama3 is not None:
+            r = self.rope_llama3
+            if not (isinstance(r, tuple) and len(r) == 4):
+                raise TypeError(f"rope_llama3: expected a tuple of 4 numbers or None, got {r!r}")
+            for name, v in zip(("factor", "low_freq_factor", "high_freq_factor"), r[:3], strict=False):
+                _pos(f"rope_llama3 {name}", v)
+            _int("rope_llama3 original_max_position_embeddings", r[3])
+            if not r[2] > r[1]:
+                raise ValueError(f"rope_llama3: expected high_freq_factor > low_freq_factor, got {r!r}")
+
+    def inv_freq(self) -> np.ndarray | None:
+        """RoPE's per-pair frequencies (head_dim/2,) float64 with Llama 3.1's scaling, None when
+        plain RoPE (``rope_theta ** (-2i / head_dim)``) applies."""
+        if self.rope_llama3 is None:
+            return None
+        factor, low, high, old = self.rope_llama3
+        D = self.head_dim
+        inv = 1.0 / self.rope_theta ** (np.arange(0, D, 2, dtype=np.float64) / D)
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > old / low, inv / factor, inv)
+        smooth = (old / wavelen - low) / (high - low)
+        medium = (wavelen >= old / high) & (wavelen <= old / low)
+        return np.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
 
     @property
     def head_dim(self) -> int:
@@ -183,7 +212,15 @@ class LlamaConfig:
             "hidden_act": "silu",
             "attention_bias": False,
             "mlp_bias": False,
-            "rope_scaling": None,
+            "rope_scaling": None
+            if self.rope_llama3 is None
+            else dict(
+                rope_type="llama3",
+                factor=self.rope_llama3[0],
+                low_freq_factor=self.rope_llama3[1],
+                high_freq_factor=self.rope_llama3[2],
+                original_max_position_embeddings=self.rope_llama3[3],
+            ),
             "torch_dtype": "float32",
         }
 
@@ -195,19 +232,38 @@ class LlamaConfig:
         for key in ("attention_bias", "mlp_bias"):
             if d.get(key, False):
                 raise ValueError(f"{key}: biases are not supported in Llama, got {d[key]!r}")
-        if d.get("rope_scaling") not in (None, {}):
-            raise ValueError(f"rope_scaling: only plain RoPE is supported, got {d['rope_scaling']!r}")
         n_head = _need(d, "num_attention_heads")
         d_model = _need(d, "hidden_size")
         hd = d.get("head_dim")
         if hd is not None and isinstance(n_head, int) and isinstance(d_model, int) and hd * n_head != d_model:
             raise ValueError(f"head_dim: expected hidden_size/num_attention_heads, got {hd}")
         rope = d.get("rope_theta")
-        if rope is None and isinstance(d.get("rope_parameters"), dict):
-            rp = d["rope_parameters"]
-            if rp.get("rope_type", "default") != "default":
-                raise ValueError(f"rope_parameters: only plain RoPE is supported, got {rp!r}")
-            rope = rp.get("rope_theta")
+        llama3 = None
+        for key in ("rope_scaling", "rope_parameters"):
+            rp = d.get(key)
+            if rp in (None, {}):
+                continue
+            if not isinstance(rp, dict):
+                raise ValueError(f"{key}: expected an object, got {rp!r}")
+            kind = rp.get("rope_type", rp.get("type", "default"))
+            if kind == "llama3":
+                try:
+                    llama3 = tuple(
+                        rp[k]
+                        for k in (
+                            "factor",
+                            "low_freq_factor",
+                            "high_freq_factor",
+                            "original_max_position_embeddings",
+                        )
+                    )
+                except KeyError as e:
+                    raise ValueError(f"{key}: llama3 scaling without {e.args[0]!r}") from e
+            elif kind != "default":
+                raise ValueError(
+                    f"{key}: only plain RoPE and Llama 3.1's 'llama3' scaling are supported, got {rp!r}"
+                )
+            rope = rp.get("rope_theta", rope)
         return cls(
             vocab_size=_need(d, "vocab_size"),
             n_layer=_need(d, "num_hidden_layers"),
@@ -219,6 +275,7 @@ class LlamaConfig:
             rope_theta=10000.0 if rope is None else rope,
             rms_eps=d.get("rms_norm_eps", 1e-6),
             tie_word_embeddings=d.get("tie_word_embeddings", False),
+            rope_llama3=llama3,  # type: ignore[arg-type]
         )
 
 

@@ -251,21 +251,41 @@ class _Embed(Op):
 
 
 class _Rope(Op):
-    """RoPE on (B, T, heads·D) viewed as (B, T, heads, D)."""
+    """RoPE on (B, T, heads·D) viewed as (B, T, heads, D): the ``ops`` kernel for plain RoPE, or a
+    rotation by the given per-pair frequencies (Llama 3.1's scaled ones), same rotate_half layout."""
 
-    def __init__(self, name: str, src: str, block: int, heads: int, head_dim: int, theta: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        src: str,
+        block: int,
+        heads: int,
+        head_dim: int,
+        theta: float,
+        inv_freq: np.ndarray | None,
+    ) -> None:
         super().__init__(name, (src,), block)
-        self.heads, self.hd, self.theta = heads, head_dim, theta
+        self.heads, self.hd, self.theta, self.inv_freq = heads, head_dim, theta, inv_freq
+
+    def _rotate(self, x: np.ndarray, sign: float) -> np.ndarray:
+        B, T = x.shape[:2]
+        x4 = x.reshape(B, T, self.heads, self.hd)
+        if self.inv_freq is None:
+            f = F.rope_forward if sign > 0 else F.rope_backward
+            return f(x4, self.theta).reshape(x.shape)
+        ang = np.arange(T, dtype=np.float64)[:, None] * self.inv_freq[None, :]
+        cos = np.cos(ang).astype(F32)[None, :, None, :]
+        sin = (sign * np.sin(ang)).astype(F32)[None, :, None, :]
+        h = self.hd // 2
+        x1, x2 = x4[..., :h], x4[..., h:]
+        return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).reshape(x.shape)
 
     def forward(self, *xs: Act) -> Act:
-        x = primary(xs[0])
-        B, T = x.shape[:2]
-        return F.rope_forward(x.reshape(B, T, self.heads, self.hd), self.theta).reshape(x.shape)
+        return self._rotate(primary(xs[0]), 1.0)
 
     def backward(self, gy: Act | None, *xs: Act, y: Act) -> tuple[np.ndarray | None, ...]:
         assert isinstance(gy, np.ndarray)
-        B, T = gy.shape[:2]
-        return (F.rope_backward(gy.reshape(B, T, self.heads, self.hd), self.theta).reshape(gy.shape),)
+        return (self._rotate(gy, -1.0),)  # a rotation: its gradient is the inverse rotation
 
     def out_nbytes(self, batch: int, seq: int) -> int:
         return 4 * batch * seq * self.heads * self.hd
@@ -579,7 +599,7 @@ class Decoder(Model):
             ops.append(_Norm("ln_f", x, None, vec(p + "ln_f.weight"), vec(p + "ln_f.bias"), cfg.ln_eps))
             ops.append(_HeadLoss("lm_head", "ln_f", self._wte))
             return ops
-        p, Hkv = "model.", cfg.n_kv_head
+        p, Hkv, inv_freq = "model.", cfg.n_kv_head, cfg.inv_freq()
         self._wte = get(p + "embed_tokens.weight", spec[p + "embed_tokens.weight"][0])
         ops.append(_Embed("embed_tokens", self._wte, None))
         x = "embed_tokens"
@@ -591,8 +611,8 @@ class Decoder(Model):
                 linear(a + "q_proj", k + "self_attn.q_proj", n + "input_layernorm", i, False),
                 linear(a + "k_proj", k + "self_attn.k_proj", n + "input_layernorm", i, False),
                 linear(a + "v_proj", k + "self_attn.v_proj", n + "input_layernorm", i, False),
-                _Rope(a + "rope_q", a + "q_proj", i, H, D, cfg.rope_theta),
-                _Rope(a + "rope_k", a + "k_proj", i, Hkv, D, cfg.rope_theta),
+                _Rope(a + "rope_q", a + "q_proj", i, H, D, cfg.rope_theta, inv_freq),
+                _Rope(a + "rope_k", a + "k_proj", i, Hkv, D, cfg.rope_theta, inv_freq),
                 _Attention(a + "attn", (a + "rope_q", a + "rope_k", a + "v_proj"), i, H, Hkv, D),
                 linear(a + "o_proj", k + "self_attn.o_proj", a + "attn", i, False),
                 _Add(n + "res_1", x, a + "o_proj", i, C),
