@@ -175,13 +175,13 @@ class _MSE(Op):
 
 
 class _Stack(Model):
-    """relu(relu(x W0ᵀ) W1ᵀ) ...: block l is (linear l, relu l)."""
+    """relu(relu(x W0ᵀ) W1ᵀ) ...: linear l and relu l belong to block l // per_block."""
 
-    def __init__(self, Ws: list[np.ndarray]) -> None:
+    def __init__(self, Ws: list[np.ndarray], per_block: int = 1) -> None:
         ops: list[Op] = []
         src = "input"
         for l, W in enumerate(Ws):
-            ops += [_Linear(f"l{l}", src, l, W), _Relu(f"relu{l}", (f"l{l}",), l)]
+            ops += [_Linear(f"l{l}", src, l // per_block, W), _Relu(f"relu{l}", (f"l{l}",), l // per_block)]
             src = f"relu{l}"
         ops.append(_MSE("loss", (src, "target"), None))
         self._ops = ops
@@ -193,43 +193,71 @@ class _Stack(Model):
         return {op.name: op.layer for op in self._ops if isinstance(op, _Linear)}
 
 
-def _stack(rng: np.random.Generator, sizes: tuple[int, ...]) -> tuple[_Stack, list[np.ndarray]]:
+def _stack(
+    rng: np.random.Generator, sizes: tuple[int, ...], per_block: int = 1
+) -> tuple[_Stack, list[np.ndarray]]:
     Ws = [(rng.standard_normal((o, i)) / np.sqrt(i)).astype(np.float32) for i, o in itertools.pairwise(sizes)]
-    return _Stack(Ws), Ws
+    return _Stack(Ws, per_block), Ws
+
+
+def _reference_stack(
+    Ws: list[np.ndarray], X: np.ndarray, method: str, per_block: int, sequential: bool
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(pruned W, mask, calibration inputs) per layer, in float64: every block calibrated on the
+    outputs of the pruned blocks before it; inside a block, each linear on the dense block's
+    activations (or, ``sequential``, on those of the block's earlier linears already pruned)."""
+    out = []
+    h = X.astype(np.float64)
+    for b in range(0, len(Ws), per_block):
+        dense_inputs, x = [], h
+        for W in Ws[b : b + per_block]:
+            dense_inputs.append(x)
+            x = np.maximum(x @ W.T, 0.0)
+        x = h
+        for j, W in enumerate(Ws[b : b + per_block]):
+            inp = x if sequential else dense_inputs[j]
+            if method == "sparsegpt":
+                Wr, mr = ref.sparsegpt(W, inp, 0.5, blocksize=8)
+            else:
+                mr = ref.prune_wanda(W, inp, 0.5)
+                Wr = W * mr
+            out.append((Wr, mr, inp))
+            x = np.maximum(x @ Wr.T, 0.0)
+        h = x
+    return out
 
 
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
-@pytest.mark.parametrize("batch_size", [64, 5])
-def test_sequential_calibration_matches_reference(
-    rng: np.random.Generator, method: str, batch_size: int
+@pytest.mark.parametrize(
+    ("per_block", "sequential", "batch_size"), [(1, False, 64), (1, False, 5), (2, False, 7), (2, True, 64)]
+)
+def test_block_by_block_calibration_matches_reference(
+    rng: np.random.Generator, method: str, per_block: int, sequential: bool, batch_size: int
 ) -> None:
-    """Each layer is pruned on the inputs produced by the already pruned layers before it."""
-    model, Ws = _stack(rng, (12, 16, 8, 4))
+    """Each block is pruned on the inputs produced by the already pruned blocks before it."""
+    model, Ws = _stack(rng, (12, 16, 8, 12, 4), per_block)
     X = (rng.standard_normal((64, 12)) * np.exp(rng.normal(0, 1, 12))).astype(np.float32)
     X0 = X.copy()
-    report = sft.sparsify(model, 0.5, method=method, calib=X, batch_size=batch_size, blocksize=8)
+    report = sft.sparsify(
+        model, 0.5, method=method, calib=X, batch_size=batch_size, blocksize=8, sequential=sequential
+    )
     np.testing.assert_array_equal(X, X0)
     assert report.calib_tokens == 64
-    h = X.astype(np.float64)
-    for l, W in enumerate(Ws):
-        if method == "sparsegpt":
-            Wr, mr = ref.sparsegpt(W, h, 0.5, blocksize=8)
-        else:
-            mr = ref.prune_wanda(W, h, 0.5)
-            Wr = W * mr
+    for l, (W, (Wr, mr, inp)) in enumerate(
+        zip(Ws, _reference_stack(Ws, X, method, per_block, sequential), strict=True)
+    ):
         layer = model.linears()[f"l{l}"]
         np.testing.assert_array_equal(layer.mask, mr)
         np.testing.assert_allclose(layer.base.to_dense(), Wr, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(report.layers[l].error, ref.reconstruction_error(W, Wr, h), rtol=1e-3)
-        h = np.maximum(h @ Wr.T, 0.0)
+        np.testing.assert_allclose(report.layers[l].error, ref.reconstruction_error(W, Wr, inp), rtol=1e-3)
 
 
 def test_failure_leaves_the_model_unchanged(rng: np.random.Generator) -> None:
     model, _ = _stack(rng, (8, 8, 8))
     layers, before = model.linears(), _bases(model)
-    relu1 = model.ops()[3]
-    assert isinstance(relu1, _Relu)
-    relu1.fail = True  # block 0 is pruned (and installed on a copy) before block 1 fails
+    relu0 = model.ops()[1]
+    assert isinstance(relu0, _Relu)
+    relu0.fail = True  # fails in the pass that feeds block 1, after block 0 is pruned (on copies)
     X = rng.standard_normal((10, 8)).astype(np.float32)
     with pytest.raises(RuntimeError, match="relu failed"):
         sft.sparsify(model, 0.5, method="sparsegpt", calib=X)
@@ -374,6 +402,7 @@ def test_bad_input() -> None:
         (ValueError, "percdamp", {"method": "sparsegpt", "calib": CALIB, "percdamp": 0.0}),
         (ValueError, "blocksize", {"blocksize": 0}),
         (TypeError, "progress: expected a bool", {"progress": 1}),
+        (TypeError, "sequential: expected a bool", {"sequential": "yes"}),
     ]
     for exc, match, kw in cases:
         with pytest.raises(exc, match=match):

@@ -124,6 +124,20 @@ def _runs(ops: Sequence[Op]) -> list[tuple[int, int]]:
     return runs
 
 
+def _groups(block: Sequence[Op], targets: dict[str, Any], sequential: bool) -> list[list[Op]]:
+    """The block's linears in the groups they are calibrated and pruned in: one group (all from
+    one pass of the dense block), or with ``sequential`` one group per distinct input, in op order."""
+    lin = [op for op in block if op.name in targets]
+    if not lin:
+        return []
+    if not sequential:
+        return [lin]
+    by_input: dict[str, list[Op]] = {}
+    for op in lin:
+        by_input.setdefault(op.inputs[0], []).append(op)
+    return list(by_input.values())
+
+
 def _check_int(name: str, v: object, lo: int) -> int:
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
@@ -292,6 +306,7 @@ def sparsify(
     seed: int = 0,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    sequential: bool = False,
     progress: bool = False,
 ) -> SparsifyReport:
     """Prune every block linear of a model with magnitude, Wanda or SparseGPT.
@@ -331,6 +346,11 @@ def sparsify(
         Seed of the window positions.
     blocksize, percdamp
         SparseGPT's column block and damping (see :func:`sparseft.sparsegpt.sparsegpt`).
+    sequential : bool
+        False (both papers' default): all linears of a block are calibrated from one pass of the
+        block with its dense weights. True (SparseGPT's "true sequential" option): group by group in
+        op order, linears reading the same input forming a group (Llama: q/k/v, o, gate/up, down),
+        each group calibrated on the inputs computed with the earlier groups of its block pruned.
     progress : bool
         Show a progress bar over the blocks (tqdm).
 
@@ -360,8 +380,9 @@ def sparsify(
     batch_size = _check_int("batch_size", batch_size, 1)
     seed = _check_int("seed", seed, 0)
     blocksize, percdamp = check_options(blocksize, percdamp)
-    if not isinstance(progress, bool):
-        raise TypeError(f"progress: expected a bool, got {type(progress).__name__}")
+    for flag, value in (("sequential", sequential), ("progress", progress)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{flag}: expected a bool, got {type(value).__name__}")
     ops = model.ops()
     check_ops(ops)
     targets: dict[str, tuple[Op, LoRSLinear]] = {}
@@ -405,15 +426,15 @@ def sparsify(
         swapped: list[tuple[Op, LoRSLinear]] = []
         try:
             for k, (a, b) in enumerate(_progress(runs[: last_run + 1], progress)):
-                grams: dict[str, Gram] = {}
-                shared: dict[str, Gram] = {}  # linears reading the same activation share its Gram
-                for op in ops[a:b]:
-                    if op.name in targets:
+                for group in _groups(ops[a:b], targets, sequential):
+                    grams: dict[str, Gram] = {}
+                    shared: dict[str, Gram] = {}  # linears reading the same activation share its Gram
+                    for op in group:
                         if op.inputs[0] not in shared:
                             shared[op.inputs[0]] = Gram(targets[op.name][1].in_features)
                         grams[op.name] = shared[op.inputs[0]]
-                if grams:
-                    passer.run(a, b, grams, advance=False)  # this block's inputs, the block still dense
+                    # the group's inputs: earlier blocks (and groups) pruned, the group itself dense
+                    passer.run(a, a + ops[a:b].index(group[-1]) + 1, grams, advance=False)
                     for name, g in grams.items():
                         tokens = tokens or g.tokens
                         prune_layer(name, g)
