@@ -9,9 +9,9 @@ then run again, pruned, to produce the next block's inputs. Each linear's inputs
 their Gram matrix XᵀX (:class:`sparseft.sparsegpt.Gram`), which gives SparseGPT's Hessian, Wanda's
 column norms and the layer-wise reconstruction error, so no layer's inputs are held whole.
 
-The model is changed only when everything succeeded: the pruned layers are new
-:class:`~sparseft.LoRSLinear` objects (the base stored in the format its mask calls for, adapter
-and bias carried over) swapped in at the end; an error or an interrupt leaves the model as it was.
+The model is changed only when everything succeeded: during the pass the pruned layers are copies;
+at the end each :class:`~sparseft.LoRSLinear` loads its new base (stored in the format its mask calls
+for; adapter and bias carried over), so an error or an interrupt leaves the model as it was.
 See ``docs/pruning.md``.
 """
 
