@@ -6,8 +6,9 @@ each tensor is then read from its byte range straight into the float32 array the
 and BF16 widened 4M values at a time), so a checkpoint loads without a second copy of the model in
 memory: the peak extra is one block linear's float32 weight while its LoRS layer is built.
 
-Writing: ``config.json`` + ``model.safetensors`` (float32, metadata ``format: pt``), each written
-to a temporary file and renamed, so an interrupted save never leaves a corrupt file.
+Writing: ``config.json`` + ``model.safetensors`` (float32, metadata ``format: pt``), the tensors
+streamed one at a time, each file written to a temporary name and renamed, so an interrupted save
+never leaves a corrupt file.
 See ``docs/models.md``.
 """
 
@@ -292,29 +293,49 @@ def _atomic_write(path: Path, write: Any) -> None:
         raise
 
 
+def _write_safetensors(path: str, entries: list[tuple[str, tuple[int, ...]]], tensors: Iterator[Any]) -> None:
+    """Write a float32 safetensors file tensor by tensor: the header comes from ``entries``
+    (key, shape), the data from ``tensors`` ((key, array) in the same order)."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    off = 0
+    for key, shape in entries:
+        n = 4 * int(np.prod(shape, dtype=np.int64))
+        header[key] = {"dtype": "F32", "shape": list(shape), "data_offsets": [off, off + n]}
+        off += n
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)  # the data section starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for (key, shape), (k, a) in zip(entries, tensors, strict=True):
+            if k != key or a.shape != shape or a.dtype != np.float32:
+                raise RuntimeError(
+                    f"{key}: the model produced {k} {a.shape} {a.dtype}, expected float32 {shape}"
+                )
+            f.write(np.ascontiguousarray(a).data)
+
+
 def save_pretrained(model: Decoder, path: str | os.PathLike[str]) -> None:
     """Write ``config.json`` and ``model.safetensors`` (float32, Hugging Face keys and layouts) that
     ``transformers.AutoModelForCausalLM.from_pretrained`` loads; pruned zeros are written as zeros.
 
     Adapters are not part of the file: call ``model.merge_adapters()`` first to ship the merged
-    (still sparse) weights. A ``tokenizers``-backed tokenizer is saved as ``tokenizer.json``. Each
-    file is written to a temporary name and renamed, and a shard index left from an earlier
-    sharded checkpoint in the directory is removed so that the new weights are the ones read.
+    (still sparse) weights. A ``tokenizers``-backed tokenizer is saved as ``tokenizer.json``.
+    Tensors are written one at a time (no second copy of the model in memory). Each file is
+    written to a temporary name and renamed, and a shard index left from an earlier sharded
+    checkpoint in the directory is removed so that the new weights are the ones read.
 
     Raises
     ------
     TypeError
         If ``model`` is not a GPT or Llama.
     """
-    from safetensors.numpy import save_file
-
     if not isinstance(model, Decoder):
         raise TypeError(f"model: expected a GPT or Llama model, got {type(model).__name__}")
     d = Path(path)
     d.mkdir(parents=True, exist_ok=True)
-    sd = {k: np.ascontiguousarray(v) for k, v in model.state_dict().items()}
-    _atomic_write(d / "model.safetensors", lambda tmp: save_file(sd, tmp, metadata={"format": "pt"}))
-    sd.clear()
+    entries = [(k, shape) for k, shape, _ in weight_spec(model.config)]
+    _atomic_write(d / "model.safetensors", lambda tmp: _write_safetensors(tmp, entries, model.iter_state()))
     text = json.dumps(model.config.to_hf(), indent=2) + "\n"
     _atomic_write(d / "config.json", lambda tmp: Path(tmp).write_text(text))
     if isinstance(model.tokenizer, HFTokenizer):
@@ -322,10 +343,3 @@ def save_pretrained(model: Decoder, path: str | os.PathLike[str]) -> None:
     stale = d / "model.safetensors.index.json"
     if stale.exists():
         stale.unlink()
-
-
-def iter_tensors(path: str | os.PathLike[str]) -> Iterator[tuple[str, np.ndarray]]:
-    """(key, float32 array) of every tensor of a checkpoint directory, one at a time."""
-    reader = SafetensorsReader(_weight_files(Path(path)))
-    for k in reader.keys():
-        yield k, reader.read(k)

@@ -10,7 +10,7 @@ head are dense and frozen. Weights use Hugging Face key names and layouts (see `
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -832,7 +832,11 @@ class Decoder(Model):
         """Every weight under its Hugging Face key and layout (GPT-2's Conv1D weights (in, out));
         the linears' current bases (merged ones after :meth:`merge_adapters`), pruned zeros exact.
         Copies, except the embeddings/head/norms, which are the live arrays (read-only use)."""
-        out: dict[str, np.ndarray] = {}
+        return dict(self.iter_state())
+
+    def iter_state(self) -> Iterator[tuple[str, np.ndarray]]:
+        """:meth:`state_dict`'s entries one at a time, in :func:`weight_spec` order (a saver holds
+        one linear's dense weight at a time, not a second copy of the model)."""
         lin = {self.hf_prefix + op.name: op for op in self._linear_ops()}
         for key, _shape, kind in weight_spec(self.config):
             mod, _, leaf = key.rpartition(".")
@@ -840,13 +844,12 @@ class Decoder(Model):
                 layer = lin[mod].layer
                 if leaf == "weight":
                     W = layer.base.to_dense()
-                    out[key] = np.ascontiguousarray(W.T) if kind == "conv1d" else W
+                    yield key, np.ascontiguousarray(W.T) if kind == "conv1d" else W
                 else:
                     assert layer.bias is not None
-                    out[key] = layer.bias.copy()
+                    yield key, layer.bias.copy()
             else:
-                out[key] = self._array(key)
-        return out
+                yield key, self._array(key)
 
     def _array(self, key: str) -> np.ndarray:
         """A non-linear weight (embedding, positions, head, norm) by its Hugging Face key."""
