@@ -56,6 +56,7 @@ class LinearOp(Op):
         self._gw: np.ndarray | None = None
         self._gb: np.ndarray | None = None
         self._pos: np.ndarray | None = None
+        self._mask: np.ndarray | None = None
 
     @property
     def layer(self) -> LoRSLinear:
@@ -100,13 +101,15 @@ class LinearOp(Op):
             vals = self._values()
             vals.flags.writeable = True
             self._gw = np.zeros_like(vals)
+            # dense values: the gradient is multiplied by the mask; compressed: sampled at its positions
+            self._mask = mask if vals.shape == mask.shape else None
             self._pos = None if vals.shape == mask.shape else np.flatnonzero(mask)
             if layer.bias is not None:
                 layer.bias.flags.writeable = True
                 self._gb = np.zeros_like(layer.bias)
         if mode != "base" and self.mode == "base":
             self._values().flags.writeable = False
-            self._gw = self._gb = self._pos = None
+            self._gw = self._gb = self._pos = self._mask = None
         self.mode = mode
 
     def params(self) -> dict[str, np.ndarray]:
@@ -155,10 +158,11 @@ class LinearOp(Op):
             assert self._gw is not None
             x2 = _rows(x)
             G = gy2.T @ x2  # (out, in): the dense weight gradient, sampled at the mask below
-            if self._pos is None:
-                G *= layer.base.mask_dense()
+            if self._mask is not None:
+                G *= self._mask
                 self._gw += G
             else:
+                assert self._pos is not None
                 self._gw += G.reshape(-1)[self._pos].reshape(self._gw.shape)
             if self._gb is not None:
                 self._gb += gy2.sum(axis=0, dtype=F32)
