@@ -68,7 +68,7 @@ def test_missing_path_object_is_a_value_error(tmp_path: pathlib.Path) -> None:
         tokenize(tmp_path / "absent.txt")
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(n=st.integers(2, 200), batch=st.integers(1, 5), seq=st.integers(1, 20), seed=st.integers(0, 2**32 - 1))
 def test_token_windows_are_consecutive_next_token_pairs(n: int, batch: int, seq: int, seed: int) -> None:
     ids = np.arange(n, dtype=np.int64)  # unique ids: a window's first id is its start
