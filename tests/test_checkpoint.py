@@ -203,6 +203,7 @@ def test_llama_unsupported_variants(llama_dirs: dict[str, Any], tmp_path: Path) 
         ({"attention_bias": True}, "attention_bias"),
         ({"hidden_act": "gelu"}, "hidden_act"),
         ({"num_key_value_heads": 3}, "n_kv_head"),
+        ({"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
     ):
         (d / "config.json").write_text(json.dumps({**good, **change}))
         with pytest.raises(ValueError, match=pattern):

@@ -232,6 +232,13 @@ class LlamaConfig:
         for key in ("attention_bias", "mlp_bias"):
             if d.get(key, False):
                 raise ValueError(f"{key}: biases are not supported in Llama, got {d[key]!r}")
+        partial = d.get(
+            "partial_rotary_factor", (d.get("rope_parameters") or {}).get("partial_rotary_factor", 1.0)
+        )
+        if partial != 1.0:
+            raise ValueError(
+                f"partial_rotary_factor: only 1.0 (RoPE on the whole head) is supported, got {partial!r}"
+            )
         n_head = _need(d, "num_attention_heads")
         d_model = _need(d, "hidden_size")
         hd = d.get("head_dim")
