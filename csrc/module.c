@@ -9,6 +9,7 @@
 
 #include <float.h>
 #include <stdio.h>
+#include <string.h>
 #include <math.h>
 
 #include "common.h"
@@ -18,6 +19,7 @@
 #include "weightnorm.h"
 #include "lors.h"
 #include "rws.h"
+#include "nn.h"
 
 /* ---- argument helpers ---------------------------------------------------------------------- */
 
@@ -1364,6 +1366,542 @@ static PyObject *py_sparse_check(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ---- nn ops ---- */
+
+/* Checks an int64 id array of ndim dims whose entries all lie in [0, V). */
+static PyArrayObject *arg_ids(PyObject *obj, const char *name, int ndim, int64_t V) {
+    PyArrayObject *a = arg_array(obj, name, NPY_INT64, ndim);
+    if (a == NULL) return NULL;
+    const int64_t *p = (const int64_t *)PyArray_DATA(a);
+    npy_intp n = PyArray_SIZE(a);
+    for (npy_intp i = 0; i < n; i++) {
+        if (p[i] < 0 || p[i] >= V) {
+            PyErr_Format(PyExc_ValueError, "%s: expected ids in [0, %lld), got %lld at flat index %zd", name,
+                         (long long)V, (long long)p[i], (Py_ssize_t)i);
+            return NULL;
+        }
+    }
+    return a;
+}
+
+/* Checks that b has exactly the shape of a (named ref in the message). */
+static int arg_same_shape(PyArrayObject *b, const char *name, PyArrayObject *a, const char *ref) {
+    if (PyArray_NDIM(a) == PyArray_NDIM(b) &&
+        memcmp(PyArray_DIMS(a), PyArray_DIMS(b), sizeof(npy_intp) * (size_t)PyArray_NDIM(a)) == 0)
+        return 0;
+    PyObject *sa = shape_tuple(a), *sb = shape_tuple(b);
+    if (sa != NULL && sb != NULL)
+        PyErr_Format(PyExc_ValueError, "%s: expected shape %R (that of %s), got %R", name, sa, ref, sb);
+    Py_XDECREF(sa);
+    Py_XDECREF(sb);
+    return -1;
+}
+
+/* A new float32 array shaped like a. */
+static PyArrayObject *new_like(PyArrayObject *a) {
+    return new_f32(PyArray_NDIM(a), PyArray_DIMS(a));
+}
+
+/* x (N, C) and a vector of length C named vname (C from x) */
+static int nn_rows_vec(PyObject *xo, PyObject *wo, const char *vname, PyArrayObject **x, PyArrayObject **w) {
+    *x = arg_f32(xo, "x", 2);
+    if (*x == NULL) return -1;
+    *w = arg_f32(wo, vname, 1);
+    if (*w == NULL || arg_dim(*w, vname, 0, PyArray_DIM(*x, 1), "C, the columns of x") < 0) return -1;
+    return 0;
+}
+
+static int nn_eps(double eps) {
+    if (isfinite(eps) && eps > 0.0) return 0;
+    PyErr_Format(PyExc_ValueError, "eps: expected a finite positive float, got %R", PyFloat_FromDouble(eps));
+    return -1;
+}
+
+#define F32P(a) ((float *)PyArray_DATA(a))
+
+static PyObject *py_layernorm_forward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *xo, *wo, *bo;
+    double eps = 1e-5;
+    if (!PyArg_ParseTuple(args, "OOO|d:layernorm_forward", &xo, &wo, &bo, &eps)) return NULL;
+    PyArrayObject *x, *w, *b;
+    if (nn_rows_vec(xo, wo, "w", &x, &w) < 0 || nn_eps(eps) < 0) return NULL;
+    if ((b = arg_f32(bo, "b", 1)) == NULL || arg_same_shape(b, "b", w, "w") < 0) return NULL;
+    npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1);
+    PyArrayObject *y = new_like(x), *mean = new_f32(1, &N), *rstd = new_f32(1, &N);
+    if (y == NULL || mean == NULL || rstd == NULL) goto fail;
+    Py_BEGIN_ALLOW_THREADS
+    layernorm_forward(F32P(y), F32P(mean), F32P(rstd), F32P(x), F32P(w), F32P(b), N, C, (float)eps);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("(NNN)", y, mean, rstd);
+fail:
+    Py_XDECREF(y), Py_XDECREF(mean), Py_XDECREF(rstd);
+    return NULL;
+}
+
+/* dy like x, and the per-row vectors of the norms' backward */
+static int nn_norm_bwd_args(PyObject *dyo, PyObject *xo, PyObject *wo, PyObject *meano, PyObject *rstdo,
+                            PyArrayObject **dy, PyArrayObject **x, PyArrayObject **w, PyArrayObject **mean,
+                            PyArrayObject **rstd) {
+    if (nn_rows_vec(xo, wo, "w", x, w) < 0) return -1;
+    if ((*dy = arg_f32(dyo, "dy", 2)) == NULL || arg_same_shape(*dy, "dy", *x, "x") < 0) return -1;
+    if (meano != NULL && ((*mean = arg_f32(meano, "mean", 1)) == NULL ||
+                          arg_dim(*mean, "mean", 0, PyArray_DIM(*x, 0), "N, the rows of x") < 0))
+        return -1;
+    if ((*rstd = arg_f32(rstdo, "rstd", 1)) == NULL ||
+        arg_dim(*rstd, "rstd", 0, PyArray_DIM(*x, 0), "N, the rows of x") < 0)
+        return -1;
+    return 0;
+}
+
+static PyObject *py_layernorm_backward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *dyo, *xo, *wo, *meano, *rstdo;
+    if (!PyArg_ParseTuple(args, "OOOOO:layernorm_backward", &dyo, &xo, &wo, &meano, &rstdo)) return NULL;
+    PyArrayObject *dy, *x, *w, *mean, *rstd;
+    if (nn_norm_bwd_args(dyo, xo, wo, meano, rstdo, &dy, &x, &w, &mean, &rstd) < 0) return NULL;
+    npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1);
+    PyArrayObject *dx = new_like(x), *dw = new_like(w), *db = new_like(w);
+    int rc = 0;
+    if (dx == NULL || dw == NULL || db == NULL) goto fail;
+    Py_BEGIN_ALLOW_THREADS
+    rc = layernorm_backward(F32P(dx), F32P(dw), F32P(db), F32P(dy), F32P(x), F32P(w), F32P(mean), F32P(rstd),
+                            N, C);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
+        scratch_error("layernorm_backward");
+        goto fail;
+    }
+    return Py_BuildValue("(NNN)", dx, dw, db);
+fail:
+    Py_XDECREF(dx), Py_XDECREF(dw), Py_XDECREF(db);
+    return NULL;
+}
+
+static PyObject *py_rmsnorm_forward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *xo, *wo;
+    double eps = 1e-6;
+    if (!PyArg_ParseTuple(args, "OO|d:rmsnorm_forward", &xo, &wo, &eps)) return NULL;
+    PyArrayObject *x, *w;
+    if (nn_rows_vec(xo, wo, "w", &x, &w) < 0 || nn_eps(eps) < 0) return NULL;
+    npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1);
+    PyArrayObject *y = new_like(x), *rstd = new_f32(1, &N);
+    if (y == NULL || rstd == NULL) {
+        Py_XDECREF(y), Py_XDECREF(rstd);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rmsnorm_forward(F32P(y), F32P(rstd), F32P(x), F32P(w), N, C, (float)eps);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("(NN)", y, rstd);
+}
+
+static PyObject *py_rmsnorm_backward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *dyo, *xo, *wo, *rstdo;
+    if (!PyArg_ParseTuple(args, "OOOO:rmsnorm_backward", &dyo, &xo, &wo, &rstdo)) return NULL;
+    PyArrayObject *dy, *x, *w, *rstd;
+    if (nn_norm_bwd_args(dyo, xo, wo, NULL, rstdo, &dy, &x, &w, NULL, &rstd) < 0) return NULL;
+    npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1);
+    PyArrayObject *dx = new_like(x), *dw = new_like(w);
+    int rc = 0;
+    if (dx == NULL || dw == NULL) goto fail;
+    Py_BEGIN_ALLOW_THREADS
+    rc = rmsnorm_backward(F32P(dx), F32P(dw), F32P(dy), F32P(x), F32P(w), F32P(rstd), N, C);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
+        scratch_error("rmsnorm_backward");
+        goto fail;
+    }
+    return Py_BuildValue("(NN)", dx, dw);
+fail:
+    Py_XDECREF(dx), Py_XDECREF(dw);
+    return NULL;
+}
+
+/* elementwise activations: op 0 gelu fwd (x), 1 gelu bwd (dy, x), 2 swiglu fwd (gate, up), 3 swiglu bwd */
+static PyObject *nn_eltwise(PyObject *args, int op) {
+    static const char *fmt[] = {"O:gelu_forward", "OO:gelu_backward", "OO:swiglu_forward",
+                                "OOO:swiglu_backward"};
+    static const char *names[][3] = {
+        {"x", "", ""}, {"dy", "x", ""}, {"gate", "up", ""}, {"dy", "gate", "up"}};
+    PyObject *o[3] = {NULL, NULL, NULL};
+    if (!PyArg_ParseTuple(args, fmt[op], &o[0], &o[1], &o[2])) return NULL;
+    int nin = op == 0 ? 1 : op == 3 ? 3 : 2;
+    PyArrayObject *a[3] = {NULL, NULL, NULL};
+    // the reference shape is the last input's (x, up) for the backward's dy, the first's otherwise
+    for (int i = 0; i < nin; i++)
+        if ((a[i] = arg_f32(o[i], names[op][i], -1)) == NULL) return NULL;
+    int ref = op == 1 ? 1 : op == 3 ? 1 : 0;
+    for (int i = 0; i < nin; i++)
+        if (i != ref && arg_same_shape(a[i], names[op][i], a[ref], names[op][ref]) < 0) return NULL;
+    PyArrayObject *y = new_like(a[ref]), *y2 = op == 3 ? new_like(a[ref]) : NULL;
+    if (y == NULL || (op == 3 && y2 == NULL)) {
+        Py_XDECREF(y), Py_XDECREF(y2);
+        return NULL;
+    }
+    int64_t n = PyArray_SIZE(a[ref]);
+    Py_BEGIN_ALLOW_THREADS
+    switch (op) {
+        case 0:
+            gelu_forward(F32P(y), F32P(a[0]), n);
+            break;
+        case 1:
+            gelu_backward(F32P(y), F32P(a[0]), F32P(a[1]), n);
+            break;
+        case 2:
+            swiglu_forward(F32P(y), F32P(a[0]), F32P(a[1]), n);
+            break;
+        default:
+            swiglu_backward(F32P(y), F32P(y2), F32P(a[0]), F32P(a[1]), F32P(a[2]), n);
+            break;
+    }
+    Py_END_ALLOW_THREADS
+    if (op == 3) return Py_BuildValue("(NN)", y, y2);
+    return (PyObject *)y;
+}
+static PyObject *py_gelu_forward(PyObject *self, PyObject *args) {
+    (void)self;
+    return nn_eltwise(args, 0);
+}
+static PyObject *py_gelu_backward(PyObject *self, PyObject *args) {
+    (void)self;
+    return nn_eltwise(args, 1);
+}
+static PyObject *py_swiglu_forward(PyObject *self, PyObject *args) {
+    (void)self;
+    return nn_eltwise(args, 2);
+}
+static PyObject *py_swiglu_backward(PyObject *self, PyObject *args) {
+    (void)self;
+    return nn_eltwise(args, 3);
+}
+
+static PyObject *py_rope(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"x", "theta", "offset", "inverse", NULL};
+    PyObject *xo;
+    double theta = 10000.0;
+    long long offset = 0;
+    int inverse = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|dLp:rope", kwlist, &xo, &theta, &offset, &inverse))
+        return NULL;
+    PyArrayObject *x = arg_f32(xo, "x", 4);
+    if (x == NULL) return NULL;
+    npy_intp B = PyArray_DIM(x, 0), T = PyArray_DIM(x, 1), H = PyArray_DIM(x, 2), D = PyArray_DIM(x, 3);
+    if (D % 2 != 0) {
+        PyObject *s = shape_tuple(x);
+        if (s != NULL)
+            PyErr_Format(PyExc_ValueError, "x: expected an even head size D in (B, T, H, D), got %R", s);
+        Py_XDECREF(s);
+        return NULL;
+    }
+    if (!(isfinite(theta) && theta > 0.0)) {
+        PyErr_SetString(PyExc_ValueError, "theta: expected a finite positive float");
+        return NULL;
+    }
+    if (offset < 0) {
+        PyErr_Format(PyExc_ValueError, "offset: expected a non-negative int, got %lld", offset);
+        return NULL;
+    }
+    PyArrayObject *y = new_like(x);
+    if (y == NULL) return NULL;
+    int rc = 0;
+    Py_BEGIN_ALLOW_THREADS
+    rc = rope_apply(F32P(y), F32P(x), B, T, H, D, theta, offset, inverse ? -1 : 1);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
+        Py_DECREF(y);
+        return scratch_error("rope");
+    }
+    return (PyObject *)y;
+}
+
+static PyObject *py_embedding_forward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *ido, *wo;
+    if (!PyArg_ParseTuple(args, "OO:embedding_forward", &ido, &wo)) return NULL;
+    PyArrayObject *wte = arg_f32(wo, "wte", 2),
+                  *ids = wte ? arg_ids(ido, "ids", 2, PyArray_DIM(wte, 0)) : NULL;
+    if (ids == NULL) return NULL;
+    npy_intp dims[3] = {PyArray_DIM(ids, 0), PyArray_DIM(ids, 1), PyArray_DIM(wte, 1)};
+    PyArrayObject *x = new_f32(3, dims);
+    if (x == NULL) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    embedding_forward(F32P(x), (const int64_t *)PyArray_DATA(ids), F32P(wte), dims[0] * dims[1], dims[2]);
+    Py_END_ALLOW_THREADS
+    return (PyObject *)x;
+}
+
+static PyObject *py_embedding_backward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *dxo, *ido;
+    long long V;
+    if (!PyArg_ParseTuple(args, "OOL:embedding_backward", &dxo, &ido, &V)) return NULL;
+    if (V < 1) {
+        PyErr_Format(PyExc_ValueError, "V: expected a positive vocabulary size, got %lld", V);
+        return NULL;
+    }
+    PyArrayObject *dx = arg_f32(dxo, "dx", 3), *ids = dx ? arg_ids(ido, "ids", 2, V) : NULL;
+    if (ids == NULL) return NULL;
+    if (arg_dim(dx, "dx", 0, PyArray_DIM(ids, 0), "B, from ids") < 0 ||
+        arg_dim(dx, "dx", 1, PyArray_DIM(ids, 1), "T, from ids") < 0)
+        return NULL;
+    npy_intp dims[2] = {(npy_intp)V, PyArray_DIM(dx, 2)};
+    PyArrayObject *dw = new_f32(2, dims);
+    if (dw == NULL) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    embedding_backward(F32P(dw), F32P(dx), (const int64_t *)PyArray_DATA(ids), PyArray_SIZE(ids), V, dims[1]);
+    Py_END_ALLOW_THREADS
+    return (PyObject *)dw;
+}
+
+/* logits (N, K) and targets (N,) in [0, K) */
+static int nn_xent_args(PyObject *lo, PyObject *to, PyArrayObject **L, PyArrayObject **t) {
+    if ((*L = arg_f32(lo, "logits", 2)) == NULL) return -1;
+    if ((*t = arg_ids(to, "targets", 1, PyArray_DIM(*L, 1))) == NULL) return -1;
+    return arg_dim(*t, "targets", 0, PyArray_DIM(*L, 0), "N, the rows of logits");
+}
+
+static PyObject *py_softmax_xent_forward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *lo, *to;
+    if (!PyArg_ParseTuple(args, "OO:softmax_xent_forward", &lo, &to)) return NULL;
+    PyArrayObject *L, *t;
+    if (nn_xent_args(lo, to, &L, &t) < 0) return NULL;
+    npy_intp N = PyArray_DIM(L, 0);
+    PyArrayObject *lse = new_f32(1, &N);
+    if (lse == NULL) return NULL;
+    float loss;
+    Py_BEGIN_ALLOW_THREADS
+    loss = softmax_xent_forward(F32P(lse), F32P(L), (const int64_t *)PyArray_DATA(t), N, PyArray_DIM(L, 1));
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("(dN)", (double)loss, lse);
+}
+
+static PyObject *py_softmax_xent_backward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *lo, *to, *lseo;
+    double dloss = 1.0;
+    if (!PyArg_ParseTuple(args, "OOO|d:softmax_xent_backward", &lo, &to, &lseo, &dloss)) return NULL;
+    PyArrayObject *L, *t, *lse;
+    if (nn_xent_args(lo, to, &L, &t) < 0) return NULL;
+    if ((lse = arg_f32(lseo, "lse", 1)) == NULL ||
+        arg_dim(lse, "lse", 0, PyArray_DIM(L, 0), "N, the rows of logits") < 0)
+        return NULL;
+    PyArrayObject *d = new_like(L);
+    if (d == NULL) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    softmax_xent_backward(F32P(d), F32P(L), (const int64_t *)PyArray_DATA(t), F32P(lse), (float)dloss,
+                          PyArray_DIM(L, 0), PyArray_DIM(L, 1));
+    Py_END_ALLOW_THREADS
+    return (PyObject *)d;
+}
+
+/* x (N, C), w (V, C), targets (N,) in [0, V) */
+static int nn_head_args(PyObject *xo, PyObject *wo, PyObject *to, PyArrayObject **x, PyArrayObject **w,
+                        PyArrayObject **t) {
+    if ((*x = arg_f32(xo, "x", 2)) == NULL || (*w = arg_f32(wo, "w", 2)) == NULL) return -1;
+    if (arg_dim(*w, "w", 1, PyArray_DIM(*x, 1), "C, the columns of x") < 0) return -1;
+    if ((*t = arg_ids(to, "targets", 1, PyArray_DIM(*w, 0))) == NULL) return -1;
+    return arg_dim(*t, "targets", 0, PyArray_DIM(*x, 0), "N, the rows of x");
+}
+
+static PyObject *py_lm_head_xent_forward(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"x", "w", "targets", "chunk", "grad", "need_dw", NULL};
+    PyObject *xo, *wo, *to;
+    long long chunk = 0;
+    int grad = 0, need_dw = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|Lpp:lm_head_xent_forward", kwlist, &xo, &wo, &to,
+                                     &chunk, &grad, &need_dw))
+        return NULL;
+    PyArrayObject *x, *w, *t;
+    if (nn_head_args(xo, wo, to, &x, &w, &t) < 0) return NULL;
+    npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1), V = PyArray_DIM(w, 0);
+    PyArrayObject *lse = new_f32(1, &N), *dx = grad ? new_like(x) : NULL,
+                  *dw = grad && need_dw ? new_like(w) : NULL;
+    if (lse == NULL || (grad && dx == NULL) || (grad && need_dw && dw == NULL)) goto fail;
+    float loss = 0.0f;
+    int rc = 0;
+    Py_BEGIN_ALLOW_THREADS
+    rc = lm_head_xent_forward(&loss, F32P(lse), dx ? F32P(dx) : NULL, dw ? F32P(dw) : NULL, F32P(x), F32P(w),
+                              (const int64_t *)PyArray_DATA(t), N, C, V, chunk);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
+        scratch_error("lm_head_xent_forward");
+        goto fail;
+    }
+    if (!grad) return Py_BuildValue("(dN)", (double)loss, lse);
+    if (dw == NULL) {
+        Py_INCREF(Py_None);
+        dw = (PyArrayObject *)Py_None;
+    }
+    return Py_BuildValue("(dNNN)", (double)loss, lse, dx, dw);
+fail:
+    Py_XDECREF(lse), Py_XDECREF(dx), Py_XDECREF(dw);
+    return NULL;
+}
+
+static PyObject *py_lm_head_xent_backward(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"x", "w", "targets", "lse", "dloss", "need_dw", "chunk", NULL};
+    PyObject *xo, *wo, *to, *lseo;
+    double dloss = 1.0;
+    int need_dw = 0;
+    long long chunk = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|dpL:lm_head_xent_backward", kwlist, &xo, &wo, &to,
+                                     &lseo, &dloss, &need_dw, &chunk))
+        return NULL;
+    PyArrayObject *x, *w, *t, *lse;
+    if (nn_head_args(xo, wo, to, &x, &w, &t) < 0) return NULL;
+    if ((lse = arg_f32(lseo, "lse", 1)) == NULL ||
+        arg_dim(lse, "lse", 0, PyArray_DIM(x, 0), "N, the rows of x") < 0)
+        return NULL;
+    npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1), V = PyArray_DIM(w, 0);
+    PyArrayObject *dx = new_like(x), *dw = need_dw ? new_like(w) : NULL;
+    int rc = 0;
+    if (dx == NULL || (need_dw && dw == NULL)) goto fail;
+    Py_BEGIN_ALLOW_THREADS
+    rc = lm_head_xent_backward(F32P(dx), dw ? F32P(dw) : NULL, F32P(x), F32P(w),
+                               (const int64_t *)PyArray_DATA(t), F32P(lse), (float)dloss, N, C, V, chunk);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
+        scratch_error("lm_head_xent_backward");
+        goto fail;
+    }
+    if (dw == NULL) {
+        Py_INCREF(Py_None);
+        dw = (PyArrayObject *)Py_None;
+    }
+    return Py_BuildValue("(NN)", dx, dw);
+fail:
+    Py_XDECREF(dx), Py_XDECREF(dw);
+    return NULL;
+}
+
+static PyObject *py_adamw_step(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *po, *go, *mo, *vo;
+    double lr, b1, b2, eps, wd;
+    long long step;
+    if (!PyArg_ParseTuple(args, "OOOOdddddL:adamw_step", &po, &go, &mo, &vo, &lr, &b1, &b2, &eps, &wd, &step))
+        return NULL;
+    PyArrayObject *a[4];
+    const char *names[4] = {"param", "grad", "m", "v"};
+    PyObject *objs[4] = {po, go, mo, vo};
+    for (int i = 0; i < 4; i++) {
+        if ((a[i] = arg_f32(objs[i], names[i], -1)) == NULL) return NULL;
+        if (i > 0 && arg_same_shape(a[i], names[i], a[0], "param") < 0) return NULL;
+        if (i != 1 && !PyArray_ISWRITEABLE(a[i])) {
+            PyErr_Format(PyExc_ValueError,
+                         "%s: expected a writeable array (updated in place), got a read-only one", names[i]);
+            return NULL;
+        }
+    }
+    if (!(isfinite(lr) && lr >= 0) || !(isfinite(eps) && eps >= 0) || !(isfinite(wd) && wd >= 0)) {
+        PyErr_SetString(PyExc_ValueError, "lr, eps, weight_decay: expected finite non-negative floats");
+        return NULL;
+    }
+    if (!(b1 >= 0 && b1 < 1) || !(b2 >= 0 && b2 < 1)) {
+        PyErr_SetString(PyExc_ValueError, "beta1, beta2: expected floats in [0, 1)");
+        return NULL;
+    }
+    if (step < 1) {
+        PyErr_Format(PyExc_ValueError, "step: expected a positive int, got %lld", step);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    adamw_step(F32P(a[0]), F32P(a[2]), F32P(a[3]), F32P(a[1]), PyArray_SIZE(a[0]), (float)lr, (float)b1,
+               (float)b2, (float)eps, (float)wd, step);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* q (B, H, T, D), k and v (B, Hkv, T, D) with Hkv dividing H */
+static int nn_attn_args(PyObject *qo, PyObject *ko, PyObject *vo, PyArrayObject **q, PyArrayObject **k,
+                        PyArrayObject **v) {
+    if ((*q = arg_f32(qo, "q", 4)) == NULL || (*k = arg_f32(ko, "k", 4)) == NULL ||
+        (*v = arg_f32(vo, "v", 4)) == NULL)
+        return -1;
+    if (arg_dim(*k, "k", 0, PyArray_DIM(*q, 0), "B, from q") < 0 ||
+        arg_dim(*k, "k", 2, PyArray_DIM(*q, 2), "T, from q") < 0 ||
+        arg_dim(*k, "k", 3, PyArray_DIM(*q, 3), "D, from q") < 0)
+        return -1;
+    npy_intp H = PyArray_DIM(*q, 1), Hkv = PyArray_DIM(*k, 1);
+    if (Hkv < 1 || H % Hkv != 0) {
+        PyErr_Format(PyExc_ValueError, "k: expected a number of kv heads dividing H = %zd, got %zd",
+                     (Py_ssize_t)H, (Py_ssize_t)Hkv);
+        return -1;
+    }
+    return arg_same_shape(*v, "v", *k, "k");
+}
+
+static PyObject *py_attention_forward(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"q", "k", "v", "causal", "scale", NULL};
+    PyObject *qo, *ko, *vo;
+    int causal = 1;
+    double scale;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOpd:attention_forward", kwlist, &qo, &ko, &vo, &causal,
+                                     &scale))
+        return NULL;
+    PyArrayObject *q, *k, *v;
+    if (nn_attn_args(qo, ko, vo, &q, &k, &v) < 0) return NULL;
+    npy_intp B = PyArray_DIM(q, 0), H = PyArray_DIM(q, 1), T = PyArray_DIM(q, 2), D = PyArray_DIM(q, 3);
+    npy_intp ldims[3] = {B, H, T};
+    PyArrayObject *o = new_like(q), *lse = new_f32(3, ldims);
+    int rc = 0;
+    if (o == NULL || lse == NULL) goto fail;
+    Py_BEGIN_ALLOW_THREADS
+    rc = attention_forward(F32P(o), F32P(lse), F32P(q), F32P(k), F32P(v), B, H, PyArray_DIM(k, 1), T, D,
+                           (float)scale, causal);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
+        scratch_error("attention_forward");
+        goto fail;
+    }
+    return Py_BuildValue("(NN)", o, lse);
+fail:
+    Py_XDECREF(o), Py_XDECREF(lse);
+    return NULL;
+}
+
+static PyObject *py_attention_backward(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"do", "q", "k", "v", "o", "lse", "causal", "scale", NULL};
+    PyObject *doo, *qo, *ko, *vo, *oo, *lo;
+    int causal = 1;
+    double scale;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOpd:attention_backward", kwlist, &doo, &qo, &ko, &vo,
+                                     &oo, &lo, &causal, &scale))
+        return NULL;
+    PyArrayObject *q, *k, *v, *dout, *o, *lse;
+    if (nn_attn_args(qo, ko, vo, &q, &k, &v) < 0) return NULL;
+    if ((dout = arg_f32(doo, "do", 4)) == NULL || arg_same_shape(dout, "do", q, "q") < 0) return NULL;
+    if ((o = arg_f32(oo, "o", 4)) == NULL || arg_same_shape(o, "o", q, "q") < 0) return NULL;
+    npy_intp B = PyArray_DIM(q, 0), H = PyArray_DIM(q, 1), T = PyArray_DIM(q, 2), D = PyArray_DIM(q, 3);
+    if ((lse = arg_f32(lo, "lse", 3)) == NULL || arg_dim(lse, "lse", 0, B, "B, from q") < 0 ||
+        arg_dim(lse, "lse", 1, H, "H, from q") < 0 || arg_dim(lse, "lse", 2, T, "T, from q") < 0)
+        return NULL;
+    PyArrayObject *dq = new_like(q), *dk = new_like(k), *dv = new_like(v);
+    int rc = 0;
+    if (dq == NULL || dk == NULL || dv == NULL) goto fail;
+    Py_BEGIN_ALLOW_THREADS
+    rc = attention_backward(F32P(dq), F32P(dk), F32P(dv), F32P(dout), F32P(q), F32P(k), F32P(v), F32P(o),
+                            F32P(lse), B, H, PyArray_DIM(k, 1), T, D, (float)scale, causal);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
+        scratch_error("attention_backward");
+        goto fail;
+    }
+    return Py_BuildValue("(NNN)", dq, dk, dv);
+fail:
+    Py_XDECREF(dq), Py_XDECREF(dk), Py_XDECREF(dv);
+    return NULL;
+}
+
 /* ---- module -------------------------------------------------------------------------------- */
 
 /* ---- rws ----------------------------------------------------------------------------------- */
@@ -1490,11 +2028,15 @@ static PyObject *py_rws_extract(PyObject *self, PyObject *args, PyObject *kwargs
     float *S = (float *)PyArray_DATA(sig);
     const float *P = (const float *)PyArray_DATA(p), *C = (const float *)PyArray_DATA(c);
     const float *R = (const float *)PyArray_DATA(r);
-    Py_BEGIN_ALLOW_THREADS if (naive) rws_extract_naive(S, dots, P, C, R, (int64_t)n);
-    else rc = rws_extract(S, dots, P, C, R, (int64_t)n);
-    Py_END_ALLOW_THREADS if (rc != 0) {
+    Py_BEGIN_ALLOW_THREADS
+    if (naive)
+        rws_extract_naive(S, dots, P, C, R, (int64_t)n);
+    else
+        rc = rws_extract(S, dots, P, C, R, (int64_t)n);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
         Py_DECREF(sig);
-        return scratch_error();
+        return scratch_error("rws_extract");
     }
     return Py_BuildValue("Ndd", sig, dots[0], dots[1]);
 }
@@ -1524,8 +2066,10 @@ static PyObject *py_rws_quantize(PyObject *self, PyObject *args) {
     int rc;
     uint8_t *Cd = (uint8_t *)PyArray_DATA(codes);
     const float *X = (const float *)PyArray_DATA(x);
-    Py_BEGIN_ALLOW_THREADS rc = rws_quantize(Cd, Pm, X, (int64_t)n, (int64_t)group, bits, scheme);
-    Py_END_ALLOW_THREADS if (rc != 0) {
+    Py_BEGIN_ALLOW_THREADS
+    rc = rws_quantize(Cd, Pm, X, (int64_t)n, (int64_t)group, bits, scheme);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
         PyErr_SetString(PyExc_ValueError,
                         "x: its range does not fit float32 quantization parameters (max - min overflows)");
         goto fail;
@@ -1553,8 +2097,10 @@ static PyObject *py_rws_dequantize(PyObject *self, PyObject *args) {
     PyArrayObject *out = new_f32(1, dims);
     if (out == NULL) return NULL;
     float *O = (float *)PyArray_DATA(out);
-    Py_BEGIN_ALLOW_THREADS rws_dequantize(O, &src, (int64_t)n);
-    Py_END_ALLOW_THREADS return (PyObject *)out;
+    Py_BEGIN_ALLOW_THREADS
+    rws_dequantize(O, &src, (int64_t)n);
+    Py_END_ALLOW_THREADS
+    return (PyObject *)out;
 }
 
 static PyObject *py_rws_patch(PyObject *self, PyObject *args, PyObject *kwargs) {
@@ -1575,8 +2121,10 @@ static PyObject *py_rws_patch(PyObject *self, PyObject *args, PyObject *kwargs) 
     int64_t nonfinite = 0;
     int rc;
     void *W = PyArray_DATA(w);
-    Py_BEGIN_ALLOW_THREADS rc = rws_patch(W, wtype, mask, &src, (float)alpha, (int64_t)n, &undo, &nonfinite);
-    Py_END_ALLOW_THREADS if (rc != 0) return scratch_error();
+    Py_BEGIN_ALLOW_THREADS
+    rc = rws_patch(W, wtype, mask, &src, (float)alpha, (int64_t)n, &undo, &nonfinite);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) return scratch_error("rws_patch");
     npy_intp cnt = (npy_intp)undo.count;
     PyArrayObject *index = (PyArrayObject *)PyArray_EMPTY(1, &cnt, NPY_INT64, 0);
     PyArrayObject *bits = (PyArrayObject *)PyArray_EMPTY(1, &cnt, NPY_UINT32, 0);
@@ -1625,8 +2173,10 @@ static PyObject *py_rws_unpatch(PyObject *self, PyObject *args, PyObject *kwargs
         }
     const uint32_t *Bt = (const uint32_t *)PyArray_DATA(bits);
     void *W = PyArray_DATA(w);
-    Py_BEGIN_ALLOW_THREADS rws_unpatch(W, wtype, mask, &src, (float)alpha, (int64_t)n, Ix, Bt, (int64_t)cnt);
-    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+    Py_BEGIN_ALLOW_THREADS
+    rws_unpatch(W, wtype, mask, &src, (float)alpha, (int64_t)n, Ix, Bt, (int64_t)cnt);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
@@ -1742,6 +2292,52 @@ static PyMethodDef methods[] = {
     {"rws_unpatch", (PyCFunction)(void (*)(void))py_rws_unpatch, METH_VARARGS | METH_KEYWORDS,
      "rws_unpatch(w, source, alpha, index, bits, mask=None) -> None\n\nUndo rws_patch bit for bit with its "
      "record (the same w, source, alpha and mask)."},
+    /* nn ops */
+    {"layernorm_forward", py_layernorm_forward, METH_VARARGS,
+     "layernorm_forward(x, w, b, eps=1e-5) -> (y, mean, rstd)\n\nLayerNorm of the rows of x (N, C)."},
+    {"layernorm_backward", py_layernorm_backward, METH_VARARGS,
+     "layernorm_backward(dy, x, w, mean, rstd) -> (dx, dw, db)\n\ndw, db summed over the rows."},
+    {"rmsnorm_forward", py_rmsnorm_forward, METH_VARARGS,
+     "rmsnorm_forward(x, w, eps=1e-6) -> (y, rstd)\n\nRMSNorm of the rows of x (N, C)."},
+    {"rmsnorm_backward", py_rmsnorm_backward, METH_VARARGS,
+     "rmsnorm_backward(dy, x, w, rstd) -> (dx, dw)\n\ndw summed over the rows."},
+    {"gelu_forward", py_gelu_forward, METH_VARARGS, "gelu_forward(x) -> y\n\nGELU, tanh approximation."},
+    {"gelu_backward", py_gelu_backward, METH_VARARGS, "gelu_backward(dy, x) -> dx"},
+    {"swiglu_forward", py_swiglu_forward, METH_VARARGS, "swiglu_forward(gate, up) -> silu(gate) * up"},
+    {"swiglu_backward", py_swiglu_backward, METH_VARARGS, "swiglu_backward(dy, gate, up) -> (dgate, dup)"},
+    {"rope", (PyCFunction)(void (*)(void))py_rope, METH_VARARGS | METH_KEYWORDS,
+     "rope(x, theta=10000.0, offset=0, inverse=False) -> y\n\nRotary embedding of x (B, T, H, D), Hugging "
+     "Face "
+     "rotate_half convention; inverse: the backward."},
+    {"embedding_forward", py_embedding_forward, METH_VARARGS,
+     "embedding_forward(ids, wte) -> x\n\nRows of wte (V, C) gathered by int64 ids (B, T): (B, T, C)."},
+    {"embedding_backward", py_embedding_backward, METH_VARARGS,
+     "embedding_backward(dx, ids, V) -> dwte\n\nDense (V, C) gradient, rows of dx summed per id."},
+    {"softmax_xent_forward", py_softmax_xent_forward, METH_VARARGS,
+     "softmax_xent_forward(logits, targets) -> (loss, lse)\n\nMean softmax cross-entropy of logits (N, K)."},
+    {"softmax_xent_backward", py_softmax_xent_backward, METH_VARARGS,
+     "softmax_xent_backward(logits, targets, lse, dloss=1.0) -> dlogits"},
+    {"lm_head_xent_forward", (PyCFunction)(void (*)(void))py_lm_head_xent_forward,
+     METH_VARARGS | METH_KEYWORDS,
+     "lm_head_xent_forward(x, w, targets, chunk=0, grad=False, need_dw=False) -> (loss, lse) | (loss, lse, "
+     "dx, "
+     "dw)\n\nMean cross-entropy of x w^T, logits built chunk rows at a time (0: automatic); grad: also the "
+     "gradients for dloss = 1 in the same pass."},
+    {"lm_head_xent_backward", (PyCFunction)(void (*)(void))py_lm_head_xent_backward,
+     METH_VARARGS | METH_KEYWORDS,
+     "lm_head_xent_backward(x, w, targets, lse, dloss=1.0, need_dw=False, chunk=0) -> (dx, dw | None)\n\n"
+     "Gradients of the fused head, the logits recomputed chunk by chunk."},
+    {"adamw_step", py_adamw_step, METH_VARARGS,
+     "adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step) -> None\n\nOne AdamW step in "
+     "place on param, m, v (torch.optim.AdamW semantics)."},
+    {"attention_forward", (PyCFunction)(void (*)(void))py_attention_forward, METH_VARARGS | METH_KEYWORDS,
+     "attention_forward(q, k, v, causal, scale) -> (o, lse)\n\nFlash-style attention, grouped-query when k, "
+     "v "
+     "have fewer heads."},
+    {"attention_backward", (PyCFunction)(void (*)(void))py_attention_backward, METH_VARARGS | METH_KEYWORDS,
+     "attention_backward(do, q, k, v, o, lse, causal, scale) -> (dq, dk, dv)\n\nProbabilities recomputed "
+     "tile "
+     "by tile from lse."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 from sparseft import _core, adapters, data, formats, models, prune, remat, rws
 from sparseft.adapters import DoRALinear, LoRSConfig, LoRSLinear
 from sparseft.formats import DenseBase
+from sparseft.models.sparsify import sparsify
 from sparseft.remat import Graph, Planner, Schedule, simulate
 from sparseft.remat import generators as graphs
 from sparseft.runtime import build_info, get_num_threads, set_num_threads, simd_path
 from sparseft.rws import Patcher, QuantizedSignature, Signature
+from sparseft.sparsegpt import sparsegpt
+from sparseft.train import Trainer
 from sparseft.weightnorm import WeightNorm
 
 __version__ = "0.1.0"
@@ -28,6 +31,7 @@ __all__ = [
     "QuantizedSignature",
     "Schedule",
     "Signature",
+    "Trainer",
     "WeightNorm",
     "__version__",
     "_core",
@@ -44,4 +48,6 @@ __all__ = [
     "set_num_threads",
     "simd_path",
     "simulate",
+    "sparsegpt",
+    "sparsify",
 ]

@@ -211,3 +211,96 @@ def rws_unpatch(
     bits: npt.NDArray[np.uint32],
     mask: npt.NDArray[Any] | None = ...,
 ) -> None: ...
+
+# ---- nn ops ----
+def layernorm_forward(
+    x: npt.NDArray[np.float32], w: npt.NDArray[np.float32], b: npt.NDArray[np.float32], eps: float = ..., /
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+def layernorm_backward(
+    dy: npt.NDArray[np.float32],
+    x: npt.NDArray[np.float32],
+    w: npt.NDArray[np.float32],
+    mean: npt.NDArray[np.float32],
+    rstd: npt.NDArray[np.float32],
+    /,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+def rmsnorm_forward(
+    x: npt.NDArray[np.float32], w: npt.NDArray[np.float32], eps: float = ..., /
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+def rmsnorm_backward(
+    dy: npt.NDArray[np.float32],
+    x: npt.NDArray[np.float32],
+    w: npt.NDArray[np.float32],
+    rstd: npt.NDArray[np.float32],
+    /,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+def gelu_forward(x: npt.NDArray[np.float32], /) -> npt.NDArray[np.float32]: ...
+def gelu_backward(dy: npt.NDArray[np.float32], x: npt.NDArray[np.float32], /) -> npt.NDArray[np.float32]: ...
+def swiglu_forward(gate: npt.NDArray[np.float32], up: npt.NDArray[np.float32], /) -> npt.NDArray[np.float32]: ...
+def swiglu_backward(
+    dy: npt.NDArray[np.float32], gate: npt.NDArray[np.float32], up: npt.NDArray[np.float32], /
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+def rope(
+    x: npt.NDArray[np.float32], theta: float = ..., offset: int = ..., inverse: bool = ...
+) -> npt.NDArray[np.float32]: ...
+def embedding_forward(ids: npt.NDArray[np.int64], wte: npt.NDArray[np.float32], /) -> npt.NDArray[np.float32]: ...
+def embedding_backward(
+    dx: npt.NDArray[np.float32], ids: npt.NDArray[np.int64], V: int, /
+) -> npt.NDArray[np.float32]: ...
+def softmax_xent_forward(
+    logits: npt.NDArray[np.float32], targets: npt.NDArray[np.int64], /
+) -> tuple[float, npt.NDArray[np.float32]]: ...
+def softmax_xent_backward(
+    logits: npt.NDArray[np.float32],
+    targets: npt.NDArray[np.int64],
+    lse: npt.NDArray[np.float32],
+    dloss: float = ...,
+    /,
+) -> npt.NDArray[np.float32]: ...
+def lm_head_xent_forward(
+    x: npt.NDArray[np.float32],
+    w: npt.NDArray[np.float32],
+    targets: npt.NDArray[np.int64],
+    chunk: int = ...,
+    grad: bool = ...,
+    need_dw: bool = ...,
+) -> tuple[Any, ...]: ...
+def lm_head_xent_backward(
+    x: npt.NDArray[np.float32],
+    w: npt.NDArray[np.float32],
+    targets: npt.NDArray[np.int64],
+    lse: npt.NDArray[np.float32],
+    dloss: float = ...,
+    need_dw: bool = ...,
+    chunk: int = ...,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]: ...
+def adamw_step(
+    param: npt.NDArray[np.float32],
+    grad: npt.NDArray[np.float32],
+    m: npt.NDArray[np.float32],
+    v: npt.NDArray[np.float32],
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    step: int,
+    /,
+) -> None: ...
+def attention_forward(
+    q: npt.NDArray[np.float32],
+    k: npt.NDArray[np.float32],
+    v: npt.NDArray[np.float32],
+    causal: bool,
+    scale: float,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+def attention_backward(
+    do: npt.NDArray[np.float32],
+    q: npt.NDArray[np.float32],
+    k: npt.NDArray[np.float32],
+    v: npt.NDArray[np.float32],
+    o: npt.NDArray[np.float32],
+    lse: npt.NDArray[np.float32],
+    causal: bool,
+    scale: float,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...

@@ -1,195 +1,108 @@
-"""The built-in demo behind ``python -m sparseft demo``.
+"""The built-in demo behind ``python -m sparseft demo``: the package's main job, end to end.
 
-The main job, on built-in data (scikit-learn's digits when installed, else a synthetic task):
-
-1. train a small dense MLP, prune it (accuracy drops);
-2. fine-tune sparsity-preserving LoRS adapters on the frozen pruned weights, merge them and show
-   that every pruned zero survived (plain LoRA's merge would fill them in);
-3. plan the activation memory of a training graph under a budget with the Moccasin CP-SAT
-   planner beside the Chen and greedy heuristics.
+1. Train (or load from the cache directory) a small byte-level GPT on the built-in corpus (the
+   text of Python's help topics, shipped with CPython).
+2. Prune every block linear to 50% (Wanda when ``sparseft.sparsify`` is available, else magnitude)
+   and print the perplexity lost on held-out text.
+3. Fine-tune sparsity-preserving LoRS adapters under a memory budget of half the step's
+   no-recompute activation peak: the Planner's schedule is executed (activations freed and
+   recomputed as planned). Print the perplexity recovered, the sparsity kept after merging (exact
+   count), the measured activation peak beside the no-budget peak, and tokens/s.
 """
 
 from __future__ import annotations
 
 import numbers
+import os
+import pathlib
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
 import sparseft
-from sparseft import _core
+from sparseft.data import builtin_corpus
+from sparseft.models import GPT, GPTConfig, from_pretrained
+from sparseft.train import evaluate
+
+# (model config, pretraining steps, fine-tuning steps, batch, seq) for the full and the quick run
+_SIZES = {
+    False: (dict(n_layer=4, n_head=4, d_model=128, seq_len=64), 300, 60, 8, 64),
+    True: (dict(n_layer=2, n_head=2, d_model=32, seq_len=32), 30, 8, 4, 32),
+}
 
 
-def _data(rng: np.random.Generator) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Train/test split of digits (64 features, 10 classes), or a synthetic stand-in."""
-    try:
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        x, y, name = (d.data / 16.0).astype(np.float32), d.target.astype(np.int64), "digits (scikit-learn)"
-    except ImportError:
-        centers = rng.standard_normal((10, 64)).astype(np.float32)
-        y = rng.integers(0, 10, 1800)
-        x = (centers[y] + 0.9 * rng.standard_normal((1800, 64))).astype(np.float32)
-        name = "synthetic 10-class (install scikit-learn for digits)"
-    perm = rng.permutation(len(x))
-    cut = int(0.75 * len(x))
-    tr, te = perm[:cut], perm[cut:]
-    return name, x[tr], y[tr], x[te], y[te]
+def default_cache_dir() -> pathlib.Path:
+    """``$SPARSEFT_CACHE`` or ``~/.cache/sparseft``."""
+    env = os.environ.get("SPARSEFT_CACHE")
+    return pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "sparseft"
 
 
-def _softmax_grad(logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-    """Mean cross-entropy and its gradient wrt the logits."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=1, keepdims=True)
-    n = len(y)
-    loss = float(-np.log(p[np.arange(n), y] + 1e-12).mean())
-    p[np.arange(n), y] -= 1.0
-    return loss, (p / n).astype(np.float32)
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.2f} MiB"
 
 
-def _accuracy(
-    w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray, x: np.ndarray, y: np.ndarray
-) -> float:
-    h = np.maximum(x @ w1.T + b1, 0.0)
-    return float(((h @ w2.T + b2).argmax(axis=1) == y).mean())
+def _pruned_zeros(model: Any) -> dict[str, np.ndarray]:
+    return {name: ~layer.mask for name, layer in model.linears().items()}
 
 
-def _train_dense(x: np.ndarray, y: np.ndarray, hidden: int, steps: int, rng: np.random.Generator):  # type: ignore[no-untyped-def]
-    """A plain NumPy MLP 64 -> hidden -> 10 trained with SGD + momentum (the 'pretrained' model)."""
-    w1 = (rng.standard_normal((hidden, x.shape[1])) / np.sqrt(x.shape[1])).astype(np.float32)
-    b1 = np.zeros(hidden, np.float32)
-    w2 = (rng.standard_normal((10, hidden)) / np.sqrt(hidden)).astype(np.float32)
-    b2 = np.zeros(10, np.float32)
-    params = [w1, b1, w2, b2]
-    vel = [np.zeros_like(p) for p in params]
-    for _ in range(steps):
-        idx = rng.integers(0, len(x), 64)
-        xb, yb = x[idx], y[idx]
-        pre = xb @ w1.T + b1
-        h = np.maximum(pre, 0.0)
-        _, g = _softmax_grad(h @ w2.T + b2, yb)
-        gh = (g @ w2) * (pre > 0)
-        grads = [gh.T @ xb, gh.sum(0), g.T @ h, g.sum(0)]
-        for p, v, gr in zip(params, vel, grads, strict=True):
-            v *= 0.9
-            v += gr
-            p -= 0.1 * v
-    return w1, b1, w2, b2
+def _prune(model: Any, calib: bytes) -> str:
+    """Prune every block linear to 50%: Wanda on ``calib`` where ``sparseft.sparsify`` exists, else magnitude."""
+    sparsify = getattr(sparseft, "sparsify", None)
+    if sparsify is not None:
+        sparsify(model, sparsity=0.5, method="wanda", calib=calib.decode("utf-8", errors="replace"))
+        return "wanda"
+    for layer in model.linears().values():
+        W = layer.base.to_dense()
+        Wp = np.where(sparseft.prune.magnitude(W, sparsity=0.5), W, 0).astype(np.float32)
+        state = {"lora_A.weight": layer.A, "lora_B.weight": layer.B, "base_layer.weight": Wp}
+        layer.load_state_dict({**state, "base_layer.weight_mask": Wp != 0})
+    return "magnitude"
 
 
-def _lors_section(rng: np.random.Generator, quick: bool, out: TextIO) -> None:
-    name, xtr, ytr, xte, yte = _data(rng)
-    hidden, sparsity = (64, 0.8) if quick else (256, 0.9)
-    w1, b1, w2, b2 = _train_dense(xtr, ytr, hidden, 300 if quick else 1500, rng)
-    print(f"data: {name}, {len(xtr)} train / {len(xte)} test", file=out)
-    print(f"dense MLP 64-{hidden}-10: test accuracy {_accuracy(w1, b1, w2, b2, xte, yte):.3f}", file=out)
-
-    # prune both layers by weight magnitude; the pruned model loses accuracy
-    masks = [sparseft.prune.magnitude(w, sparsity=sparsity) for w in (w1, w2)]
-    p1, p2 = (w * m for w, m in zip((w1, w2), masks, strict=True))
-    acc_pruned = _accuracy(p1, b1, p2, b2, xte, yte)
-    print(f"pruned to {sparsity:.0%} sparsity: test accuracy {acc_pruned:.3f}", file=out)
-
-    # LoRS adapters on the frozen pruned weights; train A, B and the biases
-    l1 = sparseft.LoRSLinear(p1, mask=masks[0], r=8, alpha=16, bias=b1, grad="exact", seed=1)
-    l2 = sparseft.LoRSLinear(p2, mask=masks[1], r=8, alpha=16, bias=b2, grad="exact", seed=2)
-    layers = [l1, l2]
-    lr, steps = 0.05, (200 if quick else 800)
-    t0 = time.perf_counter()
-    for step in range(steps):
-        idx = rng.integers(0, len(xtr), 64)
-        pre = l1.forward(xtr[idx])
-        h = np.maximum(pre, 0.0)
-        loss, g = _softmax_grad(l2.forward(h), ytr[idx])
-        for layer in layers:
-            layer.zero_grad()
-        gh = l2.backward(g) * (pre > 0)
-        l1.backward(gh)
-        for layer in layers:
-            grads = layer.gradients()
-            for key, param in layer.parameters().items():
-                param -= lr * grads[key]
-        if step in (0, steps - 1):
-            print(f"  LoRS step {step + 1:4d}: loss {loss:.3f}", file=out)
-    dt = time.perf_counter() - t0
-    merged = [layer.merged_weight() for layer in layers]
-    assert l1.bias is not None and l2.bias is not None  # both layers were built with a bias
-    acc_lors = _accuracy(merged[0], l1.bias, merged[1], l2.bias, xte, yte)
-    print(f"LoRS fine-tuned ({steps} steps, {dt:.1f} s): test accuracy {acc_lors:.3f}", file=out)
-    for i, (m, w) in enumerate(zip(masks, merged, strict=True)):
-        kept = bool(np.all(w[~m] == 0))
-        lora = (w1, w2)[i] * m + layers[i].scaling * (
-            layers[i].B @ layers[i].A
-        )  # what plain LoRA would merge
-        print(
-            f"  layer {i + 1}: merged density {np.count_nonzero(w) / w.size:.3f} (mask {m.mean():.3f}), "
-            f"every pruned zero kept: {kept}; a plain LoRA merge would have density "
-            f"{np.count_nonzero(lora) / lora.size:.3f}",
-            file=out,
-        )
-        if not kept:
-            raise RuntimeError("LoRS merge lost sparsity")
-
-
-def _planner_section(quick: bool, out: TextIO) -> None:
-    g = sparseft.graphs.training_graph(12 if quick else 24, seed=0)
-    print(
-        f"training graph: {g.n} nodes, no-remat peak {g.peak_memory()}, total duration {g.total_duration}",
-        file=out,
-    )
-    for solver in ("none", "chen", "greedy", "moccasin"):
-        budget = 1.0 if solver == "none" else 0.7
+def _base_model(cache: pathlib.Path, quick: bool, seed: int, train: np.ndarray, out: TextIO) -> Any:
+    cfg_kw, steps, _, batch, seq = _SIZES[quick]
+    name = "demo-gpt-{n_layer}x{d_model}-{seq_len}".format(**cfg_kw) + f"-s{seed}-{steps}"
+    path = cache / name
+    if (path / "config.json").is_file():
         try:
-            plan = sparseft.Planner(
-                g, budget, solver=solver, time_limit=3 if quick else 10, threads=2
-            ).solve()
-        except ValueError as err:  # a budget no schedule of this solver can meet
-            print(f"  {solver:9s} budget {budget:.0%}: {err}", file=out)
-            continue
-        print(
-            f"  {solver:9s} budget {budget:.0%}: status {plan.status}, peak {plan.peak_memory}, "
-            f"overhead {plan.overhead:.1%}, {plan.solve_time:.2f} s",
-            file=out,
-        )
-
-
-def _gemm_section(rng: np.random.Generator, n: int, out: TextIO) -> None:
-    a = rng.standard_normal((n, n)).astype(np.float32)
-    b = rng.standard_normal((n, n)).astype(np.float32)
-    timings = {}
-    for name, fn in [("numpy", lambda: a @ b), ("sparseft", lambda: _core.matmul(a, b))]:
-        fn()
-        t0 = time.perf_counter()
-        fn()
-        timings[name] = time.perf_counter() - t0
-    gflops = {k: 2 * n**3 / v / 1e9 for k, v in timings.items()}
+            model = from_pretrained(path)
+            print(f"base model: loaded from {path}", file=out)
+            return model
+        except ValueError as e:
+            print(f"base model: cache unreadable ({e}); training again", file=out)
+    model = GPT.random(GPTConfig(vocab_size=256, **cfg_kw), seed=seed)
+    trainer = sparseft.Trainer(model, lr=3e-3, warmup=max(1, steps // 20), seed=seed)
+    t0 = time.perf_counter()
+    trainer.fit(train, steps=steps, batch_size=batch, seq_len=seq, progress=False)
     print(
-        f"GEMM core {n}^3: sparseft {gflops['sparseft']:.1f} GFLOP/s, numpy {gflops['numpy']:.1f} GFLOP/s "
-        f"(one run each; see benchmarks/ for measured ratios)",
+        f"base model: trained {steps} steps on the built-in corpus in {time.perf_counter() - t0:.0f} s, "
+        f"cached in {path}",
         file=out,
     )
+    model.save_pretrained(str(path))
+    return from_pretrained(path)  # a fresh model: frozen base, no optimizer state
 
 
-def run(seed: int = 0, quick: bool = False, out: TextIO | None = None) -> int:
-    """Run the demo.
+def run(
+    seed: int = 0,
+    quick: bool = False,
+    out: TextIO | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> int:
+    """Run the demo and print what it shows; returns the process exit code (0).
 
     Parameters
     ----------
     seed : int
         Random seed for every part.
     quick : bool
-        Smaller sizes and fewer steps (a smoke test of a few seconds).
-    out : file-like, optional
-        Where to print (default: standard output).
-
-    Returns
-    -------
-    int
-        Process exit code, 0 on success.
+        Smaller sizes and fewer steps (a smoke test).
+    out : text stream, optional
+        Where to print (default ``sys.stdout``).
+    cache_dir : str or os.PathLike, optional
+        Where the trained base model is cached (default :func:`default_cache_dir`).
 
     Raises
     ------
@@ -200,18 +113,84 @@ def run(seed: int = 0, quick: bool = False, out: TextIO | None = None) -> int:
         raise TypeError(f"seed: expected an int >= 0, got {type(seed).__name__}")
     if seed < 0:
         raise ValueError(f"seed: expected an int >= 0, got {seed}")
-    out = out or sys.stdout
-    info = sparseft.build_info()
+    out = sys.stdout if out is None else out
+    cache = default_cache_dir() if cache_dir is None else pathlib.Path(cache_dir)
+    _, _, ft_steps, batch, seq = _SIZES[quick]
+    corpus = builtin_corpus()
+    cut = int(0.9 * corpus.size)
+    train, val = corpus[:cut], corpus[cut:]
+    if quick:
+        val = val[: 64 * seq]
+    print(f"sparseft {sparseft.__version__} demo  (simd: {sparseft.build_info()['simd']})", file=out)
     print(
-        f"sparseft {sparseft.__version__}: simd={info['simd']} openmp={info['openmp']} "
-        f"threads={info['num_threads']}",
+        f"corpus: pydoc_data.topics, {corpus.size:,} bytes ({cut:,} train / {val.size:,} held out)", file=out
+    )
+
+    model = _base_model(cache, quick, int(seed), train, out)
+
+    def ppl(m: Any) -> float:
+        return evaluate(m, val, batch_size=batch, seq_len=seq)["perplexity"]
+
+    dense = ppl(model)
+    method = _prune(model, train[:4096].astype(np.uint8).tobytes())
+    pruned_zeros = _pruned_zeros(model)
+    n_zero = int(sum(z.sum() for z in pruned_zeros.values()))
+    n_all = int(sum(z.size for z in pruned_zeros.values()))
+    pruned = ppl(model)
+    print(f"dense perplexity {dense:.3f}", file=out)
+    print(
+        f"pruned to {100 * n_zero / n_all:.1f}% zeros ({method}): perplexity {pruned:.3f} (lost {pruned - dense:+.3f})",
         file=out,
     )
-    rng = np.random.default_rng(seed)
-    print("\n== LoRS: fine-tune a pruned MLP without losing its sparsity", file=out)
-    _lors_section(rng, quick, out)
-    print("\n== Planner: keep or recompute activations under a memory budget", file=out)
-    _planner_section(quick, out)
-    print("\n== GEMM core", file=out)
-    _gemm_section(rng, 256 if quick else 1024, out)
+
+    adapter = sparseft.LoRSConfig(r=8, alpha=16, seed=int(seed))
+    trainer = sparseft.Trainer(
+        model,
+        adapter=adapter,
+        lr=3e-3,
+        warmup=2,
+        memory_budget=0.5,
+        seed=int(seed),
+        plan_time_limit=2 if quick else 20,
+    )
+    sg, first = trainer.plan_for(batch, seq)
+    no_budget_peak, budget = sg.graph.peak_memory(), first.budget
+    t0 = time.perf_counter()
+    hist = trainer.fit(train, steps=ft_steps, batch_size=batch, seq_len=seq, progress=False)
+    elapsed = time.perf_counter() - t0
+    plan = trainer.plan
+    assert plan is not None
+    tuned = ppl(model)
+    print(
+        f"budget {_mib(budget)} = half the no-recompute activation peak {_mib(no_budget_peak)}; plan: "
+        f"{plan.solver} {plan.status}, {plan.recomputations} recomputations, overhead {100 * (plan.overhead or 0):.1f}%",
+        file=out,
+    )
+    lost = pruned - dense
+    share = (pruned - tuned) / lost if lost > 0 else float("nan")
+    print(
+        f"LoRS fine-tuned {ft_steps} steps: perplexity {tuned:.3f} (recovered {pruned - tuned:+.3f}, "
+        f"{100 * share:.0f}% of the loss)",
+        file=out,
+    )
+    merged = trainer.merge()
+    kept = 0
+    exact = True
+    for name, layer in merged.linears().items():
+        z = layer.base.to_dense() == 0
+        kept += int((z & pruned_zeros[name]).sum())
+        exact &= bool(np.array_equal(z, pruned_zeros[name]))
+    print(f"sparsity kept after merge: {kept} of {n_zero} pruned zeros exact", file=out)
+    print(f"every pruned zero kept: {kept == n_zero and exact}", file=out)
+    print(
+        f"measured activation peak {_mib(trainer.peak_activation_bytes)} vs no-budget peak {_mib(no_budget_peak)} "
+        f"(budget {_mib(budget)}: {'within' if trainer.peak_activation_bytes <= budget else 'OVER'})",
+        file=out,
+    )
+    tps = float(np.median(hist.tokens_per_s[-ft_steps:]))
+    print(
+        f"fine-tuning: {tps:.0f} tokens/s (median step; {elapsed:.0f} s in all, the one-time plan solve "
+        f"{plan.solve_time:.1f} s included)",
+        file=out,
+    )
     return 0

@@ -469,3 +469,231 @@ def merge_ties(taus: list[np.ndarray], density: float) -> np.ndarray:
 def merge_dare(taus: list[np.ndarray], density: float, keeps: list[np.ndarray]) -> np.ndarray:
     """DARE given the keep masks: sum of tau·keep / density."""
     return sum(np.asarray(t, np.float64) * k / density for t, k in zip(taus, keeps, strict=True))
+
+
+# ---- pruning ----
+
+
+def sparsegpt(
+    W: np.ndarray,
+    X: np.ndarray,
+    sparsity: float = 0.5,
+    nm: tuple[int, int] | None = None,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+) -> tuple[np.ndarray, np.ndarray]:
+    """SparseGPT as the paper states it, column by column, in float64: no Cholesky, no lazy blocks.
+
+    For column c, with F = {c, ..., in-1} the columns not yet visited, the inverse Hessian of the
+    remaining columns is inverted explicitly, Hf = (H[F, F])⁻¹, and every row applies the OBS update
+    w[F] -= ((w_c - q_c) / Hf[0, 0]) · Hf[0, :], where q_c is w_c kept or 0 pruned. The mask follows
+    the paper's selection: per block of ``blocksize`` columns, chosen at the block's start from
+    w_c² / Hf_c[0, 0] (exactly round(sparsity·out·i2) − round(sparsity·out·i1) lowest over the block,
+    ties to the lower row-major index); for N:M, per row at each group's first column, from the
+    current weights. H = 2XᵀX/tokens; dead inputs get H_jj = 1 and weight 0; damping
+    ``percdamp``·mean(diag H).
+    """
+    W = np.array(W, np.float64)
+    X = np.asarray(X, np.float64)
+    out, n_in = W.shape
+    H = 2.0 * X.T @ X / X.shape[0]
+    dead = np.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H[np.diag_indices(n_in)] += percdamp * np.mean(np.diag(H))
+    if nm is not None:
+        blocksize = max(nm[1], blocksize - blocksize % nm[1])
+    hf_diag = np.array([np.linalg.inv(H[c:, c:])[0, 0] for c in range(n_in)])
+    prune = np.zeros((out, n_in), bool)
+    for c in range(n_in):
+        if nm is None and c % blocksize == 0:
+            c2 = min(c + blocksize, n_in)
+            score = (W[:, c:c2] ** 2 / hf_diag[None, c:c2]).ravel()
+            k = round(sparsity * out * c2) - round(sparsity * out * c)
+            order = sorted(range(score.size), key=lambda j: (score[j], j))[:k]
+            flat = np.zeros(score.size, bool)
+            flat[order] = True
+            prune[:, c:c2] = flat.reshape(out, c2 - c)
+        if nm is not None and c % nm[1] == 0:
+            n, m = nm
+            for i in range(out):
+                sc = W[i, c : c + m] ** 2 / hf_diag[c : c + m]
+                order = sorted(range(m), key=lambda j: (sc[j], j))[: m - n]
+                prune[i, [c + j for j in order]] = True
+        Hf = np.linalg.inv(H[c:, c:])
+        q = np.where(prune[:, c], 0.0, W[:, c])
+        W[:, c:] -= np.outer((W[:, c] - q) / Hf[0, 0], Hf[0, :])
+        W[:, c] = q
+    return W, ~prune
+
+
+def reconstruction_error(W: np.ndarray, W_new: np.ndarray, X: np.ndarray) -> float:
+    """Relative layer-wise reconstruction error ‖X Wᵀ − X Ŵᵀ‖_F / ‖X Wᵀ‖_F in float64."""
+    X = np.asarray(X, np.float64)
+    y = X @ np.asarray(W, np.float64).T
+    return float(np.linalg.norm(y - X @ np.asarray(W_new, np.float64).T) / np.linalg.norm(y))
+
+
+# ---- nn ops ----
+# Written from the formulas (torch's LayerNorm/RMSNorm/GELU-tanh/SiLU/AdamW, Hugging Face's RoPE),
+# in float64, with no chunking or tiling: the C kernels' blocking is what the tests check.
+
+_F = np.float64
+
+
+def layernorm_forward(x, w, b, eps=1e-5):
+    """LayerNorm over the last axis: (y, mean, rstd)."""
+    x = np.asarray(x, _F)
+    mean = x.mean(axis=-1)
+    var = ((x - mean[..., None]) ** 2).mean(axis=-1)
+    rstd = 1.0 / np.sqrt(var + eps)
+    return (x - mean[..., None]) * rstd[..., None] * np.asarray(w, _F) + np.asarray(b, _F), mean, rstd
+
+
+def layernorm_backward(dy, x, w, mean, rstd):
+    """(dx, dw, db) of layernorm_forward; dw, db summed over all leading axes."""
+    x, g, w = np.asarray(x, _F), np.asarray(dy, _F), np.asarray(w, _F)
+    xhat = (x - np.asarray(mean, _F)[..., None]) * np.asarray(rstd, _F)[..., None]
+    lead = tuple(range(x.ndim - 1))
+    gw = g * w
+    dx = np.asarray(rstd, _F)[..., None] * (
+        gw - gw.mean(axis=-1, keepdims=True) - xhat * (gw * xhat).mean(axis=-1, keepdims=True)
+    )
+    return dx, (g * xhat).sum(axis=lead), g.sum(axis=lead)
+
+
+def rmsnorm_forward(x, w, eps=1e-6):
+    """RMSNorm over the last axis: (y, rstd)."""
+    x = np.asarray(x, _F)
+    rstd = 1.0 / np.sqrt((x * x).mean(axis=-1) + eps)
+    return x * rstd[..., None] * np.asarray(w, _F), rstd
+
+
+def rmsnorm_backward(dy, x, w, rstd):
+    """(dx, dw) of rmsnorm_forward."""
+    x, g, w = np.asarray(x, _F), np.asarray(dy, _F), np.asarray(w, _F)
+    rs = np.asarray(rstd, _F)[..., None]
+    xhat = x * rs
+    gw = g * w
+    dx = rs * (gw - xhat * (gw * xhat).mean(axis=-1, keepdims=True))
+    return dx, (g * xhat).sum(axis=tuple(range(x.ndim - 1)))
+
+
+_GELU_K = np.sqrt(2.0 / np.pi)
+
+
+def gelu_forward(x):
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    x = np.asarray(x, _F)
+    return 0.5 * x * (1.0 + np.tanh(_GELU_K * (x + 0.044715 * x**3)))
+
+
+def gelu_backward(dy, x):
+    x = np.asarray(x, _F)
+    t = np.tanh(_GELU_K * (x + 0.044715 * x**3))
+    return np.asarray(dy, _F) * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _GELU_K * (1 + 3 * 0.044715 * x * x))
+
+
+def swiglu_forward(gate, up):
+    """silu(gate) * up."""
+    g = np.asarray(gate, _F)
+    return g / (1.0 + np.exp(-g)) * np.asarray(up, _F)
+
+
+def swiglu_backward(dy, gate, up):
+    g, u, d = np.asarray(gate, _F), np.asarray(up, _F), np.asarray(dy, _F)
+    s = 1.0 / (1.0 + np.exp(-g))
+    return d * u * s * (1 + g * (1 - s)), d * g * s
+
+
+def rope_angles(T, D, theta=10000.0, offset=0):
+    """(T, D/2) angles as Hugging Face computes them: float32 inverse frequencies times float32 positions."""
+    inv = (1.0 / theta ** (np.arange(0, D, 2, dtype=_F) / D)).astype(np.float32)
+    pos = (np.arange(T, dtype=_F) + offset).astype(np.float32)
+    return (pos[:, None] * inv[None, :]).astype(np.float32).astype(_F)
+
+
+def rope_forward(x, theta=10000.0, offset=0, inverse=False):
+    """x (B, T, H, D): x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1); inverse: the transpose."""
+    x = np.asarray(x, _F)
+    T, D = x.shape[1], x.shape[3]
+    ang = rope_angles(T, D, theta, offset)
+    cos = np.concatenate([np.cos(ang)] * 2, axis=-1)[None, :, None, :]
+    sin = np.concatenate([np.sin(ang)] * 2, axis=-1)[None, :, None, :]
+    rot = np.concatenate([-x[..., D // 2 :], x[..., : D // 2]], axis=-1)
+    if not inverse:
+        return x * cos + rot * sin
+    # the transpose of the rotation: rotate by the negative angle
+    return x * cos - rot * sin
+
+
+def attention_forward(q, k, v, causal=True, scale=None):
+    """Softmax attention with the T x T matrix materialised: (o, lse); kv head of query head h is h // (H // Hkv)."""
+    q, k, v = (np.asarray(a, _F) for a in (q, k, v))
+    H, T, D = q.shape[1], q.shape[2], q.shape[3]
+    g = H // k.shape[1]
+    s = 1.0 / np.sqrt(D) if scale is None else scale
+    kk, vv = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
+    S = s * q @ kk.transpose(0, 1, 3, 2)
+    if causal:
+        S = np.where(np.tril(np.ones((T, T), bool)), S, -np.inf)
+    lse = np.log(np.exp(S - S.max(-1, keepdims=True)).sum(-1)) + S.max(-1)
+    return np.exp(S - lse[..., None]) @ vv, lse
+
+
+def attention_backward(do, q, k, v, causal=True, scale=None):
+    """(dq, dk, dv) by the chain rule through the materialised softmax (no lse trick)."""
+    q, k, v, do = (np.asarray(a, _F) for a in (q, k, v, do))
+    B, H, T, D = q.shape
+    Hkv = k.shape[1]
+    g = H // Hkv
+    s = 1.0 / np.sqrt(D) if scale is None else scale
+    kk, vv = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
+    S = s * q @ kk.transpose(0, 1, 3, 2)
+    if causal:
+        S = np.where(np.tril(np.ones((T, T), bool)), S, -np.inf)
+    P = np.exp(S - S.max(-1, keepdims=True))
+    P /= P.sum(-1, keepdims=True)
+    dP = do @ vv.transpose(0, 1, 3, 2)
+    dS = P * (dP - (dP * P).sum(-1, keepdims=True))
+    dq = s * dS @ kk
+    dk = (s * dS.transpose(0, 1, 3, 2) @ q).reshape(B, Hkv, g, T, D).sum(2)
+    dv = (P.transpose(0, 1, 3, 2) @ do).reshape(B, Hkv, g, T, D).sum(2)
+    return dq, dk, dv
+
+
+def embedding_backward(dx, ids, V):
+    """Dense (V, C): rows of dx summed per id."""
+    dx = np.asarray(dx, _F)
+    out = np.zeros((V, dx.shape[-1]))
+    np.add.at(out, np.asarray(ids).reshape(-1), dx.reshape(-1, dx.shape[-1]))
+    return out
+
+
+def softmax_xent(logits, targets):
+    """(mean loss, lse, dlogits for dloss = 1) of softmax cross-entropy, from the whole logits."""
+    L = np.asarray(logits, _F)
+    N = L.shape[0]
+    m = L.max(axis=1)
+    lse = m + np.log(np.exp(L - m[:, None]).sum(axis=1))
+    t = np.asarray(targets)
+    P = np.exp(L - lse[:, None])
+    P[np.arange(N), t] -= 1.0
+    return (lse - L[np.arange(N), t]).mean(), lse, P / N
+
+
+def lm_head_xent(x, w, targets):
+    """(loss, lse, dx, dw) of the mean cross-entropy of x w^T, the logits materialised whole."""
+    x, w = np.asarray(x, _F), np.asarray(w, _F)
+    loss, lse, dL = softmax_xent(x @ w.T, targets)
+    return loss, lse, dL @ w, dL.T @ x
+
+
+def adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    """New (param, m, v) of one torch.optim.AdamW step, in float64 (inputs untouched)."""
+    p, g = np.asarray(param, _F), np.asarray(grad, _F)
+    m2 = beta1 * np.asarray(m, _F) + (1 - beta1) * g
+    v2 = beta2 * np.asarray(v, _F) + (1 - beta2) * g * g
+    p2 = p * (1 - lr * weight_decay)
+    p2 = p2 - lr / (1 - beta1**step) * m2 / (np.sqrt(v2) / np.sqrt(1 - beta2**step) + eps)
+    return p2, m2, v2

@@ -9,19 +9,25 @@ import sys
 from .conftest import ROOT
 
 
-def test_demo_quick_runs_and_keeps_sparsity() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "sparseft", "demo", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def test_demo_quick_runs_and_keeps_sparsity(tmp_path) -> None:
+    cmd = [sys.executable, "-m", "sparseft", "demo", "--quick", "--cache-dir", str(tmp_path)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout
-    assert text.count("every pruned zero kept: True") == 2
-    assert re.search(r"moccasin +budget 70%: status (optimal|feasible)", text), text
-    assert "LoRS fine-tuned" in text
+    assert "base model: trained" in text
+    assert "every pruned zero kept: True" in text
+    kept = re.search(r"sparsity kept after merge: (\d+) of (\d+) pruned zeros exact", text)
+    assert kept and kept.group(1) == kept.group(2) and int(kept.group(2)) > 0, text
+    assert re.search(r"plan: \w+ (optimal|feasible), [1-9]\d* recomputations", text), text
+    peak = re.search(
+        r"measured activation peak ([\d.]+) MiB vs no-budget peak ([\d.]+) MiB \(budget [\d.]+ MiB: within\)",
+        text,
+    )
+    assert peak and float(peak.group(1)) <= 0.5 * float(peak.group(2)) + 0.01, text
+    assert "LoRS fine-tuned" in text and "tokens/s" in text
+    # the second run loads the cached base model
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "base model: loaded from" in again.stdout, again.stdout + again.stderr
 
 
 def test_info_command() -> None:

@@ -1,0 +1,465 @@
+"""Functional forward/backward kernels of the transformer ops (NumPy float32 in and out).
+
+Each function is a thin front of a C kernel in :mod:`sparseft._core`: it shapes the arguments
+(the norms accept (..., C) and treat every leading index as a row; strided views are copied to
+C-contiguous), and the kernel validates them (``TypeError`` for a wrong type or dtype,
+``ValueError`` for a wrong shape or value, both naming the argument). Inputs are never modified,
+except by :func:`adamw_step`, which updates ``param``, ``m`` and ``v`` in place.
+
+Memory: :func:`attention_forward` keeps only the log-sum-exp per query (no T x T matrix), and
+:func:`lm_head_xent_forward` builds the logits ``chunk`` rows at a time (never (N, V) whole); their
+backwards recompute what they need. See ``docs/ops.md``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from sparseft import _core
+
+__all__ = [
+    "adamw_step",
+    "attention_backward",
+    "attention_forward",
+    "embedding_backward",
+    "embedding_forward",
+    "gelu_backward",
+    "gelu_forward",
+    "layernorm_backward",
+    "layernorm_forward",
+    "lm_head_logits",
+    "lm_head_xent_backward",
+    "lm_head_xent_forward",
+    "rmsnorm_backward",
+    "rmsnorm_forward",
+    "rope_backward",
+    "rope_forward",
+    "softmax_xent_backward",
+    "softmax_xent_forward",
+    "swiglu_backward",
+    "swiglu_forward",
+]
+
+F32 = np.float32
+
+
+def _c(a: object, name: str) -> np.ndarray:
+    """``a`` C-contiguous (a copy only for a strided view); a non-array is a TypeError naming ``name``."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def _rows(a: object, name: str) -> np.ndarray:
+    """``a`` (..., C) viewed as (N, C) for the row kernels."""
+    a = _c(a, name)
+    if a.ndim < 1:
+        raise ValueError(f"{name}: expected an array of at least 1 dimension (..., C), got shape {a.shape}")
+    return a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
+
+
+def _per_row(a: object, name: str, x: np.ndarray) -> np.ndarray:
+    """A per-row vector of ``x`` (shape x.shape[:-1]) flattened to (N,)."""
+    a = _c(a, name)
+    if a.shape != x.shape[:-1]:
+        raise ValueError(f"{name}: expected shape {x.shape[:-1]} (x without its last axis), got {a.shape}")
+    return a.reshape(-1)
+
+
+def _chunk(chunk: int | None) -> int:
+    if chunk is None:
+        return 0
+    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        raise ValueError(f"chunk: expected a positive int or None, got {chunk!r}")
+    return int(chunk)
+
+
+# ---- LayerNorm, RMSNorm ----
+
+
+def layernorm_forward(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float = 1e-5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """LayerNorm over the last axis: ``y = (x - mean) * rstd * w + b`` (``torch.nn.LayerNorm``).
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        float32 (..., C).
+    w, b : numpy.ndarray
+        float32 (C,), scale and shift.
+    eps : float
+        Added to the (biased) variance; finite and positive.
+
+    Returns
+    -------
+    y : numpy.ndarray
+        float32, the shape of ``x``.
+    mean, rstd : numpy.ndarray
+        float32 (...,): per row mean and ``1 / sqrt(var + eps)``, kept for the backward.
+    """
+    xr = _rows(x, "x")
+    y, mean, rstd = _core.layernorm_forward(xr, _c(w, "w"), _c(b, "b"), float(eps))
+    lead = np.shape(x)[:-1]
+    return y.reshape(np.shape(x)), mean.reshape(lead), rstd.reshape(lead)
+
+
+def layernorm_backward(
+    dy: np.ndarray, x: np.ndarray, w: np.ndarray, mean: np.ndarray, rstd: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of :func:`layernorm_forward`.
+
+    Parameters
+    ----------
+    dy, x : numpy.ndarray
+        float32 (..., C): the output gradient and the forward input.
+    w : numpy.ndarray
+        float32 (C,).
+    mean, rstd : numpy.ndarray
+        float32 (...,) from the forward.
+
+    Returns
+    -------
+    dx : numpy.ndarray
+        float32 (..., C).
+    dw, db : numpy.ndarray
+        float32 (C,), summed over the rows (the caller accumulates them into its gradients).
+    """
+    xr = _rows(x, "x")
+    xs = np.shape(x)
+    dyr = _c(dy, "dy")
+    if dyr.shape != xs:
+        raise ValueError(f"dy: expected shape {xs} (that of x), got {dyr.shape}")
+    dx, dw, db = _core.layernorm_backward(
+        dyr.reshape(xr.shape), xr, _c(w, "w"), _per_row(mean, "mean", dyr), _per_row(rstd, "rstd", dyr)
+    )
+    return dx.reshape(xs), dw, db
+
+
+def rmsnorm_forward(x: np.ndarray, w: np.ndarray, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """RMSNorm over the last axis (Llama's): ``y = x * rstd * w``, ``rstd = 1 / sqrt(mean(x**2) + eps)``.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        float32 (..., C).
+    w : numpy.ndarray
+        float32 (C,).
+    eps : float
+        Added to the mean square; finite and positive.
+
+    Returns
+    -------
+    y : numpy.ndarray
+        float32, the shape of ``x``.
+    rstd : numpy.ndarray
+        float32 (...,), kept for the backward.
+    """
+    xr = _rows(x, "x")
+    y, rstd = _core.rmsnorm_forward(xr, _c(w, "w"), float(eps))
+    return y.reshape(np.shape(x)), rstd.reshape(np.shape(x)[:-1])
+
+
+def rmsnorm_backward(
+    dy: np.ndarray, x: np.ndarray, w: np.ndarray, rstd: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gradients of :func:`rmsnorm_forward`: ``(dx (..., C), dw (C,))``, dw summed over the rows."""
+    xr = _rows(x, "x")
+    xs = np.shape(x)
+    dyr = _c(dy, "dy")
+    if dyr.shape != xs:
+        raise ValueError(f"dy: expected shape {xs} (that of x), got {dyr.shape}")
+    dx, dw = _core.rmsnorm_backward(dyr.reshape(xr.shape), xr, _c(w, "w"), _per_row(rstd, "rstd", dyr))
+    return dx.reshape(xs), dw
+
+
+# ---- GELU (tanh approximation) and SwiGLU ----
+
+
+def gelu_forward(x: np.ndarray) -> np.ndarray:
+    """GPT-2's GELU ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x**3)))``, elementwise, any shape."""
+    return _core.gelu_forward(_c(x, "x"))
+
+
+def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Gradient of :func:`gelu_forward`: ``dx`` shaped like ``x``."""
+    return _core.gelu_backward(_c(dy, "dy"), _c(x, "x"))
+
+
+def swiglu_forward(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """Llama's gated activation ``silu(gate) * up`` (``silu(g) = g * sigmoid(g)``), elementwise."""
+    return _core.swiglu_forward(_c(gate, "gate"), _c(up, "up"))
+
+
+def swiglu_backward(dy: np.ndarray, gate: np.ndarray, up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gradients of :func:`swiglu_forward`: ``(dgate, dup)``."""
+    return _core.swiglu_backward(_c(dy, "dy"), _c(gate, "gate"), _c(up, "up"))
+
+
+# ---- RoPE ----
+
+
+def _offset(offset: int) -> int:
+    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
+        raise ValueError(f"offset: expected a non-negative int, got {offset!r}")
+    return int(offset)
+
+
+def rope_forward(x: np.ndarray, theta: float = 10000.0, offset: int = 0) -> np.ndarray:
+    """Rotary position embedding in Hugging Face's ``rotate_half`` convention.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        float32 (B, T, H, D), D even; token t sits at position ``offset + t``.
+    theta : float
+        Base of the inverse frequencies ``theta ** (-2i / D)``.
+    offset : int
+        Position of the first token (for a KV cache).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (B, T, H, D): ``x * cos + rotate_half(x) * sin`` with
+        ``rotate_half(x) = concat(-x[..., D/2:], x[..., :D/2])``. The angles are rounded to float32
+        as Hugging Face computes them (float32 frequencies times float32 positions).
+    """
+    return _core.rope(_c(x, "x"), float(theta), _offset(offset), False)
+
+
+def rope_backward(dy: np.ndarray, theta: float = 10000.0, offset: int = 0) -> np.ndarray:
+    """Gradient of :func:`rope_forward` (a rotation: the inverse rotation of ``dy``)."""
+    return _core.rope(_c(dy, "dy"), float(theta), _offset(offset), True)
+
+
+# ---- attention ----
+
+
+def _scale(scale: float | None, q: object) -> float:
+    if scale is None:
+        D = q.shape[-1] if isinstance(q, np.ndarray) and q.ndim == 4 else 1
+        return 1.0 / math.sqrt(D) if D > 0 else 1.0
+    s = float(scale)
+    if not math.isfinite(s):
+        raise ValueError(f"scale: expected a finite float or None, got {scale!r}")
+    return s
+
+
+def attention_forward(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool = True, scale: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scaled dot-product attention, grouped-query when ``k``, ``v`` have fewer heads than ``q``.
+
+    Flash-style: keys are visited in tiles with an online softmax, so no T x T matrix is stored.
+
+    Parameters
+    ----------
+    q : numpy.ndarray
+        float32 (B, H, T, D).
+    k, v : numpy.ndarray
+        float32 (B, Hkv, T, D), Hkv dividing H; query head h reads kv head ``h // (H // Hkv)``
+        (Hugging Face's ``repeat_kv``).
+    causal : bool
+        Token t attends to tokens 0..t only.
+    scale : float or None
+        Multiplies the scores; ``1 / sqrt(D)`` by default.
+
+    Returns
+    -------
+    o : numpy.ndarray
+        float32 (B, H, T, D).
+    lse : numpy.ndarray
+        float32 (B, H, T): the log-sum-exp of each query's scaled scores, kept for the backward.
+    """
+    return _core.attention_forward(_c(q, "q"), _c(k, "k"), _c(v, "v"), bool(causal), _scale(scale, q))
+
+
+def attention_backward(
+    do: np.ndarray,
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    o: np.ndarray,
+    lse: np.ndarray,
+    causal: bool = True,
+    scale: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of :func:`attention_forward`: ``(dq (B,H,T,D), dk, dv (B,Hkv,T,D))``.
+
+    The probabilities are recomputed tile by tile from ``q``, ``k`` and ``lse``
+    (FlashAttention-2); ``o`` gives the row terms ``sum(do * o)`` of the softmax backward.
+    """
+    return _core.attention_backward(
+        _c(do, "do"),
+        _c(q, "q"),
+        _c(k, "k"),
+        _c(v, "v"),
+        _c(o, "o"),
+        _c(lse, "lse"),
+        bool(causal),
+        _scale(scale, q),
+    )
+
+
+# ---- embedding ----
+
+
+def embedding_forward(ids: np.ndarray, wte: np.ndarray) -> np.ndarray:
+    """Rows of ``wte`` (V, C) gathered by int64 ``ids`` (B, T), each in [0, V): (B, T, C) float32."""
+    return _core.embedding_forward(_c(ids, "ids"), _c(wte, "wte"))
+
+
+def embedding_backward(dx: np.ndarray, ids: np.ndarray, V: int) -> np.ndarray:
+    """Gradient of :func:`embedding_forward` wrt ``wte``: dense (V, C), rows of ``dx`` summed per id."""
+    if isinstance(V, bool) or not isinstance(V, (int, np.integer)):
+        raise TypeError(f"V: expected an int, got {type(V).__name__}")
+    return _core.embedding_backward(_c(dx, "dx"), _c(ids, "ids"), int(V))
+
+
+# ---- fused LM head + cross-entropy ----
+
+
+def lm_head_xent_forward(
+    x: np.ndarray,
+    w: np.ndarray,
+    targets: np.ndarray,
+    chunk: int | None = None,
+    grad: bool = False,
+    need_dw: bool = False,
+) -> tuple[np.ndarray, ...]:
+    """Mean softmax cross-entropy of the logits ``x @ w.T``, never materialised whole.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        float32 (N, C), the final hidden states.
+    w : numpy.ndarray
+        float32 (V, C), the head (tied or not).
+    targets : numpy.ndarray
+        int64 (N,), each in [0, V).
+    chunk : int or None
+        Rows of x per logits block: the largest temporary is (chunk, V) float32. None picks about
+        32 MiB.
+    grad : bool
+        Also return the gradients for ``dloss = 1`` computed in the same pass (one logits GEMM
+        fewer than :func:`lm_head_xent_backward`, which recomputes them); scale them by the
+        incoming loss gradient.
+    need_dw : bool
+        With ``grad``, also the head's gradient.
+
+    Returns
+    -------
+    loss : numpy.ndarray
+        float32 0-d, the mean over the N rows.
+    lse : numpy.ndarray
+        float32 (N,), the log-sum-exp of each row's logits, kept for the backward.
+    dx, dw : numpy.ndarray
+        Only with ``grad``: float32 (N, C) and (V, C) (None unless ``need_dw``).
+    """
+    out = _core.lm_head_xent_forward(
+        _c(x, "x"), _c(w, "w"), _c(targets, "targets"), _chunk(chunk), bool(grad), bool(need_dw)
+    )
+    return (np.asarray(out[0], dtype=F32), *out[1:])
+
+
+def lm_head_xent_backward(
+    x: np.ndarray,
+    w: np.ndarray,
+    targets: np.ndarray,
+    lse: np.ndarray,
+    dloss: float = 1.0,
+    need_dw: bool = False,
+    chunk: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Gradients of :func:`lm_head_xent_forward`, the logits recomputed ``chunk`` rows at a time.
+
+    Returns
+    -------
+    dx : numpy.ndarray
+        float32 (N, C): ``dloss / N * (softmax(x w^T) - onehot(targets)) @ w``.
+    dw : numpy.ndarray or None
+        float32 (V, C) when ``need_dw`` (a trainable head), else None.
+    """
+    return _core.lm_head_xent_backward(
+        _c(x, "x"),
+        _c(w, "w"),
+        _c(targets, "targets"),
+        _c(lse, "lse"),
+        float(dloss),
+        bool(need_dw),
+        _chunk(chunk),
+    )
+
+
+def lm_head_logits(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Full logits ``x @ w.T``: (N, V) float32, for inference and tests (training never builds them)."""
+    return _core.matmul(_c(x, "x"), _c(w, "w"), trans_b=True)
+
+
+# ---- softmax cross-entropy on given logits (the MLP's loss) ----
+
+
+def softmax_xent_forward(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean softmax cross-entropy of ``logits`` (N, K) against int64 ``targets`` (N,) in [0, K).
+
+    Returns ``(loss float32 0-d, lse float32 (N,))``.
+    """
+    loss, lse = _core.softmax_xent_forward(_c(logits, "logits"), _c(targets, "targets"))
+    return np.asarray(loss, dtype=F32), lse
+
+
+def softmax_xent_backward(
+    logits: np.ndarray, targets: np.ndarray, lse: np.ndarray, dloss: float = 1.0
+) -> np.ndarray:
+    """Gradient of :func:`softmax_xent_forward` wrt the logits: ``dloss / N * (softmax - onehot)``."""
+    return _core.softmax_xent_backward(
+        _c(logits, "logits"), _c(targets, "targets"), _c(lse, "lse"), float(dloss)
+    )
+
+
+# ---- AdamW ----
+
+
+def adamw_step(
+    param: np.ndarray,
+    grad: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    step: int = 1,
+) -> None:
+    """One AdamW step, IN PLACE on ``param``, ``m`` and ``v`` (``torch.optim.AdamW`` semantics).
+
+    ``param *= 1 - lr * weight_decay``; ``m = beta1 m + (1 - beta1) grad``;
+    ``v = beta2 v + (1 - beta2) grad**2``;
+    ``param -= lr / (1 - beta1**step) * m / (sqrt(v) / sqrt(1 - beta2**step) + eps)``.
+
+    Parameters
+    ----------
+    param, grad, m, v : numpy.ndarray
+        float32, one shape; ``param``, ``m``, ``v`` C-contiguous and writeable (updated in place).
+    lr, beta1, beta2, eps, weight_decay : float
+        Hyper-parameters: lr, eps, weight_decay finite and >= 0, betas in [0, 1).
+    step : int
+        1 for the first step (bias correction).
+    """
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+        raise TypeError(f"step: expected an int, got {type(step).__name__}")
+    _core.adamw_step(
+        param,
+        _c(grad, "grad"),
+        m,
+        v,
+        float(lr),
+        float(beta1),
+        float(beta2),
+        float(eps),
+        float(weight_decay),
+        int(step),
+    )
