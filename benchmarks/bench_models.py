@@ -31,7 +31,8 @@ time and peak RSS (``ru_maxrss``), also as growth over the process's RSS after i
 the loaded model's own bytes (``model.nbytes``; the parameters' bytes for transformers). Target:
 sparseft's peak RSS growth <= 1.2x ``model.nbytes`` (no second copy of the model on the way).
 
-Usage: ``python benchmarks/bench_models.py --ops [--reps 3] [--threads N] [--small]``; ``--load [--gb 1.0]``
+Usage: ``python benchmarks/bench_models.py --ops [--reps 3] [--threads N] [--small]
+[--parts attention,head,rows,adamw]``; ``--load [--gb 1.0]``
 (``--small``: B=1, T=256 and a 8,192 vocabulary, for a quick look; not the reported shapes).
 """
 
@@ -128,11 +129,21 @@ def section_ops(args: argparse.Namespace) -> None:
         f"{sparseft.get_num_threads()}, torch {torch.get_num_threads()}; reps {reps}, min time"
     )
 
+    parts = set(args.parts.split(","))
+    unknown = parts - set(OPS_PARTS)
+    if unknown:
+        raise SystemExit(
+            f"--parts: expected names among {','.join(OPS_PARTS)}, got {','.join(sorted(unknown))}"
+        )
     copy_bw = _copy_bandwidth(rnd(N, 4 * C), reps)
-    _attention(rnd, B, H, T, D, reps)
-    _head(rnd, rng, N, C, V, reps)
-    _row_ops(rnd, B, T, C, H, D, N, reps, copy_bw)
-    _adamw(rnd, reps, copy_bw)
+    if "attention" in parts:
+        _attention(rnd, B, H, T, D, reps)
+    if "head" in parts:
+        _head(rnd, rng, N, C, V, reps)
+    if "rows" in parts:
+        _row_ops(rnd, B, T, C, H, D, N, reps, copy_bw)
+    if "adamw" in parts:
+        _adamw(rnd, reps, copy_bw)
 
 
 def _copy_bandwidth(src: np.ndarray, reps: int) -> float:
@@ -431,6 +442,9 @@ def section_load(args: argparse.Namespace) -> None:
         )
 
 
+#: the parts of --ops, in the order they run
+OPS_PARTS = ("attention", "head", "rows", "adamw")
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {"ops": section_ops, "load": section_load}
 
 
@@ -441,6 +455,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--small", action="store_true", help="small shapes for a quick look")
+    parser.add_argument("--parts", default=",".join(OPS_PARTS), help="--ops: comma-separated parts to run")
     parser.add_argument("--gb", type=float, default=1.0, help="--load: checkpoint size in GB (F16)")
     args = parser.parse_args()
     chosen = [n for n in SECTIONS if getattr(args, n)]
