@@ -117,7 +117,7 @@ def _value(call: Call, lab: str) -> Any:
 
 NAMES = sorted(ENTRIES)
 MUTS = [None, *sorted(MUTATIONS)]
-SHORT = int(os.environ.get("SPARSEFT_FUZZ_EXAMPLES", "1500"))
+SHORT = int(os.environ.get("SPARSEFT_FUZZ_EXAMPLES", "2000"))
 
 
 @settings(max_examples=SHORT, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
