@@ -29,6 +29,7 @@ import statistics
 import time
 from types import ModuleType
 
+import _timing  # benchmarks/_timing.py (the script's own folder is on sys.path)
 import numpy as np
 
 import sparseft as sft
@@ -126,6 +127,7 @@ def main() -> None:
 
     products = 1 if args.which == "fwd" else (3 if args.dense and args.grad == "exact" else 2)
     flop = 2.0 * (out * inn if args.dense else base.nnz) * N * products
+    print(_timing.cpu_line())
     print(
         f"sparseft {sft.__version__} simd={sft.build_info()['simd']} threads={args.threads}; "
         f"W {out}x{inn} mask {args.mask} ({'dense ' + args.grad if args.dense else base.format}), "

@@ -148,7 +148,7 @@ int main(int argc, char **argv) {
             void *mem = aligned_alloc(64, (size_t)sft_round_up(chunk_bytes(&b.W, kc, kc), 64));
             chunk_init(&t.c, mem, &b.W, kc, kc);
             float *AT = calloc((size_t)(kc * 16), sizeof(float)), *B = calloc(CHUNK_ROWS * 16, sizeof(float));
-            chunk_build(&t.c, &b.W, NULL, 0, 0, kc, AT, B, 1.0f, 16, 1, select_recompute());
+            chunk_build(&t.c, &b.W, NULL, 0, 0, kc, AT, B, 1.0f, 16, 1, select_recompute(1.0f));
             t.ytile = aligned_alloc(64, sizeof(float) * CHUNK_ROWS * TOK_TILE);
             t.gyt = aligned_alloc(64, sizeof(float) * CHUNK_ROWS * TOK_TILE);
             t.xp = aligned_alloc(64, sizeof(float) * (size_t)(kc * TOK_TILE));

@@ -2200,7 +2200,8 @@ static PyMethodDef methods[] = {
     /* lors */
     {"lors_forward", (PyCFunction)(void (*)(void))py_lors_forward, METH_VARARGS | METH_KEYWORDS,
      "lors_forward(x, W, mask, A, B, scale, bias=None, check_weights=True, naive=False) -> ndarray\n\n"
-     "y (N, out) = x @ W'^T (+ bias), W' = W + scale*(B@A)*mask rebuilt tile by tile."},
+     "y (N, out) = x @ W'^T (+ bias), W' = W + scale*(B@A)*mask rebuilt tile by tile (scale 0: W' = W "
+     "exactly on every path, docs/numerics.md)."},
     {"lors_backward_input", (PyCFunction)(void (*)(void))py_lors_backward_input, METH_VARARGS | METH_KEYWORDS,
      "lors_backward_input(gy, W, mask, A, B, scale, check_weights=True, naive=False) -> ndarray\n\n"
      "gx (N, in) = gy @ W', W' rebuilt tile by tile."},

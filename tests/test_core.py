@@ -472,6 +472,13 @@ def test_weightnorm_out_may_be_v_but_not_overlap_otherwise(dim: int, rng: np.ran
     np.testing.assert_array_equal(gv, gv_ref)
 
 
+def _tiny_dag() -> tuple[np.ndarray, ...]:
+    """memory, duration, pred_ptr, pred_idx, succ_ptr, succ_idx, order of a 2-node chain."""
+    i64 = np.int64
+    return (np.ones(2, i64), np.ones(2, i64), np.array([0, 0, 1], i64), np.array([0], i64),
+            np.array([0, 1, 1], i64), np.array([1], i64), np.arange(2, dtype=i64))
+
+
 F32 = np.ones((2, 3), np.float32)
 A13, B21 = np.ones((1, 3), np.float32), np.ones((2, 1), np.float32)
 
@@ -562,6 +569,21 @@ A13, B21 = np.ones((1, 3), np.float32), np.ones((2, 1), np.float32)
             ),
             TypeError,
             "weight_grad: expected a bool, got numpy.ndarray",
+        ),
+        (
+            lambda: _core.remat_compact(np.arange(2, dtype=np.int64), np.zeros(3, np.int64), np.zeros(0, np.int64), 2**63),
+            ValueError,
+            r"n: expected an integer in \[.*\], got one outside int64",
+        ),
+        (
+            lambda: _core.remat_greedy(*_tiny_dag(), 2**63),
+            ValueError,
+            r"budget: expected an integer in \[.*\], got one outside int64",
+        ),
+        (
+            lambda: _core.remat_simulate(np.arange(2, dtype=np.int64), *_tiny_dag()[:4], profile=np.ones(2)),
+            TypeError,
+            r"profile: expected a bool, got numpy\.ndarray",
         ),
     ],
 )

@@ -117,7 +117,7 @@ def _value(call: Call, lab: str) -> Any:
 
 NAMES = sorted(ENTRIES)
 MUTS = [None, *sorted(MUTATIONS)]
-SHORT = int(os.environ.get("SPARSEFT_FUZZ_EXAMPLES", "1500"))
+SHORT = int(os.environ.get("SPARSEFT_FUZZ_EXAMPLES", "2000"))
 
 
 @settings(max_examples=SHORT, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -155,7 +155,7 @@ def test_every_core_function_has_a_fuzz_entry() -> None:
 
 def test_a_crash_is_a_recorded_outcome(worker: Worker) -> None:
     got = worker.call(Call("ctypes:string_at", (8,)))
-    assert got.kind == "crashed" and "-11" in got.detail
+    assert got.kind == "crashed", got  # SIGSEGV, or SIGABRT from a sanitizer's handler
     assert worker.call(Call("get_num_threads", ())).kind == "ok"  # a fresh child took over
 
 
