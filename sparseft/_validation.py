@@ -136,6 +136,8 @@ def check_real(
 
 def check_scale(scale: object, name: str = "scale") -> float:
     """``scale`` as a float that is finite in float32 (the adapter scale the kernels multiply by)."""
+    if type(scale) is float and -F32_MAX <= scale <= F32_MAX:  # the per-call case; NaN fails both
+        return scale
     return check_real(
         scale, name, -F32_MAX, F32_MAX, what=f"a finite float32 number (|{name}| <= {F32_MAX:.6g})"
     )

@@ -28,11 +28,13 @@ from sparseft._validation import (
 from sparseft.adapters.inits import LORS_SCALES, gaussian_init, lora_init, lors_init
 from sparseft.formats import FORMATS, BaseFormat, format_class, validate_base
 
-__all__ = ["FORMATS", "GRADS", "INITS", "LoRSConfig", "LoRSLinear"]
+__all__ = ["FORMATS", "GRADS", "INITS", "LoRSConfig", "LoRSLinear", "resolve_format"]
 
 INITS = ("lora", "gaussian", "lors")
 GRADS = ("exact", "lors")
 _ALPHA = "a finite number or None"
+#: The base-format class for a mask; this module's public name for :func:`sparseft.formats.format_class`.
+resolve_format = format_class
 _REALS = (int, float, np.integer, np.floating)  # real scalars, NumPy's included (bool excluded apart)
 
 
