@@ -275,9 +275,7 @@ SFT_TARGET_AVX512 static int64_t decode4_avx512(float *t, const uint8_t *codes, 
     const __m512 levels = _mm512_loadu_ps(lv);
     const __m128i low = _mm_set1_epi8(0x0f);
     for (; i + 16 <= end; i += 16) {
-        uint64_t eight;
-        memcpy(&eight, codes + (i >> 1), 8);
-        __m128i v = _mm_cvtsi64_si128((long long)eight);
+        __m128i v = _mm_loadl_epi64((const __m128i *)(codes + (i >> 1)));  // 8 bytes: 16 codes
         // element 2k is byte k's low nibble, 2k + 1 its high nibble
         __m128i nib = _mm_unpacklo_epi8(_mm_and_si128(v, low), _mm_and_si128(_mm_srli_epi16(v, 4), low));
         _mm512_storeu_ps(t + i, _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(nib), levels));
