@@ -2066,15 +2066,20 @@ static PyObject *py_rws_quantize(PyObject *self, PyObject *args) {
     int rc;
     uint8_t *Cd = (uint8_t *)PyArray_DATA(codes);
     const float *X = (const float *)PyArray_DATA(x);
+    double stats[3] = {0.0, 0.0, 0.0};
     Py_BEGIN_ALLOW_THREADS
-    rc = rws_quantize(Cd, Pm, X, (int64_t)n, (int64_t)group, bits, scheme);
+    rc = rws_quantize(Cd, Pm, stats, X, (int64_t)n, (int64_t)group, bits, scheme);
     Py_END_ALLOW_THREADS
+    if (rc == -1) {
+        PyErr_NoMemory();
+        goto fail;
+    }
     if (rc != 0) {
         PyErr_SetString(PyExc_ValueError,
                         "x: its range does not fit float32 quantization parameters (max - min overflows)");
         goto fail;
     }
-    return Py_BuildValue("NN", codes, params);
+    return Py_BuildValue("NN(ddd)", codes, params, stats[0], stats[1], stats[2]);
 fail:
     Py_XDECREF(codes);
     Py_XDECREF(params);
@@ -2280,8 +2285,10 @@ static PyMethodDef methods[] = {
      "robust - "
      "pre, d = clean - pre (float32 arrays of one size), sums in double."},
     {"rws_quantize", py_rws_quantize, METH_VARARGS,
-     "rws_quantize(x, group, bits, scheme) -> (codes, params)\n\nPacked codes (uint8, ceil(n*bits/8)) and "
-     "per-group parameters (float32 (ceil(n/group), 2)); scheme 0 linear, 1 log."},
+     "rws_quantize(x, group, bits, scheme) -> (codes, params, (sum_sq_err, max_abs_err, sum_sq_x))\n\nPacked "
+     "codes (uint8, ceil(n*bits/8)), per-group parameters (float32 (ceil(n/group), 2); scheme 0 linear, 1 "
+     "log) "
+     "and the error of the levels chosen (double)."},
     {"rws_dequantize", py_rws_dequantize, METH_VARARGS,
      "rws_dequantize(codes, params, n, group, bits, scheme) -> ndarray\n\nThe n float32 values of packed "
      "codes."},

@@ -221,8 +221,8 @@ static inline uint32_t code_at(const uint8_t *codes, int64_t i, int bits) {
     return ((uint32_t)codes[bit >> 3] >> (bit & 7)) & ((1u << bits) - 1u);
 }
 
-int rws_quantize(uint8_t *codes, float *params, const float *x, int64_t n, int64_t group, int bits,
-                 int scheme) {
+int rws_quantize(uint8_t *codes, float *params, double *stats, const float *x, int64_t n, int64_t group,
+                 int bits, int scheme) {
     int64_t ngroups = sft_ceil_div(n, group);
     int nth = rws_threads(n);
     int bad = 0;
@@ -234,11 +234,14 @@ int rws_quantize(uint8_t *codes, float *params, const float *x, int64_t n, int64
         if (!isfinite(p[0]) || !isfinite(p[1])) bad = 1;
     }
     if (bad) return -2;
-    // codes, in blocks of whole bytes (RWS_BLOCK is a multiple of 8)
+    // codes, in blocks of whole bytes (RWS_BLOCK is a multiple of 8), with per-block error partials
     int64_t nblocks = sft_ceil_div(n, RWS_BLOCK);
+    double *part = (double *)malloc((size_t)nblocks * 3 * sizeof(double));
+    if (part == NULL) return -1;
 #pragma omp parallel for schedule(static) num_threads(nth)
     for (int64_t b = 0; b < nblocks; b++) {
         float lv[256];
+        double e2 = 0.0, emax = 0.0, x2 = 0.0;
         int64_t i0 = b * RWS_BLOCK, i1 = SFT_MIN(n, i0 + RWS_BLOCK), g = -1;
         memset(codes + (i0 * bits) / 8, 0, (size_t)(sft_ceil_div(i1 * bits, 8) - (i0 * bits) / 8));
         // one run per group inside the block
@@ -248,12 +251,38 @@ int rws_quantize(uint8_t *codes, float *params, const float *x, int64_t n, int64
             int64_t end = SFT_MIN(i1, (g + 1) * group);
             for (; i < end; i++) {
                 int64_t bit = i * bits;
-                codes[bit >> 3] |= (uint8_t)(quant_code(x[i], lv, bits, scheme) << (bit & 7));
+                uint32_t q = quant_code(x[i], lv, bits, scheme);
+                codes[bit >> 3] |= (uint8_t)(q << (bit & 7));
+                double e = (double)lv[q] - (double)x[i];
+                e2 += e * e, emax = SFT_MAX(emax, fabs(e)), x2 += (double)x[i] * x[i];
             }
         }
+        part[3 * b] = e2, part[3 * b + 1] = emax, part[3 * b + 2] = x2;
     }
+    // partials summed in block order (the same for any thread count)
+    stats[0] = stats[1] = stats[2] = 0.0;
+    for (int64_t b = 0; b < nblocks; b++)
+        stats[0] += part[3 * b], stats[1] = SFT_MAX(stats[1], part[3 * b + 1]), stats[2] += part[3 * b + 2];
+    free(part);
     return 0;
 }
+
+#if SFT_X86
+/* 4-bit codes of elements [i, end) (i even) into t[i..]: 16 per step, the 16 levels held in one register
+ * and looked up with a lane permute. Returns the first element not decoded (end rounded down to 16). */
+SFT_TARGET_AVX512 static int64_t decode4_avx512(float *t, const uint8_t *codes, int64_t i, int64_t end,
+                                                const float *lv) {
+    const __m512 levels = _mm512_loadu_ps(lv);
+    const __m128i low = _mm_set1_epi8(0x0f);
+    for (; i + 16 <= end; i += 16) {
+        __m128i v = _mm_loadl_epi64((const __m128i *)(codes + (i >> 1)));  // 8 bytes: 16 codes
+        // element 2k is byte k's low nibble, 2k + 1 its high nibble
+        __m128i nib = _mm_unpacklo_epi8(_mm_and_si128(v, low), _mm_and_si128(_mm_srli_epi16(v, 4), low));
+        _mm512_storeu_ps(t + i, _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(nib), levels));
+    }
+    return i;
+}
+#endif
 
 /* tile (i1 - i0) = the values of a packed source at [i0, i1); *g / lv: the group whose levels lv holds */
 static void decode_block(float *tile, const rws_source *src, int64_t i0, int64_t i1, int64_t *g, float *lv) {
@@ -273,6 +302,9 @@ static void decode_block(float *tile, const rws_source *src, int64_t i0, int64_t
         } else if (bits == 4) {
             // pairs of codes from one byte, then an odd tail
             if ((i & 1) && i < end) t[i] = l[codes[i >> 1] >> 4], i++;
+#if SFT_X86
+            if (sft_simd_path >= SFT_SIMD_AVX512) i = decode4_avx512(t, codes, i, end, l);
+#endif
             for (; i + 2 <= end; i += 2) {
                 uint32_t byte = codes[i >> 1];
                 t[i] = l[byte & 15u], t[i + 1] = l[byte >> 4];

@@ -65,10 +65,11 @@ void rws_extract_naive(float *sig, double *dots, const float *pre, const float *
 /* The 2^bits levels of a group from its parameters p (2). */
 void rws_levels(float *levels, const float *p, int bits, int scheme);
 
-/* codes (ceil(n * bits / 8)), params (ceil(n / group), 2) from x (n), finite values.
- * Returns 0, or -2 when a parameter is not finite in float32 (the range overflows). */
-int rws_quantize(uint8_t *codes, float *params, const float *x, int64_t n, int64_t group, int bits,
-                 int scheme);
+/* codes (ceil(n * bits / 8)), params (ceil(n / group), 2) from x (n), finite values; stats (3) = the sum of
+ * squared errors of the levels chosen, their largest absolute error, and the sum of x^2 (double).
+ * Returns 0, -1 when memory runs out, or -2 when a parameter is not finite in float32 (range overflow). */
+int rws_quantize(uint8_t *codes, float *params, double *stats, const float *x, int64_t n, int64_t group,
+                 int bits, int scheme);
 
 /* out (n) = the values of a packed source. Returns 0. */
 int rws_dequantize(float *out, const rws_source *src, int64_t n);

@@ -159,3 +159,44 @@ def test_bad_arguments_are_named(rng: np.random.Generator) -> None:
         m.accuracy(np.zeros((2, 3), np.float32), np.zeros(2))
     with pytest.raises(ValueError, match="X: contains NaN"):
         m.predict(np.full((1, 3), np.nan, np.float32))
+
+
+def test_to_lors_trains_adapters_on_a_frozen_sparse_base(rng: np.random.Generator) -> None:
+    centers = rng.standard_normal((3, 8)) * 3
+    y = rng.integers(0, 3, 200)
+    X = (centers[y] + rng.standard_normal((200, 8))).astype(np.float32)
+    base = sft.models.MLP([8, 12, 3], seed=0)
+    base.prune(0.5)
+    masks = base.masks()
+    lors = base.to_lors(sft.LoRSConfig(r=2, alpha=4))
+    assert set(lors.parameters()) == {"fc.0.A", "fc.0.B", "fc.0.bias", "fc.1.A", "fc.1.B", "fc.1.bias"}
+    assert [op.name for op in lors.ops()] == [op.name for op in base.ops()]
+    np.testing.assert_allclose(lors.forward(X), base.forward(X), rtol=1e-5, atol=1e-6)  # B = 0 at init
+    loss0, _ = lors.loss_and_grad(X, y)
+    for _ in range(60):
+        loss, grads = lors.loss_and_grad(X, y)
+        for k, p in lors.parameters().items():
+            p -= 0.2 * grads[k]
+    assert loss < loss0
+    sd = lors.state_dict()
+    for k, m in masks.items():
+        assert np.all(sd[k][~m] == 0) and not np.array_equal(sd[k], base.state_dict()[k])
+    plain = sft.models.MLP([8, 12, 3])
+    plain.load_state_dict(sd)  # the merged weights, masks included
+    np.testing.assert_allclose(plain.forward(X), lors.forward(X), rtol=1e-4, atol=1e-5)
+    assert plain.masks().keys() == masks.keys()
+    # a signature between two adapter fine-tunes patches the plain model and keeps every zero
+    weights = ["fc.0.weight", "fc.1.weight"]  # the masks (bool) are not signature material
+    sig = sft.Signature.extract(base.state_dict(), base.state_dict(), sd, layers=weights)
+    p = sft.Patcher(plain)
+    p.apply(sig)
+    for k, m in masks.items():
+        assert np.all(plain.parameters()[k][~m] == 0)
+    with pytest.raises(ValueError, match="LoRS layers already"):
+        lors.to_lors(sft.LoRSConfig())
+    with pytest.raises(TypeError, match=r"config: expected a sparseft\.LoRSConfig"):
+        base.to_lors({"r": 2})
+    with pytest.raises(ValueError, match="prune before to_lors"):
+        lors.prune(0.5)
+    with pytest.raises(ValueError, match="merged weights"):
+        lors.load_state_dict(sd)

@@ -6,7 +6,9 @@ output back and accumulates its parameter gradients, so a step executor can free
 activations. Matrix products run on the package's GEMM core (``sparseft._core.matmul``). The linears own full float32 weights (all of them are trained; a pruned layer's mask
 zeroes its gradient, so every pruned zero stays exact), or with ``weight_norm=True`` are
 parametrised as w = g·v/‖v‖ (:class:`sparseft.WeightNorm`, one norm per output row) with the
-data-dependent init of Salimans & Kingma (:meth:`MLP.data_init`).
+data-dependent init of Salimans & Kingma (:meth:`MLP.data_init`). :meth:`MLP.to_lors` turns a
+(pretrained, possibly pruned) MLP into one whose linears are :class:`sparseft.LoRSLinear` layers,
+for sparsity-preserving adapter fine-tuning.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from sparseft import _core
 from sparseft import prune as prune_module
 from sparseft.weightnorm import WeightNorm
 
-__all__ = ["MLP", "Activation", "Linear", "SoftmaxCrossEntropy", "WNLinear"]
+__all__ = ["MLP", "Activation", "Linear", "LoRSOp", "SoftmaxCrossEntropy", "WNLinear"]
 
 ACTIVATIONS = ("relu", "tanh")
 Act = np.ndarray | tuple[np.ndarray, ...]
@@ -110,6 +112,44 @@ class WNLinear(Linear):
             gv *= self.mask
         self.grad_v += gv
         self.grad_g += gg
+
+
+class LoRSOp:
+    """A linear op on :class:`sparseft.LoRSLinear`: y = x W'ᵀ + b with W' = W + s·(B A) ⊙ M, the base W
+    frozen, A, B and b trained; forward keeps nothing (``forward(x, save=False)``), backward gets x
+    back (``backward(gy, x=x)``), as the model-op protocol requires."""
+
+    def __init__(self, name: str, inputs: tuple[str, ...], block: int | None, layer: Any):
+        self.name, self.inputs, self.block, self.layer = name, inputs, block, layer
+
+    def params(self) -> dict[str, np.ndarray]:
+        """``A``, ``B``, ``bias`` (and ``magnitude`` with DoRA): the layer's live arrays."""
+        return dict(self.layer.parameters())
+
+    def grads(self) -> dict[str, np.ndarray]:
+        """Accumulated gradients under the names of :meth:`params`."""
+        return dict(self.layer.gradients())
+
+    def forward(self, *xs: Act) -> Act:
+        """x (N, in) → (N, out)."""
+        x = xs[0]
+        assert isinstance(x, np.ndarray)
+        return self.layer.forward(np.ascontiguousarray(x, dtype=np.float32), save=False)
+
+    def backward(self, gy: Act | None, *xs: Act, y: Act) -> tuple[np.ndarray | None, ...]:
+        """Accumulates the adapter (and bias) gradients; returns gx (None for the batch input)."""
+        x = xs[0]
+        assert isinstance(x, np.ndarray) and isinstance(gy, np.ndarray)
+        gx = self.layer.backward(gy, x=np.ascontiguousarray(x, dtype=np.float32))
+        return (None if self.inputs[0] == "input" else gx,)
+
+    def out_nbytes(self, batch: int, seq: int) -> int:
+        """Bytes of the output (batch, out) float32."""
+        return 4 * batch * self.layer.out_features
+
+    def grad_nbytes(self, batch: int, seq: int) -> int:
+        """Bytes of the input gradient (batch, in) float32 (0 for the batch input)."""
+        return 0 if self.inputs[0] == "input" else 4 * batch * self.layer.in_features
 
 
 class Activation:
@@ -253,8 +293,9 @@ class MLP:
         self.sizes: tuple[int, ...] = tuple(int(s) for s in sizes)
         self.activation: str = activation
         self.weight_norm: bool = bool(weight_norm)
+        self.lors: bool = False  # see to_lors
         rng = np.random.default_rng(int(seed))
-        self.linears: list[Linear] = []
+        self.linears: list[Any] = []  # Linear / WNLinear, or LoRSOp after to_lors
         self._ops: list[Any] = []
         prev = "input"
         n = len(self.sizes) - 1
@@ -300,6 +341,8 @@ class MLP:
 
     def masks(self) -> dict[str, np.ndarray]:
         """Bool masks of the pruned weights (``fc.{i}.weight``, or ``fc.{i}.v`` with weight norm)."""
+        if self.lors:  # the merged weights are what state_dict reports; the adapters have no mask
+            return {}
         key = "v" if self.weight_norm else "weight"
         return {f"{lin.name}.{key}": lin.mask.copy() for lin in self.linears if lin.mask is not None}
 
@@ -309,6 +352,11 @@ class MLP:
         ``fc.{i}.weight_mask`` (bool) for pruned layers."""
         sd: dict[str, np.ndarray] = {}
         for lin in self.linears:
+            if isinstance(lin, LoRSOp):
+                sd[f"{lin.name}.weight"] = lin.layer.merged_weight()
+                sd[f"{lin.name}.bias"] = lin.layer.bias.copy()
+                sd[f"{lin.name}.weight_mask"] = lin.layer.mask
+                continue
             if isinstance(lin, WNLinear):
                 sd[f"{lin.name}.parametrizations.weight.original0"] = lin.wn.g.copy()
                 sd[f"{lin.name}.parametrizations.weight.original1"] = lin.wn.v.copy()
@@ -324,6 +372,11 @@ class MLP:
         with ``strict`` every expected key must be present and no other)."""
         if not isinstance(sd, Mapping):
             raise TypeError(f"sd: expected a dict name -> numpy.ndarray, got {type(sd).__name__}")
+        if self.lors:
+            raise ValueError(
+                "sd: a LoRS model's state_dict holds merged weights; load them into a plain MLP "
+                "and call to_lors() again"
+            )
         current = self.state_dict()
         expected = {k for k in current if not k.endswith(".weight_mask")}
         if strict:
@@ -433,12 +486,45 @@ class MLP:
     def prune(self, sparsity: float, scope: str = "row") -> None:
         """Magnitude-prune every linear's weight to ``sparsity`` (``sft.prune.magnitude``); the
         pruned entries become 0 and stay 0 through training and patching (see :meth:`masks`)."""
+        if self.lors:
+            raise ValueError("prune: prune before to_lors() (a LoRS base is frozen)")
         for lin in self.linears:
             w = lin.wn.v if isinstance(lin, WNLinear) else lin.weight
             keep = prune_module.magnitude(w, sparsity=sparsity, scope=scope)
             lin.mask = keep if lin.mask is None else keep & lin.mask
             w[~lin.mask] = 0.0
 
+    def to_lors(self, config: Any) -> MLP:
+        """A copy whose linears are :class:`sparseft.LoRSLinear` layers on the current weights and
+        masks (a dense mask where unpruned), built by ``config`` (a :class:`sparseft.LoRSConfig`):
+        training then updates the adapters A, B and the biases while the (sparse) base stays frozen.
+        :meth:`state_dict` of the copy reports the merged weights W' (zeros off the mask exact), so
+        signatures can be extracted between adapter fine-tunes; to patch, load those merged weights
+        into a plain MLP (``load_state_dict``), whose ``masks()`` then keep the pruned zeros."""
+        from sparseft.adapters import LoRSConfig
+
+        if not isinstance(config, LoRSConfig):
+            raise TypeError(f"config: expected a sparseft.LoRSConfig, got {type(config).__name__}")
+        if self.lors:
+            raise ValueError("config: the model's linears are LoRS layers already")
+        new = MLP.__new__(MLP)
+        new.sizes, new.activation = self.sizes, self.activation
+        new.weight_norm, new.lors = False, True
+        new.linears = []
+        new._ops = []
+        for op in self._ops:
+            if isinstance(op, Linear):
+                w = op.wn.weight() if isinstance(op, WNLinear) else op.weight.copy()
+                mask = op.mask if op.mask is not None else np.ones(w.shape, dtype=bool)
+                w[~mask] = 0.0
+                layer = config.make(w, mask, bias=op.bias.copy())
+                lop = LoRSOp(op.name, op.inputs, op.block, layer)
+                new._ops.append(lop)
+                new.linears.append(lop)  # type: ignore[arg-type]
+            else:
+                new._ops.append(op)
+        return new
+
     def __repr__(self) -> str:
-        wn = ", weight_norm" if self.weight_norm else ""
+        wn = ", weight_norm" if self.weight_norm else ", LoRS" if self.lors else ""
         return f"MLP({list(self.sizes)}, {self.activation}{wn})"
