@@ -1580,15 +1580,21 @@ static PyObject *py_swiglu_backward(PyObject *self, PyObject *args) {
 
 static PyObject *py_rope(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
-    static char *kwlist[] = {"x", "theta", "offset", "inverse", NULL};
-    PyObject *xo;
+    static char *kwlist[] = {"x", "theta", "offset", "inverse", "inv_freq", NULL};
+    PyObject *xo, *fo = Py_None;
     double theta = 10000.0;
     long long offset = 0;
     int inverse = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|dLp:rope", kwlist, &xo, &theta, &offset, &inverse))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|dLpO:rope", kwlist, &xo, &theta, &offset, &inverse,
+                                     &fo))
         return NULL;
-    PyArrayObject *x = arg_f32(xo, "x", 4);
+    PyArrayObject *x = arg_f32(xo, "x", 4), *freq = NULL;
     if (x == NULL) return NULL;
+    if (fo != Py_None &&
+        ((freq = arg_f32(fo, "inv_freq", 1)) == NULL ||
+         arg_dim(freq, "inv_freq", 0, PyArray_DIM(x, 3) / 2, "D/2, half the head size of x") < 0 ||
+         arg_finite(freq, "inv_freq") < 0))
+        return NULL;
     npy_intp B = PyArray_DIM(x, 0), T = PyArray_DIM(x, 1), H = PyArray_DIM(x, 2), D = PyArray_DIM(x, 3);
     if (D % 2 != 0) {
         PyObject *s = shape_tuple(x);
@@ -1609,7 +1615,7 @@ static PyObject *py_rope(PyObject *self, PyObject *args, PyObject *kwargs) {
     if (y == NULL) return NULL;
     int rc = 0;
     Py_BEGIN_ALLOW_THREADS
-    rc = rope_apply(F32P(y), F32P(x), B, T, H, D, theta, offset, inverse ? -1 : 1);
+    rc = rope_apply(F32P(y), F32P(x), freq ? F32P(freq) : NULL, B, T, H, D, theta, offset, inverse ? -1 : 1);
     Py_END_ALLOW_THREADS
     if (rc != 0) {
         Py_DECREF(y);
@@ -2314,9 +2320,9 @@ static PyMethodDef methods[] = {
     {"swiglu_forward", py_swiglu_forward, METH_VARARGS, "swiglu_forward(gate, up) -> silu(gate) * up"},
     {"swiglu_backward", py_swiglu_backward, METH_VARARGS, "swiglu_backward(dy, gate, up) -> (dgate, dup)"},
     {"rope", (PyCFunction)(void (*)(void))py_rope, METH_VARARGS | METH_KEYWORDS,
-     "rope(x, theta=10000.0, offset=0, inverse=False) -> y\n\nRotary embedding of x (B, T, H, D), Hugging "
-     "Face "
-     "rotate_half convention; inverse: the backward."},
+     "rope(x, theta=10000.0, offset=0, inverse=False, inv_freq=None) -> y\n\nRotary embedding of x "
+     "(B, T, H, D), Hugging Face rotate_half convention; inverse: the backward; inv_freq: (D/2,) "
+     "frequencies replacing theta's."},
     {"embedding_forward", py_embedding_forward, METH_VARARGS,
      "embedding_forward(ids, wte) -> x\n\nRows of wte (V, C) gathered by int64 ids (B, T): (B, T, C)."},
     {"embedding_backward", py_embedding_backward, METH_VARARGS,

@@ -373,8 +373,8 @@ NN_INSTANTIATE(rope,
                 int64_t D, float sign),
                (y, x, cs, r0, r1, T, H, D, sign))
 
-int rope_apply(float *y, const float *x, int64_t B, int64_t T, int64_t H, int64_t D, double theta,
-               int64_t offset, int sign) {
+int rope_apply(float *y, const float *x, const float *inv_freq, int64_t B, int64_t T, int64_t H, int64_t D,
+               double theta, int64_t offset, int sign) {
     int64_t h2 = D / 2;
     float *cs = (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(1, T * D));
     if (cs == NULL) return -1;
@@ -382,7 +382,8 @@ int rope_apply(float *y, const float *x, int64_t B, int64_t T, int64_t H, int64_
     // (float32 inverse frequencies times float32 positions), then cos and sin taken in double
     for (int64_t t = 0; t < T; t++) {
         for (int64_t i = 0; i < h2; i++) {
-            float inv = (float)(1.0 / pow(theta, (double)(2 * i) / (double)D));
+            float inv =
+                inv_freq != NULL ? inv_freq[i] : (float)(1.0 / pow(theta, (double)(2 * i) / (double)D));
             float ang = (float)(offset + t) * inv;
             cs[t * D + i] = (float)cos((double)ang);
             cs[t * D + h2 + i] = (float)sin((double)ang);

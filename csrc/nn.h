@@ -30,8 +30,10 @@ void swiglu_backward(float *dgate, float *dup, const float *dy, const float *gat
                      int64_t n);
 
 /* ---- rotary embedding, Hugging Face rotate_half convention; sign = +1 forward, -1 backward ---- */
-int rope_apply(float *y /* (B,T,H,D) */, const float *x /* (B,T,H,D) */, int64_t B, int64_t T, int64_t H,
-               int64_t D, double theta, int64_t offset, int sign);
+/* inv_freq: the D/2 inverse frequencies, or NULL for theta^(-2i/D) */
+int rope_apply(float *y /* (B,T,H,D) */, const float *x /* (B,T,H,D) */,
+               const float *inv_freq /* (D/2,) or NULL */, int64_t B, int64_t T, int64_t H, int64_t D,
+               double theta, int64_t offset, int sign);
 
 /* ---- embedding ---- */
 void embedding_forward(float *x /* (N,C) */, const int64_t *ids /* (N,) */, const float *wte /* (V,C) */,

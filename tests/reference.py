@@ -606,18 +606,21 @@ def swiglu_backward(dy, gate, up):
     return d * u * s * (1 + g * (1 - s)), d * g * s
 
 
-def rope_angles(T, D, theta=10000.0, offset=0):
+def rope_angles(T, D, theta=10000.0, offset=0, inv_freq=None):
     """(T, D/2) angles as Hugging Face computes them: float32 inverse frequencies times float32 positions."""
-    inv = (1.0 / theta ** (np.arange(0, D, 2, dtype=_F) / D)).astype(np.float32)
+    if inv_freq is None:
+        inv = (1.0 / theta ** (np.arange(0, D, 2, dtype=_F) / D)).astype(np.float32)
+    else:
+        inv = np.asarray(inv_freq, np.float32)
     pos = (np.arange(T, dtype=_F) + offset).astype(np.float32)
     return (pos[:, None] * inv[None, :]).astype(np.float32).astype(_F)
 
 
-def rope_forward(x, theta=10000.0, offset=0, inverse=False):
+def rope_forward(x, theta=10000.0, offset=0, inverse=False, inv_freq=None):
     """x (B, T, H, D): x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1); inverse: the transpose."""
     x = np.asarray(x, _F)
     T, D = x.shape[1], x.shape[3]
-    ang = rope_angles(T, D, theta, offset)
+    ang = rope_angles(T, D, theta, offset, inv_freq)
     cos = np.concatenate([np.cos(ang)] * 2, axis=-1)[None, :, None, :]
     sin = np.concatenate([np.sin(ang)] * 2, axis=-1)[None, :, None, :]
     rot = np.concatenate([-x[..., D // 2 :], x[..., : D // 2]], axis=-1)

@@ -179,6 +179,25 @@ def test_rope_matches_reference(simd: str, B: int, T: int, H: int, D: int, offse
     close(ops.rope_backward(ops.rope_forward(x, 10000.0, offset), 10000.0, offset), x, 1e-5)
 
 
+def test_rope_with_given_frequencies() -> None:
+    """inv_freq replaces theta's frequencies (Llama 3.1's scaled RoPE passes its own)."""
+    rng = np.random.default_rng(18)
+    x = rnd(rng, 2, 40, 3, 8)
+    inv = np.array([1.0, 0.3, 0.01, 1e-4], np.float32)
+    y = ops.rope_forward(x, offset=7, inv_freq=inv)
+    close(y, ref.rope_forward(x, offset=7, inv_freq=inv))
+    close(ops.rope_backward(y, offset=7, inv_freq=inv), x, 1e-5)
+    # the default frequencies passed explicitly give the theta path bit for bit
+    default = (1.0 / 500.0 ** (np.arange(0, 8, 2) / 8)).astype(np.float32)
+    np.testing.assert_array_equal(
+        ops.rope_forward(x, 500.0, 3, inv_freq=default), ops.rope_forward(x, 500.0, 3)
+    )
+    with pytest.raises(ValueError, match=r"inv_freq: expected axis 0 of length 4"):
+        ops.rope_forward(x, inv_freq=inv[:3])
+    with pytest.raises(ValueError, match="inv_freq: contains NaN or infinity"):
+        ops.rope_forward(x, inv_freq=np.array([1.0, np.nan, 0.1, 0.1], np.float32))
+
+
 def test_rope_matches_transformers_llama() -> None:
     torch = pytest.importorskip("torch")
     llama = pytest.importorskip("transformers.models.llama.modeling_llama")

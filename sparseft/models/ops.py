@@ -207,7 +207,13 @@ def _offset(offset: int) -> int:
     return int(offset)
 
 
-def rope_forward(x: np.ndarray, theta: float = 10000.0, offset: int = 0) -> np.ndarray:
+def _freq(inv_freq: np.ndarray | None) -> np.ndarray | None:
+    return None if inv_freq is None else _c(inv_freq, "inv_freq")
+
+
+def rope_forward(
+    x: np.ndarray, theta: float = 10000.0, offset: int = 0, inv_freq: np.ndarray | None = None
+) -> np.ndarray:
     """Rotary position embedding in Hugging Face's ``rotate_half`` convention.
 
     Parameters
@@ -218,6 +224,9 @@ def rope_forward(x: np.ndarray, theta: float = 10000.0, offset: int = 0) -> np.n
         Base of the inverse frequencies ``theta ** (-2i / D)``.
     offset : int
         Position of the first token (for a KV cache).
+    inv_freq : numpy.ndarray or None
+        float32 (D/2,), finite: the inverse frequencies to use instead of ``theta``'s (e.g. Llama
+        3.1's scaled ones).
 
     Returns
     -------
@@ -226,12 +235,14 @@ def rope_forward(x: np.ndarray, theta: float = 10000.0, offset: int = 0) -> np.n
         ``rotate_half(x) = concat(-x[..., D/2:], x[..., :D/2])``. The angles are rounded to float32
         as Hugging Face computes them (float32 frequencies times float32 positions).
     """
-    return _core.rope(_c(x, "x"), float(theta), _offset(offset), False)
+    return _core.rope(_c(x, "x"), float(theta), _offset(offset), False, _freq(inv_freq))
 
 
-def rope_backward(dy: np.ndarray, theta: float = 10000.0, offset: int = 0) -> np.ndarray:
+def rope_backward(
+    dy: np.ndarray, theta: float = 10000.0, offset: int = 0, inv_freq: np.ndarray | None = None
+) -> np.ndarray:
     """Gradient of :func:`rope_forward` (a rotation: the inverse rotation of ``dy``)."""
-    return _core.rope(_c(dy, "dy"), float(theta), _offset(offset), True)
+    return _core.rope(_c(dy, "dy"), float(theta), _offset(offset), True, _freq(inv_freq))
 
 
 # ---- attention ----
