@@ -1,7 +1,6 @@
 """Command line: ``python -m sparseft demo`` runs the main job on built-in defaults;
+``python -m sparseft finetune`` prunes and fine-tunes a Hugging Face checkpoint;
 ``python -m sparseft rws extract|apply|info`` works on signatures in safetensors files."""
-"""Command line: ``python -m sparseft demo`` runs the main job on built-in defaults;
-``python -m sparseft finetune`` prunes and fine-tunes a Hugging Face checkpoint."""
 
 from __future__ import annotations
 
