@@ -1411,9 +1411,13 @@ static int nn_rows_vec(PyObject *xo, PyObject *wo, const char *vname, PyArrayObj
     return 0;
 }
 
-static int nn_eps(double eps) {
-    if (isfinite(eps) && eps > 0.0) return 0;
-    PyErr_Format(PyExc_ValueError, "eps: expected a finite positive float, got %R", PyFloat_FromDouble(eps));
+/* Checks that a float argument is finite and > 0. */
+static int nn_positive(double v, const char *name) {
+    if (isfinite(v) && v > 0.0) return 0;
+    PyObject *got = PyFloat_FromDouble(v);
+    if (got != NULL)
+        PyErr_Format(PyExc_ValueError, "%s: expected a finite positive float, got %R", name, got);
+    Py_XDECREF(got);
     return -1;
 }
 
@@ -1425,7 +1429,7 @@ static PyObject *py_layernorm_forward(PyObject *self, PyObject *args) {
     double eps = 1e-5;
     if (!PyArg_ParseTuple(args, "OOO|d:layernorm_forward", &xo, &wo, &bo, &eps)) return NULL;
     PyArrayObject *x, *w, *b;
-    if (nn_rows_vec(xo, wo, "w", &x, &w) < 0 || nn_eps(eps) < 0) return NULL;
+    if (nn_rows_vec(xo, wo, "w", &x, &w) < 0 || nn_positive(eps, "eps") < 0) return NULL;
     if ((b = arg_f32(bo, "b", 1)) == NULL || arg_same_shape(b, "b", w, "w") < 0) return NULL;
     npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1);
     PyArrayObject *y = new_like(x), *mean = new_f32(1, &N), *rstd = new_f32(1, &N);
@@ -1484,7 +1488,7 @@ static PyObject *py_rmsnorm_forward(PyObject *self, PyObject *args) {
     double eps = 1e-6;
     if (!PyArg_ParseTuple(args, "OO|d:rmsnorm_forward", &xo, &wo, &eps)) return NULL;
     PyArrayObject *x, *w;
-    if (nn_rows_vec(xo, wo, "w", &x, &w) < 0 || nn_eps(eps) < 0) return NULL;
+    if (nn_rows_vec(xo, wo, "w", &x, &w) < 0 || nn_positive(eps, "eps") < 0) return NULL;
     npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1);
     PyArrayObject *y = new_like(x), *rstd = new_f32(1, &N);
     if (y == NULL || rstd == NULL) {
@@ -1603,10 +1607,7 @@ static PyObject *py_rope(PyObject *self, PyObject *args, PyObject *kwargs) {
         Py_XDECREF(s);
         return NULL;
     }
-    if (!(isfinite(theta) && theta > 0.0)) {
-        PyErr_SetString(PyExc_ValueError, "theta: expected a finite positive float");
-        return NULL;
-    }
+    if (nn_positive(theta, "theta") < 0) return NULL;
     if (offset < 0) {
         PyErr_Format(PyExc_ValueError, "offset: expected a non-negative int, got %lld", offset);
         return NULL;
@@ -1806,12 +1807,17 @@ static PyObject *py_adamw_step(PyObject *self, PyObject *args) {
             return NULL;
         }
     }
-    if (!(isfinite(lr) && lr >= 0) || !(isfinite(eps) && eps >= 0) || !(isfinite(wd) && wd >= 0)) {
-        PyErr_SetString(PyExc_ValueError, "lr, eps, weight_decay: expected finite non-negative floats");
-        return NULL;
-    }
-    if (!(b1 >= 0 && b1 < 1) || !(b2 >= 0 && b2 < 1)) {
-        PyErr_SetString(PyExc_ValueError, "beta1, beta2: expected floats in [0, 1)");
+    const double vals[5] = {lr, eps, wd, b1, b2};
+    const char *vnames[5] = {"lr", "eps", "weight_decay", "beta1", "beta2"};
+    for (int i = 0; i < 5; i++) {
+        // lr, eps, weight_decay finite and >= 0; the betas in [0, 1)
+        int ok = i < 3 ? isfinite(vals[i]) && vals[i] >= 0.0 : vals[i] >= 0.0 && vals[i] < 1.0;
+        if (ok) continue;
+        PyObject *got = PyFloat_FromDouble(vals[i]);
+        if (got != NULL)
+            PyErr_Format(PyExc_ValueError, "%s: expected %s, got %R", vnames[i],
+                         i < 3 ? "a finite float >= 0" : "a float in [0, 1)", got);
+        Py_XDECREF(got);
         return NULL;
     }
     if (step < 1) {
