@@ -182,7 +182,6 @@ def sparse_plan(base: tuple[Any, ...], N: int, /, *, trusted: bool = ...) -> tup
 
 # ---- sparse: checked once ----
 def sparse_check(base: tuple[Any, ...], /) -> None: ...
-def sparse_plan(base: tuple[Any, ...], N: int, /) -> tuple[int, int, int, int]: ...
 
 # ---- rws ----
 def rws_extract(

@@ -216,12 +216,12 @@ def transformer_graph(
         With ``backward``, ``once`` and ``block`` set and the order forward, then backward in
         reverse.
     """
-    L = _check_int(n_layers, "n_layers", 1)
-    B = _check_int(batch, "batch", 1)
-    T = _check_int(seq, "seq", 1)
-    d = _check_int(d_model, "d_model", 1)
-    H = _check_int(n_heads, "n_heads", 1)
-    V = _check_int(vocab, "vocab", 1)
+    L = check_int(n_layers, "n_layers", 1)
+    B = check_int(batch, "batch", 1)
+    T = check_int(seq, "seq", 1)
+    d = check_int(d_model, "d_model", 1)
+    H = check_int(n_heads, "n_heads", 1)
+    V = check_int(vocab, "vocab", 1)
     if d % H:
         raise ValueError(f"d_model must be a multiple of n_heads ({H}), got {d}")
     act = B * T * d * 4
