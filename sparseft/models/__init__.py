@@ -12,13 +12,13 @@ from sparseft.models.transformer import GPT, Decoder, Llama
 
 __all__ = [
     "GPT",
+    "MLP",
     "ByteTokenizer",
     "Decoder",
     "GPTConfig",
     "HFTokenizer",
     "Llama",
     "LlamaConfig",
-    "MLP",
     "Model",
     "Op",
     "from_pretrained",
