@@ -395,5 +395,5 @@ def test_transformer_graph_shape_once_and_blocks() -> None:
     assert g.backward.tolist() == [False] * 23 + [True] * 23
     with pytest.raises(ValueError, match=r"d_model must be a multiple of n_heads \(3\), got 16"):
         sft.graphs.transformer_graph(1, d_model=16, n_heads=3)
-    with pytest.raises(ValueError, match=r"n_layers must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"n_layers: expected an int >= 1, got 0"):
         sft.graphs.transformer_graph(0)
