@@ -590,3 +590,26 @@ def test_naive_backward_without_the_weight_gradient(simd: str) -> None:
 def _nm24(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     m = sft.prune.nm(W, 2, 4)
     return W * m, m
+
+
+def test_sparse_bases_check_once_at_construction_then_call_trusted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The O(nnz) structure/finiteness scan runs when a base is built; kernel calls pass trusted=True."""
+    from sparseft.formats import CSRBase
+
+    vals = np.array([1.0, np.nan], np.float32)
+    with pytest.raises(ValueError, match="values"):
+        CSRBase(vals, np.array([0, 1], np.int32), np.array([0, 1, 2], np.int64), (2, 2))
+    base = CSRBase(np.ones(2, np.float32), np.array([0, 1], np.int32), np.array([0, 1, 2], np.int64), (2, 2))
+    seen: dict[str, object] = {}
+    real = _core.sparse_forward
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_core, "sparse_forward", spy)
+    A = np.zeros((1, 2), np.float32)
+    B = np.zeros((2, 1), np.float32)
+    y = base.forward(np.eye(2, dtype=np.float32), A, B, 1.0)
+    assert seen.get("trusted") is True
+    np.testing.assert_array_equal(y, np.eye(2, dtype=np.float32))

@@ -142,11 +142,24 @@ class _SparseBase:
     """What CSR and N:M share: the adapter math on top of ``_core``'s sparse kernels."""
 
     format: ClassVar[str] = ""
-    arrays: SparseArrays
+    _arrays: SparseArrays
+
+    @property
+    def arrays(self) -> SparseArrays:
+        """The base's arrays (read-only), as a :class:`SparseArrays`."""
+        return self._arrays
+
+    @arrays.setter
+    def arrays(self, value: SparseArrays) -> None:
+        # The full O(nnz) structure and finiteness check runs here, once per base (the arrays are
+        # read-only copies the base owns), so every kernel call can skip it (trusted=True).
+        _core.sparse_check(value.core())
+        self._arrays = value
 
     def _kernel(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Call the ``_core`` sparse function ``fn`` on this base (every kernel call goes here)."""
-        return fn(self.arrays.core(), *args, **kwargs)
+        """Call the ``_core`` sparse function ``fn`` on this base (every kernel call goes here),
+        trusting the structure checked when the arrays were set."""
+        return fn(self._arrays.core(), *args, trusted=True, **kwargs)
 
     def _derived(self, values: np.ndarray) -> Any:
         """A base of the same type and structure holding ``values`` (fresh, owned)."""
