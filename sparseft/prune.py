@@ -8,11 +8,13 @@ entries keeps ``n - round(sparsity * n)`` of them, with Python's ``round`` (half
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from sparseft._validation import check_choice, check_finite, check_nm, check_real
 
-__all__ = ["magnitude", "nm", "wanda"]
+__all__ = ["magnitude", "nm", "sparsegpt", "wanda"]
 
 
 def _check_matrix(W: object, name: str) -> np.ndarray:
@@ -166,3 +168,24 @@ def wanda(
         raise TypeError(f"nm: expected a pair (n, m) of ints or None, got {nm!r}")
     n, m = check_nm(nm[0], nm[1], W.shape[1], prefix="nm.")
     return _keep_nm(score, n, m)
+
+
+def sparsegpt(
+    W: np.ndarray,
+    X: Any,
+    sparsity: float = 0.5,
+    nm: tuple[int, int] | None = None,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+) -> tuple[np.ndarray, np.ndarray]:
+    """SparseGPT (Frantar & Alistarh 2023) on one layer: unlike the mask-only pruners here it also
+    updates the kept weights, so it returns ``(W_new, mask)``.
+
+    The same function as :func:`sparseft.sparsegpt` (see there and ``docs/pruning.md`` for the
+    parameters); ``X`` is the calibration input (tokens, in) or an accumulated
+    ``sparseft.sparsegpt.Gram``.
+    """
+    from sparseft.sparsegpt import sparsegpt as _sparsegpt  # imports this module: bind late
+
+    return _sparsegpt(W, X, sparsity, nm, blocksize, percdamp)
+

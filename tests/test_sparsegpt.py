@@ -320,3 +320,17 @@ def test_gram_factor_is_cached_until_the_next_add(rng: np.random.Generator) -> N
     z = Gram(3)
     z.add(np.zeros((4, 3)))
     assert z.factor()[0].all()
+
+
+def test_prune_sparsegpt_is_the_layer_function() -> None:
+    """sft.prune.sparsegpt returns what sft.sparsegpt returns: the updated weight and the mask."""
+    import sparseft as sft
+
+    rng = np.random.default_rng(3)
+    W = rng.standard_normal((6, 8)).astype(np.float32)
+    X = rng.standard_normal((32, 8)).astype(np.float32)
+    W1, m1 = sft.prune.sparsegpt(W, X, 0.5)
+    W2, m2 = sft.sparsegpt(W, X, 0.5)
+    np.testing.assert_array_equal(W1, W2)
+    np.testing.assert_array_equal(m1, m2)
+    assert m1.sum() == W.size // 2

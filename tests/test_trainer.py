@@ -268,3 +268,18 @@ def test_plan_for_before_fit_still_replans_with_the_profile() -> None:
     assert first.solver == "blocks"  # no profile yet: per-block checkpointing where it fits
     tr.fit(TEXT, steps=1, batch_size=3, seq_len=8, progress=False)
     assert tr.plan is not first and tr.plan.duration is not None and tr.plan.duration > tr.plan.graph.n
+
+
+def test_lors_config_target_modules_choose_the_adapted_linears() -> None:
+    """LoRSConfig(target_modules=...) adapts only the named linears of a model the Trainer wraps."""
+    import sparseft as sft
+
+    cfg = sft.models.GPTConfig(vocab_size=32, n_layer=2, n_head=2, d_model=16, seq_len=8)
+    model = sft.models.GPT.random(cfg, seed=0)
+    trainer = sft.Trainer(model, adapter=sft.LoRSConfig(r=2, target_modules=("c_attn",)))
+    names = {k.rsplit(".", 1)[0] for k in trainer.model.parameters()}
+    assert names and all(n.endswith("c_attn") for n in names), names
+    with pytest.raises(TypeError, match="target_modules"):
+        sft.LoRSConfig(target_modules="c_attn")
+    with pytest.raises(ValueError, match="target_modules"):
+        sft.LoRSConfig(target_modules=())

@@ -67,6 +67,10 @@ class LoRSConfig:
         Weight-normalized adapters (sparse DoRA), see :class:`LoRSLinear`.
     norm_grad : bool
         With ``magnitude``: differentiate through the row norms (False: DoRA's detached norm).
+    target_modules : tuple of str or None
+        Which linears of a model get adapters (matched against the last component of a linear's
+        name, e.g. ``"c_attn"``, ``"q_proj"``, or its whole name); None means every block linear.
+        Used by ``model.add_adapters`` and the Trainer; :meth:`make` ignores it.
     """
 
     r: int = 8
@@ -78,6 +82,7 @@ class LoRSConfig:
     seed: int = 0
     magnitude: bool = False
     norm_grad: bool = True
+    target_modules: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         check_int(self.r, "r", 1)
@@ -90,6 +95,13 @@ class LoRSConfig:
         check_bool(self.use_rslora, "use_rslora")
         check_bool(self.magnitude, "magnitude")
         check_bool(self.norm_grad, "norm_grad")
+        if self.target_modules is not None:
+            tm = self.target_modules
+            if isinstance(tm, str) or not all(isinstance(t, str) for t in tm):
+                raise TypeError(f"target_modules: expected a sequence of str or None, got {tm!r}")
+            if not tm:
+                raise ValueError("target_modules: expected at least one name, got an empty sequence")
+            object.__setattr__(self, "target_modules", tuple(tm))
 
     def make(self, W: np.ndarray, mask: np.ndarray | None = None, **kwargs: Any) -> LoRSLinear:
         """A :class:`LoRSLinear` on ``W`` with these settings (``kwargs`` go to the constructor);

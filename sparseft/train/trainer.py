@@ -139,7 +139,7 @@ def _attach_adapter(model: Model, adapter: LoRSConfig | None) -> None:
     """Make the model train LoRS adapters (``adapter``) or its own sparse weights (None).
 
     With an adapter: ``model.add_adapters(adapter, target_modules)`` (GPT/Llama); ``target_modules``
-    comes from the config when it has that field (None: every block linear). Without one, a model
+    comes from the config (None: every block linear). Without one, a model
     that has no trainable parameters yet and a ``train_base()`` (GPT/Llama) switches to sparse full
     fine-tuning; a model that already has trainable parameters trains them as they are.
     """
@@ -149,7 +149,7 @@ def _attach_adapter(model: Model, adapter: LoRSConfig | None) -> None:
             raise TypeError(
                 f"adapter: {type(model).__name__} has no add_adapters(), so it cannot take LoRS adapters"
             )
-        hook(adapter, getattr(adapter, "target_modules", None))
+        hook(adapter, adapter.target_modules)
     elif not model.parameters() and hasattr(model, "train_base"):
         model.train_base(True)
 
