@@ -1,4 +1,5 @@
-"""Pruning masks: magnitude, N:M and Wanda. Every function returns a bool (out, in) mask.
+"""Pruning masks: magnitude, N:M and Wanda return a bool (out, in) mask; SparseGPT also updates the
+kept weights and returns ``(W_new, mask)``.
 
 All functions validate their input, never modify it, and break ties deterministically: among
 entries with equal scores the one with the **lower index** (flat index for ``scope="global"``,
