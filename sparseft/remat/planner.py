@@ -1,9 +1,10 @@
 """Rematerialization planning: choose what to keep and what to recompute under a memory budget.
 
-See DESIGN.md, "Remat memory model". Every planner here plans over "stage" schedules of a
-topological order (the class of Checkmate and Moccasin): the first computation of every node
-follows that order, and before each first computation some earlier nodes may be recomputed, in
-order position. Frees happen right after a copy's last read. With ``order="given"`` the order is
+See docs/planner.md for the memory model. Every planner here except DTR plans over "stage"
+schedules of a topological order (the class of Checkmate and Moccasin): the first computation of
+every node follows that order, and before each first computation some earlier nodes may be
+recomputed, in order position; DTR's schedules are general. Frees happen right after a copy's last
+read. With ``order="given"`` the order is
 :attr:`Graph.order` (the papers' class); with ``order="auto"`` (the default) the planner also plans
 over :meth:`Graph.low_memory_order` and returns the better schedule. Every schedule returned is
 checked by the C simulator before it is returned.
@@ -169,7 +170,8 @@ class Schedule:
         not proved optimal), "infeasible" (proved impossible for that class, or the heuristic
         could not meet the budget) or "unknown" (the time ran out before any schedule).
     solver : str
-        The solver that produced it.
+        The solver that produced it (for ``Planner(solver="auto")``: the one whose schedule won,
+        e.g. "moccasin", "dtr", "greedy", "blocks" or "none").
     budget : int
         The memory budget in the graph's memory unit.
     solve_time : float
@@ -321,8 +323,10 @@ class Planner:
         (0, 1] is a fraction of the no-rematerialization peak of :attr:`Graph.order`
         (``graph.peak_memory()``), rounded down, whatever ``order`` is: the same fraction
         gives the same byte budget under "given" and "auto".
-    solver : {"moccasin", "checkmate", "chen", "greedy", "none"}
-        "moccasin": the CP-SAT model of Bartan et al. (2023), hinted with the greedy schedule
+    solver : {"moccasin", "checkmate", "chen", "greedy", "blocks", "dtr", "auto", "none"}
+        "moccasin": the CP-SAT model of Bartan et al. (2023), hinted with the best stage-structured
+        heuristic schedule, and returning the best heuristic schedule of any kind (greedy, blocks,
+        DTR) when it finds nothing better in the time limit
         (when no heuristic schedule fits the budget: a soft-capacity model first shaves an
         over-budget start down to the budget, 5 s with the full CP-SAT portfolio, then with its
         neighbourhood search alone, and the model restarts from the first in-budget schedule);
@@ -332,8 +336,11 @@ class Planner:
         interval-splitting peak-shaving heuristic; "blocks": per-block checkpointing (keep each
         block's inputs, recompute a block's internals for its backward; needs a graph with
         ``block`` indices; see :mod:`sparseft.remat.solvers.blocks`), also one of Moccasin's
-        hints; "none": no recomputation. Every solver computes the nodes the graph marks
-        ``once`` exactly once.
+        hints; "dtr": Dynamic Tensor Rematerialization (Kirisame et al., 2021) in C, general
+        (not stage-structured) schedules, the best of its variants (see docs/planner.md);
+        "auto": the best schedule any of them finds within the time limit, with
+        :attr:`Schedule.solver` naming the solver that found it; "none": no recomputation. Every
+        solver computes the nodes the graph marks ``once`` exactly once.
     time_limit : float
         Seconds for the exact solvers (the whole :meth:`solve` call; with ``order="auto"`` and
         two orders to plan over, 2/3 of it goes to the lower-peak order, the rest to
