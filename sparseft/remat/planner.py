@@ -26,8 +26,9 @@ from sparseft.remat.graph import Graph, atomic_write_json
 __all__ = ["SOLVERS", "Planner", "Schedule", "simulate"]
 
 SOLVERS = ("moccasin", "checkmate", "chen", "greedy", "blocks", "dtr", "auto", "none")
-# DTR variants the "dtr" solver runs (each takes milliseconds): (heuristic, lookahead)
-_DTR_VARIANTS = (("full", True), ("eq", True), ("full", False), ("eq", False))
+# DTR variants the "dtr" solver runs, the cheapest first (each takes milliseconds where it succeeds;
+# one that thrashes can take seconds, so later variants start only within the time limit)
+_DTR_VARIANTS = (("eq", True), ("full", True), ("eq", False), ("full", False))
 ORDERS = ("given", "auto")
 # with order="auto" and two orders to plan over: the share of the time limit for the first
 # (the lower-peak order); the given order gets the rest
@@ -459,6 +460,7 @@ class Planner:
         self._plan_graph = self._plan_graphs[0]
         self.plan_peak = self._plan_graph.peak_memory()
         self._limit = self.time_limit  # seconds since solve() began that the current order may use
+        self._deadline = math.inf  # perf_counter() time by which the current order's solve should end
 
     def _resolve_budget(self, budget: Any) -> int:
         if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)):
@@ -507,6 +509,7 @@ class Planner:
                 share = 1.0 if k == len(self._plan_graphs) - 1 else _FIRST_ORDER_SHARE
                 self._plan_graph, self.plan_peak = pg, pg.peak_memory()
                 self._limit = elapsed + max(0.01, share * (self.time_limit - elapsed))
+                self._deadline = t0 + self._limit
                 results.append(fn(t0))
                 if self._recomputes_nothing(results[-1][0]):
                     break  # nothing can be better
@@ -583,7 +586,9 @@ class Planner:
         g = self._plan_graph
         once = g._once if g._has_once else None
         found = []
-        for heuristic, lookahead in _DTR_VARIANTS:
+        for k, (heuristic, lookahead) in enumerate(_DTR_VARIANTS):
+            if k > 0 and time.perf_counter() > self._deadline:
+                break
             rc, steps, _, _ = _core.remat_dtr(
                 g.memory,
                 g.duration,
