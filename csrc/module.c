@@ -875,8 +875,8 @@ static PyObject *remat_run_planner(PyObject *args, PyObject *kwargs, int kind) {
     const char *heuristic = "full";
     int lookahead = 0, okp;
     if (kind == PLAN_GREEDY)
-        okp = PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOO:remat_greedy", kw_greedy, &mo, &dO, &po, &io,
-                                          &spo, &sio, &oo, &bo);
+        okp = PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOO:remat_greedy", kw_greedy, &mo, &dO, &po,
+                                          &io, &spo, &sio, &oo, &bo);
     else if (kind == PLAN_DTR)
         okp = PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOO|sp:remat_dtr", kw_dtr, &mo, &dO, &po, &io,
                                           &spo, &sio, &oo, &onceo, &bo, &heuristic, &lookahead);
@@ -922,9 +922,9 @@ static PyObject *remat_run_planner(PyObject *args, PyObject *kwargs, int kind) {
         Py_BEGIN_ALLOW_THREADS if (kind == PLAN_GREEDY) rc =
             remat_greedy(o, info, i64(mem), i64(dur), i64(ptr), i64(idx), i64(sptr), i64(sidx), i64(order),
                          (int64_t)n, (int64_t)budget, (int64_t)cap);
-        else if (kind == PLAN_DTR) rc = remat_dtr(o, info, i64(mem), i64(dur), i64(ptr), i64(idx), i64(sptr),
-                                                  i64(sidx), i64(order), once_p, (int64_t)n, (int64_t)budget,
-                                                  hcode, lookahead, (int64_t)cap);
+        else if (kind == PLAN_DTR) rc =
+            remat_dtr(o, info, i64(mem), i64(dur), i64(ptr), i64(idx), i64(sptr), i64(sidx), i64(order),
+                      once_p, (int64_t)n, (int64_t)budget, hcode, lookahead, (int64_t)cap);
         else rc = remat_plan_stages(o, info, i64(mem), i64(dur), i64(ptr), i64(idx), i64(sptr), i64(sidx),
                                     i64(order), seg ? i64(seg) : NULL, (int64_t)n, (int64_t)budget, mem_exp,
                                     dist_exp, (int64_t)cap);
