@@ -14,6 +14,14 @@ same byte budget.
     python benchmarks/bench_planner.py --time-limit 60  # shorter
     python benchmarks/bench_planner.py --quick          # 10 s, small graphs only
     python benchmarks/bench_planner.py --order given    # the papers' class only (--order auto: all auto)
+    python benchmarks/bench_planner.py --sweep --time-limit 10   # budget sweep, 1.0 down to the bound
+    python benchmarks/bench_planner.py --graphs random_layered_n1000 --budgets 0.8 --solvers auto \\
+        --order auto --time-limit 600                   # the published long case
+
+The sweep (``--sweep``) plans every graph of the sweep set (the shared random_layered graphs,
+generated layered graphs of 400 and 1,000 nodes and a 6-layer transformer training step) at every
+budget from 1.0 of the peak down to the feasibility bound in steps of 0.05, with the fast solvers and
+"auto", and prints per cell the overhead and the time to the first (for "auto": the best) schedule.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ if str(ROOT_) not in sys.path:  # run from a checkout without installing
 import numpy as np  # noqa: E402
 
 import sparseft as sft  # noqa: E402
+from benchmarks._timing import cpu_line  # noqa: E402
 from sparseft import _core  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -38,17 +47,22 @@ DATA = ROOT.parent / "shared" / "data" / "remat-graphs"
 GRAPHS = [
     ("random_layered_n100", "random_layered_n100.json"),
     ("random_layered_n250", "random_layered_n250.json"),
+    ("random_layered_n1000", "random_layered_n1000.json"),
     ("fcn_8_vgg train", "fcn_8_vgg_b32_416x608_train.json"),
     ("VGG16 train", "VGG16_b256_224x224_train.json"),
     ("ResNet50 train", "ResNet50_b256_224x224_train.json"),
     ("MobileNet train", "MobileNet_b512_224x224_train.json"),
 ]
 QUICK = {"random_layered_n100", "fcn_8_vgg train", "VGG16 train"}
+DEFAULT = [label for label, _ in GRAPHS if label != "random_layered_n1000"]  # n1000: name it to run it
+SWEEP_SOLVERS = ("greedy", "blocks", "dtr", "auto")
 
 # (graph, budget fraction) -> (Checkmate TDI % / s, Moccasin TDI % / s), from the shared README
 PUBLISHED = {
     ("random_layered_n250", 0.9): ("0.9 / 685", "0.9 / 55"),
     ("random_layered_n250", 0.8): ("no solution", "4.9 / 640"),
+    ("random_layered_n1000", 0.9): ("no solution", "0.7 / 3613"),
+    ("random_layered_n1000", 0.8): ("no solution", "3.4 / 3612"),
     ("fcn_8_vgg train", 0.9): ("0.0 / 6.3", "0.0 / 3.1"),
     ("fcn_8_vgg train", 0.8): ("0.1 / 5.6", "0.1 / 3.1"),
     ("ResNet50 train", 0.9): ("0.1 / 434", "0.2 / 65"),
@@ -88,13 +102,49 @@ def sim_speed() -> None:
     print(f"simulator: 10^6 steps in {1e3 * best:.1f} ms (best of 5)")
 
 
+def sweep_graphs() -> list[tuple[str, sft.Graph]]:
+    out = [(p.stem, sft.Graph.from_json(p)) for p in sorted(DATA.glob("random_layered_n*.json"))]
+    out += [(f"generated layered n{n}", sft.graphs.random_layered(n, seed=0)) for n in (400, 1000)]
+    out.append(("transformer L6 step", sft.graphs.transformer_graph(6)))
+    return out
+
+
+def sweep(time_limit: float, threads: int) -> None:
+    """Every budget from 1.0 of the peak down to the feasibility bound, in steps of 0.05."""
+    print(
+        f"budget sweep: cells overhead % / seconds to the first schedule (auto: to its best; "
+        f"time limit {time_limit:g} s); '-' = no schedule; order='auto'"
+    )
+    for label, g in sweep_graphs():
+        peak = g.peak_memory()
+        lo, _ = g.min_budget()
+        solvers = [s for s in SWEEP_SOLVERS if s != "blocks" or g.has_blocks]
+        print(f"{label}: {g.n} nodes, feasibility bound {lo / peak:.3f} of the peak")
+        print(f"  {'budget':>6s} " + " ".join(f"{s:>22s}" for s in solvers))
+        frac = 1.0
+        while frac * peak >= lo - 1e-9:
+            cells = []
+            for s in solvers:
+                plan = sft.Planner(
+                    g, max(lo, int(frac * peak)), solver=s, time_limit=time_limit, threads=threads
+                ).solve()
+                if plan.overhead is None:
+                    cells.append(f"- ({plan.solve_time:.2f} s)")
+                else:
+                    who = f" {plan.solver}" if s == "auto" else ""
+                    cells.append(f"{100 * plan.overhead:.2f} / {plan.time_to_best or 0.0:.3f}{who}")
+            print(f"  {frac:6.2f} " + " ".join(f"{c:>22s}" for c in cells), flush=True)
+            frac = round(frac - 0.05, 2)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--time-limit", type=float, default=120.0, help="seconds per Moccasin/Checkmate solve")
     ap.add_argument("--quick", action="store_true", help="10 s limit, small graphs only")
     ap.add_argument("--threads", type=int, default=2, help="CP-SAT workers (default 2)")
     ap.add_argument("--max-copies", type=int, default=2, help="Moccasin's C")
-    ap.add_argument("--solvers", default="moccasin,checkmate,chen,greedy")
+    ap.add_argument("--solvers", default="moccasin,checkmate,chen,greedy,dtr,auto")
+    ap.add_argument("--sweep", action="store_true", help="budget sweep with the fast solvers and auto")
     ap.add_argument("--graphs", default="", help="comma-separated subset of graph labels")
     ap.add_argument("--budgets", default="0.9,0.8", help="comma-separated budget fractions")
     ap.add_argument(
@@ -109,7 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"graphs not found at {DATA}", file=sys.stderr)
         return 1
     tl = 10.0 if args.quick else args.time_limit
+    print(cpu_line())
     sim_speed()
+    if args.sweep:
+        sweep(tl, args.threads)
+        return 0
     solvers = args.solvers.split(",")
     # columns: (label, solver, order)
     if args.order == "both":
@@ -135,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick and label not in QUICK:
             continue
         if args.graphs and label not in args.graphs.split(","):
+            continue
+        if not args.graphs and label not in DEFAULT:
             continue
         g = sft.Graph.from_json(DATA / fname)
         for frac in [float(x) for x in args.budgets.split(",")]:

@@ -932,21 +932,53 @@ static int arg_csr(PyArrayObject **ptr, PyArrayObject **idx, PyObject *ptr_o, Py
     return 0;
 }
 
-/* Checks that memory/duration are (n,) int64 arrays of non-negative values. */
+/* Checks that memory/duration are (n,) int64 arrays of non-negative values, each summing to less
+ * than 2**62 (as sparseft.Graph guarantees): the resident memory of any schedule then fits in int64,
+ * and so does the duration of a schedule computing every node at most twice (the kernels check
+ * longer ones as they add). */
 static int arg_costs(PyArrayObject **mem, PyArrayObject **dur, PyObject *mem_o, PyObject *dur_o) {
+    const int64_t limit = (int64_t)1 << 62;
     *mem = arg_i64(mem_o, "memory", -1, "");
     if (*mem == NULL) return -1;
     *dur = arg_i64(dur_o, "duration", PyArray_DIM(*mem, 0), "len(memory)");
     if (*dur == NULL) return -1;
     npy_intp n = PyArray_DIM(*mem, 0);
-    for (npy_intp i = 0; i < n; i++) {  // validation only: find a negative entry
-        if (i64(*mem)[i] < 0 || i64(*dur)[i] < 0) {
+    int64_t msum = 0, dsum = 0;
+    for (npy_intp i = 0; i < n; i++) {  // validation only: find a negative entry or a sum too large
+        int64_t m = i64(*mem)[i], d = i64(*dur)[i];
+        if (m < 0 || d < 0) {
             PyErr_Format(PyExc_ValueError,
                          "memory/duration: expected non-negative values, got %lld / %lld at %zd",
-                         (long long)i64(*mem)[i], (long long)i64(*dur)[i], (Py_ssize_t)i);
+                         (long long)m, (long long)d, (Py_ssize_t)i);
+            return -1;
+        }
+        msum = m >= limit - msum ? limit : msum + m;
+        dsum = d >= limit - dsum ? limit : dsum + d;
+        if (msum >= limit || dsum >= limit) {
+            PyErr_Format(PyExc_ValueError,
+                         "%s: expected values summing to less than 2**62 (so that schedule totals fit in "
+                         "int64), got a partial sum of 2**62 or more at index %zd",
+                         msum >= limit ? "memory" : "duration", (Py_ssize_t)i);
             return -1;
         }
     }
+    return 0;
+}
+
+/* Converts obj (a Python int) to an int64 in [lo, hi]; TypeError/ValueError naming the argument. */
+static int arg_int64(PyObject *obj, const char *name, long long lo, long long hi, long long *out) {
+    if (!PyLong_Check(obj) || PyBool_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected an int, got %s", name, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (overflow != 0 || v < lo || v > hi) {
+        PyErr_Format(PyExc_ValueError, "%s: expected an int in [%lld, %lld], got %R", name, lo, hi, obj);
+        return -1;
+    }
+    *out = v;
     return 0;
 }
 
@@ -990,16 +1022,11 @@ static PyObject *py_remat_compact(PyObject *self, PyObject *args, PyObject *kwar
     (void)self;
     static char *kwlist[] = {"steps", "pred_ptr", "pred_idx", "n", NULL};
     PyObject *so, *po, *io, *no;
-    long long nl;
-    // n + 1 row pointers must be countable
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO:remat_compact", kwlist, &so, &po, &io, &no) ||
-        arg_int(no, "n", INT64_MIN, PY_SSIZE_T_MAX - 1, &nl) < 0)
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO:remat_compact", kwlist, &so, &po, &io, &no))
         return NULL;
-    if (nl < 0) {
-        PyErr_Format(PyExc_ValueError, "n: expected a node count >= 0, got %lld", nl);
-        return NULL;
-    }
-    Py_ssize_t n = (Py_ssize_t)nl;
+    long long nll;
+    if (arg_int64(no, "n", 0, PY_SSIZE_T_MAX / 16, &nll) < 0) return NULL;
+    Py_ssize_t n = (Py_ssize_t)nll;
     PyArrayObject *steps = arg_i64(so, "steps", -1, ""), *ptr, *idx;
     if (steps == NULL || arg_csr(&ptr, &idx, po, io, "pred_ptr", "pred_idx", n) < 0) return NULL;
     npy_intp ns = PyArray_DIM(steps, 0), cap = 2 * ns + 1;
@@ -1023,25 +1050,42 @@ static PyObject *py_remat_compact(PyObject *self, PyObject *args, PyObject *kwar
     return res;
 }
 
-/* Runs a stage planner with a growing output buffer; returns (status, steps | None, peak, duration). */
-static PyObject *remat_run_planner(PyObject *args, PyObject *kwargs, int greedy) {
+enum { PLAN_STAGES, PLAN_GREEDY, PLAN_DTR };
+
+/* Runs a planner (kind: PLAN_*) with a growing output buffer; returns (status, steps | None, peak,
+ * duration). */
+static PyObject *remat_run_planner(PyObject *args, PyObject *kwargs, int kind) {
     static char *kw_stages[] = {"memory", "duration", "pred_ptr", "pred_idx", "succ_ptr", "succ_idx",
                                 "order",  "seg_end",  "budget",   "mem_exp",  "dist_exp", NULL};
     static char *kw_greedy[] = {"memory",   "duration", "pred_ptr", "pred_idx", "succ_ptr",
                                 "succ_idx", "order",    "budget",   NULL};
-    PyObject *mo, *dO, *po, *io, *spo, *sio, *oo, *sego = Py_None, *bo, *meo = NULL, *deo = NULL;
+    static char *kw_dtr[] = {"memory", "duration", "pred_ptr", "pred_idx",  "succ_ptr",  "succ_idx",
+                             "order",  "once",     "budget",   "heuristic", "lookahead", NULL};
+    PyObject *mo, *dO, *po, *io, *spo, *sio, *oo, *sego = Py_None, *onceo = Py_None, *bo, *meo = NULL,
+                                                  *deo = NULL;
     long long budget;
     double mem_exp = 1.0, dist_exp = 1.0;
-    int okp = greedy
-                  ? PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOO:remat_greedy", kw_greedy, &mo, &dO,
-                                                &po, &io, &spo, &sio, &oo, &bo)
-                  : PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOOOO:remat_plan_stages", kw_stages, &mo,
-                                                &dO, &po, &io, &spo, &sio, &oo, &sego, &bo, &meo, &deo);
-    if (!okp || arg_int(bo, "budget", INT64_MIN, INT64_MAX, &budget) < 0 ||
+    const char *heuristic = "full";
+    int lookahead = 0, okp;
+    if (kind == PLAN_GREEDY)
+        okp = PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOO:remat_greedy", kw_greedy, &mo, &dO, &po,
+                                          &io, &spo, &sio, &oo, &bo);
+    else if (kind == PLAN_DTR)
+        okp = PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOO|sp:remat_dtr", kw_dtr, &mo, &dO, &po, &io,
+                                          &spo, &sio, &oo, &onceo, &bo, &heuristic, &lookahead);
+    else
+        okp = PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOOOO:remat_plan_stages", kw_stages, &mo, &dO,
+                                          &po, &io, &spo, &sio, &oo, &sego, &bo, &meo, &deo);
+    if (!okp || arg_int64(bo, "budget", 0, LLONG_MAX, &budget) < 0 ||
         (meo != NULL && arg_real(meo, "mem_exp", &mem_exp) < 0) ||
         (deo != NULL && arg_real(deo, "dist_exp", &dist_exp) < 0))
         return NULL;
-    PyArrayObject *mem, *dur, *ptr, *idx, *sptr, *sidx, *order, *seg = NULL;
+    int hcode = strcmp(heuristic, "eq") == 0 ? REMAT_DTR_EQ : REMAT_DTR_FULL;
+    if (strcmp(heuristic, "full") != 0 && strcmp(heuristic, "eq") != 0) {
+        PyErr_Format(PyExc_ValueError, "heuristic: expected 'full' or 'eq', got '%s'", heuristic);
+        return NULL;
+    }
+    PyArrayObject *mem, *dur, *ptr, *idx, *sptr, *sidx, *order, *seg = NULL, *once = NULL;
     if (arg_costs(&mem, &dur, mo, dO) < 0) return NULL;
     npy_intp n = PyArray_DIM(mem, 0);
     if (arg_csr(&ptr, &idx, po, io, "pred_ptr", "pred_idx", n) < 0) return NULL;
@@ -1052,9 +1096,9 @@ static PyObject *remat_run_planner(PyObject *args, PyObject *kwargs, int greedy)
         return NULL;
     }
     if (sego != Py_None && (seg = arg_i64(sego, "seg_end", n, "number of nodes")) == NULL) return NULL;
-    if (budget < 0) {
-        PyErr_Format(PyExc_ValueError, "budget: expected a non-negative byte count, got %lld", budget);
-        return NULL;
+    if (onceo != Py_None) {
+        if ((once = arg_array(onceo, "once", NPY_BOOL, 1)) == NULL) return NULL;
+        if (arg_dim(once, "once", 0, n, "number of nodes") < 0) return NULL;
     }
     if (!(mem_exp >= 0.0 && mem_exp <= 16.0) || !(dist_exp >= 0.0 && dist_exp <= 16.0)) {
         char msg[160];
@@ -1070,10 +1114,14 @@ static PyObject *remat_run_planner(PyObject *args, PyObject *kwargs, int greedy)
         int64_t info[3];
         int rc;
         int64_t *o = (int64_t *)PyArray_DATA(out);
+        const uint8_t *once_p = once ? (const uint8_t *)PyArray_DATA(once) : NULL;
         Py_BEGIN_ALLOW_THREADS
-        if (greedy)
+        if (kind == PLAN_GREEDY)
             rc = remat_greedy(o, info, i64(mem), i64(dur), i64(ptr), i64(idx), i64(sptr), i64(sidx),
                               i64(order), (int64_t)n, (int64_t)budget, (int64_t)cap);
+        else if (kind == PLAN_DTR)
+            rc = remat_dtr(o, info, i64(mem), i64(dur), i64(ptr), i64(idx), i64(sptr), i64(sidx), i64(order),
+                           once_p, (int64_t)n, (int64_t)budget, hcode, lookahead, (int64_t)cap);
         else
             rc = remat_plan_stages(o, info, i64(mem), i64(dur), i64(ptr), i64(idx), i64(sptr), i64(sidx),
                                    i64(order), seg ? i64(seg) : NULL, (int64_t)n, (int64_t)budget, mem_exp,
@@ -1101,12 +1149,12 @@ static PyObject *remat_run_planner(PyObject *args, PyObject *kwargs, int greedy)
 
 static PyObject *py_remat_plan_stages(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
-    return remat_run_planner(args, kwargs, 0);
+    return remat_run_planner(args, kwargs, PLAN_STAGES);
 }
 
 static PyObject *py_remat_greedy(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
-    return remat_run_planner(args, kwargs, 1);
+    return remat_run_planner(args, kwargs, PLAN_GREEDY);
 }
 
 /* ---- sparse ---- */
@@ -1914,6 +1962,13 @@ fail:
     return NULL;
 }
 
+/* ---- planner: DTR ---- */
+
+static PyObject *py_remat_dtr(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    return remat_run_planner(args, kwargs, PLAN_DTR);
+}
+
 /* ---- module -------------------------------------------------------------------------------- */
 
 /* ---- rws ----------------------------------------------------------------------------------- */
@@ -2358,6 +2413,13 @@ static PyMethodDef methods[] = {
      "attention_backward(do, q, k, v, o, lse, causal, scale) -> (dq, dk, dv)\n\nProbabilities recomputed "
      "tile "
      "by tile from lse."},
+    /* planner: DTR */
+    {"remat_dtr", (PyCFunction)(void (*)(void))py_remat_dtr, METH_VARARGS | METH_KEYWORDS,
+     "remat_dtr(memory, duration, pred_ptr, pred_idx, succ_ptr, succ_idx, order, once, budget, "
+     "heuristic='full', lookahead=False) -> (status, steps | None, peak, duration)\n\nDynamic Tensor "
+     "Rematerialization over order: evict the resident output with the lowest cost / (memory * staleness) "
+     "(or * distance to next use with lookahead); heuristic 'full' (exact evicted neighbourhood) or 'eq' "
+     "(union-find classes). once: None or (n,) bool, nodes never recomputed."},
     {NULL, NULL, 0, NULL},
 };
 

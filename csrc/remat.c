@@ -87,10 +87,15 @@ int remat_simulate(int64_t *result, int64_t *profile, const int64_t *steps, cons
                 }
             }
             if (status != REMAT_OK) break;
+            if (__builtin_add_overflow(dur, duration[v], &dur)) {
+                result[2] = s;
+                result[3] = v;
+                status = REMAT_EOVERFLOW;
+                break;
+            }
             resident[v] = 1;
             computed[v] = 1;
             cur += memory[v];
-            dur += duration[v];
             if (cur > peak) peak = cur;
         } else {
             if (!resident[v]) {
@@ -222,8 +227,17 @@ static int cmp_i64(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* first position > t among the sorted successor positions of u, or INT64_MAX */
-static int64_t next_use(const int64_t *spos, int64_t *cursor, const int64_t *succ_ptr, int64_t u, int64_t t) {
+void remat_sorted_use_positions(int64_t *spos, int64_t *cursor, const int64_t *succ_ptr,
+                                const int64_t *succ_idx, const int64_t *pos, int64_t n) {
+    /* spos (succ_ptr[n],), cursor (n,), succ_ptr (n+1,), succ_idx (succ_ptr[n],), pos (n,) */
+    for (int64_t u = 0; u < n; u++) {
+        for (int64_t k = succ_ptr[u]; k < succ_ptr[u + 1]; k++) spos[k] = pos[succ_idx[k]];
+        qsort(spos + succ_ptr[u], (size_t)(succ_ptr[u + 1] - succ_ptr[u]), sizeof(int64_t), cmp_i64);
+        cursor[u] = succ_ptr[u];
+    }
+}
+
+int64_t remat_next_use(const int64_t *spos, int64_t *cursor, const int64_t *succ_ptr, int64_t u, int64_t t) {
     int64_t end = succ_ptr[u + 1];
     /* advance past uses at or before stage t (t only grows, so this is amortized O(1)) */
     while (cursor[u] < end && spos[cursor[u]] <= t) cursor[u]++;
@@ -266,7 +280,7 @@ int remat_plan_stages(int64_t *out_steps, int64_t *info, const int64_t *memory, 
     info[0] = info[1] = info[2] = 0;
     size_t nn = (size_t)(n > 0 ? n : 1);
     size_t ne = (size_t)(succ_ptr[n] > 0 ? succ_ptr[n] : 1);
-    int64_t *pos = (int64_t *)malloc(nn * sizeof(int64_t));
+    int64_t *pos = (int64_t *)calloc(nn, sizeof(int64_t));
     int64_t *spos = (int64_t *)malloc(ne * sizeof(int64_t));
     int64_t *cursor = (int64_t *)malloc(nn * sizeof(int64_t));
     int64_t *cnt = (int64_t *)calloc(nn, sizeof(int64_t));
@@ -286,10 +300,8 @@ int remat_plan_stages(int64_t *out_steps, int64_t *info, const int64_t *memory, 
     /* position of every node in the order */
     for (int64_t t = 0; t < n; t++) pos[order[t]] = t;
     /* successor positions, sorted per node, for next-use queries */
+    remat_sorted_use_positions(spos, cursor, succ_ptr, succ_idx, pos, n);
     for (int64_t u = 0; u < n; u++) {
-        for (int64_t k = succ_ptr[u]; k < succ_ptr[u + 1]; k++) spos[k] = pos[succ_idx[k]];
-        qsort(spos + succ_ptr[u], (size_t)(succ_ptr[u + 1] - succ_ptr[u]), sizeof(int64_t), cmp_i64);
-        cursor[u] = succ_ptr[u];
         mark[u] = -1;
         seen[u] = -1;
     }
@@ -346,7 +358,7 @@ int remat_plan_stages(int64_t *out_steps, int64_t *info, const int64_t *memory, 
                 /* scan resident, unpinned nodes for the largest score */
                 for (int64_t u = 0; u < n; u++) {
                     if (!resident[u] || cnt[u] > 0) continue;
-                    int64_t nu = next_use(spos, cursor, succ_ptr, u, t);
+                    int64_t nu = remat_next_use(spos, cursor, succ_ptr, u, t);
                     double dist = nu == INT64_MAX ? (double)(n + 1) : (double)(nu - t);
                     double cost =
                         recompute_cost(seen, stack2, stamp++, resident, duration, pred_ptr, pred_idx, u, 256);
@@ -369,20 +381,23 @@ int remat_plan_stages(int64_t *out_steps, int64_t *info, const int64_t *memory, 
             resident[x] = 1;
             primary[x] = (x == v);
             cur += memory[x];
-            dur += duration[x];
+            if (__builtin_add_overflow(dur, duration[x], &dur)) {
+                status = REMAT_EOVERFLOW;
+                goto done;
+            }
             if (cur > peak) peak = cur;
             /* free inputs with no read left in this stage and no use in a later stage */
             for (int64_t k = pred_ptr[x]; k < pred_ptr[x + 1]; k++) {
                 int64_t p = pred_idx[k];
                 cnt[p]--;
-                if (cnt[p] == 0 && resident[p] && next_use(spos, cursor, succ_ptr, p, t) == INT64_MAX) {
+                if (cnt[p] == 0 && resident[p] && remat_next_use(spos, cursor, succ_ptr, p, t) == INT64_MAX) {
                     EMIT(-1 - p);
                     resident[p] = 0;
                     cur -= memory[p];
                 }
             }
             /* a node with no use left at all (e.g. a sink) is freed at once */
-            if (cnt[x] == 0 && next_use(spos, cursor, succ_ptr, x, t) == INT64_MAX) {
+            if (cnt[x] == 0 && remat_next_use(spos, cursor, succ_ptr, x, t) == INT64_MAX) {
                 EMIT(-1 - x);
                 resident[x] = 0;
                 cur -= memory[x];
@@ -435,7 +450,7 @@ int remat_greedy(int64_t *out_steps, int64_t *info, const int64_t *memory, const
     for (int e = 0; e < nexp; e++) {
         int st = remat_plan_stages(tmp, tinfo, memory, duration, pred_ptr, pred_idx, succ_ptr, succ_idx,
                                    order, NULL, n, budget, exps[e][0], exps[e][1], cap);
-        if (st == REMAT_ECAPACITY || st == REMAT_ENOMEM) {
+        if (st == REMAT_ECAPACITY || st == REMAT_ENOMEM || st == REMAT_EOVERFLOW) {
             status = st;
             break;
         }

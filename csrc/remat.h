@@ -26,6 +26,7 @@
 #define REMAT_ENOMEM 6       /* malloc failed */
 #define REMAT_EBUDGET 7      /* the heuristic could not stay within the budget */
 #define REMAT_ECAPACITY 8    /* the output buffer is too small */
+#define REMAT_EOVERFLOW 9    /* the total duration does not fit in int64 */
 
 /* Input checks used by the Python wrappers before calling the functions below.
  * remat_check_csr: 1 if ptr (n+1,) starts at 0, never decreases, ends at nidx, and every
@@ -74,5 +75,30 @@ int remat_plan_stages(int64_t *out_steps, int64_t *info, const int64_t *memory, 
 int remat_greedy(int64_t *out_steps, int64_t *info, const int64_t *memory, const int64_t *duration,
                  const int64_t *pred_ptr, const int64_t *pred_idx, const int64_t *succ_ptr,
                  const int64_t *succ_idx, const int64_t *order, int64_t n, int64_t budget, int64_t cap);
+
+/* DTR (Dynamic Tensor Rematerialization, Kirisame et al. 2021) over `order`: every node computed once
+ * in order, evicted inputs rematerialized on demand, and when an output would not fit the budget the
+ * resident output with the lowest h = cost / (memory * s) evicted (see dtr.c). heuristic:
+ * REMAT_DTR_FULL (cost = duration plus the exact evicted neighbourhood's) or REMAT_DTR_EQ (the
+ * neighbourhood approximated by union-find equivalence classes of evicted nodes, never split).
+ * lookahead: 0 for s = staleness (steps since the last access), 1 for s = distance in `order` to
+ * the next first use. once: (n,) or NULL; a node with once[v] != 0 is never evicted (computed once).
+ * A run that needs more than 8 n + 1024 computations gives up (REMAT_EBUDGET): it thrashes.
+ * Same outputs as remat_plan_stages; also REMAT_EOVERFLOW. */
+#define REMAT_DTR_FULL 0
+#define REMAT_DTR_EQ 1
+int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const int64_t *duration,
+              const int64_t *pred_ptr, const int64_t *pred_idx, const int64_t *succ_ptr,
+              const int64_t *succ_idx, const int64_t *order, const uint8_t *once, int64_t n, int64_t budget,
+              int heuristic, int lookahead, int64_t cap);
+
+/* Helpers shared by the planners.
+ * remat_sorted_use_positions: spos (succ_ptr[n],) out, the positions pos[] of each node's users,
+ * sorted per node; cursor (n,) out, set to succ_ptr[u].
+ * remat_next_use: the first position > t among u's sorted user positions, or INT64_MAX (t must
+ * never decrease between calls for the same cursor). */
+void remat_sorted_use_positions(int64_t *spos, int64_t *cursor, const int64_t *succ_ptr,
+                                const int64_t *succ_idx, const int64_t *pos, int64_t n);
+int64_t remat_next_use(const int64_t *spos, int64_t *cursor, const int64_t *succ_ptr, int64_t u, int64_t t);
 
 #endif

@@ -307,3 +307,18 @@ def attention_backward(
     causal: bool,
     scale: float,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+
+# ---- planner: DTR ----
+def remat_dtr(
+    memory: npt.NDArray[np.int64],
+    duration: npt.NDArray[np.int64],
+    pred_ptr: npt.NDArray[np.int64],
+    pred_idx: npt.NDArray[np.int64],
+    succ_ptr: npt.NDArray[np.int64],
+    succ_idx: npt.NDArray[np.int64],
+    order: npt.NDArray[np.int64],
+    once: npt.NDArray[np.bool_] | None,
+    budget: int,
+    heuristic: str = ...,
+    lookahead: bool = ...,
+) -> tuple[int, npt.NDArray[np.int64] | None, int, int]: ...

@@ -700,3 +700,190 @@ def adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
     p2 = p * (1 - lr * weight_decay)
     p2 = p2 - lr / (1 - beta1**step) * m2 / (np.sqrt(v2) / np.sqrt(1 - beta2**step) + eps)
     return p2, m2, v2
+
+
+# ---- remat ----
+def remat_dtr(memory, duration, preds, order, budget, once=None, heuristic="full", lookahead=False):
+    """Twin of ``_core.remat_dtr``: DTR over ``order`` with eviction by h = cost / (memory * span).
+
+    Every node is computed once in ``order``; non-resident inputs are rematerialized depth-first
+    (inputs in ``preds`` order, in two passes: the missing inputs first, each held once back while
+    the others stay evictable, then the rest held, rematerializing any evicted meanwhile). An output nobody can read again is freed at once. Before each
+    computation, while it would not fit ``budget``, the resident node with the lowest h (ties: the
+    lowest index) is evicted among those not read by a computation in progress, with memory > 0,
+    not ``once`` and rematerializable (no freed ``once`` node among the freed ancestors it would
+    need). cost = 1 + duration plus, for "full", 1 + duration of every node connected through
+    non-resident nodes (towards inputs: any; towards users: those still needed), or for "eq" the
+    duration sums of the union-find classes of its needed non-resident neighbours; span = steps
+    since the last access, or with ``lookahead`` the order distance to the next first use.
+    Returns (steps, peak, duration), or None when nothing can be evicted or the run needs more
+    than 8 n + 1024 computations.
+    """
+    n = len(memory)
+    once = [False] * n if once is None else [bool(x) for x in once]
+    succs = [[] for _ in range(n)]
+    for v in range(n):
+        for u in preds[v]:
+            succs[u].append(v)
+    pos = {v: t for t, v in enumerate(order)}
+    once_anc = [False] * n
+    for v in order:
+        once_anc[v] = once[v] or any(once_anc[u] for u in preds[v])
+    need = [len(succs[v]) for v in range(n)]
+    resident, computed = [False] * n, [False] * n
+    lock, last = [0] * n, [0] * n
+    parent, cls_cost = list(range(n)), [0] * n
+    steps: list[int] = []
+    state = {"cur": 0, "peak": 0, "total": 0, "clock": 0, "t": 0, "computes": 0}
+
+    def find(x):
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    def evicted(x):
+        return computed[x] and not resident[x] and need[x] > 0
+
+    def join(x):
+        cls_cost[find(x)] += duration[x]
+        for u in preds[x] + succs[x]:
+            if u != x and evicted(u):
+                a, b = find(u), find(x)
+                if a != b:
+                    parent[a] = b
+                    cls_cost[b] += cls_cost[a]
+
+    def release(x):
+        stack = [x]
+        while stack:
+            y = stack.pop()
+            if resident[y]:
+                steps.append(-1 - y)
+                resident[y] = False
+                state["cur"] -= memory[y]
+                continue
+            if heuristic == "eq":
+                cls_cost[find(y)] -= duration[y]
+            for u in preds[y]:
+                need[u] -= 1
+                if need[u] == 0:
+                    stack.append(u)
+
+    def cost(x):
+        if heuristic == "eq":
+            roots = {find(u) for u in preds[x] + succs[x] if evicted(u)}
+            return duration[x] + 1.0 + sum(float(cls_cost[r]) for r in roots)
+        seen, stack, c, visited = {x}, [x], duration[x] + 1.0, 0
+        while stack:
+            y = stack.pop()
+            for direction, nbrs in ((0, preds[y]), (1, succs[y])):
+                for u in nbrs:
+                    if u in seen or resident[u] or (direction and need[u] == 0):
+                        continue
+                    seen.add(u)
+                    c += duration[u] + 1.0
+                    visited += 1
+                    if visited >= 64:
+                        return c * 4.0
+                    stack.append(u)
+        return c
+
+    def rematerializable(x):
+        stack, seen = [x], set()
+        while stack:
+            for u in preds[stack.pop()]:
+                if u in seen or resident[u] or need[u] > 0:
+                    continue
+                if once[u]:
+                    return False
+                seen.add(u)
+                stack.append(u)
+        return True
+
+    def span(x):
+        if lookahead:
+            later = [pos[c] for c in succs[x] if pos[c] > state["t"]]
+            return float(min(later) - state["t"]) if later else float(n + 1)
+        return float(state["clock"] - last[x] + 1)
+
+    def evict(x):
+        resident[x] = False
+        state["cur"] -= memory[x]
+        if heuristic == "eq":
+            join(x)
+        stack = [x]
+        while stack:
+            for u in preds[stack.pop()]:
+                need[u] += 1
+                if need[u] == 1 and not resident[u]:
+                    if heuristic == "eq":
+                        join(u)
+                    stack.append(u)
+
+    def make_room(nbytes):
+        while state["cur"] + nbytes > budget:
+            cands = [
+                x
+                for x in range(n)
+                if resident[x] and lock[x] == 0 and memory[x] > 0 and not once[x] and rematerializable(x)
+            ]
+            if not cands:
+                return False
+            best = min(cands, key=lambda x: (cost(x) / (memory[x] * span(x)), x))
+            steps.append(-1 - best)
+            evict(best)
+        return True
+
+    def materialize(v):
+        # two passes over a frame's inputs: missing ones first (held once back), then the rest
+        frames = [[v, 0, set()]]
+        while frames:
+            x, i, held = frames[-1]
+            deg = len(preds[x])
+            if i < 2 * deg:
+                u = preds[x][i % deg]
+                if i % deg in held or (i < deg and resident[u]):
+                    frames[-1][1] += 1
+                elif resident[u]:
+                    lock[u] += 1
+                    held.add(i % deg)
+                    frames[-1][1] += 1
+                else:
+                    frames.append([u, 0, set()])
+                continue
+            state["computes"] += 1
+            if state["computes"] > 8 * n + 1024 or not make_room(memory[x]):
+                return False
+            steps.append(x)
+            state["total"] += duration[x]
+            resident[x] = True
+            state["cur"] += memory[x]
+            state["peak"] = max(state["peak"], state["cur"])
+            state["clock"] += 1
+            last[x] = state["clock"]
+            was_evicted = computed[x]
+            computed[x] = True
+            frames.pop()
+            for u in preds[x]:
+                lock[u] -= 1
+                last[u] = state["clock"]
+            if was_evicted:
+                if heuristic == "eq":
+                    cls_cost[find(x)] -= duration[x]
+                for u in preds[x]:
+                    need[u] -= 1
+                    if need[u] == 0:
+                        release(u)
+        return True
+
+    for t, v in enumerate(order):
+        state["t"] = t
+        if not materialize(v):
+            return None
+        for u in preds[v]:
+            need[u] -= 1
+            if need[u] == 0:
+                release(u)
+        if need[v] == 0:
+            release(v)
+    return steps, state["peak"], state["total"]

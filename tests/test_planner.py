@@ -17,7 +17,7 @@ from sparseft import _core
 
 from . import reference as ref
 
-SOLVERS = ["moccasin", "checkmate", "chen", "greedy", "none"]
+SOLVERS = ["moccasin", "checkmate", "chen", "greedy", "dtr", "auto", "none"]
 
 
 def preds_of(g: sft.Graph) -> list[list[int]]:
@@ -345,7 +345,7 @@ def test_budget_forms() -> None:
         (
             {"solver": "gurobi"},
             ValueError,
-            r"solver must be one of 'moccasin', 'checkmate', 'chen', 'greedy', 'blocks', 'none'; got 'gurobi'",
+            r"solver must be one of 'moccasin', 'checkmate', 'chen', 'greedy', 'blocks', 'dtr', 'auto', 'none'; got 'gurobi'",
         ),
         ({"time_limit": 0}, ValueError, r"time_limit must be a positive number of seconds, got 0"),
         (
@@ -723,3 +723,145 @@ def test_transformer_step_at_half_the_peak() -> None:
     assert plan.status in ("feasible", "optimal") and plan.peak_memory <= g.peak_memory() // 2
     counts = computes_per_node(plan)
     assert all(counts[v] == 1 for v, o in zip(g.nodes, g.once.tolist(), strict=True) if o)
+
+
+# ------------------------------------------------------------------ DTR, auto, tight budgets
+@st.composite
+def dtr_case(draw):
+    n = draw(st.integers(1, 14))
+    edges = [(u, v) for v in range(1, n) for u in range(v) if draw(st.integers(0, 3)) == 0]
+    mem = draw(st.lists(st.integers(0, 9), min_size=n, max_size=n))
+    dur = draw(st.lists(st.integers(0, 9), min_size=n, max_size=n))
+    once = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    g = sft.Graph(list(range(n)), edges, mem, dur, once=once if draw(st.booleans()) else None)
+    lo, _ = g.min_budget()
+    b = draw(st.integers(lo, max(lo, g.peak_memory())))
+    return g, b, draw(st.sampled_from(["full", "eq"])), draw(st.booleans())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dtr_case())
+def test_dtr_equals_the_python_reference_of_its_eviction_rule(case) -> None:
+    g, b, heuristic, lookahead = case
+    once = g.once if g.once.any() else None
+    rc, steps, peak, dur = _core.remat_dtr(
+        g.memory,
+        g.duration,
+        g.pred_ptr,
+        g.pred_idx,
+        g.succ_ptr,
+        g.succ_idx,
+        g.order_idx,
+        once,
+        b,
+        heuristic=heuristic,
+        lookahead=lookahead,
+    )
+    want = ref.remat_dtr(
+        g.memory.tolist(),
+        g.duration.tolist(),
+        preds_of(g),
+        g.order_idx.tolist(),
+        b,
+        None if once is None else once.tolist(),
+        heuristic,
+        lookahead,
+    )
+    if want is None:
+        assert rc == 7 and steps is None
+        return
+    assert rc == 0 and steps.tolist() == want[0] and (peak, dur) == want[1:]
+    # the schedule itself is valid, within budget, and computes once nodes once
+    rpeak, rdur, _ = ref.remat_simulate(steps.tolist(), g.memory.tolist(), g.duration.tolist(), preds_of(g))
+    assert (rpeak, rdur) == (peak, dur) and peak <= b
+    assert sft.simulate(g, [("compute", c) if c >= 0 else ("free", -1 - c) for c in steps.tolist()]) == (
+        peak,
+        dur,
+    )
+
+
+def test_dtr_evicts_by_its_rule_on_a_hand_checked_graph() -> None:
+    # a -> b -> c -> d and a -> d: at budget 3 (units of 1) computing c must evict one of a, b;
+    # b (one user left, already read) is the stalest of the two but a is read by d: h picks b? No:
+    # both staleness 1; cost(a) = 1 + 1, cost(b) = 1 + 1 + (c resident) -> tie broken by index: a.
+    g = sft.Graph(list("abcd"), [("a", "b"), ("b", "c"), ("c", "d"), ("a", "d")], [1, 1, 1, 1], [1, 1, 1, 1])
+    rc, steps, peak, dur = _core.remat_dtr(
+        g.memory, g.duration, g.pred_ptr, g.pred_idx, g.succ_ptr, g.succ_idx, g.order_idx, None, 3
+    )
+    assert rc == 0 and peak <= 3
+    want = ref.remat_dtr([1] * 4, [1] * 4, preds_of(g), g.order_idx.tolist(), 3)
+    assert steps.tolist() == want[0]
+    # at the no-remat peak (3: a, b, c resident... b freed after c) nothing is recomputed
+    assert dur == want[2] >= 4
+
+
+def check_budgets(g: sft.Graph, solver: str, fractions: list[float], time_limit: float) -> list[float]:
+    """Plan at each fraction of the peak that is not below the feasibility bound; return those where a
+    schedule was found (every schedule checked by the reference simulator, statuses honest)."""
+    peak = g.peak_memory()
+    lo, _ = g.min_budget()
+    found = []
+    for frac in fractions:
+        if frac * peak < lo:
+            continue
+        plan = sft.Planner(g, int(frac * peak), solver=solver, time_limit=time_limit, threads=1).solve()
+        check_schedule(g, plan)
+        assert plan.status in ("feasible", "optimal") or (plan.status == "infeasible" and plan.steps == [])
+        if plan.steps:
+            found.append(frac)
+    return found
+
+
+@pytest.mark.parametrize(("n", "seed"), [(50, 0), (200, 1), (700, 2), (2000, 3)])
+def test_dtr_valid_at_budgets_from_the_peak_to_the_bound_on_random_graphs(n: int, seed: int) -> None:
+    g = sft.graphs.random_layered(n, seed=seed)
+    fine = [round(1.0 - 0.05 * k, 2) for k in range(20)]
+    found = check_budgets(g, "dtr", fine if n <= 200 else [1.0, 0.95, 0.9, 0.7, 0.5, 0.3], 5)
+    # below the peak DTR recomputes; where it gives up the status says so ("infeasible", no steps)
+    assert found[:2] == [1.0, 0.95]
+
+
+def test_auto_reports_the_solver_that_found_its_schedule() -> None:
+    g = sft.graphs.transformer_graph(3, batch=2, seq=16, d_model=32, n_heads=2, vocab=17)
+    plan = sft.Planner(g, 0.4, solver="auto", time_limit=2, threads=1).solve()
+    check_schedule(g, plan)
+    assert plan.status in ("feasible", "optimal") and plan.solver in ("greedy", "blocks", "dtr", "moccasin")
+    # it is the best of what each heuristic alone finds
+    for solver in ("greedy", "blocks", "dtr"):
+        alone = sft.Planner(g, 0.4, solver=solver).solve()
+        if alone.duration is not None:
+            assert plan.duration <= alone.duration
+    fits = sft.Planner(g, 1.0, solver="auto", time_limit=2, threads=1).solve()
+    assert fits.solver == "none" and fits.status == "optimal"
+
+
+def test_moccasin_falls_back_to_dtr_where_nothing_else_fits(monkeypatch) -> None:
+    # the stage heuristics find nothing and CP-SAT has no time: DTR's schedule is returned, never
+    # "unknown" with no steps
+    g = sft.graphs.transformer_graph(2, batch=2, seq=16, d_model=32, n_heads=2, vocab=17)
+    b = int(0.6 * g.peak_memory())
+    dtr = sft.Planner(g, b, solver="dtr", order="given").solve()
+    assert dtr.steps
+    monkeypatch.setattr(sft.Planner, "_greedy", lambda self: (None, 0))
+    monkeypatch.setattr(sft.Planner, "_blocks", lambda self: (None, 0))
+    monkeypatch.setattr("sparseft.remat.solvers.moccasin.solve_moccasin", lambda *a, **k: _unknown())
+    plan = sft.Planner(g, b, solver="moccasin", time_limit=1, threads=1, order="given").solve()
+    check_schedule(g, plan)
+    assert plan.status == "feasible" and plan.duration == dtr.duration
+    auto = sft.Planner(g, b, solver="auto", time_limit=1, threads=1, order="given").solve()
+    assert auto.solver == "dtr" and auto.duration == dtr.duration
+
+
+def _unknown():
+    from sparseft.remat.solvers.moccasin import SolverResult
+
+    return SolverResult(None, "unknown", None, None)
+
+
+def test_budget_below_the_bound_names_the_bound() -> None:
+    g = sft.graphs.random_layered(40, seed=0)
+    lo, node = g.min_budget()
+    with pytest.raises(
+        ValueError, match=rf"budget {lo - 1} is below the minimum feasible budget {lo} .*{node!r}"
+    ):
+        sft.Planner(g, lo - 1, solver="dtr")

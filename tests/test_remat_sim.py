@@ -18,8 +18,9 @@ def preds_of(g: sft.Graph) -> list[list[int]]:
 
 
 def csim(g: sft.Graph, steps: list[int], profile: bool = True):
-    return _core.remat_simulate(np.array(steps, dtype=np.int64), g.memory, g.duration, g.pred_ptr, g.pred_idx,
-                                profile=profile)
+    return _core.remat_simulate(
+        np.array(steps, dtype=np.int64), g.memory, g.duration, g.pred_ptr, g.pred_idx, profile=profile
+    )
 
 
 @st.composite
@@ -97,7 +98,10 @@ def test_error_codes_and_messages() -> None:
     assert csim(g, [-2])[0] == 4  # free of a non-resident node
     assert csim(g, [0, 1])[0] == 5  # c never computed
     assert csim(g, [7])[0] == 1  # not a node
-    with pytest.raises(ValueError, match=r"steps\[1\] \(compute 'c'\) computes a node whose input is not resident \(missing input 'b'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"steps\[1\] \(compute 'c'\) computes a node whose input is not resident \(missing input 'b'\)",
+    ):
         sft.simulate(g, [("compute", "a"), ("compute", "c")])
     with pytest.raises(ValueError, match=r"steps\[0\] \(free 'b'\) frees a node that is not resident"):
         sft.simulate(g, [("free", "b")])
@@ -114,12 +118,16 @@ def test_error_codes_and_messages() -> None:
 
 def test_simulate_steps_type_errors() -> None:
     g = sft.Graph([0, 1], [(0, 1)], [1, 2], [1, 1])
-    with pytest.raises(TypeError, match=r'steps must be a list of \("compute" \| "free", node\) pairs, got NoneType'):
+    with pytest.raises(
+        TypeError, match=r'steps must be a list of \("compute" \| "free", node\) pairs, got NoneType'
+    ):
         sft.simulate(g, None)
     with pytest.raises(TypeError, match=r"steps must be a list .* got int"):
         sft.simulate(g, 3)
     # bools are never node ids (Graph rejects them), although True == 1
-    with pytest.raises(TypeError, match=r"steps\[1\]: node must be a node id \(an int or str\), got bool True"):
+    with pytest.raises(
+        TypeError, match=r"steps\[1\]: node must be a node id \(an int or str\), got bool True"
+    ):
         sft.simulate(g, [("compute", 0), ("compute", True)])
     with pytest.raises(TypeError, match=r"steps\[0\]: node must be a node id .* got bool (np\.)?False_?"):
         sft.simulate(g, [("compute", np.bool_(False))])
@@ -134,7 +142,10 @@ def test_simulate_duration_past_int64_is_an_error() -> None:
     twice = [("compute", 0), ("compute", 1), ("free", 1), ("free", 0)] * 2
     assert sft.simulate(g, twice) == (2, 2**63 - 2)
     # ... a third time would wrap the C simulator's int64 sum: an error, not a wrapped duration
-    with pytest.raises(ValueError, match=r"steps: the total duration of the computations, 13835058055282163709, does not fit in int64"):
+    with pytest.raises(
+        ValueError,
+        match=r"steps: the total duration of the computations, 13835058055282163709, does not fit in int64",
+    ):
         sft.simulate(g, twice + twice[:4])
     codes = np.array([0, 1, -2, -1] * 3, dtype=np.int64)
     with pytest.raises(ValueError, match=r"does not fit in int64"):
@@ -146,15 +157,25 @@ def test_core_argument_validation() -> None:
     steps = np.array([0, 1], dtype=np.int64)
     with pytest.raises(TypeError, match=r"steps: expected dtype int64, got int32"):
         _core.remat_simulate(steps.astype(np.int32), g.memory, g.duration, g.pred_ptr, g.pred_idx)
-    with pytest.raises(ValueError, match=r"duration: expected axis 0 of length 2 \(len\(memory\)\), got shape \(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"duration: expected axis 0 of length 2 \(len\(memory\)\), got shape \(3,\)"
+    ):
         _core.remat_simulate(steps, g.memory, np.ones(3, dtype=np.int64), g.pred_ptr, g.pred_idx)
     with pytest.raises(ValueError, match=r"pred_ptr/pred_idx: expected a CSR adjacency of 2 nodes"):
         _core.remat_simulate(steps, g.memory, g.duration, g.pred_ptr, np.array([5], dtype=np.int64))
     with pytest.raises(ValueError, match=r"memory/duration: expected non-negative values"):
         _core.remat_simulate(steps, np.array([1, -1], dtype=np.int64), g.duration, g.pred_ptr, g.pred_idx)
     with pytest.raises(ValueError, match=r"order: expected a permutation of 0..1"):
-        _core.remat_greedy(g.memory, g.duration, g.pred_ptr, g.pred_idx, g.succ_ptr, g.succ_idx,
-                           np.array([0, 0], dtype=np.int64), 10)
+        _core.remat_greedy(
+            g.memory,
+            g.duration,
+            g.pred_ptr,
+            g.pred_idx,
+            g.succ_ptr,
+            g.succ_idx,
+            np.array([0, 0], dtype=np.int64),
+            10,
+        )
     with pytest.raises(ValueError, match=r"steps: expected node ids in \[0, 2\)"):
         _core.remat_compact(np.array([0, 5], dtype=np.int64), g.pred_ptr, g.pred_idx, 2)
     # inputs are never modified
@@ -183,3 +204,83 @@ def test_million_steps_chain() -> None:
     bad = steps.copy()
     bad[2] = 1  # compute node 1 twice in a row
     assert _core.remat_simulate(bad, mem, dur, ptr, idx)[0] == 3
+
+
+def test_core_rejects_costs_whose_sums_overflow_int64() -> None:
+    # each value fits, their sum does not: the kernels would wrap to negative totals
+    g = sft.Graph([0, 1], [(0, 1)], [1, 1], [1, 1])
+    steps = np.array([0, 1], dtype=np.int64)
+    big = np.array([2**62, 2**62], dtype=np.int64)
+    small = np.ones(2, dtype=np.int64)
+    args = (g.pred_ptr, g.pred_idx)
+    with pytest.raises(ValueError, match=r"memory: expected values summing to less than 2\*\*62"):
+        _core.remat_simulate(steps, big, small, *args)
+    with pytest.raises(ValueError, match=r"duration: expected values summing to less than 2\*\*62"):
+        _core.remat_simulate(steps, small, big, *args)
+    top = np.array([2**63 - 1, 2**63 - 1], dtype=np.int64)
+    with pytest.raises(ValueError, match=r"duration: expected values summing to less than 2\*\*62"):
+        _core.remat_greedy(small, top, *args, g.succ_ptr, g.succ_idx, g.order_idx, 10)
+    with pytest.raises(ValueError, match=r"memory: expected values summing to less than 2\*\*62"):
+        _core.remat_dtr(top, small, *args, g.succ_ptr, g.succ_idx, g.order_idx, None, 10)
+    # a just-fitting sum is accepted
+    ok = np.array([2**61, 2**61 - 1], dtype=np.int64)
+    assert _core.remat_simulate(steps, ok, ok, *args)[:3] == (0, 2**62 - 1, 2**62 - 1)
+
+
+def test_core_simulate_reports_duration_overflow_from_recomputations() -> None:
+    # durations summing below 2**62, recomputed often enough to pass 2**63: status 9, not a wrap;
+    # the fourth computation of node 0 (steps[6]) reaches 4 * 2**61 = 2**63
+    g = sft.Graph([0, 1], [], [1, 1], [2**61, 1])
+    steps = np.array([0, -1, 0, -1, 0, -1, 0, -1, 0, 1], dtype=np.int64)
+    rc, _, total, bad_step, bad_node, _ = _core.remat_simulate(
+        steps, g.memory, g.duration, g.pred_ptr, g.pred_idx
+    )
+    assert (rc, bad_step, bad_node) == (9, 6, 0) and total == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        (
+            {"budget": 2**63},
+            ValueError,
+            r"budget: expected an int in \[0, 9223372036854775807\], got 9223372036854775808",
+        ),
+        ({"budget": -1}, ValueError, r"budget: expected an int in \[0, 9223372036854775807\], got -1"),
+        ({"budget": 1.5}, TypeError, r"budget: expected an int, got float"),
+        ({"budget": None}, TypeError, r"budget: expected an int, got NoneType"),
+        ({"heuristic": "lru"}, ValueError, r"heuristic: expected 'full' or 'eq', got 'lru'"),
+        (
+            {"once": np.zeros(3, dtype=bool)},
+            ValueError,
+            r"once: expected axis 0 of length 2 \(number of nodes\)",
+        ),
+        ({"once": np.zeros(2, dtype=np.int64)}, TypeError, r"once: expected dtype bool, got int64"),
+    ],
+)
+def test_core_dtr_argument_validation(kwargs: dict, exc: type, match: str) -> None:
+    g = sft.Graph([0, 1], [(0, 1)], [1, 1], [1, 1])
+    args = {"once": None, "budget": 10, **kwargs}
+    with pytest.raises(exc, match=match):
+        _core.remat_dtr(
+            g.memory,
+            g.duration,
+            g.pred_ptr,
+            g.pred_idx,
+            g.succ_ptr,
+            g.succ_idx,
+            g.order_idx,
+            args.pop("once"),
+            args.pop("budget"),
+            **args,
+        )
+
+
+def test_core_integer_arguments_name_themselves() -> None:
+    g = sft.Graph([0, 1], [(0, 1)], [1, 1], [1, 1])
+    with pytest.raises(ValueError, match=r"budget: expected an int in \[0, 9223372036854775807\]"):
+        _core.remat_greedy(
+            g.memory, g.duration, g.pred_ptr, g.pred_idx, g.succ_ptr, g.succ_idx, g.order_idx, 2**63
+        )
+    with pytest.raises(ValueError, match=r"n: expected an int in \[0, "):
+        _core.remat_compact(np.array([0, 1], dtype=np.int64), g.pred_ptr, g.pred_idx, 2**63)

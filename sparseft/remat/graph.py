@@ -1,8 +1,7 @@
 """Compute graphs for rematerialization planning.
 
 A :class:`Graph` is a directed acyclic graph whose nodes carry a ``memory`` (size of the
-node's output, e.g. in bytes) and a ``duration`` (cost of computing it). See DESIGN.md,
-"Remat memory model".
+node's output, e.g. in bytes) and a ``duration`` (cost of computing it). See docs/planner.md.
 """
 
 from __future__ import annotations

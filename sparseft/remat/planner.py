@@ -1,9 +1,10 @@
 """Rematerialization planning: choose what to keep and what to recompute under a memory budget.
 
-See DESIGN.md, "Remat memory model". Every planner here plans over "stage" schedules of a
-topological order (the class of Checkmate and Moccasin): the first computation of every node
-follows that order, and before each first computation some earlier nodes may be recomputed, in
-order position. Frees happen right after a copy's last read. With ``order="given"`` the order is
+See docs/planner.md for the memory model. Every planner here except DTR plans over "stage"
+schedules of a topological order (the class of Checkmate and Moccasin): the first computation of
+every node follows that order, and before each first computation some earlier nodes may be
+recomputed, in order position; DTR's schedules are general. Frees happen right after a copy's last
+read. With ``order="given"`` the order is
 :attr:`Graph.order` (the papers' class); with ``order="auto"`` (the default) the planner also plans
 over :meth:`Graph.low_memory_order` and returns the better schedule. Every schedule returned is
 checked by the C simulator before it is returned.
@@ -24,7 +25,10 @@ from sparseft.remat.graph import Graph, atomic_write_json
 
 __all__ = ["SOLVERS", "Planner", "Schedule", "simulate"]
 
-SOLVERS = ("moccasin", "checkmate", "chen", "greedy", "blocks", "none")
+SOLVERS = ("moccasin", "checkmate", "chen", "greedy", "blocks", "dtr", "auto", "none")
+# DTR variants the "dtr" solver runs, the cheapest first (each takes milliseconds where it succeeds;
+# one that thrashes can take seconds, so later variants start only within the time limit)
+_DTR_VARIANTS = (("eq", True), ("full", True), ("eq", False), ("full", False))
 ORDERS = ("given", "auto")
 # with order="auto" and two orders to plan over: the share of the time limit for the first
 # (the lower-peak order); the given order gets the rest
@@ -167,7 +171,8 @@ class Schedule:
         not proved optimal), "infeasible" (proved impossible for that class, or the heuristic
         could not meet the budget) or "unknown" (the time ran out before any schedule).
     solver : str
-        The solver that produced it.
+        The solver that produced it (for ``Planner(solver="auto")``: the one whose schedule won,
+        e.g. "moccasin", "dtr", "greedy", "blocks" or "none").
     budget : int
         The memory budget in the graph's memory unit.
     solve_time : float
@@ -319,8 +324,10 @@ class Planner:
         (0, 1] is a fraction of the no-rematerialization peak of :attr:`Graph.order`
         (``graph.peak_memory()``), rounded down, whatever ``order`` is: the same fraction
         gives the same byte budget under "given" and "auto".
-    solver : {"moccasin", "checkmate", "chen", "greedy", "none"}
-        "moccasin": the CP-SAT model of Bartan et al. (2023), hinted with the greedy schedule
+    solver : {"moccasin", "checkmate", "chen", "greedy", "blocks", "dtr", "auto", "none"}
+        "moccasin": the CP-SAT model of Bartan et al. (2023), hinted with the best stage-structured
+        heuristic schedule, and returning the best heuristic schedule of any kind (greedy, blocks,
+        DTR) when it finds nothing better in the time limit
         (when no heuristic schedule fits the budget: a soft-capacity model first shaves an
         over-budget start down to the budget, 5 s with the full CP-SAT portfolio, then with its
         neighbourhood search alone, and the model restarts from the first in-budget schedule);
@@ -330,8 +337,11 @@ class Planner:
         interval-splitting peak-shaving heuristic; "blocks": per-block checkpointing (keep each
         block's inputs, recompute a block's internals for its backward; needs a graph with
         ``block`` indices; see :mod:`sparseft.remat.solvers.blocks`), also one of Moccasin's
-        hints; "none": no recomputation. Every solver computes the nodes the graph marks
-        ``once`` exactly once.
+        hints; "dtr": Dynamic Tensor Rematerialization (Kirisame et al., 2021) in C, general
+        (not stage-structured) schedules, the best of its variants (see docs/planner.md);
+        "auto": the best schedule any of them finds within the time limit, with
+        :attr:`Schedule.solver` naming the solver that found it; "none": no recomputation. Every
+        solver computes the nodes the graph marks ``once`` exactly once.
     time_limit : float
         Seconds for the exact solvers (the whole :meth:`solve` call; with ``order="auto"`` and
         two orders to plan over, 2/3 of it goes to the lower-peak order, the rest to
@@ -450,6 +460,7 @@ class Planner:
         self._plan_graph = self._plan_graphs[0]
         self.plan_peak = self._plan_graph.peak_memory()
         self._limit = self.time_limit  # seconds since solve() began that the current order may use
+        self._deadline = math.inf  # perf_counter() time by which the current order's solve should end
 
     def _resolve_budget(self, budget: Any) -> int:
         if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)):
@@ -491,12 +502,14 @@ class Planner:
         t0 = time.perf_counter()
         fn = getattr(self, f"_solve_{self.solver}")
         results = []
+        self._sources: list[str] = []  # with "auto": the solver behind each order's result
         try:
             for k, pg in enumerate(self._plan_graphs):
                 elapsed = time.perf_counter() - t0
                 share = 1.0 if k == len(self._plan_graphs) - 1 else _FIRST_ORDER_SHARE
                 self._plan_graph, self.plan_peak = pg, pg.peak_memory()
                 self._limit = elapsed + max(0.01, share * (self.time_limit - elapsed))
+                self._deadline = t0 + self._limit
                 results.append(fn(t0))
                 if self._recomputes_nothing(results[-1][0]):
                     break  # nothing can be better
@@ -504,6 +517,10 @@ class Planner:
             self._plan_graph, self._limit = self._plan_graphs[0], self.time_limit
             self.plan_peak = self._plan_graph.peak_memory()
         codes, status, t_best, lower = _best_result(self.graph, results)
+        solver = self.solver
+        if solver == "auto":  # name the solver whose schedule won
+            won = next((k for k, r in enumerate(results) if codes is not None and r[0] is codes), None)
+            solver = self._sources[won] if won is not None else "auto"
         solve_time = time.perf_counter() - t0
         if codes is not None:
             codes = self._compact(codes)
@@ -514,7 +531,7 @@ class Planner:
             self.graph,
             codes,
             status=status,
-            solver=self.solver,
+            solver=solver,
             budget=self.budget,
             solve_time=solve_time,
             time_to_best=t_best,
@@ -564,10 +581,30 @@ class Planner:
 
         return self._best_within(block_schedules(self._plan_graph, self.budget))
 
-    def _heuristic(self) -> tuple[np.ndarray | None, int]:
-        """The best of the greedy heuristics and per-block checkpointing ((None, 0) if none fits)."""
-        cands = [c for c, _ in (self._greedy(), self._blocks()) if c is not None]
-        return self._best_within(cands)
+    def _dtr(self) -> tuple[np.ndarray | None, int]:
+        """The best DTR schedule within the budget over :data:`_DTR_VARIANTS` ((None, 0) if none)."""
+        g = self._plan_graph
+        once = g._once if g._has_once else None
+        found = []
+        for k, (heuristic, lookahead) in enumerate(_DTR_VARIANTS):
+            if k > 0 and time.perf_counter() > self._deadline:
+                break
+            rc, steps, _, _ = _core.remat_dtr(
+                g.memory,
+                g.duration,
+                g.pred_ptr,
+                g.pred_idx,
+                g.succ_ptr,
+                g.succ_idx,
+                g.order_idx,
+                once,
+                self.budget,
+                heuristic=heuristic,
+                lookahead=lookahead,
+            )
+            if rc == 0 and steps is not None:
+                found.append(steps)
+        return self._best_within(found)
 
     def _tight_hint(self) -> np.ndarray:
         """An over-budget start for Moccasin's soft model: the heuristic schedule with the lowest
@@ -608,6 +645,21 @@ class Planner:
         if steps is None:
             return None, "infeasible", None, None
         return steps, "feasible", time.perf_counter() - t0, None
+
+    def _solve_dtr(self, t0: float) -> tuple[np.ndarray | None, str, float | None, int | None]:
+        steps, _ = self._dtr()
+        if steps is None:
+            return None, "infeasible", None, None
+        return steps, "feasible", time.perf_counter() - t0, None
+
+    def _solve_auto(self, t0: float) -> tuple[np.ndarray | None, str, float | None, int | None]:
+        if self.plan_peak <= self.budget:
+            self._sources.append("none")
+            return self._solve_none(t0)
+        res = self._solve_moccasin(t0)
+        hint = self._last_hint
+        self._sources.append(hint[2] if res[0] is not None and res[0] is hint[0] else "moccasin")
+        return res
 
     def _solve_blocks(self, t0: float) -> tuple[np.ndarray | None, str, float | None, int | None]:
         steps, _ = self._blocks()
@@ -657,8 +709,21 @@ class Planner:
 
         if self.plan_peak <= self.budget:  # nothing to recompute: the planning order fits
             return self._solve_none(t0)
-        hint, hint_dur = self._heuristic()
-        t_hint: float | None = time.perf_counter() - t0
+        found = self._heuristics()
+        t_found = time.perf_counter() - t0
+        # the fallback: the best heuristic schedule of any kind; the model's hint: the best
+        # stage-structured one (DTR's general schedules are outside the model's class)
+        self._last_hint = min(
+            ((c, d, name) for name, (c, d) in found.items()), key=lambda x: x[1], default=(None, 0, "")
+        )
+        fallback = (
+            self._last_hint[0],
+            self._last_hint[1],
+            t_found if self._last_hint[0] is not None else None,
+        )
+        stage = [(c, d) for name, (c, d) in found.items() if name != "dtr"]
+        hint, hint_dur = min(stage, key=lambda x: x[1]) if stage else (None, 0)
+        t_hint: float | None = t_found
         args: dict[str, Any] = {
             "time_limit": self._limit,
             "max_copies": self.max_copies,
@@ -667,7 +732,7 @@ class Planner:
             "t0": t0,
         }
         if hint is None:
-            # no schedule within budget known: from an over-budget start (a looser heuristic
+            # no stage schedule within budget known: from an over-budget start (a looser heuristic
             # schedule, or no remat), shave the peak down to the budget first, and stop there
             start = self._tight_hint().tolist()
             # the full portfolio briefly (it settles small graphs, proving infeasibility or optimality) ...
@@ -687,16 +752,28 @@ class Planner:
                     **args,
                 )
             if first.computes is None or first.status == "optimal":
-                return self._best_of(first, None, 0, None)
+                return self._best_of(first, *fallback)
             try:
                 hint = self._compact(np.array(first.computes, dtype=np.int64))
                 _, hint_dur, _ = _sim(self.graph, hint, profile=False)
             except ValueError:  # never start from an invalid schedule
-                return self._best_of(first, None, 0, None)
+                return self._best_of(first, *fallback)
             t_hint = first.time_to_best
         # the plain model, hinted with an in-budget schedule
         res = solve_moccasin(self._plan_graph, self.budget, hint=hint.tolist(), **args)
+        if fallback[0] is not None and fallback[1] < hint_dur:
+            return self._best_of(res, *fallback)
         return self._best_of(res, hint, hint_dur, t_hint)
+
+    def _heuristics(self) -> dict[str, tuple[np.ndarray, int]]:
+        """The in-budget schedules of the fast heuristics, by solver name ("greedy", "blocks",
+        "dtr"): each the best of its variants, as (schedule, duration)."""
+        found = {}
+        for name, fn in (("greedy", self._greedy), ("blocks", self._blocks), ("dtr", self._dtr)):
+            codes, dur = fn()
+            if codes is not None:
+                found[name] = (codes, dur)
+        return found
 
     def _solve_checkmate(self, t0: float) -> tuple[np.ndarray | None, str, float | None, int | None]:
         from sparseft.remat.solvers.checkmate import solve_checkmate

@@ -89,44 +89,28 @@ def _peak_of(copies: list[list[tuple[int, int]]], mem: np.ndarray) -> int:
     return peak
 
 
-def solve_moccasin(
-    g: Graph,
-    budget: int,
-    *,
-    time_limit: float,
-    max_copies: int,
-    threads: int,
-    seed: int,
-    hint: Sequence[int] | None,
-    t0: float,
-    soft: bool = False,
-    stop_at_budget: bool = False,
-    lns_only: bool = False,
-    params: dict[str, Any] | None = None,
-    trace: list[tuple[float, float]] | None = None,
-    complete_hint: bool = True,
-) -> SolverResult:
-    """Build and solve the CP-SAT model; ``hint`` is a stage-structured schedule (node indices).
+@dataclass
+class _Model:
+    """A built CP-SAT model and the variables a hint and a decoder need: per node, per copy, the
+    start (an int or affine expression), end, presence, stage and size; ``reads[(u, j, v, i)]``:
+    copy j of u feeds copy i of v; ``cap``: the capacity variable of the soft model (else None)
+    and ``weight`` its objective weight."""
 
-    With ``soft`` (used when no schedule within the budget is known, e.g. the hint is the
-    no-remat schedule), the memory capacity is a variable ``cap`` in [budget, sum of memory] and
-    the objective is ``W * (cap - budget) + recomputation cost`` with ``W`` above any
-    recomputation cost: the hint is then a feasible solution, and the search shaves the peak
-    down to the budget (lexicographically first) before it lowers the duration. When that
-    objective could overflow int64 (memory and duration near 2**62 in total), it is
-    ``cap - budget`` alone, and the lower bound returned is the total duration. Only solutions
-    with ``cap == budget`` are returned. With ``stop_at_budget`` as well, the search stops at
-    the first solution within the budget and returns it (status "feasible"): the caller then
-    restarts the plain model from it, whose search is faster than the weighted one.
-    ``lns_only`` runs CP-SAT's large-neighbourhood search alone (``use_lns_only``): on large
-    graphs it reaches a budget from an over-budget start several times sooner, but it proves
-    nothing (no infeasibility, no optimality).
-    ``params``: further CP-SAT parameters (name -> value), set last. ``trace``: if given, gets
-    ``(seconds since t0, objective)`` appended for every improving in-budget solution.
-    ``complete_hint``: hint every variable (also the interval sizes and which copy of each
-    input each computation reads), so that CP-SAT takes the hint as a solution at once instead
-    of searching for a completion of a partial one.
-    """
+    model: Any
+    n: int
+    pos: np.ndarray
+    starts: list[list[Any]]
+    ends: list[list[Any]]
+    present: list[list[Any]]
+    stages: list[list[Any]]
+    sizes: list[list[Any]]
+    reads: dict[tuple[int, int, int, int], Any]
+    cap: Any
+    weight: int
+
+
+def build_model(g: Graph, budget: int, *, max_copies: int, soft: bool) -> _Model:
+    """The CP-SAT model (see :func:`solve_moccasin` for ``soft``): copies, precedence, memory."""
     from ortools.sat.python import cp_model
 
     n = g.n
@@ -230,6 +214,7 @@ def solve_moccasin(
     # memory: the live copies never exceed the budget
     recompute = sum(c * x for c, x in zip(cost_coefs, cost_terms, strict=True)) if cost_terms else 0
     cap: Any = None
+    weight = 0
     if soft:
         cap_max = max(int(budget), int(mem.sum()))
         cap = m.new_int_var(int(budget), cap_max, "cap")
@@ -243,37 +228,103 @@ def solve_moccasin(
     else:
         m.add_cumulative(intervals, demands, int(budget))
         m.minimize(recompute)
+    return _Model(m, n, pos, starts, ends, present, stages, sizes, reads, cap, weight)
 
-    # hint: the best heuristic schedule, when it fits the copy limit
-    if hint is not None:
-        copies = hint_copies(hint, g, pos)
-        if copies is not None and all(len(copies[v]) <= len(starts[v]) for v in range(n)):
-            for v in range(n):
-                for i in range(len(starts[v])):
-                    if i < len(copies[v]):
-                        s0, e0 = copies[v][i]
-                        m.add_hint(ends[v][i], e0)
-                        if complete_hint:
-                            m.add_hint(sizes[v][i], e0 - s0)
-                        if i > 0:
-                            m.add_hint(present[v][i], True)
-                            m.add_hint(stages[v][i], s0 // n)
-                    else:
-                        m.add_hint(present[v][i], False)
-                        m.add_hint(stages[v][i], int(pos[v]) + 1)
-                        m.add_hint(ends[v][i], (int(pos[v]) + 1) * n + int(pos[v]) + 1)
-                        if complete_hint:
-                            m.add_hint(sizes[v][i], 1)
-            if complete_hint:
-                # which copy of each input every computation reads: the one live at that time
-                for (u, j, v, i), z in reads.items():
-                    live = False
-                    if i < len(copies[v]) and j < len(copies[u]):
-                        tv = copies[v][i][0]
-                        live = copies[u][j][0] <= tv < copies[u][j][1]
-                    m.add_hint(z, live)
-            if cap is not None:
-                m.add_hint(cap, max(int(budget), _peak_of(copies, mem)))
+
+def add_hint(mo: _Model, g: Graph, budget: int, hint: Sequence[int] | None, *, complete_hint: bool) -> None:
+    """Hint the model with a stage-structured schedule (node indices), when it fits the copy limit;
+    with ``complete_hint`` every variable, so that CP-SAT takes it as a solution at once."""
+    if hint is None:
+        return
+    n, pos, mem = mo.n, mo.pos, g.memory
+    starts, ends, present, stages, sizes = mo.starts, mo.ends, mo.present, mo.stages, mo.sizes
+    copies = hint_copies(hint, g, pos)
+    if copies is None or any(len(copies[v]) > len(starts[v]) for v in range(n)):
+        return
+    for v in range(n):
+        for i in range(len(starts[v])):
+            if i < len(copies[v]):
+                s0, e0 = copies[v][i]
+                mo.model.add_hint(ends[v][i], e0)
+                if complete_hint:
+                    mo.model.add_hint(sizes[v][i], e0 - s0)
+                if i > 0:
+                    mo.model.add_hint(present[v][i], True)
+                    mo.model.add_hint(stages[v][i], s0 // n)
+            else:
+                mo.model.add_hint(present[v][i], False)
+                mo.model.add_hint(stages[v][i], int(pos[v]) + 1)
+                mo.model.add_hint(ends[v][i], (int(pos[v]) + 1) * n + int(pos[v]) + 1)
+                if complete_hint:
+                    mo.model.add_hint(sizes[v][i], 1)
+    if complete_hint:
+        # which copy of each input every computation reads: the one live at that time
+        for (u, j, v, i), z in mo.reads.items():
+            live = False
+            if i < len(copies[v]) and j < len(copies[u]):
+                tv = copies[v][i][0]
+                live = copies[u][j][0] <= tv < copies[u][j][1]
+            mo.model.add_hint(z, live)
+    if mo.cap is not None:
+        mo.model.add_hint(mo.cap, max(int(budget), _peak_of(copies, mem)))
+
+
+def decode(mo: _Model, value: Any, boolean_value: Any) -> list[int]:
+    """The compute sequence (node indices, in time order) of a solution read by ``value``."""
+    events = []
+    for v in range(mo.n):
+        for i in range(len(mo.starts[v])):
+            if i == 0 or boolean_value(mo.present[v][i]):
+                t_v = int(mo.starts[v][0]) if i == 0 else int(value(mo.stages[v][i])) * mo.n + int(mo.pos[v])
+                events.append((t_v, v))
+    events.sort()
+    return [v for _, v in events]
+
+
+def solve_moccasin(
+    g: Graph,
+    budget: int,
+    *,
+    time_limit: float,
+    max_copies: int,
+    threads: int,
+    seed: int,
+    hint: Sequence[int] | None,
+    t0: float,
+    soft: bool = False,
+    stop_at_budget: bool = False,
+    lns_only: bool = False,
+    params: dict[str, Any] | None = None,
+    trace: list[tuple[float, float]] | None = None,
+    complete_hint: bool = True,
+) -> SolverResult:
+    """Build (:func:`build_model`), hint (:func:`add_hint`) and solve the CP-SAT model, and decode
+    (:func:`decode`) the best solution; ``hint`` is a stage-structured schedule (node indices).
+
+    With ``soft`` (used when no schedule within the budget is known, e.g. the hint is the
+    no-remat schedule), the memory capacity is a variable ``cap`` in [budget, sum of memory] and
+    the objective is ``W * (cap - budget) + recomputation cost`` with ``W`` above any
+    recomputation cost: the hint is then a feasible solution, and the search shaves the peak
+    down to the budget (lexicographically first) before it lowers the duration. When that
+    objective could overflow int64 (memory and duration near 2**62 in total), it is
+    ``cap - budget`` alone, and the lower bound returned is the total duration. Only solutions
+    with ``cap == budget`` are returned. With ``stop_at_budget`` as well, the search stops at
+    the first solution within the budget and returns it (status "feasible"): the caller then
+    restarts the plain model from it, whose search is faster than the weighted one.
+    ``lns_only`` runs CP-SAT's large-neighbourhood search alone (``use_lns_only``): on large
+    graphs it reaches a budget from an over-budget start several times sooner, but it proves
+    nothing (no infeasibility, no optimality).
+    ``params``: further CP-SAT parameters (name -> value), set last. ``trace``: if given, gets
+    ``(seconds since t0, objective)`` appended for every improving in-budget solution.
+    ``complete_hint``: hint every variable (also the interval sizes and which copy of each
+    input each computation reads), so that CP-SAT takes the hint as a solution at once instead
+    of searching for a completion of a partial one.
+    """
+    from ortools.sat.python import cp_model
+
+    mo = build_model(g, budget, max_copies=max_copies, soft=soft)
+    add_hint(mo, g, budget, hint, complete_hint=complete_hint)
+    m, cap, weight, dur = mo.model, mo.cap, mo.weight, g.duration
 
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = max(0.01, float(time_limit) - (time.perf_counter() - t0))
@@ -284,15 +335,7 @@ def solve_moccasin(
         setattr(solver.parameters, key, val)
 
     def computes(value: Any, boolean_value: Any) -> list[int]:
-        """The compute sequence of a solution, in time order."""
-        events = []
-        for v in range(n):
-            for i in range(len(starts[v])):
-                if i == 0 or boolean_value(present[v][i]):
-                    t_v = int(starts[v][0]) if i == 0 else int(value(stages[v][i])) * n + int(pos[v])
-                    events.append((t_v, v))
-        events.sort()
-        return [v for _, v in events]
+        return decode(mo, value, boolean_value)
 
     class _Cb(cp_model.CpSolverSolutionCallback):
         def __init__(self) -> None:

@@ -1,0 +1,399 @@
+/* dtr.c: Dynamic Tensor Rematerialization (Kirisame et al., ICLR 2021) as a static planner.
+ *
+ * The nodes are computed once each in `order`. Before a computation, evicted inputs are
+ * rematerialized (recursively, from their own inputs). When the output would not fit the budget,
+ * the resident output with the lowest h = cost / (memory * s) is evicted, where cost is the node's
+ * duration plus that of its evicted neighbourhood (the evicted nodes connected to it through evicted
+ * nodes, which rematerializing it or its users would also recompute) and s is its staleness (steps
+ * since its last access) or, with lookahead, the distance in `order` to its next first use. Outputs
+ * no computation can read again are freed at once; evicting a node whose inputs were freed makes them
+ * needed again (they are rematerialized from their own inputs, back to the sources if need be). A
+ * node marked once is never evicted, and neither is a node whose rematerialization would need a
+ * freed once node.
+ * See remat.h for the memory model and the step encoding. No Python, no NumPy. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "remat.h"
+
+/* computations allowed per node (plus a constant): past 8 n + 1024 a run thrashes (evicts what it
+ * needs next, over and over) and gives up with REMAT_EBUDGET rather than run for minutes */
+#define DTR_COMPUTES_PER_NODE 8
+#define DTR_COMPUTES_EXTRA 1024
+/* exact neighbourhood search limit: past it, the cost found so far is scaled up as a penalty */
+#define DTR_NEIGHBOURHOOD_LIMIT 64
+
+typedef struct {
+    /* graph */
+    const int64_t *mem, *dur;   /* (n,) */
+    const int64_t *pptr, *pidx; /* predecessors: (n+1,), (edges,) */
+    const int64_t *sptr, *sidx; /* successors: (n+1,), (edges,) */
+    const uint8_t *once;        /* (n,) or NULL */
+    int64_t n, budget, cap;
+    int heuristic, lookahead;
+    /* per-node state */
+    uint8_t *resident, *computed;
+    uint8_t *once_anc; /* (n,) a once node is the node itself or one of its ancestors */
+    int64_t *lock;     /* (n,) reads held by computations in progress */
+    uint8_t *held;     /* (edges,) input edge k held by the frame of its node */
+    int64_t *need;     /* (n,) users not yet computed + evicted users that may be rematerialized */
+    int64_t *last;     /* (n,) clock of the last access */
+    int64_t *spos;     /* (edges,) users' positions in order, sorted per node */
+    int64_t *cursor;   /* (n,) first entry of spos past the current position */
+    int64_t *uf;       /* (n,) union-find parent over evicted nodes (DTR_EQ) */
+    int64_t *ufcost;   /* (n,) duration of a class's evicted members, at its root (DTR_EQ) */
+    int64_t *seen;     /* (n,) visit stamps */
+    int64_t *stack;    /* (n,) scratch: neighbourhood search, release cascade */
+    int64_t *frames;   /* (n,) rematerialization stack: node */
+    int64_t *fnext;    /* (n,) rematerialization stack: next input to check */
+    int64_t *live;     /* (n,) resident nodes, unordered */
+    int64_t *where;    /* (n,) index of a resident node in live */
+    int64_t nlive, stamp, cur, peak, total, clock, t, w, computes;
+    int64_t *out; /* (cap,) steps */
+} dtr_state;
+
+static int emit(dtr_state *s, int64_t code) {
+    if (s->w >= s->cap) return REMAT_ECAPACITY;
+    s->out[s->w++] = code;
+    return REMAT_OK;
+}
+
+static int64_t uf_find(int64_t *uf, int64_t x) {
+    while (uf[x] != x) {
+        uf[x] = uf[uf[x]]; /* path halving */
+        x = uf[x];
+    }
+    return x;
+}
+
+/* computed, not resident, and still needed: it will be rematerialized */
+static int is_evicted(const dtr_state *s, int64_t x) {
+    return s->computed[x] && !s->resident[x] && s->need[x] > 0;
+}
+
+static void live_add(dtr_state *s, int64_t x) {
+    s->where[x] = s->nlive;
+    s->live[s->nlive++] = x;
+}
+
+static void live_remove(dtr_state *s, int64_t x) {
+    int64_t k = s->where[x], y = s->live[--s->nlive];
+    s->live[k] = y;
+    s->where[y] = k;
+}
+
+/* x is no longer needed (need[x] reached 0): free it if resident; if it was evicted, its inputs
+ * lose a user that could read them, and those left unneeded follow. */
+static int release(dtr_state *s, int64_t x) {
+    int64_t sp = 0;
+    s->stack[sp++] = x;
+    while (sp > 0) {
+        int64_t y = s->stack[--sp];
+        if (s->resident[y]) {
+            int st = emit(s, -1 - y);
+            if (st != REMAT_OK) return st;
+            s->resident[y] = 0;
+            s->cur -= s->mem[y];
+            live_remove(s, y);
+            continue;
+        }
+        if (s->heuristic == REMAT_DTR_EQ) s->ufcost[uf_find(s->uf, y)] -= s->dur[y];
+        for (int64_t k = s->pptr[y]; k < s->pptr[y + 1]; k++) {
+            int64_t u = s->pidx[k];
+            if (--s->need[u] == 0) s->stack[sp++] = u;
+        }
+    }
+    return REMAT_OK;
+}
+
+/* Projected cost of rematerializing x: its duration plus that of its evicted neighbourhood. */
+static double dtr_cost(dtr_state *s, int64_t x) {
+    double cost = (double)s->dur[x] + 1.0;
+    int64_t stamp = ++s->stamp;
+    if (s->heuristic == REMAT_DTR_EQ) {
+        /* one term per equivalence class of evicted neighbours */
+        for (int pass = 0; pass < 2; pass++) {
+            const int64_t *ptr = pass ? s->sptr : s->pptr, *idx = pass ? s->sidx : s->pidx;
+            for (int64_t k = ptr[x]; k < ptr[x + 1]; k++) {
+                int64_t u = idx[k];
+                if (!is_evicted(s, u)) continue;
+                int64_t r = uf_find(s->uf, u);
+                if (s->seen[r] == stamp) continue;
+                s->seen[r] = stamp;
+                cost += (double)s->ufcost[r];
+            }
+        }
+        return cost;
+    }
+    /* exact: depth-first over the evicted nodes connected to x through evicted nodes, both
+     * directions; towards the inputs also through freed nodes, which its rematerialization recomputes */
+    int64_t sp = 0, visited = 0;
+    s->seen[x] = stamp;
+    s->stack[sp++] = x;
+    while (sp > 0) {
+        int64_t y = s->stack[--sp];
+        for (int pass = 0; pass < 2; pass++) {
+            const int64_t *ptr = pass ? s->sptr : s->pptr, *idx = pass ? s->sidx : s->pidx;
+            for (int64_t k = ptr[y]; k < ptr[y + 1]; k++) {
+                int64_t u = idx[k];
+                if (s->seen[u] == stamp || s->resident[u] || (pass && s->need[u] == 0)) continue;
+                s->seen[u] = stamp;
+                cost += (double)s->dur[u] + 1.0;
+                if (++visited >= DTR_NEIGHBOURHOOD_LIMIT) return cost * 4.0;
+                s->stack[sp++] = u;
+            }
+        }
+    }
+    return cost;
+}
+
+/* x can be rematerialized later: no freed once node among the non-resident ancestors it would need
+ * (an evicted ancestor keeps its own inputs needed, so it is rematerializable). */
+static int rematerializable(dtr_state *s, int64_t x) {
+    if (!s->once_anc[x]) return 1;
+    int64_t stamp = ++s->stamp, sp = 0;
+    s->stack[sp++] = x;
+    while (sp > 0) {
+        int64_t y = s->stack[--sp];
+        for (int64_t k = s->pptr[y]; k < s->pptr[y + 1]; k++) {
+            int64_t u = s->pidx[k];
+            if (s->seen[u] == stamp || s->resident[u] || s->need[u] > 0 || !s->once_anc[u]) continue;
+            if (s->once[u]) return 0;
+            s->seen[u] = stamp;
+            s->stack[sp++] = u;
+        }
+    }
+    return 1;
+}
+
+/* x can be evicted: resident, not read by a computation in progress, worth memory, allowed to be
+ * computed again, and rematerializable. */
+static int evictable(dtr_state *s, int64_t x) {
+    if (s->lock[x] > 0 || s->mem[x] == 0 || (s->once && s->once[x])) return 0;
+    return rematerializable(s, x);
+}
+
+/* x (a needed node, now not resident) adds its duration to its class and merges it with its evicted
+ * neighbours' classes (DTR_EQ; classes are never split, so a rematerialized node stays a member) */
+static void uf_join(dtr_state *s, int64_t x) {
+    s->ufcost[uf_find(s->uf, x)] += s->dur[x];
+    for (int pass = 0; pass < 2; pass++) {
+        const int64_t *ptr = pass ? s->sptr : s->pptr, *idx = pass ? s->sidx : s->pidx;
+        for (int64_t k = ptr[x]; k < ptr[x + 1]; k++) {
+            int64_t u = idx[k];
+            if (u == x || !is_evicted(s, u)) continue;
+            int64_t a = uf_find(s->uf, u), b = uf_find(s->uf, x);
+            if (a == b) continue;
+            s->uf[a] = b;
+            s->ufcost[b] += s->ufcost[a];
+        }
+    }
+}
+
+static void evict(dtr_state *s, int64_t x) {
+    s->resident[x] = 0;
+    s->cur -= s->mem[x];
+    live_remove(s, x);
+    if (s->heuristic == REMAT_DTR_EQ) uf_join(s, x);
+    /* rematerializing x will read its inputs: they stay needed while x is evicted, and freed ones
+     * become needed again (with their own inputs) */
+    int64_t sp = 0;
+    s->stack[sp++] = x;
+    while (sp > 0) {
+        int64_t y = s->stack[--sp];
+        for (int64_t k = s->pptr[y]; k < s->pptr[y + 1]; k++) {
+            int64_t u = s->pidx[k];
+            if (s->need[u]++ == 0 && !s->resident[u]) {
+                if (s->heuristic == REMAT_DTR_EQ) uf_join(s, u);
+                s->stack[sp++] = u;
+            }
+        }
+    }
+}
+
+/* Evict the lowest-h resident nodes until `bytes` more fit the budget. */
+static int make_room(dtr_state *s, int64_t bytes) {
+    while (s->cur + bytes > s->budget) {
+        int64_t best = -1;
+        double best_h = 0.0;
+        for (int64_t k = 0; k < s->nlive; k++) {
+            int64_t x = s->live[k];
+            if (!evictable(s, x)) continue;
+            double span;
+            if (s->lookahead) {
+                int64_t nu = remat_next_use(s->spos, s->cursor, s->sptr, x, s->t);
+                span = nu == INT64_MAX ? (double)(s->n + 1) : (double)(nu - s->t);
+            } else {
+                span = (double)(s->clock - s->last[x] + 1);
+            }
+            double h = dtr_cost(s, x) / ((double)s->mem[x] * span);
+            if (best < 0 || h < best_h || (h == best_h && x < best)) {
+                best = x;
+                best_h = h;
+            }
+        }
+        if (best < 0) return REMAT_EBUDGET;
+        int st = emit(s, -1 - best);
+        if (st != REMAT_OK) return st;
+        evict(s, best);
+    }
+    return REMAT_OK;
+}
+
+/* Compute v (not resident), rematerializing its evicted inputs first, depth-first. A frame makes two
+ * passes over its inputs: the first rematerializes the missing ones, holding each (a lock) once it
+ * is back, while the inputs resident from the start stay evictable; the second holds the rest,
+ * rematerializing any evicted meanwhile. Held inputs are released when the frame's node is computed.
+ * Locks thus cover only what a computation in progress needs, and every frame ends. */
+static int materialize(dtr_state *s, int64_t v) {
+    int64_t sp = 0;
+    s->frames[sp] = v;
+    s->fnext[sp++] = 0;
+    while (sp > 0) {
+        int64_t x = s->frames[sp - 1], i = s->fnext[sp - 1], deg = s->pptr[x + 1] - s->pptr[x];
+        if (i < 2 * deg) {
+            int64_t k = s->pptr[x] + i % deg, u = s->pidx[k];
+            if (s->held[k] || (i < deg && s->resident[u])) {
+                s->fnext[sp - 1]++; /* held already, or resident and left for the second pass */
+            } else if (s->resident[u]) {
+                s->lock[u]++;
+                s->held[k] = 1;
+                s->fnext[sp - 1]++;
+            } else {
+                s->frames[sp] = u; /* back here with u resident */
+                s->fnext[sp++] = 0;
+            }
+            continue;
+        }
+        /* every input of x is resident and locked */
+        if (++s->computes > DTR_COMPUTES_PER_NODE * s->n + DTR_COMPUTES_EXTRA) return REMAT_EBUDGET;
+        int st = make_room(s, s->mem[x]);
+        if (st != REMAT_OK) return st;
+        if ((st = emit(s, x)) != REMAT_OK) return st;
+        if (__builtin_add_overflow(s->total, s->dur[x], &s->total)) return REMAT_EOVERFLOW;
+        s->resident[x] = 1;
+        live_add(s, x);
+        s->cur += s->mem[x];
+        if (s->cur > s->peak) s->peak = s->cur;
+        s->clock++;
+        s->last[x] = s->clock;
+        int was_evicted = s->computed[x];
+        s->computed[x] = 1;
+        sp--;
+        for (int64_t k = s->pptr[x]; k < s->pptr[x + 1]; k++) {
+            int64_t u = s->pidx[k];
+            s->lock[u]--;
+            s->held[k] = 0;
+            s->last[u] = s->clock;
+        }
+        if (was_evicted) {
+            if (s->heuristic == REMAT_DTR_EQ) s->ufcost[uf_find(s->uf, x)] -= s->dur[x];
+            /* x no longer holds its inputs needed */
+            for (int64_t k = s->pptr[x]; k < s->pptr[x + 1]; k++) {
+                int64_t u = s->pidx[k];
+                if (--s->need[u] == 0 && (st = release(s, u)) != REMAT_OK) return st;
+            }
+        }
+    }
+    return REMAT_OK;
+}
+
+int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const int64_t *duration,
+              const int64_t *pred_ptr, const int64_t *pred_idx, const int64_t *succ_ptr,
+              const int64_t *succ_idx, const int64_t *order, const uint8_t *once, int64_t n, int64_t budget,
+              int heuristic, int lookahead, int64_t cap) {
+    /* out_steps (cap,), info (3,), memory/duration (n,), pred_ptr/succ_ptr (n+1,),
+     * pred_idx/succ_idx (edges,), order (n,), once (n,) or NULL */
+    info[0] = info[1] = info[2] = 0;
+    dtr_state s;
+    memset(&s, 0, sizeof(s));
+    s.mem = memory;
+    s.dur = duration;
+    s.pptr = pred_ptr;
+    s.pidx = pred_idx;
+    s.sptr = succ_ptr;
+    s.sidx = succ_idx;
+    s.once = once;
+    s.n = n;
+    s.budget = budget;
+    s.cap = cap;
+    s.heuristic = heuristic;
+    s.lookahead = lookahead;
+    s.out = out_steps;
+    size_t nn = (size_t)(n > 0 ? n : 1);
+    size_t ne = (size_t)(succ_ptr[n] > 0 ? succ_ptr[n] : 1);
+    s.resident = (uint8_t *)calloc(nn, 1);
+    s.once_anc = (uint8_t *)calloc(nn, 1);
+    s.held = (uint8_t *)calloc(ne, 1);
+    s.computed = (uint8_t *)calloc(nn, 1);
+    s.lock = (int64_t *)calloc(nn, sizeof(int64_t));
+    s.need = (int64_t *)calloc(nn, sizeof(int64_t));
+    s.last = (int64_t *)calloc(nn, sizeof(int64_t));
+    s.spos = (int64_t *)malloc(ne * sizeof(int64_t));
+    s.cursor = (int64_t *)malloc(nn * sizeof(int64_t));
+    s.uf = (int64_t *)malloc(nn * sizeof(int64_t));
+    s.ufcost = (int64_t *)calloc(nn, sizeof(int64_t));
+    s.seen = (int64_t *)calloc(nn, sizeof(int64_t));
+    s.stack = (int64_t *)malloc(nn * sizeof(int64_t));
+    s.frames = (int64_t *)malloc(nn * sizeof(int64_t));
+    s.fnext = (int64_t *)malloc(nn * sizeof(int64_t));
+    s.live = (int64_t *)malloc(nn * sizeof(int64_t));
+    s.where = (int64_t *)malloc(nn * sizeof(int64_t));
+    int64_t *pos = (int64_t *)calloc(nn, sizeof(int64_t));
+    int status = REMAT_OK;
+    if (!s.resident || !s.once_anc || !s.held || !s.computed || !s.lock || !s.need || !s.last || !s.spos ||
+        !s.cursor || !s.uf || !s.ufcost || !s.seen || !s.stack || !s.frames || !s.fnext || !s.live ||
+        !s.where || !pos) {
+        status = REMAT_ENOMEM;
+        goto done;
+    }
+    for (int64_t t = 0; t < n; t++) pos[order[t]] = t;
+    /* once ancestry, in topological order */
+    for (int64_t t = 0; once && t < n; t++) {
+        int64_t v = order[t];
+        s.once_anc[v] = once[v] != 0;
+        for (int64_t k = pred_ptr[v]; k < pred_ptr[v + 1]; k++) s.once_anc[v] |= s.once_anc[pred_idx[k]];
+    }
+    remat_sorted_use_positions(s.spos, s.cursor, succ_ptr, succ_idx, pos, n);
+    for (int64_t v = 0; v < n; v++) {
+        s.need[v] = succ_ptr[v + 1] - succ_ptr[v];
+        s.uf[v] = v;
+    }
+    /* first computations in order; each releases the inputs it was the last user of */
+    for (int64_t t = 0; t < n && status == REMAT_OK; t++) {
+        int64_t v = order[t];
+        s.t = t;
+        if (s.computed[v]) continue; /* cannot happen for a permutation; kept for safety */
+        status = materialize(&s, v);
+        for (int64_t k = pred_ptr[v]; status == REMAT_OK && k < pred_ptr[v + 1]; k++) {
+            int64_t u = pred_idx[k];
+            if (--s.need[u] == 0) status = release(&s, u);
+        }
+        if (status == REMAT_OK && s.need[v] == 0) status = release(&s, v);
+    }
+    if (status == REMAT_OK) {
+        info[0] = s.w;
+        info[1] = s.peak;
+        info[2] = s.total;
+    }
+done:
+    free(s.resident);
+    free(s.once_anc);
+    free(s.held);
+    free(s.computed);
+    free(s.lock);
+    free(s.need);
+    free(s.last);
+    free(s.spos);
+    free(s.cursor);
+    free(s.uf);
+    free(s.ufcost);
+    free(s.seen);
+    free(s.stack);
+    free(s.frames);
+    free(s.fnext);
+    free(s.live);
+    free(s.where);
+    free(pos);
+    return status;
+}
