@@ -573,12 +573,12 @@ A13, B21 = np.ones((1, 3), np.float32), np.ones((2, 1), np.float32)
         (
             lambda: _core.remat_compact(np.arange(2, dtype=np.int64), np.zeros(3, np.int64), np.zeros(0, np.int64), 2**63),
             ValueError,
-            r"n: expected an integer in \[.*\], got one outside int64",
+            r"n: expected an int(eger)? in \[.*\], got",
         ),
         (
             lambda: _core.remat_greedy(*_tiny_dag(), 2**63),
             ValueError,
-            r"budget: expected an integer in \[.*\], got one outside int64",
+            r"budget: expected an int(eger)? in \[.*\], got",
         ),
         (
             lambda: _core.remat_simulate(np.arange(2, dtype=np.int64), *_tiny_dag()[:4], profile=np.ones(2)),
