@@ -83,7 +83,12 @@ class DataParallel:
     ----------
     rank, size : int
     bytes_per_step : int
-        Gradient bytes each rank sends into the all-reduces of one optimizer step.
+        Gradient bytes each rank contributes to the all-reduces of one optimizer step (the
+        trainable parameters' float32 gradients; a ring all-reduce moves about
+        ``2 (P - 1) / P`` times this over each rank's link).
+    n_buckets, overlapped : int
+        Buckets per step, and how many of them the last step started while its backward pass
+        was still running (the rest start after it).
     """
 
     def __init__(self, comm: Any, timeout: float = TIMEOUT, bucket_bytes: int = BUCKET_BYTES) -> None:
@@ -101,6 +106,8 @@ class DataParallel:
         self.timeout = float(timeout)
         self.bucket_bytes = bucket_bytes
         self.bytes_per_step = 0
+        self.n_buckets = 0
+        self.overlapped = 0
         self._buckets: list[_Bucket] = []
         self._op_bucket: dict[int, list[_Bucket]] = {}
         self._armed = False
@@ -213,12 +220,14 @@ class DataParallel:
                 if i >= 0:
                     self._op_bucket.setdefault(i, []).append(b)
         self.bytes_per_step = sum(b.flat.nbytes for b in buckets)
+        self.n_buckets = len(buckets)
 
     def arm(self) -> None:
         """The next backward pass is the step's last: start buckets as their gradients complete."""
         for b in self._buckets:
             b.reset()
         self._armed = True
+        self.overlapped = 0
 
     def on_backward(self, op_index: int) -> None:
         """Called by the executor after op ``op_index``'s backward (see :meth:`arm`)."""
@@ -228,6 +237,7 @@ class DataParallel:
             b.pending.discard(op_index)
             if not b.pending and b.request is None:
                 b.start(self)
+                self.overlapped += 1
 
     def finish(self, loss_sum: float) -> float:
         """Start the buckets not yet started, wait for all, and write the averages back into the

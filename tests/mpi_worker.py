@@ -101,6 +101,12 @@ def main() -> None:
                 t.save(outdir / f"ckpt_{size}")
 
         fit(tr, (save,))
+        assert tr.dp is not None and tr.dp.n_buckets >= 1 and tr.dp.overlapped >= tr.dp.n_buckets - 1
+        small = make_trainer(DataParallel(comm, bucket_bytes=4096))  # started during the backward
+        small.fit(TEXT, steps=1, batch_size=BATCH, seq_len=SEQ, progress=False)
+        assert (
+            small.dp is not None and small.dp.n_buckets > 2 and small.dp.overlapped >= small.dp.n_buckets - 1
+        )
         res = result(tr)
         if rank == 0:
             np.savez(outdir / f"result_{size}.npz", **res)
