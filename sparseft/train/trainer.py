@@ -747,6 +747,8 @@ class Trainer:
         trainer.step = step
         trainer.optimizer.t = opt_t
         trainer.history = history
+        if trainer.dp is not None:  # every rank read the same files: make sure they agree
+            trainer.dp.check_weights(live, sync_weights == "broadcast")
         return trainer
 
 
