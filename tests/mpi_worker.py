@@ -20,6 +20,7 @@ import pathlib
 import signal
 import sys
 import time
+import warnings
 
 import numpy as np
 from mpi4py import MPI
@@ -85,6 +86,19 @@ def check_bad_input(comm: object, rank: int) -> None:
         assert "multiple of the 2 ranks" in str(e), e
     else:
         raise AssertionError("batch_size=3 on 2 ranks was accepted")
+    for kwargs, error in (({"timeout": 0}, ValueError), ({"bucket_bytes": 2}, ValueError)):
+        try:
+            DataParallel(comm, **kwargs)
+        except error as e:
+            assert next(iter(kwargs)) in str(e), e
+        else:
+            raise AssertionError(f"DataParallel accepted {kwargs}")
+    try:
+        DataParallel("comm")
+    except TypeError as e:
+        assert "mpi4py.MPI.Intracomm" in str(e), e
+    else:
+        raise AssertionError("DataParallel accepted a str")
 
 
 def main() -> None:
@@ -108,6 +122,11 @@ def main() -> None:
             small.dp is not None and small.dp.n_buckets > 2 and small.dp.overlapped >= small.dp.n_buckets - 1
         )
         res = result(tr)
+        if scenario == "train":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # PEFT's unmasked adapter (documented)
+                names = tr.export_peft(outdir / f"peft_{size}")
+            assert names and names == comm.bcast(names, root=0)  # every rank gets rank 0's answer
         if rank == 0:
             np.savez(outdir / f"result_{size}.npz", **res)
         if scenario == "train+":

@@ -119,6 +119,10 @@ def test_rank0_writes_the_checkpoint_and_it_resumes_on_another_rank_count(runs) 
     for n in (2, 4):
         tr = sft.Trainer.load(runs / f"ckpt_{n}")
         assert tr.step == mpi_worker.SAVE_AT and tr.world_size == 1
+    assert sorted(p.name for p in (runs / "peft_2").iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
     assert not any(p.name.startswith(".") for p in runs.iterdir())  # no temporary left behind
 
 
