@@ -6,7 +6,7 @@ holds the objects and does I/O. See ``README.md`` and ``docs/design.md``.
 
 from __future__ import annotations
 
-from sparseft import _core, adapters, data, formats, models, prune, remat, rws
+from sparseft import _core, adapters, data, distributed, formats, models, prune, remat, rws
 from sparseft.adapters import DoRALinear, LoRSConfig, LoRSLinear
 from sparseft.formats import DenseBase
 from sparseft.models.sparsify import sparsify
@@ -38,6 +38,7 @@ __all__ = [
     "adapters",
     "build_info",
     "data",
+    "distributed",
     "formats",
     "get_num_threads",
     "graphs",

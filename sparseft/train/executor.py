@@ -11,6 +11,7 @@ op and the batch itself are not counted). See ``docs/training.md``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -110,6 +111,7 @@ def execute(
     target: np.ndarray,
     store: ActivationStore | None = None,
     durations: dict[int, int] | None = None,
+    on_backward: Callable[[int], None] | None = None,
 ) -> float:
     """Run one training step by the schedule ``codes`` (node index, or ``-1 - index`` to free).
 
@@ -128,6 +130,9 @@ def execute(
         It is empty again when the step ends.
     durations : dict, optional
         If given, filled with the wall time (microseconds, >= 1) of each node's first compute.
+    on_backward : callable, optional
+        ``on_backward(i)`` after op ``i``'s backward node ran (its parameter gradients are then
+        complete for this step): data-parallel training starts gradient all-reduces from it.
 
     Returns
     -------
@@ -179,6 +184,8 @@ def execute(
                         for s, g in zip(op.inputs, gxs, strict=True)
                     )
                     st.put(c, kept, int(mem[c]), f"op {op.name!r}: backward returned")
+                if on_backward is not None:
+                    on_backward(i)
             if durations is not None and c not in durations:
                 durations[c] = max(1, (time.perf_counter_ns() - t0) // 1000)
     finally:

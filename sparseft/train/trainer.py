@@ -19,6 +19,7 @@ import numpy as np
 
 from sparseft.adapters import LoRSConfig
 from sparseft.data.corpus import ArrayData, TokenData, as_dataset
+from sparseft.distributed import DataParallel
 from sparseft.models.graph import BATCH_NAMES, Model, check_ops, primary
 from sparseft.remat import Planner, Schedule
 from sparseft.remat.planner import SOLVERS
@@ -195,6 +196,16 @@ class Trainer:
         thread count.
     plan_time_limit : float
         Seconds the Planner may spend on one batch shape (plans are cached per shape and budget).
+    comm : mpi4py.MPI.Intracomm or sparseft.distributed.DataParallel, optional
+        Train data-parallel over these MPI ranks (e.g. :func:`sparseft.distributed.init` under
+        ``mpirun``/``srun``): every rank runs this same program, takes its slice of each global
+        batch, and the trainable gradients are averaged across ranks, so P ranks with a global
+        batch B follow the single-process run with batch B. Rank 0 writes checkpoints and
+        exports and shows the progress bar; ``memory_budget`` applies per rank. See
+        ``docs/distributed.md``. Needs ``pip install "sparseft[mpi]"``.
+    sync_weights : {"check", "broadcast"}
+        With ``comm``: compare a SHA-256 of every rank's weights at start and raise if they
+        differ ("check"), or copy rank 0's weights to the ranks that differ ("broadcast").
 
     Attributes
     ----------
@@ -221,8 +232,15 @@ class Trainer:
         planner: str = "moccasin",
         seed: int = 0,
         plan_time_limit: float = 30.0,
+        comm: Any = None,
+        sync_weights: str = "check",
     ) -> None:
         _model_ops(model)
+        if sync_weights not in ("check", "broadcast"):
+            raise ValueError(f"sync_weights: expected 'check' or 'broadcast', got {sync_weights!r}")
+        self.dp: DataParallel | None = (
+            comm if comm is None or isinstance(comm, DataParallel) else DataParallel(comm)
+        )
         if adapter is not None and not isinstance(adapter, LoRSConfig):
             raise TypeError(f"adapter: expected a sparseft.LoRSConfig or None, got {type(adapter).__name__}")
         self.lr = _number("lr", lr, 0.0, lo_open=True)
@@ -245,6 +263,8 @@ class Trainer:
         params = model.parameters()
         if not params:
             raise ValueError("model: has no trainable parameters")
+        if self.dp is not None:
+            self._sync_weights(sync_weights == "broadcast")
         self.optimizer = AdamW(params, weight_decay=self.weight_decay)  # type: ignore[arg-type]
         self.rng = np.random.default_rng(self.seed)
         self.step = 0
@@ -271,6 +291,46 @@ class Trainer:
             "seed": self.seed,
             "plan_time_limit": self.plan_time_limit,
         }
+
+    # ---------------------------------------------------------------- ranks
+    @property
+    def rank(self) -> int:
+        """This process's rank (0 without ``comm``)."""
+        return 0 if self.dp is None else self.dp.rank
+
+    @property
+    def world_size(self) -> int:
+        """The number of data-parallel ranks (1 without ``comm``)."""
+        return 1 if self.dp is None else self.dp.size
+
+    def _sync_weights(self, broadcast: bool) -> None:
+        assert self.dp is not None
+        params = self.model.parameters()
+        state = {f"state.{k}": np.ascontiguousarray(v) for k, v in self.model.state_dict().items()}
+        arrays = {f"param.{k}": v for k, v in params.items()} | state
+        if self.dp.check_weights(arrays, broadcast):
+            self.model.load_state_dict({k[len("state.") :]: v for k, v in state.items()})
+            for k, v in params.items():
+                v[...] = arrays[f"param.{k}"]
+
+    def _on_rank0(self, what: str, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on rank 0 only; every rank returns its result or raises its error."""
+        if self.dp is None:
+            return fn()
+        result: Any = None
+        failure: Exception | None = None
+        if self.dp.rank == 0:
+            try:
+                result = fn()
+            except Exception as e:
+                failure = e
+        error = None if failure is None else f"{type(failure).__name__}: {failure}"
+        result, error = self.dp.comm.bcast((result, error), root=0)
+        if failure is not None:
+            raise failure
+        if error is not None:
+            raise RuntimeError(f"{what} failed on rank 0: {error}")
+        return result
 
     # ---------------------------------------------------------------- planning
     def _unbudgeted(self, sg: StepGraph) -> Schedule:
@@ -392,6 +452,11 @@ class Trainer:
             ``cb(trainer, record)`` after each step (``record``: that step's history entry);
             returning ``False`` stops the run after the step.
 
+        With ``comm``, every rank calls ``fit`` with the same arguments: ``batch_size`` is the
+        global batch (a multiple of the number of ranks; each rank computes ``batch_size / P``
+        rows of it), the history records the loss averaged over the ranks and the tokens/s of
+        the whole job, callbacks run on every rank, and an exception on any rank aborts all.
+
         Returns
         -------
         History
@@ -418,18 +483,22 @@ class Trainer:
         for cb in callbacks:
             if not callable(cb):
                 raise TypeError(f"callbacks: expected callables, got {type(cb).__name__}")
-        key = (batch_size, seq_len, self.memory_budget)
+        dp = self.dp
+        rows = slice(0, batch_size) if dp is None else dp.shard(batch_size)
+        key = (rows.stop - rows.start, seq_len, self.memory_budget)
         fresh = key not in self._profiled
-        sg, sched = self.plan_for(batch_size, seq_len)
+        sg, sched = self.plan_for(rows.stop - rows.start, seq_len)
         self.plan = sched
         store = ActivationStore()
         self.peak_activation_bytes = 0
         tokens = batch_size * seq_len * self.accumulate
         bar = None
-        if progress and self.step < steps:
+        if progress and self.step < steps and self.rank == 0:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=steps, initial=self.step, desc="fit", unit="step")
+        if dp is not None:
+            dp.prepare(sg.ops, self.model.gradients())
         try:
             while self.step < steps:
                 t0 = time.perf_counter()
@@ -437,9 +506,17 @@ class Trainer:
                 self.model.zero_grad()
                 total = 0.0
                 durations: dict[int, int] | None = {} if fresh else None
-                for _ in range(self.accumulate):
+                for micro in range(self.accumulate):
                     x, y = ds.sample(self.rng, batch_size, seq_len)
-                    total += execute(sg, sched.codes, x, y, store, durations)
+                    hook = None
+                    if dp is not None:  # this rank's rows; gradients all-reduced in the last backward
+                        x, y = x[rows], y[rows]
+                        if micro == self.accumulate - 1:
+                            dp.arm()
+                            hook = dp.on_backward
+                    total += execute(sg, sched.codes, x, y, store, durations, hook)
+                if dp is not None:
+                    total = dp.finish(total)
                 grads = self.model.gradients()
                 if self.accumulate > 1:
                     inv = np.float32(1.0 / self.accumulate)
@@ -490,6 +567,10 @@ class Trainer:
                 stop = [cb(self, record) for cb in callbacks]
                 if any(s is False for s in stop):
                     break
+        except BaseException as e:
+            if dp is not None:
+                dp.abort(e)
+            raise
         finally:
             if bar is not None:
                 bar.close()
@@ -497,8 +578,9 @@ class Trainer:
 
     # -------------------------------------------------------------- evaluation
     def evaluate(self, data: Any, batch_size: int = 8, seq_len: int = 64) -> dict[str, float]:
-        """:func:`evaluate` on this trainer's model."""
-        return evaluate(self.model, data, batch_size, seq_len)
+        """:func:`evaluate` on this trainer's model (with ``comm``: the windows shared out across
+        the ranks and the sums reduced, the same result on every rank)."""
+        return evaluate(self.model, data, batch_size, seq_len, comm=self.dp)
 
     # ---------------------------------------------------------------- shipping
     def merge(self) -> Model:
@@ -541,7 +623,7 @@ class Trainer:
 
         if self.adapter is None:
             raise ValueError("export_peft: the trainer has no adapter (adapter=None trains the base weights)")
-        return export_peft(self.model, path, base_model_name_or_path)
+        return self._on_rank0("export_peft", lambda: export_peft(self.model, path, base_model_name_or_path))
 
     # ---------------------------------------------------------------- checkpoints
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -550,10 +632,14 @@ class Trainer:
         Holds the model (``model/`` via ``save_pretrained`` when the model has it, else
         ``model.npz`` of its state dict), the trainable parameters and AdamW moments
         (``state.npz``), and ``trainer.json``: settings, adapter config, step, sampler state,
-        history and the size and SHA-256 of every file.
+        history and the size and SHA-256 of every file. With ``comm`` every rank calls it and
+        rank 0 writes (the ranks hold the same weights); the others wait until it is written.
         """
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
+        self._on_rank0("save", lambda: self._write(path))
+
+    def _write(self, path: str | os.PathLike[str]) -> None:
         arrays = {f"param.{k}": v for k, v in self.model.parameters().items()}
         arrays.update(self.optimizer.state())
         with ckpt.atomic_dir(path) as tmp:
@@ -577,7 +663,13 @@ class Trainer:
             )
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], model: Model | None = None) -> Trainer:
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        model: Model | None = None,
+        comm: Any = None,
+        sync_weights: str = "check",
+    ) -> Trainer:
         """Restore a trainer saved by :meth:`save`; training then continues bit-identically.
 
         Parameters
@@ -586,6 +678,9 @@ class Trainer:
         model : Model, optional
             The model to load into (required for models without ``save_pretrained``); by default
             ``sparseft.models.from_pretrained(path / "model")``.
+        comm, sync_weights : optional
+            As for :class:`Trainer`: every rank loads the same checkpoint (from a shared file
+            system); the number of ranks may differ from the run that saved it.
 
         Raises
         ------
@@ -619,7 +714,7 @@ class Trainer:
             model.load_state_dict(models.from_pretrained(root / "model").state_dict())
         try:
             adapter = None if adapter_d is None else LoRSConfig(**adapter_d)
-            trainer = cls(model, adapter=adapter, **conf)
+            trainer = cls(model, adapter=adapter, **conf, comm=comm, sync_weights=sync_weights)
         except TypeError as e:
             raise ValueError(f"checkpoint file {str(root / ckpt.MANIFEST)!r}: bad settings: {e}") from None
         arrays = ckpt.read_arrays(root / "state.npz")
@@ -652,10 +747,14 @@ class Trainer:
         trainer.step = step
         trainer.optimizer.t = opt_t
         trainer.history = history
+        if trainer.dp is not None:  # every rank read the same files: make sure they agree
+            trainer.dp.check_weights(live, sync_weights == "broadcast")
         return trainer
 
 
-def evaluate(model: Model, data: Any, batch_size: int = 8, seq_len: int = 64) -> dict[str, float]:
+def evaluate(
+    model: Model, data: Any, batch_size: int = 8, seq_len: int = 64, comm: Any = None
+) -> dict[str, float]:
     """Mean loss of ``model`` over every non-overlapping window of ``data`` (forward only; nothing
     trained, the model is not changed).
 
@@ -666,6 +765,9 @@ def evaluate(model: Model, data: Any, batch_size: int = 8, seq_len: int = 64) ->
         As for :meth:`Trainer.fit`.
     batch_size, seq_len : int
         Windows per forward and tokens per window (``seq_len`` is ignored for ``(X, y)``).
+    comm : mpi4py.MPI.Intracomm or sparseft.distributed.DataParallel, optional
+        Share the batches out across the ranks (batch k on rank k mod P) and sum the losses
+        and counts over them; every rank returns the same result.
 
     Returns
     -------
@@ -681,13 +783,20 @@ def evaluate(model: Model, data: Any, batch_size: int = 8, seq_len: int = 64) ->
         seq_len = 1
     _check_seq_len(model, seq_len)
     ds.check(1, seq_len, "data")
+    dp = comm if comm is None or isinstance(comm, DataParallel) else DataParallel(comm)
     total, count, correct = 0.0, 0, 0
-    for x, y in ds.windows(batch_size, seq_len):
+    batches = ds.windows(batch_size, seq_len)
+    if dp is not None:
+        batches = batches[dp.rank :: dp.size]
+    for x, y in batches:
         loss, logits = _forward_only(ops, x, y)
         total += loss * y.size
         count += y.size
         if isinstance(ds, ArrayData) and logits is not None and logits.shape == (y.size, logits.shape[-1]):
             correct += int((logits.argmax(axis=1) == y).sum())
+    if dp is not None:
+        red = dp.allreduce_sum(np.array([total, count, correct]), "evaluation")
+        total, count, correct = float(red[0]), int(red[1]), int(red[2])
     mean = total / count
     out = {"loss": mean}
     if isinstance(ds, ArrayData):
