@@ -495,7 +495,7 @@ def random_dag(rng: np.random.Generator) -> dict[str, Any]:
 
 REMAT_NAMES = frozenset({"steps", "memory", "duration", "pred_ptr", "pred_idx", "succ_ptr", "succ_idx", "order",
                          "seg_end", "budget", "mem_exp", "dist_exp", "n", "pred_ptr/pred_idx", "succ_ptr/succ_idx",
-                         "memory/duration", "mem_exp/dist_exp"})
+                         "memory/duration", "mem_exp/dist_exp", "once", "heuristic", "lookahead"})
 
 
 def _check_remat_simulate(call: Call, res: Any) -> None:
@@ -542,3 +542,25 @@ def _remat_plan_stages(rng: np.random.Generator) -> Call:
     args = (g["memory"], g["duration"], g["pred_ptr"], g["pred_idx"], g["succ_ptr"], g["succ_idx"],
             np.arange(n, dtype=np.int64), None, int(rng.integers(0, 400)), 1.0, 1.0)
     return Call("remat_plan_stages", args)
+
+
+def _check_remat_dtr(call: Call, res: Any) -> None:
+    """A DTR schedule that the kernel returns is valid and within the budget (the reference simulator)."""
+    status, steps = res[0], res[1]
+    if status != 0 or steps is None:
+        return
+    memory, duration, pp, pi = call.args[0], call.args[1], call.args[2], call.args[3]
+    preds = [pi[pp[v] : pp[v + 1]].tolist() for v in range(len(memory))]
+    peak, _, _ = ref.remat_simulate(np.asarray(steps).tolist(), memory.tolist(), duration.tolist(), preds)
+    assert peak <= call.args[8], f"remat_dtr: peak {peak} over budget {call.args[8]}"
+
+
+@entry("remat_dtr", check=_check_remat_dtr, names=REMAT_NAMES, flags=("lookahead",))
+def _remat_dtr(rng: np.random.Generator) -> Call:
+    g = random_dag(rng)
+    n = len(g["memory"])
+    once = rng.integers(0, 2, n).astype(np.bool_) if rng.integers(2) else None
+    args = (g["memory"], g["duration"], g["pred_ptr"], g["pred_idx"], g["succ_ptr"], g["succ_idx"],
+            np.arange(n, dtype=np.int64), once, int(rng.integers(0, 400)))
+    kw = {"heuristic": ["full", "eq"][int(rng.integers(2))], "lookahead": bool(rng.integers(2))}
+    return Call("remat_dtr", args, kw)
