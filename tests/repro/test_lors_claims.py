@@ -31,7 +31,7 @@ from .conftest import (
 pytestmark = pytest.mark.repro
 
 FT_STEPS = 30
-ADAPTER = dict(r=4, alpha=8)
+ADAPTER: dict[str, Any] = {"r": 4, "alpha": 8}
 
 
 def _calib_text() -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pathlib
 import time
 
-import numpy as np
 import pytest
 
 import sparseft as sft
@@ -40,8 +39,8 @@ def test_moccasin_reaches_the_checkmate_optimum(shared_data: pathlib.Path, name:
     # VGG16_b256_224x224_train is the smallest real training graph (the *_test graphs are chains
     # whose smallest feasible budget is their peak: nothing to plan)
     g = _graph(shared_data, name)
-    moc, t_moc = _solve(g, "moccasin", budget, 30)
-    cm, t_cm = _solve(g, "checkmate", budget, 30)
+    moc, t_moc = _solve(g, "moccasin", budget, 20)
+    cm, t_cm = _solve(g, "checkmate", budget, 20)
     print(
         f"\n{name} at {budget}: moccasin {moc.status} TDI {100 * moc.overhead:.2f}% (lower bound "
         f"{moc.lower_bound}) in {t_moc:.1f} s; checkmate MILP {cm.status} "
@@ -58,8 +57,8 @@ def test_moccasin_reaches_the_checkmate_optimum(shared_data: pathlib.Path, name:
 
 def test_moccasin_as_good_as_checkmate_much_sooner_n250(shared_data: pathlib.Path) -> None:
     g = _graph(shared_data, "random_layered_n250")
-    moc, t_moc = _solve(g, "moccasin", 0.9, 15)
-    cm, t_cm = _solve(g, "checkmate", 0.9, 30)
+    moc, t_moc = _solve(g, "moccasin", 0.9, 10)
+    cm, t_cm = _solve(g, "checkmate", 0.9, 20)
     t_moc_best = moc.time_to_best if moc.time_to_best is not None else t_moc
     t_cm_best = cm.time_to_best if cm.time_to_best is not None else t_cm
     print(
@@ -86,4 +85,3 @@ def test_trainer_executes_the_planned_peak() -> None:
     print(f"\nplanned peak {plan.peak_memory:,} B, executed peak {measured:,} B, budget {plan.budget:,} B")
     assert abs(measured - plan.peak_memory) <= 0.10 * plan.peak_memory
     assert measured <= plan.budget
-    assert np.isfinite(trainer.history.loss).all() if hasattr(trainer, "history") else True
