@@ -3,7 +3,6 @@ claim: each one's last cell prints a JSON line of the values it computed, assert
 
 from __future__ import annotations
 
-import itertools
 import json
 from typing import Any
 
@@ -44,10 +43,9 @@ def test_02_planner() -> None:
     for key, peak in s["peaks"].items():
         assert peak <= s["budgets"][key], key
     moc = dict(s["curves"]["moccasin"])
-    assert len(moc) >= 4 and moc[1.0] == 0.0
-    # less memory never costs less compute, and moccasin is at least as good as every heuristic
-    ov = [moc[b] for b in sorted(moc, reverse=True)]
-    assert all(a <= b + 1e-9 for a, b in itertools.pairwise(ov))
+    # a schedule at every budget down to the feasibility bound, none over its budget
+    assert len(moc) >= 4 and moc[1.0] == 0.0 and min(moc) * s["peak"] < s["floor"] / 0.95
+    # moccasin (hinted with the heuristics) is at least as good as each of them
     for s_name in ("chen", "greedy"):
         for b, o in s["curves"][s_name]:
             if b in moc:
