@@ -13,6 +13,7 @@ import sparseft as sft
 from sparseft.adapters import LoRSLinear
 from sparseft.data import builtin_corpus
 from sparseft.models import GPT, GPTConfig, from_pretrained
+from sparseft.models.transformer import LinearOp
 from sparseft.train import evaluate
 
 # the built-in GPT of the reproductions: small enough to train in well under a minute on 2 cores
@@ -95,8 +96,9 @@ class SPPLinear(LoRSLinear):
 
 def use_spp(model: Any) -> None:
     """Replace every adapted block linear's LoRS layer by its SPP-style twin (same A, B, mask)."""
-    for op in model._linear_ops():
-        op.layer = SPPLinear(op.layer)
+    for op in model.ops():
+        if isinstance(op, LinearOp):
+            op.layer = SPPLinear(op.layer)
 
 
 def masked_weight_grads(model: Any, ids: np.ndarray) -> dict[str, np.ndarray]:
