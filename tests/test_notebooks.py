@@ -1,4 +1,5 @@
-"""Every notebook in notebooks/ runs top to bottom without error, and the quickstart shows what it claims."""
+"""The quickstart notebook runs top to bottom and shows what it claims (the numbered notebooks are
+executed and checked by tests/test_notebooks_execute.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from .conftest import ROOT
 
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = [ROOT / "notebooks" / "quickstart.ipynb"]
 
 
 def _execute(path: Any) -> Any:
