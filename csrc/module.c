@@ -1818,9 +1818,10 @@ static PyObject *py_adamw_step(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOOOOOOOO:adamw_step", &po, &go, &mo, &vo, &ho[0], &ho[1], &ho[2], &ho[3],
                           &ho[4], &stepo))
         return NULL;
-    if (arg_real(ho[0], "lr", &lr) < 0 || arg_real(ho[1], "beta1", &b1) < 0 ||
-        arg_real(ho[2], "beta2", &b2) < 0 || arg_real(ho[3], "eps", &eps) < 0 ||
-        arg_real(ho[4], "weight_decay", &wd) < 0 || arg_int(stepo, "step", LLONG_MIN, LLONG_MAX, &step) < 0)
+    if (arg_f32_number(ho[0], "lr", &lr) < 0 || arg_f32_number(ho[1], "beta1", &b1) < 0 ||
+        arg_f32_number(ho[2], "beta2", &b2) < 0 || arg_f32_number(ho[3], "eps", &eps) < 0 ||
+        arg_f32_number(ho[4], "weight_decay", &wd) < 0 ||
+        arg_int(stepo, "step", LLONG_MIN, LLONG_MAX, &step) < 0)
         return NULL;
     PyArrayObject *a[4];
     const char *names[4] = {"param", "grad", "m", "v"};
@@ -2073,6 +2074,17 @@ static int rws_parse_mask(PyObject *mo, npy_intp n, const uint8_t **mask) {
     return 0;
 }
 
+/* w is written while the other arguments are read: none of them (already validated arrays, or
+ * the codes and params of a packed source) may share its memory. */
+static int rws_apart(PyArrayObject *w, PyObject *obj, const char *name) {
+    if (PyTuple_Check(obj) && PyTuple_GET_SIZE(obj) == 5)
+        return rws_apart(w, PyTuple_GET_ITEM(obj, 0), "codes") < 0
+                   ? -1
+                   : rws_apart(w, PyTuple_GET_ITEM(obj, 1), "params");
+    if (!PyArray_Check(obj)) return 0;
+    return arg_disjoint(w, "w", (PyArrayObject *)obj, name);
+}
+
 static PyObject *py_rws_extract(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"pre", "clean", "robust", "naive", NULL};
@@ -2189,7 +2201,9 @@ static PyObject *py_rws_patch(PyObject *self, PyObject *args, PyObject *kwargs) 
     npy_intp n = PyArray_SIZE(w);
     rws_source src;
     const uint8_t *mask;
-    if (rws_parse_source(so, n, &src) < 0 || rws_parse_mask(mo, n, &mask) < 0) return NULL;
+    if (rws_parse_source(so, n, &src) < 0 || rws_parse_mask(mo, n, &mask) < 0 ||
+        rws_apart(w, so, "source") < 0 || rws_apart(w, mo, "mask") < 0)
+        return NULL;
     rws_undo undo = {NULL, NULL, 0};
     int64_t nonfinite = 0;
     int rc;
@@ -2232,10 +2246,13 @@ static PyObject *py_rws_unpatch(PyObject *self, PyObject *args, PyObject *kwargs
     npy_intp n = PyArray_SIZE(w);
     rws_source src;
     const uint8_t *mask;
-    if (rws_parse_source(so, n, &src) < 0 || rws_parse_mask(mo, n, &mask) < 0) return NULL;
+    if (rws_parse_source(so, n, &src) < 0 || rws_parse_mask(mo, n, &mask) < 0 ||
+        rws_apart(w, so, "source") < 0 || rws_apart(w, mo, "mask") < 0)
+        return NULL;
     PyArrayObject *index = arg_array(io, "index", NPY_INT64, 1);
     PyArrayObject *bits = index ? arg_array(bo, "bits", NPY_UINT32, 1) : NULL;
-    if (bits == NULL || arg_dim(bits, "bits", 0, PyArray_DIM(index, 0), "the length of index") < 0)
+    if (bits == NULL || arg_dim(bits, "bits", 0, PyArray_DIM(index, 0), "the length of index") < 0 ||
+        rws_apart(w, io, "index") < 0 || rws_apart(w, bo, "bits") < 0)
         return NULL;
     const int64_t *Ix = (const int64_t *)PyArray_DATA(index);
     npy_intp cnt = PyArray_DIM(index, 0);

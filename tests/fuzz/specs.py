@@ -866,7 +866,7 @@ def _rws_extract(rng: np.random.Generator) -> Call:
 
 
 RWS_NAMES = frozenset({"x", "codes", "params", "n", "group", "bits", "scheme", "w", "source", "alpha", "mask",
-                       "index"})
+                       "index", "w, source", "w, codes", "w, params", "w, mask", "w, index", "w, bits"})
 
 
 def _packed(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, int, int, int]:
