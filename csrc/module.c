@@ -1428,7 +1428,7 @@ static PyObject *py_layernorm_forward(PyObject *self, PyObject *args) {
     PyObject *xo, *wo, *bo, *epso = NULL;
     double eps = 1e-5;
     if (!PyArg_ParseTuple(args, "OOO|O:layernorm_forward", &xo, &wo, &bo, &epso)) return NULL;
-    if (epso != NULL && arg_real(epso, "eps", &eps) < 0) return NULL;
+    if (epso != NULL && arg_f32_number(epso, "eps", &eps) < 0) return NULL;
     PyArrayObject *x, *w, *b;
     if (nn_rows_vec(xo, wo, "w", &x, &w) < 0 || nn_positive(eps, "eps") < 0) return NULL;
     if ((b = arg_f32(bo, "b", 1)) == NULL || arg_same_shape(b, "b", w, "w") < 0) return NULL;
@@ -1488,7 +1488,7 @@ static PyObject *py_rmsnorm_forward(PyObject *self, PyObject *args) {
     PyObject *xo, *wo, *epso = NULL;
     double eps = 1e-6;
     if (!PyArg_ParseTuple(args, "OO|O:rmsnorm_forward", &xo, &wo, &epso)) return NULL;
-    if (epso != NULL && arg_real(epso, "eps", &eps) < 0) return NULL;
+    if (epso != NULL && arg_f32_number(epso, "eps", &eps) < 0) return NULL;
     PyArrayObject *x, *w;
     if (nn_rows_vec(xo, wo, "w", &x, &w) < 0 || nn_positive(eps, "eps") < 0) return NULL;
     npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1);
@@ -1594,7 +1594,7 @@ static PyObject *py_rope(PyObject *self, PyObject *args, PyObject *kwargs) {
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OOOO:rope", kwlist, &xo, &thetao, &offseto, &inverseo,
                                      &fo))
         return NULL;
-    if ((thetao != NULL && arg_real(thetao, "theta", &theta) < 0) ||
+    if ((thetao != NULL && arg_f32_number(thetao, "theta", &theta) < 0) ||
         (offseto != NULL && arg_int(offseto, "offset", 0, LLONG_MAX, &offset) < 0) ||
         arg_flag(inverseo, "inverse", &inverse) < 0)
         return NULL;
