@@ -916,7 +916,7 @@ def _dense_source(src: Any, n: int) -> np.ndarray:
     return np.asarray(src, np.float64).ravel()
 
 
-PATCH_ALPHAS = (0.25, -1.25)  # none of them is one of mutate.GOOD_REALS, so a changed alpha is seen
+PATCH_ALPHAS = (0.375, -1.25)  # none of them is one of mutate.GOOD_REALS, so a changed alpha is seen
 
 
 def _check_rws_patch(call: Call, res: Any) -> None:
