@@ -1473,9 +1473,10 @@ static int nn_positive(double v, const char *name) {
 
 static PyObject *py_layernorm_forward(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *xo, *wo, *bo;
+    PyObject *xo, *wo, *bo, *epso = NULL;
     double eps = 1e-5;
-    if (!PyArg_ParseTuple(args, "OOO|d:layernorm_forward", &xo, &wo, &bo, &eps)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOO|O:layernorm_forward", &xo, &wo, &bo, &epso)) return NULL;
+    if (epso != NULL && arg_f32_number(epso, "eps", &eps) < 0) return NULL;
     PyArrayObject *x, *w, *b;
     if (nn_rows_vec(xo, wo, "w", &x, &w) < 0 || nn_positive(eps, "eps") < 0) return NULL;
     if ((b = arg_f32(bo, "b", 1)) == NULL || arg_same_shape(b, "b", w, "w") < 0) return NULL;
@@ -1532,9 +1533,10 @@ fail:
 
 static PyObject *py_rmsnorm_forward(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *xo, *wo;
+    PyObject *xo, *wo, *epso = NULL;
     double eps = 1e-6;
-    if (!PyArg_ParseTuple(args, "OO|d:rmsnorm_forward", &xo, &wo, &eps)) return NULL;
+    if (!PyArg_ParseTuple(args, "OO|O:rmsnorm_forward", &xo, &wo, &epso)) return NULL;
+    if (epso != NULL && arg_f32_number(epso, "eps", &eps) < 0) return NULL;
     PyArrayObject *x, *w;
     if (nn_rows_vec(xo, wo, "w", &x, &w) < 0 || nn_positive(eps, "eps") < 0) return NULL;
     npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1);
@@ -1633,12 +1635,16 @@ static PyObject *py_swiglu_backward(PyObject *self, PyObject *args) {
 static PyObject *py_rope(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"x", "theta", "offset", "inverse", "inv_freq", NULL};
-    PyObject *xo, *fo = Py_None;
+    PyObject *xo, *fo = Py_None, *thetao = NULL, *offseto = NULL, *inverseo = NULL;
     double theta = 10000.0;
     long long offset = 0;
     int inverse = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|dLpO:rope", kwlist, &xo, &theta, &offset, &inverse,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OOOO:rope", kwlist, &xo, &thetao, &offseto, &inverseo,
                                      &fo))
+        return NULL;
+    if ((thetao != NULL && arg_f32_number(thetao, "theta", &theta) < 0) ||
+        (offseto != NULL && arg_int(offseto, "offset", 0, LLONG_MAX, &offset) < 0) ||
+        arg_flag(inverseo, "inverse", &inverse) < 0)
         return NULL;
     PyArrayObject *x = arg_f32(xo, "x", 4), *freq = NULL;
     if (x == NULL) return NULL;
@@ -1691,9 +1697,10 @@ static PyObject *py_embedding_forward(PyObject *self, PyObject *args) {
 
 static PyObject *py_embedding_backward(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *dxo, *ido;
+    PyObject *dxo, *ido, *Vo;
     long long V;
-    if (!PyArg_ParseTuple(args, "OOL:embedding_backward", &dxo, &ido, &V)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOO:embedding_backward", &dxo, &ido, &Vo)) return NULL;
+    if (arg_int(Vo, "V", LLONG_MIN, LLONG_MAX, &V) < 0) return NULL;
     if (V < 1) {
         PyErr_Format(PyExc_ValueError, "V: expected a positive vocabulary size, got %lld", V);
         return NULL;
@@ -1704,8 +1711,15 @@ static PyObject *py_embedding_backward(PyObject *self, PyObject *args) {
         arg_dim(dx, "dx", 1, PyArray_DIM(ids, 1), "T, from ids") < 0)
         return NULL;
     npy_intp dims[2] = {(npy_intp)V, PyArray_DIM(dx, 2)};
-    PyArrayObject *dw = new_f32(2, dims);
-    if (dw == NULL) return NULL;
+    /* V alone sizes the (V, C) output: one that cannot exist or be allocated is V's error */
+    PyArrayObject *dw = dims[1] > 0 && V > NPY_MAX_INTP / 4 / dims[1] ? NULL : new_f32(2, dims);
+    if (dw == NULL) {
+        if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_MemoryError)) return NULL;
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "V: the (V, C) = (%lld, %zd) float32 gradient cannot be allocated", V,
+                     (Py_ssize_t)dims[1]);
+        return NULL;
+    }
     Py_BEGIN_ALLOW_THREADS
     embedding_backward(F32P(dw), F32P(dx), (const int64_t *)PyArray_DATA(ids), PyArray_SIZE(ids), V, dims[1]);
     Py_END_ALLOW_THREADS
@@ -1737,9 +1751,10 @@ static PyObject *py_softmax_xent_forward(PyObject *self, PyObject *args) {
 
 static PyObject *py_softmax_xent_backward(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *lo, *to, *lseo;
+    PyObject *lo, *to, *lseo, *dlosso = NULL;
     double dloss = 1.0;
-    if (!PyArg_ParseTuple(args, "OOO|d:softmax_xent_backward", &lo, &to, &lseo, &dloss)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOO|O:softmax_xent_backward", &lo, &to, &lseo, &dlosso)) return NULL;
+    if (dlosso != NULL && arg_f32_number(dlosso, "dloss", &dloss) < 0) return NULL;
     PyArrayObject *L, *t, *lse;
     if (nn_xent_args(lo, to, &L, &t) < 0) return NULL;
     if ((lse = arg_f32(lseo, "lse", 1)) == NULL ||
@@ -1766,11 +1781,14 @@ static int nn_head_args(PyObject *xo, PyObject *wo, PyObject *to, PyArrayObject 
 static PyObject *py_lm_head_xent_forward(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"x", "w", "targets", "chunk", "grad", "need_dw", NULL};
-    PyObject *xo, *wo, *to;
+    PyObject *xo, *wo, *to, *chunko = NULL, *grado = NULL, *need_dwo = NULL;
     long long chunk = 0;
     int grad = 0, need_dw = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|Lpp:lm_head_xent_forward", kwlist, &xo, &wo, &to,
-                                     &chunk, &grad, &need_dw))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOO:lm_head_xent_forward", kwlist, &xo, &wo, &to,
+                                     &chunko, &grado, &need_dwo))
+        return NULL;
+    if ((chunko != NULL && arg_int(chunko, "chunk", 0, LLONG_MAX, &chunk) < 0) ||
+        arg_flag(grado, "grad", &grad) < 0 || arg_flag(need_dwo, "need_dw", &need_dw) < 0)
         return NULL;
     PyArrayObject *x, *w, *t;
     if (nn_head_args(xo, wo, to, &x, &w, &t) < 0) return NULL;
@@ -1802,12 +1820,16 @@ fail:
 static PyObject *py_lm_head_xent_backward(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"x", "w", "targets", "lse", "dloss", "need_dw", "chunk", NULL};
-    PyObject *xo, *wo, *to, *lseo;
+    PyObject *xo, *wo, *to, *lseo, *dlosso = NULL, *need_dwo = NULL, *chunko = NULL;
     double dloss = 1.0;
     int need_dw = 0;
     long long chunk = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|dpL:lm_head_xent_backward", kwlist, &xo, &wo, &to,
-                                     &lseo, &dloss, &need_dw, &chunk))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|OOO:lm_head_xent_backward", kwlist, &xo, &wo, &to,
+                                     &lseo, &dlosso, &need_dwo, &chunko))
+        return NULL;
+    if ((dlosso != NULL && arg_f32_number(dlosso, "dloss", &dloss) < 0) ||
+        arg_flag(need_dwo, "need_dw", &need_dw) < 0 ||
+        (chunko != NULL && arg_int(chunko, "chunk", 0, LLONG_MAX, &chunk) < 0))
         return NULL;
     PyArrayObject *x, *w, *t, *lse;
     if (nn_head_args(xo, wo, to, &x, &w, &t) < 0) return NULL;
@@ -1838,10 +1860,16 @@ fail:
 
 static PyObject *py_adamw_step(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *po, *go, *mo, *vo;
+    PyObject *po, *go, *mo, *vo, *ho[5], *stepo;
     double lr, b1, b2, eps, wd;
     long long step;
-    if (!PyArg_ParseTuple(args, "OOOOdddddL:adamw_step", &po, &go, &mo, &vo, &lr, &b1, &b2, &eps, &wd, &step))
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOO:adamw_step", &po, &go, &mo, &vo, &ho[0], &ho[1], &ho[2], &ho[3],
+                          &ho[4], &stepo))
+        return NULL;
+    if (arg_f32_number(ho[0], "lr", &lr) < 0 || arg_f32_number(ho[1], "beta1", &b1) < 0 ||
+        arg_f32_number(ho[2], "beta2", &b2) < 0 || arg_f32_number(ho[3], "eps", &eps) < 0 ||
+        arg_f32_number(ho[4], "weight_decay", &wd) < 0 ||
+        arg_int(stepo, "step", LLONG_MIN, LLONG_MAX, &step) < 0)
         return NULL;
     PyArrayObject *a[4];
     const char *names[4] = {"param", "grad", "m", "v"};
@@ -1855,6 +1883,10 @@ static PyObject *py_adamw_step(PyObject *self, PyObject *args) {
             return NULL;
         }
     }
+    /* param, m and v are written element by element while all four are read: no two may share memory */
+    for (int i = 0; i < 4; i++)
+        for (int j = i + 1; j < 4; j++)
+            if (arg_disjoint(a[i], names[i], a[j], names[j]) < 0) return NULL;
     const double vals[5] = {lr, eps, wd, b1, b2};
     const char *vnames[5] = {"lr", "eps", "weight_decay", "beta1", "beta2"};
     for (int i = 0; i < 5; i++) {
@@ -1901,12 +1933,13 @@ static int nn_attn_args(PyObject *qo, PyObject *ko, PyObject *vo, PyArrayObject 
 static PyObject *py_attention_forward(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"q", "k", "v", "causal", "scale", NULL};
-    PyObject *qo, *ko, *vo;
+    PyObject *qo, *ko, *vo, *causalo, *scaleo;
     int causal = 1;
     double scale;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOpd:attention_forward", kwlist, &qo, &ko, &vo, &causal,
-                                     &scale))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO:attention_forward", kwlist, &qo, &ko, &vo, &causalo,
+                                     &scaleo))
         return NULL;
+    if (arg_flag(causalo, "causal", &causal) < 0 || arg_f32_number(scaleo, "scale", &scale) < 0) return NULL;
     PyArrayObject *q, *k, *v;
     if (nn_attn_args(qo, ko, vo, &q, &k, &v) < 0) return NULL;
     npy_intp B = PyArray_DIM(q, 0), H = PyArray_DIM(q, 1), T = PyArray_DIM(q, 2), D = PyArray_DIM(q, 3);
@@ -1931,12 +1964,13 @@ fail:
 static PyObject *py_attention_backward(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"do", "q", "k", "v", "o", "lse", "causal", "scale", NULL};
-    PyObject *doo, *qo, *ko, *vo, *oo, *lo;
+    PyObject *doo, *qo, *ko, *vo, *oo, *lo, *causalo, *scaleo;
     int causal = 1;
     double scale;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOpd:attention_backward", kwlist, &doo, &qo, &ko, &vo,
-                                     &oo, &lo, &causal, &scale))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOO:attention_backward", kwlist, &doo, &qo, &ko, &vo,
+                                     &oo, &lo, &causalo, &scaleo))
         return NULL;
+    if (arg_flag(causalo, "causal", &causal) < 0 || arg_f32_number(scaleo, "scale", &scale) < 0) return NULL;
     PyArrayObject *q, *k, *v, *dout, *o, *lse;
     if (nn_attn_args(qo, ko, vo, &q, &k, &v) < 0) return NULL;
     if ((dout = arg_f32(doo, "do", 4)) == NULL || arg_same_shape(dout, "do", q, "q") < 0) return NULL;
@@ -1986,11 +2020,23 @@ static int rws_same_size(PyArrayObject *a, const char *name, npy_intp n, const c
 
 /* A finite scale that fits float32. */
 static int rws_alpha(double a) {
-    if (!isfinite(a) || fabs(a) > (double)FLT_MAX) {
-        PyErr_Format(PyExc_ValueError, "alpha: expected a finite number within float32's range, got %R",
-                     PyFloat_FromDouble(a));
+    if (isfinite(a) && fabs(a) <= (double)FLT_MAX) return 0;
+    PyObject *got = PyFloat_FromDouble(a);
+    if (got != NULL)
+        PyErr_Format(PyExc_ValueError, "alpha: expected a finite number within float32's range, got %R", got);
+    Py_XDECREF(got);
+    return -1;
+}
+
+/* Reads the group, bits and scheme arguments of a packed format (TypeError / ValueError naming the
+ * argument); their values are checked by rws_parse_packed. */
+static int rws_format_args(PyObject *go, PyObject *bo, PyObject *so, long long *group, int *bits,
+                           int *scheme) {
+    long long b, s;
+    if (arg_int(go, "group", 1, LLONG_MAX, group) < 0 || arg_int(bo, "bits", 1, 8, &b) < 0 ||
+        arg_int(so, "scheme", 0, 1, &s) < 0)
         return -1;
-    }
+    *bits = (int)b, *scheme = (int)s;
     return 0;
 }
 
@@ -2029,10 +2075,18 @@ static int rws_parse_packed(PyObject *co, PyObject *po, long long group, int bit
  * (codes, params, group, bits, scheme). */
 static int rws_parse_source(PyObject *so, npy_intp n, rws_source *src) {
     if (PyTuple_Check(so)) {
-        PyObject *co, *po;
+        PyObject *co, *po, *go, *bo, *sco;
         long long group;
         int bits, scheme;
-        if (!PyArg_ParseTuple(so, "OOLii:source", &co, &po, &group, &bits, &scheme)) return -1;
+        if (PyTuple_GET_SIZE(so) != 5) {
+            PyErr_Format(PyExc_ValueError,
+                         "source: expected (codes, params, group, bits, scheme), got a tuple of %zd",
+                         PyTuple_GET_SIZE(so));
+            return -1;
+        }
+        co = PyTuple_GET_ITEM(so, 0), po = PyTuple_GET_ITEM(so, 1), go = PyTuple_GET_ITEM(so, 2);
+        bo = PyTuple_GET_ITEM(so, 3), sco = PyTuple_GET_ITEM(so, 4);
+        if (rws_format_args(go, bo, sco, &group, &bits, &scheme) < 0) return -1;
         return rws_parse_packed(co, po, group, bits, scheme, n, src);
     }
     PyArrayObject *s = arg_f32(so, "source", -1);
@@ -2075,12 +2129,24 @@ static int rws_parse_mask(PyObject *mo, npy_intp n, const uint8_t **mask) {
     return 0;
 }
 
+/* w is written while the other arguments are read: none of them (already validated arrays, or
+ * the codes and params of a packed source) may share its memory. */
+static int rws_apart(PyArrayObject *w, PyObject *obj, const char *name) {
+    if (PyTuple_Check(obj) && PyTuple_GET_SIZE(obj) == 5)
+        return rws_apart(w, PyTuple_GET_ITEM(obj, 0), "codes") < 0
+                   ? -1
+                   : rws_apart(w, PyTuple_GET_ITEM(obj, 1), "params");
+    if (!PyArray_Check(obj)) return 0;
+    return arg_disjoint(w, "w", (PyArrayObject *)obj, name);
+}
+
 static PyObject *py_rws_extract(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"pre", "clean", "robust", "naive", NULL};
-    PyObject *po, *co, *ro;
+    PyObject *po, *co, *ro, *naiveo = NULL;
     int naive = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|p:rws_extract", kwlist, &po, &co, &ro, &naive))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|O:rws_extract", kwlist, &po, &co, &ro, &naiveo) ||
+        arg_flag(naiveo, "naive", &naive) < 0)
         return NULL;
     PyArrayObject *p = arg_f32(po, "pre", -1);
     PyArrayObject *c = p ? arg_f32(co, "clean", -1) : NULL;
@@ -2110,10 +2176,12 @@ static PyObject *py_rws_extract(PyObject *self, PyObject *args, PyObject *kwargs
 
 static PyObject *py_rws_quantize(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *xo;
+    PyObject *xo, *go, *bo, *so;
     long long group;
     int bits, scheme;
-    if (!PyArg_ParseTuple(args, "OLii:rws_quantize", &xo, &group, &bits, &scheme)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOOO:rws_quantize", &xo, &go, &bo, &so) ||
+        rws_format_args(go, bo, so, &group, &bits, &scheme) < 0)
+        return NULL;
     PyArrayObject *x = arg_f32(xo, "x", -1);
     if (x == NULL || arg_finite(x, "x") < 0) return NULL;
     npy_intp n = PyArray_SIZE(x);
@@ -2155,14 +2223,13 @@ fail:
 
 static PyObject *py_rws_dequantize(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *co, *po;
+    PyObject *co, *po, *no, *go, *bo, *so;
     long long n, group;
     int bits, scheme;
-    if (!PyArg_ParseTuple(args, "OOLLii:rws_dequantize", &co, &po, &n, &group, &bits, &scheme)) return NULL;
-    if (n < 0) {
-        PyErr_Format(PyExc_ValueError, "n: expected a size >= 0, got %lld", n);
+    if (!PyArg_ParseTuple(args, "OOOOOO:rws_dequantize", &co, &po, &no, &go, &bo, &so) ||
+        arg_int(no, "n", 0, (long long)(NPY_MAX_INTP / 8), &n) < 0 ||
+        rws_format_args(go, bo, so, &group, &bits, &scheme) < 0)
         return NULL;
-    }
     rws_source src;
     if (rws_parse_packed(co, po, group, bits, scheme, (npy_intp)n, &src) < 0) return NULL;
     npy_intp dims[1] = {(npy_intp)n};
@@ -2178,9 +2245,10 @@ static PyObject *py_rws_dequantize(PyObject *self, PyObject *args) {
 static PyObject *py_rws_patch(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"w", "source", "alpha", "mask", NULL};
-    PyObject *wo, *so, *mo = Py_None;
+    PyObject *wo, *so, *mo = Py_None, *alphao;
     double alpha;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOd|O:rws_patch", kwlist, &wo, &so, &alpha, &mo))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|O:rws_patch", kwlist, &wo, &so, &alphao, &mo) ||
+        arg_real(alphao, "alpha", &alpha) < 0)
         return NULL;
     int wtype;
     PyArrayObject *w = rws_parse_weights(wo, &wtype);
@@ -2188,7 +2256,9 @@ static PyObject *py_rws_patch(PyObject *self, PyObject *args, PyObject *kwargs) 
     npy_intp n = PyArray_SIZE(w);
     rws_source src;
     const uint8_t *mask;
-    if (rws_parse_source(so, n, &src) < 0 || rws_parse_mask(mo, n, &mask) < 0) return NULL;
+    if (rws_parse_source(so, n, &src) < 0 || rws_parse_mask(mo, n, &mask) < 0 ||
+        rws_apart(w, so, "source") < 0 || rws_apart(w, mo, "mask") < 0)
+        return NULL;
     rws_undo undo = {NULL, NULL, 0};
     int64_t nonfinite = 0;
     int rc;
@@ -2219,10 +2289,11 @@ static PyObject *py_rws_patch(PyObject *self, PyObject *args, PyObject *kwargs) 
 static PyObject *py_rws_unpatch(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"w", "source", "alpha", "index", "bits", "mask", NULL};
-    PyObject *wo, *so, *io, *bo, *mo = Py_None;
+    PyObject *wo, *so, *io, *bo, *mo = Py_None, *alphao;
     double alpha;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOdOO|O:rws_unpatch", kwlist, &wo, &so, &alpha, &io, &bo,
-                                     &mo))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO|O:rws_unpatch", kwlist, &wo, &so, &alphao, &io, &bo,
+                                     &mo) ||
+        arg_real(alphao, "alpha", &alpha) < 0)
         return NULL;
     int wtype;
     PyArrayObject *w = rws_parse_weights(wo, &wtype);
@@ -2230,10 +2301,13 @@ static PyObject *py_rws_unpatch(PyObject *self, PyObject *args, PyObject *kwargs
     npy_intp n = PyArray_SIZE(w);
     rws_source src;
     const uint8_t *mask;
-    if (rws_parse_source(so, n, &src) < 0 || rws_parse_mask(mo, n, &mask) < 0) return NULL;
+    if (rws_parse_source(so, n, &src) < 0 || rws_parse_mask(mo, n, &mask) < 0 ||
+        rws_apart(w, so, "source") < 0 || rws_apart(w, mo, "mask") < 0)
+        return NULL;
     PyArrayObject *index = arg_array(io, "index", NPY_INT64, 1);
     PyArrayObject *bits = index ? arg_array(bo, "bits", NPY_UINT32, 1) : NULL;
-    if (bits == NULL || arg_dim(bits, "bits", 0, PyArray_DIM(index, 0), "the length of index") < 0)
+    if (bits == NULL || arg_dim(bits, "bits", 0, PyArray_DIM(index, 0), "the length of index") < 0 ||
+        rws_apart(w, io, "index") < 0 || rws_apart(w, bo, "bits") < 0)
         return NULL;
     const int64_t *Ix = (const int64_t *)PyArray_DATA(index);
     npy_intp cnt = PyArray_DIM(index, 0);

@@ -128,6 +128,34 @@ class History:
         return len(self.step)
 
 
+def _count(v: Any, name: str) -> int:
+    """A saved step counter: an int in [0, 2**62] (not a bool, str or float)."""
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 2**62:
+        raise ValueError(f"{name}: expected an int in [0, 2**62], got {v!r}")
+    return v
+
+
+def _history_of(d: Any) -> History:
+    """A saved :class:`History`: lists of numbers, the per-step lists of one length and the
+    per-evaluation lists of another."""
+    if not isinstance(d, dict):
+        raise TypeError(f"history: expected an object, got {type(d).__name__}")
+    h = History(**d)
+    lists = dataclasses.asdict(h)
+    for k, v in lists.items():
+        if not isinstance(v, list) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in v
+        ):
+            raise ValueError(f"history.{k}: expected a list of numbers")
+    for group in (
+        ("step", "loss", "lr", "tokens_per_s", "peak_bytes", "grad_norm"),
+        ("eval_step", "eval_loss", "eval_metric"),
+    ):
+        if len({len(lists[k]) for k in group}) > 1:
+            raise ValueError(f"history: {', '.join(group)} have different lengths")
+    return h
+
+
 def _model_ops(model: Any) -> list[Any]:
     if not isinstance(model, Model):
         raise TypeError(f"model: expected a sparseft.models.graph.Model, got {type(model).__name__}")
@@ -735,9 +763,9 @@ class Trainer:
                     f"expected {dst.dtype}{dst.shape}"
                 )
         try:
-            history = History(**hist)
+            history = _history_of(hist)
             trainer.rng.bit_generator.state = rng_state
-            step, opt_t = int(step), int(opt_t)
+            step, opt_t = _count(step, "step"), _count(opt_t, "optimizer_t")
         except (TypeError, ValueError, KeyError) as e:
             raise ValueError(
                 f"checkpoint file {str(root / ckpt.MANIFEST)!r}: bad trainer state: {e}"

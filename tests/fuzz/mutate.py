@@ -97,6 +97,7 @@ def dtype(entry: Entry, call: Call, rng: np.random.Generator) -> tuple[Call, str
     choices = [t for t in (np.float64, np.float16, np.int32, np.int64, np.uint8, np.bool_, np.complex64) if t != a.dtype]
     if a.dtype in (np.uint8, np.bool_):  # masks take either
         choices = [t for t in choices if t not in (np.uint8, np.bool_)]
+    choices = [t for t in choices if np.dtype(t).name not in entry.dtypes.get(lab, ())]
     new = a.astype(choices[int(rng.integers(len(choices)))])
     return replace(call, lab, new), "error"
 
@@ -147,7 +148,7 @@ def shape(entry: Entry, call: Call, rng: np.random.Generator) -> tuple[Call, str
     a = value(call, lab)
     how = int(rng.integers(3))
     if how == 0 or a.ndim == 0:  # one more axis
-        return replace(call, lab, a[None]), "error"
+        return replace(call, lab, a[None]), "either" if lab in entry.free_ndim else "error"
     axis = int(rng.integers(a.ndim))
     n = a.shape[axis] + int(rng.choice([-1, 1, 2]))
     if n < 0:

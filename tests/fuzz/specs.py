@@ -38,6 +38,8 @@ class Entry:
     scales: tuple[str, ...] = ()
     sparse: bool = False
     inplace_ok: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    free_ndim: tuple[str, ...] = ()
+    dtypes: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.names = frozenset(self.names | set(self.flags) | {"trusted"})
@@ -564,3 +566,423 @@ def _remat_dtr(rng: np.random.Generator) -> Call:
             np.arange(n, dtype=np.int64), once, int(rng.integers(0, 400)))
     kw = {"heuristic": ["full", "eq"][int(rng.integers(2))], "lookahead": bool(rng.integers(2))}
     return Call("remat_dtr", args, kw)
+
+
+# ---- nn ops -----------------------------------------------------------------------------------
+
+
+def _rows(rng: np.random.Generator) -> tuple[int, int]:
+    return size(rng), size(rng)
+
+
+def _check_layernorm_f(call: Call, res: Any) -> None:
+    x, w, b = call.args[:3]
+    if x.shape[1] == 0:  # no columns: mean and rstd are undefined
+        assert res[0].shape == x.shape and res[1].shape == res[2].shape == x.shape[:1], "layernorm_forward shapes"
+        return
+    for got, want, what in zip(res, ref.layernorm_forward(x, w, b, *call.args[3:]), ("y", "mean", "rstd"), strict=True):
+        close(got, want, f"layernorm_forward {what}", tol=5e-3)
+
+
+@entry("layernorm_forward", check=_check_layernorm_f, names=frozenset({"x", "w", "b", "eps"}), scales=("arg3",))
+def _layernorm_f(rng: np.random.Generator) -> Call:
+    N, C = _rows(rng)
+    return Call("layernorm_forward", (f32(rng, N, C), f32(rng, C), f32(rng, C), float(rng.choice([1e-5, 0.5]))))
+
+
+def _norm_stats(x: np.ndarray, rms: bool) -> tuple[np.ndarray, ...]:
+    if rms:
+        return (ref.rmsnorm_forward(x, np.ones(x.shape[1]))[1].astype(F32),)
+    _, mean, rstd = ref.layernorm_forward(x, np.ones(x.shape[1]), np.zeros(x.shape[1]))
+    return mean.astype(F32), rstd.astype(F32)
+
+
+def _check_layernorm_b(call: Call, res: Any) -> None:
+    for got, want, what in zip(res, ref.layernorm_backward(*call.args), ("dx", "dw", "db"), strict=True):
+        close(got, want, f"layernorm_backward {what}", tol=5e-3)
+
+
+@entry("layernorm_backward", check=_check_layernorm_b, names=frozenset({"dy", "x", "w", "mean", "rstd"}))
+def _layernorm_b(rng: np.random.Generator) -> Call:
+    N, C = _rows(rng)
+    x = f32(rng, N, C)
+    return Call("layernorm_backward", (f32(rng, N, C), x, f32(rng, C), *_norm_stats(x, False)))
+
+
+def _check_rmsnorm_f(call: Call, res: Any) -> None:
+    x = call.args[0]
+    if x.shape[1] == 0:  # no columns: rstd is undefined
+        assert res[0].shape == x.shape and res[1].shape == x.shape[:1], "rmsnorm_forward shapes"
+        return
+    for got, want, what in zip(res, ref.rmsnorm_forward(*call.args), ("y", "rstd"), strict=True):
+        close(got, want, f"rmsnorm_forward {what}", tol=5e-3)
+
+
+@entry("rmsnorm_forward", check=_check_rmsnorm_f, names=frozenset({"x", "w", "eps"}), scales=("arg2",))
+def _rmsnorm_f(rng: np.random.Generator) -> Call:
+    N, C = _rows(rng)
+    return Call("rmsnorm_forward", (f32(rng, N, C), f32(rng, C), float(rng.choice([1e-6, 0.5]))))
+
+
+def _check_rmsnorm_b(call: Call, res: Any) -> None:
+    for got, want, what in zip(res, ref.rmsnorm_backward(*call.args), ("dx", "dw"), strict=True):
+        close(got, want, f"rmsnorm_backward {what}", tol=5e-3)
+
+
+@entry("rmsnorm_backward", check=_check_rmsnorm_b, names=frozenset({"dy", "x", "w", "rstd"}))
+def _rmsnorm_b(rng: np.random.Generator) -> Call:
+    N, C = _rows(rng)
+    x = f32(rng, N, C)
+    return Call("rmsnorm_backward", (f32(rng, N, C), x, f32(rng, C), *_norm_stats(x, True)))
+
+
+def _any_shape(rng: np.random.Generator) -> tuple[int, ...]:
+    return tuple(size(rng) for _ in range(int(rng.integers(0, 4))))
+
+
+def _elementwise(name: str, args: tuple[str, ...], want: Callable[..., Any]) -> None:
+    """An elementwise op of one-shape float32 arguments, checked against ``want``."""
+
+    def check(call: Call, res: Any) -> None:
+        got = res if isinstance(res, tuple) else (res,)
+        exp = want(*call.args)
+        for k, (g, w) in enumerate(zip(got, exp if isinstance(exp, tuple) else (exp,), strict=True)):
+            close(g, w, f"{name} output {k}")
+
+    def build(rng: np.random.Generator) -> Call:
+        shape = _any_shape(rng)
+        return Call(name, tuple(f32(rng, *shape) for _ in args))
+
+    ENTRIES[name] = Entry(name, build, check, names=frozenset(args),
+                          free_ndim=tuple(f"arg{i}" for i in range(len(args))) if len(args) == 1 else ())
+
+
+_elementwise("gelu_forward", ("x",), ref.gelu_forward)
+_elementwise("gelu_backward", ("dy", "x"), ref.gelu_backward)
+_elementwise("swiglu_forward", ("gate", "up"), ref.swiglu_forward)
+_elementwise("swiglu_backward", ("dy", "gate", "up"), ref.swiglu_backward)
+
+
+def _check_rope(call: Call, res: Any) -> None:
+    x, theta, offset = call.args
+    close(res, ref.rope_forward(x, theta, offset, bool(call.kwargs["inverse"]), call.kwargs.get("inv_freq")), "rope")
+
+
+@entry("rope", check=_check_rope, names=frozenset({"x", "theta", "offset", "inv_freq", "inverse"}),
+       ints=("arg2",), flags=("inverse",), scales=("arg1",))
+def _rope(rng: np.random.Generator) -> Call:
+    B, T, H, D = size(rng, 4), size(rng), size(rng, 4), 2 * size(rng, 6)
+    kw: dict[str, Any] = {"inverse": bool(rng.integers(2))}
+    if rng.integers(2):
+        kw["inv_freq"] = rng.random(D // 2).astype(F32)
+    args = (f32(rng, B, T, H, D), float(rng.choice([10000.0, 500000.0])), int(rng.integers(0, 50)))
+    return Call("rope", args, kw)
+
+
+def _check_embedding_f(call: Call, res: Any) -> None:
+    ids, wte = call.args
+    close(res, np.asarray(wte, np.float64)[ids], "embedding_forward")
+
+
+@entry("embedding_forward", check=_check_embedding_f, names=frozenset({"ids", "wte"}))
+def _embedding_f(rng: np.random.Generator) -> Call:
+    V, C = size(rng) + 1, size(rng)
+    return Call("embedding_forward", (rng.integers(0, V, (size(rng, 5), size(rng))).astype(np.int64), f32(rng, V, C)))
+
+
+def _check_embedding_b(call: Call, res: Any) -> None:
+    dx, _, V = call.args
+    if dx.shape[2] == 0:
+        assert res.shape == (V, 0), f"embedding_backward: shape {res.shape}"
+        return
+    close(res, ref.embedding_backward(*call.args), "embedding_backward")
+
+
+@entry("embedding_backward", check=_check_embedding_b, names=frozenset({"dx", "ids", "V"}), ints=("arg2",))
+def _embedding_b(rng: np.random.Generator) -> Call:
+    V, C, B, T = size(rng) + 1, size(rng), size(rng, 5), size(rng)
+    return Call("embedding_backward", (f32(rng, B, T, C), rng.integers(0, V, (B, T)).astype(np.int64), V))
+
+
+def _logits(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    N, K = size(rng), size(rng) + 1
+    return f32(rng, N, K), rng.integers(0, K, N).astype(np.int64)
+
+
+XENT_NAMES = frozenset({"logits", "targets", "lse", "dloss", "x", "w", "chunk", "grad", "need_dw"})
+
+
+def _check_xent_f(call: Call, res: Any) -> None:
+    loss, lse, _ = ref.softmax_xent(*call.args)
+    if call.args[0].shape[0]:
+        close(res[0], loss, "softmax_xent_forward loss")
+    close(res[1], lse, "softmax_xent_forward lse")
+
+
+@entry("softmax_xent_forward", check=_check_xent_f, names=XENT_NAMES)
+def _xent_f(rng: np.random.Generator) -> Call:
+    return Call("softmax_xent_forward", _logits(rng))
+
+
+def _xent_grad(logits: np.ndarray, targets: np.ndarray, lse: np.ndarray, dloss: float) -> np.ndarray:
+    """dloss / N * (exp(logits - lse) - onehot(targets)) with the lse given (the kernel's contract)."""
+    L = np.asarray(logits, np.float64)
+    P = np.exp(L - np.asarray(lse, np.float64)[:, None])
+    P[np.arange(L.shape[0]), targets] -= 1.0
+    return dloss * P / max(L.shape[0], 1)
+
+
+def _check_xent_b(call: Call, res: Any) -> None:
+    close(res, _xent_grad(*call.args), "softmax_xent_backward")
+
+
+@entry("softmax_xent_backward", check=_check_xent_b, names=XENT_NAMES, scales=("arg3",))
+def _xent_b(rng: np.random.Generator) -> Call:
+    L, t = _logits(rng)
+    lse = ref.softmax_xent(L, t)[1].astype(F32)
+    return Call("softmax_xent_backward", (L, t, lse, float(rng.standard_normal())))
+
+
+def _head(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    N, C, V = size(rng), size(rng), size(rng) + 1
+    return f32(rng, N, C), f32(rng, V, C), rng.integers(0, V, N).astype(np.int64)
+
+
+def _check_head_f(call: Call, res: Any) -> None:
+    x, w, t = call.args[:3]
+    loss, lse, dx, dw = ref.lm_head_xent(x, w, t)
+    if x.shape[0]:
+        close(res[0], loss, "lm_head_xent_forward loss")
+    close(res[1], lse, "lm_head_xent_forward lse")
+    if call.kwargs.get("grad"):
+        close(res[2], dx, "lm_head_xent_forward dx")
+        if call.kwargs.get("need_dw"):
+            close(res[3], dw, "lm_head_xent_forward dw")
+
+
+@entry("lm_head_xent_forward", check=_check_head_f, names=XENT_NAMES, ints=("chunk",), flags=("grad", "need_dw"))
+def _head_f(rng: np.random.Generator) -> Call:
+    kw = {"chunk": int(rng.integers(0, 6)), "grad": bool(rng.integers(2)), "need_dw": bool(rng.integers(2))}
+    return Call("lm_head_xent_forward", _head(rng), kw)
+
+
+def _check_head_b(call: Call, res: Any) -> None:
+    x, w, t, lse = (np.asarray(a, np.float64) if a.dtype.kind == "f" else a for a in call.args)
+    G = _xent_grad(x @ w.T, t, lse, call.kwargs["dloss"])
+    close(res[0], G @ w, "lm_head_xent_backward dx")
+    if call.kwargs.get("need_dw"):
+        close(res[1], G.T @ x, "lm_head_xent_backward dw")
+
+
+@entry("lm_head_xent_backward", check=_check_head_b, names=XENT_NAMES, ints=("chunk",), flags=("need_dw",),
+       scales=("dloss",))
+def _head_b(rng: np.random.Generator) -> Call:
+    x, w, t = _head(rng)
+    lse = ref.lm_head_xent(x, w, t)[1].astype(F32)
+    kw = {"dloss": float(rng.standard_normal()), "need_dw": bool(rng.integers(2)), "chunk": int(rng.integers(0, 6))}
+    return Call("lm_head_xent_backward", (x, w, t, lse), kw)
+
+
+def _check_adamw(call: Call, res: Any) -> None:
+    _, outs = res
+    want = ref.adamw_step(*call.args)
+    for lab, w, what in zip(("arg0", "arg2", "arg3"), want, ("param", "m", "v"), strict=True):
+        close(outs[lab], w, f"adamw_step {what}")
+
+
+@entry("adamw_step", check=_check_adamw,
+       names=frozenset({"param", "grad", "m", "v", "lr", "beta1", "beta2", "eps", "weight_decay", "step",
+                        "param, grad", "param, m", "param, v", "grad, m", "grad, v", "m, v"}),
+       ints=("arg9",), scales=("arg4", "arg5", "arg6", "arg7", "arg8"))
+def _adamw(rng: np.random.Generator) -> Call:
+    shape = _any_shape(rng)
+    p, g, m = f32(rng, *shape), f32(rng, *shape), f32(rng, *shape)
+    v = f32(rng, *shape)
+    np.abs(v, out=v)  # a 0-d array stays an array
+    args = (p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, float(rng.choice([0.0, 0.01])), int(rng.integers(1, 100)))
+    return Call("adamw_step", args, outputs=frozenset({"arg0", "arg2", "arg3"}))
+
+
+ATTN_NAMES = frozenset({"do", "q", "k", "v", "o", "lse", "causal", "scale"})
+
+
+def _qkv(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    B, Hkv, g, T, D = size(rng, 3), int(rng.integers(1, 3)), int(rng.integers(1, 3)), size(rng), size(rng, 9)
+    return f32(rng, B, Hkv * g, T, D), f32(rng, B, Hkv, T, D), f32(rng, B, Hkv, T, D)
+
+
+def _attention_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool, scale: float) -> tuple[np.ndarray, ...]:
+    """(o, lse) of the reference, or zeros of their shapes when an axis is empty."""
+    if q.size and k.size:
+        return ref.attention_forward(q, k, v, causal, scale)
+    return np.zeros(q.shape), np.zeros(q.shape[:3])
+
+
+def _check_attn_f(call: Call, res: Any) -> None:
+    q, k, v = call.args
+    if not (q.size and k.size):
+        assert res[0].shape == q.shape and res[1].shape == q.shape[:3], "attention_forward: output shapes"
+        return
+    o, lse = ref.attention_forward(q, k, v, bool(call.kwargs["causal"]), call.kwargs["scale"])
+    close(res[0], o, "attention_forward o")
+    close(res[1], lse, "attention_forward lse")
+
+
+@entry("attention_forward", check=_check_attn_f, names=ATTN_NAMES, flags=("causal",), scales=("scale",))
+def _attn_f(rng: np.random.Generator) -> Call:
+    q, k, v = _qkv(rng)
+    return Call("attention_forward", (q, k, v), {"causal": bool(rng.integers(2)), "scale": float(rng.choice([0.5, -0.3]))})
+
+
+def _attention_grads(do: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, o: np.ndarray, lse: np.ndarray,
+                     causal: bool, scale: float) -> tuple[np.ndarray, ...]:
+    """(dq, dk, dv) from the given o and lse as the backward's contract states (FlashAttention-2:
+    P = exp(S - lse), dS = P (do v^T - rowsum(do o))), in float64 with the T x T matrices whole."""
+    do, q, k, v, o, lse = (np.asarray(a, np.float64) for a in (do, q, k, v, o, lse))
+    B, H, T, D = q.shape
+    Hkv = k.shape[1]
+    g = H // Hkv
+    kk, vv = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
+    S = scale * q @ kk.transpose(0, 1, 3, 2)
+    P = np.exp(S - lse[..., None])
+    if causal:
+        P = np.where(np.tril(np.ones((T, T), bool)), P, 0.0)
+    dS = P * (do @ vv.transpose(0, 1, 3, 2) - (do * o).sum(-1, keepdims=True))
+    dk = (scale * dS.transpose(0, 1, 3, 2) @ q).reshape(B, Hkv, g, T, D).sum(2)
+    dv = (P.transpose(0, 1, 3, 2) @ do).reshape(B, Hkv, g, T, D).sum(2)
+    return scale * dS @ kk, dk, dv
+
+
+def _check_attn_b(call: Call, res: Any) -> None:
+    q, k, v = call.args[1:4]
+    if not (q.size and k.size):
+        assert [r.shape for r in res] == [q.shape, k.shape, v.shape], "attention_backward: output shapes"
+        return
+    want = _attention_grads(*call.args, bool(call.kwargs["causal"]), call.kwargs["scale"])
+    for got, w, what in zip(res, want, ("dq", "dk", "dv"), strict=True):
+        close(got, w, f"attention_backward {what}")
+
+
+@entry("attention_backward", check=_check_attn_b, names=ATTN_NAMES, flags=("causal",), scales=("scale",))
+def _attn_b(rng: np.random.Generator) -> Call:
+    q, k, v = _qkv(rng)
+    causal, scale = bool(rng.integers(2)), float(rng.choice([0.5, -0.3]))
+    o, lse = (a.astype(F32) for a in _attention_reference(q, k, v, causal, scale))
+    return Call("attention_backward", (f32(rng, *q.shape), q, k, v, o, lse), {"causal": causal, "scale": scale})
+
+
+# ---- rws --------------------------------------------------------------------------------------
+
+
+def _check_rws_extract(call: Call, res: Any) -> None:
+    sig, dr, dd = ref.rws_extract(*call.args)
+    close(res[0], sig, "rws_extract signature")
+    close(np.array([res[1], res[2]]), np.array([dr, dd]), "rws_extract dots")
+
+
+@entry("rws_extract", check=_check_rws_extract, names=frozenset({"pre", "clean", "robust"}), flags=("naive",),
+       free_ndim=("arg0", "arg1", "arg2"))
+def _rws_extract(rng: np.random.Generator) -> Call:
+    shape = _any_shape(rng)
+    return Call("rws_extract", tuple(f32(rng, *shape) for _ in range(3)), {"naive": bool(rng.integers(2))})
+
+
+RWS_NAMES = frozenset({"x", "codes", "params", "n", "group", "bits", "scheme", "w", "source", "alpha", "mask",
+                       "index", "w, source", "w, codes", "w, params", "w, mask", "w, index", "w, bits"})
+
+
+def _packed(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+    from sparseft import _core
+
+    group, bits, scheme = int(rng.integers(1, 9)), int(rng.choice([1, 2, 4, 8])), int(rng.integers(2))
+    codes, params, _ = _core.rws_quantize(f32(rng, max(n, 1))[:n] if n else f32(rng, 1), group, bits, scheme)
+    if n == 0:
+        codes, params = codes[:0], params[:0]
+    return codes, params, group, bits, scheme
+
+
+def _check_rws_quantize(call: Call, res: Any) -> None:
+    x, group, bits, scheme = call.args
+    codes, params, stats = res
+    got = ref.rws_dequantize(codes, params, x.size, group, bits, ("linear", "log")[scheme])
+    err = got - np.asarray(x, np.float64).ravel()
+    close(np.array([stats[0], stats[1]]), np.array([err @ err, np.abs(err).max()]), "rws_quantize stats")
+
+
+@entry("rws_quantize", check=_check_rws_quantize, names=RWS_NAMES, ints=("arg1", "arg2", "arg3"), free_ndim=("arg0",))
+def _rws_quantize(rng: np.random.Generator) -> Call:
+    n = size(rng, 40) + 1
+    return Call("rws_quantize", (f32(rng, n), int(rng.integers(1, 9)), int(rng.choice([1, 2, 4, 8])), int(rng.integers(2))))
+
+
+def _check_rws_dequantize(call: Call, res: Any) -> None:
+    codes, params, n, group, bits, scheme = call.args
+    close(res, ref.rws_dequantize(codes, params, n, group, bits, ("linear", "log")[scheme]), "rws_dequantize")
+
+
+@entry("rws_dequantize", check=_check_rws_dequantize, names=RWS_NAMES, ints=("arg2", "arg3", "arg4", "arg5"))
+def _rws_dequantize(rng: np.random.Generator) -> Call:
+    n = size(rng, 40)
+    codes, params, group, bits, scheme = _packed(rng, n)
+    return Call("rws_dequantize", (codes, params, n, group, bits, scheme))
+
+
+def _source(rng: np.random.Generator, n: int) -> Any:
+    return _packed(rng, n) if rng.integers(2) else f32(rng, n)
+
+
+def _dense_source(src: Any, n: int) -> np.ndarray:
+    if isinstance(src, tuple):
+        codes, params, group, bits, scheme = src
+        return ref.rws_dequantize(codes, params, n, group, bits, ("linear", "log")[scheme])
+    return np.asarray(src, np.float64).ravel()
+
+
+PATCH_ALPHAS = (0.375, -1.25)  # none of them is one of mutate.GOOD_REALS, so a changed alpha is seen
+
+
+def _check_rws_patch(call: Call, res: Any) -> None:
+    w, src, alpha = call.args
+    (index, _, nonfinite), outs = res
+    mask = call.kwargs.get("mask")
+    want = ref.rws_patch(w.ravel(), _dense_source(src, w.size), alpha, None if mask is None else mask.ravel().astype(bool))
+    close(outs["arg0"].ravel(), want, "rws_patch w")
+    assert np.all(np.diff(index) > 0) and nonfinite == 0, f"rws_patch record {index}, {nonfinite}"
+
+
+@entry("rws_patch", check=_check_rws_patch, names=RWS_NAMES, scales=("arg2",), ints=("arg1[2]", "arg1[3]", "arg1[4]"),
+       free_ndim=("arg0", "arg1", "mask"), dtypes={"arg0": ("float16", "uint16")})
+def _rws_patch(rng: np.random.Generator) -> Call:
+    shape = _any_shape(rng)
+    n = int(np.prod(shape))
+    kw: dict[str, Any] = {}
+    if rng.integers(2):
+        kw["mask"] = np.asarray(rng.random(shape) < 0.5)
+    src = _source(rng, n)
+    if isinstance(src, np.ndarray):
+        src = src.reshape(shape)
+    return Call("rws_patch", (f32(rng, *shape), src, float(rng.choice(PATCH_ALPHAS))), kw, outputs=frozenset({"arg0"}))
+
+
+def _check_rws_unpatch(call: Call, res: Any) -> None:
+    """Patching the restored w again must give the patched w bit for bit (and the same record)."""
+    from sparseft import _core
+
+    _, outs = res
+    if float(call.args[2]) not in PATCH_ALPHAS:
+        return  # undone with another alpha than its patch's: only the contract (no crash) holds
+    w = outs["arg0"].copy()
+    index, _, _ = _core.rws_patch(w, *call.args[1:3], **call.kwargs)
+    assert w.tobytes() == call.args[0].tobytes(), "rws_unpatch: re-patching the restored w differs"
+    np.testing.assert_array_equal(index, call.args[3], "rws_unpatch: another record")
+
+
+@entry("rws_unpatch", check=_check_rws_unpatch, names=RWS_NAMES, scales=("arg2",),
+       free_ndim=("arg0", "arg1", "mask"), dtypes={"arg0": ("float16", "uint16")})
+def _rws_unpatch(rng: np.random.Generator) -> Call:
+    from sparseft import _core
+
+    call = _rws_patch(rng)
+    w = call.args[0].copy()
+    index, bits, _ = _core.rws_patch(w, *call.args[1:], **call.kwargs)
+    return Call("rws_unpatch", (w, call.args[1], call.args[2], index, bits), call.kwargs, outputs=frozenset({"arg0"}))
