@@ -1062,7 +1062,7 @@ static PyObject *remat_run_planner(PyObject *args, PyObject *kwargs, int kind) {
     static char *kw_dtr[] = {"memory", "duration", "pred_ptr", "pred_idx",  "succ_ptr",  "succ_idx",
                              "order",  "once",     "budget",   "heuristic", "lookahead", NULL};
     PyObject *mo, *dO, *po, *io, *spo, *sio, *oo, *sego = Py_None, *onceo = Py_None, *bo, *meo = NULL,
-                                                  *deo = NULL;
+                                                  *deo = NULL, *ho = NULL, *lo = NULL;
     long long budget;
     double mem_exp = 1.0, dist_exp = 1.0;
     const char *heuristic = "full";
@@ -1071,14 +1071,15 @@ static PyObject *remat_run_planner(PyObject *args, PyObject *kwargs, int kind) {
         okp = PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOO:remat_greedy", kw_greedy, &mo, &dO, &po,
                                           &io, &spo, &sio, &oo, &bo);
     else if (kind == PLAN_DTR)
-        okp = PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOO|sp:remat_dtr", kw_dtr, &mo, &dO, &po, &io,
-                                          &spo, &sio, &oo, &onceo, &bo, &heuristic, &lookahead);
+        okp = PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOO|OO:remat_dtr", kw_dtr, &mo, &dO, &po, &io,
+                                          &spo, &sio, &oo, &onceo, &bo, &ho, &lo);
     else
         okp = PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOOOO:remat_plan_stages", kw_stages, &mo, &dO,
                                           &po, &io, &spo, &sio, &oo, &sego, &bo, &meo, &deo);
     if (!okp || arg_int64(bo, "budget", 0, LLONG_MAX, &budget) < 0 ||
         (meo != NULL && arg_real(meo, "mem_exp", &mem_exp) < 0) ||
-        (deo != NULL && arg_real(deo, "dist_exp", &dist_exp) < 0))
+        (deo != NULL && arg_real(deo, "dist_exp", &dist_exp) < 0) ||
+        (ho != NULL && arg_str(ho, "heuristic", &heuristic) < 0) || arg_flag(lo, "lookahead", &lookahead) < 0)
         return NULL;
     int hcode = strcmp(heuristic, "eq") == 0 ? REMAT_DTR_EQ : REMAT_DTR_FULL;
     if (strcmp(heuristic, "full") != 0 && strcmp(heuristic, "eq") != 0) {
