@@ -1435,8 +1435,10 @@ static PyArrayObject *arg_ids(PyObject *obj, const char *name, int ndim, int64_t
 
 /* Checks that b has exactly the shape of a (named ref in the message). */
 static int arg_same_shape(PyArrayObject *b, const char *name, PyArrayObject *a, const char *ref) {
+    // 0-d arrays have no dims pointer: memcmp must not see NULL even for a zero length
     if (PyArray_NDIM(a) == PyArray_NDIM(b) &&
-        memcmp(PyArray_DIMS(a), PyArray_DIMS(b), sizeof(npy_intp) * (size_t)PyArray_NDIM(a)) == 0)
+        (PyArray_NDIM(a) == 0 ||
+         memcmp(PyArray_DIMS(a), PyArray_DIMS(b), sizeof(npy_intp) * (size_t)PyArray_NDIM(a)) == 0))
         return 0;
     PyObject *sa = shape_tuple(a), *sb = shape_tuple(b);
     if (sa != NULL && sb != NULL)

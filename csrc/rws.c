@@ -363,7 +363,7 @@ static int undo_append(undo_list *u, int64_t i0, const block_undo *b) {
         u->bits = nb, u->cap = cap;
     }
     for (int64_t k = 0; k < b->n; k++) u->index[u->count + k] = i0 + b->idx[k];
-    memcpy(u->bits + u->count, b->bits, (size_t)b->n * sizeof(uint32_t));
+    if (b->n > 0) memcpy(u->bits + u->count, b->bits, (size_t)b->n * sizeof(uint32_t));
     u->count += b->n;
     return 0;
 }
@@ -629,6 +629,7 @@ int rws_patch(void *w, int wtype, const uint8_t *mask, const rws_source *src, fl
     undo->bits = (uint32_t *)malloc((size_t)SFT_MAX(total, 1) * sizeof(uint32_t));
     if (undo->index == NULL || undo->bits == NULL) failed = 1;
     for (int t = 0; t < nth && !failed; t++) {
+        if (lists[t].count == 0) continue;  // an empty list may hold NULL buffers: memcpy must not see them
         memcpy(undo->index + undo->count, lists[t].index, (size_t)lists[t].count * sizeof(int64_t));
         memcpy(undo->bits + undo->count, lists[t].bits, (size_t)lists[t].count * sizeof(uint32_t));
         undo->count += lists[t].count;
