@@ -248,7 +248,9 @@ def test_stub_matches_compiled_module() -> None:
     """mypy.stubtest: sparseft/_core.pyi says exactly what the compiled module holds."""
     pytest.importorskip("mypy")
     out = subprocess.run(
-        [sys.executable, "-m", "mypy.stubtest", "sparseft._core"],
+        # the project's mypy settings explicitly: with an editable install mypy otherwise resolves the
+        # package through site-packages and ignores [tool.mypy] (missing stubs of scipy, tqdm)
+        [sys.executable, "-m", "mypy.stubtest", "sparseft._core", "--mypy-config-file", "pyproject.toml"],
         capture_output=True,
         text=True,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
