@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from sparseft._atomic import atomic_path
 from sparseft.models.config import GPTConfig, LlamaConfig, config_from_hf
 from sparseft.models.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
 from sparseft.models.transformer import Decoder, build, normalize_keys, weight_spec
@@ -282,15 +282,8 @@ def _tokenizer(d: Path, tokenizer: Any, vocab: int) -> Any:
 
 def _atomic_write(path: Path, write: Any) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _write_safetensors(path: str, entries: list[tuple[str, tuple[int, ...]]], tensors: Iterator[Any]) -> None:

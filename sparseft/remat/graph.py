@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any, Union
 
 import numpy as np
+
+from sparseft._atomic import atomic_path
 
 __all__ = ["Graph"]
 
@@ -99,20 +100,8 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     target = os.fspath(path)
     if os.path.isdir(target):
         raise IsADirectoryError(f"path: expected a file path, got the directory {target!r}")
-    directory = os.path.dirname(os.path.abspath(target))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh)
 
 
 class Graph:

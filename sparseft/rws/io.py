@@ -16,11 +16,11 @@ import math
 import os
 import pathlib
 import struct
-import tempfile
 from typing import Any
 
 import numpy as np
 
+from sparseft._atomic import atomic_path
 from sparseft.rws.quantized import BITS, GRANULARITIES, SCHEMES, QuantizedSignature, group_size
 from sparseft.rws.signature import Signature
 
@@ -47,20 +47,8 @@ def _path(path: Any) -> pathlib.Path:
 
 def atomic_write(path: Any, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync it, and rename it over ``path``."""
-    p = _path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_path(_path(path)) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 def _digest(meta: dict[str, str], tensors: dict[str, np.ndarray]) -> str:
