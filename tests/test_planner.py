@@ -111,7 +111,11 @@ def test_exact_solvers_equal_brute_force_on_tiny_graphs(case) -> None:
         ).solve()
         check_schedule(g, plan)
         if best is None:
-            assert plan.status in ("infeasible", "unknown")
+            # no stage schedule of this order fits; the heuristic fallbacks (DTR) plan general schedules,
+            # so a valid one within the budget (re-checked above) is "feasible", never "optimal"
+            assert plan.status in ("infeasible", "unknown") or (
+                plan.status == "feasible" and plan.steps and plan.peak_memory <= b
+            ), plan
         else:
             assert plan.status == "optimal"
             assert plan.duration == best, solver
