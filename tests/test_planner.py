@@ -519,7 +519,10 @@ def test_order_auto_never_worse_than_given_on_tiny_graphs(case) -> None:
                 assert auto.status == "optimal" and auto.duration == min(found), solver
                 assert auto.lower_bound is not None and auto.lower_bound <= auto.duration
             else:
-                assert auto.status in ("infeasible", "unknown"), solver
+                # no stage schedule fits either order: only a general (DTR fallback) schedule, re-checked above
+                assert auto.status in ("infeasible", "unknown") or (
+                    auto.status == "feasible" and auto.steps and auto.peak_memory <= b
+                ), solver
 
 
 def test_order_auto_every_solver_valid_on_random_layered() -> None:
