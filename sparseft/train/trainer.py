@@ -178,6 +178,8 @@ def _attach_adapter(model: Model, adapter: LoRSConfig | None) -> None:
             raise TypeError(
                 f"adapter: {type(model).__name__} has no add_adapters(), so it cannot take LoRS adapters"
             )
+        if adapter.init == "lors":  # A from the gradient SVD later (Trainer.init_lors); "lora" until then
+            adapter = dataclasses.replace(adapter, init="lora")
         hook(adapter, adapter.target_modules)
     elif not model.parameters() and hasattr(model, "train_base"):
         model.train_base(True)
@@ -287,6 +289,7 @@ class Trainer:
         self.plan_time_limit = _number("plan_time_limit", plan_time_limit, 0.0, lo_open=True)
         self.adapter = adapter
         _attach_adapter(model, adapter)
+        self._lors_pending = adapter is not None and adapter.init == "lors"  # fit() runs init_lors first
         self.model = model
         params = model.parameters()
         if not params:
@@ -511,6 +514,8 @@ class Trainer:
         for cb in callbacks:
             if not callable(cb):
                 raise TypeError(f"callbacks: expected callables, got {type(cb).__name__}")
+        if self._lors_pending and self.step == 0:
+            self.init_lors(ds, batch_size=batch_size, seq_len=seq_len)
         dp = self.dp
         rows = slice(0, batch_size) if dp is None else dp.shard(batch_size)
         key = (rows.stop - rows.start, seq_len, self.memory_budget)
@@ -603,6 +608,24 @@ class Trainer:
             if bar is not None:
                 bar.close()
         return self.history
+
+    def init_lors(
+        self,
+        data: Any,
+        batches: int = 4,
+        batch_size: int = 8,
+        seq_len: int = 64,
+        lors_scale: str | float = "lora",
+    ) -> dict[str, float]:
+        """The "lors" gradient-SVD init of every adapter: A from the SVD of G ⊙ M estimated over
+        ``batches`` calibration batches run by this trainer's step; B = 0. ``fit`` runs it (4
+        batches of its batch shape) when the adapter config says ``init="lors"`` and this has not
+        run; see :func:`sparseft.train.lors_init.init_lors` for the arguments and errors."""
+        from sparseft.train.lors_init import init_lors
+
+        norms = init_lors(self, data, batches, batch_size, seq_len, lors_scale)
+        self._lors_pending = False
+        return norms
 
     # -------------------------------------------------------------- evaluation
     def evaluate(self, data: Any, batch_size: int = 8, seq_len: int = 64) -> dict[str, float]:

@@ -1,5 +1,6 @@
 """Shared pieces of the LoRS and novel reproductions: the built-in GPT (a small byte-level GPT
-trained briefly on the built-in corpus, once per session) and an SPP/SQFT-style masked adapter."""
+trained on the built-in corpus, shipped in ``tests/repro/builtin_gpt/`` with its recipe) and an
+SPP/SQFT-style masked adapter."""
 
 from __future__ import annotations
 
@@ -11,39 +12,29 @@ import pytest
 
 import sparseft as sft
 from sparseft.adapters import LoRSLinear
-from sparseft.data import builtin_corpus
-from sparseft.models import GPT, GPTConfig, from_pretrained
+from sparseft.models import from_pretrained
 from sparseft.models.transformer import LinearOp
-from sparseft.train import evaluate
 
-# the built-in GPT of the reproductions: small enough to train in well under a minute on 2 cores
+from .builtin_gpt import HERE as BUILTIN_GPT
+from .builtin_gpt import corpus_split, held_out_perplexity
+
+# the shape of the built-in GPT (tests that need an untrained model of that family use it)
 CFG = dict(vocab_size=256, n_layer=2, n_head=2, d_model=64, seq_len=32)
 BATCH, SEQ = 8, 32
-PRETRAIN_STEPS = 250
 
-
-def corpus_split() -> tuple[np.ndarray, np.ndarray]:
-    """(train, held-out) byte ids of the built-in corpus; held-out is 2,048 tokens."""
-    c = builtin_corpus()
-    cut = int(0.9 * c.size)
-    return c[:cut], c[cut : cut + 2048]
+__all__ = ["BATCH", "BUILTIN_GPT", "CFG", "SEQ", "corpus_split", "perplexity"]
 
 
 def perplexity(model: Any) -> float:
-    """Held-out perplexity of ``model`` (every non-overlapping window of the held-out split)."""
-    return float(evaluate(model, corpus_split()[1], batch_size=BATCH, seq_len=SEQ)["perplexity"])
+    """Held-out perplexity of ``model`` (every non-overlapping SEQ window of the held-out split)."""
+    return held_out_perplexity(model)
 
 
 @pytest.fixture(scope="session")
-def gpt_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """Directory of the built-in GPT (Hugging Face layout), trained once per session."""
+def gpt_dir() -> pathlib.Path:
+    """Directory of the shipped built-in GPT (Hugging Face layout; see builtin_gpt/RECIPE.json)."""
     sft.set_num_threads(1)  # deterministic and not oversubscribed on a shared 2-core host
-    model = GPT.random(GPTConfig(**CFG), seed=0)
-    trainer = sft.Trainer(model, lr=3e-2, warmup=10, grad_clip=None, seed=0)
-    trainer.fit(corpus_split()[0], steps=PRETRAIN_STEPS, batch_size=BATCH, seq_len=SEQ, progress=False)
-    path = tmp_path_factory.mktemp("builtin_gpt")
-    model.save_pretrained(str(path))
-    return path
+    return BUILTIN_GPT
 
 
 def load_gpt(path: pathlib.Path) -> Any:

@@ -16,6 +16,7 @@ from sparseft import _core
 from sparseft.models import GPT, GPTConfig
 from sparseft.models.graph import run_step
 
+from . import builtin_gpt
 from .conftest import (
     BATCH,
     CFG,
@@ -30,7 +31,7 @@ from .conftest import (
 
 pytestmark = pytest.mark.repro
 
-FT_STEPS = 30
+FT_STEPS = 100
 ADAPTER: dict[str, Any] = {"r": 4, "alpha": 8}
 
 
@@ -44,17 +45,40 @@ def _pruned(gpt_dir: Any, method: str) -> Any:
     return model
 
 
-def _finetune(model: Any, init: str = "lora", spp: bool = False, steps: int = FT_STEPS, seed: int = 0) -> Any:
-    """LoRS (or, with ``spp``, the SPP-style twin) adapters on every block linear, ``steps`` steps."""
-    grads = masked_weight_grads(model, batch_windows(BATCH, seed=99)) if init == "lors" else None
-    model.add_adapters(sft.LoRSConfig(**ADAPTER, init="lora", seed=seed))
-    if grads is not None:
-        for name, layer in model.linears().items():
-            layer.init_adapters("lors", init_grad=grads[name])
+def _finetune(
+    model: Any, init: str = "lora", spp: bool = False, steps: int = FT_STEPS, seed: int = 0, lr: float = 1e-2
+) -> Any:
+    """LoRS (or, with ``spp``, the SPP-style twin) adapters on every block linear, ``steps`` steps.
+    ``init="lors"`` goes through the Trainer (its fit runs the gradient-SVD init first)."""
     if spp:
+        model.add_adapters(sft.LoRSConfig(**ADAPTER, init=init, seed=seed))
         use_spp(model)
-    trainer = sft.Trainer(model, adapter=None, lr=1e-2, warmup=3, seed=seed)
+        trainer = sft.Trainer(model, adapter=None, lr=lr, warmup=3, seed=seed)
+    else:
+        trainer = sft.Trainer(
+            model, adapter=sft.LoRSConfig(**ADAPTER, init=init, seed=seed), lr=lr, warmup=3, seed=seed
+        )
     return trainer.fit(corpus_split()[0], steps=steps, batch_size=BATCH, seq_len=SEQ, progress=False)
+
+
+def test_shipped_builtin_gpt_matches_its_recipe(gpt_dir: Any) -> None:
+    """The shipped weights are the recipe's: shape, file digest, and (on the corpus it was trained
+    on) the recorded held-out perplexity; the file stays small."""
+    import hashlib
+    import json
+
+    rec = builtin_gpt.recipe()
+    weights = (gpt_dir / "model.safetensors").read_bytes()
+    assert len(weights) < 600_000
+    assert hashlib.sha256(weights).hexdigest() == rec["model_sha256"]
+    assert rec["config"] == builtin_gpt.CONFIG and rec["train"]["steps"] == builtin_gpt.TRAIN["steps"]
+    hf = json.loads((gpt_dir / "config.json").read_text())
+    assert (hf["n_layer"], hf["n_embd"], hf["vocab_size"]) == (2, 64, 256)
+    if builtin_gpt.corpus_digest() != rec["corpus_sha256"]:
+        pytest.skip("this Python's pydoc_data corpus differs from the one the model was trained on")
+    ppl = perplexity(load_gpt(gpt_dir))
+    print(f"\nshipped built-in GPT: held-out perplexity {ppl:.4f} (recipe {rec['held_out_perplexity']})")
+    assert ppl == pytest.approx(rec["held_out_perplexity"], rel=1e-3)
 
 
 def _step_peak(model: Any, ids: np.ndarray) -> tuple[int, float]:
@@ -119,9 +143,12 @@ def test_recovery_after_pruning(gpt_dir: Any, method: str) -> None:
     )
     # same steps, same math: at least the SPP-style recovery (float32 rounding apart)
     assert lors <= spp * 1.01
-    # fine-tuning never leaves the pruned model worse; how much there is to recover depends on how
-    # much pruning cost, which for this briefly trained model is small (see the printed figures)
-    assert lors <= pruned * 1.005
+    # far more than the pruned model: pruning costs the trained model > 30 % perplexity, and LoRS
+    # fine-tuning wins back at least 40 % of that gap (observed: Wanda ~58 %, SparseGPT ~80 %)
+    assert pruned >= 1.3 * dense
+    recovered = (pruned - lors) / (pruned - dense)
+    print(f"{method}: LoRS recovered {100 * recovered:.1f} % of the pruning loss")
+    assert recovered >= 0.4
     # merged: exactly the pruned zeros
     pruned_model.merge_adapters()
     for n, L in pruned_model.linears().items():
@@ -130,8 +157,7 @@ def test_recovery_after_pruning(gpt_dir: Any, method: str) -> None:
 
 def test_lors_init_aligns_adapters_with_the_gradient(gpt_dir: Any) -> None:
     """The "lors" init puts A on the top singular directions of G ⊙ M, so the first step's adapter
-    gradient dB = s·(G ⊙ M) Aᵀ is far larger than from the "lora" init at the same row norm of A;
-    the training losses at equal steps are printed beside it."""
+    gradient dB = s·(G ⊙ M) Aᵀ is far larger than from the "lora" init at the same row norm of A."""
     model = _pruned(gpt_dir, "magnitude")
     grads = masked_weight_grads(model, batch_windows(BATCH, seed=99))
     model.add_adapters(sft.LoRSConfig(**ADAPTER))
@@ -146,21 +172,40 @@ def test_lors_init_aligns_adapters_with_the_gradient(gpt_dir: Any) -> None:
                 layer.init_adapters("lora")
             norms[init] = float(np.linalg.norm(Gm @ layer.A.T.astype(np.float64)))
         ratios.append(norms["lors"] / norms["lora"])
-    finals = {}
-    for init in ("lora", "lors"):
-        finals[init] = float(
-            np.mean(
-                [
-                    np.mean(_finetune(_pruned(gpt_dir, "magnitude"), init=init, steps=15, seed=s).loss[-5:])
-                    for s in (0, 1)
-                ]
-            )
-        )
-    print(
-        f"\n|dB| at step 0, lors init / lora init, per layer: {np.round(ratios, 2).tolist()}; mean training loss "
-        f"over the last 5 of 15 steps: lora init {finals['lora']:.4f}, lors init {finals['lors']:.4f}"
-    )
+    print(f"\n|dB| at step 0, lors init / lora init, per layer: {np.round(ratios, 2).tolist()}")
     assert min(ratios) >= 2.0
+
+
+INIT_SEEDS = (0, 1, 2, 3)
+INIT_STEPS, INIT_LR = 30, 3e-3
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_lors_init_beats_lora_init_at_equal_steps(gpt_dir: Any, method: str) -> None:
+    """``LoRSConfig(init="lors")`` through the Trainer (fit runs the gradient-SVD init on 4
+    calibration batches) against ``init="lora"``, same data order, same steps, over 4 seeds: the
+    mean training loss and the held-out loss after the run are lower with the "lors" init.
+
+    Holds at lr 3e-3 (observed mean gaps 0.03-0.07 nats, every seed); at lr 1e-2 the "lora" init
+    catches up within 30 steps and the held-out gap is within seed noise (docs/comparison.md)."""
+    gaps: dict[str, list[float]] = {"train": [], "held-out": []}
+    for seed in INIT_SEEDS:
+        res = {}
+        for init in ("lora", "lors"):
+            model = _pruned(gpt_dir, method)
+            hist = _finetune(model, init=init, steps=INIT_STEPS, seed=seed, lr=INIT_LR)
+            res[init] = (float(np.mean(hist.loss)), float(np.log(perplexity(model))))
+            if init == "lors":
+                assert all(L.init == "lors" for L in model.linears().values())
+        gaps["train"].append(res["lora"][0] - res["lors"][0])
+        gaps["held-out"].append(res["lora"][1] - res["lors"][1])
+    print(
+        f"\n{method}: loss gap lora - lors over seeds {INIT_SEEDS} ({INIT_STEPS} steps, lr {INIT_LR}): mean training "
+        f"loss {np.round(gaps['train'], 4).tolist()}, held-out loss {np.round(gaps['held-out'], 4).tolist()}"
+    )
+    for what, g in gaps.items():
+        assert float(np.mean(g)) >= 0.015, what
+        assert min(g) > 0.0, what
 
 
 def test_merge_keeps_zeros_plain_lora_fills_them(gpt_dir: Any) -> None:
