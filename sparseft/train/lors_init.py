@@ -48,20 +48,33 @@ def adapted_layers(model: Any) -> dict[str, LoRSLinear]:
 
 @contextlib.contextmanager
 def _observed(layers: dict[str, LoRSLinear], sums: dict[str, np.ndarray]) -> Iterator[None]:
-    """While active, each layer's backward(gy, x) also adds gyᵀ x into ``sums[name]``."""
+    """While active, each layer's backward(gy, x) also adds gyᵀ x into ``sums[name]`` (the
+    layer's own backward, or a wrapper already set on the instance, still runs; it is restored)."""
+    saved: dict[str, Any] = {}
     try:
         for name, layer in layers.items():
+            saved[name] = layer.__dict__.get("backward")
+            inner = layer.backward
 
-            def backward(gy: np.ndarray, x: np.ndarray | None = None, _l: Any = layer, _n: str = name) -> Any:
+            def backward(
+                gy: np.ndarray,
+                x: np.ndarray | None = None,
+                _l: Any = layer,
+                _n: str = name,
+                _inner: Any = inner,
+            ) -> Any:
                 assert x is not None
                 sums[_n] += _l.estimate_full_grad([(x, gy)])
-                return type(_l).backward(_l, gy, x=x)
+                return _inner(gy, x=x)
 
             layer.backward = backward  # type: ignore[method-assign]
         yield
     finally:
-        for layer in layers.values():
-            layer.__dict__.pop("backward", None)
+        for name, prev in saved.items():
+            if prev is None:
+                layers[name].__dict__.pop("backward", None)
+            else:
+                layers[name].backward = prev  # type: ignore[method-assign]
 
 
 def _check_fresh(trainer: Trainer, layers: dict[str, LoRSLinear]) -> None:
