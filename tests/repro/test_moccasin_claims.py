@@ -32,27 +32,43 @@ def _check(g: sft.Graph, plan: sft.Schedule) -> None:
     assert peak <= plan.budget and dur == plan.duration
 
 
+MILP_LIMIT = 20.0  # seconds of HiGHS after the warm start
+
+
 @pytest.mark.parametrize(
     ("name", "budget"), [("random_layered_n100", 0.9), ("VGG16_b256_224x224_train", 0.9)]
 )
 def test_moccasin_reaches_the_checkmate_optimum(shared_data: pathlib.Path, name: str, budget: float) -> None:
-    # VGG16_b256_224x224_train is the smallest real training graph (the *_test graphs are chains
-    # whose smallest feasible budget is their peak: nothing to plan)
+    """Moccasin proves its own optimum (duration = its lower bound); the Checkmate MILP, warm
+    started from Moccasin's schedule (highspy MIP start), finds nothing better and either proves
+    the same optimum or stops at the time limit with a proved gap, which is printed and bounded.
+
+    VGG16_b256_224x224_train is the smallest real training graph (the *_test graphs are chains
+    whose smallest feasible budget is their peak: nothing to plan). On random_layered_n100 HiGHS
+    does not close the gap in 20 s (nor in 120 s: docs/comparison.md)."""
+    pytest.importorskip("highspy")
+    from .milp_warm import checkmate_warm
+
     g = _graph(shared_data, name)
     moc, t_moc = _solve(g, "moccasin", budget, 20)
-    cm, t_cm = _solve(g, "checkmate", budget, 20)
-    print(
-        f"\n{name} at {budget}: moccasin {moc.status} TDI {100 * moc.overhead:.2f}% (lower bound "
-        f"{moc.lower_bound}) in {t_moc:.1f} s; checkmate MILP {cm.status} "
-        f"{'TDI %.2f%%' % (100 * cm.overhead) if cm.steps else 'no schedule'} in {t_cm:.1f} s"
-    )
     assert moc.status == "optimal" and moc.duration == moc.lower_bound
     _check(g, moc)
-    if cm.steps:
-        _check(g, cm)
-        assert moc.duration <= cm.duration
-        if cm.status == "optimal":
-            assert moc.duration == cm.duration
+    cm, rec = checkmate_warm(g, budget, moc, MILP_LIMIT)
+    assert cm.steps and cm.duration is not None and moc.duration is not None
+    _check(g, cm)
+    gap = (moc.duration - rec["lower_bound"]) / moc.duration
+    print(
+        f"\n{name} at {budget}: moccasin {moc.status} TDI {100 * moc.overhead:.2f}% in {t_moc:.1f} s; checkmate "
+        f"MILP warm-started from it: {rec['status']} after {rec['seconds']:.1f} s, recompute cost {rec['primal']:g} "
+        f"(start {rec['start_cost']}), proved bound {rec['dual']:g}; optimum within {100 * gap:.3f}% of "
+        f"moccasin's duration"
+    )
+    assert rec["primal"] == rec["start_cost"]  # the MIP start was taken as the incumbent
+    assert cm.duration == moc.duration  # the MILP found nothing better than moccasin
+    if cm.status == "optimal":
+        assert gap == 0.0
+    else:
+        assert gap <= 0.01  # observed 0.45 % (20 s) on random_layered_n100, loaded host
 
 
 def test_moccasin_as_good_as_checkmate_much_sooner_n250(shared_data: pathlib.Path) -> None:
