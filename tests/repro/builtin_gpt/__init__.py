@@ -3,7 +3,8 @@
 as ``model.safetensors`` + ``config.json`` (Hugging Face layout) with the exact recipe in
 ``RECIPE.json``.
 
-Rebuild (deterministic: one thread, fixed seeds; a few minutes on 2 cores)::
+The recipe is ``sparseft.demo``'s (:func:`sparseft.demo.train_base_model` at seed 0: the demo
+trains and caches the same model). Rebuild (deterministic: one thread, fixed seeds; about 80 s)::
 
     python -m tests.repro.builtin_gpt            # writes into this directory
     python -m tests.repro.builtin_gpt --out DIR  # or elsewhere
@@ -23,21 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from sparseft.demo import BASE_CONFIG, BASE_TRAIN, train_base_model
+
 HERE = pathlib.Path(__file__).resolve().parent
-#: Model shape: ~120k parameters, a ~0.5 MB float32 safetensors file.
-CONFIG: dict[str, int] = dict(vocab_size=256, n_layer=2, n_head=2, d_model=64, seq_len=64)
-#: The training recipe (Trainer arguments and fit arguments); see :func:`build`.
-TRAIN: dict[str, Any] = dict(
-    init_seed=0,
-    lr=1e-2,
-    warmup=50,
-    schedule="cosine",
-    grad_clip=1.0,
-    seed=0,
-    steps=2000,
-    batch_size=16,
-    seq_len=64,
-)
+#: Model shape: ~120k parameters, a ~0.5 MB float32 safetensors file (``sparseft.demo.BASE_CONFIG``).
+CONFIG: dict[str, int] = dict(BASE_CONFIG)
+#: The training recipe (``sparseft.demo.BASE_TRAIN`` at seed 0); see :func:`build`.
+TRAIN: dict[str, Any] = dict(init_seed=0, seed=0, **BASE_TRAIN)
 HELD_OUT = 2048  # tokens of the held-out split (right after the 90 % training split)
 EVAL_SEQ = 32  # window of the held-out perplexity the reproductions use
 
@@ -70,29 +63,12 @@ def build(out: pathlib.Path = HERE, steps: int | None = None) -> dict[str, Any]:
 
     Returns the recipe record written to RECIPE.json.
     """
-    import sparseft as sft
     from sparseft._atomic import atomic_path
-    from sparseft.models import GPT, GPTConfig
 
-    sft.set_num_threads(1)  # one thread: the float32 sums run in one fixed order
     tr = dict(TRAIN, steps=TRAIN["steps"] if steps is None else int(steps))
-    model = GPT.random(GPTConfig(**CONFIG), seed=tr["init_seed"])
-    trainer = sft.Trainer(
-        model,
-        lr=tr["lr"],
-        warmup=tr["warmup"],
-        schedule=tr["schedule"],
-        grad_clip=tr["grad_clip"],
-        seed=tr["seed"],
-    )
+    recipe = {k: v for k, v in tr.items() if k not in ("init_seed", "seed")}
     t0 = time.perf_counter()
-    hist = trainer.fit(
-        corpus_split()[0],
-        steps=tr["steps"],
-        batch_size=tr["batch_size"],
-        seq_len=tr["seq_len"],
-        progress=False,
-    )
+    model, hist = train_base_model(corpus_split()[0], seed=tr["seed"], config=CONFIG, recipe=recipe)
     seconds = time.perf_counter() - t0
     out = pathlib.Path(out)
     model.save_pretrained(str(out))
