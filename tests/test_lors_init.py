@@ -190,3 +190,42 @@ def test_all_zero_gradient_is_a_clear_error() -> None:
             np.testing.assert_array_equal(L.A, before[n])
     finally:
         mp.undo()
+
+
+@pytest.mark.mpi
+def test_every_rank_gets_the_single_process_init(tmp_path: Any) -> None:
+    """With ``comm`` (2 ranks, each running both shards of every calibration batch), all ranks
+    end with the same A bit for bit, and it is the single process's A up to float32 summation
+    order (the ranks sum G over two half batches, the single process over one whole batch)."""
+    import os
+    import subprocess
+    import sys
+
+    from .test_distributed import ROOT, _mpirun
+
+    cmd = _mpirun()
+    worker = ROOT / "tests" / "lors_init_mpi_worker.py"
+    out = tmp_path / "a.npz"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    p = subprocess.run(
+        [*cmd, "-n", "2", sys.executable, str(worker), str(out)],
+        capture_output=True,
+        env=env,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert p.returncode == 0, (p.stdout + p.stderr).decode("utf-8", "replace")[-3000:]
+    got = dict(np.load(out))
+    digests = got.pop("digests")
+    assert len(set(digests.tolist())) == 1 and len(digests) == 2
+    from . import lors_init_mpi_worker as w
+
+    threads = sft.get_num_threads()
+    sft.set_num_threads(1)
+    try:
+        ref = w.init(None)
+    finally:
+        sft.set_num_threads(threads)
+    assert set(ref) == set(got)
+    for n, a in ref.items():
+        np.testing.assert_allclose(got[n], a, rtol=1e-4, atol=1e-6, err_msg=n)
