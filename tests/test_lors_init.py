@@ -229,3 +229,23 @@ def test_every_rank_gets_the_single_process_init(tmp_path: Any) -> None:
     assert set(ref) == set(got)
     for n, a in ref.items():
         np.testing.assert_allclose(got[n], a, rtol=1e-4, atol=1e-6, err_msg=n)
+
+
+@pytest.mark.parametrize(("fmt", "magnitude"), [("csr", False), ("dense", True), ("auto", True)])
+def test_init_on_compressed_bases_and_dora(fmt: str, magnitude: bool) -> None:
+    """CSR bases and weight-normalized (DoRA) adapters take the init too, on the targeted
+    linears only; G is the same whatever the base format (the model is the same)."""
+    sft.set_num_threads(1)
+    ref = _trainer()
+    G_ref = lors_init.estimate_masked_grads(ref, DATA, batches=1, batch_size=2, seq_len=12)
+    cfg = sft.LoRSConfig(r=2, init="lors", format=fmt, magnitude=magnitude, target_modules=("c_fc", "c_proj"))
+    tr = sft.Trainer(_model(), adapter=cfg, seed=3)
+    G = lors_init.estimate_masked_grads(tr, DATA, batches=1, batch_size=2, seq_len=12)
+    assert sorted(G) == ["h.0.attn.c_proj", "h.0.mlp.c_fc", "h.0.mlp.c_proj"]
+    for n, g in G.items():
+        np.testing.assert_allclose(
+            g, G_ref[n], rtol=1e-4, atol=1e-6 * float(np.abs(G_ref[n]).max()), err_msg=n
+        )
+    tr.fit(DATA, steps=1, batch_size=2, seq_len=12, progress=False)
+    layers = lors_init.adapted_layers(tr.model)
+    assert all(L.init == "lors" for L in layers.values()) and len(layers) == 3
