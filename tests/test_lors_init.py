@@ -249,3 +249,21 @@ def test_init_on_compressed_bases_and_dora(fmt: str, magnitude: bool) -> None:
     tr.fit(DATA, steps=1, batch_size=2, seq_len=12, progress=False)
     layers = lors_init.adapted_layers(tr.model)
     assert all(L.init == "lors" for L in layers.values()) and len(layers) == 3
+
+
+def test_resume_after_the_init_is_bit_identical(tmp_path: Any) -> None:
+    """A checkpoint of an init="lors" run resumes without re-initializing: same losses and
+    weights as the uninterrupted run."""
+    sft.set_num_threads(1)
+    whole = _trainer()
+    whole.fit(DATA, steps=4, batch_size=2, seq_len=12, progress=False)
+    half = _trainer()
+    # the same run (horizon 4 steps: the lr schedule) stopped after step 2
+    half.fit(DATA, steps=4, batch_size=2, seq_len=12, progress=False, callbacks=[lambda t, r: r["step"] < 2])
+    assert half.step == 2
+    half.save(tmp_path / "ck")
+    resumed = sft.Trainer.load(tmp_path / "ck")
+    resumed.fit(DATA, steps=4, batch_size=2, seq_len=12, progress=False)
+    assert resumed.history.loss == whole.history.loss
+    for (n, a), b in zip(whole.model.parameters().items(), resumed.model.parameters().values(), strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=n)
