@@ -743,7 +743,7 @@ def dtr_case(draw):
     g = sft.Graph(list(range(n)), edges, mem, dur, once=once if draw(st.booleans()) else None)
     lo, _ = g.min_budget()
     b = draw(st.integers(lo, max(lo, g.peak_memory())))
-    return g, b, draw(st.sampled_from(["full", "eq"])), draw(st.booleans())
+    return g, b, draw(st.sampled_from(["full", "eq", "belady"])), draw(st.booleans())
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -28,7 +28,8 @@ __all__ = ["SOLVERS", "Planner", "Schedule", "simulate"]
 SOLVERS = ("moccasin", "checkmate", "chen", "greedy", "blocks", "dtr", "auto", "none")
 # DTR variants the "dtr" solver runs, the cheapest first (each takes milliseconds where it succeeds;
 # one that thrashes can take seconds, so later variants start only within the time limit)
-_DTR_VARIANTS = (("eq", True), ("full", True), ("eq", False), ("full", False))
+# "belady" first: eviction by next use (issue 20), the variant that reaches the tightest budgets
+_DTR_VARIANTS = (("belady", True), ("eq", True), ("full", True), ("eq", False), ("full", False))
 ORDERS = ("given", "auto")
 # with order="auto" and two orders to plan over: the share of the time limit for the first
 # (the lower-peak order); the given order gets the rest
