@@ -865,9 +865,7 @@ def remat_dtr(memory, duration, preds, order, budget, once=None, heuristic="full
             ]
             if not cands:
                 return False
-            t = state["t"]
-
-            def key(x):
+            def key(x, t=state["t"]):
                 later = [pos[c] for c in succs[x] if pos[c] > t]
                 dist = float(min(later) - t) if later else float(n + 1 - t)
                 return (spin[x] > 0, -(float(memory[x]) * dist / belady_cost(x)), x)
