@@ -2498,7 +2498,8 @@ static PyMethodDef methods[] = {
      "heuristic='full', lookahead=False) -> (status, steps | None, peak, duration)\n\nDynamic Tensor "
      "Rematerialization over order: evict the resident output with the lowest cost / (memory * staleness) "
      "(or * distance to next use with lookahead); heuristic 'full' (exact evicted neighbourhood) or 'eq' "
-     "(union-find classes). once: None or (n,) bool, nodes never recomputed."},
+     "(union-find classes), or 'belady' (evict the highest memory * next-use distance / cost). once: None or "
+     "(n,) bool, nodes never recomputed."},
     {NULL, NULL, 0, NULL},
 };
 
