@@ -109,20 +109,24 @@ def sweep_graphs() -> list[tuple[str, sft.Graph]]:
     return out
 
 
-def sweep(time_limit: float, threads: int) -> None:
-    """Every budget from 1.0 of the peak down to the feasibility bound, in steps of 0.05."""
+def sweep(time_limit: float, threads: int, only: set[str] | None = None) -> None:
+    """Every budget from 1.0 of the peak down to the feasibility bound, in steps of 0.05 (stops
+    after two budgets in a row where no solver finds a schedule)."""
     print(
         f"budget sweep: cells overhead % / seconds to the first schedule (auto: to its best; "
         f"time limit {time_limit:g} s); '-' = no schedule; order='auto'"
     )
     for label, g in sweep_graphs():
+        if only and label not in only:
+            continue
         peak = g.peak_memory()
         lo, _ = g.min_budget()
         solvers = [s for s in SWEEP_SOLVERS if s != "blocks" or g.has_blocks]
         print(f"{label}: {g.n} nodes, feasibility bound {lo / peak:.3f} of the peak")
         print(f"  {'budget':>6s} " + " ".join(f"{s:>22s}" for s in solvers))
         frac = 1.0
-        while frac * peak >= lo - 1e-9:
+        misses = 0
+        while frac * peak >= lo - 1e-9 and misses < 2:
             cells = []
             for s in solvers:
                 plan = sft.Planner(
@@ -133,6 +137,7 @@ def sweep(time_limit: float, threads: int) -> None:
                 else:
                     who = f" {plan.solver}" if s == "auto" else ""
                     cells.append(f"{100 * plan.overhead:.2f} / {plan.time_to_best or 0.0:.3f}{who}")
+            misses = misses + 1 if all(c.startswith("- (") for c in cells) else 0
             print(f"  {frac:6.2f} " + " ".join(f"{c:>22s}" for c in cells), flush=True)
             frac = round(frac - 0.05, 2)
 
@@ -162,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     print(cpu_line())
     sim_speed()
     if args.sweep:
-        sweep(tl, args.threads)
+        sweep(tl, args.threads, {x.strip() for x in args.graphs.split(",") if x.strip()} or None)
         return 0
     solvers = args.solvers.split(",")
     # columns: (label, solver, order)

@@ -20,6 +20,8 @@
  * needs next, over and over) and gives up with REMAT_EBUDGET rather than run for minutes */
 #define DTR_COMPUTES_PER_NODE 8
 #define DTR_COMPUTES_EXTRA 1024
+/* Belady's limit: its steps are cheaper and it reaches tighter budgets with more recomputation */
+#define BELADY_COMPUTES_PER_NODE 64
 /* exact neighbourhood search limit: past it, the cost found so far is scaled up as a penalty */
 #define DTR_NEIGHBOURHOOD_LIMIT 64
 
@@ -46,6 +48,7 @@ typedef struct {
     int64_t *stack;    /* (n,) scratch: neighbourhood search, release cascade */
     int64_t *frames;   /* (n,) rematerialization stack: node */
     int64_t *fnext;    /* (n,) rematerialization stack: next input to check */
+    int64_t *spin;     /* (n,) frames in progress that read a node (REMAT_DTR_BELADY) */
     int64_t *live;     /* (n,) resident nodes, unordered */
     int64_t *where;    /* (n,) index of a resident node in live */
     int64_t nlive, stamp, cur, peak, total, clock, t, w, computes;
@@ -298,6 +301,103 @@ static int materialize(dtr_state *s, int64_t v) {
     return REMAT_OK;
 }
 
+/* Belady: cost of recomputing x, its duration plus that of its non-resident ancestors it would
+ * recompute (the search stops at resident nodes; past the limit the cost is scaled up). */
+static double belady_cost(dtr_state *s, int64_t x) {
+    double cost = (double)s->dur[x] + 1.0;
+    int64_t stamp = ++s->stamp, sp = 0, visited = 0;
+    s->seen[x] = stamp;
+    s->stack[sp++] = x;
+    while (sp > 0) {
+        int64_t y = s->stack[--sp];
+        for (int64_t k = s->pptr[y]; k < s->pptr[y + 1]; k++) {
+            int64_t u = s->pidx[k];
+            if (s->seen[u] == stamp || s->resident[u]) continue;
+            s->seen[u] = stamp;
+            cost += (double)s->dur[u] + 1.0;
+            if (++visited >= DTR_NEIGHBOURHOOD_LIMIT) return cost * 4.0;
+            s->stack[sp++] = u;
+        }
+    }
+    return cost;
+}
+
+/* Belady: evict the resident node with the highest memory * (next first use - t) / cost until
+ * `bytes` more fit; inputs of the computation about to run (lock) are never evicted, and inputs
+ * held by frames still rematerializing their own inputs (spin) only when nothing else is left. */
+static int belady_make_room(dtr_state *s, int64_t bytes) {
+    while (s->cur + bytes > s->budget) {
+        int64_t best = -1;
+        double best_h = 0.0;
+        int best_soft = 1;
+        for (int64_t k = 0; k < s->nlive; k++) {
+            int64_t x = s->live[k];
+            int soft = s->spin[x] > 0;
+            if (soft && !best_soft) continue;
+            if (!evictable(s, x)) continue;
+            int64_t nu = remat_next_use(s->spos, s->cursor, s->sptr, x, s->t);
+            double span = nu == INT64_MAX ? (double)(s->n + 1 - s->t) : (double)(nu - s->t);
+            double h = (double)s->mem[x] * span / belady_cost(s, x);
+            if (best < 0 || (best_soft && !soft) || h > best_h || (h == best_h && x < best)) {
+                best = x;
+                best_h = h;
+                best_soft = soft;
+            }
+        }
+        if (best < 0) return REMAT_EBUDGET;
+        int st = emit(s, -1 - best);
+        if (st != REMAT_OK) return st;
+        evict(s, best);
+    }
+    return REMAT_OK;
+}
+
+/* Belady: compute v, first rematerializing its missing inputs depth-first (the first missing one
+ * in input order, again until all are resident: one evicted meanwhile is brought back). */
+static int belady_materialize(dtr_state *s, int64_t v) {
+    int64_t sp = 0;
+    s->frames[sp++] = v;
+    for (int64_t k = s->pptr[v]; k < s->pptr[v + 1]; k++) s->spin[s->pidx[k]]++;
+    while (sp > 0) {
+        int64_t x = s->frames[sp - 1], miss = -1;
+        for (int64_t k = s->pptr[x]; k < s->pptr[x + 1]; k++) {
+            if (!s->resident[s->pidx[k]]) {
+                miss = s->pidx[k];
+                break;
+            }
+        }
+        if (miss >= 0) {
+            s->frames[sp++] = miss;
+            for (int64_t k = s->pptr[miss]; k < s->pptr[miss + 1]; k++) s->spin[s->pidx[k]]++;
+            continue;
+        }
+        if (++s->computes > BELADY_COMPUTES_PER_NODE * s->n + DTR_COMPUTES_EXTRA) return REMAT_EBUDGET;
+        for (int64_t k = s->pptr[x]; k < s->pptr[x + 1]; k++) s->lock[s->pidx[k]]++;
+        int st = belady_make_room(s, s->mem[x]);
+        for (int64_t k = s->pptr[x]; k < s->pptr[x + 1]; k++) {
+            s->lock[s->pidx[k]]--;
+            s->spin[s->pidx[k]]--;
+        }
+        if (st != REMAT_OK) return st;
+        if ((st = emit(s, x)) != REMAT_OK) return st;
+        if (__builtin_add_overflow(s->total, s->dur[x], &s->total)) return REMAT_EOVERFLOW;
+        s->resident[x] = 1;
+        live_add(s, x);
+        s->cur += s->mem[x];
+        if (s->cur > s->peak) s->peak = s->cur;
+        int was_evicted = s->computed[x];
+        s->computed[x] = 1;
+        sp--;
+        if (was_evicted) {
+            for (int64_t k = s->pptr[x]; k < s->pptr[x + 1]; k++) {
+                int64_t u = s->pidx[k];
+                if (--s->need[u] == 0 && (st = release(s, u)) != REMAT_OK) return st;
+            }
+        }
+    }
+    return REMAT_OK;
+}
+
 int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const int64_t *duration,
               const int64_t *pred_ptr, const int64_t *pred_idx, const int64_t *succ_ptr,
               const int64_t *succ_idx, const int64_t *order, const uint8_t *once, int64_t n, int64_t budget,
@@ -337,13 +437,14 @@ int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const in
     s.stack = (int64_t *)malloc(nn * sizeof(int64_t));
     s.frames = (int64_t *)malloc(nn * sizeof(int64_t));
     s.fnext = (int64_t *)malloc(nn * sizeof(int64_t));
+    s.spin = (int64_t *)calloc(nn, sizeof(int64_t));
     s.live = (int64_t *)malloc(nn * sizeof(int64_t));
     s.where = (int64_t *)malloc(nn * sizeof(int64_t));
     int64_t *pos = (int64_t *)calloc(nn, sizeof(int64_t));
     int status = REMAT_OK;
     if (!s.resident || !s.once_anc || !s.held || !s.computed || !s.lock || !s.need || !s.last || !s.spos ||
-        !s.cursor || !s.uf || !s.ufcost || !s.seen || !s.stack || !s.frames || !s.fnext || !s.live ||
-        !s.where || !pos) {
+        !s.cursor || !s.uf || !s.ufcost || !s.seen || !s.stack || !s.frames || !s.fnext || !s.spin ||
+        !s.live || !s.where || !pos) {
         status = REMAT_ENOMEM;
         goto done;
     }
@@ -364,7 +465,7 @@ int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const in
         int64_t v = order[t];
         s.t = t;
         if (s.computed[v]) continue; /* cannot happen for a permutation; kept for safety */
-        status = materialize(&s, v);
+        status = heuristic == REMAT_DTR_BELADY ? belady_materialize(&s, v) : materialize(&s, v);
         for (int64_t k = pred_ptr[v]; status == REMAT_OK && k < pred_ptr[v + 1]; k++) {
             int64_t u = pred_idx[k];
             if (--s.need[u] == 0) status = release(&s, u);
@@ -392,6 +493,7 @@ done:
     free(s.stack);
     free(s.frames);
     free(s.fnext);
+    free(s.spin);
     free(s.live);
     free(s.where);
     free(pos);

@@ -1081,9 +1081,11 @@ static PyObject *remat_run_planner(PyObject *args, PyObject *kwargs, int kind) {
         (deo != NULL && arg_real(deo, "dist_exp", &dist_exp) < 0) ||
         (ho != NULL && arg_str(ho, "heuristic", &heuristic) < 0) || arg_flag(lo, "lookahead", &lookahead) < 0)
         return NULL;
-    int hcode = strcmp(heuristic, "eq") == 0 ? REMAT_DTR_EQ : REMAT_DTR_FULL;
-    if (strcmp(heuristic, "full") != 0 && strcmp(heuristic, "eq") != 0) {
-        PyErr_Format(PyExc_ValueError, "heuristic: expected 'full' or 'eq', got '%s'", heuristic);
+    int hcode = strcmp(heuristic, "eq") == 0       ? REMAT_DTR_EQ
+                : strcmp(heuristic, "belady") == 0 ? REMAT_DTR_BELADY
+                                                   : REMAT_DTR_FULL;
+    if (strcmp(heuristic, "full") != 0 && strcmp(heuristic, "eq") != 0 && strcmp(heuristic, "belady") != 0) {
+        PyErr_Format(PyExc_ValueError, "heuristic: expected 'full', 'eq' or 'belady', got '%s'", heuristic);
         return NULL;
     }
     PyArrayObject *mem, *dur, *ptr, *idx, *sptr, *sidx, *order, *seg = NULL, *once = NULL;
@@ -2496,7 +2498,8 @@ static PyMethodDef methods[] = {
      "heuristic='full', lookahead=False) -> (status, steps | None, peak, duration)\n\nDynamic Tensor "
      "Rematerialization over order: evict the resident output with the lowest cost / (memory * staleness) "
      "(or * distance to next use with lookahead); heuristic 'full' (exact evicted neighbourhood) or 'eq' "
-     "(union-find classes). once: None or (n,) bool, nodes never recomputed."},
+     "(union-find classes), or 'belady' (evict the highest memory * next-use distance / cost). once: None or "
+     "(n,) bool, nodes never recomputed."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -87,6 +87,8 @@ int remat_greedy(int64_t *out_steps, int64_t *info, const int64_t *memory, const
  * Same outputs as remat_plan_stages; also REMAT_EOVERFLOW. */
 #define REMAT_DTR_FULL 0
 #define REMAT_DTR_EQ 1
+/* Belady-style: evict the highest memory * next-use distance / recompute cost (see dtr.c) */
+#define REMAT_DTR_BELADY 2
 int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const int64_t *duration,
               const int64_t *pred_ptr, const int64_t *pred_idx, const int64_t *succ_ptr,
               const int64_t *succ_idx, const int64_t *order, const uint8_t *once, int64_t n, int64_t budget,

@@ -718,6 +718,12 @@ def remat_dtr(memory, duration, preds, order, budget, once=None, heuristic="full
     since the last access, or with ``lookahead`` the order distance to the next first use.
     Returns (steps, peak, duration), or None when nothing can be evicted or the run needs more
     than 8 n + 1024 computations.
+
+    ``heuristic="belady"`` (``lookahead`` ignored): a frame rematerializes its first missing input
+    until all are resident; inputs of frames in progress are evicted only when nothing else can go,
+    those of the computation about to run never; the evicted node has the highest
+    memory * (next first use - t, or n + 1 - t) / (1 + duration + 1 + duration of each non-resident
+    ancestor, x4 past 64); ties: the lowest index; more than 64 n + 1024 computations: None.
     """
     n = len(memory)
     once = [False] * n if once is None else [bool(x) for x in once]
@@ -731,7 +737,7 @@ def remat_dtr(memory, duration, preds, order, budget, once=None, heuristic="full
         once_anc[v] = once[v] or any(once_anc[u] for u in preds[v])
     need = [len(succs[v]) for v in range(n)]
     resident, computed = [False] * n, [False] * n
-    lock, last = [0] * n, [0] * n
+    lock, last, spin = [0] * n, [0] * n, [0] * n
     parent, cls_cost = list(range(n)), [0] * n
     steps: list[int] = []
     state = {"cur": 0, "peak": 0, "total": 0, "clock": 0, "t": 0, "computes": 0}
@@ -834,7 +840,82 @@ def remat_dtr(memory, duration, preds, order, budget, once=None, heuristic="full
             evict(best)
         return True
 
+    def belady_cost(x):
+        seen, stack, c, visited = {x}, [x], duration[x] + 1.0, 0
+        while stack:
+            for u in preds[stack.pop()]:
+                if u in seen or resident[u]:
+                    continue
+                seen.add(u)
+                c += duration[u] + 1.0
+                visited += 1
+                if visited >= 64:
+                    return c * 4.0
+                stack.append(u)
+        return c
+
+    def belady_make_room(nbytes):
+        # evict the highest memory * next-use distance / cost; inputs held by frames still
+        # rematerializing (spin) only when no other node can go; the running computation's (lock) never
+        while state["cur"] + nbytes > budget:
+            cands = [
+                x
+                for x in range(n)
+                if resident[x] and lock[x] == 0 and memory[x] > 0 and not once[x] and rematerializable(x)
+            ]
+            if not cands:
+                return False
+            def key(x, t=state["t"]):
+                later = [pos[c] for c in succs[x] if pos[c] > t]
+                dist = float(min(later) - t) if later else float(n + 1 - t)
+                return (spin[x] > 0, -(float(memory[x]) * dist / belady_cost(x)), x)
+
+            best = min(cands, key=key)
+            steps.append(-1 - best)
+            evict(best)
+        return True
+
+    def belady_materialize(v):
+        frames = [v]
+        for u in preds[v]:
+            spin[u] += 1
+        while frames:
+            x = frames[-1]
+            miss = [u for u in preds[x] if not resident[u]]
+            if miss:
+                frames.append(miss[0])
+                for u in preds[miss[0]]:
+                    spin[u] += 1
+                continue
+            state["computes"] += 1
+            if state["computes"] > 64 * n + 1024:
+                return False
+            for u in preds[x]:
+                lock[u] += 1
+            ok = belady_make_room(memory[x])
+            for u in preds[x]:
+                lock[u] -= 1
+                spin[u] -= 1
+            if not ok:
+                return False
+            steps.append(x)
+            state["total"] += duration[x]
+            resident[x] = True
+            state["cur"] += memory[x]
+            state["peak"] = max(state["peak"], state["cur"])
+            was_evicted = computed[x]
+            computed[x] = True
+            frames.pop()
+            if was_evicted:
+                for u in preds[x]:
+                    need[u] -= 1
+                    if need[u] == 0:
+                        release(u)
+        return True
+
     def materialize(v):
+        if heuristic == "belady":
+            return belady_materialize(v)
         # two passes over a frame's inputs: missing ones first (held once back), then the rest
         frames = [[v, 0, set()]]
         while frames:

@@ -743,7 +743,7 @@ def dtr_case(draw):
     g = sft.Graph(list(range(n)), edges, mem, dur, once=once if draw(st.booleans()) else None)
     lo, _ = g.min_budget()
     b = draw(st.integers(lo, max(lo, g.peak_memory())))
-    return g, b, draw(st.sampled_from(["full", "eq"])), draw(st.booleans())
+    return g, b, draw(st.sampled_from(["full", "eq", "belady"])), draw(st.booleans())
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -872,3 +872,68 @@ def test_budget_below_the_bound_names_the_bound() -> None:
         ValueError, match=rf"budget {lo - 1} is below the minimum feasible budget {lo} .*{node!r}"
     ):
         sft.Planner(g, lo - 1, solver="dtr")
+
+
+@pytest.mark.parametrize(("n", "seed"), [(50, 4), (300, 5), (2000, 6)])
+def test_dtr_belady_valid_from_the_peak_down_until_it_gives_up(n: int, seed: int) -> None:
+    # every Belady schedule is re-checked by the simulator (C and the reference) and within budget;
+    # once it gives up (rc 7, no steps) it is not asked for tighter budgets
+    g = sft.graphs.random_layered(n, seed=seed)
+    peak = g.peak_memory()
+    lo, _ = g.min_budget()
+    reached = []
+    fracs = [f for f in (round(1.0 - 0.05 * k, 2) for k in range(20)) if int(f * peak) >= lo]
+    if n > 1000:  # keep the test short: a run that gives up takes seconds on 2,000 nodes
+        fracs = [f for f in fracs if f >= 0.8]
+    for frac in fracs:
+        b = int(frac * peak)
+        rc, steps, p, d = _core.remat_dtr(
+            g.memory,
+            g.duration,
+            g.pred_ptr,
+            g.pred_idx,
+            g.succ_ptr,
+            g.succ_idx,
+            g.order_idx,
+            None,
+            b,
+            heuristic="belady",
+        )
+        if rc != 0:
+            assert rc == 7 and steps is None
+            break
+        codes = steps.tolist()
+        assert sft.simulate(g, [("compute", c) if c >= 0 else ("free", -1 - c) for c in codes]) == (p, d)
+        assert p <= b and d >= g.total_duration
+        if n <= 300:
+            rp, rd, _ = ref.remat_simulate(codes, g.memory.tolist(), g.duration.tolist(), preds_of(g))
+            assert (rp, rd) == (p, d)
+        reached.append(frac)
+    assert reached[:3] == fracs[:3]  # it gets at least 0.1 of the peak below the peak
+
+
+def test_dtr_schedule_in_stage_form_hints_moccasin() -> None:
+    # Belady computes the nodes for the first time in the planning order, so its schedule rewritten
+    # with each stage's recomputations in order position is a stage schedule Moccasin takes as a hint
+    from sparseft.remat.solvers.moccasin import hint_copies
+
+    g = sft.graphs.random_layered(200, seed=1)
+    b = max(g.min_budget()[0], int(0.85 * g.peak_memory()))
+    planner = sft.Planner(g, b, solver="moccasin", order="given", max_copies=4, time_limit=2, threads=1)
+    codes, _ = planner._dtr()
+    assert codes is not None
+    staged = planner._as_stage(codes)
+    assert staged is not None
+    steps, sdur = staged
+    peak, d = sft.simulate(
+        g, [("compute", g.nodes[c]) if c >= 0 else ("free", g.nodes[-1 - c]) for c in steps.tolist()]
+    )
+    assert peak <= b and d == sdur
+    pos = np.empty(g.n, dtype=np.int64)
+    pos[g.order_idx] = np.arange(g.n)
+    copies = hint_copies(steps.tolist(), g, pos)
+    assert copies is not None and max(len(c) for c in copies) <= 4
+    # and Moccasin's answer is never worse than that hint
+    plan = planner.solve()
+    check_schedule(g, plan)
+    assert plan.duration <= sdur

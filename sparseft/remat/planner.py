@@ -28,7 +28,8 @@ __all__ = ["SOLVERS", "Planner", "Schedule", "simulate"]
 SOLVERS = ("moccasin", "checkmate", "chen", "greedy", "blocks", "dtr", "auto", "none")
 # DTR variants the "dtr" solver runs, the cheapest first (each takes milliseconds where it succeeds;
 # one that thrashes can take seconds, so later variants start only within the time limit)
-_DTR_VARIANTS = (("eq", True), ("full", True), ("eq", False), ("full", False))
+# "belady" first: eviction by next use (issue 20), the variant that reaches the tightest budgets
+_DTR_VARIANTS = (("belady", True), ("eq", True), ("full", True), ("eq", False), ("full", False))
 ORDERS = ("given", "auto")
 # with order="auto" and two orders to plan over: the share of the time limit for the first
 # (the lower-peak order); the given order gets the rest
@@ -503,6 +504,7 @@ class Planner:
         fn = getattr(self, f"_solve_{self.solver}")
         results = []
         self._sources: list[str] = []  # with "auto": the solver behind each order's result
+        self._dtr_stage: np.ndarray | None = None  # DTR's schedule in stage form (a Moccasin hint)
         try:
             for k, pg in enumerate(self._plan_graphs):
                 elapsed = time.perf_counter() - t0
@@ -606,6 +608,40 @@ class Planner:
                 found.append(steps)
         return self._best_within(found)
 
+    def _as_stage(self, codes: np.ndarray) -> tuple[np.ndarray, int] | None:
+        """A DTR schedule rewritten as a stage schedule of the planning order: its first
+        computations follow the order (DTR computes them so), and the recomputations before each
+        are made once each, in order position, with frees after the last read. Returns
+        (schedule, duration) when that is within the budget and at most ``max_copies``
+        computations per node (Moccasin's class, so it can hint the model), else None."""
+        from sparseft.remat.solvers.moccasin import hint_copies
+
+        g = self._plan_graph
+        pos = np.empty(g.n, dtype=np.int64)
+        pos[g.order_idx] = np.arange(g.n)
+        done = np.zeros(g.n, dtype=bool)
+        out: list[int] = []
+        pending: set[int] = set()
+        for c in codes.tolist():
+            if c < 0:
+                continue
+            if done[c]:
+                pending.add(c)
+                continue
+            out.extend(sorted(pending, key=lambda v: int(pos[v])))
+            pending.clear()
+            out.append(c)
+            done[c] = True
+        try:
+            steps = self._compact(np.array(out, dtype=np.int64))
+            peak, dur, _ = _sim(g, steps, profile=False)
+        except ValueError:  # recomputes a once node: not a stage schedule of the class
+            return None
+        copies = hint_copies(steps.tolist(), g, pos)
+        if peak > self.budget or copies is None or max(len(c) for c in copies) > self.max_copies:
+            return None
+        return steps, dur
+
     def _tight_hint(self) -> np.ndarray:
         """An over-budget start for Moccasin's soft model: the heuristic schedule with the lowest
         peak among budgets between ``budget`` and the no-remat peak that fits ``max_copies``
@@ -658,7 +694,12 @@ class Planner:
             return self._solve_none(t0)
         res = self._solve_moccasin(t0)
         hint = self._last_hint
-        self._sources.append(hint[2] if res[0] is not None and res[0] is hint[0] else "moccasin")
+        if res[0] is not None and res[0] is hint[0]:
+            self._sources.append(hint[2])
+        elif res[0] is not None and res[0] is self._dtr_stage:
+            self._sources.append("dtr")  # DTR's schedule in stage form, unimproved by the model
+        else:
+            self._sources.append("moccasin")
         return res
 
     def _solve_blocks(self, t0: float) -> tuple[np.ndarray | None, str, float | None, int | None]:
@@ -722,6 +763,11 @@ class Planner:
             t_found if self._last_hint[0] is not None else None,
         )
         stage = [(c, d) for name, (c, d) in found.items() if name != "dtr"]
+        if "dtr" in found:  # DTR's schedule as a stage schedule, when it fits the model's class
+            staged = self._as_stage(found["dtr"][0])
+            if staged is not None:
+                self._dtr_stage = staged[0]
+                stage.append(staged)
         hint, hint_dur = min(stage, key=lambda x: x[1]) if stage else (None, 0)
         t_hint: float | None = t_found
         args: dict[str, Any] = {
