@@ -35,9 +35,11 @@ NN_TI void F(put)(float *p, VF v, int nt) {
         F(st)(p, v);
 }
 NN_TI VF F(set)(float a) {
-    VF v;
-    for (int i = 0; i < NN_VL; i++) v[i] = a;
-    return v;
+#if NN_VL == 16
+    return (VF){a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a};
+#else
+    return (VF){a, a, a, a, a, a, a, a};
+#endif
 }
 /* m ? a : b lane by lane */
 NN_TI VF F(sel)(VI m, VF a, VF b) {
