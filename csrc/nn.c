@@ -38,7 +38,7 @@ static int nn_stream(int64_t nfloats) {
 
 #define NN_SFX(name) name##_portable
 #define NN_TGT
-#define NN_VL 8
+#define NN_VL 4
 #define NN_FMA(a, b, c) ((a) * (b) + (c))
 #define NN_STREAM(p, v) F(st)(p, v)
 #define NN_FENCE() ((void)0)
@@ -58,6 +58,8 @@ static int nn_stream(int64_t nfloats) {
 #define NN_VL 8
 #define NN_FMA(a, b, c) ((VF)_mm256_fmadd_ps((__m256)(a), (__m256)(b), (__m256)(c)))
 #define NN_SQRT(v) ((VF)_mm256_sqrt_ps((__m256)(v)))
+#define NN_MIN(a, b) ((VF)_mm256_min_ps((__m256)(a), (__m256)(b)))
+#define NN_MAX(a, b) ((VF)_mm256_max_ps((__m256)(a), (__m256)(b)))
 #define NN_STREAM(p, v) _mm256_stream_ps(p, (__m256)(v))
 #define NN_FENCE() _mm_sfence()
 #include "nn_rows.h"
@@ -66,6 +68,8 @@ static int nn_stream(int64_t nfloats) {
 #undef NN_VL
 #undef NN_FMA
 #undef NN_SQRT
+#undef NN_MIN
+#undef NN_MAX
 #undef NN_STREAM
 
 #define NN_SFX(name) name##_avx512
@@ -73,6 +77,8 @@ static int nn_stream(int64_t nfloats) {
 #define NN_VL 16
 #define NN_FMA(a, b, c) ((VF)_mm512_fmadd_ps((__m512)(a), (__m512)(b), (__m512)(c)))
 #define NN_SQRT(v) ((VF)_mm512_sqrt_ps((__m512)(v)))
+#define NN_MIN(a, b) ((VF)_mm512_min_ps((__m512)(a), (__m512)(b)))
+#define NN_MAX(a, b) ((VF)_mm512_max_ps((__m512)(a), (__m512)(b)))
 #define NN_STREAM(p, v) _mm512_stream_ps(p, (__m512)(v))
 #include "nn_rows.h"
 #undef NN_SFX
@@ -80,6 +86,8 @@ static int nn_stream(int64_t nfloats) {
 #undef NN_VL
 #undef NN_FMA
 #undef NN_SQRT
+#undef NN_MIN
+#undef NN_MAX
 #undef NN_STREAM
 #undef NN_FENCE
 

@@ -37,8 +37,10 @@ NN_TI void F(put)(float *p, VF v, int nt) {
 NN_TI VF F(set)(float a) {
 #if NN_VL == 16
     return (VF){a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a};
-#else
+#elif NN_VL == 8
     return (VF){a, a, a, a, a, a, a, a};
+#else
+    return (VF){a, a, a, a};
 #endif
 }
 /* m ? a : b lane by lane */
@@ -54,13 +56,21 @@ NN_TI float F(hsum)(VF v) {
     return s[0];
 }
 
+/* lane-wise min(hi, max(lo, x)); NaN stays NaN */
+NN_TI VF F(clamp)(VF x, float lo, float hi) {
+#ifdef NN_MAX
+    return NN_MIN(F(set)(hi), NN_MAX(F(set)(lo), x));
+#else
+    return F(sel)(x > F(set)(hi), F(set)(hi), F(sel)(x < F(set)(lo), F(set)(lo), x));
+#endif
+}
+
 /* exp(x) to about 2 ulp for x in [-87.3, 88.7] (Cephes expf: 2^n p(r), n = round(x log2 e),
  * r = x - n ln 2 in two parts, degree-6 polynomial); 0 below -87.3 and for -inf, +inf above
- * 88.7, NaN stays NaN. */
+ * 88.7, NaN stays NaN (it propagates through every step). */
 NN_TI VF F(exp)(VF x) {
-    const VF lo = F(set)(-87.3f), hi = F(set)(88.7f);
-    VI under = x<lo, over = x> hi, nan = x != x;
-    VF xc = F(sel)(under, lo, F(sel)(over, hi, x));
+    VI under = x<F(set)(-87.3f), over = x> F(set)(88.7f);
+    VF xc = F(clamp)(x, -87.3f, 88.7f);
     // round to nearest through the 1.5 * 2^23 trick: the low bits of t hold n
     VF t = NN_FMA(xc, F(set)(1.44269504088896341f), F(set)(12582912.0f));
     VI ni = (VI)t - (VI)F(set)(12582912.0f);
@@ -76,11 +86,9 @@ NN_TI VF F(exp)(VF x) {
     p = NN_FMA(p, r * r, r + F(set)(1.0f));
     // 2^n as 2^(n/2) 2^(n - n/2): n reaches 128, past the largest exponent of one float
     VI n1 = ni >> 1, n2 = ni - n1;
-    VF s1 = (VF)((n1 + 127) << 23), s2 = (VF)((n2 + 127) << 23);
-    VF y = p * s1 * s2;
+    VF y = p * (VF)((n1 + 127) << 23) * (VF)((n2 + 127) << 23);
     y = (VF)((VI)y & ~under);
-    y = F(sel)(over, F(set)(__builtin_inff()), y);
-    return F(sel)(nan, x, y);
+    return F(sel)(over, F(set)(__builtin_inff()), y);
 }
 
 NN_TI VF F(sqrt)(VF v) {
@@ -90,6 +98,11 @@ NN_TI VF F(sqrt)(VF v) {
     for (int i = 0; i < NN_VL; i++) v[i] = sqrtf(v[i]);
     return v;
 #endif
+}
+
+/* 1 / (1 + exp(-z)): 0 for z below -88.7 (and -inf), 1 from about 17, NaN stays NaN */
+NN_TI VF F(sigmoid)(VF z) {
+    return F(set)(1.0f) / (F(set)(1.0f) + F(exp)(-z));
 }
 
 /* ---- the elementwise steps ---------------------------------------------------------------------- */
@@ -117,12 +130,11 @@ enum {
  * one exp and one division per lane. u is taken at x clamped to [-15, 15], where sigmoid(2u) is
  * already exactly 0 or 1 in float32 (and x^3 cannot overflow into 0 * inf in the derivative). */
 NN_TI VF F(gelu_sig)(VF x, VF *xc_out) {
-    const VF lim = F(set)(15.0f);
-    VF xc = F(sel)(x > lim, lim, F(sel)(x < -lim, -lim, x));
-    VF x2 = xc * xc;
-    VF u = F(set)(GELU_K) * NN_FMA(F(set)(GELU_C) * x2, xc, xc);
+    VF xc = F(clamp)(x, -15.0f, 15.0f);
+    // -2u = xc (-2K - 2KC xc^2)
+    VF m2u = xc * NN_FMA(xc * xc, F(set)(-2.0f * GELU_K * GELU_C), F(set)(-2.0f * GELU_K));
     *xc_out = xc;
-    return F(set)(1.0f) / (F(set)(1.0f) + F(exp)(F(set)(-2.0f) * u));
+    return F(set)(1.0f) / (F(set)(1.0f) + F(exp)(m2u));
 }
 
 /* One full vector of kind at element j of every pointer the kind uses. */
@@ -167,12 +179,12 @@ NN_TI void F(vstep)(int kind, float *o0, float *o1, float *o2, const float *i0, 
         }
         case NK_SWI_FWD: {
             VF g = F(ld)(i0 + j);
-            F(put)(o0 + j, g / (one + F(exp)(-g)) * F(ld)(i1 + j), nt);
+            F(put)(o0 + j, g * F(sigmoid)(g) * F(ld)(i1 + j), nt);
             break;
         }
         case NK_SWI_BWD: {
             VF dy = F(ld)(i0 + j), g = F(ld)(i1 + j), u = F(ld)(i2 + j);
-            VF s = one / (one + F(exp)(-g));
+            VF s = F(sigmoid)(g);
             F(put)(o0 + j, dy * u * s * NN_FMA(g, one - s, one), nt);
             F(put)(o1 + j, dy * g * s, nt);
             break;
