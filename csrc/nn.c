@@ -36,6 +36,13 @@ static int nn_stream(int64_t nfloats) {
     return nfloats * (int64_t)sizeof(float) >= NN_STREAM_MIN_BYTES;
 }
 
+/* Streaming for a row kernel: a big output whose rows (of `row` floats) all start on a 64-byte
+ * boundary (sparseft's own big outputs do); a misaligned output is written with plain stores, as
+ * peeling every short row would cost more than the streaming saves. */
+static int nn_stream_rows(const float *y, int64_t nfloats, int64_t row) {
+    return nn_stream(nfloats) && (uintptr_t)y % 64 == 0 && (row * (int64_t)sizeof(float)) % 64 == 0;
+}
+
 #define NN_SFX(name) name##_portable
 #define NN_TGT
 #define NN_VL 4
@@ -110,7 +117,7 @@ static int nn_stream(int64_t nfloats) {
 void layernorm_forward(float *y, float *mean, float *rstd, const float *x, const float *w, const float *b,
                        int64_t N, int64_t C, float eps) {
     int64_t nb = sft_ceil_div(N, NN_RB);
-    int path = sft_simd_path, nt = nn_stream(N * C);
+    int path = sft_simd_path, nt = nn_stream_rows(y, N * C, C);
     // blocks of rows among the threads
 #pragma omp parallel for schedule(static) num_threads(nn_threads(N *C))
     for (int64_t blk = 0; blk < nb; blk++)
@@ -133,7 +140,7 @@ static int norm_backward(float *dx, float *dw, float *db, const float *dy, const
     int64_t nb = sft_ceil_div(N, NN_RB), np = db != NULL ? 2 : 1;
     float *part = (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(1, nb) * (size_t)(np * C));
     if (part == NULL) return -1;
-    int nth = nn_threads(N * C), path = sft_simd_path, nt = nn_stream(N * C);
+    int nth = nn_threads(N * C), path = sft_simd_path, nt = nn_stream_rows(dx, N * C, C);
     // row blocks: dx and each block's partial dw (, db)
 #pragma omp parallel for schedule(static) num_threads(nth)
     for (int64_t blk = 0; blk < nb; blk++)
@@ -152,7 +159,7 @@ int layernorm_backward(float *dx, float *dw, float *db, const float *dy, const f
 
 void rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int64_t N, int64_t C, float eps) {
     int64_t nb = sft_ceil_div(N, NN_RB);
-    int path = sft_simd_path, nt = nn_stream(N * C);
+    int path = sft_simd_path, nt = nn_stream_rows(y, N * C, C);
 #pragma omp parallel for schedule(static) num_threads(nn_threads(N *C))
     for (int64_t blk = 0; blk < nb; blk++)
         NN_CALL(path, rms_fwd, y, rstd, x, w, blk * NN_RB, SFT_MIN(N, (blk + 1) * NN_RB), C, eps, nt);
@@ -204,7 +211,7 @@ int rope_apply(float *y, const float *x, const float *inv_freq, int64_t B, int64
     for (int64_t i = 0; i < h2; i++)
         inv[i] = inv_freq != NULL ? inv_freq[i] : (float)(1.0 / pow(theta, (double)(2 * i) / (double)D));
     int64_t rows = B * T * H, nb = sft_ceil_div(rows, NN_RB);
-    int nth = nn_threads(rows * D), path = sft_simd_path, nt = nn_stream(rows * D);
+    int nth = nn_threads(rows * D), path = sft_simd_path, nt = nn_stream_rows(y, rows * D, h2);
     // table of cos | sin once per position (not per head); the angle is rounded to float32 as
     // Hugging Face computes it (float32 inverse frequencies times float32 positions), then cos and
     // sin taken in double

@@ -325,29 +325,26 @@ NN_TGT static void F(norm_bwd)(float *dx, float *pdw, float *pdb, const float *d
         VF muv = F(set)(mu), rsv = F(set)(rs);
         // pass 1 from memory: sums of g w and g w xhat; dw += g xhat, db += g
         VF s1 = F(set)(0.0f), s2 = F(set)(0.0f);
-        for (int64_t j = 0; j < C; j += NN_VL) {
-            float tg[NN_VL] = {0}, tx[NN_VL] = {0}, tw[NN_VL] = {0}, tdw[NN_VL] = {0}, tdb[NN_VL] = {0};
-            int full = j < Cv;
-            const float *pg = gi + j, *px = xi + j, *pw = w + j;
-            float *qdw = pdw + j, *qdb = pdb != NULL ? pdb + j : NULL;
-            if (!full) {
-                size_t nb = (size_t)(C - j) * sizeof(float);
-                memcpy(tg, pg, nb), memcpy(tx, px, nb), memcpy(tw, pw, nb), memcpy(tdw, qdw, nb);
-                if (qdb != NULL) memcpy(tdb, qdb, nb);
-                pg = tg, px = tx, pw = tw;
-            }
-            VF g = F(ld)(pg), xh = (F(ld)(px) - muv) * rsv, gw = g * F(ld)(pw);
+        int64_t j = 0;
+        for (; j < Cv; j += NN_VL) {
+            VF g = F(ld)(gi + j), xh = (F(ld)(xi + j) - muv) * rsv, gw = g * F(ld)(w + j);
             s1 += gw, s2 = NN_FMA(gw, xh, s2);
-            VF ndw = NN_FMA(g, xh, F(ld)(full ? qdw : tdw));
-            if (full) {
-                F(st)(qdw, ndw);
-                if (qdb != NULL) F(st)(qdb, F(ld)(qdb) + g);
-            } else {
-                memcpy(qdw, &ndw, (size_t)(C - j) * sizeof(float));
-                if (qdb != NULL) {
-                    VF ndb = F(ld)(tdb) + g;
-                    memcpy(qdb, &ndb, (size_t)(C - j) * sizeof(float));
-                }
+            F(st)(pdw + j, NN_FMA(g, xh, F(ld)(pdw + j)));
+            if (pdb != NULL) F(st)(pdb + j, F(ld)(pdb + j) + g);
+        }
+        if (j < C) {
+            // the tail through zero-padded copies (g = 0 in the padding adds nothing)
+            float tg[NN_VL] = {0}, tx[NN_VL] = {0}, tw[NN_VL] = {0}, tdw[NN_VL] = {0}, tdb[NN_VL] = {0};
+            size_t nb = (size_t)(C - j) * sizeof(float);
+            memcpy(tg, gi + j, nb), memcpy(tx, xi + j, nb), memcpy(tw, w + j, nb), memcpy(tdw, pdw + j, nb);
+            VF g = F(ld)(tg), xh = (F(ld)(tx) - muv) * rsv, gw = g * F(ld)(tw);
+            s1 += gw, s2 = NN_FMA(gw, xh, s2);
+            F(st)(tdw, NN_FMA(g, xh, F(ld)(tdw)));
+            memcpy(pdw + j, tdw, nb);
+            if (pdb != NULL) {
+                memcpy(tdb, pdb + j, nb);
+                F(st)(tdb, F(ld)(tdb) + g);
+                memcpy(pdb + j, tdb, nb);
             }
         }
         // pass 2 from L1: LayerNorm dx = rstd (g w - mean(g w) - xhat mean(g w xhat)),
