@@ -261,8 +261,11 @@ def _row_ops(
         ops.rope_forward(rx)
         return ops.rope_backward(rx)
 
-    # the same calls writing into preallocated outputs (out=): no page faults on fresh memory
-    yo, dxo, hyo, hdxo, hdxo2, ryo, rdxo = (np.empty_like(a) for a in (x, x, hx, hx, hx, rx, rx))
+    # the same calls writing into preallocated outputs (out=): no page faults on fresh memory. The
+    # buffers are earlier outputs of the ops (as a caller reusing them would have): 64-byte aligned
+    yo, dxo = ops.layernorm_forward(x, wv, bv)[0], ops.layernorm_forward(x, wv, bv)[0]
+    hyo, hdxo, hdxo2 = ops.gelu_forward(hx), ops.gelu_forward(hx), ops.gelu_forward(hx)
+    ryo, rdxo = ops.rope_forward(rx), ops.rope_forward(rx)
 
     def sft_ln_out() -> object:
         _, m, r = ops.layernorm_forward(x, wv, bv, out=yo)
