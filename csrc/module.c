@@ -1477,14 +1477,17 @@ static int nn_positive(double v, const char *name) {
 /* A new float32 array shaped like a for a row kernel's output; from the size at which the kernels
  * stream their stores (8 MiB), a view starting on a 64-byte boundary of a slightly larger buffer
  * (its base), so that every row of a 64-byte multiple is aligned for the streaming stores. */
-static PyArrayObject *nn_new_out(PyArrayObject *a) {
+static PyArrayObject *nn_new_out(PyArrayObject *a, PyArrayObject *match) {
     npy_intp n = PyArray_SIZE(a);
     if (n * (npy_intp)sizeof(float) < ((npy_intp)8 << 20)) return new_like(a);
     npy_intp nbuf = n + 16;
     PyArrayObject *buf = new_f32(1, &nbuf);
     if (buf == NULL) return NULL;
     char *p = (char *)PyArray_DATA(buf);
-    size_t off = (64 - (uintptr_t)p % 64) % 64;
+    // match: start at the same offset within 64 bytes as match's data (the elementwise kernels then
+    // load aligned vectors where they stream aligned ones)
+    size_t want = match != NULL ? (uintptr_t)PyArray_DATA(match) % 64 : 0;
+    size_t off = (want + 64 - (uintptr_t)p % 64) % 64;
     PyArray_Descr *d = PyArray_DESCR(buf);
     Py_INCREF(d);
     PyArrayObject *v = (PyArrayObject *)PyArray_NewFromDescr(
@@ -1500,12 +1503,14 @@ static PyArrayObject *nn_new_out(PyArrayObject *a) {
     return v;
 }
 
-/* The output `name` of a row kernel shaped like ref: a new array when out is NULL or None, else out
+/* The output `name` of a row kernel shaped like ref: a new array (nn_new_out; match NULL for 64-byte
+ * aligned, else aligned like match) when out is NULL or None, else out
  * itself (float32, C-contiguous, writeable, ref's shape, sharing no memory with the nin inputs),
  * as a new reference. */
 static PyArrayObject *nn_output(PyObject *out, const char *name, PyArrayObject *ref, const char *refname,
-                                PyArrayObject *const *ins, const char *const *in_names, int nin) {
-    if (out == NULL || out == Py_None) return nn_new_out(ref);
+                                PyArrayObject *const *ins, const char *const *in_names, int nin,
+                                PyArrayObject *match) {
+    if (out == NULL || out == Py_None) return nn_new_out(ref, match);
     PyArrayObject *o = arg_f32(out, name, -1);
     if (o == NULL || arg_same_shape(o, name, ref, refname) < 0 || arg_writeable(o, name) < 0) return NULL;
     for (int i = 0; i < nin; i++)
@@ -1526,7 +1531,7 @@ static PyObject *py_layernorm_forward(PyObject *self, PyObject *args) {
     npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1);
     PyArrayObject *ins[3] = {x, w, b}, *mean = NULL, *rstd = NULL;
     const char *inn[3] = {"x", "w", "b"};
-    PyArrayObject *y = nn_output(outo, "out", x, "x", ins, inn, 3);
+    PyArrayObject *y = nn_output(outo, "out", x, "x", ins, inn, 3, NULL);
     if (y == NULL) return NULL;
     mean = new_f32(1, &N), rstd = new_f32(1, &N);
     if (mean == NULL || rstd == NULL) goto fail;
@@ -1564,7 +1569,7 @@ static PyObject *py_layernorm_backward(PyObject *self, PyObject *args) {
     npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1);
     PyArrayObject *ins[5] = {dy, x, w, mean, rstd}, *dw = NULL, *db = NULL;
     const char *inn[5] = {"dy", "x", "w", "mean", "rstd"};
-    PyArrayObject *dx = nn_output(outo, "out", x, "x", ins, inn, 5);
+    PyArrayObject *dx = nn_output(outo, "out", x, "x", ins, inn, 5, NULL);
     int rc = 0;
     if (dx == NULL) return NULL;
     dw = new_like(w), db = new_like(w);
@@ -1594,7 +1599,7 @@ static PyObject *py_rmsnorm_forward(PyObject *self, PyObject *args) {
     npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1);
     PyArrayObject *ins[2] = {x, w};
     const char *inn[2] = {"x", "w"};
-    PyArrayObject *y = nn_output(outo, "out", x, "x", ins, inn, 2);
+    PyArrayObject *y = nn_output(outo, "out", x, "x", ins, inn, 2, NULL);
     if (y == NULL) return NULL;
     PyArrayObject *rstd = new_f32(1, &N);
     if (rstd == NULL) {
@@ -1616,7 +1621,7 @@ static PyObject *py_rmsnorm_backward(PyObject *self, PyObject *args) {
     npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1);
     PyArrayObject *ins[4] = {dy, x, w, rstd}, *dw = NULL;
     const char *inn[4] = {"dy", "x", "w", "rstd"};
-    PyArrayObject *dx = nn_output(outo, "out", x, "x", ins, inn, 4);
+    PyArrayObject *dx = nn_output(outo, "out", x, "x", ins, inn, 4, NULL);
     int rc = 0;
     if (dx == NULL) return NULL;
     dw = new_like(w);
@@ -1652,10 +1657,10 @@ static PyObject *nn_eltwise(PyObject *args, int op) {
     int ref = op == 1 ? 1 : op == 3 ? 1 : 0;
     for (int i = 0; i < nin; i++)
         if (i != ref && arg_same_shape(a[i], names[op][i], a[ref], names[op][ref]) < 0) return NULL;
-    PyArrayObject *y = nn_output(outo[0], "out", a[ref], names[op][ref], a, names[op], nin), *y2 = NULL;
+    PyArrayObject *y = nn_output(outo[0], "out", a[ref], names[op][ref], a, names[op], nin, a[0]), *y2 = NULL;
     if (y == NULL) return NULL;
     if (op == 3) {
-        y2 = nn_output(outo[1], "out2", a[ref], names[op][ref], a, names[op], nin);
+        y2 = nn_output(outo[1], "out2", a[ref], names[op][ref], a, names[op], nin, a[0]);
         if (y2 == NULL || arg_disjoint(y, "out", y2, "out2") < 0) {
             Py_DECREF(y), Py_XDECREF(y2);
             return NULL;
@@ -1734,7 +1739,7 @@ static PyObject *py_rope(PyObject *self, PyObject *args, PyObject *kwargs) {
     }
     PyArrayObject *ins[2] = {x, freq != NULL ? freq : x};
     const char *inn[2] = {"x", "inv_freq"};
-    PyArrayObject *y = nn_output(outo, "out", x, "x", ins, inn, 2);
+    PyArrayObject *y = nn_output(outo, "out", x, "x", ins, inn, 2, NULL);
     if (y == NULL) return NULL;
     int rc = 0;
     Py_BEGIN_ALLOW_THREADS
