@@ -14,6 +14,7 @@ backwards recompute what they need. See ``docs/ops.md``.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -68,7 +69,7 @@ def _per_row(a: object, name: str, x: np.ndarray) -> np.ndarray:
     return a.reshape(-1)
 
 
-def _out(out: object, xr: np.ndarray) -> object:
+def _out(out: object, xr: np.ndarray) -> Any:
     """``out`` viewed as the (N, C) rows of ``xr`` for the row kernels (None stays None; anything the
     kernel must reject, e.g. a wrong shape, is passed on for its error message)."""
     if isinstance(out, np.ndarray) and out.flags.c_contiguous and out.size == xr.size and out.ndim >= 1:
@@ -76,7 +77,7 @@ def _out(out: object, xr: np.ndarray) -> object:
     return out
 
 
-def _pair(out: object) -> tuple[object, object]:
+def _pair(out: object) -> tuple[Any, Any]:
     if not isinstance(out, tuple) or len(out) != 2:
         raise TypeError(
             f"out: expected a pair (dgate, dup) of numpy.ndarray or None, got {type(out).__name__}"
