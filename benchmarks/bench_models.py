@@ -261,6 +261,32 @@ def _row_ops(
         ops.rope_forward(rx)
         return ops.rope_backward(rx)
 
+    # the same calls writing into preallocated outputs (out=): no page faults on fresh memory. The
+    # buffers are earlier outputs of the ops (as a caller reusing them would have): 64-byte aligned
+    yo, dxo = ops.layernorm_forward(x, wv, bv)[0], ops.layernorm_forward(x, wv, bv)[0]
+    hyo, hdxo, hdxo2 = ops.gelu_forward(hx), ops.gelu_forward(hx), ops.gelu_forward(hx)
+    ryo, rdxo = ops.rope_forward(rx), ops.rope_forward(rx)
+
+    def sft_ln_out() -> object:
+        _, m, r = ops.layernorm_forward(x, wv, bv, out=yo)
+        return ops.layernorm_backward(dy, x, wv, m, r, out=dxo)
+
+    def sft_rms_out() -> object:
+        _, r = ops.rmsnorm_forward(x, wv, out=yo)
+        return ops.rmsnorm_backward(dy, x, wv, r, out=dxo)
+
+    def sft_gelu_out() -> object:
+        ops.gelu_forward(hx, out=hyo)
+        return ops.gelu_backward(hdy, hx, out=hdxo)
+
+    def sft_swiglu_out() -> object:
+        ops.swiglu_forward(hx, hu, out=hyo)
+        return ops.swiglu_backward(hdy, hx, hu, out=(hdxo, hdxo2))
+
+    def sft_rope_out() -> object:
+        ops.rope_forward(rx, out=ryo)
+        return ops.rope_backward(rx, out=rdxo)
+
     xT, wT, bT, dyT = (torch.tensor(a, requires_grad=i < 3) for i, a in enumerate((x, wv, bv, dy)))
     hxT, huT, hdyT = (
         torch.tensor(hx, requires_grad=True),
@@ -295,24 +321,39 @@ def _row_ops(
         return take_grads(rxT)
 
     nbytes = x.nbytes
+    print(
+        "  bytes counted = the minimal reads + writes of the big arrays, fwd + bwd: layernorm/rmsnorm "
+        "read x, write y; read dy, x, write dx (5 x N*C*4); gelu read x, write y; read dy, x, write dx "
+        "(5 x N*4C*4); swiglu read gate, up, write y; read dy, gate, up, write dgate, dup (8 x N*4C*4); "
+        "rope read x, write y; read dy, write dx (4 x B*T*H*D*4); adamw read param, grad, m, v, write "
+        "param, m, v (7 x P*4). Not counted: w, b, mean, rstd, the cos/sin table (<1%).\n"
+        "  'sparseft' allocates its outputs (fresh pages: page faults on first touch), 'out=' writes "
+        "into preallocated outputs"
+    )
     cases = [
-        # name, sparseft fn, torch fn, bytes moved (fwd: read x, write y; bwd: read dy, x, write dx)
-        ("layernorm", sft_ln, torch_ln, 5 * nbytes),
-        ("rmsnorm", sft_rms, torch_rms, 5 * nbytes),
-        ("gelu (N x 4C)", sft_gelu, torch_gelu, 5 * hx.nbytes),
-        # fwd: read gate, up, write y; bwd: read dy, gate, up, write dgate, dup
-        ("swiglu (N x 4C)", sft_swiglu, torch_swiglu, 8 * hx.nbytes),
-        ("rope (B,T,H,D)", sft_rope, torch_rope, 4 * rx.nbytes),
+        # name, sparseft fn, sparseft fn with out=, torch fn, bytes moved
+        ("layernorm", sft_ln, sft_ln_out, torch_ln, 5 * nbytes),
+        ("rmsnorm", sft_rms, sft_rms_out, torch_rms, 5 * nbytes),
+        ("gelu (N x 4C)", sft_gelu, sft_gelu_out, torch_gelu, 5 * hx.nbytes),
+        ("swiglu (N x 4C)", sft_swiglu, sft_swiglu_out, torch_swiglu, 8 * hx.nbytes),
+        ("rope (B,T,H,D)", sft_rope, sft_rope_out, torch_rope, 4 * rx.nbytes),
     ]
     res = measure(
-        {f"{n}|{lib}": f for n, fs, ft, _ in cases for lib, f in (("sft", fs), ("torch", ft))}, reps
+        {
+            f"{n}|{lib}": f
+            for n, fs, fo, ft, _ in cases
+            for lib, f in (("sft", fs), ("out", fo), ("torch", ft))
+        },
+        reps,
     )
-    for name, _, _, moved in cases:
+    for name, _, _, _, moved in cases:
         ts, ps = res[f"{name}|sft"]
+        to, _ = res[f"{name}|out"]
         tt, pt = res[f"{name}|torch"]
         print(
             f"  {name:<16s} sparseft {ts * 1e3:7.1f} ms ({moved / ts / 1e9:6.2f} GB/s = "
-            f"{moved / ts / copy_bw:4.0%} of copy) peak +{ps / 2**20:6.1f} MiB | torch {tt * 1e3:7.1f} ms "
+            f"{moved / ts / copy_bw:4.0%} of copy) peak +{ps / 2**20:6.1f} MiB | out= {to * 1e3:7.1f} ms "
+            f"({moved / to / copy_bw:4.0%}) | torch {tt * 1e3:7.1f} ms "
             f"({moved / tt / copy_bw:4.0%}) peak +{pt / 2**20:6.1f} MiB | time {ts / tt:.2f}x"
         )
 

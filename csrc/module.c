@@ -1476,18 +1476,67 @@ static int nn_positive(double v, const char *name) {
 
 #define F32P(a) ((float *)PyArray_DATA(a))
 
+/* A new float32 array shaped like a for a row kernel's output; from the size at which the kernels
+ * stream their stores (8 MiB), a view starting on a 64-byte boundary of a slightly larger buffer
+ * (its base), so that every row of a 64-byte multiple is aligned for the streaming stores. */
+static PyArrayObject *nn_new_out(PyArrayObject *a, PyArrayObject *match) {
+    npy_intp n = PyArray_SIZE(a);
+    if (n * (npy_intp)sizeof(float) < ((npy_intp)8 << 20)) return new_like(a);
+    npy_intp nbuf = n + 16;
+    PyArrayObject *buf = new_f32(1, &nbuf);
+    if (buf == NULL) return NULL;
+    char *p = (char *)PyArray_DATA(buf);
+    // match: start at the same offset within 64 bytes as match's data (the elementwise kernels then
+    // load aligned vectors where they stream aligned ones)
+    size_t want = match != NULL ? (uintptr_t)PyArray_DATA(match) % 64 : 0;
+    size_t off = (want + 64 - (uintptr_t)p % 64) % 64;
+    PyArray_Descr *d = PyArray_DESCR(buf);
+    Py_INCREF(d);
+    PyArrayObject *v = (PyArrayObject *)PyArray_NewFromDescr(
+        &PyArray_Type, d, PyArray_NDIM(a), PyArray_DIMS(a), NULL, p + off, NPY_ARRAY_CARRAY, NULL);
+    if (v == NULL) {
+        Py_DECREF(buf);
+        return NULL;
+    }
+    if (PyArray_SetBaseObject(v, (PyObject *)buf) < 0) {  // steals buf
+        Py_DECREF(v);
+        return NULL;
+    }
+    return v;
+}
+
+/* The output `name` of a row kernel shaped like ref: a new array (nn_new_out; match NULL for 64-byte
+ * aligned, else aligned like match) when out is NULL or None, else out
+ * itself (float32, C-contiguous, writeable, ref's shape, sharing no memory with the nin inputs),
+ * as a new reference. */
+static PyArrayObject *nn_output(PyObject *out, const char *name, PyArrayObject *ref, const char *refname,
+                                PyArrayObject *const *ins, const char *const *in_names, int nin,
+                                PyArrayObject *match) {
+    if (out == NULL || out == Py_None) return nn_new_out(ref, match);
+    PyArrayObject *o = arg_f32(out, name, -1);
+    if (o == NULL || arg_same_shape(o, name, ref, refname) < 0 || arg_writeable(o, name) < 0) return NULL;
+    for (int i = 0; i < nin; i++)
+        if (arg_disjoint(o, name, ins[i], in_names[i]) < 0) return NULL;
+    Py_INCREF(o);
+    return o;
+}
+
 static PyObject *py_layernorm_forward(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *xo, *wo, *bo, *epso = NULL;
+    PyObject *xo, *wo, *bo, *epso = NULL, *outo = NULL;
     double eps = 1e-5;
-    if (!PyArg_ParseTuple(args, "OOO|O:layernorm_forward", &xo, &wo, &bo, &epso)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOO|OO:layernorm_forward", &xo, &wo, &bo, &epso, &outo)) return NULL;
     if (epso != NULL && arg_f32_number(epso, "eps", &eps) < 0) return NULL;
     PyArrayObject *x, *w, *b;
     if (nn_rows_vec(xo, wo, "w", &x, &w) < 0 || nn_positive(eps, "eps") < 0) return NULL;
     if ((b = arg_f32(bo, "b", 1)) == NULL || arg_same_shape(b, "b", w, "w") < 0) return NULL;
     npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1);
-    PyArrayObject *y = new_like(x), *mean = new_f32(1, &N), *rstd = new_f32(1, &N);
-    if (y == NULL || mean == NULL || rstd == NULL) goto fail;
+    PyArrayObject *ins[3] = {x, w, b}, *mean = NULL, *rstd = NULL;
+    const char *inn[3] = {"x", "w", "b"};
+    PyArrayObject *y = nn_output(outo, "out", x, "x", ins, inn, 3, NULL);
+    if (y == NULL) return NULL;
+    mean = new_f32(1, &N), rstd = new_f32(1, &N);
+    if (mean == NULL || rstd == NULL) goto fail;
     Py_BEGIN_ALLOW_THREADS
     layernorm_forward(F32P(y), F32P(mean), F32P(rstd), F32P(x), F32P(w), F32P(b), N, C, (float)eps);
     Py_END_ALLOW_THREADS
@@ -1514,14 +1563,19 @@ static int nn_norm_bwd_args(PyObject *dyo, PyObject *xo, PyObject *wo, PyObject 
 
 static PyObject *py_layernorm_backward(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *dyo, *xo, *wo, *meano, *rstdo;
-    if (!PyArg_ParseTuple(args, "OOOOO:layernorm_backward", &dyo, &xo, &wo, &meano, &rstdo)) return NULL;
+    PyObject *dyo, *xo, *wo, *meano, *rstdo, *outo = NULL;
+    if (!PyArg_ParseTuple(args, "OOOOO|O:layernorm_backward", &dyo, &xo, &wo, &meano, &rstdo, &outo))
+        return NULL;
     PyArrayObject *dy, *x, *w, *mean, *rstd;
     if (nn_norm_bwd_args(dyo, xo, wo, meano, rstdo, &dy, &x, &w, &mean, &rstd) < 0) return NULL;
     npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1);
-    PyArrayObject *dx = new_like(x), *dw = new_like(w), *db = new_like(w);
+    PyArrayObject *ins[5] = {dy, x, w, mean, rstd}, *dw = NULL, *db = NULL;
+    const char *inn[5] = {"dy", "x", "w", "mean", "rstd"};
+    PyArrayObject *dx = nn_output(outo, "out", x, "x", ins, inn, 5, NULL);
     int rc = 0;
-    if (dx == NULL || dw == NULL || db == NULL) goto fail;
+    if (dx == NULL) return NULL;
+    dw = new_like(w), db = new_like(w);
+    if (dw == NULL || db == NULL) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = layernorm_backward(F32P(dx), F32P(dw), F32P(db), F32P(dy), F32P(x), F32P(w), F32P(mean), F32P(rstd),
                             N, C);
@@ -1538,15 +1592,19 @@ fail:
 
 static PyObject *py_rmsnorm_forward(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *xo, *wo, *epso = NULL;
+    PyObject *xo, *wo, *epso = NULL, *outo = NULL;
     double eps = 1e-6;
-    if (!PyArg_ParseTuple(args, "OO|O:rmsnorm_forward", &xo, &wo, &epso)) return NULL;
+    if (!PyArg_ParseTuple(args, "OO|OO:rmsnorm_forward", &xo, &wo, &epso, &outo)) return NULL;
     if (epso != NULL && arg_f32_number(epso, "eps", &eps) < 0) return NULL;
     PyArrayObject *x, *w;
     if (nn_rows_vec(xo, wo, "w", &x, &w) < 0 || nn_positive(eps, "eps") < 0) return NULL;
     npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1);
-    PyArrayObject *y = new_like(x), *rstd = new_f32(1, &N);
-    if (y == NULL || rstd == NULL) {
+    PyArrayObject *ins[2] = {x, w};
+    const char *inn[2] = {"x", "w"};
+    PyArrayObject *y = nn_output(outo, "out", x, "x", ins, inn, 2, NULL);
+    if (y == NULL) return NULL;
+    PyArrayObject *rstd = new_f32(1, &N);
+    if (rstd == NULL) {
         Py_XDECREF(y), Py_XDECREF(rstd);
         return NULL;
     }
@@ -1558,14 +1616,18 @@ static PyObject *py_rmsnorm_forward(PyObject *self, PyObject *args) {
 
 static PyObject *py_rmsnorm_backward(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *dyo, *xo, *wo, *rstdo;
-    if (!PyArg_ParseTuple(args, "OOOO:rmsnorm_backward", &dyo, &xo, &wo, &rstdo)) return NULL;
+    PyObject *dyo, *xo, *wo, *rstdo, *outo = NULL;
+    if (!PyArg_ParseTuple(args, "OOOO|O:rmsnorm_backward", &dyo, &xo, &wo, &rstdo, &outo)) return NULL;
     PyArrayObject *dy, *x, *w, *rstd;
     if (nn_norm_bwd_args(dyo, xo, wo, NULL, rstdo, &dy, &x, &w, NULL, &rstd) < 0) return NULL;
     npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1);
-    PyArrayObject *dx = new_like(x), *dw = new_like(w);
+    PyArrayObject *ins[4] = {dy, x, w, rstd}, *dw = NULL;
+    const char *inn[4] = {"dy", "x", "w", "rstd"};
+    PyArrayObject *dx = nn_output(outo, "out", x, "x", ins, inn, 4, NULL);
     int rc = 0;
-    if (dx == NULL || dw == NULL) goto fail;
+    if (dx == NULL) return NULL;
+    dw = new_like(w);
+    if (dw == NULL) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = rmsnorm_backward(F32P(dx), F32P(dw), F32P(dy), F32P(x), F32P(w), F32P(rstd), N, C);
     Py_END_ALLOW_THREADS
@@ -1581,13 +1643,15 @@ fail:
 
 /* elementwise activations: op 0 gelu fwd (x), 1 gelu bwd (dy, x), 2 swiglu fwd (gate, up), 3 swiglu bwd */
 static PyObject *nn_eltwise(PyObject *args, int op) {
-    static const char *fmt[] = {"O:gelu_forward", "OO:gelu_backward", "OO:swiglu_forward",
-                                "OOO:swiglu_backward"};
+    static const char *fmt[] = {"O|O:gelu_forward", "OO|O:gelu_backward", "OO|O:swiglu_forward",
+                                "OOO|OO:swiglu_backward"};
     static const char *names[][3] = {
         {"x", "", ""}, {"dy", "x", ""}, {"gate", "up", ""}, {"dy", "gate", "up"}};
-    PyObject *o[3] = {NULL, NULL, NULL};
-    if (!PyArg_ParseTuple(args, fmt[op], &o[0], &o[1], &o[2])) return NULL;
+    PyObject *o[5] = {NULL, NULL, NULL, NULL, NULL}, *outo[2] = {NULL, NULL};
     int nin = op == 0 ? 1 : op == 3 ? 3 : 2;
+    // the inputs, then the optional outputs (out; out and out2 for swiglu_backward)
+    if (!PyArg_ParseTuple(args, fmt[op], &o[0], &o[1], &o[2], &o[3], &o[4])) return NULL;
+    outo[0] = o[nin], outo[1] = nin + 1 < 5 ? o[nin + 1] : NULL;
     PyArrayObject *a[3] = {NULL, NULL, NULL};
     // the reference shape is the last input's (x, up) for the backward's dy, the first's otherwise
     for (int i = 0; i < nin; i++)
@@ -1595,10 +1659,14 @@ static PyObject *nn_eltwise(PyObject *args, int op) {
     int ref = op == 1 ? 1 : op == 3 ? 1 : 0;
     for (int i = 0; i < nin; i++)
         if (i != ref && arg_same_shape(a[i], names[op][i], a[ref], names[op][ref]) < 0) return NULL;
-    PyArrayObject *y = new_like(a[ref]), *y2 = op == 3 ? new_like(a[ref]) : NULL;
-    if (y == NULL || (op == 3 && y2 == NULL)) {
-        Py_XDECREF(y), Py_XDECREF(y2);
-        return NULL;
+    PyArrayObject *y = nn_output(outo[0], "out", a[ref], names[op][ref], a, names[op], nin, a[0]), *y2 = NULL;
+    if (y == NULL) return NULL;
+    if (op == 3) {
+        y2 = nn_output(outo[1], "out2", a[ref], names[op][ref], a, names[op], nin, a[0]);
+        if (y2 == NULL || arg_disjoint(y, "out", y2, "out2") < 0) {
+            Py_DECREF(y), Py_XDECREF(y2);
+            return NULL;
+        }
     }
     int64_t n = PyArray_SIZE(a[ref]);
     Py_BEGIN_ALLOW_THREADS
@@ -1639,13 +1707,13 @@ static PyObject *py_swiglu_backward(PyObject *self, PyObject *args) {
 
 static PyObject *py_rope(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
-    static char *kwlist[] = {"x", "theta", "offset", "inverse", "inv_freq", NULL};
-    PyObject *xo, *fo = Py_None, *thetao = NULL, *offseto = NULL, *inverseo = NULL;
+    static char *kwlist[] = {"x", "theta", "offset", "inverse", "inv_freq", "out", NULL};
+    PyObject *xo, *fo = Py_None, *thetao = NULL, *offseto = NULL, *inverseo = NULL, *outo = NULL;
     double theta = 10000.0;
     long long offset = 0;
     int inverse = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OOOO:rope", kwlist, &xo, &thetao, &offseto, &inverseo,
-                                     &fo))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OOOOO:rope", kwlist, &xo, &thetao, &offseto, &inverseo,
+                                     &fo, &outo))
         return NULL;
     if ((thetao != NULL && arg_f32_number(thetao, "theta", &theta) < 0) ||
         (offseto != NULL && arg_int(offseto, "offset", 0, LLONG_MAX, &offset) < 0) ||
@@ -1671,7 +1739,9 @@ static PyObject *py_rope(PyObject *self, PyObject *args, PyObject *kwargs) {
         PyErr_Format(PyExc_ValueError, "offset: expected a non-negative int, got %lld", offset);
         return NULL;
     }
-    PyArrayObject *y = new_like(x);
+    PyArrayObject *ins[2] = {x, freq != NULL ? freq : x};
+    const char *inn[2] = {"x", "inv_freq"};
+    PyArrayObject *y = nn_output(outo, "out", x, "x", ins, inn, 2, NULL);
     if (y == NULL) return NULL;
     int rc = 0;
     Py_BEGIN_ALLOW_THREADS

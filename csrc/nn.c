@@ -26,126 +26,103 @@ static int nn_threads(int64_t work) {
     return work < NN_PARALLEL_MIN ? 1 : sft_get_num_threads();
 }
 
-/* ---- row reductions on v8f ------------------------------------------------------------------ */
+/* ---- the row kernels, one body (nn_rows.h) per SIMD path ---------------------------------------- */
 
-/* sum of x[0:n] */
-NN_INLINE float row_sum(const float *x, int64_t n) {
-    v8f a = v8_set(0.0f), b = v8_set(0.0f);
-    int64_t j = 0;
-    for (; j + 16 <= n; j += 16) a += v8_load(x + j), b += v8_load(x + j + 8);
-    for (; j + 8 <= n; j += 8) a += v8_load(x + j);
-    if (j < n) b += v8_load_n(x + j, n - j);
-    return v8_hsum(a + b);
+/* Outputs of at least this many bytes are written with streaming (non-temporal) stores: they do not
+ * fit in the caches, and a streaming store skips the read of the line a plain store would do first. */
+#define NN_STREAM_MIN_BYTES ((int64_t)8 << 20)
+
+static int nn_stream(int64_t nfloats) {
+    return nfloats * (int64_t)sizeof(float) >= NN_STREAM_MIN_BYTES;
 }
 
-/* sum of (x - c)^2 */
-NN_INLINE float row_sumsq_c(const float *x, float c, int64_t n) {
-    v8f a = v8_set(0.0f), b = v8_set(0.0f), cv = v8_set(c);
-    int64_t j = 0;
-    for (; j + 16 <= n; j += 16) {
-        v8f d0 = v8_load(x + j) - cv, d1 = v8_load(x + j + 8) - cv;
-        a += d0 * d0, b += d1 * d1;
-    }
-    for (; j + 8 <= n; j += 8) {
-        v8f d = v8_load(x + j) - cv;
-        a += d * d;
-    }
-    if (j < n) {
-        v8f d = v8_load_n(x + j, n - j) - cv;
-        // the zero-filled tail lanes would add c^2 each: mask them
-        float tmp[8] = {0};
-        memcpy(tmp, &d, (size_t)(n - j) * sizeof(float));
-        d = v8_load(tmp);
-        b += d * d;
-    }
-    return v8_hsum(a + b);
+/* Streaming for a row kernel: a big output whose rows (of `row` floats) all start on a 64-byte
+ * boundary (sparseft's own big outputs do); a misaligned output is written with plain stores, as
+ * peeling every short row would cost more than the streaming saves. */
+static int nn_stream_rows(const float *y, int64_t nfloats, int64_t row) {
+    return nn_stream(nfloats) && (uintptr_t)y % 64 == 0 && (row * (int64_t)sizeof(float)) % 64 == 0;
 }
 
-/* ---- LayerNorm ---------------------------------------------------------------------------------- */
+#define NN_SFX(name) name##_portable
+#define NN_TGT
+#define NN_VL 4
+#define NN_FMA(a, b, c) ((a) * (b) + (c))
+#define NN_STREAM(p, v) F(st)(p, v)
+#define NN_FENCE() ((void)0)
+#include "nn_rows.h"
+#undef NN_SFX
+#undef NN_TGT
+#undef NN_VL
+#undef NN_FMA
+#undef NN_STREAM
+#undef NN_FENCE
 
-NN_INLINE void layernorm_fwd_body(float *y, float *mean, float *rstd, const float *x, const float *w,
-                                  const float *b, int64_t r0, int64_t r1, int64_t C, float eps) {
-    // one row at a time: mean, variance (two passes, the row stays in cache), normalise
-    for (int64_t i = r0; i < r1; i++) {
-        const float *xi = x + i * C;
-        float *yi = y + i * C;
-        float mu = row_sum(xi, C) / (float)C;
-        float var = row_sumsq_c(xi, mu, C) / (float)C;
-        float rs = 1.0f / sqrtf(var + eps);
-        mean[i] = mu, rstd[i] = rs;
-        v8f muv = v8_set(mu), rsv = v8_set(rs);
-        int64_t j = 0;
-        for (; j + 8 <= C; j += 8)
-            v8_store(yi + j, (v8_load(xi + j) - muv) * rsv * v8_load(w + j) + v8_load(b + j));
-        if (j < C)
-            v8_store_n(
-                yi + j,
-                (v8_load_n(xi + j, C - j) - muv) * rsv * v8_load_n(w + j, C - j) + v8_load_n(b + j, C - j),
-                C - j);
-    }
-}
-NN_INSTANTIATE(layernorm_fwd,
-               (float *y, float *mean, float *rstd, const float *x, const float *w, const float *b,
-                int64_t r0, int64_t r1, int64_t C, float eps),
-               (y, mean, rstd, x, w, b, r0, r1, C, eps))
+#if SFT_X86
+#include <immintrin.h>
+
+#define NN_SFX(name) name##_avx2
+#define NN_TGT SFT_TARGET_AVX2
+#define NN_VL 8
+#define NN_FMA(a, b, c) ((VF)_mm256_fmadd_ps((__m256)(a), (__m256)(b), (__m256)(c)))
+#define NN_SQRT(v) ((VF)_mm256_sqrt_ps((__m256)(v)))
+#define NN_MIN(a, b) ((VF)_mm256_min_ps((__m256)(a), (__m256)(b)))
+#define NN_MAX(a, b) ((VF)_mm256_max_ps((__m256)(a), (__m256)(b)))
+#define NN_STREAM(p, v) _mm256_stream_ps(p, (__m256)(v))
+#define NN_FENCE() _mm_sfence()
+#include "nn_rows.h"
+#undef NN_SFX
+#undef NN_TGT
+#undef NN_VL
+#undef NN_FMA
+#undef NN_SQRT
+#undef NN_MIN
+#undef NN_MAX
+#undef NN_STREAM
+
+#define NN_SFX(name) name##_avx512
+#define NN_TGT SFT_TARGET_AVX512
+#define NN_VL 16
+#define NN_FMA(a, b, c) ((VF)_mm512_fmadd_ps((__m512)(a), (__m512)(b), (__m512)(c)))
+#define NN_SQRT(v) ((VF)_mm512_sqrt_ps((__m512)(v)))
+#define NN_MIN(a, b) ((VF)_mm512_min_ps((__m512)(a), (__m512)(b)))
+#define NN_MAX(a, b) ((VF)_mm512_max_ps((__m512)(a), (__m512)(b)))
+#define NN_STREAM(p, v) _mm512_stream_ps(p, (__m512)(v))
+#include "nn_rows.h"
+#undef NN_SFX
+#undef NN_TGT
+#undef NN_VL
+#undef NN_FMA
+#undef NN_SQRT
+#undef NN_MIN
+#undef NN_MAX
+#undef NN_STREAM
+#undef NN_FENCE
+
+/* calls name_avx512, name_avx2 or name_portable for the SIMD path read once into `path` */
+#define NN_CALL(path, name, ...)          \
+    do {                                  \
+        if ((path) >= SFT_SIMD_AVX512)    \
+            name##_avx512(__VA_ARGS__);   \
+        else if ((path) >= SFT_SIMD_AVX2) \
+            name##_avx2(__VA_ARGS__);     \
+        else                              \
+            name##_portable(__VA_ARGS__); \
+    } while (0)
+#else
+#define NN_CALL(path, name, ...) name##_portable(__VA_ARGS__)
+#endif
+
+/* ---- LayerNorm, RMSNorm ---------------------------------------------------------------------------- */
 
 void layernorm_forward(float *y, float *mean, float *rstd, const float *x, const float *w, const float *b,
                        int64_t N, int64_t C, float eps) {
     int64_t nb = sft_ceil_div(N, NN_RB);
+    int path = sft_simd_path, nt = nn_stream_rows(y, N * C, C);
     // blocks of rows among the threads
 #pragma omp parallel for schedule(static) num_threads(nn_threads(N *C))
     for (int64_t blk = 0; blk < nb; blk++)
-        layernorm_fwd_run(y, mean, rstd, x, w, b, blk * NN_RB, SFT_MIN(N, (blk + 1) * NN_RB), C, eps);
+        NN_CALL(path, ln_fwd, y, mean, rstd, x, w, b, blk * NN_RB, SFT_MIN(N, (blk + 1) * NN_RB), C, eps, nt);
 }
-
-/* rows r0..r1: dx, and this block's partial dw, db (overwritten) */
-NN_INLINE void layernorm_bwd_body(float *dx, float *pdw, float *pdb, const float *dy, const float *x,
-                                  const float *w, const float *mean, const float *rstd, int64_t r0,
-                                  int64_t r1, int64_t C) {
-    memset(pdw, 0, (size_t)C * sizeof(float));
-    memset(pdb, 0, (size_t)C * sizeof(float));
-    for (int64_t i = r0; i < r1; i++) {
-        const float *xi = x + i * C, *gi = dy + i * C;
-        float *dxi = dx + i * C;
-        v8f muv = v8_set(mean[i]), rsv = v8_set(rstd[i]);
-        // pass 1: sums of g*w and g*w*xhat; dw += g*xhat, db += g
-        v8f s1 = v8_set(0.0f), s2 = v8_set(0.0f);
-        int64_t j = 0;
-        for (; j < C; j += 8) {
-            int64_t n = SFT_MIN(8, C - j);
-            v8f g = n == 8 ? v8_load(gi + j) : v8_load_n(gi + j, n);
-            v8f xh = ((n == 8 ? v8_load(xi + j) : v8_load_n(xi + j, n)) - muv) * rsv;
-            v8f ww = n == 8 ? v8_load(w + j) : v8_load_n(w + j, n);
-            v8f gw = g * ww;
-            if (n < 8) xh = v8_select((v8i){0, 1, 2, 3, 4, 5, 6, 7} < (int32_t)n, xh, v8_set(0.0f));
-            s1 += gw, s2 += gw * xh;
-            if (n == 8) {
-                v8_store(pdw + j, v8_load(pdw + j) + g * xh);
-                v8_store(pdb + j, v8_load(pdb + j) + g);
-            } else {
-                v8_store_n(pdw + j, v8_load_n(pdw + j, n) + g * xh, n);
-                v8_store_n(pdb + j, v8_load_n(pdb + j, n) + g, n);
-            }
-        }
-        v8f m1 = v8_set(v8_hsum(s1) / (float)C), m2 = v8_set(v8_hsum(s2) / (float)C);
-        // pass 2: dx = rstd * (g*w - mean(g*w) - xhat * mean(g*w*xhat))
-        for (j = 0; j < C; j += 8) {
-            int64_t n = SFT_MIN(8, C - j);
-            v8f g = n == 8 ? v8_load(gi + j) : v8_load_n(gi + j, n);
-            v8f xh = ((n == 8 ? v8_load(xi + j) : v8_load_n(xi + j, n)) - muv) * rsv;
-            v8f ww = n == 8 ? v8_load(w + j) : v8_load_n(w + j, n);
-            v8f d = rsv * (g * ww - m1 - xh * m2);
-            if (n == 8)
-                v8_store(dxi + j, d);
-            else
-                v8_store_n(dxi + j, d, n);
-        }
-    }
-}
-NN_INSTANTIATE(layernorm_bwd,
-               (float *dx, float *pdw, float *pdb, const float *dy, const float *x, const float *w,
-                const float *mean, const float *rstd, int64_t r0, int64_t r1, int64_t C),
-               (dx, pdw, pdb, dy, x, w, mean, rstd, r0, r1, C))
 
 /* out[c] = sum over blocks of part[blk*stride + c], in block order, columns among threads */
 static void sum_blocks(float *out, const float *part, int64_t nb, int64_t stride, int64_t C, int nth) {
@@ -157,242 +134,100 @@ static void sum_blocks(float *out, const float *part, int64_t nb, int64_t stride
     }
 }
 
-int layernorm_backward(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,
-                       const float *mean, const float *rstd, int64_t N, int64_t C) {
-    int64_t nb = sft_ceil_div(N, NN_RB);
-    float *part = (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(1, nb) * 2 * (size_t)C);
+/* the norms' backward: db == NULL (and mean == NULL) for RMSNorm */
+static int norm_backward(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,
+                         const float *mean, const float *rstd, int64_t N, int64_t C) {
+    int64_t nb = sft_ceil_div(N, NN_RB), np = db != NULL ? 2 : 1;
+    float *part = (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(1, nb) * (size_t)(np * C));
     if (part == NULL) return -1;
-    int nth = nn_threads(N * C);
-    // row blocks: dx and each block's partial dw, db
+    int nth = nn_threads(N * C), path = sft_simd_path, nt = nn_stream_rows(dx, N * C, C);
+    // row blocks: dx and each block's partial dw (, db)
 #pragma omp parallel for schedule(static) num_threads(nth)
     for (int64_t blk = 0; blk < nb; blk++)
-        layernorm_bwd_run(dx, part + blk * 2 * C, part + blk * 2 * C + C, dy, x, w, mean, rstd, blk * NN_RB,
-                          SFT_MIN(N, (blk + 1) * NN_RB), C);
-    sum_blocks(dw, part, nb, 2 * C, C, nth);
-    sum_blocks(db, part + C, nb, 2 * C, C, nth);
+        NN_CALL(path, norm_bwd, dx, part + blk * np * C, db != NULL ? part + blk * np * C + C : NULL, dy, x,
+                w, mean, rstd, blk * NN_RB, SFT_MIN(N, (blk + 1) * NN_RB), C, nt);
+    sum_blocks(dw, part, nb, np * C, C, nth);
+    if (db != NULL) sum_blocks(db, part + C, nb, np * C, C, nth);
     sft_scratch_free(part);
     return 0;
 }
 
-/* ---- RMSNorm ------------------------------------------------------------------------------------ */
-
-NN_INLINE void rmsnorm_fwd_body(float *y, float *rstd, const float *x, const float *w, int64_t r0, int64_t r1,
-                                int64_t C, float eps) {
-    for (int64_t i = r0; i < r1; i++) {
-        const float *xi = x + i * C;
-        float *yi = y + i * C;
-        float rs = 1.0f / sqrtf(row_sumsq_c(xi, 0.0f, C) / (float)C + eps);
-        rstd[i] = rs;
-        v8f rsv = v8_set(rs);
-        int64_t j = 0;
-        for (; j + 8 <= C; j += 8) v8_store(yi + j, v8_load(xi + j) * rsv * v8_load(w + j));
-        if (j < C) v8_store_n(yi + j, v8_load_n(xi + j, C - j) * rsv * v8_load_n(w + j, C - j), C - j);
-    }
+int layernorm_backward(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,
+                       const float *mean, const float *rstd, int64_t N, int64_t C) {
+    return norm_backward(dx, dw, db, dy, x, w, mean, rstd, N, C);
 }
-NN_INSTANTIATE(rmsnorm_fwd,
-               (float *y, float *rstd, const float *x, const float *w, int64_t r0, int64_t r1, int64_t C,
-                float eps),
-               (y, rstd, x, w, r0, r1, C, eps))
 
 void rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int64_t N, int64_t C, float eps) {
     int64_t nb = sft_ceil_div(N, NN_RB);
+    int path = sft_simd_path, nt = nn_stream_rows(y, N * C, C);
 #pragma omp parallel for schedule(static) num_threads(nn_threads(N *C))
     for (int64_t blk = 0; blk < nb; blk++)
-        rmsnorm_fwd_run(y, rstd, x, w, blk * NN_RB, SFT_MIN(N, (blk + 1) * NN_RB), C, eps);
+        NN_CALL(path, rms_fwd, y, rstd, x, w, blk * NN_RB, SFT_MIN(N, (blk + 1) * NN_RB), C, eps, nt);
 }
-
-NN_INLINE void rmsnorm_bwd_body(float *dx, float *pdw, const float *dy, const float *x, const float *w,
-                                const float *rstd, int64_t r0, int64_t r1, int64_t C) {
-    memset(pdw, 0, (size_t)C * sizeof(float));
-    for (int64_t i = r0; i < r1; i++) {
-        const float *xi = x + i * C, *gi = dy + i * C;
-        float *dxi = dx + i * C;
-        v8f rsv = v8_set(rstd[i]);
-        // pass 1: sum of g*w*xhat (tail lanes load zeros, so they add nothing); dw += g*xhat
-        v8f s = v8_set(0.0f);
-        for (int64_t j = 0; j < C; j += 8) {
-            int64_t n = SFT_MIN(8, C - j);
-            v8f g = n == 8 ? v8_load(gi + j) : v8_load_n(gi + j, n);
-            v8f xh = (n == 8 ? v8_load(xi + j) : v8_load_n(xi + j, n)) * rsv;
-            v8f ww = n == 8 ? v8_load(w + j) : v8_load_n(w + j, n);
-            s += g * ww * xh;
-            if (n == 8)
-                v8_store(pdw + j, v8_load(pdw + j) + g * xh);
-            else
-                v8_store_n(pdw + j, v8_load_n(pdw + j, n) + g * xh, n);
-        }
-        v8f m = v8_set(v8_hsum(s) / (float)C);
-        // pass 2: dx = rstd * (g*w - xhat * mean(g*w*xhat))
-        for (int64_t j = 0; j < C; j += 8) {
-            int64_t n = SFT_MIN(8, C - j);
-            v8f g = n == 8 ? v8_load(gi + j) : v8_load_n(gi + j, n);
-            v8f xh = (n == 8 ? v8_load(xi + j) : v8_load_n(xi + j, n)) * rsv;
-            v8f ww = n == 8 ? v8_load(w + j) : v8_load_n(w + j, n);
-            v8f d = rsv * (g * ww - xh * m);
-            if (n == 8)
-                v8_store(dxi + j, d);
-            else
-                v8_store_n(dxi + j, d, n);
-        }
-    }
-}
-NN_INSTANTIATE(rmsnorm_bwd,
-               (float *dx, float *pdw, const float *dy, const float *x, const float *w, const float *rstd,
-                int64_t r0, int64_t r1, int64_t C),
-               (dx, pdw, dy, x, w, rstd, r0, r1, C))
 
 int rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w, const float *rstd,
                      int64_t N, int64_t C) {
-    int64_t nb = sft_ceil_div(N, NN_RB);
-    float *part = (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(1, nb) * (size_t)C);
-    if (part == NULL) return -1;
-    int nth = nn_threads(N * C);
-#pragma omp parallel for schedule(static) num_threads(nth)
-    for (int64_t blk = 0; blk < nb; blk++)
-        rmsnorm_bwd_run(dx, part + blk * C, dy, x, w, rstd, blk * NN_RB, SFT_MIN(N, (blk + 1) * NN_RB), C);
-    sum_blocks(dw, part, nb, C, C, nth);
-    sft_scratch_free(part);
-    return 0;
+    return norm_backward(dx, dw, NULL, dy, x, w, NULL, rstd, N, C);
 }
 
-/* ---- GELU (tanh approximation) and SwiGLU ------------------------------------------------------- */
+/* ---- GELU (tanh approximation), SwiGLU, AdamW: elementwise ---------------------------------------- */
 
-#define GELU_K 0.7978845608028654f /* sqrt(2 / pi) */
-#define GELU_C 0.044715f
-
-/* 0.5 (1 + tanh(u)) = sigmoid(2u), so gelu(x) = x sigmoid(2u) with u = sqrt(2/pi) (x + 0.044715 x^3):
- * one exp and one division per lane. u is taken at x clamped to [-15, 15], where sigmoid(2u) is
- * already exactly 0 or 1 in float32 (and x^3 cannot overflow into 0 * inf in the derivative). */
-NN_INLINE v8f gelu_sig8(v8f x, v8f *xc_out) {
-    const v8f lim = v8_set(15.0f);
-    v8f xc = v8_select(x > lim, lim, v8_select(x < -lim, -lim, x));
-    v8f u = v8_set(GELU_K) * (xc + v8_set(GELU_C) * xc * xc * xc);
-    *xc_out = xc;
-    return v8_set(1.0f) / (v8_set(1.0f) + v8_exp(v8_set(-2.0f) * u));
-}
-NN_INLINE v8f gelu8(v8f x) {
-    v8f xc;
-    return x * gelu_sig8(x, &xc);
-}
-/* d/dx x s(2u) = s + 2 x s (1 - s) du/dx */
-NN_INLINE v8f gelu_grad8(v8f x, v8f g) {
-    v8f xc;
-    v8f s = gelu_sig8(x, &xc);
-    v8f du = v8_set(GELU_K) * (v8_set(1.0f) + v8_set(3.0f * GELU_C) * xc * xc);
-    return g * (s + v8_set(2.0f) * xc * s * (v8_set(1.0f) - s) * du);
-}
-NN_INLINE v8f sigmoid8(v8f x) {
-    return v8_set(1.0f) / (v8_set(1.0f) + v8_exp(-x));
-}
-
-/* One elementwise pass over [i0, i1) with f applied to up to three inputs and two outputs:
- * op 0 gelu fwd, 1 gelu bwd, 2 swiglu fwd, 3 swiglu bwd. */
-NN_INLINE void eltwise_body(float *o1, float *o2, const float *a, const float *b, const float *c, int64_t i0,
-                            int64_t i1, int op) {
-    for (int64_t i = i0; i < i1; i += 8) {
-        int64_t n = SFT_MIN(8, i1 - i);
-        v8f va = n == 8 ? v8_load(a + i) : v8_load_n(a + i, n);
-        v8f vb = b == NULL ? va : n == 8 ? v8_load(b + i) : v8_load_n(b + i, n);
-        v8f r1, r2 = va;
-        if (op == 0) {
-            r1 = gelu8(va);  // a = x
-        } else if (op == 1) {
-            r1 = gelu_grad8(vb, va);  // a = dy, b = x
-        } else if (op == 2) {
-            r1 = va * sigmoid8(va) * vb;  // a = gate, b = up
-        } else {
-            v8f vc = n == 8 ? v8_load(c + i) : v8_load_n(c + i, n);  // a = dy, b = gate, c = up
-            v8f s = sigmoid8(vb);
-            r1 = va * vc * s * (v8_set(1.0f) + vb * (v8_set(1.0f) - s));
-            r2 = va * vb * s;
-        }
-        if (n == 8) {
-            v8_store(o1 + i, r1);
-            if (op == 3) v8_store(o2 + i, r2);
-        } else {
-            v8_store_n(o1 + i, r1, n);
-            if (op == 3) v8_store_n(o2 + i, r2, n);
-        }
-    }
-}
-NN_INSTANTIATE(eltwise,
-               (float *o1, float *o2, const float *a, const float *b, const float *c, int64_t i0, int64_t i1,
-                int op),
-               (o1, o2, a, b, c, i0, i1, op))
-
-static void eltwise(float *o1, float *o2, const float *a, const float *b, const float *c, int64_t n, int op) {
+/* blocks of NN_EB elements among the threads; nt from the bytes of one output */
+static void eltwise(int kind, float *o0, float *o1, float *o2, const float *a, const float *b, const float *c,
+                    const float *d, const float *k, int64_t n) {
     int64_t nb = sft_ceil_div(n, NN_EB);
-    // blocks of NN_EB floats among the threads
+    int path = sft_simd_path, nt = nn_stream(n);
 #pragma omp parallel for schedule(static) num_threads(nn_threads(n))
     for (int64_t blk = 0; blk < nb; blk++)
-        eltwise_run(o1, o2, a, b, c, blk * NN_EB, SFT_MIN(n, (blk + 1) * NN_EB), op);
+        NN_CALL(path, elt, kind, o0, o1, o2, a, b, c, d, k, blk * NN_EB, SFT_MIN(n, (blk + 1) * NN_EB), nt);
 }
 
 void gelu_forward(float *y, const float *x, int64_t n) {
-    eltwise(y, NULL, x, NULL, NULL, n, 0);
+    eltwise(NK_GELU_FWD, y, NULL, NULL, x, NULL, NULL, NULL, NULL, n);
 }
 void gelu_backward(float *dx, const float *dy, const float *x, int64_t n) {
-    eltwise(dx, NULL, dy, x, NULL, n, 1);
+    eltwise(NK_GELU_BWD, dx, NULL, NULL, dy, x, NULL, NULL, NULL, n);
 }
 void swiglu_forward(float *y, const float *gate, const float *up, int64_t n) {
-    eltwise(y, NULL, gate, up, NULL, n, 2);
+    eltwise(NK_SWI_FWD, y, NULL, NULL, gate, up, NULL, NULL, NULL, n);
 }
 void swiglu_backward(float *dgate, float *dup, const float *dy, const float *gate, const float *up,
                      int64_t n) {
-    eltwise(dgate, dup, dy, gate, up, n, 3);
+    eltwise(NK_SWI_BWD, dgate, dup, NULL, dy, gate, up, NULL, NULL, n);
 }
 
 /* ---- RoPE --------------------------------------------------------------------------------------- */
-
-/* rows [r0, r1) of the (B*T*H, D) view: y = x cos + rotate_half(x) sin, sign = -1 the inverse */
-NN_INLINE void rope_body(float *y, const float *x, const float *cs /* (T, D) cos | sin halves */, int64_t r0,
-                         int64_t r1, int64_t T, int64_t H, int64_t D, float sign) {
-    int64_t h2 = D / 2;
-    v8f sg = v8_set(sign);
-    for (int64_t r = r0; r < r1; r++) {
-        int64_t t = (r / H) % T;
-        const float *c = cs + t * D, *s = c + h2;
-        const float *x1 = x + r * D, *x2 = x1 + h2;
-        float *y1 = y + r * D, *y2 = y1 + h2;
-        for (int64_t j = 0; j < h2; j += 8) {
-            int64_t n = SFT_MIN(8, h2 - j);
-            v8f a = n == 8 ? v8_load(x1 + j) : v8_load_n(x1 + j, n);
-            v8f b = n == 8 ? v8_load(x2 + j) : v8_load_n(x2 + j, n);
-            v8f cv = n == 8 ? v8_load(c + j) : v8_load_n(c + j, n);
-            v8f sv = sg * (n == 8 ? v8_load(s + j) : v8_load_n(s + j, n));
-            v8f o1 = a * cv - b * sv, o2 = b * cv + a * sv;
-            if (n == 8)
-                v8_store(y1 + j, o1), v8_store(y2 + j, o2);
-            else
-                v8_store_n(y1 + j, o1, n), v8_store_n(y2 + j, o2, n);
-        }
-    }
-}
-NN_INSTANTIATE(rope,
-               (float *y, const float *x, const float *cs, int64_t r0, int64_t r1, int64_t T, int64_t H,
-                int64_t D, float sign),
-               (y, x, cs, r0, r1, T, H, D, sign))
 
 int rope_apply(float *y, const float *x, const float *inv_freq, int64_t B, int64_t T, int64_t H, int64_t D,
                double theta, int64_t offset, int sign) {
     int64_t h2 = D / 2;
     float *cs = (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(1, T * D));
     if (cs == NULL) return -1;
-    // table of cos | sin per position; the angle is rounded to float32 as Hugging Face computes it
-    // (float32 inverse frequencies times float32 positions), then cos and sin taken in double
+    float *inv = (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(1, h2));
+    if (inv == NULL) {
+        sft_scratch_free(cs);
+        return -1;
+    }
+    for (int64_t i = 0; i < h2; i++)
+        inv[i] = inv_freq != NULL ? inv_freq[i] : (float)(1.0 / pow(theta, (double)(2 * i) / (double)D));
+    int64_t rows = B * T * H, nb = sft_ceil_div(rows, NN_RB);
+    int nth = nn_threads(rows * D), path = sft_simd_path, nt = nn_stream_rows(y, rows * D, h2);
+    // table of cos | sin once per position (not per head); the angle is rounded to float32 as
+    // Hugging Face computes it (float32 inverse frequencies times float32 positions), then cos and
+    // sin taken in double
+#pragma omp parallel for schedule(static) num_threads(nn_threads(T * D * 16))
     for (int64_t t = 0; t < T; t++) {
         for (int64_t i = 0; i < h2; i++) {
-            float inv =
-                inv_freq != NULL ? inv_freq[i] : (float)(1.0 / pow(theta, (double)(2 * i) / (double)D));
-            float ang = (float)(offset + t) * inv;
-            cs[t * D + i] = (float)cos((double)ang);
-            cs[t * D + h2 + i] = (float)sin((double)ang);
+            double ang = (double)((float)(offset + t) * inv[i]);
+            cs[t * D + i] = (float)cos(ang);
+            cs[t * D + h2 + i] = (float)sin(ang);
         }
     }
-    int64_t rows = B * T * H, nb = sft_ceil_div(rows, NN_RB);
-#pragma omp parallel for schedule(static) num_threads(nn_threads(rows *D))
+    float sg = sign < 0 ? -1.0f : 1.0f;
+#pragma omp parallel for schedule(static) num_threads(nth)
     for (int64_t blk = 0; blk < nb; blk++)
-        rope_run(y, x, cs, blk * NN_RB, SFT_MIN(rows, (blk + 1) * NN_RB), T, H, D, sign < 0 ? -1.0f : 1.0f);
+        NN_CALL(path, rope, y, x, cs, blk * NN_RB, SFT_MIN(rows, (blk + 1) * NN_RB), T, H, D, sg, nt);
+    sft_scratch_free(inv);
     sft_scratch_free(cs);
     return 0;
 }
@@ -590,32 +425,11 @@ int lm_head_xent_backward(float *dx, float *dw, const float *x, const float *w, 
 
 /* ---- AdamW -------------------------------------------------------------------------------------- */
 
-NN_INLINE void adamw_body(float *p, float *m, float *v, const float *g, int64_t i0, int64_t i1, float decay,
-                          float b1, float b2, float step_size, float sqrt_bc2, float eps) {
-    // torch's order: p *= 1 - lr wd; m = lerp(m, g, 1 - b1); v = b2 v + (1 - b2) g^2;
-    // p -= step_size * m / (sqrt(v) / sqrt(bc2) + eps)
-    for (int64_t i = i0; i < i1; i++) {
-        float gi = g[i];
-        float mi = m[i] + (1.0f - b1) * (gi - m[i]);
-        float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
-        float pi = p[i] * decay;
-        p[i] = pi - step_size * (mi / (sqrtf(vi) / sqrt_bc2 + eps));
-        m[i] = mi, v[i] = vi;
-    }
-}
-NN_INSTANTIATE(adamw,
-               (float *p, float *m, float *v, const float *g, int64_t i0, int64_t i1, float decay, float b1,
-                float b2, float step_size, float sqrt_bc2, float eps),
-               (p, m, v, g, i0, i1, decay, b1, b2, step_size, sqrt_bc2, eps))
-
 void adamw_step(float *param, float *m, float *v, const float *grad, int64_t n, float lr, float beta1,
                 float beta2, float eps, float weight_decay, int64_t step) {
     double bc1 = 1.0 - pow((double)beta1, (double)step), bc2 = 1.0 - pow((double)beta2, (double)step);
-    float step_size = (float)((double)lr / bc1), sqrt_bc2 = (float)sqrt(bc2);
-    float decay = 1.0f - lr * weight_decay;
-    int64_t nb = sft_ceil_div(n, NN_EB);
-#pragma omp parallel for schedule(static) num_threads(nn_threads(n))
-    for (int64_t blk = 0; blk < nb; blk++)
-        adamw_run(param, m, v, grad, blk * NN_EB, SFT_MIN(n, (blk + 1) * NN_EB), decay, beta1, beta2,
-                  step_size, sqrt_bc2, eps);
+    // torch's order: p *= 1 - lr wd; m = lerp(m, g, 1 - b1); v = b2 v + (1 - b2) g^2;
+    // p -= step_size * m / (sqrt(v) / sqrt(bc2) + eps)
+    float k[6] = {1.0f - lr * weight_decay, beta1, beta2, (float)((double)lr / bc1), (float)sqrt(bc2), eps};
+    eltwise(NK_ADAMW, param, m, v, param, m, v, grad, k, n);
 }

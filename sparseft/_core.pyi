@@ -213,7 +213,12 @@ def rws_unpatch(
 
 # ---- nn ops ----
 def layernorm_forward(
-    x: npt.NDArray[np.float32], w: npt.NDArray[np.float32], b: npt.NDArray[np.float32], eps: float = ..., /
+    x: npt.NDArray[np.float32],
+    w: npt.NDArray[np.float32],
+    b: npt.NDArray[np.float32],
+    eps: float = ...,
+    out: npt.NDArray[np.float32] | None = ...,
+    /,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
 def layernorm_backward(
     dy: npt.NDArray[np.float32],
@@ -221,23 +226,36 @@ def layernorm_backward(
     w: npt.NDArray[np.float32],
     mean: npt.NDArray[np.float32],
     rstd: npt.NDArray[np.float32],
+    out: npt.NDArray[np.float32] | None = ...,
     /,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
 def rmsnorm_forward(
-    x: npt.NDArray[np.float32], w: npt.NDArray[np.float32], eps: float = ..., /
+    x: npt.NDArray[np.float32], w: npt.NDArray[np.float32], eps: float = ..., out: npt.NDArray[np.float32] | None = ..., /
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
 def rmsnorm_backward(
     dy: npt.NDArray[np.float32],
     x: npt.NDArray[np.float32],
     w: npt.NDArray[np.float32],
     rstd: npt.NDArray[np.float32],
+    out: npt.NDArray[np.float32] | None = ...,
     /,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
-def gelu_forward(x: npt.NDArray[np.float32], /) -> npt.NDArray[np.float32]: ...
-def gelu_backward(dy: npt.NDArray[np.float32], x: npt.NDArray[np.float32], /) -> npt.NDArray[np.float32]: ...
-def swiglu_forward(gate: npt.NDArray[np.float32], up: npt.NDArray[np.float32], /) -> npt.NDArray[np.float32]: ...
+def gelu_forward(
+    x: npt.NDArray[np.float32], out: npt.NDArray[np.float32] | None = ..., /
+) -> npt.NDArray[np.float32]: ...
+def gelu_backward(
+    dy: npt.NDArray[np.float32], x: npt.NDArray[np.float32], out: npt.NDArray[np.float32] | None = ..., /
+) -> npt.NDArray[np.float32]: ...
+def swiglu_forward(
+    gate: npt.NDArray[np.float32], up: npt.NDArray[np.float32], out: npt.NDArray[np.float32] | None = ..., /
+) -> npt.NDArray[np.float32]: ...
 def swiglu_backward(
-    dy: npt.NDArray[np.float32], gate: npt.NDArray[np.float32], up: npt.NDArray[np.float32], /
+    dy: npt.NDArray[np.float32],
+    gate: npt.NDArray[np.float32],
+    up: npt.NDArray[np.float32],
+    out: npt.NDArray[np.float32] | None = ...,
+    out2: npt.NDArray[np.float32] | None = ...,
+    /,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
 def rope(
     x: npt.NDArray[np.float32],
@@ -245,6 +263,7 @@ def rope(
     offset: int = ...,
     inverse: bool = ...,
     inv_freq: npt.NDArray[np.float32] | None = ...,
+    out: npt.NDArray[np.float32] | None = ...,
 ) -> npt.NDArray[np.float32]: ...
 def embedding_forward(ids: npt.NDArray[np.int64], wte: npt.NDArray[np.float32], /) -> npt.NDArray[np.float32]: ...
 def embedding_backward(

@@ -537,3 +537,90 @@ def test_empty_shapes_do_not_crash() -> None:
     np.testing.assert_array_equal(dw, z(5, 4))
     assert ops.embedding_backward(z(1, 2, 0), np.zeros((1, 2), np.int64), 3).shape == (3, 0)
     assert ops.rope_forward(z(1, 0, 2, 4)).shape == (1, 0, 2, 4)
+
+
+# ---- row kernels: thread counts, streaming stores, out= ---------------------------------------------
+
+
+def _row_ops_all(x: np.ndarray, dy: np.ndarray, w: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
+    """Every row op forward and backward on (N, C) inputs (RoPE on (1, N, 1, C))."""
+    y, m, r = ops.layernorm_forward(x, w, b)
+    out = [y, m, r, *ops.layernorm_backward(dy, x, w, m, r)]
+    y, r = ops.rmsnorm_forward(x, w)
+    out += [y, r, *ops.rmsnorm_backward(dy, x, w, r)]
+    out += [ops.gelu_forward(x), ops.gelu_backward(dy, x), ops.swiglu_forward(x, dy)]
+    out += [*ops.swiglu_backward(dy, x, b * np.ones_like(x)), ops.rope_forward(x[None, :, None, :])]
+    p, m1, v1 = x.copy(), np.zeros_like(x), np.zeros_like(x)
+    ops.adamw_step(p, dy, m1, v1, 1e-3, 0.9, 0.999, 1e-8, 0.1, 1)
+    return [*out, p, m1, v1]
+
+
+@pytest.mark.parametrize("shape", [(300, 96), (2100, 1024)])  # the second streams (outputs >= 8 MiB)
+def test_row_ops_bit_identical_across_thread_counts(simd: str, shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(21)
+    x, dy, w, b = rnd(rng, *shape), rnd(rng, *shape), rnd(rng, shape[1]), rnd(rng, shape[1])
+    before = sparseft.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2, 3):
+            sparseft.set_num_threads(n)
+            runs.append(_row_ops_all(x, dy, w, b))
+    finally:
+        sparseft.set_num_threads(before)
+    for other in runs[1:]:
+        for a, o in zip(runs[0], other, strict=True):
+            np.testing.assert_array_equal(a, o)
+
+
+def test_streamed_outputs_match_reference(simd: str) -> None:
+    """Outputs >= 8 MiB take the streaming stores (aligned fresh outputs, misaligned out=): same values."""
+    rng = np.random.default_rng(5)
+    x, dy, w, b = rnd(rng, 2100, 1024), rnd(rng, 2100, 1024), rnd(rng, 1024), rnd(rng, 1024)
+    y, m, r = ops.layernorm_forward(x, w, b)
+    assert y.ctypes.data % 64 == 0
+    Y, M, R = ref.layernorm_forward(x, w, b)
+    close(y, Y), close(m, M), close(r, R)
+    close(ops.gelu_forward(x), ref.gelu_forward(x))
+    # a misaligned out= (4 bytes off a 64-byte boundary): the elementwise kernels peel to alignment
+    buf = np.empty(x.size + 16, np.float32)
+    off = (64 - buf.ctypes.data % 64) % 64 // 4 + 1
+    o = buf[off : off + x.size].reshape(x.shape)
+    assert ops.gelu_backward(dy, x, out=o) is o
+    close(o, ref.gelu_backward(dy, x), 1e-5)
+    o2 = ops.layernorm_backward(dy, x, w, m, r, out=o)[0]
+    assert np.shares_memory(o2, o)
+    close(o, ref.layernorm_backward(dy, x, w, m, r)[0], 1e-4)
+
+
+def test_out_argument_writes_in_place_and_rejects_bad_buffers() -> None:
+    rng = np.random.default_rng(8)
+    x, dy, w, b = rnd(rng, 6, 10), rnd(rng, 6, 10), rnd(rng, 10), rnd(rng, 10)
+    o = np.full_like(x, np.nan)
+    y = ops.layernorm_forward(x, w, b, out=o)[0]
+    assert np.shares_memory(y, o)
+    np.testing.assert_array_equal(o, ops.layernorm_forward(x, w, b)[0])
+    dx = ops.rmsnorm_backward(dy, x, w, ops.rmsnorm_forward(x, w)[1], out=o)[0]
+    assert np.shares_memory(dx, o)
+    pair = (np.empty_like(x), np.empty_like(x))
+    got = ops.swiglu_backward(dy, x, b * np.ones_like(x), out=pair)
+    assert got[0] is pair[0] and got[1] is pair[1]
+    x4 = x.reshape(1, 6, 1, 10)
+    o4 = np.empty_like(x4)
+    assert ops.rope_forward(x4, out=o4) is o4
+    np.testing.assert_array_equal(o4, ops.rope_forward(x4))
+    with pytest.raises(ValueError, match="out"):
+        ops.gelu_forward(x, out=x)  # shares memory with the input
+    with pytest.raises(ValueError, match="out"):
+        ops.gelu_forward(x, out=np.empty((6, 9), np.float32))
+    with pytest.raises(TypeError, match="out"):
+        ops.gelu_forward(x, out=np.empty((6, 10), np.float64))
+    with pytest.raises(ValueError, match="out"):
+        ro = np.empty_like(x)
+        ro.flags.writeable = False
+        ops.layernorm_forward(x, w, b, out=ro)
+    with pytest.raises(ValueError, match="out"):
+        ops.swiglu_backward(dy, x, x, out=(pair[0], pair[0]))
+    with pytest.raises(TypeError, match="out"):
+        ops.swiglu_backward(dy, x, x, out=pair[0])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="out"):
+        ops.rope_forward(x4, out=np.empty((6, 10), np.float32))

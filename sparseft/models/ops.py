@@ -14,6 +14,7 @@ backwards recompute what they need. See ``docs/ops.md``.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -68,6 +69,22 @@ def _per_row(a: object, name: str, x: np.ndarray) -> np.ndarray:
     return a.reshape(-1)
 
 
+def _out(out: object, xr: np.ndarray) -> Any:
+    """``out`` viewed as the (N, C) rows of ``xr`` for the row kernels (None stays None; anything the
+    kernel must reject, e.g. a wrong shape, is passed on for its error message)."""
+    if isinstance(out, np.ndarray) and out.flags.c_contiguous and out.size == xr.size and out.ndim >= 1:
+        return out.reshape(xr.shape)
+    return out
+
+
+def _pair(out: object) -> tuple[Any, Any]:
+    if not isinstance(out, tuple) or len(out) != 2:
+        raise TypeError(
+            f"out: expected a pair (dgate, dup) of numpy.ndarray or None, got {type(out).__name__}"
+        )
+    return out[0], out[1]
+
+
 def _chunk(chunk: int | None) -> int:
     if chunk is None:
         return 0
@@ -80,7 +97,7 @@ def _chunk(chunk: int | None) -> int:
 
 
 def layernorm_forward(
-    x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float = 1e-5
+    x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float = 1e-5, out: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """LayerNorm over the last axis: ``y = (x - mean) * rstd * w + b`` (``torch.nn.LayerNorm``).
 
@@ -92,6 +109,10 @@ def layernorm_forward(
         float32 (C,), scale and shift.
     eps : float
         Added to the (biased) variance; finite and positive.
+    out : numpy.ndarray or None
+        float32 C-contiguous array shaped like ``x`` to write ``y`` into (returned); it must not
+        share memory with the inputs. A preallocated ``out`` saves the page faults of a fresh
+        output (a large share of the time of these memory-bound kernels, see ``docs/ops.md``).
 
     Returns
     -------
@@ -101,13 +122,18 @@ def layernorm_forward(
         float32 (...,): per row mean and ``1 / sqrt(var + eps)``, kept for the backward.
     """
     xr = _rows(x, "x")
-    y, mean, rstd = _core.layernorm_forward(xr, _c(w, "w"), _c(b, "b"), float(eps))
+    y, mean, rstd = _core.layernorm_forward(xr, _c(w, "w"), _c(b, "b"), float(eps), _out(out, xr))
     lead = np.shape(x)[:-1]
     return y.reshape(np.shape(x)), mean.reshape(lead), rstd.reshape(lead)
 
 
 def layernorm_backward(
-    dy: np.ndarray, x: np.ndarray, w: np.ndarray, mean: np.ndarray, rstd: np.ndarray
+    dy: np.ndarray,
+    x: np.ndarray,
+    w: np.ndarray,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of :func:`layernorm_forward`.
 
@@ -119,6 +145,10 @@ def layernorm_backward(
         float32 (C,).
     mean, rstd : numpy.ndarray
         float32 (...,) from the forward.
+    out : numpy.ndarray or None
+        float32 C-contiguous array shaped like ``x`` to write ``dx`` into (returned); it must not
+        share memory with the inputs. A preallocated ``out`` saves the page faults of a fresh
+        output (a large share of the time of these memory-bound kernels, see ``docs/ops.md``).
 
     Returns
     -------
@@ -133,12 +163,19 @@ def layernorm_backward(
     if dyr.shape != xs:
         raise ValueError(f"dy: expected shape {xs} (that of x), got {dyr.shape}")
     dx, dw, db = _core.layernorm_backward(
-        dyr.reshape(xr.shape), xr, _c(w, "w"), _per_row(mean, "mean", dyr), _per_row(rstd, "rstd", dyr)
+        dyr.reshape(xr.shape),
+        xr,
+        _c(w, "w"),
+        _per_row(mean, "mean", dyr),
+        _per_row(rstd, "rstd", dyr),
+        _out(out, xr),
     )
     return dx.reshape(xs), dw, db
 
 
-def rmsnorm_forward(x: np.ndarray, w: np.ndarray, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+def rmsnorm_forward(
+    x: np.ndarray, w: np.ndarray, eps: float = 1e-6, out: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """RMSNorm over the last axis (Llama's): ``y = x * rstd * w``, ``rstd = 1 / sqrt(mean(x**2) + eps)``.
 
     Parameters
@@ -149,6 +186,10 @@ def rmsnorm_forward(x: np.ndarray, w: np.ndarray, eps: float = 1e-6) -> tuple[np
         float32 (C,).
     eps : float
         Added to the mean square; finite and positive.
+    out : numpy.ndarray or None
+        float32 C-contiguous array shaped like ``x`` to write ``y`` into (returned); it must not
+        share memory with the inputs. A preallocated ``out`` saves the page faults of a fresh
+        output (a large share of the time of these memory-bound kernels, see ``docs/ops.md``).
 
     Returns
     -------
@@ -158,44 +199,59 @@ def rmsnorm_forward(x: np.ndarray, w: np.ndarray, eps: float = 1e-6) -> tuple[np
         float32 (...,), kept for the backward.
     """
     xr = _rows(x, "x")
-    y, rstd = _core.rmsnorm_forward(xr, _c(w, "w"), float(eps))
+    y, rstd = _core.rmsnorm_forward(xr, _c(w, "w"), float(eps), _out(out, xr))
     return y.reshape(np.shape(x)), rstd.reshape(np.shape(x)[:-1])
 
 
 def rmsnorm_backward(
-    dy: np.ndarray, x: np.ndarray, w: np.ndarray, rstd: np.ndarray
+    dy: np.ndarray, x: np.ndarray, w: np.ndarray, rstd: np.ndarray, out: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Gradients of :func:`rmsnorm_forward`: ``(dx (..., C), dw (C,))``, dw summed over the rows."""
+    """Gradients of :func:`rmsnorm_forward`: ``(dx (..., C), dw (C,))``, dw summed over the rows
+    (``dx`` written into ``out`` when given, as in :func:`layernorm_backward`)."""
     xr = _rows(x, "x")
     xs = np.shape(x)
     dyr = _c(dy, "dy")
     if dyr.shape != xs:
         raise ValueError(f"dy: expected shape {xs} (that of x), got {dyr.shape}")
-    dx, dw = _core.rmsnorm_backward(dyr.reshape(xr.shape), xr, _c(w, "w"), _per_row(rstd, "rstd", dyr))
+    dx, dw = _core.rmsnorm_backward(
+        dyr.reshape(xr.shape), xr, _c(w, "w"), _per_row(rstd, "rstd", dyr), _out(out, xr)
+    )
     return dx.reshape(xs), dw
 
 
 # ---- GELU (tanh approximation) and SwiGLU ----
 
 
-def gelu_forward(x: np.ndarray) -> np.ndarray:
-    """GPT-2's GELU ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x**3)))``, elementwise, any shape."""
-    return _core.gelu_forward(_c(x, "x"))
+def gelu_forward(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """GPT-2's GELU ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x**3)))``, elementwise, any shape.
+
+    ``out``: an optional float32 C-contiguous array shaped like ``x``, sharing no memory with it,
+    to write the result into (as for every activation here; saves a fresh output's page faults).
+    """
+    return _core.gelu_forward(_c(x, "x"), out)
 
 
-def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Gradient of :func:`gelu_forward`: ``dx`` shaped like ``x``."""
-    return _core.gelu_backward(_c(dy, "dy"), _c(x, "x"))
+def gelu_backward(dy: np.ndarray, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Gradient of :func:`gelu_forward`: ``dx`` shaped like ``x`` (into ``out`` when given)."""
+    return _core.gelu_backward(_c(dy, "dy"), _c(x, "x"), out)
 
 
-def swiglu_forward(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """Llama's gated activation ``silu(gate) * up`` (``silu(g) = g * sigmoid(g)``), elementwise."""
-    return _core.swiglu_forward(_c(gate, "gate"), _c(up, "up"))
+def swiglu_forward(gate: np.ndarray, up: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Llama's gated activation ``silu(gate) * up`` (``silu(g) = g * sigmoid(g)``), elementwise
+    (into ``out`` when given)."""
+    return _core.swiglu_forward(_c(gate, "gate"), _c(up, "up"), out)
 
 
-def swiglu_backward(dy: np.ndarray, gate: np.ndarray, up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Gradients of :func:`swiglu_forward`: ``(dgate, dup)``."""
-    return _core.swiglu_backward(_c(dy, "dy"), _c(gate, "gate"), _c(up, "up"))
+def swiglu_backward(
+    dy: np.ndarray,
+    gate: np.ndarray,
+    up: np.ndarray,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gradients of :func:`swiglu_forward`: ``(dgate, dup)`` (into the pair ``out`` when given; two
+    distinct arrays shaped like ``up``)."""
+    o1, o2 = (None, None) if out is None else _pair(out)
+    return _core.swiglu_backward(_c(dy, "dy"), _c(gate, "gate"), _c(up, "up"), o1, o2)
 
 
 # ---- RoPE ----
@@ -212,7 +268,11 @@ def _freq(inv_freq: np.ndarray | None) -> np.ndarray | None:
 
 
 def rope_forward(
-    x: np.ndarray, theta: float = 10000.0, offset: int = 0, inv_freq: np.ndarray | None = None
+    x: np.ndarray,
+    theta: float = 10000.0,
+    offset: int = 0,
+    inv_freq: np.ndarray | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Rotary position embedding in Hugging Face's ``rotate_half`` convention.
 
@@ -227,6 +287,9 @@ def rope_forward(
     inv_freq : numpy.ndarray or None
         float32 (D/2,), finite: the inverse frequencies to use instead of ``theta``'s (e.g. Llama
         3.1's scaled ones).
+    out : numpy.ndarray or None
+        float32 (B, T, H, D) C-contiguous, sharing no memory with ``x``: written and returned
+        instead of a new array.
 
     Returns
     -------
@@ -235,14 +298,19 @@ def rope_forward(
         ``rotate_half(x) = concat(-x[..., D/2:], x[..., :D/2])``. The angles are rounded to float32
         as Hugging Face computes them (float32 frequencies times float32 positions).
     """
-    return _core.rope(_c(x, "x"), float(theta), _offset(offset), False, _freq(inv_freq))
+    return _core.rope(_c(x, "x"), float(theta), _offset(offset), False, _freq(inv_freq), out)
 
 
 def rope_backward(
-    dy: np.ndarray, theta: float = 10000.0, offset: int = 0, inv_freq: np.ndarray | None = None
+    dy: np.ndarray,
+    theta: float = 10000.0,
+    offset: int = 0,
+    inv_freq: np.ndarray | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Gradient of :func:`rope_forward` (a rotation: the inverse rotation of ``dy``)."""
-    return _core.rope(_c(dy, "dy"), float(theta), _offset(offset), True, _freq(inv_freq))
+    """Gradient of :func:`rope_forward` (a rotation: the inverse rotation of ``dy``; into ``out``
+    when given)."""
+    return _core.rope(_c(dy, "dy"), float(theta), _offset(offset), True, _freq(inv_freq), out)
 
 
 # ---- attention ----

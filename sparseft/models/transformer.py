@@ -274,15 +274,12 @@ class _Rope(Op):
     def _rotate(self, x: np.ndarray, sign: float) -> np.ndarray:
         B, T = x.shape[:2]
         x4 = x.reshape(B, T, self.heads, self.hd)
+        f = F.rope_forward if sign > 0 else F.rope_backward
         if self.inv_freq is None:
-            f = F.rope_forward if sign > 0 else F.rope_backward
             return f(x4, self.theta).reshape(x.shape)
-        ang = np.arange(T, dtype=np.float64)[:, None] * self.inv_freq[None, :]
-        cos = np.cos(ang).astype(F32)[None, :, None, :]
-        sin = (sign * np.sin(ang)).astype(F32)[None, :, None, :]
-        h = self.hd // 2
-        x1, x2 = x4[..., :h], x4[..., h:]
-        return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).reshape(x.shape)
+        # the given frequencies as float32 (as Hugging Face holds them): the kernel takes cos/sin
+        # once per position, not per head
+        return f(x4, self.theta, inv_freq=np.ascontiguousarray(self.inv_freq, dtype=F32)).reshape(x.shape)
 
     def forward(self, *xs: Act) -> Act:
         return self._rotate(primary(xs[0]), 1.0)
