@@ -55,7 +55,8 @@ class SafetensorsReader:
     Each file is validated by the ``safetensors`` package when the reader is made (header, offsets
     covering the data exactly, dtypes and shapes matching the byte ranges), which also lists its
     tensors. With ``mmap`` (the default) an F32 tensor whose bytes start 4-byte aligned is a view
-    of a copy-on-write memory map of its file (``mmap.ACCESS_COPY``): no read and no copy at
+    of a copy-on-write memory map of its byte range (``mmap.ACCESS_COPY``; one map per tensor,
+    released with the last array viewing it): no read and no copy at
     load time, the pages come from the page cache when touched, and writes into the array stay
     private to the process (the file is never modified). Any other tensor is read from its byte
     range straight into its float32 result, in chunks of 4M values for the narrower dtypes: no
@@ -84,7 +85,6 @@ class SafetensorsReader:
         self.where: dict[str, tuple[Path, str, tuple[int, ...]]] = {}
         self._headers: dict[Path, tuple[dict[str, Any], int, int]] = {}
         self._mmap = bool(mmap)
-        self._maps: dict[Path, _mmap.mmap] = {}
         for path in files:
             try:
                 with _safe_open(path) as f:
@@ -140,14 +140,16 @@ class SafetensorsReader:
         count = (e - b) // 4
         if count == 0 or (start + b) % 4:
             return None
-        m = self._maps.get(path)
-        if m is None:
-            with open(path, "rb") as f:
-                if os.fstat(f.fileno()).st_size != size:
-                    raise ValueError(f"{path}: the file changed size while being read")
-                m = _mmap.mmap(f.fileno(), size, access=_mmap.ACCESS_COPY)
-            self._maps[path] = m
-        return np.frombuffer(m, np.float32, count, start + b).reshape(shape)
+        # one map per tensor, from the page holding its first byte: it is unmapped (and its pages
+        # leave the resident set) when the last array viewing it goes, e.g. a block linear's
+        # weight once its sparse base is built
+        pos = start + b
+        off = pos - pos % _mmap.ALLOCATIONGRANULARITY
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size != size:
+                raise ValueError(f"{path}: the file changed size since its header was read")
+            m = _mmap.mmap(f.fileno(), start + e - off, offset=off, access=_mmap.ACCESS_COPY)
+        return np.frombuffer(m, np.float32, count, pos - off).reshape(shape)
 
 
 def _header(path: Path) -> tuple[dict[str, Any], int, int]:
