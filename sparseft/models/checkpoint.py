@@ -56,9 +56,9 @@ class SafetensorsReader:
     covering the data exactly, dtypes and shapes matching the byte ranges), which also lists its
     tensors. With ``mmap`` (the default) an F32 tensor whose bytes start 4-byte aligned is a view
     of a copy-on-write memory map of its byte range (``mmap.ACCESS_COPY``; one map per tensor,
-    released with the last array viewing it): no read and no copy at
-    load time, the pages come from the page cache when touched, and writes into the array stay
-    private to the process (the file is never modified). Any other tensor is read from its byte
+    released with the last array viewing it): no read and no copy at load time, the pages come
+    from the page cache when touched, and writes into the array stay private to the process (the
+    file is never modified). Any other tensor is read from its byte
     range straight into its float32 result, in chunks of 4M values for the narrower dtypes: no
     full-size temporary (the package's NumPy API cannot give BF16, and copies F16 whole first).
 
@@ -131,7 +131,7 @@ class SafetensorsReader:
         return a
 
     def _mapped(self, path: Path, key: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray | None:
-        """An F32 tensor as a view of the file's copy-on-write map, or None (not mapped: another
+        """An F32 tensor as a view of a copy-on-write map of its bytes, or None (not mapped: another
         dtype, ``mmap=False``, an empty tensor or bytes not 4-byte aligned)."""
         if not self._mmap or dtype != "F32":
             return None
