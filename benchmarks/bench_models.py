@@ -222,8 +222,8 @@ def _attention(rnd: Callable[..., np.ndarray], B: int, H: int, T: int, D: int, r
     floor = 4 * (B * H * T * D + B * H * T + 3 * B * H * T * D)  # o + lse + dq + dk + dv
     print("\nattention fwd+bwd (causal):")
     print(_row("sparseft (flash, lse kept)", ts, ps))
-    print(_row("sparseft model layout, in place", tmod, pmod))
-    print(_row("sparseft model, head copies (before)", tcp, pcp))
+    print(_row("sparseft model, in place (now)", tmod, pmod))
+    print(_row("sparseft model, copies (before)", tcp, pcp))
     print(_row("torch SDPA (default: flash) + autograd", tt, pt))
     print(_row("torch SDPA math backend + autograd", tm, pm))
     print(
