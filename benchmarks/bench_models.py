@@ -24,11 +24,12 @@ OS and one call's leftovers do not hide the next call's peak.
 Targets printed beside the results: attention and the fused head at <= 1x PyTorch's time with
 <= 0.25x its peak memory; the norms and activations at >= 70% of the copy bandwidth.
 
-``--load``: a ~1 GB F16 Llama checkpoint (d=2048, 16 heads / 8 key-value heads, SwiGLU 5632,
+``--load [--dtype F16|F32]``: a ~1 GB F16 (or F32) Llama checkpoint (d=2048, 16 heads / 8 key-value heads, SwiGLU 5632,
 vocabulary 32,000; generated in a temporary directory) loaded by ``sparseft.models.from_pretrained``
 and by ``transformers.AutoModelForCausalLM.from_pretrained(dtype=float32)``, each in a fresh process:
 time and peak RSS (``ru_maxrss``), also as growth over the process's RSS after its imports, against
-the loaded model's own bytes (``model.nbytes``; the parameters' bytes for transformers). Target:
+the loaded model's own bytes (``model.nbytes``; the parameters' bytes for transformers); for F32
+also sparseft with ``mmap=False`` (tensors read into new arrays instead of mapped). Target:
 sparseft's peak RSS growth <= 1.2x ``model.nbytes`` (no second copy of the model on the way).
 
 Usage: ``python benchmarks/bench_models.py --ops [--reps 3] [--threads N] [--small]
@@ -181,15 +182,68 @@ def _attention(rnd: Callable[..., np.ndarray], B: int, H: int, T: int, D: int, r
             F.scaled_dot_product_attention(qt, kt, vt, is_causal=True).backward(dot)
         return take_grads(qt, kt, vt)
 
-    res = measure({"sft": sft_attn, "torch": torch_attn, "math": torch_math}, reps)
-    (ts, ps), (tt, pt), (tm, pm) = res["sft"], res["torch"], res["math"]
+    # the model's path: q, k, v read in place from the (B, T, 3C) qkv output, o written into
+    # (B, T, C), dq/dk/dv into one (B, T, 3C) gradient (no head copies, no concatenate)
+    C = H * D
+    qkv = np.ascontiguousarray(
+        np.concatenate([a.transpose(0, 2, 1, 3).reshape(B, T, C) for a in (q, k, v)], -1)
+    )
+    do_m = np.ascontiguousarray(do.transpose(0, 2, 1, 3))
+    views = [qkv[..., i * C : (i + 1) * C].reshape(B, T, H, D) for i in range(3)]
+
+    def sft_model() -> object:
+        o = np.empty((B, T, C), np.float32)
+        _, lse = ops.attention_forward(*views, layout="bthd", out=o.reshape(B, T, H, D))
+        g = np.empty((B, T, 3 * C), np.float32)
+        out = tuple(g[..., i * C : (i + 1) * C].reshape(B, T, H, D) for i in range(3))
+        ops.attention_backward(do_m, *views, o.reshape(B, T, H, D), lse, layout="bthd", out=out)
+        return g
+
+    def sft_copies() -> object:
+        # the model op before: head-major copies of q, k, v, o, do and back, then a concatenate
+        def heads(a: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(a.reshape(B, T, H, D).transpose(0, 2, 1, 3))
+
+        def merge(a: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(a.transpose(0, 2, 1, 3)).reshape(B, T, C)
+
+        qh, kh, vh = (heads(qkv[..., i * C : (i + 1) * C]) for i in range(3))
+        oh, lse = ops.attention_forward(qh, kh, vh)
+        o = merge(oh)
+        del oh
+        qh, kh, vh = (heads(qkv[..., i * C : (i + 1) * C]) for i in range(3))
+        gq, gk, gv = ops.attention_backward(heads(do_m), qh, kh, vh, heads(o), lse)
+        return np.concatenate([merge(gq), merge(gk), merge(gv)], axis=-1)
+
+    fns = {"sft": sft_attn, "model": sft_model, "copies": sft_copies, "torch": torch_attn, "math": torch_math}
+    res = measure(fns, reps)
+    (ts, ps), (tmod, pmod), (tt, pt), (tm, pm) = res["sft"], res["model"], res["torch"], res["math"]
+    tcp, pcp = res["copies"]
+    floor = 4 * (B * H * T * D + B * H * T + 3 * B * H * T * D)  # o + lse + dq + dk + dv
     print("\nattention fwd+bwd (causal):")
     print(_row("sparseft (flash, lse kept)", ts, ps))
+    print(_row("sparseft model, in place (now)", tmod, pmod))
+    print(_row("sparseft model, copies (before)", tcp, pcp))
     print(_row("torch SDPA (default: flash) + autograd", tt, pt))
     print(_row("torch SDPA math backend + autograd", tm, pm))
     print(
         f"  sparseft vs torch default: time {ts / tt:.2f}x, peak {ps / max(pt, 1):.2f}x; vs math backend: time "
         f"{ts / tm:.2f}x, peak {ps / max(pm, 1):.2f}x   (target <= 1x time, <= 0.25x peak)"
+    )
+    print(
+        f"  model layout vs torch default: time {tmod / tt:.2f}x, peak {pmod / max(pt, 1):.2f}x; vs the copying "
+        f"op: time {tmod / tcp:.2f}x, peak {pmod / max(pcp, 1):.2f}x"
+    )
+    print(
+        f"  floor for ANY implementation (bytes of o + lse + dq + dk + dv it must return): {floor / 2**20:.1f} MiB"
+        f" = {floor / max(pt, 1):.2f}x torch default's peak ({pt / 2**20:.1f} MiB), {floor / max(pm, 1):.2f}x the"
+        f" math backend's ({pm / 2**20:.1f} MiB)"
+    )
+    print(
+        f"  0.25x torch default's peak = {0.25 * pt / 2**20:.1f} MiB < floor {floor / 2**20:.1f} MiB: the peak "
+        f"target is {'impossible (blocked)' if 0.25 * pt < floor else 'reachable'}; "
+        f"0.25x the math backend's = {0.25 * pm / 2**20:.1f} MiB: sparseft {ps / max(pm, 1):.2f}x "
+        f"{'met' if ps <= 0.25 * pm else 'not met'}"
     )
 
 
@@ -391,11 +445,11 @@ def rss():
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
-if which == "sparseft":
+if which.startswith("sparseft"):
     import sparseft.models as M
     base = rss()
     t0 = time.perf_counter()
-    model = M.from_pretrained(path, tokenizer=None)
+    model = M.from_pretrained(path, tokenizer=None, mmap=which != "sparseft-nommap")
     dt = time.perf_counter() - t0
     nbytes = model.nbytes
 else:
@@ -415,13 +469,14 @@ from safetensors.numpy import save_file
 import sparseft.models as M
 from sparseft.models.transformer import weight_spec
 path, cfg = sys.argv[1], M.LlamaConfig(**__import__("json").loads(sys.argv[2]))
+dt = np.float16 if sys.argv[3] == "F16" else np.float32
 rng = np.random.default_rng(0)
 sd = {}
 for key, shape, _ in weight_spec(cfg):
     if len(shape) == 1:
-        sd[key] = np.ones(shape, np.float16)
+        sd[key] = np.ones(shape, dt)
     else:
-        sd[key] = (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16)
+        sd[key] = (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(dt)
 save_file(sd, path + "/model.safetensors", metadata={"format": "pt"})
 open(path + "/config.json", "w").write(__import__("json").dumps(cfg.to_hf()))
 """
@@ -452,24 +507,28 @@ def section_load(args: argparse.Namespace) -> None:
     import subprocess
     import tempfile
 
-    cfg = load_config(0.2 if args.small else args.gb)
+    f32 = args.dtype == "F32"
+    # an F32 checkpoint of ~gb GB has half the parameters of an F16 one
+    cfg = load_config((0.2 if args.small else args.gb) / (2 if f32 else 1))
     with tempfile.TemporaryDirectory(prefix="sft_load_") as d:
-        subprocess.run([sys.executable, "-c", LOAD_WRITER, d, json.dumps(cfg)], check=True)
+        subprocess.run([sys.executable, "-c", LOAD_WRITER, d, json.dumps(cfg), args.dtype], check=True)
         size = os.path.getsize(os.path.join(d, "model.safetensors"))
-        print(f"checkpoint: Llama {cfg['n_layer']} layers, d={cfg['d_model']}, F16, {size / 1e9:.2f} GB")
+        print(
+            f"checkpoint: Llama {cfg['n_layer']} layers, d={cfg['d_model']}, {args.dtype}, {size / 1e9:.2f} GB"
+        )
         rows = {}
-        for which in ("sparseft", "transformers"):
+        for which in ("sparseft", *(("sparseft-nommap",) if f32 else ()), "transformers"):
             out = subprocess.run(
                 [sys.executable, "-c", LOAD_CHILD, which, d], check=True, capture_output=True, text=True
             ).stdout
             rows[which] = json.loads(out.strip().splitlines()[-1])
         print(
-            f"{'loader':<14}{'time s':>8}{'model GB':>10}{'peak RSS GB':>13}{'over imports':>14}{'peak/model':>12}"
+            f"{'loader':<16}{'time s':>8}{'model GB':>10}{'peak RSS GB':>13}{'over imports':>14}{'peak/model':>12}"
         )
         for which, r in rows.items():
             grow = r["peak"] - r["base"]
             print(
-                f"{which:<14}{r['seconds']:>8.2f}{r['nbytes'] / 1e9:>10.2f}{r['peak'] / 1e9:>13.2f}"
+                f"{which:<16}{r['seconds']:>8.2f}{r['nbytes'] / 1e9:>10.2f}{r['peak'] / 1e9:>13.2f}"
                 f"{grow / 1e9:>14.2f}{grow / r['nbytes']:>12.2f}"
             )
         s, t = rows["sparseft"], rows["transformers"]
@@ -497,7 +556,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--small", action="store_true", help="small shapes for a quick look")
     parser.add_argument("--parts", default=",".join(OPS_PARTS), help="--ops: comma-separated parts to run")
-    parser.add_argument("--gb", type=float, default=1.0, help="--load: checkpoint size in GB (F16)")
+    parser.add_argument("--gb", type=float, default=1.0, help="--load: checkpoint size in GB")
+    parser.add_argument("--dtype", choices=("F16", "F32"), default="F16", help="--load: stored dtype")
     args = parser.parse_args()
     chosen = [n for n in SECTIONS if getattr(args, n)]
     if not chosen:

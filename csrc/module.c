@@ -1986,45 +1986,220 @@ static PyObject *py_adamw_step(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* q (B, H, T, D), k and v (B, Hkv, T, D) with Hkv dividing H */
-static int nn_attn_args(PyObject *qo, PyObject *ko, PyObject *vo, PyArrayObject **q, PyArrayObject **k,
-                        PyArrayObject **v) {
-    if ((*q = arg_f32(qo, "q", 4)) == NULL || (*k = arg_f32(ko, "k", 4)) == NULL ||
-        (*v = arg_f32(vo, "v", 4)) == NULL)
+/* The layout argument of the attention wrappers: 0 = "bhtd" (B, heads, T, D), 1 = "bthd" (B, T, heads,
+ * D, e.g. a view of the (B, T, 3C) qkv projection); NULL or None is "bhtd". */
+static int arg_attn_layout(PyObject *obj, int *layout) {
+    const char *s;
+    *layout = 0;
+    if (obj == NULL || obj == Py_None) return 0;
+    if (arg_str(obj, "layout", &s) < 0) return -1;
+    if (strcmp(s, "bhtd") == 0 || strcmp(s, "bthd") == 0) {
+        *layout = s[1] == 't';
+        return 0;
+    }
+    PyErr_Format(PyExc_ValueError, "layout: expected 'bhtd' or 'bthd', got %R", obj);
+    return -1;
+}
+
+/* A float32 4-D attention operand in `layout`, any strides that are whole floats with the D axis
+ * contiguous (no copy: views of a (B, T, 3C) array are read in place). dims get (B, heads, T, D)
+ * and st the element strides. Returns the array (borrowed) or NULL with TypeError/ValueError set. */
+static PyArrayObject *arg_attn(PyObject *obj, const char *name, int layout, npy_intp dims[4],
+                               att_strides *st) {
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray, got %s", name, Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    if (PyArray_TYPE(a) != NPY_FLOAT32 || !PyArray_ISNOTSWAPPED(a)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected dtype float32 in native byte order, got %S", name,
+                     (PyObject *)PyArray_DESCR(a));
+        return NULL;
+    }
+    if (PyArray_NDIM(a) != 4) {
+        PyObject *shape = shape_tuple(a);
+        if (shape != NULL)
+            PyErr_Format(PyExc_ValueError, "%s: expected a 4-D array (%s), got shape %R", name,
+                         layout ? "B, T, heads, D" : "B, heads, T, D", shape);
+        Py_XDECREF(shape);
+        return NULL;
+    }
+    const npy_intp *s = PyArray_STRIDES(a);
+    int ax_h = layout ? 2 : 1, ax_t = layout ? 1 : 2;
+    dims[0] = PyArray_DIM(a, 0), dims[1] = PyArray_DIM(a, ax_h), dims[2] = PyArray_DIM(a, ax_t);
+    dims[3] = PyArray_DIM(a, 3);
+    if (PyArray_SIZE(a) == 0) {  // nothing is read or written: any strides
+        st->sb = st->sh = st->st = 0;
+        return a;
+    }
+    for (int i = 0; i < 4; i++) {
+        if (s[i] % (npy_intp)sizeof(float) != 0 || !PyArray_ISALIGNED(a)) {
+            PyErr_Format(PyExc_ValueError,
+                         "%s: expected an aligned array with strides in whole float32 elements, got strides "
+                         "%zd, %zd, %zd, %zd bytes (pass %s.copy())",
+                         name, (Py_ssize_t)s[0], (Py_ssize_t)s[1], (Py_ssize_t)s[2], (Py_ssize_t)s[3], name);
+            return NULL;
+        }
+    }
+    if (PyArray_DIM(a, 3) > 1 && s[3] != (npy_intp)sizeof(float)) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s: expected the last axis (D) contiguous (stride 4 bytes), got stride %zd (pass "
+                     "numpy.ascontiguousarray(%s))",
+                     name, (Py_ssize_t)s[3], name);
+        return NULL;
+    }
+    st->sb = s[0] / 4, st->sh = s[ax_h] / 4, st->st = s[ax_t] / 4;
+    return a;
+}
+
+/* Checks that axis `axis` (in (B, heads, T, D) order) of the attention operand a in `layout` has
+ * length want; the message gives the array's own axis number and shape. */
+static int arg_attn_dim(PyArrayObject *a, const char *name, int layout, int axis, npy_intp want,
+                        const char *what) {
+    static const char *ax[4] = {"B", "heads", "T", "D"};
+    int real = layout && (axis == 1 || axis == 2) ? 3 - axis : axis;
+    char buf[64];
+    snprintf(buf, sizeof(buf), "%s, %s", ax[axis], what);
+    return arg_dim(a, name, real, want, buf);
+}
+
+/* q (B, H, T, D), k and v (B, Hkv, T, D) with Hkv dividing H, all in `layout` */
+static int nn_attn_args(PyObject *qo, PyObject *ko, PyObject *vo, int layout, PyArrayObject **q,
+                        PyArrayObject **k, PyArrayObject **v, npy_intp dq[4], att_strides st[3]) {
+    npy_intp dk[4], dv[4];
+    if ((*q = arg_attn(qo, "q", layout, dq, &st[0])) == NULL ||
+        (*k = arg_attn(ko, "k", layout, dk, &st[1])) == NULL ||
+        (*v = arg_attn(vo, "v", layout, dv, &st[2])) == NULL)
         return -1;
-    if (arg_dim(*k, "k", 0, PyArray_DIM(*q, 0), "B, from q") < 0 ||
-        arg_dim(*k, "k", 2, PyArray_DIM(*q, 2), "T, from q") < 0 ||
-        arg_dim(*k, "k", 3, PyArray_DIM(*q, 3), "D, from q") < 0)
+    if (arg_attn_dim(*k, "k", layout, 0, dq[0], "from q") < 0 ||
+        arg_attn_dim(*k, "k", layout, 2, dq[2], "from q") < 0 ||
+        arg_attn_dim(*k, "k", layout, 3, dq[3], "from q") < 0)
         return -1;
-    npy_intp H = PyArray_DIM(*q, 1), Hkv = PyArray_DIM(*k, 1);
-    if (Hkv < 1 || H % Hkv != 0) {
+    if (dk[1] < 1 || dq[1] % dk[1] != 0) {
         PyErr_Format(PyExc_ValueError, "k: expected a number of kv heads dividing H = %zd, got %zd",
-                     (Py_ssize_t)H, (Py_ssize_t)Hkv);
+                     (Py_ssize_t)dq[1], (Py_ssize_t)dk[1]);
         return -1;
     }
-    return arg_same_shape(*v, "v", *k, "k");
+    for (int i = 0; i < 4; i++)
+        if (arg_attn_dim(*v, "v", layout, i, dk[i], "from k") < 0) return -1;
+    return 0;
+}
+
+/* Refuses an output whose elements overlap one another (e.g. broadcast strides). Sufficient test:
+ * taken by growing |stride|, each axis steps past everything the inner axes reach. */
+static int arg_no_self_overlap(PyArrayObject *a, const char *name) {
+    int nd = PyArray_NDIM(a), order[NPY_MAXDIMS], n = 0;
+    if (PyArray_SIZE(a) == 0) return 0;
+    for (int i = 0; i < nd; i++)
+        if (PyArray_DIM(a, i) > 1) order[n++] = i;
+    for (int i = 1; i < n; i++)  // insertion sort by |stride|
+        for (int j = i; j > 0 && llabs((long long)PyArray_STRIDE(a, order[j])) <
+                                     llabs((long long)PyArray_STRIDE(a, order[j - 1]));
+             j--) {
+            int t = order[j];
+            order[j] = order[j - 1], order[j - 1] = t;
+        }
+    long long reach = (long long)PyArray_ITEMSIZE(a);
+    for (int i = 0; i < n; i++) {
+        long long st = llabs((long long)PyArray_STRIDE(a, order[i]));
+        if (st < reach) {
+            PyErr_Format(PyExc_ValueError,
+                         "%s: expected an output whose elements do not overlap, got strides "
+                         "that revisit memory (pass a new array)",
+                         name);
+            return -1;
+        }
+        reach += st * (long long)(PyArray_DIM(a, order[i]) - 1);
+    }
+    return 0;
+}
+
+/* Refuses arrays a and b that share memory (exactly, by numpy.shares_memory: interleaved views
+ * of one buffer that touch different elements are fine). */
+static int arg_no_shared(PyArrayObject *a, const char *an, PyArrayObject *b, const char *bn) {
+    static PyObject *shares = NULL;
+    if (PyArray_SIZE(a) == 0 || PyArray_SIZE(b) == 0) return 0;
+    if (shares == NULL) {
+        PyObject *np = PyImport_ImportModule("numpy");
+        if (np == NULL) return -1;
+        shares = PyObject_GetAttrString(np, "shares_memory");
+        Py_DECREF(np);
+        if (shares == NULL) return -1;
+    }
+    PyObject *r = PyObject_CallFunction(shares, "OOi", (PyObject *)a, (PyObject *)b, 1 << 20);
+    if (r == NULL) {  // numpy.exceptions.TooHardError: could not decide within max_work
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError,
+                     "%s, %s: could not prove that these arrays do not share memory (pass a "
+                     "new array as %s)",
+                     an, bn, an);
+        return -1;
+    }
+    int t = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    if (t < 0) return -1;
+    if (t == 0) return 0;
+    PyErr_Format(PyExc_ValueError, "%s, %s: expected arrays that do not share memory, got overlapping ones",
+                 an, bn);
+    return -1;
+}
+
+/* The output `name`: obj None/NULL -> a new contiguous array of `shape` (in the layout's order);
+ * else a writeable float32 array of exactly that shape, strided as arg_attn allows, elements not
+ * overlapping. Returns a new reference (dims/st filled) or NULL. */
+static PyArrayObject *attn_out(PyObject *obj, const char *name, int layout, const npy_intp *want,
+                               npy_intp dims[4], att_strides *st) {
+    npy_intp shape[4] = {want[0], layout ? want[2] : want[1], layout ? want[1] : want[2], want[3]};
+    PyArrayObject *a;
+    if (obj == NULL || obj == Py_None) {
+        if ((a = new_f32(4, shape)) == NULL) return NULL;
+    } else {
+        if (arg_attn(obj, name, layout, dims, st) == NULL) return NULL;
+        a = (PyArrayObject *)obj;
+        if (memcmp(PyArray_DIMS(a), shape, sizeof(shape)) != 0) {
+            PyObject *got = shape_tuple(a);
+            if (got != NULL)
+                PyErr_Format(PyExc_ValueError, "%s: expected shape (%zd, %zd, %zd, %zd), got %R", name,
+                             (Py_ssize_t)shape[0], (Py_ssize_t)shape[1], (Py_ssize_t)shape[2],
+                             (Py_ssize_t)shape[3], got);
+            Py_XDECREF(got);
+            return NULL;
+        }
+        if (arg_writeable(a, name) < 0 || arg_no_self_overlap(a, name) < 0) return NULL;
+        Py_INCREF(a);
+    }
+    arg_attn((PyObject *)a, name, layout, dims, st);
+    return a;
 }
 
 static PyObject *py_attention_forward(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
-    static char *kwlist[] = {"q", "k", "v", "causal", "scale", NULL};
-    PyObject *qo, *ko, *vo, *causalo, *scaleo;
-    int causal = 1;
+    static char *kwlist[] = {"q", "k", "v", "causal", "scale", "layout", "out", NULL};
+    PyObject *qo, *ko, *vo, *causalo, *scaleo, *layo = NULL, *outo = NULL;
+    int causal = 1, layout;
     double scale;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO:attention_forward", kwlist, &qo, &ko, &vo, &causalo,
-                                     &scaleo))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO|OO:attention_forward", kwlist, &qo, &ko, &vo,
+                                     &causalo, &scaleo, &layo, &outo))
         return NULL;
-    if (arg_flag(causalo, "causal", &causal) < 0 || arg_f32_number(scaleo, "scale", &scale) < 0) return NULL;
+    if (arg_flag(causalo, "causal", &causal) < 0 || arg_f32_number(scaleo, "scale", &scale) < 0 ||
+        arg_attn_layout(layo, &layout) < 0)
+        return NULL;
     PyArrayObject *q, *k, *v;
-    if (nn_attn_args(qo, ko, vo, &q, &k, &v) < 0) return NULL;
-    npy_intp B = PyArray_DIM(q, 0), H = PyArray_DIM(q, 1), T = PyArray_DIM(q, 2), D = PyArray_DIM(q, 3);
+    npy_intp d[4], dout[4];
+    att_strides st[3], so;
+    if (nn_attn_args(qo, ko, vo, layout, &q, &k, &v, d, st) < 0) return NULL;
+    npy_intp B = d[0], H = d[1], T = d[2], D = d[3], Hkv = PyArray_DIM(k, layout ? 2 : 1);
     npy_intp ldims[3] = {B, H, T};
-    PyArrayObject *o = new_like(q), *lse = new_f32(3, ldims);
+    PyArrayObject *o = attn_out(outo, "out", layout, d, dout, &so), *lse = NULL;
     int rc = 0;
-    if (o == NULL || lse == NULL) goto fail;
+    if (o == NULL) return NULL;
+    if (arg_no_shared(o, "out", q, "q") < 0 || arg_no_shared(o, "out", k, "k") < 0 ||
+        arg_no_shared(o, "out", v, "v") < 0)
+        goto fail;
+    if ((lse = new_f32(3, ldims)) == NULL) goto fail;
     Py_BEGIN_ALLOW_THREADS
-    rc = attention_forward(F32P(o), F32P(lse), F32P(q), F32P(k), F32P(v), B, H, PyArray_DIM(k, 1), T, D,
-                           (float)scale, causal);
+    rc = attention_forward(F32P(o), so, F32P(lse), F32P(q), st[0], F32P(k), st[1], F32P(v), st[2], B, H, Hkv,
+                           T, D, (float)scale, causal);
     Py_END_ALLOW_THREADS
     if (rc != 0) {
         scratch_error("attention_forward");
@@ -2038,36 +2213,58 @@ fail:
 
 static PyObject *py_attention_backward(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
-    static char *kwlist[] = {"do", "q", "k", "v", "o", "lse", "causal", "scale", NULL};
-    PyObject *doo, *qo, *ko, *vo, *oo, *lo, *causalo, *scaleo;
-    int causal = 1;
+    static char *kwlist[] = {"do",    "q",      "k",  "v",  "o",  "lse", "causal",
+                             "scale", "layout", "dq", "dk", "dv", NULL};
+    PyObject *doo, *qo, *ko, *vo, *oo, *lo, *causalo, *scaleo, *layo = NULL, *dqo = NULL, *dko = NULL,
+                                                               *dvo = NULL;
+    int causal = 1, layout;
     double scale;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOO:attention_backward", kwlist, &doo, &qo, &ko, &vo,
-                                     &oo, &lo, &causalo, &scaleo))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOO|OOOO:attention_backward", kwlist, &doo, &qo, &ko,
+                                     &vo, &oo, &lo, &causalo, &scaleo, &layo, &dqo, &dko, &dvo))
         return NULL;
-    if (arg_flag(causalo, "causal", &causal) < 0 || arg_f32_number(scaleo, "scale", &scale) < 0) return NULL;
+    if (arg_flag(causalo, "causal", &causal) < 0 || arg_f32_number(scaleo, "scale", &scale) < 0 ||
+        arg_attn_layout(layo, &layout) < 0)
+        return NULL;
     PyArrayObject *q, *k, *v, *dout, *o, *lse;
-    if (nn_attn_args(qo, ko, vo, &q, &k, &v) < 0) return NULL;
-    if ((dout = arg_f32(doo, "do", 4)) == NULL || arg_same_shape(dout, "do", q, "q") < 0) return NULL;
-    if ((o = arg_f32(oo, "o", 4)) == NULL || arg_same_shape(o, "o", q, "q") < 0) return NULL;
-    npy_intp B = PyArray_DIM(q, 0), H = PyArray_DIM(q, 1), T = PyArray_DIM(q, 2), D = PyArray_DIM(q, 3);
+    npy_intp d[4], dk_[4], tmp[4];
+    att_strides st[3], sdo, so, sg[3];
+    if (nn_attn_args(qo, ko, vo, layout, &q, &k, &v, d, st) < 0) return NULL;
+    if ((dout = arg_attn(doo, "do", layout, tmp, &sdo)) == NULL) return NULL;
+    for (int i = 0; i < 4; i++)
+        if (arg_attn_dim(dout, "do", layout, i, d[i], "from q") < 0) return NULL;
+    if ((o = arg_attn(oo, "o", layout, tmp, &so)) == NULL) return NULL;
+    for (int i = 0; i < 4; i++)
+        if (arg_attn_dim(o, "o", layout, i, d[i], "from q") < 0) return NULL;
+    npy_intp B = d[0], H = d[1], T = d[2], D = d[3], Hkv = PyArray_DIM(k, layout ? 2 : 1);
     if ((lse = arg_f32(lo, "lse", 3)) == NULL || arg_dim(lse, "lse", 0, B, "B, from q") < 0 ||
         arg_dim(lse, "lse", 1, H, "H, from q") < 0 || arg_dim(lse, "lse", 2, T, "T, from q") < 0)
         return NULL;
-    PyArrayObject *dq = new_like(q), *dk = new_like(k), *dv = new_like(v);
+    dk_[0] = B, dk_[1] = Hkv, dk_[2] = T, dk_[3] = D;
+    PyArrayObject *g[3] = {NULL, NULL, NULL};
+    PyObject *go[3] = {dqo, dko, dvo};
+    static const char *gn[3] = {"dq", "dk", "dv"};
+    PyArrayObject *ins[6] = {dout, q, k, v, o, lse};
+    static const char *inn[6] = {"do", "q", "k", "v", "o", "lse"};
     int rc = 0;
-    if (dq == NULL || dk == NULL || dv == NULL) goto fail;
+    for (int i = 0; i < 3; i++) {
+        if ((g[i] = attn_out(go[i], gn[i], layout, i == 0 ? d : dk_, tmp, &sg[i])) == NULL) goto fail;
+        for (int j = 0; j < i; j++)
+            if (arg_no_shared(g[i], gn[i], g[j], gn[j]) < 0) goto fail;
+        for (int j = 0; j < 6; j++)
+            if (arg_no_shared(g[i], gn[i], ins[j], inn[j]) < 0) goto fail;
+    }
     Py_BEGIN_ALLOW_THREADS
-    rc = attention_backward(F32P(dq), F32P(dk), F32P(dv), F32P(dout), F32P(q), F32P(k), F32P(v), F32P(o),
-                            F32P(lse), B, H, PyArray_DIM(k, 1), T, D, (float)scale, causal);
+    rc = attention_backward(F32P(g[0]), sg[0], F32P(g[1]), sg[1], F32P(g[2]), sg[2], F32P(dout), sdo, F32P(q),
+                            st[0], F32P(k), st[1], F32P(v), st[2], F32P(o), so, F32P(lse), B, H, Hkv, T, D,
+                            (float)scale, causal);
     Py_END_ALLOW_THREADS
     if (rc != 0) {
         scratch_error("attention_backward");
         goto fail;
     }
-    return Py_BuildValue("(NNN)", dq, dk, dv);
+    return Py_BuildValue("(NNN)", g[0], g[1], g[2]);
 fail:
-    Py_XDECREF(dq), Py_XDECREF(dk), Py_XDECREF(dv);
+    Py_XDECREF(g[0]), Py_XDECREF(g[1]), Py_XDECREF(g[2]);
     return NULL;
 }
 
@@ -2555,11 +2752,13 @@ static PyMethodDef methods[] = {
      "adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step) -> None\n\nOne AdamW step in "
      "place on param, m, v (torch.optim.AdamW semantics)."},
     {"attention_forward", (PyCFunction)(void (*)(void))py_attention_forward, METH_VARARGS | METH_KEYWORDS,
-     "attention_forward(q, k, v, causal, scale) -> (o, lse)\n\nFlash-style attention, grouped-query when k, "
+     "attention_forward(q, k, v, causal, scale, layout='bhtd', out=None) -> (o, lse)\n\nFlash-style "
+     "attention, grouped-query when k, "
      "v "
      "have fewer heads."},
     {"attention_backward", (PyCFunction)(void (*)(void))py_attention_backward, METH_VARARGS | METH_KEYWORDS,
-     "attention_backward(do, q, k, v, o, lse, causal, scale) -> (dq, dk, dv)\n\nProbabilities recomputed "
+     "attention_backward(do, q, k, v, o, lse, causal, scale, layout='bhtd', dq=None, dk=None, dv=None) -> "
+     "(dq, dk, dv)\n\nProbabilities recomputed "
      "tile "
      "by tile from lse."},
     /* planner: DTR */

@@ -71,15 +71,26 @@ void adamw_step(float *param, float *m, float *v, const float *grad, int64_t n, 
                 float beta2, float eps, float weight_decay, int64_t step);
 
 /* ---- attention (flash-style; attention.c) ---- */
-/* o = softmax(scale q k^T [causal]) v per head; query head h reads kv head h / (H / Hkv) */
-int attention_forward(float *o /* (B,H,T,D) */, float *lse /* (B,H,T) */, const float *q /* (B,H,T,D) */,
-                      const float *k /* (B,Hkv,T,D) */, const float *v /* (B,Hkv,T,D) */, int64_t B,
-                      int64_t H, int64_t Hkv, int64_t T, int64_t D, float scale, int causal);
-/* dq, dk, dv overwritten; the probabilities are recomputed tile by tile from lse */
-int attention_backward(float *dq /* (B,H,T,D) */, float *dk /* (B,Hkv,T,D) */, float *dv /* (B,Hkv,T,D) */,
-                       const float *dout /* (B,H,T,D) */, const float *q /* (B,H,T,D) */,
-                       const float *k /* (B,Hkv,T,D) */, const float *v /* (B,Hkv,T,D) */,
-                       const float *o /* (B,H,T,D) */, const float *lse /* (B,H,T) */, int64_t B, int64_t H,
+/* Element strides of a (B, heads, T, D) operand whose D axis is contiguous (stride 1): element
+ * [b, h, t, d] is at p[b*sb + h*sh + t*st + d]. Head-major (B,H,T,D) arrays have st = D; q, k, v
+ * read in place from the (B, T, 3C) qkv output have st = 3C, sh = D; any sign. */
+typedef struct {
+    int64_t sb, sh, st;
+} att_strides;
+/* o = softmax(scale q k^T [causal]) v per head; query head h reads kv head h / (H / Hkv).
+ * o must not overlap q, k, v (nor itself). */
+int attention_forward(float *o /* (B,H,T,D) */, att_strides so, float *lse /* (B,H,T) contiguous */,
+                      const float *q /* (B,H,T,D) */, att_strides sq, const float *k /* (B,Hkv,T,D) */,
+                      att_strides sk, const float *v /* (B,Hkv,T,D) */, att_strides sv, int64_t B, int64_t H,
+                      int64_t Hkv, int64_t T, int64_t D, float scale, int causal);
+/* dq, dk, dv overwritten (they must overlap no input and no other output); the probabilities are
+ * recomputed tile by tile from lse */
+int attention_backward(float *dq /* (B,H,T,D) */, att_strides sdq, float *dk /* (B,Hkv,T,D) */,
+                       att_strides sdk, float *dv /* (B,Hkv,T,D) */, att_strides sdv,
+                       const float *dout /* (B,H,T,D) */, att_strides sdo, const float *q /* (B,H,T,D) */,
+                       att_strides sq, const float *k /* (B,Hkv,T,D) */, att_strides sk,
+                       const float *v /* (B,Hkv,T,D) */, att_strides sv, const float *o /* (B,H,T,D) */,
+                       att_strides so, const float *lse /* (B,H,T) contiguous */, int64_t B, int64_t H,
                        int64_t Hkv, int64_t T, int64_t D, float scale, int causal);
 /* most scratch bytes one attention call holds with nthreads threads */
 int64_t attention_scratch_bytes(int64_t T, int64_t D, int nthreads);

@@ -315,6 +315,8 @@ def attention_forward(
     v: npt.NDArray[np.float32],
     causal: bool,
     scale: float,
+    layout: str | None = "bhtd",
+    out: npt.NDArray[np.float32] | None = None,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
 def attention_backward(
     do: npt.NDArray[np.float32],
@@ -325,6 +327,10 @@ def attention_backward(
     lse: npt.NDArray[np.float32],
     causal: bool,
     scale: float,
+    layout: str | None = "bhtd",
+    dq: npt.NDArray[np.float32] | None = None,
+    dk: npt.NDArray[np.float32] | None = None,
+    dv: npt.NDArray[np.float32] | None = None,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
 
 # ---- planner: DTR ----

@@ -1,10 +1,12 @@
 """Hugging Face checkpoints in and out: ``from_pretrained(dir)`` and ``save_pretrained(model, dir)``.
 
 Reading: ``config.json`` picks GPT-2 or Llama; weights come from ``model.safetensors`` or the shards
-listed in ``model.safetensors.index.json``. Every file is validated by the ``safetensors`` package;
-each tensor is then read from its byte range straight into the float32 array the model keeps (F16
-and BF16 widened 4M values at a time), so a checkpoint loads without a second copy of the model in
-memory: the peak extra is one block linear's float32 weight while its LoRS layer is built.
+listed in ``model.safetensors.index.json``. Every file is validated by the ``safetensors`` package.
+F32 tensors are then memory-mapped copy-on-write (``mmap.ACCESS_COPY``: pages are read from the
+file when touched, and a write into the array goes to a private copy of its page, never to the
+file); F16 and BF16 tensors are widened into new float32 arrays 4M values at a time. Either way a
+checkpoint loads without a second copy of the model in memory: the peak extra is one block
+linear's float32 weight while its LoRS layer is built.
 
 Writing: ``config.json`` + ``model.safetensors`` (float32, metadata ``format: pt``), the tensors
 streamed one at a time, each file written to a temporary name and renamed, so an interrupted save
@@ -15,6 +17,7 @@ See ``docs/models.md``.
 from __future__ import annotations
 
 import json
+import mmap as _mmap
 import os
 import struct
 import warnings
@@ -51,13 +54,25 @@ class SafetensorsReader:
 
     Each file is validated by the ``safetensors`` package when the reader is made (header, offsets
     covering the data exactly, dtypes and shapes matching the byte ranges), which also lists its
-    tensors. A tensor is then read from its byte range straight into its float32 result, in chunks
-    of 4M values for the narrower dtypes: no full-size temporary and no mapping of the whole file
-    stays resident (the package's NumPy API cannot give BF16, and copies F16 whole first).
+    tensors. With ``mmap`` (the default) an F32 tensor whose bytes start 4-byte aligned is a view
+    of a copy-on-write memory map of its byte range (``mmap.ACCESS_COPY``; one map per tensor,
+    released with the last array viewing it): no read and no copy at load time, the pages come
+    from the page cache when touched, and writes into the array stay private to the process (the
+    file is never modified). Any other tensor is read from its byte
+    range straight into its float32 result, in chunks of 4M values for the narrower dtypes: no
+    full-size temporary (the package's NumPy API cannot give BF16, and copies F16 whole first).
 
     Parameters
     ----------
     files : list of pathlib.Path
+    mmap : bool
+        Map F32 tensors (True) or read them into new arrays (False).
+
+    Notes
+    -----
+    A mapped array reads the file lazily, so the file must not be truncated or rewritten in place
+    while the array lives (replacing it by a rename, as :func:`save_pretrained` does, is safe:
+    the map keeps the old file alive).
 
     Raises
     ------
@@ -66,9 +81,10 @@ class SafetensorsReader:
         sizes, overlapping data) or a key present in two files; the message names the file.
     """
 
-    def __init__(self, files: list[Path]) -> None:
+    def __init__(self, files: list[Path], mmap: bool = True) -> None:
         self.where: dict[str, tuple[Path, str, tuple[int, ...]]] = {}
         self._headers: dict[Path, tuple[dict[str, Any], int, int]] = {}
+        self._mmap = bool(mmap)
         for path in files:
             try:
                 with _safe_open(path) as f:
@@ -105,12 +121,35 @@ class SafetensorsReader:
         if path not in self._headers:
             self._headers[path] = _header(path)
         try:
-            a = _read_range(path, self._headers[path], key, dtype, stored)
+            a = self._mapped(path, key, dtype, stored)
+            if a is None:
+                a = _read_range(path, self._headers[path], key, dtype, stored)
         except OSError as e:
             raise ValueError(f"{path}: {key}: unreadable ({e})") from e
         if check_finite and not np.isfinite(a).all():
             raise ValueError(f"{path}: {key}: contains NaN or infinity")
         return a
+
+    def _mapped(self, path: Path, key: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray | None:
+        """An F32 tensor as a view of a copy-on-write map of its bytes, or None (not mapped: another
+        dtype, ``mmap=False``, an empty tensor or bytes not 4-byte aligned)."""
+        if not self._mmap or dtype != "F32":
+            return None
+        header, start, size = self._headers[path]
+        b, e = _offsets(path, header, key, dtype, shape, start, size)
+        count = (e - b) // 4
+        if count == 0 or (start + b) % 4:
+            return None
+        # one map per tensor, from the page holding its first byte: it is unmapped (and its pages
+        # leave the resident set) when the last array viewing it goes, e.g. a block linear's
+        # weight once its sparse base is built
+        pos = start + b
+        off = pos - pos % _mmap.ALLOCATIONGRANULARITY
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size != size:
+                raise ValueError(f"{path}: the file changed size since its header was read")
+            m = _mmap.mmap(f.fileno(), start + e - off, offset=off, access=_mmap.ACCESS_COPY)
+        return np.frombuffer(m, np.float32, count, pos - off).reshape(shape)
 
 
 def _header(path: Path) -> tuple[dict[str, Any], int, int]:
@@ -132,22 +171,35 @@ def _header(path: Path) -> tuple[dict[str, Any], int, int]:
     return header, 8 + n, size
 
 
+def _offsets(
+    path: Path, header: dict[str, Any], key: str, dtype: str, shape: tuple[int, ...], start: int, size: int
+) -> tuple[int, int]:
+    """The checked byte range [b, e) of ``key`` in the data section (ValueError naming file and key)."""
+    entry = header.get(key)
+    offs = entry.get("data_offsets") if isinstance(entry, dict) else None
+    if not (
+        isinstance(offs, list)
+        and len(offs) == 2
+        and all(isinstance(o, int) and not isinstance(o, bool) for o in offs)
+    ):
+        raise ValueError(f"{path}: {key}: header entry without valid data_offsets")
+    b, e = offs
+    count = int(np.prod(shape, dtype=np.int64))
+    if not (0 <= b <= e and start + e <= size and e - b == _DTYPES[dtype].itemsize * count):
+        raise ValueError(
+            f"{path}: {key}: data_offsets {offs} do not fit {shape} {dtype} in a {size}-byte file"
+        )
+    return b, e
+
+
 def _read_range(
     path: Path, head: tuple[dict[str, Any], int, int], key: str, dtype: str, shape: tuple[int, ...]
 ) -> np.ndarray:
     """Tensor ``key`` read from its byte range and widened to float32 (BF16: the upper 16 bits)."""
     header, start, size = head
-    entry = header.get(key)
-    offs = entry.get("data_offsets") if isinstance(entry, dict) else None
-    if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)):
-        raise ValueError(f"{path}: {key}: header entry without valid data_offsets")
     src = _DTYPES[dtype]
-    b, e = offs
+    b, _ = _offsets(path, header, key, dtype, shape, start, size)
     count = int(np.prod(shape, dtype=np.int64))
-    if not (0 <= b <= e and start + e <= size and e - b == src.itemsize * count):
-        raise ValueError(
-            f"{path}: {key}: data_offsets {offs} do not fit {shape} {dtype} in a {size}-byte file"
-        )
     out = np.empty(shape, np.float32)
     flat = out.reshape(-1)
     with open(path, "rb") as f:
@@ -207,7 +259,7 @@ def read_config(path: str | os.PathLike[str]) -> GPTConfig | LlamaConfig:
         raise ValueError(f"{f}: {e}") from e
 
 
-def from_pretrained(path: str | os.PathLike[str], tokenizer: Any = "auto") -> Decoder:
+def from_pretrained(path: str | os.PathLike[str], tokenizer: Any = "auto", mmap: bool = True) -> Decoder:
     """Load a GPT-2 or Llama from a Hugging Face checkpoint directory.
 
     Parameters
@@ -221,6 +273,15 @@ def from_pretrained(path: str | os.PathLike[str], tokenizer: Any = "auto") -> De
         ``"auto"``: the directory's ``tokenizer.json`` through the ``tokenizers`` package when
         present, else :class:`ByteTokenizer` when the vocabulary has at least 256 tokens, else
         None. A path: a ``tokenizer.json`` or a directory holding one. None: no tokenizer.
+    mmap : bool
+        True (default): F32 tensors the model keeps as they are (embeddings, head, norms) are
+        views of a copy-on-write memory map of the file (``mmap.ACCESS_COPY``), so a large F32
+        checkpoint loads without reading it into a second copy; the model may still modify them
+        (training, :meth:`merge_adapters`), the changes stay in the process and the file is never
+        written. The file must then not be truncated or rewritten in place while the model lives
+        (:func:`save_pretrained` into the same directory replaces it by a rename, which is safe).
+        False: every tensor is read into a new array. F16/BF16 tensors are always decoded to new
+        float32 arrays, 4M values at a time.
 
     Returns
     -------
@@ -237,7 +298,9 @@ def from_pretrained(path: str | os.PathLike[str], tokenizer: Any = "auto") -> De
     if not d.is_dir():
         raise ValueError(f"path: expected a checkpoint directory, got {str(path)!r}")
     cfg = read_config(d)
-    reader = SafetensorsReader(_weight_files(d))
+    if not isinstance(mmap, (bool, np.bool_)):
+        raise TypeError(f"mmap: expected a bool, got {type(mmap).__name__}")
+    reader = SafetensorsReader(_weight_files(d), mmap=bool(mmap))
     stored = normalize_keys(dict.fromkeys(reader.keys(), None), cfg)
     alias = {}  # spec key -> key in the files (GPT-2 files may omit "transformer.")
     for k in reader.keys():

@@ -326,33 +326,82 @@ def _scale(scale: float | None, q: object) -> float:
     return s
 
 
+def _attn_in(a: object, name: str) -> np.ndarray:
+    """An attention input as the kernels read it in place: any view whose last axis (D) is
+    contiguous and whose strides are whole float32 elements; others are copied (inputs only)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != np.float32 or a.ndim != 4 or a.size == 0:
+        return a  # the kernel's check names the argument and says what it expected
+    s = a.strides
+    if (a.shape[3] > 1 and s[3] != 4) or any(x % 4 for x in s) or not a.flags.aligned:
+        return np.ascontiguousarray(a)
+    return a
+
+
 def attention_forward(
-    q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool = True, scale: float | None = None
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    causal: bool = True,
+    scale: float | None = None,
+    *,
+    layout: str = "bhtd",
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scaled dot-product attention, grouped-query when ``k``, ``v`` have fewer heads than ``q``.
 
     Flash-style: keys are visited in tiles with an online softmax, so no T x T matrix is stored.
+    The kernel reads ``q``, ``k``, ``v`` in place through their strides (only the D axis must be
+    contiguous), so the heads of a fused (B, T, 3C) qkv projection need no copy::
+
+        q, k, v = (qkv[..., i * C : (i + 1) * C].reshape(B, T, H, D) for i in range(3))
+        o, lse = attention_forward(q, k, v, layout="bthd", out=y.reshape(B, T, H, D))
 
     Parameters
     ----------
     q : numpy.ndarray
-        float32 (B, H, T, D).
+        float32 (B, H, T, D) (``layout="bhtd"``) or (B, T, H, D) (``layout="bthd"``).
     k, v : numpy.ndarray
-        float32 (B, Hkv, T, D), Hkv dividing H; query head h reads kv head ``h // (H // Hkv)``
-        (Hugging Face's ``repeat_kv``).
+        float32 (B, Hkv, T, D) or (B, T, Hkv, D), Hkv dividing H; query head h reads kv head
+        ``h // (H // Hkv)`` (Hugging Face's ``repeat_kv``). Inputs whose D axis is not contiguous
+        (or whose strides are not whole elements) are copied first.
     causal : bool
         Token t attends to tokens 0..t only.
     scale : float or None
         Multiplies the scores; ``1 / sqrt(D)`` by default.
+    layout : {"bhtd", "bthd"}
+        Axis order of ``q``, ``k``, ``v``, ``out`` and the returned ``o``.
+    out : numpy.ndarray or None
+        Written with ``o`` and returned: a writeable float32 array of ``q``'s shape, any strides
+        with a contiguous D axis (e.g. a (B, T, H, D) view of a (B, T, C) buffer), sharing no
+        memory with ``q``, ``k``, ``v``. None: a new C-contiguous array.
 
     Returns
     -------
     o : numpy.ndarray
-        float32 (B, H, T, D).
+        float32, ``q``'s shape (``out`` when given).
     lse : numpy.ndarray
         float32 (B, H, T): the log-sum-exp of each query's scaled scores, kept for the backward.
+
+    Raises
+    ------
+    TypeError
+        A non-array or non-float32 argument.
+    ValueError
+        Mismatched shapes, kv heads not dividing H, an unknown ``layout``, or an ``out`` of the
+        wrong shape, read-only, with a non-contiguous D axis or overlapping elements, or sharing
+        memory with an input.
     """
-    return _core.attention_forward(_c(q, "q"), _c(k, "k"), _c(v, "v"), bool(causal), _scale(scale, q))
+    return _core.attention_forward(
+        _attn_in(q, "q"),
+        _attn_in(k, "k"),
+        _attn_in(v, "v"),
+        bool(causal),
+        _scale(scale, q),
+        layout=layout,
+        out=out,
+    )
 
 
 def attention_backward(
@@ -364,21 +413,45 @@ def attention_backward(
     lse: np.ndarray,
     causal: bool = True,
     scale: float | None = None,
+    *,
+    layout: str = "bhtd",
+    out: tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gradients of :func:`attention_forward`: ``(dq (B,H,T,D), dk, dv (B,Hkv,T,D))``.
+    """Gradients of :func:`attention_forward`: ``(dq, dk, dv)`` shaped like ``q``, ``k``, ``v``.
 
     The probabilities are recomputed tile by tile from ``q``, ``k`` and ``lse``
     (FlashAttention-2); ``o`` gives the row terms ``sum(do * o)`` of the softmax backward.
+    ``do``, ``q``, ``k``, ``v``, ``o`` are read in place in ``layout`` as in
+    :func:`attention_forward`.
+
+    Parameters
+    ----------
+    out : tuple (dq, dk, dv) or None
+        Arrays written with the gradients and returned (an entry None: a new array), each
+        writeable float32 of its input's shape with a contiguous D axis; they may be views of
+        one (B, T, 3C) buffer (``layout="bthd"``), which is then the gradient of a fused qkv
+        projection with no concatenation. None of them may share memory with another or with
+        an input (ValueError).
     """
+    if out is None:
+        gq = gk = gv = None
+    elif isinstance(out, tuple) and len(out) == 3:
+        gq, gk, gv = out
+    else:
+        raise TypeError(f"out: expected a tuple (dq, dk, dv) or None, got {type(out).__name__}")
     return _core.attention_backward(
-        _c(do, "do"),
-        _c(q, "q"),
-        _c(k, "k"),
-        _c(v, "v"),
-        _c(o, "o"),
+        _attn_in(do, "do"),
+        _attn_in(q, "q"),
+        _attn_in(k, "k"),
+        _attn_in(v, "v"),
+        _attn_in(o, "o"),
         _c(lse, "lse"),
         bool(causal),
         _scale(scale, q),
+        layout=layout,
+        dq=gq,
+        dk=gk,
+        dv=gv,
     )
 
 

@@ -295,21 +295,25 @@ class _Rope(Op):
 
 
 def _heads(x: np.ndarray, h: int, d: int) -> np.ndarray:
-    """(B, T, h·d) -> (B, h, T, d), C-contiguous."""
+    """(B, T, h·d) -> a (B, T, h, d) view (a copy only when the last axis is not contiguous): the
+    attention kernels read heads in place through the strides (``layout="bthd"``)."""
     B, T = x.shape[:2]
-    return np.ascontiguousarray(x.reshape(B, T, h, d).transpose(0, 2, 1, 3))
+    return x.reshape(B, T, h, d)
 
 
 def _merge_heads(x: np.ndarray) -> np.ndarray:
-    """(B, h, T, d) -> (B, T, h·d), C-contiguous."""
-    B, h, T, d = x.shape
-    return np.ascontiguousarray(x.transpose(0, 2, 1, 3)).reshape(B, T, h * d)
+    """(B, T, h, d) -> (B, T, h·d) (a view of a C-contiguous array)."""
+    B, T, h, d = x.shape
+    return x.reshape(B, T, h * d)
 
 
 class _Attention(Op):
     """Causal attention; output (o (B, T, H·D), lse (B, H, T)).
 
-    GPT-2 reads one fused qkv (B, T, 3C); Llama reads q, k, v (k and v with ``n_kv`` heads).
+    GPT-2 reads one fused qkv (B, T, 3C); Llama reads q, k, v (k and v with ``n_kv`` heads). The
+    kernels read the heads in place from those arrays (no head-major copies), write o straight
+    into (B, T, H·D), and GPT-2's dq, dk, dv straight into one (B, T, 3C) gradient for the qkv
+    linear's backward (no concatenation).
     """
 
     def __init__(self, name: str, srcs: tuple[str, ...], block: int, H: int, Hkv: int, D: int) -> None:
@@ -317,6 +321,7 @@ class _Attention(Op):
         self.H, self.Hkv, self.D = H, Hkv, D
 
     def _qkv(self, xs: tuple[Act, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(B, T, heads, D) views of q, k, v."""
         H, Hkv, D = self.H, self.Hkv, self.D
         if len(xs) == 1:
             qkv = primary(xs[0])
@@ -331,17 +336,31 @@ class _Attention(Op):
 
     def forward(self, *xs: Act) -> Act:
         q, k, v = self._qkv(xs)
-        o, lse = F.attention_forward(q, k, v, causal=True)
-        return (_merge_heads(o), lse)
+        B, T = q.shape[:2]
+        o = np.empty((B, T, self.H * self.D), np.float32)
+        _, lse = F.attention_forward(q, k, v, causal=True, layout="bthd", out=_heads(o, self.H, self.D))
+        return (o, lse)
 
     def backward(self, gy: Act | None, *xs: Act, y: Act) -> tuple[np.ndarray | None, ...]:
         assert isinstance(gy, np.ndarray) and isinstance(y, tuple)
         q, k, v = self._qkv(xs)
-        o = _heads(y[0], self.H, self.D)
-        dq, dk, dv = F.attention_backward(_heads(gy, self.H, self.D), q, k, v, o, y[1], causal=True)
+        H, Hkv, D = self.H, self.Hkv, self.D
+        B, T = q.shape[:2]
+        o, do = _heads(y[0], H, D), _heads(gy, H, D)
         if len(xs) == 1:
-            return (np.concatenate([_merge_heads(dq), _merge_heads(dk), _merge_heads(dv)], axis=-1),)
-        return (_merge_heads(dq), _merge_heads(dk), _merge_heads(dv))
+            C = H * D
+            g = np.empty((B, T, 3 * C), np.float32)
+            out = (_heads(g[..., :C], H, D), _heads(g[..., C : 2 * C], H, D), _heads(g[..., 2 * C :], H, D))
+            F.attention_backward(do, q, k, v, o, y[1], causal=True, layout="bthd", out=out)
+            return (g,)
+        grads = (
+            np.empty((B, T, H * D), np.float32),
+            np.empty((B, T, Hkv * D), np.float32),
+            np.empty((B, T, Hkv * D), np.float32),
+        )
+        out = (_heads(grads[0], H, D), _heads(grads[1], Hkv, D), _heads(grads[2], Hkv, D))
+        F.attention_backward(do, q, k, v, o, y[1], causal=True, layout="bthd", out=out)
+        return grads
 
     def out_nbytes(self, batch: int, seq: int) -> int:
         return 4 * batch * seq * self.H * (self.D + 1)
