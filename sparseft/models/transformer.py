@@ -17,6 +17,7 @@ import numpy as np
 
 from sparseft import formats
 from sparseft.adapters.lors import LoRSConfig, LoRSLinear
+from sparseft.formats.dense import DenseBase
 from sparseft.models import ops as F
 from sparseft.models.config import GPTConfig, LlamaConfig
 from sparseft.models.graph import Act, Model, Op, check_ops, primary
@@ -101,8 +102,9 @@ class LinearOp(Op):
             vals = self._values()
             vals.flags.writeable = True
             self._gw = np.zeros_like(vals)
-            # dense values: the gradient is multiplied by the mask; compressed: sampled at its positions
-            self._mask = mask if vals.shape == mask.shape else None
+            # dense values: the gradient is multiplied by the mask (None: all ones, nothing to
+            # multiply); compressed: sampled at its positions
+            self._mask = mask if vals.shape == mask.shape and not mask.all() else None
             self._pos = None if vals.shape == mask.shape else np.flatnonzero(mask)
             if layer.bias is not None:
                 layer.bias.flags.writeable = True
@@ -138,6 +140,9 @@ class LinearOp(Op):
         layer = self.layer
         if self.mode == "adapter":
             return layer.forward(x, save=False)
+        if self.mode == "base" and isinstance(layer.base, DenseBase):
+            y = layer.base.dense_forward(_rows(x), layer.bias)  # the GEMM core alone, bias fused
+            return y.reshape(*x.shape[:-1], self.out_features)
         y = layer.base.forward(_rows(x), layer.A, layer.B, 0.0)
         if layer.bias is not None:
             y += layer.bias
@@ -153,16 +158,25 @@ class LinearOp(Op):
                 layer.grad_bias.fill(0.0)  # the bias is frozen with adapters (PEFT's bias="none")
             return (gx,)
         gy2 = _rows(gy)
-        gx = layer.base.backward_input(gy2, layer.A, layer.B, 0.0)
+        base = layer.base
+        if self.mode == "base" and isinstance(base, DenseBase):
+            # dense values: gx = gy W and gW += (gyᵀ x) ⊙ M accumulated in place (no out×in temporary)
+            assert self._gw is not None
+            gx = base.dense_backward_input(gy2)
+            base.weight_grad_into(self._gw, gy2, _rows(x), full=self._mask is None)
+            if self._gb is not None:
+                self._gb += gy2.sum(axis=0, dtype=F32)
+            return (gx.reshape(*x.shape[:-1], self.in_features),)
+        gx = base.backward_input(gy2, layer.A, layer.B, 0.0)
         if self.mode == "base":
             assert self._gw is not None
             x2 = _rows(x)
             G = gy2.T @ x2  # (out, in): the dense weight gradient, sampled at the mask below
-            if self._mask is not None:
-                G *= self._mask
+            if self._pos is None:  # dense-shaped values
+                if self._mask is not None:
+                    G *= self._mask
                 self._gw += G
             else:
-                assert self._pos is not None
                 self._gw += G.reshape(-1)[self._pos].reshape(self._gw.shape)
             if self._gb is not None:
                 self._gb += gy2.sum(axis=0, dtype=F32)
