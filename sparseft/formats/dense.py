@@ -149,7 +149,9 @@ class DenseBase:
         gy = check_array(gy, "gy", np.float32, 2, " (N, out)")
         x = check_array(x, "x", np.float32, 2, " (N, in)")
         if gy.shape[1] != out or x.shape != (gy.shape[0], in_):
-            raise ValueError(f"gy, x: expected shapes (N, {out}) and (N, {in_}), got {gy.shape} and {x.shape}")
+            raise ValueError(
+                f"gy, x: expected shapes (N, {out}) and (N, {in_}), got {gy.shape} and {x.shape}"
+            )
         _core.gemm_into(gw, gy, x, trans_a=True, beta=1.0)
         if not full:
             np.multiply(gw, self._M, out=gw)
