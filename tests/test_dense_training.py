@@ -291,3 +291,24 @@ def test_pretrained_dense_model_trains_every_weight(tmp_path: Path) -> None:
     model.train_base(True, embeddings=True)
     n = sum(p.size for p in model.parameters().values())
     assert n == sum(p.numel() for p in hf.parameters())  # every weight, the tied head once
+
+
+def test_adamw_vector_lanes_equal_the_scalar_tail() -> None:
+    # the 8-lane body and the scalar tail run the same operations: element i updated alone
+    # (length 1: scalar only) equals element i of one call over the whole array (vector lanes)
+    rng = np.random.default_rng(0)
+    n = 203
+    p, g = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    m = (0.1 * rng.standard_normal(n)).astype(np.float32)
+    v = (0.01 * rng.random(n)).astype(np.float32)
+    hp = (1e-3, 0.9, 0.999, 1e-8, 0.1, 3)
+    P, M, Vv = p.copy(), m.copy(), v.copy()
+    _core.adamw_step(P, g, M, Vv, *hp)
+    for i in range(n):
+        a, b, c = p[i : i + 1].copy(), m[i : i + 1].copy(), v[i : i + 1].copy()
+        _core.adamw_step(a, g[i : i + 1].copy(), b, c, *hp)
+        assert (a[0], b[0], c[0]) == (P[i], M[i], Vv[i]), i
+    want, wm, wv = ref.adamw_step(p, g, m, v, *hp)
+    np.testing.assert_allclose(P, want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(M, wm, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(Vv, wv, rtol=1e-5, atol=1e-10)
