@@ -311,4 +311,4 @@ def test_adamw_vector_lanes_equal_the_scalar_tail() -> None:
     want, wm, wv = ref.adamw_step(p, g, m, v, *hp)
     np.testing.assert_allclose(P, want, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(M, wm, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(Vv, wv, rtol=1e-5, atol=1e-10)
+    np.testing.assert_allclose(Vv, wv, rtol=1e-4, atol=1e-10)  # 1 - b2 rounded to float32
