@@ -312,3 +312,30 @@ def test_adamw_vector_lanes_equal_the_scalar_tail() -> None:
     np.testing.assert_allclose(P, want, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(M, wm, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(Vv, wv, rtol=1e-4, atol=1e-10)  # 1 - b2 rounded to float32
+
+
+@pytest.mark.parametrize("m, n, k", [(256, 2100, 300), (145, 2049, 700), (512, 4099, 5), (300, 2048, 655)])
+def test_token_gemm_driver_contract_threads_and_scratch(m: int, n: int, k: int) -> None:
+    """The dynamic-columns driver (145..512 rows, op(A) small, many column chunks): float64
+    contract with beta, bits identical for any thread count, scratch within 1 MiB per thread."""
+    r = np.random.default_rng(m + n + k)
+    before = sft.get_num_threads()
+    try:
+        for ta, tb in [(False, False), (True, True), (False, True)]:
+            a = r.uniform(-1, 1, (k, m) if ta else (m, k)).astype(np.float32)
+            b = r.uniform(-1, 1, (n, k) if tb else (k, n)).astype(np.float32)
+            c0 = r.uniform(-1, 1, (m, n)).astype(np.float32)
+            want = 0.5 * c0 + ref.matmul(a, b, trans_a=ta, trans_b=tb)
+            outs = []
+            for t in (1, 2, 3):
+                sft.set_num_threads(t)
+                c = c0.copy()
+                _core.reset_scratch_peak()
+                _core.gemm_into(c, a, b, trans_a=ta, trans_b=tb, beta=0.5)
+                assert _core.scratch_stats()["peak"] <= t * 2**20
+                outs.append(c)
+            np.testing.assert_allclose(outs[0], want, rtol=1e-4, atol=2e-5 * np.sqrt(k) + 1e-5)
+            for c in outs[1:]:
+                np.testing.assert_array_equal(c, outs[0])
+    finally:
+        sft.set_num_threads(before)
