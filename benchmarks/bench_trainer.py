@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
 import os
 import subprocess
@@ -284,8 +285,8 @@ def _gemm_table(N: int, C: int, ff: int, Vh: int) -> list[str]:
         np.matmul(ao, bo)
         tc, tn = 1e9, 1e9
         for _ in range(3):  # interleaved, each after the settle pause
-            tc = min(tc, _timed(lambda: _core.gemm_into(c, a, b, trans_a=ta, trans_b=tb)))
-            tn = min(tn, _timed(lambda: np.matmul(ao, bo)))
+            tc = min(tc, _timed(functools.partial(_core.gemm_into, c, a, b, trans_a=ta, trans_b=tb)))
+            tn = min(tn, _timed(functools.partial(np.matmul, ao, bo)))
         out.append(
             f"  {label:18s} {f'{M}x{K}x{Nn}':>18s} {fl / tc / 1e9:10.1f} {fl / tn / 1e9:10.1f} {tn / tc:8.2f}"
         )
