@@ -335,6 +335,9 @@ def test_token_gemm_driver_contract_threads_and_scratch(m: int, n: int, k: int) 
                 assert _core.scratch_stats()["peak"] <= t * 2**20
                 outs.append(c)
             np.testing.assert_allclose(outs[0], want, rtol=1e-4, atol=2e-5 * np.sqrt(k) + 1e-5)
+            cp = c0.copy()  # the pack-B callback path (the LoRS kernels') gives the same bits
+            _core.gemm_into(cp, a, b, trans_a=ta, trans_b=tb, beta=0.5, packb=True)
+            outs.append(cp)
             for c in outs[1:]:
                 np.testing.assert_array_equal(c, outs[0])
     finally:
