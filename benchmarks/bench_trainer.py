@@ -18,12 +18,14 @@ timed steps minus the resident memory after the model, the optimizer and one war
 (``/proc/self/clear_refs`` resets the high-water mark; glibc's free lists are trimmed first).
 
     python benchmarks/bench_trainer.py [--steps 3] [--skip-dense]
+    python benchmarks/bench_trainer.py --only-dense [--steps 5]   # the dense line in detail
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
 import os
 import subprocess
@@ -245,6 +247,185 @@ def worker_torch(kind: str, steps: int) -> dict[str, Any]:
 # ---- orchestration ---------------------------------------------------------------------------
 
 
+# ---- dense full fine-tuning of the GPT-2 124M shape, in detail (--only-dense) -------------------
+
+
+def _best_of(fn: Any, reps: int = 3) -> float:
+    return min(_timed(fn) for _ in range(reps))
+
+
+def _gemm_table(N: int, C: int, ff: int, Vh: int) -> list[str]:
+    """GFLOP/s of each GEMM shape of the step (N = B*T tokens): the GEMM core vs np.matmul."""
+    from sparseft import _core
+
+    rng = np.random.default_rng(0)
+    shapes = [  # (label, M, K, N, trans_a, trans_b)
+        ("c_attn fwd  x Wt", N, C, 3 * C, False, True),
+        ("c_fc fwd", N, C, ff, False, True),
+        ("mlp.c_proj fwd", N, ff, C, False, True),
+        ("c_attn dx  gy W", N, 3 * C, C, False, False),
+        ("c_fc dx", N, ff, C, False, False),
+        ("mlp.c_proj dx", N, C, ff, False, False),
+        ("c_attn dW  gyT x", 3 * C, N, C, True, False),
+        ("c_fc dW", ff, N, C, True, False),
+        ("mlp.c_proj dW", C, N, ff, True, False),
+        ("head logits", N, C, Vh, False, True),
+        ("head dx", N, Vh, C, False, False),
+        ("head dW", Vh, N, C, True, False),
+        ("square 2048^3", 2048, 2048, 2048, False, False),
+    ]
+    out = [f"  {'GEMM':18s} {'M x K x N':>18s} {'core GF/s':>10s} {'np.matmul':>10s} {'core/np':>8s}"]
+    for label, M, K, Nn, ta, tb in shapes:
+        a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
+        b = rng.standard_normal((Nn, K) if tb else (K, Nn)).astype(np.float32)
+        c = np.zeros((M, Nn), np.float32)
+        ao, bo = (a.T if ta else a), (b.T if tb else b)
+        fl = 2.0 * M * K * Nn
+        _core.gemm_into(c, a, b, trans_a=ta, trans_b=tb)
+        np.matmul(ao, bo)
+        tc, tn = 1e9, 1e9
+        for _ in range(3):  # interleaved, each after the settle pause
+            tc = min(tc, _timed(functools.partial(_core.gemm_into, c, a, b, trans_a=ta, trans_b=tb)))
+            tn = min(tn, _timed(functools.partial(np.matmul, ao, bo)))
+        out.append(
+            f"  {label:18s} {f'{M}x{K}x{Nn}':>18s} {fl / tc / 1e9:10.1f} {fl / tn / 1e9:10.1f} {tn / tc:8.2f}"
+        )
+    return out
+
+
+def worker_dense_profile(steps: int) -> dict[str, Any]:
+    """Dense full fine-tuning (every weight: blocks, norms, wte/wpe and the tied head) of the GPT-2
+    124M shape: per round one timed step and one GEMM-core 2048^3 product side by side, a per-op
+    breakdown of the step, AdamW's share and bandwidth, and the step's GEMM shapes."""
+    import collections
+
+    import sparseft as sft
+    import sparseft.train.trainer as trainer_mod
+    from sparseft import _core
+
+    c = DENSE
+    Bb, Tt, C, Lr, Vh = c["B"], c["T"], c["d"], c["n_layer"], c["vocab"]
+    m = _sparseft_model(False, dict(n_layer=Lr, d=C, heads=c["heads"], vocab=Vh, T=1024))
+    m.train_base(True, embeddings=True)
+    tr = sft.Trainer(m, adapter=None, lr=1e-4)
+    params = m.parameters()
+    n_params = sum(p.size for p in params.values())
+    data = _corpus()
+    tokens = Bb * Tt
+    flops = (6 * n_params + 6 * Lr * Tt * C) * tokens  # 6 per weight and token; causal QK^T, PV fwd+bwd
+
+    acc: dict[str, float] = collections.defaultdict(float)
+
+    def wrap(obj: Any, attr: str, key: str) -> None:
+        f = getattr(obj, attr)
+
+        def g(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            r = f(*a, **k)
+            acc[key] += time.perf_counter() - t0
+            return r
+
+        setattr(obj, attr, g)
+
+    tr.fit(data, steps=1, batch_size=Bb, seq_len=Tt, progress=False)  # warm-up, plan
+    for op in m.ops():
+        kind = type(op).__name__.lstrip("_")
+        if kind == "LinearOp":
+            kind = "Linear " + op.name.split(".", 2)[-1]
+        wrap(op, "forward", f"{kind} fwd")
+        wrap(op, "backward", f"{kind} bwd")
+    wrap(tr.optimizer, "step", "AdamW step")
+    wrap(m, "zero_grad", "zero_grad")
+    clip = trainer_mod.clip_grad_norm
+
+    def timed_clip(*a: Any) -> float:
+        t0 = time.perf_counter()
+        r = clip(*a)
+        acc["grad-norm clip"] += time.perf_counter() - t0
+        return r
+
+    trainer_mod.clip_grad_norm = timed_clip  # type: ignore[assignment]
+    a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
+    _core.matmul(a, a)
+    step_t, core_t, np_t = [], [], []
+    try:
+        for _ in range(steps):
+            step_t.append(
+                _timed(lambda: tr.fit(data, steps=tr.step + 1, batch_size=Bb, seq_len=Tt, progress=False))
+            )
+            core_t.append(_timed(lambda: _core.matmul(a, a)))
+            np_t.append(_timed(lambda: np.matmul(a, a)))
+    finally:
+        trainer_mod.clip_grad_norm = clip
+    sq = 2 * 2048**3
+    ratios = [(flops / s) / (sq / g) for s, g in zip(step_t, core_t, strict=True)]
+    mid = float(np.median(step_t))
+    opt_bytes = 4 * 7 * n_params  # AdamW reads p, g, m, v and writes p, m, v
+    lines = [f"  {'op':28s} {'ms/step':>9s} {'share':>6s}"]
+    total = sum(step_t)
+    for k, v in sorted(acc.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {k:28s} {1e3 * v / steps:9.1f} {100 * v / total:5.1f}%")
+    lines.append(f"  {'(rest: executor, data)':28s} {1e3 * (total - sum(acc.values())) / steps:9.1f}")
+    return {
+        "params": n_params,
+        "gflop_per_step": flops / 1e9,
+        "step_s": step_t,
+        "core_gflops": [sq / t / 1e9 for t in core_t],
+        "np_gflops": [sq / t / 1e9 for t in np_t],
+        "ratios": ratios,
+        "median_tokens_per_s": tokens / mid,
+        "best_tokens_per_s": tokens / min(step_t),
+        "adamw_ms": 1e3 * acc["AdamW step"] / steps,
+        "adamw_gbs": opt_bytes / (acc["AdamW step"] / steps) / 1e9,
+        "adamw_gb": opt_bytes / 1e9,
+        "breakdown": lines,
+        "gemms": _gemm_table(tokens, C, 4 * C, Vh),
+        "loss": tr.history.loss[-1],
+    }
+
+
+def main_dense(steps: int) -> None:
+    """``--only-dense``: the dense full fine-tuning report (one worker process)."""
+    import sparseft
+
+    print(cpu_line())
+    print(
+        f"sparseft {sparseft.__version__} (simd {sparseft.build_info()['simd']}, {sparseft.get_num_threads()} "
+        f"threads); load average {os.getloadavg()[0]:.1f}"
+    )
+    c = DENSE
+    print(
+        f"dense full fine-tuning, GPT-2 124M shape (L={c['n_layer']} d={c['d']} vocab={c['vocab']}), "
+        f"B={c['B']} T={c['T']}, every weight trained (tied head), AdamW; {steps} rounds of "
+        "(one step, one GEMM-core 2048^3, one np.matmul 2048^3)"
+    )
+    r = _run(["--worker", "dense_profile:", "--steps", str(steps)])
+    if "error" in r:
+        print(f"failed: {r['error']}")
+        return
+    print(
+        f"trainable parameters {r['params']:,}; {r['gflop_per_step']:.1f} GFLOP per step (6*params*tokens + attention)"
+    )
+    for i, (s, g, n, q) in enumerate(
+        zip(r["step_s"], r["core_gflops"], r["np_gflops"], r["ratios"], strict=True)
+    ):
+        print(
+            f"round {i}: step {s:.3f} s = {c['B'] * c['T'] / s:.0f} tokens/s, {r['gflop_per_step'] / s:.1f} GFLOP/s; "
+            f"GEMM core 2048^3 {g:.1f} GFLOP/s, np.matmul {n:.1f}; step/core {q:.2f}x"
+        )
+    med = float(np.median(r["ratios"]))
+    print(
+        f"median: {r['median_tokens_per_s']:.0f} tokens/s (best {r['best_tokens_per_s']:.0f}), step at "
+        f"{med:.2f}x the GEMM core's 2048^3 GFLOP/s (target >= 0.6x: {'met' if med >= 0.6 else 'not met'}); "
+        "llm.c reference 94 tokens/s"
+    )
+    print(f"AdamW: {r['adamw_ms']:.0f} ms/step moving {r['adamw_gb']:.2f} GB = {r['adamw_gbs']:.1f} GB/s")
+    print("per-op breakdown (wall time inside each op, summed over the timed steps):")
+    print("\n".join(r["breakdown"]))
+    print("the step's GEMM shapes (best of 3, interleaved):")
+    print("\n".join(r["gemms"]))
+
+
 def _run(args: list[str]) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, os.path.abspath(__file__), *args], capture_output=True, text=True, check=False
@@ -259,13 +440,23 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
     ap.add_argument("--skip-dense", action="store_true", help="skip the GPT-2 124M dense line")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--only-dense",
+        action="store_true",
+        help="only the dense GPT-2 124M full fine-tuning report, in detail",
+    )
     args = ap.parse_args()
+    if args.only_dense and not args.worker:
+        main_dense(args.steps)
+        return
     if args.worker:
         kind, _, opt = args.worker.partition(":")
         if kind == "sparseft":
             res = worker_sparseft(opt, args.steps)
         elif kind == "dense":
             res = worker_dense(args.steps)
+        elif kind == "dense_profile":
+            res = worker_dense_profile(args.steps)
         else:
             res = worker_torch(opt, args.steps)
         print(json.dumps(res))

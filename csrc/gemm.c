@@ -758,6 +758,14 @@ int64_t gemm_mr(void) {
 /* Columns of the B chunk each thread packs at a time in the few-rows driver. */
 #define GEMM_FEW_NC 256
 
+/* The dynamic-columns driver: rows at most, op(A) floats packed whole per thread at most (768 KiB:
+ * 256 tokens by 768 features; with the 256 KiB B chunk, 1 MiB per thread), and column chunks at
+ * least per thread. Deeper products (K = 3072 at 256 rows) would have to repack A per chunk,
+ * which measured slower than the many-rows driver on a quiet host. */
+#define GEMM_COLS_M 512
+#define GEMM_COLS_A_FLOATS (3 << 16)
+#define GEMM_COLS_MIN_CHUNKS 4
+
 /* Columns of the shared B block of the many-rows driver with nthreads threads: GEMM_NC per
  * thread (so B block + A blocks stay within 1 MiB per thread), a multiple of NR, at most
  * GEMM_NC_MAX. Every column block packs the whole A operand again: two threads get 1760
@@ -773,7 +781,9 @@ int64_t sgemm_scratch_bytes(int nthreads) {
     if (nthreads < 1) nthreads = 1;
     int64_t many = (int64_t)GEMM_KC * many_nc(nthreads) + (int64_t)nthreads * GEMM_MC * GEMM_KC;
     int64_t few = (int64_t)nthreads * (GEMM_MC + GEMM_FEW_NC) * GEMM_KC;
-    return (int64_t)sizeof(float) * SFT_MAX(many, few);
+    int64_t cols =
+        (int64_t)nthreads * (SFT_MAX(GEMM_COLS_A_FLOATS, GEMM_COLS_M * GEMM_KC) + GEMM_FEW_NC * GEMM_KC);
+    return (int64_t)sizeof(float) * SFT_MAX(SFT_MAX(many, few), cols);
 }
 
 /* One mc x nc block of C from a packed A block (mc x kc) and packed B panels [p_lo, p_hi). */
@@ -999,6 +1009,56 @@ static int gemm_few_rows(const gemm_args *g, gemm_kernels kern, int nthreads) {
     return 0;
 }
 
+/* Tokens-by-features products (M up to GEMM_COLS_M rows, e.g. B*T = 256 tokens of a training step,
+ * against a wide op(B)): threads take column chunks of GEMM_FEW_NC from an atomic counter and run
+ * every depth block of their chunk in order, with op(A) packed whole once per thread (the caller
+ * checks it fits in GEMM_COLS_A_FLOATS). No barrier at all, and a thread
+ * slowed down (a shared machine) takes fewer chunks instead of holding the other up: the
+ * many-rows driver needs two barriers per (column block, depth block), each up to a scheduler
+ * slice on a loaded host. Every C element is computed as in the other drivers (same micro-tile
+ * rows, depth blocks in order), so results do not change with the driver or the thread count. */
+static int gemm_cols_dynamic(const gemm_args *g, gemm_kernels kern, int nthreads) {
+    const int64_t M = g->M, N = g->N, K = g->K;
+    const int64_t mpad = sft_round_up(M, kern.mr);
+    const int64_t n_panels = sft_ceil_div(N, GEMM_NR);
+    const int64_t chunk = GEMM_FEW_NC / GEMM_NR, n_chunks = sft_ceil_div(n_panels, chunk);
+    const int64_t kc_max = SFT_MIN(K, GEMM_KC), n_pc = sft_ceil_div(K, GEMM_KC);
+    const int64_t a_size = sft_round_up(mpad * K, 16);
+    const int64_t b_size = sft_round_up(chunk * GEMM_NR * kc_max, 16);
+    const int64_t per_thread = a_size + b_size;
+    float *buf = (float *)sft_scratch_alloc(sizeof(float) * (size_t)nthreads * (size_t)per_thread);
+    if (buf == NULL) return -1;
+    _Atomic int64_t next;
+    atomic_init(&next, 0);
+
+#pragma omp parallel num_threads(nthreads)
+    {
+        int tid = sft_thread_num();
+        float *pb = buf + (int64_t)tid * per_thread; /* B chunk first: 64-byte aligned panels */
+        float *pa = pb + b_size;
+        int packed = 0;
+        for (int64_t q; (q = atomic_fetch_add(&next, 1)) < n_chunks;) {
+            if (!packed) { /* the whole op(A), depth block by depth block */
+                for (int64_t b = 0; b < n_pc; b++) {
+                    int64_t pc = b * GEMM_KC, kc = SFT_MIN(GEMM_KC, K - pc);
+                    pack_a(kern.pack_a_panel, kern.mr, pa + pc * mpad, g->A, g->rsa, g->csa, 0, M, pc, kc);
+                }
+                packed = 1;
+            }
+            int64_t q0 = q * chunk, q1 = SFT_MIN(n_panels, q0 + chunk);
+            // every depth block of this chunk, in order
+            for (int64_t b = 0; b < n_pc; b++) {
+                int64_t pc = b * GEMM_KC, kc = SFT_MIN(GEMM_KC, K - pc);
+                pack_b_range(g, &kern, pb, pc, kc, 0, N, q0, q1);
+                macro_kernel(kern.uk, kern.mr, g->C + q0 * GEMM_NR, g->ldc, pa + pc * mpad, pb, M,
+                             N - q0 * GEMM_NR, kc, 0, q1 - q0, b == 0, g->alpha, g->beta);
+            }
+        }
+    }
+    sft_scratch_free(buf);
+    return 0;
+}
+
 /* ---- very few rows: stream B rows ---------------------------------------------------------- */
 
 /* Up to GEMM_STREAM_M rows of C against a strided op(B) with contiguous rows, without packing:
@@ -1134,6 +1194,12 @@ static int gemm_run(gemm_args *g) {
         gemm_stream_rows(g, (int)SFT_MAX(1, SFT_MIN(nthreads, n_panels)));
         return 0;
     }
+    // tokens by features: dynamic column chunks, no barrier (when op(A) is small enough to pack
+    // whole in every thread and there are enough chunks to balance)
+    if (nthreads > 1 && g->M > GEMM_MC && g->M <= GEMM_COLS_M &&
+        sft_round_up(g->M, kern.mr) * g->K <= GEMM_COLS_A_FLOATS &&
+        sft_ceil_div(n_panels, GEMM_FEW_NC / GEMM_NR) >= GEMM_COLS_MIN_CHUNKS * (int64_t)nthreads)
+        return gemm_cols_dynamic(g, kern, nthreads);
     // few rows: share the columns (unless there are too few of them and rows to share instead)
     if (g->M <= GEMM_MC && (n_panels >= nthreads || tiles < 2 * (int64_t)nthreads))
         return gemm_few_rows(g, kern, (int)SFT_MAX(1, SFT_MIN(nthreads, n_panels)));

@@ -1933,6 +1933,45 @@ fail:
     return NULL;
 }
 
+/* dx = lm_head_xent_backward_into(dw, x, w, targets, lse, dloss, chunk): dw += the head's gradient */
+static PyObject *py_lm_head_xent_backward_into(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"dw", "x", "w", "targets", "lse", "dloss", "chunk", NULL};
+    PyObject *dwo, *xo, *wo, *to, *lseo, *dlosso = NULL, *chunko = NULL;
+    double dloss = 1.0;
+    long long chunk = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO|OO:lm_head_xent_backward_into", kwlist, &dwo, &xo,
+                                     &wo, &to, &lseo, &dlosso, &chunko))
+        return NULL;
+    if ((dlosso != NULL && arg_f32_number(dlosso, "dloss", &dloss) < 0) ||
+        (chunko != NULL && arg_int(chunko, "chunk", 0, LLONG_MAX, &chunk) < 0))
+        return NULL;
+    PyArrayObject *x, *w, *t, *lse, *dw;
+    if (nn_head_args(xo, wo, to, &x, &w, &t) < 0) return NULL;
+    if ((lse = arg_f32(lseo, "lse", 1)) == NULL ||
+        arg_dim(lse, "lse", 0, PyArray_DIM(x, 0), "N, the rows of x") < 0)
+        return NULL;
+    if ((dw = arg_f32(dwo, "dw", 2)) == NULL ||
+        arg_dim(dw, "dw", 0, PyArray_DIM(w, 0), "V, the rows of w") < 0 ||
+        arg_dim(dw, "dw", 1, PyArray_DIM(w, 1), "C, the columns of w") < 0 || arg_writeable(dw, "dw") < 0 ||
+        arg_disjoint(dw, "dw", x, "x") < 0 || arg_disjoint(dw, "dw", w, "w") < 0 ||
+        arg_disjoint(dw, "dw", lse, "lse") < 0)
+        return NULL;
+    npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1), V = PyArray_DIM(w, 0);
+    PyArrayObject *dx = new_like(x);
+    if (dx == NULL) return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = lm_head_xent_backward_into(F32P(dx), F32P(dw), F32P(x), F32P(w), (const int64_t *)PyArray_DATA(t),
+                                    F32P(lse), (float)dloss, N, C, V, chunk);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
+        Py_DECREF(dx);
+        return scratch_error("lm_head_xent_backward_into");
+    }
+    return (PyObject *)dx;
+}
+
 static PyObject *py_adamw_step(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *po, *go, *mo, *vo, *ho[5], *stepo;
@@ -2748,6 +2787,11 @@ static PyMethodDef methods[] = {
      METH_VARARGS | METH_KEYWORDS,
      "lm_head_xent_backward(x, w, targets, lse, dloss=1.0, need_dw=False, chunk=0) -> (dx, dw | None)\n\n"
      "Gradients of the fused head, the logits recomputed chunk by chunk."},
+    {"lm_head_xent_backward_into", (PyCFunction)(void (*)(void))py_lm_head_xent_backward_into,
+     METH_VARARGS | METH_KEYWORDS,
+     "lm_head_xent_backward_into(dw, x, w, targets, lse, dloss=1.0, chunk=0) -> dx\n\nAs "
+     "lm_head_xent_backward "
+     "with the head's gradient ACCUMULATED into dw (V, C) in place."},
     {"adamw_step", py_adamw_step, METH_VARARGS,
      "adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step) -> None\n\nOne AdamW step in "
      "place on param, m, v (torch.optim.AdamW semantics)."},

@@ -372,7 +372,7 @@ NN_INSTANTIATE(head_rows,
  * NULL) are overwritten. */
 static int lm_head_run(float *loss, float *lse, float *dx, float *dw, const float *x, const float *w,
                        const int64_t *targets, float dloss, int64_t N, int64_t C, int64_t V, int64_t chunk,
-                       int mode) {
+                       int mode, int accumulate_dw) {
     if (chunk <= 0) chunk = lm_head_default_chunk(N, V);
     chunk = SFT_MAX(1, SFT_MIN(chunk, N));
     int64_t nb = sft_ceil_div(N, NN_RB);
@@ -384,7 +384,7 @@ static int lm_head_run(float *loss, float *lse, float *dx, float *dw, const floa
     }
     int rc = 0;
     float g = N > 0 ? dloss / (float)N : 0.0f;
-    if (dw != NULL) memset(dw, 0, sizeof(float) * (size_t)(V * C));
+    if (dw != NULL && !accumulate_dw) memset(dw, 0, sizeof(float) * (size_t)(V * C));
     // chunk rows at a time (a multiple of NN_RB unless it is the whole batch, so loss blocks line up)
     if (chunk < N && chunk > NN_RB) chunk = chunk / NN_RB * NN_RB;
     for (int64_t i0 = 0; i0 < N && rc == 0; i0 += chunk) {
@@ -415,12 +415,18 @@ static int lm_head_run(float *loss, float *lse, float *dx, float *dw, const floa
 int lm_head_xent_forward(float *loss, float *lse, float *dx, float *dw, const float *x, const float *w,
                          const int64_t *targets, int64_t N, int64_t C, int64_t V, int64_t chunk) {
     return lm_head_run(loss, lse, dx, dx == NULL ? NULL : dw, x, w, targets, 1.0f, N, C, V, chunk,
-                       dx == NULL ? 0 : 2);
+                       dx == NULL ? 0 : 2, 0);
 }
 
 int lm_head_xent_backward(float *dx, float *dw, const float *x, const float *w, const int64_t *targets,
                           const float *lse, float dloss, int64_t N, int64_t C, int64_t V, int64_t chunk) {
-    return lm_head_run(NULL, (float *)lse, dx, dw, x, w, targets, dloss, N, C, V, chunk, 1);
+    return lm_head_run(NULL, (float *)lse, dx, dw, x, w, targets, dloss, N, C, V, chunk, 1, 0);
+}
+
+int lm_head_xent_backward_into(float *dx, float *dw, const float *x, const float *w, const int64_t *targets,
+                               const float *lse, float dloss, int64_t N, int64_t C, int64_t V,
+                               int64_t chunk) {
+    return lm_head_run(NULL, (float *)lse, dx, dw, x, w, targets, dloss, N, C, V, chunk, 1, 1);
 }
 
 /* ---- AdamW -------------------------------------------------------------------------------------- */

@@ -63,6 +63,12 @@ int lm_head_xent_backward(float *dx /* (N,C) */, float *dw /* (V,C) or NULL */, 
                           const float *w /* (V,C) */, const int64_t *targets /* (N,) */,
                           const float *lse /* (N,) */, float dloss, int64_t N, int64_t C, int64_t V,
                           int64_t chunk);
+/* the same, dw (V,C) ACCUMULATED in place (dw += the head's gradient; no V x C temporary): a trainable
+ * head, e.g. tied to the token embedding whose gradient it adds to */
+int lm_head_xent_backward_into(float *dx /* (N,C) */, float *dw /* (V,C) */, const float *x /* (N,C) */,
+                               const float *w /* (V,C) */, const int64_t *targets /* (N,) */,
+                               const float *lse /* (N,) */, float dloss, int64_t N, int64_t C, int64_t V,
+                               int64_t chunk);
 /* rows per logits block of the LM head when the caller passes chunk <= 0 */
 int64_t lm_head_default_chunk(int64_t N, int64_t V);
 

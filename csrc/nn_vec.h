@@ -55,6 +55,21 @@ NN_INLINE float v8_hmax(v8f v) {
     return m;
 }
 
+/* correctly rounded square root lane by lane (two SSE halves on x86-64, whose baseline has
+ * them; the AVX2 copies get the same instruction semantics), sqrtf per lane elsewhere */
+NN_INLINE v8f v8_sqrt(v8f x) {
+#if SFT_X86
+    typedef float v4f __attribute__((vector_size(16)));
+    v4f lo = {x[0], x[1], x[2], x[3]}, hi = {x[4], x[5], x[6], x[7]};
+    lo = __builtin_ia32_sqrtps(lo), hi = __builtin_ia32_sqrtps(hi);
+    return (v8f){lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]};
+#else
+    v8f y;
+    for (int l = 0; l < 8; l++) y[l] = sqrtf(x[l]);
+    return y;
+#endif
+}
+
 /* exp(x) to about 2 ulp for x in [-87.3, 88.7] (Cephes expf: 2^n p(r), n = round(x log2 e),
  * r = x - n ln 2 in two parts, degree-6 polynomial); 0 below -87.3 and for -inf, +inf above
  * 88.7, NaN stays NaN. */

@@ -296,6 +296,15 @@ def lm_head_xent_backward(
     need_dw: bool = ...,
     chunk: int = ...,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]: ...
+def lm_head_xent_backward_into(
+    dw: npt.NDArray[np.float32],
+    x: npt.NDArray[np.float32],
+    w: npt.NDArray[np.float32],
+    targets: npt.NDArray[np.int64],
+    lse: npt.NDArray[np.float32],
+    dloss: float = ...,
+    chunk: int = ...,
+) -> npt.NDArray[np.float32]: ...
 def adamw_step(
     param: npt.NDArray[np.float32],
     grad: npt.NDArray[np.float32],

@@ -106,6 +106,56 @@ class DenseBase:
         dA, dB = self.masked_grad(gy, x, A, B, scale)
         return gx, dA, dB
 
+    # ---- plain-W kernels of dense full fine-tuning (no adapter term; see docs/dense_training.md) ----
+
+    def dense_forward(self, x: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+        """y (N, out) = x Wᵀ (+ bias) by the GEMM core alone, for x float32 (N, in) C-contiguous.
+
+        W is read live: in sparse full fine-tuning the optimizer updates it in place. The bias (if
+        any) is written into y first and the product accumulated onto it (no second pass).
+        """
+        out, in_ = self.shape
+        x = check_array(x, "x", np.float32, 2, " (N, in)")
+        if x.shape[1] != in_:
+            raise ValueError(f"x: expected {in_} columns (in), got shape {x.shape}")
+        y = np.empty((x.shape[0], out), np.float32)
+        if bias is None:
+            _core.gemm_into(y, x, self._W, trans_b=True)
+        else:
+            y[...] = bias
+            _core.gemm_into(y, x, self._W, trans_b=True, beta=1.0)
+        return y
+
+    def dense_backward_input(self, gy: np.ndarray) -> np.ndarray:
+        """gx (N, in) = gy W for gy float32 (N, out) C-contiguous, by the GEMM core alone."""
+        gy = check_array(gy, "gy", np.float32, 2, " (N, out)")
+        if gy.shape[1] != self.shape[0]:
+            raise ValueError(f"gy: expected {self.shape[0]} columns (out), got shape {gy.shape}")
+        return _core.matmul(gy, self._W)
+
+    def weight_grad_into(self, gw: np.ndarray, gy: np.ndarray, x: np.ndarray, full: bool = False) -> None:
+        """gw (out, in) += (gyᵀ x) ⊙ M in place, for gy (N, out) and x (N, in) float32 C-contiguous.
+
+        The product is accumulated straight into ``gw`` by the GEMM core (beta = 1: no (out, in)
+        temporary); then, unless ``full`` (the caller knows the mask is all ones), ``gw`` is
+        multiplied by the mask in place. That equals adding the masked product only when ``gw``
+        is already zero off the mask, which holds for a gradient that only ever receives masked
+        updates (and after zeroing).
+        """
+        out, in_ = self.shape
+        gw = check_array(gw, "gw", np.float32, 2, " (out, in)")
+        if gw.shape != (out, in_) or not gw.flags.c_contiguous or not gw.flags.writeable:
+            raise ValueError(f"gw: expected a writeable C-contiguous ({out}, {in_}) array, got {gw.shape}")
+        gy = check_array(gy, "gy", np.float32, 2, " (N, out)")
+        x = check_array(x, "x", np.float32, 2, " (N, in)")
+        if gy.shape[1] != out or x.shape != (gy.shape[0], in_):
+            raise ValueError(
+                f"gy, x: expected shapes (N, {out}) and (N, {in_}), got {gy.shape} and {x.shape}"
+            )
+        _core.gemm_into(gw, gy, x, trans_a=True, beta=1.0)
+        if not full:
+            np.multiply(gw, self._M, out=gw)
+
     def row_norms(self, A: np.ndarray, B: np.ndarray, scale: float) -> np.ndarray:
         """n (out,) float32: ‖W'_i‖ row by row in C, accumulated in double."""
         return _core.dora_rownorm_forward(self._W, self._M, A, B, check_scale(scale))

@@ -90,6 +90,13 @@ class Op:
         """Accumulated gradients of :meth:`params` (same keys and shapes)."""
         return {}
 
+    @property
+    def accumulates(self) -> bool:
+        """Whether :meth:`backward` adds to some parameter gradient, so it must run exactly once
+        per step. By default: the op has parameters. An op that adds to another op's gradient
+        (a head tied to the token embedding) says True without parameters of its own."""
+        return bool(self.params())
+
     def forward(self, *xs: Act) -> Act:
         """Compute the output from the inputs' activations; must not keep ``xs`` or the result."""
         raise NotImplementedError(f"{type(self).__name__}.forward")

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from sparseft import formats
+from sparseft import _core, formats
 from sparseft.adapters.lors import LoRSConfig, LoRSLinear
+from sparseft.formats.dense import DenseBase
 from sparseft.models import ops as F
 from sparseft.models.config import GPTConfig, LlamaConfig
 from sparseft.models.graph import Act, Model, Op, check_ops, primary
@@ -101,8 +102,9 @@ class LinearOp(Op):
             vals = self._values()
             vals.flags.writeable = True
             self._gw = np.zeros_like(vals)
-            # dense values: the gradient is multiplied by the mask; compressed: sampled at its positions
-            self._mask = mask if vals.shape == mask.shape else None
+            # dense values: the gradient is multiplied by the mask (None: all ones, nothing to
+            # multiply); compressed: sampled at its positions
+            self._mask = mask if vals.shape == mask.shape and not mask.all() else None
             self._pos = None if vals.shape == mask.shape else np.flatnonzero(mask)
             if layer.bias is not None:
                 layer.bias.flags.writeable = True
@@ -138,6 +140,9 @@ class LinearOp(Op):
         layer = self.layer
         if self.mode == "adapter":
             return layer.forward(x, save=False)
+        if self.mode == "base" and isinstance(layer.base, DenseBase):
+            y = layer.base.dense_forward(_rows(x), layer.bias)  # the GEMM core alone, bias fused
+            return y.reshape(*x.shape[:-1], self.out_features)
         y = layer.base.forward(_rows(x), layer.A, layer.B, 0.0)
         if layer.bias is not None:
             y += layer.bias
@@ -153,16 +158,25 @@ class LinearOp(Op):
                 layer.grad_bias.fill(0.0)  # the bias is frozen with adapters (PEFT's bias="none")
             return (gx,)
         gy2 = _rows(gy)
-        gx = layer.base.backward_input(gy2, layer.A, layer.B, 0.0)
+        base = layer.base
+        if self.mode == "base" and isinstance(base, DenseBase):
+            # dense values: gx = gy W and gW += (gyᵀ x) ⊙ M accumulated in place (no out×in temporary)
+            assert self._gw is not None
+            gx = base.dense_backward_input(gy2)
+            base.weight_grad_into(self._gw, gy2, _rows(x), full=self._mask is None)
+            if self._gb is not None:
+                self._gb += gy2.sum(axis=0, dtype=F32)
+            return (gx.reshape(*x.shape[:-1], self.in_features),)
+        gx = base.backward_input(gy2, layer.A, layer.B, 0.0)
         if self.mode == "base":
             assert self._gw is not None
             x2 = _rows(x)
             G = gy2.T @ x2  # (out, in): the dense weight gradient, sampled at the mask below
-            if self._mask is not None:
-                G *= self._mask
+            if self._pos is None:  # dense-shaped values
+                if self._mask is not None:
+                    G *= self._mask
                 self._gw += G
             else:
-                assert self._pos is not None
                 self._gw += G.reshape(-1)[self._pos].reshape(self._gw.shape)
             if self._gb is not None:
                 self._gb += gy2.sum(axis=0, dtype=F32)
@@ -226,11 +240,42 @@ class _Norm(Op):
 
 
 class _Embed(Op):
-    """Token embedding (+ learned positions for GPT-2): ids int64 (B, T) -> (B, T, C); frozen."""
+    """Token embedding (+ learned positions for GPT-2): ids int64 (B, T) -> (B, T, C).
+
+    Frozen unless :meth:`set_trainable` (``Decoder.train_base(True, embeddings=True)``): then its
+    params are ``weight`` (wte) and ``position`` (wpe), whose gradients the backward accumulates in
+    place (rows of gy added at their ids; no (V, C) temporary). A head tied to wte adds its own
+    gradient to the same ``weight`` gradient array.
+    """
 
     def __init__(self, name: str, wte: np.ndarray, wpe: np.ndarray | None) -> None:
         super().__init__(name, ("input",), None)
         self.wte, self.wpe = wte, wpe
+        self.gwte: np.ndarray | None = None
+        self.gwpe: np.ndarray | None = None
+
+    def set_trainable(self, enabled: bool) -> None:
+        """Make wte (and wpe) trainable (fresh zero gradients) or frozen again."""
+        if enabled and self.gwte is None:
+            for a in (self.wte, self.wpe):
+                if a is not None:
+                    a.flags.writeable = True
+            self.gwte = np.zeros_like(self.wte)
+            self.gwpe = None if self.wpe is None else np.zeros_like(self.wpe)
+        elif not enabled:
+            self.gwte = self.gwpe = None
+
+    def params(self) -> dict[str, np.ndarray]:
+        if self.gwte is None:
+            return {}
+        return {"weight": self.wte} if self.wpe is None else {"weight": self.wte, "position": self.wpe}
+
+    def grads(self) -> dict[str, np.ndarray]:
+        if self.gwte is None:
+            return {}
+        if self.gwpe is None:
+            return {"weight": self.gwte}
+        return {"weight": self.gwte, "position": self.gwpe}
 
     def forward(self, *xs: Act) -> Act:
         ids = primary(xs[0])
@@ -245,6 +290,12 @@ class _Embed(Op):
         return x
 
     def backward(self, gy: Act | None, *xs: Act, y: Act) -> tuple[np.ndarray | None, ...]:
+        if self.gwte is not None:
+            assert isinstance(gy, np.ndarray)
+            ids = primary(xs[0])
+            np.add.at(self.gwte, ids.reshape(-1), _rows(gy))  # repeated ids add up
+            if self.gwpe is not None:
+                self.gwpe[: ids.shape[1]] += gy.sum(axis=0, dtype=F32)
         return (None,)
 
     def out_nbytes(self, batch: int, seq: int) -> int:
@@ -432,6 +483,20 @@ class _HeadLoss(Op):
     def __init__(self, name: str, src: str, w: np.ndarray) -> None:
         super().__init__(name, (src, "target"), None)
         self.w = w
+        # trainable head (dense full fine-tuning, train_base(embeddings=True)): gw is where the
+        # backward accumulates the head's gradient; owns_weight for an untied head (its own param)
+        self.gw: np.ndarray | None = None
+        self.owns_weight = False
+
+    def params(self) -> dict[str, np.ndarray]:
+        return {"weight": self.w} if self.gw is not None and self.owns_weight else {}
+
+    def grads(self) -> dict[str, np.ndarray]:
+        return {"weight": self.gw} if self.gw is not None and self.owns_weight else {}
+
+    @property
+    def accumulates(self) -> bool:
+        return self.gw is not None
 
     def forward(self, *xs: Act) -> Act:
         x, t = primary(xs[0]), primary(xs[1])
@@ -442,6 +507,10 @@ class _HeadLoss(Op):
         assert isinstance(y, tuple)
         x, t = primary(xs[0]), primary(xs[1])
         dloss = 1.0 if gy is None else float(np.asarray(gy))
+        if self.gw is not None:  # trainable head: its gradient accumulated into gw in place
+            tt = np.ascontiguousarray(t.reshape(-1))
+            dx = _core.lm_head_xent_backward_into(self.gw, _rows(x), self.w, tt, y[1], dloss=dloss)
+            return (dx.reshape(x.shape), None)
         dx, _ = F.lm_head_xent_backward(_rows(x), self.w, t.reshape(-1), y[1], dloss=dloss)
         return (dx.reshape(x.shape), None)
 
@@ -769,9 +838,19 @@ class Decoder(Model):
                 op.layer.merge()
                 op.mode = "frozen"
 
-    def train_base(self, enabled: bool = True) -> None:
+    def train_base(self, enabled: bool = True, embeddings: bool = False) -> None:
         """Sparse full fine-tuning: every block linear's stored values and bias, and every norm's
         weight (and bias), become the trainable parameters; the masks stay fixed.
+
+        Parameters
+        ----------
+        enabled : bool
+            True to train the base, False to freeze it again (adapters are left as they are).
+        embeddings : bool
+            With ``enabled``, also train the token embedding (and GPT-2's position embedding) and
+            the head: a tied head adds its gradient to the embedding's in place, an untied one is
+            a parameter of its own (``lm_head.weight``). This is full fine-tuning of every weight
+            (see ``docs/dense_training.md``). ``train_base(False)`` freezes them again.
 
         Raises
         ------
@@ -780,6 +859,8 @@ class Decoder(Model):
         """
         if not isinstance(enabled, bool):
             raise TypeError(f"enabled: expected a bool, got {type(enabled).__name__}")
+        if not isinstance(embeddings, bool):
+            raise TypeError(f"embeddings: expected a bool, got {type(embeddings).__name__}")
         lin = self._linear_ops()
         if enabled and any(op.mode == "adapter" for op in lin):
             raise ValueError("train_base: the model has adapters; call merge_adapters() first")
@@ -792,6 +873,19 @@ class Decoder(Model):
                 for a in (o.w, o.b):
                     if a is not None:
                         a.flags.writeable = True
+        self._train_embeddings(enabled and embeddings)
+
+    def _train_embeddings(self, enabled: bool) -> None:
+        embed, head = self._ops[0], self._ops[-1]
+        assert isinstance(embed, _Embed) and isinstance(head, _HeadLoss)
+        embed.set_trainable(enabled)
+        if not enabled:
+            head.gw, head.owns_weight = None, False
+        elif head.w is embed.wte:  # tied: the head's gradient goes into the embedding's
+            head.gw, head.owns_weight = embed.gwte, False
+        elif head.gw is None:
+            head.w.flags.writeable = True
+            head.gw, head.owns_weight = np.zeros_like(head.w), True
 
     # inference
 

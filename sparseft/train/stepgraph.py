@@ -119,7 +119,7 @@ def build_step_graph(
     consumers: list[list[tuple[int, int]]] = [[] for _ in range(n)]
     for i, op in enumerate(ops):
         srcs = [pos[s] for s in op.inputs if s not in BATCH_NAMES]
-        need[i] = bool(op.params()) or any(need[j] for j in srcs)
+        need[i] = op.accumulates or any(need[j] for j in srcs)
         for k, s in enumerate(op.inputs):
             if s not in BATCH_NAMES:
                 consumers[pos[s]].append((i, k))
@@ -153,7 +153,7 @@ def build_step_graph(
         labels.append(f"{op.name}.backward")
         backward.append(True)
         block.append(op.block)
-        if op.params():
+        if op.accumulates:
             once.append(v)
         edges.extend((pos[s], v) for s in op.inputs if s not in BATCH_NAMES)
         edges.append((i, v))
