@@ -174,6 +174,9 @@ class LinearOp(Op):
     def grad_nbytes(self, batch: int, seq: int) -> int:
         return 4 * batch * seq * self.in_features
 
+    def backward_reads(self) -> tuple[bool, ...]:
+        return (True, False)  # x (the adapter's and the weight's gradients, gx's shape), never y
+
 
 class _Norm(Op):
     """LayerNorm (w, b; output (y, mean, rstd)) or RMSNorm (w; output (y, rstd)) over C."""
@@ -253,6 +256,9 @@ class _Embed(Op):
     def grad_nbytes(self, batch: int, seq: int) -> int:
         return 0
 
+    def backward_reads(self) -> tuple[bool, ...]:
+        return (False, False)
+
 
 class _Rope(Op):
     """RoPE on (B, T, heads·D) viewed as (B, T, heads, D): the ``ops`` kernel for plain RoPE, or a
@@ -295,6 +301,9 @@ class _Rope(Op):
         return 4 * batch * seq * self.heads * self.hd
 
     grad_nbytes = out_nbytes
+
+    def backward_reads(self) -> tuple[bool, ...]:
+        return (False, False)
 
 
 def _heads(x: np.ndarray, h: int, d: int) -> np.ndarray:
@@ -372,6 +381,9 @@ class _Add(Op):
 
     grad_nbytes = out_nbytes
 
+    def backward_reads(self) -> tuple[bool, ...]:
+        return (False, False, False)
+
 
 class _Gelu(Op):
     def __init__(self, name: str, src: str, block: int, width: int) -> None:
@@ -389,6 +401,9 @@ class _Gelu(Op):
         return 4 * batch * seq * self.width
 
     grad_nbytes = out_nbytes
+
+    def backward_reads(self) -> tuple[bool, ...]:
+        return (True, False)
 
 
 class _SwiGLU(Op):
@@ -409,9 +424,17 @@ class _SwiGLU(Op):
     def grad_nbytes(self, batch: int, seq: int) -> int:
         return 8 * batch * seq * self.width
 
+    def backward_reads(self) -> tuple[bool, ...]:
+        return (True, True, False)
+
 
 class _HeadLoss(Op):
-    """LM head fused with the mean cross-entropy; output (loss 0-d, lse (B·T,)). Frozen head."""
+    """LM head fused with the mean cross-entropy; output (loss 0-d, lse (B·T,)). Frozen head.
+
+    In training (:meth:`train_forward`) the same pass over the logits also computes the input
+    gradient for ``dloss = 1``: output (loss, lse, dx (B, T, C)), and the backward only reads it
+    (no second logits GEMM, and the head's input need not stay resident for it).
+    """
 
     def __init__(self, name: str, src: str, w: np.ndarray) -> None:
         super().__init__(name, (src, "target"), None)
@@ -422,12 +445,26 @@ class _HeadLoss(Op):
         _check_targets(t, x.shape[:-1])
         return F.lm_head_xent_forward(_rows(x), self.w, t.reshape(-1))
 
+    def train_forward(self, *xs: Act) -> Act:
+        x, t = primary(xs[0]), primary(xs[1])
+        _check_targets(t, x.shape[:-1])
+        loss, lse, dx, _ = F.lm_head_xent_forward(_rows(x), self.w, t.reshape(-1), grad=True)
+        return (loss, lse, dx.reshape(x.shape))
+
     def backward(self, gy: Act | None, *xs: Act, y: Act) -> tuple[np.ndarray | None, ...]:
         assert isinstance(y, tuple)
-        x, t = primary(xs[0]), primary(xs[1])
         dloss = 1.0 if gy is None else float(np.asarray(gy))
+        if len(y) == 3:  # from train_forward: dx for dloss = 1 is already there
+            return (y[2] if dloss == 1.0 else y[2] * np.float32(dloss), None)
+        x, t = primary(xs[0]), primary(xs[1])
         dx, _ = F.lm_head_xent_backward(_rows(x), self.w, t.reshape(-1), y[1], dloss=dloss)
         return (dx.reshape(x.shape), None)
+
+    def backward_reads(self) -> tuple[bool, ...]:
+        return (False, True, True)  # after train_forward: y (dx); the target stays resident anyway
+
+    def train_out_nbytes(self, batch: int, seq: int) -> int:
+        return self.out_nbytes(batch, seq) + self.grad_nbytes(batch, seq)
 
     def out_nbytes(self, batch: int, seq: int) -> int:
         return 4 + 4 * batch * seq
