@@ -482,3 +482,27 @@ def test_head_training_forward_matches_forward_then_backward() -> None:
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-7)
     (dx2, _) = head.backward(np.float32(0.5), None, t, y=y)
     np.testing.assert_allclose(dx2, 0.5 * dx_ref, rtol=1e-5, atol=1e-7)
+
+
+def test_typical_durations_are_the_median_of_each_kind() -> None:
+    from sparseft.train.stepgraph import typical_durations
+
+    m = TinyLM(n_layer=5)
+    sg = build_step_graph(m.ops(), 2, 3)
+    rng = np.random.default_rng(0)
+    measured = {v: int(rng.integers(1, 1000)) for v in range(sg.graph.n)}
+    typ = typical_durations(sg, measured)
+    assert set(typ) == set(measured)
+    fc = [sg.ops.index(op) for op in sg.ops if op.name.endswith(".fc")]
+    # the same layer of every block is one kind: one value, the median of their measurements
+    assert {typ[i] for i in fc} == {int(np.median([measured[i] for i in fc]))}
+    bwd = [sg.bwd_node[i] for i in fc]
+    assert {typ[v] for v in bwd} == {int(np.median([measured[v] for v in bwd]))}
+    # different kinds keep their own: the head (d -> V) is not a block's fc (d -> h)
+    head = sg.n_ops - 2
+    assert typ[head] == measured[head]
+    # one outlier among identical blocks does not move the typical value
+    measured2 = {**measured, **{i: 100 for i in fc}}
+    measured2[fc[2]] = 10**6
+    assert typical_durations(sg, measured2)[fc[2]] == 100
+    assert typical_durations(sg, {}) == {}

@@ -33,6 +33,7 @@ __all__ = [
     "check_once",
     "liveness_steps",
     "schedule_of",
+    "typical_durations",
 ]
 
 
@@ -286,3 +287,38 @@ def schedule_of(
     codes = np.array([v if op == "compute" else -1 - v for op, v in steps], dtype=np.int64)
     simulate(sg.graph, codes)
     return Schedule(sg.graph, codes, status=status, solver=solver, budget=budget)
+
+
+def typical_durations(sg: StepGraph, durations: dict[int, int]) -> dict[int, int]:
+    """Measured node durations made typical: each node gets the median over the nodes of its kind.
+
+    A node's kind is its op's class, forward or backward, its output's bytes and its inputs'
+    bytes: the same layer of every block is one kind, so one noisy measurement (another process
+    took the core for a moment) does not make the Planner recompute around it, and plans from
+    different runs agree. Nodes without a measurement keep none.
+
+    Parameters
+    ----------
+    sg : StepGraph
+    durations : dict
+        node -> measured duration (e.g. the executor's microseconds).
+
+    Returns
+    -------
+    dict
+        node -> typical duration (int >= 1).
+    """
+    pos = {op.name: i for i, op in enumerate(sg.ops)}
+    mem = sg.graph.memory
+
+    def kind(v: int) -> tuple[Any, ...]:
+        i = sg.node_op[v]
+        op = sg.ops[i]
+        ins = tuple(int(mem[pos[s]]) if s in pos else s for s in op.inputs)
+        return (type(op).__qualname__, v < sg.n_ops, int(mem[i]), ins)
+
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for v, d in durations.items():
+        groups.setdefault(kind(v), []).append(int(d))
+    med = {k: max(1, int(np.median(ds))) for k, ds in groups.items()}
+    return {v: med[kind(v)] for v in durations}
