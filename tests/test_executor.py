@@ -506,3 +506,22 @@ def test_typical_durations_are_the_median_of_each_kind() -> None:
     measured2[fc[2]] = 10**6
     assert typical_durations(sg, measured2)[fc[2]] == 100
     assert typical_durations(sg, {}) == {}
+
+
+def test_head_with_a_weight_gradient_keeps_the_plain_training_path() -> None:
+    """A head that accumulates its own weight gradient (``gw``) needs x in its backward: its
+    training forward is the plain forward and its backward reads everything."""
+    from sparseft.models import GPT, GPTConfig
+
+    m = GPT.random(GPTConfig(vocab_size=31, n_layer=1, n_head=2, d_model=16, seq_len=5), seed=2)
+    head = m.ops()[-1]
+    x = np.random.default_rng(0).standard_normal((2, 5, 16)).astype(np.float32)
+    t = np.random.default_rng(1).integers(0, 31, (2, 5))
+    assert len(head.train_forward(x, t)) == 3
+    head.gw = np.zeros_like(head.w)
+    try:
+        y = head.train_forward(x, t)
+        assert len(y) == 2 and head.backward_reads() == (True, True, True)
+        assert head.train_out_nbytes(2, 5) == head.out_nbytes(2, 5)
+    finally:
+        head.gw = None

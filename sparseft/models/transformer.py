@@ -445,7 +445,14 @@ class _HeadLoss(Op):
         _check_targets(t, x.shape[:-1])
         return F.lm_head_xent_forward(_rows(x), self.w, t.reshape(-1))
 
+    def _fused_training(self) -> bool:
+        # a trainable head (a gradient buffer ``gw``) accumulates its weight gradient in the
+        # backward, which then needs x: plain forward and backward
+        return getattr(self, "gw", None) is None
+
     def train_forward(self, *xs: Act) -> Act:
+        if not self._fused_training():
+            return self.forward(*xs)
         x, t = primary(xs[0]), primary(xs[1])
         _check_targets(t, x.shape[:-1])
         loss, lse, dx, _ = F.lm_head_xent_forward(_rows(x), self.w, t.reshape(-1), grad=True)
@@ -461,9 +468,13 @@ class _HeadLoss(Op):
         return (dx.reshape(x.shape), None)
 
     def backward_reads(self) -> tuple[bool, ...]:
+        if not self._fused_training():
+            return (True, True, True)
         return (False, True, True)  # after train_forward: y (dx); the target stays resident anyway
 
     def train_out_nbytes(self, batch: int, seq: int) -> int:
+        if not self._fused_training():
+            return self.out_nbytes(batch, seq)
         return self.out_nbytes(batch, seq) + self.grad_nbytes(batch, seq)
 
     def out_nbytes(self, batch: int, seq: int) -> int:
