@@ -257,7 +257,7 @@ class _Embed(Op):
         return 0
 
     def backward_reads(self) -> tuple[bool, ...]:
-        return (False, False)
+        return (True, False)  # the ids (the batch, resident anyway) for a trainable embedding
 
 
 class _Rope(Op):
