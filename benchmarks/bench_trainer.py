@@ -119,6 +119,55 @@ def worker_sparseft(budget: str, steps: int) -> dict[str, Any]:
         f"predicted overhead {100 * (plan.overhead or 0):.1f}%",
         "first_step_s": first,
         "loss": tr.history.loss[-1],
+        **(_profile(tr, data) if budget == "none" else {}),
+    }
+
+
+def _profile(tr: Any, data: np.ndarray) -> dict[str, Any]:
+    """One step executed with per-node wall times: the share of each op kind, the GFLOP/s of the
+    LoRS linears (three GEMM-sized products each: the forward, gx and the masked gradient
+    G = gyᵀx ⊙ M that dA and dB read) and the GEMM core's GFLOP/s on the same shapes."""
+    from collections import Counter
+
+    from sparseft import _core
+    from sparseft.train.executor import ActivationStore, execute
+
+    sg, sched = tr.plan_for(B, T)
+    x, y = tr._dataset(data, "data").sample(np.random.default_rng(1), B, T)
+    d: dict[int, int] = {}
+    time.sleep(0.25)
+    t0 = time.perf_counter_ns()
+    execute(sg, sched.codes, x, y, ActivationStore(), d)
+    step_us = (time.perf_counter_ns() - t0) / 1000
+    tr.model.zero_grad()
+    kinds: Counter[str] = Counter()
+    lin_flops = 0
+    shapes: Counter[tuple[int, int]] = Counter()
+    for v, us in d.items():
+        op = sg.ops[sg.node_op[v]]
+        kinds[f"{type(op).__name__.lstrip('_')}.{'fwd' if v < sg.n_ops else 'bwd'}"] += us
+        if type(op).__name__ == "LinearOp" and v < sg.n_ops:
+            lin_flops += 3 * 2 * B * T * op.in_features * op.out_features
+            shapes[(op.out_features, op.in_features)] += 1
+    lin_us = sum(us for k, us in kinds.items() if k.startswith("LinearOp"))
+    # the GEMM core on the linears' shapes: x (B·T, in) times W^T, the same count of products
+    rng = np.random.default_rng(0)
+    gemm_s = 0.0
+    for (o, i), count in shapes.items():
+        a = rng.standard_normal((B * T, i), dtype=np.float32)
+        w = rng.standard_normal((o, i), dtype=np.float32)
+        _core.matmul(a, w, trans_b=True)
+        best = min(_timed(lambda a=a, w=w: _core.matmul(a, w, trans_b=True)) for _ in range(3))
+        gemm_s += 3 * count * best
+    return {
+        "profile_step_s": step_us / 1e6,
+        "profile": {k: us / step_us for k, us in kinds.most_common()},
+        "executor_overhead": 1 - sum(kinds.values()) / step_us,
+        "linear_gflops": lin_flops / (lin_us / 1e6) / 1e9,
+        "gemm_gflops_same_shapes": lin_flops / gemm_s / 1e9,
+        "linear_share": lin_us / step_us,
+        "other_s": (step_us - lin_us) / 1e6,
+        "linears_at_gemm_s": gemm_s,
     }
 
 
@@ -492,6 +541,17 @@ def main() -> None:
         if "plan" in r:
             note = f"store peak {r['store_peak'] / 2**20:.1f} MiB; {r['plan']}; first step {r['first_step_s']:.1f} s"
         print(f"{name:38s} {r['tokens_per_s']:9.0f} {r['peak_growth'] / 2**20:9.1f} MiB  {note}")
+        if "profile" in r:
+            shares = ", ".join(f"{k} {100 * v:.1f}%" for k, v in r["profile"].items() if v >= 0.005)
+            print(
+                f"  profile of one step ({r['profile_step_s']:.2f} s): {shares}; executor overhead "
+                f"{100 * r['executor_overhead']:.1f}%"
+            )
+            print(
+                f"  LoRS linears: {100 * r['linear_share']:.0f}% of the step at {r['linear_gflops']:.0f} GFLOP/s "
+                f"(3 GEMM-sized products each); the GEMM core on the same shapes {r['gemm_gflops_same_shapes']:.0f} "
+                f"GFLOP/s"
+            )
     ok = all("error" not in r for r in res.values())
     if ok:
         sp0, sp1 = res[rows[0][0]], res[rows[1][0]]
@@ -501,6 +561,15 @@ def main() -> None:
             f"{sp0['tokens_per_s'] / spp['tokens_per_s']:.2f}x tokens/s, "
             f"{sp0['peak_growth'] / spp['peak_growth']:.2f}x growth"
         )
+        if "profile" in sp0:
+            # the step cannot beat its linears' arithmetic at the GEMM core's rate
+            cap0 = B * T / sp0["linears_at_gemm_s"]
+            cap1 = B * T / (sp0["linears_at_gemm_s"] + sp0["other_s"])
+            print(
+                f"arithmetic cap: linears alone at the GEMM core's rate {cap0:.0f} tokens/s = "
+                f"{cap0 / spp['tokens_per_s']:.2f}x SPP; plus the rest of the step as measured "
+                f"{cap1:.0f} tokens/s = {cap1 / spp['tokens_per_s']:.2f}x SPP"
+            )
         print(
             f"target budget <= 15% slower than no budget: {100 * (1 - sp1['tokens_per_s'] / sp0['tokens_per_s']):.1f}% "
             f"slower; vs checkpointed torch: {sp1['tokens_per_s'] / ck['tokens_per_s']:.2f}x tokens/s (>= 2x), "

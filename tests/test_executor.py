@@ -349,3 +349,179 @@ def test_no_out_by_in_buffer_per_adapted_layer() -> None:
     smallest_weight = 256 * 256 * 4  # attn.c_proj: the smallest adapted (out, in)
     assert store.peak == planned
     assert store.peak < smallest_weight
+
+
+class LeanAdd(Add):
+    """A residual add that declares it reads nothing in its backward (and checks it gets nothing)."""
+
+    def backward(self, gy, a, b, *, y):
+        assert a is None and b is None and y is None
+        return (gy, gy)
+
+    def backward_reads(self):
+        return (False, False, False)
+
+
+class LeanLinear(Linear):
+    """A linear whose backward reads its input but never its output."""
+
+    def backward(self, gy, x, *, y):
+        assert y is None
+        return super().backward(gy, x, y=y)
+
+    def backward_reads(self):
+        return (True, False)
+
+
+def _lean(m: TinyLM) -> TinyLM:
+    """The same model (same arrays) with ops that declare what their backward reads."""
+    lean = TinyLM.__new__(TinyLM)
+    lean.vocab_size = m.vocab_size
+    ops = []
+    for op in m.ops():
+        if type(op) is Add:
+            new: Op = LeanAdd.__new__(LeanAdd)
+        elif type(op) is Linear:
+            new = LeanLinear.__new__(LeanLinear)
+        else:
+            new = op
+        if new is not op:
+            new.__dict__.update(op.__dict__)
+        ops.append(new)
+    lean._ops = ops
+    return lean
+
+
+def test_backward_reads_frees_unread_activations_and_stays_bit_identical() -> None:
+    rng = np.random.default_rng(4)
+    x, y = _batch(rng, B=4, T=6)
+    m = TinyLM(n_layer=3)
+    loss_ref = run_step(m, x, y)
+    g_ref = _grads(m)
+    peaks = {}
+    for name, model in (("all", m), ("lean", _lean(m))):
+        model.zero_grad()
+        sg = build_step_graph(model.ops(), 4, 6)
+        steps = liveness_steps(sg.graph, [*range(sg.n_ops), *sg.backward_nodes()])
+        planned = sft.simulate(sg.graph, steps)[0]
+        codes = np.array([v if o == "compute" else -1 - v for o, v in steps], dtype=np.int64)
+        store = ActivationStore()
+        assert execute(sg, codes, x, y, store) == loss_ref
+        assert store.peak == planned
+        for k, g in _grads(model).items():
+            assert np.array_equal(g, g_ref[k]), k
+        peaks[name] = planned
+        if name == "lean":
+            # the proj outputs (read by the add's forward only) are freed right after it
+            proj = [i for i, op in enumerate(sg.ops) if op.name.endswith(".proj")]
+            for i in proj:
+                assert i not in sg.graph.predecessors(sg.bwd_node[i])
+    assert peaks["lean"] < peaks["all"]
+
+
+def test_budgeted_schedule_with_backward_reads_is_bit_identical() -> None:
+    rng = np.random.default_rng(5)
+    x, y = _batch(rng, B=2, T=7)
+    ref = TinyLM(n_layer=4)
+    run_step(ref, x, y)
+    g_ref = _grads(ref)
+    ref.zero_grad()
+    m = _lean(ref)  # the same arrays
+    sg = build_step_graph(m.ops(), 2, 7)
+    steps = block_checkpoint_steps(sg)
+    check_once(sg, steps)
+    store = ActivationStore()
+    codes = np.array([v if o == "compute" else -1 - v for o, v in steps], dtype=np.int64)
+    execute(sg, codes, x, y, store)
+    assert store.peak == sft.simulate(sg.graph, steps)[0]
+    for k, g in _grads(m).items():
+        assert np.array_equal(g, g_ref[k]), k
+
+
+@pytest.mark.parametrize("bad", [(True,), [True, False], (True, 1), "tf"])
+def test_bad_backward_reads_is_a_value_error(bad) -> None:
+    m = TinyLM(n_layer=1)
+    m.ops()[1].backward_reads = lambda: bad  # type: ignore[method-assign]
+    with pytest.raises(ValueError, match="backward_reads"):
+        build_step_graph(m.ops(), 1, 2)
+
+
+def test_gpt_step_frees_what_no_backward_reads() -> None:
+    """In a GPT step the projections' outputs (read by a residual add's forward only) are freed
+    right after that forward, and the head's training forward leaves its input to nobody's backward."""
+    from sparseft.models import GPT, GPTConfig
+
+    m = GPT.random(GPTConfig(vocab_size=64, n_layer=2, n_head=2, d_model=32, seq_len=8), seed=0)
+    m.add_adapters(sft.LoRSConfig(r=2))
+    sg = build_step_graph(m.ops(), 2, 8)
+    g = sg.graph
+    for i, op in enumerate(sg.ops):
+        if op.name.endswith("c_proj"):
+            # only forwards read it: freed right after its last forward reader
+            assert all(sg.is_forward(s) for s in g.successors(i)), op.name
+    head = sg.n_ops - 1
+    assert sg.reads[head] == (False, True, True)
+    assert g.memory[head] == sg.ops[head].out_nbytes(2, 8) + sg.ops[head].grad_nbytes(2, 8)
+
+
+def test_head_training_forward_matches_forward_then_backward() -> None:
+    """_HeadLoss.train_forward's dx (one pass over the logits) equals forward + backward's."""
+    from sparseft.models import GPT, GPTConfig
+
+    m = GPT.random(GPTConfig(vocab_size=97, n_layer=1, n_head=2, d_model=24, seq_len=9), seed=1)
+    head = m.ops()[-1]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 9, 24)).astype(np.float32)
+    t = rng.integers(0, 97, (3, 9))
+    y_ref = head.forward(x, t)
+    (dx_ref, none) = head.backward(None, x, t, y=y_ref)
+    y = head.train_forward(x, t)
+    assert len(y) == 3 and y[0] == y_ref[0] and np.array_equal(y[1], y_ref[1])
+    (dx, none2) = head.backward(None, None, t, y=y)
+    assert none is None and none2 is None
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-7)
+    (dx2, _) = head.backward(np.float32(0.5), None, t, y=y)
+    np.testing.assert_allclose(dx2, 0.5 * dx_ref, rtol=1e-5, atol=1e-7)
+
+
+def test_typical_durations_are_the_median_of_each_kind() -> None:
+    from sparseft.train.stepgraph import typical_durations
+
+    m = TinyLM(n_layer=5)
+    sg = build_step_graph(m.ops(), 2, 3)
+    rng = np.random.default_rng(0)
+    measured = {v: int(rng.integers(1, 1000)) for v in range(sg.graph.n)}
+    typ = typical_durations(sg, measured)
+    assert set(typ) == set(measured)
+    fc = [sg.ops.index(op) for op in sg.ops if op.name.endswith(".fc")]
+    # the same layer of every block is one kind: one value, the median of their measurements
+    assert {typ[i] for i in fc} == {int(np.median([measured[i] for i in fc]))}
+    bwd = [sg.bwd_node[i] for i in fc]
+    assert {typ[v] for v in bwd} == {int(np.median([measured[v] for v in bwd]))}
+    # different kinds keep their own: the head (d -> V) is not a block's fc (d -> h)
+    head = sg.n_ops - 2
+    assert typ[head] == measured[head]
+    # one outlier among identical blocks does not move the typical value
+    measured2 = {**measured, **{i: 100 for i in fc}}
+    measured2[fc[2]] = 10**6
+    assert typical_durations(sg, measured2)[fc[2]] == 100
+    assert typical_durations(sg, {}) == {}
+
+
+def test_head_with_a_weight_gradient_keeps_the_plain_training_path() -> None:
+    """A head that accumulates its own weight gradient (``gw``) needs x in its backward: its
+    training forward is the plain forward and its backward reads everything."""
+    from sparseft.models import GPT, GPTConfig
+
+    m = GPT.random(GPTConfig(vocab_size=31, n_layer=1, n_head=2, d_model=16, seq_len=5), seed=2)
+    head = m.ops()[-1]
+    x = np.random.default_rng(0).standard_normal((2, 5, 16)).astype(np.float32)
+    t = np.random.default_rng(1).integers(0, 31, (2, 5))
+    assert len(head.train_forward(x, t)) == 3
+    head.gw = np.zeros_like(head.w)
+    try:
+        y = head.train_forward(x, t)
+        assert len(y) == 2 and head.backward_reads() == (True, True, True)
+        assert head.train_out_nbytes(2, 5) == head.out_nbytes(2, 5)
+    finally:
+        head.gw = None

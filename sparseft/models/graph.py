@@ -119,6 +119,22 @@ class Op:
         """Bytes of :meth:`forward`'s output (all arrays of the tuple) at this batch shape."""
         raise NotImplementedError(f"{type(self).__name__}.out_nbytes")
 
+    def backward_reads(self) -> tuple[bool, ...]:
+        """Which activations :meth:`backward` really reads: one flag per input, then one for its
+        own output ``y``. All by default. An executor passes ``None`` for an unread one, so an
+        activation no backward reads is freed right after its last forward use."""
+        return (True,) * (len(self.inputs) + 1)
+
+    def train_forward(self, *xs: Act) -> Act:
+        """The forward a training step runs (:meth:`forward` by default). An op may return more
+        here for its backward, e.g. the loss op's input gradient computed in the same pass; its
+        size is :meth:`train_out_nbytes`."""
+        return self.forward(*xs)
+
+    def train_out_nbytes(self, batch: int, seq: int) -> int:
+        """Bytes of :meth:`train_forward`'s output (:meth:`out_nbytes` by default)."""
+        return self.out_nbytes(batch, seq)
+
     def grad_nbytes(self, batch: int, seq: int) -> int:
         """Bytes of the gradients :meth:`backward` returns at this batch shape."""
         raise NotImplementedError(f"{type(self).__name__}.grad_nbytes")

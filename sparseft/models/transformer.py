@@ -188,6 +188,9 @@ class LinearOp(Op):
     def grad_nbytes(self, batch: int, seq: int) -> int:
         return 4 * batch * seq * self.in_features
 
+    def backward_reads(self) -> tuple[bool, ...]:
+        return (True, False)  # x (the adapter's and the weight's gradients, gx's shape), never y
+
 
 class _Norm(Op):
     """LayerNorm (w, b; output (y, mean, rstd)) or RMSNorm (w; output (y, rstd)) over C."""
@@ -304,6 +307,9 @@ class _Embed(Op):
     def grad_nbytes(self, batch: int, seq: int) -> int:
         return 0
 
+    def backward_reads(self) -> tuple[bool, ...]:
+        return (True, False)  # the ids (the batch, resident anyway) for a trainable embedding
+
 
 class _Rope(Op):
     """RoPE on (B, T, heads·D) viewed as (B, T, heads, D): the ``ops`` kernel for plain RoPE, or a
@@ -343,6 +349,9 @@ class _Rope(Op):
         return 4 * batch * seq * self.heads * self.hd
 
     grad_nbytes = out_nbytes
+
+    def backward_reads(self) -> tuple[bool, ...]:
+        return (False, False)
 
 
 def _heads(x: np.ndarray, h: int, d: int) -> np.ndarray:
@@ -439,6 +448,9 @@ class _Add(Op):
 
     grad_nbytes = out_nbytes
 
+    def backward_reads(self) -> tuple[bool, ...]:
+        return (False, False, False)
+
 
 class _Gelu(Op):
     def __init__(self, name: str, src: str, block: int, width: int) -> None:
@@ -456,6 +468,9 @@ class _Gelu(Op):
         return 4 * batch * seq * self.width
 
     grad_nbytes = out_nbytes
+
+    def backward_reads(self) -> tuple[bool, ...]:
+        return (True, False)
 
 
 class _SwiGLU(Op):
@@ -476,9 +491,17 @@ class _SwiGLU(Op):
     def grad_nbytes(self, batch: int, seq: int) -> int:
         return 8 * batch * seq * self.width
 
+    def backward_reads(self) -> tuple[bool, ...]:
+        return (True, True, False)
+
 
 class _HeadLoss(Op):
-    """LM head fused with the mean cross-entropy; output (loss 0-d, lse (B·T,)). Frozen head."""
+    """LM head fused with the mean cross-entropy; output (loss 0-d, lse (B·T,)). Frozen head.
+
+    In training (:meth:`train_forward`) the same pass over the logits also computes the input
+    gradient for ``dloss = 1``: output (loss, lse, dx (B, T, C)), and the backward only reads it
+    (no second logits GEMM, and the head's input need not stay resident for it).
+    """
 
     def __init__(self, name: str, src: str, w: np.ndarray) -> None:
         super().__init__(name, (src, "target"), None)
@@ -503,16 +526,41 @@ class _HeadLoss(Op):
         _check_targets(t, x.shape[:-1])
         return F.lm_head_xent_forward(_rows(x), self.w, t.reshape(-1))
 
+    def _fused_training(self) -> bool:
+        # a trainable head (a gradient buffer ``gw``) accumulates its weight gradient in the
+        # backward, which then needs x: plain forward and backward
+        return getattr(self, "gw", None) is None
+
+    def train_forward(self, *xs: Act) -> Act:
+        if not self._fused_training():
+            return self.forward(*xs)
+        x, t = primary(xs[0]), primary(xs[1])
+        _check_targets(t, x.shape[:-1])
+        loss, lse, dx, _ = F.lm_head_xent_forward(_rows(x), self.w, t.reshape(-1), grad=True)
+        return (loss, lse, dx.reshape(x.shape))
+
     def backward(self, gy: Act | None, *xs: Act, y: Act) -> tuple[np.ndarray | None, ...]:
         assert isinstance(y, tuple)
-        x, t = primary(xs[0]), primary(xs[1])
         dloss = 1.0 if gy is None else float(np.asarray(gy))
+        if len(y) == 3:  # from train_forward: dx for dloss = 1 is already there
+            return (y[2] if dloss == 1.0 else y[2] * np.float32(dloss), None)
+        x, t = primary(xs[0]), primary(xs[1])
         if self.gw is not None:  # trainable head: its gradient accumulated into gw in place
             tt = np.ascontiguousarray(t.reshape(-1))
             dx = _core.lm_head_xent_backward_into(self.gw, _rows(x), self.w, tt, y[1], dloss=dloss)
             return (dx.reshape(x.shape), None)
         dx, _ = F.lm_head_xent_backward(_rows(x), self.w, t.reshape(-1), y[1], dloss=dloss)
         return (dx.reshape(x.shape), None)
+
+    def backward_reads(self) -> tuple[bool, ...]:
+        if not self._fused_training():
+            return (True, True, True)
+        return (False, True, True)  # after train_forward: y (dx); the target stays resident anyway
+
+    def train_out_nbytes(self, batch: int, seq: int) -> int:
+        if not self._fused_training():
+            return self.out_nbytes(batch, seq)
+        return self.out_nbytes(batch, seq) + self.grad_nbytes(batch, seq)
 
     def out_nbytes(self, batch: int, seq: int) -> int:
         return 4 + 4 * batch * seq

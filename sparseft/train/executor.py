@@ -1,9 +1,10 @@
 """The step executor: runs a schedule of a step graph literally, with an activation store.
 
-A "compute" of a forward node runs ``op.forward`` on the resident activations of its inputs; a
-"compute" of a backward node sums the input gradients its consumers' backward nodes left in the
+A "compute" of a forward node runs ``op.train_forward`` on the resident activations of its inputs;
+a "compute" of a backward node sums the input gradients its consumers' backward nodes left in the
 store (in reverse op order, as :func:`sparseft.models.graph.run_step` does, so the sums are
-bit-identical) and runs ``op.backward``; a "free" drops the buffer. The store counts the bytes
+bit-identical) and runs ``op.backward`` on the activations ``op.backward_reads()`` flags (``None``
+for the others, which need not be resident); a "free" drops the buffer. The store counts the bytes
 of every resident output; its peak is what a memory budget bounds (kernel temporaries inside one
 op and the batch itself are not counted). See ``docs/training.md``.
 """
@@ -147,8 +148,13 @@ def execute(
     loss: float | None = None
     mem = sg.graph.memory
 
-    def arg(name: str) -> Any:
-        return data[name] if name in BATCH_NAMES else st.get(pos[name])
+    # per op: where each input comes from (a batch name, or the op index), fixed for the step
+    srcs = [[s if s in BATCH_NAMES else pos[s] for s in op.inputs] for op in ops]
+    reads = sg.reads or [(True,) * (len(op.inputs) + 1) for op in ops]
+    keep = [[isinstance(s, int) and sg.need_bwd[s] for s in src] for src in srcs]
+
+    def arg(s: Any) -> Any:
+        return data[s] if isinstance(s, str) else st.get(s)
 
     try:
         for c in codes.tolist():
@@ -158,9 +164,8 @@ def execute(
             t0 = time.perf_counter_ns()
             i = sg.node_op[c]
             op = ops[i]
-            xs = [arg(s) for s in op.inputs]
             if c < n:
-                y = op.forward(*xs)
+                y = op.train_forward(*[arg(s) for s in srcs[i]])
                 if i == n - 1 and loss is None:
                     loss = float(primary(y))
                 st.put(c, y, int(mem[c]), f"op {op.name!r}: forward returned")
@@ -173,16 +178,15 @@ def execute(
                 if i < n - 1 and gy is None:
                     st.put(c, (None,) * len(op.inputs))  # no gradient reaches this op
                 else:
-                    gxs = op.backward(gy, *xs, y=st.get(i))
+                    r = reads[i]
+                    xs = [arg(s) if f else None for s, f in zip(srcs[i], r, strict=False)]
+                    gxs = op.backward(gy, *xs, y=st.get(i) if r[-1] else None)
                     if len(gxs) != len(op.inputs):
                         raise ValueError(
                             f"op {op.name!r}: backward returned {len(gxs)} gradients for {len(op.inputs)} inputs"
                         )
                     # keep only the gradients some backward node will read
-                    kept = tuple(
-                        g if (s not in BATCH_NAMES and sg.need_bwd[pos[s]]) else None
-                        for s, g in zip(op.inputs, gxs, strict=True)
-                    )
+                    kept = tuple(g if k else None for k, g in zip(keep[i], gxs, strict=True))
                     st.put(c, kept, int(mem[c]), f"op {op.name!r}: backward returned")
                 if on_backward is not None:
                     on_backward(i)

@@ -1,11 +1,13 @@
 """The graph of one training step, built from a model's ops, and the schedules the Trainer runs.
 
-Nodes: one forward node per op (its output is the op's activation, ``op.out_nbytes`` bytes) and one
-backward node per op that lies on a gradient path (its output is the tuple of input gradients,
-``op.grad_nbytes`` bytes). Edges are data dependencies in the model-op protocol
-(:mod:`sparseft.models.graph`): a forward reads its inputs' activations; a backward reads its
-inputs' activations, its own output and the backward outputs of every consumer of its output
-(whose input gradients it sums). The batch (``"input"``/``"target"``) is not a node: it stays
+Nodes: one forward node per op (its output is the op's activation, ``op.train_out_nbytes`` bytes: a step
+runs ``op.train_forward``) and one backward node per op that lies on a gradient path (its output
+is the tuple of input gradients, ``op.grad_nbytes`` bytes). Edges are data dependencies in the
+model-op protocol (:mod:`sparseft.models.graph`): a forward reads its inputs' activations; a
+backward reads the inputs' activations and its own output that ``op.backward_reads()`` flags, and
+the backward outputs of every consumer of its output (whose input gradients it sums). An
+activation no backward reads (a residual add's inputs, a linear's output) is therefore freed
+right after its last forward use. The batch (``"input"``/``"target"``) is not a node: it stays
 resident for the whole step and is not counted against the budget.
 
 A backward node of an op with parameters accumulates their gradients: it must be computed exactly
@@ -31,6 +33,7 @@ __all__ = [
     "check_once",
     "liveness_steps",
     "schedule_of",
+    "typical_durations",
 ]
 
 
@@ -53,6 +56,13 @@ class StepGraph:
         Backward nodes that accumulate parameter gradients (computed exactly once per step).
     batch, seq : int
         The batch shape the memory sizes are for.
+    bwd_node : list of (int or None)
+        Op ``i``'s backward node (``None`` when no gradient reaches it).
+    node_op : list of int
+        The op of each graph node.
+    reads : list of tuple of bool
+        ``op.backward_reads()`` of each op: which inputs (then its own output) its backward reads;
+        the executor passes ``None`` for the others.
     """
 
     ops: list[Op]
@@ -64,6 +74,7 @@ class StepGraph:
     seq: int
     bwd_node: list[int | None]
     node_op: list[int]
+    reads: list[tuple[bool, ...]] = dataclasses.field(default_factory=list)
 
     @property
     def n_ops(self) -> int:
@@ -88,6 +99,20 @@ def _count(op: Op, what: str, value: Any) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ValueError(f"op {op.name!r}: {what} must return an int >= 0, got {value!r}")
     return int(value)
+
+
+def _reads(op: Op) -> tuple[bool, ...]:
+    r = op.backward_reads()
+    if (
+        not isinstance(r, tuple)
+        or len(r) != len(op.inputs) + 1
+        or not all(isinstance(f, (bool, np.bool_)) for f in r)
+    ):
+        raise ValueError(
+            f"op {op.name!r}: backward_reads must return a tuple of {len(op.inputs) + 1} bools "
+            f"(one per input, then the output), got {r!r}"
+        )
+    return tuple(bool(f) for f in r)
 
 
 def build_step_graph(
@@ -134,9 +159,10 @@ def build_step_graph(
     once: list[int] = []
     bwd_node: list[int | None] = [None] * n
     node_op = list(range(n))
+    reads = [_reads(op) for op in ops]
     for i, op in enumerate(ops):
         nodes.append(i)
-        memory.append(_count(op, "out_nbytes", op.out_nbytes(batch, seq)))
+        memory.append(_count(op, "train_out_nbytes", op.train_out_nbytes(batch, seq)))
         labels.append(f"{op.name}")
         backward.append(False)
         block.append(op.block)
@@ -155,8 +181,11 @@ def build_step_graph(
         block.append(op.block)
         if op.accumulates:
             once.append(v)
-        edges.extend((pos[s], v) for s in op.inputs if s not in BATCH_NAMES)
-        edges.append((i, v))
+        edges.extend(
+            (pos[s], v) for s, r in zip(op.inputs, reads[i], strict=False) if r and s not in BATCH_NAMES
+        )
+        if reads[i][-1]:
+            edges.append((i, v))
         # every consumer needs a gradient too (need_bwd propagates to descendants)
         edges.extend((_bwd(bwd_node, c), v) for c, _ in consumers[i])
     dur = [max(1, int((durations or {}).get(v, 1))) for v in nodes]
@@ -178,7 +207,7 @@ def build_step_graph(
         name="training step",
         **kwargs,
     )
-    return StepGraph(ops, graph, need, consumers, once, batch, seq, bwd_node, node_op)
+    return StepGraph(ops, graph, need, consumers, once, batch, seq, bwd_node, node_op, reads)
 
 
 def _bwd(bwd_node: list[int | None], i: int) -> int:
@@ -258,3 +287,38 @@ def schedule_of(
     codes = np.array([v if op == "compute" else -1 - v for op, v in steps], dtype=np.int64)
     simulate(sg.graph, codes)
     return Schedule(sg.graph, codes, status=status, solver=solver, budget=budget)
+
+
+def typical_durations(sg: StepGraph, durations: dict[int, int]) -> dict[int, int]:
+    """Measured node durations made typical: each node gets the median over the nodes of its kind.
+
+    A node's kind is its op's class, forward or backward, its output's bytes and its inputs'
+    bytes: the same layer of every block is one kind, so one noisy measurement (another process
+    took the core for a moment) does not make the Planner recompute around it, and plans from
+    different runs agree. Nodes without a measurement keep none.
+
+    Parameters
+    ----------
+    sg : StepGraph
+    durations : dict
+        node -> measured duration (e.g. the executor's microseconds).
+
+    Returns
+    -------
+    dict
+        node -> typical duration (int >= 1).
+    """
+    pos = {op.name: i for i, op in enumerate(sg.ops)}
+    mem = sg.graph.memory
+
+    def kind(v: int) -> tuple[Any, ...]:
+        i = sg.node_op[v]
+        op = sg.ops[i]
+        ins = tuple(int(mem[pos[s]]) if s in pos else s for s in op.inputs)
+        return (type(op).__qualname__, v < sg.n_ops, int(mem[i]), ins)
+
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for v, d in durations.items():
+        groups.setdefault(kind(v), []).append(int(d))
+    med = {k: max(1, int(np.median(ds))) for k, ds in groups.items()}
+    return {v: med[kind(v)] for v in durations}

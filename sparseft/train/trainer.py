@@ -33,6 +33,7 @@ from sparseft.train.stepgraph import (
     check_once,
     liveness_steps,
     schedule_of,
+    typical_durations,
 )
 
 __all__ = ["History", "Trainer", "evaluate", "parse_bytes"]
@@ -438,7 +439,8 @@ class Trainer:
         sg, old = self._plans[key]
         if self.memory_budget is None or old.solver == "none":
             return  # nothing is recomputed: durations cannot change the schedule
-        sg2 = build_step_graph(sg.ops, sg.batch, sg.seq, durations)
+        # typical durations (the median of each kind of node): stable plans on a noisy host
+        sg2 = build_step_graph(sg.ops, sg.batch, sg.seq, typical_durations(sg, durations))
         self._plans[key] = (sg2, self._solve(sg2, old.budget, self.plan_time_limit))
 
     # ---------------------------------------------------------------- training
