@@ -783,6 +783,23 @@ def _head_b(rng: np.random.Generator) -> Call:
     return Call("lm_head_xent_backward", (x, w, t, lse), kw)
 
 
+def _check_head_b_into(call: Call, res: Any) -> None:
+    dx_got, outs = res
+    dw0, x, w, t, lse = (np.asarray(a, np.float64) if a.dtype.kind == "f" else a for a in call.args)
+    G = _xent_grad(x @ w.T, t, lse, call.kwargs["dloss"])
+    close(dx_got, G @ w, "lm_head_xent_backward_into dx")
+    close(outs["arg0"], dw0 + G.T @ x, "lm_head_xent_backward_into dw (accumulated)")
+
+
+@entry("lm_head_xent_backward_into", check=_check_head_b_into, names=XENT_NAMES | {"dw"}, ints=("chunk",),
+       scales=("dloss",))
+def _head_b_into(rng: np.random.Generator) -> Call:
+    x, w, t = _head(rng)
+    lse = ref.lm_head_xent(x, w, t)[1].astype(F32)
+    kw = {"dloss": float(rng.standard_normal()), "chunk": int(rng.integers(0, 6))}
+    return Call("lm_head_xent_backward_into", (f32(rng, *w.shape), x, w, t, lse), kw, outputs=frozenset({"arg0"}))
+
+
 def _check_adamw(call: Call, res: Any) -> None:
     _, outs = res
     want = ref.adamw_step(*call.args)
