@@ -32,7 +32,7 @@ def _check(g: sft.Graph, plan: sft.Schedule) -> None:
     assert peak <= plan.budget and dur == plan.duration
 
 
-MILP_LIMIT = 20.0  # seconds of HiGHS after the warm start
+MILP_LIMIT = 60.0  # seconds of HiGHS after the warm start (n100: optimum proved in 34 s on a quiet host)
 
 
 @pytest.mark.parametrize(
@@ -45,7 +45,8 @@ def test_moccasin_reaches_the_checkmate_optimum(shared_data: pathlib.Path, name:
 
     VGG16_b256_224x224_train is the smallest real training graph (the *_test graphs are chains
     whose smallest feasible budget is their peak: nothing to plan). On random_layered_n100 HiGHS
-    does not close the gap in 20 s (nor in 120 s: docs/comparison.md)."""
+    proves the optimum in about 34 s on a quiet host; on a loaded one it may stop at the limit
+    with a proved gap (docs/comparison.md)."""
     pytest.importorskip("highspy")
     from .milp_warm import checkmate_warm
 
@@ -68,7 +69,7 @@ def test_moccasin_reaches_the_checkmate_optimum(shared_data: pathlib.Path, name:
     if cm.status == "optimal":
         assert gap == 0.0
     else:
-        assert gap <= 0.01  # observed 0.45 % (20 s) on random_layered_n100, loaded host
+        assert gap <= 0.01  # observed 0.42-0.45 % after 20 s on random_layered_n100, loaded host
 
 
 def test_moccasin_as_good_as_checkmate_much_sooner_n250(shared_data: pathlib.Path) -> None:
