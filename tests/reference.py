@@ -826,13 +826,18 @@ def remat_dtr(memory, duration, preds, order, budget, once=None, heuristic="full
                         join(u)
                     stack.append(u)
 
+    def evictable():
+        # resident outputs that may go: not held by the running computation, not free, not
+        # exactly-once, and recomputable from what stays
+        return [
+            x
+            for x in range(n)
+            if resident[x] and lock[x] == 0 and memory[x] > 0 and not once[x] and rematerializable(x)
+        ]
+
     def make_room(nbytes):
         while state["cur"] + nbytes > budget:
-            cands = [
-                x
-                for x in range(n)
-                if resident[x] and lock[x] == 0 and memory[x] > 0 and not once[x] and rematerializable(x)
-            ]
+            cands = evictable()
             if not cands:
                 return False
             best = min(cands, key=lambda x: (cost(x) / (memory[x] * span(x)), x))
@@ -858,13 +863,10 @@ def remat_dtr(memory, duration, preds, order, budget, once=None, heuristic="full
         # evict the highest memory * next-use distance / cost; inputs held by frames still
         # rematerializing (spin) only when no other node can go; the running computation's (lock) never
         while state["cur"] + nbytes > budget:
-            cands = [
-                x
-                for x in range(n)
-                if resident[x] and lock[x] == 0 and memory[x] > 0 and not once[x] and rematerializable(x)
-            ]
+            cands = evictable()
             if not cands:
                 return False
+
             def key(x, t=state["t"]):
                 later = [pos[c] for c in succs[x] if pos[c] > t]
                 dist = float(min(later) - t) if later else float(n + 1 - t)

@@ -180,6 +180,26 @@ INIT_SEEDS = (0, 1, 2, 3)
 INIT_STEPS, INIT_LR = 30, 3e-3
 
 
+def init_gaps(
+    gpt_dir: Any, method: str, lr: float, steps: int, seeds: tuple[int, ...]
+) -> dict[str, list[float]]:
+    """lora - lors, per seed: the mean training loss of the run ("train") and the held-out loss
+    after it ("held-out"), fine-tuning the built-in GPT pruned with ``method`` (also used by
+    ``python -m tests.repro.init_sweep``)."""
+    gaps: dict[str, list[float]] = {"train": [], "held-out": []}
+    for seed in seeds:
+        res = {}
+        for init in ("lora", "lors"):
+            model = _pruned(gpt_dir, method)
+            hist = _finetune(model, init=init, steps=steps, seed=seed, lr=lr)
+            res[init] = (float(np.mean(hist.loss)), float(np.log(perplexity(model))))
+            if init == "lors":
+                assert all(L.init == "lors" for L in model.linears().values())
+        gaps["train"].append(res["lora"][0] - res["lors"][0])
+        gaps["held-out"].append(res["lora"][1] - res["lors"][1])
+    return gaps
+
+
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
 def test_lors_init_beats_lora_init_at_equal_steps(gpt_dir: Any, method: str) -> None:
     """``LoRSConfig(init="lors")`` through the Trainer (fit runs the gradient-SVD init on 4
@@ -188,17 +208,7 @@ def test_lors_init_beats_lora_init_at_equal_steps(gpt_dir: Any, method: str) -> 
 
     Holds at lr 3e-3 (observed mean gaps 0.03-0.07 nats, every seed); at lr 1e-2 the "lora" init
     catches up within 30 steps and the held-out gap is within seed noise (docs/comparison.md)."""
-    gaps: dict[str, list[float]] = {"train": [], "held-out": []}
-    for seed in INIT_SEEDS:
-        res = {}
-        for init in ("lora", "lors"):
-            model = _pruned(gpt_dir, method)
-            hist = _finetune(model, init=init, steps=INIT_STEPS, seed=seed, lr=INIT_LR)
-            res[init] = (float(np.mean(hist.loss)), float(np.log(perplexity(model))))
-            if init == "lors":
-                assert all(L.init == "lors" for L in model.linears().values())
-        gaps["train"].append(res["lora"][0] - res["lors"][0])
-        gaps["held-out"].append(res["lora"][1] - res["lors"][1])
+    gaps = init_gaps(gpt_dir, method, INIT_LR, INIT_STEPS, INIT_SEEDS)
     print(
         f"\n{method}: loss gap lora - lors over seeds {INIT_SEEDS} ({INIT_STEPS} steps, lr {INIT_LR}): mean training "
         f"loss {np.round(gaps['train'], 4).tolist()}, held-out loss {np.round(gaps['held-out'], 4).tolist()}"
