@@ -1477,11 +1477,12 @@ static int nn_positive(double v, const char *name) {
 #define F32P(a) ((float *)PyArray_DATA(a))
 
 /* A new float32 array shaped like a for a row kernel's output; from the size at which the kernels
- * stream their stores (8 MiB), a view starting on a 64-byte boundary of a slightly larger buffer
- * (its base), so that every row of a 64-byte multiple is aligned for the streaming stores. */
+ * stream their stores (NN_STREAM_MIN_BYTES), a view starting on a 64-byte boundary of a slightly
+ * larger buffer (its base), so that every row of a 64-byte multiple is aligned for the streaming
+ * stores. */
 static PyArrayObject *nn_new_out(PyArrayObject *a, PyArrayObject *match) {
     npy_intp n = PyArray_SIZE(a);
-    if (n * (npy_intp)sizeof(float) < ((npy_intp)8 << 20)) return new_like(a);
+    if ((int64_t)n * (int64_t)sizeof(float) < NN_STREAM_MIN_BYTES) return new_like(a);
     npy_intp nbuf = n + 16;
     PyArrayObject *buf = new_f32(1, &nbuf);
     if (buf == NULL) return NULL;

@@ -28,10 +28,6 @@ static int nn_threads(int64_t work) {
 
 /* ---- the row kernels, one body (nn_rows.h) per SIMD path ---------------------------------------- */
 
-/* Outputs of at least this many bytes are written with streaming (non-temporal) stores: they do not
- * fit in the caches, and a streaming store skips the read of the line a plain store would do first. */
-#define NN_STREAM_MIN_BYTES ((int64_t)8 << 20)
-
 static int nn_stream(int64_t nfloats) {
     return nfloats * (int64_t)sizeof(float) >= NN_STREAM_MIN_BYTES;
 }

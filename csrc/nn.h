@@ -8,6 +8,11 @@
 
 #include <stdint.h>
 
+/* Outputs of at least this many bytes are written with streaming (non-temporal) stores: they do not
+ * fit in the caches, and a streaming store skips the read of the line a plain store would do first.
+ * The module allocates outputs of this size 64-byte aligned so that the streaming applies. */
+#define NN_STREAM_MIN_BYTES ((int64_t)8 << 20)
+
 /* ---- norms ---- */
 void layernorm_forward(float *y /* (N,C) */, float *mean /* (N,) */, float *rstd /* (N,) */,
                        const float *x /* (N,C) */, const float *w /* (C,) */, const float *b /* (C,) */,

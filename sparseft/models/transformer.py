@@ -529,7 +529,7 @@ class _HeadLoss(Op):
     def _fused_training(self) -> bool:
         # a trainable head (a gradient buffer ``gw``) accumulates its weight gradient in the
         # backward, which then needs x: plain forward and backward
-        return getattr(self, "gw", None) is None
+        return self.gw is None
 
     def train_forward(self, *xs: Act) -> Act:
         if not self._fused_training():
