@@ -144,7 +144,7 @@ def test_recovery_after_pruning(gpt_dir: Any, method: str) -> None:
     # same steps, same math: at least the SPP-style recovery (float32 rounding apart)
     assert lors <= spp * 1.01
     # far more than the pruned model: pruning costs the trained model > 30 % perplexity, and LoRS
-    # fine-tuning wins back at least 40 % of that gap (observed: Wanda ~58 %, SparseGPT ~80 %)
+    # fine-tuning wins back at least 40 % of that gap (the figures: docs/comparison.md)
     assert pruned >= 1.3 * dense
     recovered = (pruned - lors) / (pruned - dense)
     print(f"{method}: LoRS recovered {100 * recovered:.1f} % of the pruning loss")
@@ -206,8 +206,8 @@ def test_lors_init_beats_lora_init_at_equal_steps(gpt_dir: Any, method: str) -> 
     calibration batches) against ``init="lora"``, same data order, same steps, over 4 seeds: the
     mean training loss and the held-out loss after the run are lower with the "lors" init.
 
-    Holds at lr 3e-3 (observed mean gaps 0.03-0.07 nats, every seed); at lr 1e-2 the "lora" init
-    catches up within 30 steps and the held-out gap is within seed noise (docs/comparison.md)."""
+    Holds at lr 3e-3 on every seed; at lr 1e-2 the "lora" init catches up within 30 steps and the
+    held-out gap is within seed noise (docs/comparison.md)."""
     gaps = init_gaps(gpt_dir, method, INIT_LR, INIT_STEPS, INIT_SEEDS)
     print(
         f"\n{method}: loss gap lora - lors over seeds {INIT_SEEDS} ({INIT_STEPS} steps, lr {INIT_LR}): mean training "
