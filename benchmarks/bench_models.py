@@ -136,26 +136,30 @@ def section_ops(args: argparse.Namespace) -> None:
         raise SystemExit(
             f"--parts: expected names among {','.join(OPS_PARTS)}, got {','.join(sorted(unknown))}"
         )
-    copy_bw = _copy_bandwidth(rnd(N, 4 * C), reps)
+    copy_bw, fresh_bw = _copy_bandwidth(rnd(N, 4 * C), reps)
     if "attention" in parts:
         _attention(rnd, B, H, T, D, reps)
     if "head" in parts:
         _head(rnd, rng, N, C, V, reps)
     if "rows" in parts:
-        _row_ops(rnd, B, T, C, H, D, N, reps, copy_bw)
+        _row_ops(rnd, B, T, C, H, D, N, reps, copy_bw, fresh_bw)
     if "adamw" in parts:
         _adamw(rnd, reps, copy_bw)
 
 
-def _copy_bandwidth(src: np.ndarray, reps: int) -> float:
-    """Read+write bytes per second of numpy.copyto into a preallocated array (the row ops' ceiling)."""
+def _copy_bandwidth(src: np.ndarray, reps: int) -> tuple[float, float]:
+    """Read+write bytes per second of a memory copy, side by side: ``numpy.copyto`` into a
+    preallocated array (the ceiling of the row ops with ``out=``) and ``src.copy()`` into a fresh
+    one (first-touch page faults included: the like-for-like reference of the ops' fresh outputs)."""
     dst = np.empty_like(src)
-    tcopy = min(_timing.interleaved({"copy": lambda: np.copyto(dst, src)}, reps)["copy"])
-    copy_bw = 2 * src.nbytes / tcopy
+    t = _timing.interleaved({"copy": lambda: np.copyto(dst, src), "fresh": src.copy}, reps)
+    tcopy, tfresh = min(t["copy"]), min(t["fresh"])
+    copy_bw, fresh_bw = 2 * src.nbytes / tcopy, 2 * src.nbytes / tfresh
     print(
-        f"memory copy: {src.nbytes / 2**20:.0f} MiB in {tcopy * 1e3:.1f} ms = {copy_bw / 1e9:.2f} GB/s (read+write)"
+        f"memory copy: {src.nbytes / 2**20:.0f} MiB in {tcopy * 1e3:.1f} ms = {copy_bw / 1e9:.2f} GB/s (read+write); "
+        f"into a fresh array (src.copy()): {tfresh * 1e3:.1f} ms = {fresh_bw / 1e9:.2f} GB/s"
     )
-    return copy_bw
+    return copy_bw, fresh_bw
 
 
 def _attention(rnd: Callable[..., np.ndarray], B: int, H: int, T: int, D: int, reps: int) -> None:
@@ -282,14 +286,23 @@ def _head(
 
 
 def _row_ops(
-    rnd: Callable[..., np.ndarray], B: int, T: int, C: int, H: int, D: int, N: int, reps: int, copy_bw: float
+    rnd: Callable[..., np.ndarray],
+    B: int,
+    T: int,
+    C: int,
+    H: int,
+    D: int,
+    N: int,
+    reps: int,
+    copy_bw: float,
+    fresh_bw: float,
 ) -> None:
     import torch
     import torch.nn.functional as F
 
     print(
         f"\nrow ops fwd+bwd: effective bandwidth = bytes the op must move / time; copy {copy_bw / 1e9:.2f} GB/s "
-        "(target >= 70% of it)"
+        f"(target >= 70% of it); fresh copy {fresh_bw / 1e9:.2f} GB/s"
     )
     x, dy, wv, bv = rnd(N, C), rnd(N, C), rnd(C), rnd(C)
     hx, hdy, hu = rnd(N, 4 * C), rnd(N, 4 * C), rnd(N, 4 * C)
@@ -380,9 +393,9 @@ def _row_ops(
         "read x, write y; read dy, x, write dx (5 x N*C*4); gelu read x, write y; read dy, x, write dx "
         "(5 x N*4C*4); swiglu read gate, up, write y; read dy, gate, up, write dgate, dup (8 x N*4C*4); "
         "rope read x, write y; read dy, write dx (4 x B*T*H*D*4); adamw read param, grad, m, v, write "
-        "param, m, v (7 x P*4). Not counted: w, b, mean, rstd, the cos/sin table (<1%).\n"
-        "  'sparseft' allocates its outputs (fresh pages: page faults on first touch), 'out=' writes "
-        "into preallocated outputs"
+        "param, m, v (7 x P*4). Not counted: w, b, mean, rstd, the cos/sin table (<1%; kept across calls).\n"
+        "  'sparseft' allocates its outputs (fresh pages: page faults on first touch; % of copy, then % of "
+        "the fresh copy, src.copy()), 'out=' writes into preallocated outputs (% of copy)"
     )
     cases = [
         # name, sparseft fn, sparseft fn with out=, torch fn, bytes moved
@@ -406,7 +419,7 @@ def _row_ops(
         tt, pt = res[f"{name}|torch"]
         print(
             f"  {name:<16s} sparseft {ts * 1e3:7.1f} ms ({moved / ts / 1e9:6.2f} GB/s = "
-            f"{moved / ts / copy_bw:4.0%} of copy) peak +{ps / 2**20:6.1f} MiB | out= {to * 1e3:7.1f} ms "
+            f"{moved / ts / copy_bw:4.0%} of copy, {moved / ts / fresh_bw:4.0%} of fresh) peak +{ps / 2**20:6.1f} MiB | out= {to * 1e3:7.1f} ms "
             f"({moved / to / copy_bw:4.0%}) | torch {tt * 1e3:7.1f} ms "
             f"({moved / tt / copy_bw:4.0%}) peak +{pt / 2**20:6.1f} MiB | time {ts / tt:.2f}x"
         )

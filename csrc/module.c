@@ -20,6 +20,7 @@
 #include "lors.h"
 #include "rws.h"
 #include "nn.h"
+#include "bigbuf.h"
 
 /* ---- argument helpers ---------------------------------------------------------------------- */
 
@@ -1476,20 +1477,66 @@ static int nn_positive(double v, const char *name) {
 
 #define F32P(a) ((float *)PyArray_DATA(a))
 
+/* Big fresh outputs (bigbuf.c): a 2 MiB-aligned mapping advised MADV_HUGEPAGE, owned by a capsule
+ * that unmaps it when the array (its base) goes. SPARSEFT_HUGEPAGES=0 in the environment turns them
+ * off (read at each allocation): outputs then come from NumPy's allocator as before. */
+#define BIGBUF_CAPSULE "sparseft.bigbuf"
+
+static void bigbuf_capsule_free(PyObject *cap) {
+    sft_bigbuf_free(PyCapsule_GetPointer(cap, BIGBUF_CAPSULE), (size_t)(uintptr_t)PyCapsule_GetContext(cap));
+}
+
+static int bigbuf_enabled(void) {
+    const char *e = getenv("SPARSEFT_HUGEPAGES");
+    return e == NULL || strcmp(e, "0") != 0;
+}
+
+/* A float32 array of a's shape whose data starts `off` (< 64) bytes past a 2 MiB boundary, in a
+ * bigbuf mapping; NULL without an exception when the mapping fails (the caller falls back). */
+static PyArrayObject *bigbuf_array(PyArrayObject *a, size_t off) {
+    size_t len = 0;
+    char *p = (char *)sft_bigbuf_alloc((size_t)PyArray_SIZE(a) * sizeof(float) + 64, &len);
+    if (p == NULL) return NULL;
+    PyObject *cap = PyCapsule_New(p, BIGBUF_CAPSULE, bigbuf_capsule_free);
+    if (cap == NULL || PyCapsule_SetContext(cap, (void *)(uintptr_t)len) != 0) {
+        if (cap != NULL)
+            Py_DECREF(cap);  // unmaps
+        else
+            sft_bigbuf_free(p, len);
+        PyErr_Clear();
+        return NULL;
+    }
+    PyArrayObject *v = (PyArrayObject *)PyArray_NewFromDescr(
+        &PyArray_Type, PyArray_DescrFromType(NPY_FLOAT32), PyArray_NDIM(a), PyArray_DIMS(a), NULL, p + off,
+        NPY_ARRAY_CARRAY, NULL);
+    if (v == NULL || PyArray_SetBaseObject(v, cap) < 0) {  // SetBaseObject steals cap
+        if (v == NULL) Py_DECREF(cap);
+        Py_XDECREF(v);
+        PyErr_Clear();
+        return NULL;
+    }
+    return v;
+}
+
 /* A new float32 array shaped like a for a row kernel's output; from the size at which the kernels
- * stream their stores (NN_STREAM_MIN_BYTES), a view starting on a 64-byte boundary of a slightly
- * larger buffer (its base), so that every row of a 64-byte multiple is aligned for the streaming
- * stores. */
+ * stream their stores (NN_STREAM_MIN_BYTES), a bigbuf array (huge pages where the OS gives them), or
+ * with SPARSEFT_HUGEPAGES=0 or when that mapping fails a view starting on a 64-byte boundary of a
+ * slightly larger NumPy buffer (its base); either way every row of a 64-byte multiple is aligned for
+ * the streaming stores. */
 static PyArrayObject *nn_new_out(PyArrayObject *a, PyArrayObject *match) {
     npy_intp n = PyArray_SIZE(a);
     if ((int64_t)n * (int64_t)sizeof(float) < NN_STREAM_MIN_BYTES) return new_like(a);
+    // match: start at the same offset within 64 bytes as match's data (the elementwise kernels then
+    // load aligned vectors where they stream aligned ones)
+    size_t want = match != NULL ? (uintptr_t)PyArray_DATA(match) % 64 : 0;
+    if (bigbuf_enabled()) {
+        PyArrayObject *v = bigbuf_array(a, want);
+        if (v != NULL) return v;
+    }
     npy_intp nbuf = n + 16;
     PyArrayObject *buf = new_f32(1, &nbuf);
     if (buf == NULL) return NULL;
     char *p = (char *)PyArray_DATA(buf);
-    // match: start at the same offset within 64 bytes as match's data (the elementwise kernels then
-    // load aligned vectors where they stream aligned ones)
-    size_t want = match != NULL ? (uintptr_t)PyArray_DATA(match) % 64 : 0;
     size_t off = (want + 64 - (uintptr_t)p % 64) % 64;
     PyArray_Descr *d = PyArray_DESCR(buf);
     Py_INCREF(d);
@@ -1706,6 +1753,54 @@ static PyObject *py_swiglu_backward(PyObject *self, PyObject *args) {
     return nn_eltwise(args, 3);
 }
 
+/* RoPE's cos | sin table (rope_table) for the last (T, D, theta or inv_freq, offset) seen: the model's
+ * layers all rotate the same positions, so the table is computed once rather than once per call.
+ * Tables up to ROPE_CACHE_MAX_BYTES are kept (one at a time, until a call with other parameters).
+ * Read and replaced under the GIL; each call holds its own reference while its kernel runs without
+ * the GIL, so a replacement never frees a table in use. */
+#define ROPE_CACHE_MAX_BYTES ((int64_t)16 << 20)
+static struct {
+    PyArrayObject *tab; /* (T, D) float32, or NULL */
+    int64_t T, D, offset;
+    double theta;
+    float *freq; /* a copy of the D/2 inverse frequencies, or NULL for theta's */
+} rope_cache;
+
+/* The (T, D) table for these parameters, as a new reference (NULL with an exception set). */
+static PyArrayObject *rope_cached_table(PyArrayObject *freq, int64_t T, int64_t D, double theta,
+                                        int64_t offset) {
+    size_t fb = sizeof(float) * (size_t)(D / 2);
+    if (rope_cache.tab != NULL && rope_cache.T == T && rope_cache.D == D && rope_cache.offset == offset &&
+        (freq != NULL ? rope_cache.freq != NULL && memcmp(rope_cache.freq, F32P(freq), fb) == 0
+                      : rope_cache.freq == NULL && rope_cache.theta == theta)) {
+        Py_INCREF(rope_cache.tab);
+        return rope_cache.tab;
+    }
+    npy_intp dims[2] = {(npy_intp)T, (npy_intp)D};
+    PyArrayObject *tab = new_f32(2, dims);
+    if (tab == NULL) return NULL;
+    int rc = 0;
+    Py_BEGIN_ALLOW_THREADS
+    rc = rope_table(F32P(tab), freq != NULL ? F32P(freq) : NULL, T, D, theta, offset);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
+        Py_DECREF(tab);
+        return (PyArrayObject *)scratch_error("rope");
+    }
+    if (T * D * (int64_t)sizeof(float) <= ROPE_CACHE_MAX_BYTES) {
+        float *fc = freq != NULL ? (float *)PyMem_Malloc(fb > 0 ? fb : 1) : NULL;
+        if (freq == NULL || fc != NULL) {  // (no memory for the key: the table is simply not kept)
+            if (fc != NULL) memcpy(fc, F32P(freq), fb);
+            Py_XDECREF(rope_cache.tab);
+            PyMem_Free(rope_cache.freq);
+            Py_INCREF(tab);
+            rope_cache.tab = tab, rope_cache.freq = fc;
+            rope_cache.T = T, rope_cache.D = D, rope_cache.offset = offset, rope_cache.theta = theta;
+        }
+    }
+    return tab;
+}
+
 static PyObject *py_rope(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"x", "theta", "offset", "inverse", "inv_freq", "out", NULL};
@@ -1744,14 +1839,15 @@ static PyObject *py_rope(PyObject *self, PyObject *args, PyObject *kwargs) {
     const char *inn[2] = {"x", "inv_freq"};
     PyArrayObject *y = nn_output(outo, "out", x, "x", ins, inn, 2, NULL);
     if (y == NULL) return NULL;
-    int rc = 0;
-    Py_BEGIN_ALLOW_THREADS
-    rc = rope_apply(F32P(y), F32P(x), freq ? F32P(freq) : NULL, B, T, H, D, theta, offset, inverse ? -1 : 1);
-    Py_END_ALLOW_THREADS
-    if (rc != 0) {
+    PyArrayObject *tab = rope_cached_table(freq, T, D, theta, offset);
+    if (tab == NULL) {
         Py_DECREF(y);
-        return scratch_error("rope");
+        return NULL;
     }
+    Py_BEGIN_ALLOW_THREADS
+    rope_rotate(F32P(y), F32P(x), F32P(tab), B, T, H, D, inverse ? -1 : 1);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(tab);
     return (PyObject *)y;
 }
 

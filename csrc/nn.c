@@ -194,23 +194,14 @@ void swiglu_backward(float *dgate, float *dup, const float *dy, const float *gat
 
 /* ---- RoPE --------------------------------------------------------------------------------------- */
 
-int rope_apply(float *y, const float *x, const float *inv_freq, int64_t B, int64_t T, int64_t H, int64_t D,
-               double theta, int64_t offset, int sign) {
+int rope_table(float *cs, const float *inv_freq, int64_t T, int64_t D, double theta, int64_t offset) {
     int64_t h2 = D / 2;
-    float *cs = (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(1, T * D));
-    if (cs == NULL) return -1;
     float *inv = (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(1, h2));
-    if (inv == NULL) {
-        sft_scratch_free(cs);
-        return -1;
-    }
+    if (inv == NULL) return -1;
     for (int64_t i = 0; i < h2; i++)
         inv[i] = inv_freq != NULL ? inv_freq[i] : (float)(1.0 / pow(theta, (double)(2 * i) / (double)D));
-    int64_t rows = B * T * H, nb = sft_ceil_div(rows, NN_RB);
-    int nth = nn_threads(rows * D), path = sft_simd_path, nt = nn_stream_rows(y, rows * D, h2);
-    // table of cos | sin once per position (not per head); the angle is rounded to float32 as
-    // Hugging Face computes it (float32 inverse frequencies times float32 positions), then cos and
-    // sin taken in double
+    // the angle is rounded to float32 as Hugging Face computes it (float32 inverse frequencies times
+    // float32 positions), then cos and sin taken in double; the positions among the threads
 #pragma omp parallel for schedule(static) num_threads(nn_threads(T * D * 16))
     for (int64_t t = 0; t < T; t++) {
         for (int64_t i = 0; i < h2; i++) {
@@ -219,11 +210,29 @@ int rope_apply(float *y, const float *x, const float *inv_freq, int64_t B, int64
             cs[t * D + h2 + i] = (float)sin(ang);
         }
     }
+    sft_scratch_free(inv);
+    return 0;
+}
+
+void rope_rotate(float *y, const float *x, const float *cs, int64_t B, int64_t T, int64_t H, int64_t D,
+                 int sign) {
+    int64_t rows = B * T * H, nb = sft_ceil_div(rows, NN_RB);
+    int nth = nn_threads(rows * D), path = sft_simd_path, nt = nn_stream_rows(y, rows * D, D / 2);
     float sg = sign < 0 ? -1.0f : 1.0f;
 #pragma omp parallel for schedule(static) num_threads(nth)
     for (int64_t blk = 0; blk < nb; blk++)
         NN_CALL(path, rope, y, x, cs, blk * NN_RB, SFT_MIN(rows, (blk + 1) * NN_RB), T, H, D, sg, nt);
-    sft_scratch_free(inv);
+}
+
+int rope_apply(float *y, const float *x, const float *inv_freq, int64_t B, int64_t T, int64_t H, int64_t D,
+               double theta, int64_t offset, int sign) {
+    // the table of cos | sin once per position (not per head)
+    float *cs = (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(1, T * D));
+    if (cs == NULL || rope_table(cs, inv_freq, T, D, theta, offset) != 0) {
+        sft_scratch_free(cs);
+        return -1;
+    }
+    rope_rotate(y, x, cs, B, T, H, D, sign);
     sft_scratch_free(cs);
     return 0;
 }

@@ -39,6 +39,13 @@ void swiglu_backward(float *dgate, float *dup, const float *dy, const float *gat
 int rope_apply(float *y /* (B,T,H,D) */, const float *x /* (B,T,H,D) */,
                const float *inv_freq /* (D/2,) or NULL */, int64_t B, int64_t T, int64_t H, int64_t D,
                double theta, int64_t offset, int sign);
+/* rope_apply in two steps, so that a caller can keep the table across calls (the model's layers all
+ * rotate the same positions): rope_table writes the (T, D) table (row t: cos of the D/2 angles of
+ * position offset + t, then their sin; -1 when scratch cannot be allocated), rope_rotate applies it */
+int rope_table(float *cs /* (T,D) */, const float *inv_freq /* (D/2,) or NULL */, int64_t T, int64_t D,
+               double theta, int64_t offset);
+void rope_rotate(float *y /* (B,T,H,D) */, const float *x /* (B,T,H,D) */, const float *cs /* (T,D) */,
+                 int64_t B, int64_t T, int64_t H, int64_t D, int sign);
 
 /* ---- embedding ---- */
 void embedding_forward(float *x /* (N,C) */, const int64_t *ids /* (N,) */, const float *wte /* (V,C) */,

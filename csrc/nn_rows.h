@@ -387,11 +387,12 @@ NN_TGT static void F(elt)(int kind, float *o0, float *o1, float *o2, const float
 /* rows [r0, r1) of the (B*T*H, D) view: y = x cos + rotate_half(x) sin, sign = -1 the inverse */
 NN_TGT static void F(rope)(float *y, const float *x, const float *cs /* (T, D) cos | sin halves */,
                            int64_t r0, int64_t r1, int64_t T, int64_t H, int64_t D, float sign, int nt) {
-    int64_t h2 = D / 2;
+    int64_t h2 = D / 2, t = (r0 / H) % T, h = r0 % H;  // row r is head h of position t (b anything)
     float k[1] = {sign};
     for (int64_t r = r0; r < r1; r++) {
-        const float *c = cs + ((r / H) % T) * D;
+        const float *c = cs + t * D;
         F(vrange)(NK_ROPE, y + r * D, y + r * D + h2, NULL, x + r * D, x + r * D + h2, c, c + h2, k, h2, nt);
+        if (++h == H) h = 0, t = t + 1 == T ? 0 : t + 1;  // no division per row
     }
     if (nt) NN_FENCE();
 }
