@@ -120,30 +120,47 @@ void layernorm_forward(float *y, float *mean, float *rstd, const float *x, const
         NN_CALL(path, ln_fwd, y, mean, rstd, x, w, b, blk * NN_RB, SFT_MIN(N, (blk + 1) * NN_RB), C, eps, nt);
 }
 
-/* out[c] = sum over blocks of part[blk*stride + c], in block order, columns among threads */
+/* out[c] = sum over blocks of part[blk*stride + c], in block order (from 0.0f), each thread a range of
+ * columns walking the blocks one after the other (contiguous reads, not one column at a time) */
 static void sum_blocks(float *out, const float *part, int64_t nb, int64_t stride, int64_t C, int nth) {
-#pragma omp parallel for schedule(static) num_threads(nth)
-    for (int64_t c = 0; c < C; c++) {
-        float s = 0.0f;
-        for (int64_t blk = 0; blk < nb; blk++) s += part[blk * stride + c];
-        out[c] = s;
+#pragma omp parallel num_threads(nth)
+    {
+        int tid = sft_thread_num(), team = sft_team_size();
+        int64_t c0 = C * tid / team, c1 = C * (tid + 1) / team;
+        for (int64_t c = c0; c < c1; c++) out[c] = 0.0f;
+        for (int64_t blk = 0; blk < nb; blk++) {
+            const float *p = part + blk * stride;
+            for (int64_t c = c0; c < c1; c++) out[c] += p[c];
+        }
     }
+}
+
+/* Floats between a block's partial dw and db (and after db): 3072-byte rows (C = 768) otherwise put
+ * the two partials' stores on the same offsets within 4 KiB as the loads of dy and x (false
+ * store-to-load dependences; measured: the LayerNorm backward about 15% faster with the gap). */
+#define NN_PAD 16
+
+/* Rows per block of the norms' backward (the dw, db partials): NN_RB, up to 8 times more for large N
+ * (still 16 blocks or more), a function of N alone so that the sums do not depend on the thread count.
+ * Fewer, longer blocks: less scratch, fewer partials to start cold and to add up. */
+static int64_t norm_block_rows(int64_t N) {
+    return NN_RB * SFT_MAX(1, SFT_MIN(8, N / (NN_RB * 16)));
 }
 
 /* the norms' backward: db == NULL (and mean == NULL) for RMSNorm */
 static int norm_backward(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,
                          const float *mean, const float *rstd, int64_t N, int64_t C) {
-    int64_t nb = sft_ceil_div(N, NN_RB), np = db != NULL ? 2 : 1;
-    float *part = (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(1, nb) * (size_t)(np * C));
+    int64_t rb = norm_block_rows(N), nb = sft_ceil_div(N, rb), ps = (db != NULL ? 2 : 1) * (C + NN_PAD);
+    float *part = (float *)sft_scratch_alloc(sizeof(float) * (size_t)SFT_MAX(1, nb) * (size_t)ps);
     if (part == NULL) return -1;
     int nth = nn_threads(N * C), path = sft_simd_path, nt = nn_stream_rows(dx, N * C, C);
     // row blocks: dx and each block's partial dw (, db)
 #pragma omp parallel for schedule(static) num_threads(nth)
     for (int64_t blk = 0; blk < nb; blk++)
-        NN_CALL(path, norm_bwd, dx, part + blk * np * C, db != NULL ? part + blk * np * C + C : NULL, dy, x,
-                w, mean, rstd, blk * NN_RB, SFT_MIN(N, (blk + 1) * NN_RB), C, nt);
-    sum_blocks(dw, part, nb, np * C, C, nth);
-    if (db != NULL) sum_blocks(db, part + C, nb, np * C, C, nth);
+        NN_CALL(path, norm_bwd, dx, part + blk * ps, db != NULL ? part + blk * ps + C + NN_PAD : NULL, dy, x,
+                w, mean, rstd, blk * rb, SFT_MIN(N, (blk + 1) * rb), C, nt);
+    sum_blocks(dw, part, nb, ps, C, nth);
+    if (db != NULL) sum_blocks(db, part + C + NN_PAD, nb, ps, C, nth);
     sft_scratch_free(part);
     return 0;
 }
