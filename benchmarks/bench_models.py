@@ -14,7 +14,9 @@ with interleaved repetitions (the machine is shared and noisy):
 * LayerNorm, RMSNorm, GELU-tanh, SwiGLU, RoPE, AdamW: vs ``F.layer_norm``, ``F.rms_norm``,
   ``F.gelu(approximate="tanh")``, ``F.silu(g) * u``, the Hugging Face rotate_half formula in torch,
   and ``torch.optim.AdamW``; their effective bandwidth (the bytes the op must move, read + written,
-  over the time) against a memory copy (``numpy.copyto``, 2 x bytes / time) measured in the same run.
+  over the time) against a memory copy (``numpy.copyto``, 2 x bytes / time) measured in the same run;
+  the ops' fresh outputs also against a copy into a fresh array (``src.copy()``: first-touch page
+  faults on both sides) and with ``SPARSEFT_HUGEPAGES=0`` (4 KiB-page outputs) side by side.
 
 Peak memory of each call is the growth of the process's resident set (VmHWM after resetting it
 through /proc/self/clear_refs, minus VmRSS before the call), the same meter for both libraries; the
@@ -302,7 +304,7 @@ def _row_ops(
 
     print(
         f"\nrow ops fwd+bwd: effective bandwidth = bytes the op must move / time; copy {copy_bw / 1e9:.2f} GB/s "
-        f"(target >= 70% of it); fresh copy {fresh_bw / 1e9:.2f} GB/s"
+        f"(target >= 70% of it); fresh copy {fresh_bw / 1e9:.2f} GB/s (before the ops; see below)"
     )
     x, dy, wv, bv = rnd(N, C), rnd(N, C), rnd(C), rnd(C)
     hx, hdy, hu = rnd(N, 4 * C), rnd(N, 4 * C), rnd(N, 4 * C)
@@ -405,24 +407,56 @@ def _row_ops(
         ("swiglu (N x 4C)", sft_swiglu, sft_swiglu_out, torch_swiglu, 8 * hx.nbytes),
         ("rope (B,T,H,D)", sft_rope, sft_rope_out, torch_rope, 4 * rx.nbytes),
     ]
-    res = measure(
-        {
-            f"{n}|{lib}": f
-            for n, fs, fo, ft, _ in cases
-            for lib, f in (("sft", fs), ("out", fo), ("torch", ft))
-        },
-        reps,
+    # the fresh-copy references interleaved with the ops (page-fault costs drift with the host's state),
+    # at the sizes of the ops' outputs: N x C (norms, RoPE) and N x 4C (activations)
+    fns = {
+        f"{n}|{lib}": f
+        for n, fs, fo, ft, _ in cases
+        for lib, f in (("sft", fs), ("4k", _small_pages(fs)), ("out", fo), ("torch", ft))
+    }
+    fns["fresh|small"], fns["fresh|big"] = x.copy, hx.copy
+    res = measure(fns, reps)
+    fresh_small = 2 * x.nbytes / res["fresh|small"][0]
+    fresh_big = 2 * hx.nbytes / res["fresh|big"][0]
+    print(
+        f"  fresh copy (src.copy()) interleaved with the ops: {x.nbytes / 2**20:.0f} MiB {fresh_small / 1e9:.2f} "
+        f"GB/s (reference of layernorm, rmsnorm, rope), {hx.nbytes / 2**20:.0f} MiB {fresh_big / 1e9:.2f} GB/s "
+        "(gelu, swiglu)"
+    )
+    print(
+        "  '4K pages': the same fresh outputs with SPARSEFT_HUGEPAGES=0 (NumPy's buffers, no 2 MiB-aligned "
+        "mapping: the allocation before huge-page outputs), % of the fresh copy"
     )
     for name, _, _, _, moved in cases:
+        fresh_bw = fresh_big if name.endswith("(N x 4C)") else fresh_small
         ts, ps = res[f"{name}|sft"]
+        t4, _ = res[f"{name}|4k"]
         to, _ = res[f"{name}|out"]
         tt, pt = res[f"{name}|torch"]
         print(
             f"  {name:<16s} sparseft {ts * 1e3:7.1f} ms ({moved / ts / 1e9:6.2f} GB/s = "
-            f"{moved / ts / copy_bw:4.0%} of copy, {moved / ts / fresh_bw:4.0%} of fresh) peak +{ps / 2**20:6.1f} MiB | out= {to * 1e3:7.1f} ms "
+            f"{moved / ts / copy_bw:4.0%} of copy, {moved / ts / fresh_bw:4.0%} of fresh) peak +{ps / 2**20:6.1f} MiB "
+            f"| 4K pages {t4 * 1e3:7.1f} ms ({moved / t4 / fresh_bw:4.0%}) | out= {to * 1e3:7.1f} ms "
             f"({moved / to / copy_bw:4.0%}) | torch {tt * 1e3:7.1f} ms "
             f"({moved / tt / copy_bw:4.0%}) peak +{pt / 2**20:6.1f} MiB | time {ts / tt:.2f}x"
         )
+
+
+def _small_pages(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` run with SPARSEFT_HUGEPAGES=0 (sparseft reads it at each allocation)."""
+
+    def run() -> object:
+        before = os.environ.get("SPARSEFT_HUGEPAGES")
+        os.environ["SPARSEFT_HUGEPAGES"] = "0"
+        try:
+            return fn()
+        finally:
+            if before is None:
+                del os.environ["SPARSEFT_HUGEPAGES"]
+            else:
+                os.environ["SPARSEFT_HUGEPAGES"] = before
+
+    return run
 
 
 def _adamw(rnd: Callable[..., np.ndarray], reps: int, copy_bw: float) -> None:

@@ -2,7 +2,8 @@
  * embedding, softmax cross-entropy (plain and fused with the LM head), AdamW.
  * Each body is written once on 8-lane vectors (nn_vec.h) and instantiated for the portable and the
  * AVX2/FMA paths. Rows are split among OpenMP threads; sums across rows go through fixed blocks of
- * NN_RB rows summed in block order, so no result depends on the thread count. */
+ * NN_RB rows (the norms' backward: a block size from N alone, norm_block_rows) summed in block
+ * order, so no result depends on the thread count. */
 #include "nn.h"
 
 #include <math.h>

@@ -10,7 +10,8 @@
 
 /* Outputs of at least this many bytes are written with streaming (non-temporal) stores: they do not
  * fit in the caches, and a streaming store skips the read of the line a plain store would do first.
- * The module allocates outputs of this size 64-byte aligned so that the streaming applies. */
+ * The module allocates outputs of this size 64-byte aligned so that the streaming applies (2 MiB-
+ * aligned mappings advised for huge pages, bigbuf.h). */
 #define NN_STREAM_MIN_BYTES ((int64_t)8 << 20)
 
 /* ---- norms ---- */

@@ -175,3 +175,31 @@ def test_rope_table_follows_inv_freq_changed_in_place() -> None:
     y2 = ops.rope_forward(x, inv_freq=inv)
     close(y2, ref.rope_forward(x, inv_freq=inv), 1e-5)
     assert not np.array_equal(y1, y2)
+
+
+# ---- the norms' backward in long blocks ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(4100, 8), (1030, 768), (33, 5)])  # blocks of 256, 64 and 32 rows
+def test_norm_backward_blocks_match_reference_for_any_thread_count(shape: tuple[int, int]) -> None:
+    import sparseft
+
+    rng = np.random.default_rng(13)
+    x, dy, w, b = rnd(rng, *shape), rnd(rng, *shape), rnd(rng, shape[1]), rnd(rng, shape[1])
+    _, m, r = ops.layernorm_forward(x, w, b)
+    _, rr = ops.rmsnorm_forward(x, w)
+    want_ln = ref.layernorm_backward(dy, x, w, m, r)
+    want_rms = ref.rmsnorm_backward(dy, x, w, rr)
+    before = sparseft.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2, 3):
+            sparseft.set_num_threads(n)
+            runs.append((*ops.layernorm_backward(dy, x, w, m, r), *ops.rmsnorm_backward(dy, x, w, rr)))
+    finally:
+        sparseft.set_num_threads(before)
+    for got, want in zip(runs[0], (*want_ln, *want_rms), strict=True):
+        close(got, want, 1e-4)
+    for other in runs[1:]:
+        for a, o in zip(runs[0], other, strict=True):
+            np.testing.assert_array_equal(a, o)
