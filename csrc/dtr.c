@@ -13,6 +13,7 @@
  * See remat.h for the memory model and the step encoding. No Python, no NumPy. */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "remat.h"
 
@@ -31,7 +32,9 @@ typedef struct {
     const int64_t *pptr, *pidx; /* predecessors: (n+1,), (edges,) */
     const int64_t *sptr, *sidx; /* successors: (n+1,), (edges,) */
     const uint8_t *once;        /* (n,) or NULL */
-    int64_t n, budget, cap;
+    const uint8_t *keep;        /* (n,) or NULL: checkpoints, evicted only when nothing else can go */
+    int64_t n, budget, cap, max_computes;
+    double deadline; /* CLOCK_MONOTONIC seconds past which the run gives up (REMAT_ETIME); 0: none */
     int heuristic, lookahead;
     /* per-node state */
     uint8_t *resident, *computed;
@@ -55,9 +58,30 @@ typedef struct {
     int64_t *out; /* (cap,) steps */
 } dtr_state;
 
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* one more computation: REMAT_EBUDGET past the computation cap (the run thrashes), REMAT_ETIME
+ * past the deadline (checked every 256 computations) */
+static int count_compute(dtr_state *s) {
+    if (++s->computes > s->max_computes) return REMAT_EBUDGET;
+    if (s->deadline > 0.0 && (s->computes & 255) == 0 && now_seconds() > s->deadline) return REMAT_ETIME;
+    return REMAT_OK;
+}
+
+/* eviction tier of x: checkpoints (keep) go only when no other node can */
+static int keep_tier(const dtr_state *s, int64_t x) {
+    return s->keep && s->keep[x] ? 1 : 0;
+}
+
+/* past the buffer's capacity the run goes on counting steps (w), so that the caller learns the size
+ * it needs from one run (REMAT_ECAPACITY, info[0] = steps) */
 static int emit(dtr_state *s, int64_t code) {
-    if (s->w >= s->cap) return REMAT_ECAPACITY;
-    s->out[s->w++] = code;
+    if (s->w < s->cap) s->out[s->w] = code;
+    s->w++;
     return REMAT_OK;
 }
 
@@ -219,9 +243,11 @@ static int make_room(dtr_state *s, int64_t bytes) {
     while (s->cur + bytes > s->budget) {
         int64_t best = -1;
         double best_h = 0.0;
+        int best_tier = 2;
         for (int64_t k = 0; k < s->nlive; k++) {
             int64_t x = s->live[k];
-            if (!evictable(s, x)) continue;
+            int tier = keep_tier(s, x);
+            if (tier > best_tier || !evictable(s, x)) continue;
             double span;
             if (s->lookahead) {
                 int64_t nu = remat_next_use(s->spos, s->cursor, s->sptr, x, s->t);
@@ -230,9 +256,10 @@ static int make_room(dtr_state *s, int64_t bytes) {
                 span = (double)(s->clock - s->last[x] + 1);
             }
             double h = dtr_cost(s, x) / ((double)s->mem[x] * span);
-            if (best < 0 || h < best_h || (h == best_h && x < best)) {
+            if (best < 0 || tier < best_tier || h < best_h || (h == best_h && x < best)) {
                 best = x;
                 best_h = h;
+                best_tier = tier;
             }
         }
         if (best < 0) return REMAT_EBUDGET;
@@ -269,8 +296,9 @@ static int materialize(dtr_state *s, int64_t v) {
             continue;
         }
         /* every input of x is resident and locked */
-        if (++s->computes > DTR_COMPUTES_PER_NODE * s->n + DTR_COMPUTES_EXTRA) return REMAT_EBUDGET;
-        int st = make_room(s, s->mem[x]);
+        int st = count_compute(s);
+        if (st != REMAT_OK) return st;
+        st = make_room(s, s->mem[x]);
         if (st != REMAT_OK) return st;
         if ((st = emit(s, x)) != REMAT_OK) return st;
         if (__builtin_add_overflow(s->total, s->dur[x], &s->total)) return REMAT_EOVERFLOW;
@@ -329,19 +357,19 @@ static int belady_make_room(dtr_state *s, int64_t bytes) {
     while (s->cur + bytes > s->budget) {
         int64_t best = -1;
         double best_h = 0.0;
-        int best_soft = 1;
+        int best_tier = 4;
         for (int64_t k = 0; k < s->nlive; k++) {
             int64_t x = s->live[k];
-            int soft = s->spin[x] > 0;
-            if (soft && !best_soft) continue;
-            if (!evictable(s, x)) continue;
+            /* tiers: free nodes, then checkpoints, then inputs of frames in progress */
+            int tier = (s->spin[x] > 0 ? 2 : 0) + keep_tier(s, x);
+            if (tier > best_tier || !evictable(s, x)) continue;
             int64_t nu = remat_next_use(s->spos, s->cursor, s->sptr, x, s->t);
             double span = nu == INT64_MAX ? (double)(s->n + 1 - s->t) : (double)(nu - s->t);
             double h = (double)s->mem[x] * span / belady_cost(s, x);
-            if (best < 0 || (best_soft && !soft) || h > best_h || (h == best_h && x < best)) {
+            if (best < 0 || tier < best_tier || h > best_h || (h == best_h && x < best)) {
                 best = x;
                 best_h = h;
-                best_soft = soft;
+                best_tier = tier;
             }
         }
         if (best < 0) return REMAT_EBUDGET;
@@ -371,9 +399,10 @@ static int belady_materialize(dtr_state *s, int64_t v) {
             for (int64_t k = s->pptr[miss]; k < s->pptr[miss + 1]; k++) s->spin[s->pidx[k]]++;
             continue;
         }
-        if (++s->computes > BELADY_COMPUTES_PER_NODE * s->n + DTR_COMPUTES_EXTRA) return REMAT_EBUDGET;
+        int st = count_compute(s);
+        if (st != REMAT_OK) return st;
         for (int64_t k = s->pptr[x]; k < s->pptr[x + 1]; k++) s->lock[s->pidx[k]]++;
-        int st = belady_make_room(s, s->mem[x]);
+        st = belady_make_room(s, s->mem[x]);
         for (int64_t k = s->pptr[x]; k < s->pptr[x + 1]; k++) {
             s->lock[s->pidx[k]]--;
             s->spin[s->pidx[k]]--;
@@ -400,10 +429,11 @@ static int belady_materialize(dtr_state *s, int64_t v) {
 
 int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const int64_t *duration,
               const int64_t *pred_ptr, const int64_t *pred_idx, const int64_t *succ_ptr,
-              const int64_t *succ_idx, const int64_t *order, const uint8_t *once, int64_t n, int64_t budget,
-              int heuristic, int lookahead, int64_t cap) {
+              const int64_t *succ_idx, const int64_t *order, const uint8_t *once, const uint8_t *keep,
+              int64_t n, int64_t budget, int heuristic, int lookahead, int64_t max_computes,
+              double time_limit, int64_t cap) {
     /* out_steps (cap,), info (3,), memory/duration (n,), pred_ptr/succ_ptr (n+1,),
-     * pred_idx/succ_idx (edges,), order (n,), once (n,) or NULL */
+     * pred_idx/succ_idx (edges,), order (n,), once (n,) or NULL, keep (n,) or NULL */
     info[0] = info[1] = info[2] = 0;
     dtr_state s;
     memset(&s, 0, sizeof(s));
@@ -414,7 +444,14 @@ int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const in
     s.sptr = succ_ptr;
     s.sidx = succ_idx;
     s.once = once;
+    s.keep = keep;
     s.n = n;
+    s.max_computes =
+        max_computes > 0
+            ? max_computes
+            : (heuristic == REMAT_DTR_BELADY ? BELADY_COMPUTES_PER_NODE : DTR_COMPUTES_PER_NODE) * n +
+                  DTR_COMPUTES_EXTRA;
+    s.deadline = time_limit > 0.0 ? now_seconds() + time_limit : 0.0;
     s.budget = budget;
     s.cap = cap;
     s.heuristic = heuristic;
@@ -472,7 +509,10 @@ int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const in
         }
         if (status == REMAT_OK && s.need[v] == 0) status = release(&s, v);
     }
-    if (status == REMAT_OK) {
+    if (status == REMAT_OK && s.w > cap) {
+        info[0] = s.w;
+        status = REMAT_ECAPACITY;
+    } else if (status == REMAT_OK) {
         info[0] = s.w;
         info[1] = s.peak;
         info[2] = s.total;

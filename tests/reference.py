@@ -703,7 +703,7 @@ def adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
 
 
 # ---- remat ----
-def remat_dtr(memory, duration, preds, order, budget, once=None, heuristic="full", lookahead=False):
+def remat_dtr(memory, duration, preds, order, budget, once=None, heuristic="full", lookahead=False, keep=None):
     """Twin of ``_core.remat_dtr``: DTR over ``order`` with eviction by h = cost / (memory * span).
 
     Every node is computed once in ``order``; non-resident inputs are rematerialized depth-first
@@ -724,9 +724,13 @@ def remat_dtr(memory, duration, preds, order, budget, once=None, heuristic="full
     those of the computation about to run never; the evicted node has the highest
     memory * (next first use - t, or n + 1 - t) / (1 + duration + 1 + duration of each non-resident
     ancestor, x4 past 64); ties: the lowest index; more than 64 n + 1024 computations: None.
+
+    ``keep`` (checkpoints): a node with ``keep[x]`` true is evicted only when no node without it
+    can be (for "belady": after the other free nodes, before the inputs of frames in progress).
     """
     n = len(memory)
     once = [False] * n if once is None else [bool(x) for x in once]
+    keep = [0] * n if keep is None else [int(bool(x)) for x in keep]
     succs = [[] for _ in range(n)]
     for v in range(n):
         for u in preds[v]:
@@ -840,7 +844,7 @@ def remat_dtr(memory, duration, preds, order, budget, once=None, heuristic="full
             cands = evictable()
             if not cands:
                 return False
-            best = min(cands, key=lambda x: (cost(x) / (memory[x] * span(x)), x))
+            best = min(cands, key=lambda x: (keep[x], cost(x) / (memory[x] * span(x)), x))
             steps.append(-1 - best)
             evict(best)
         return True
@@ -870,7 +874,7 @@ def remat_dtr(memory, duration, preds, order, budget, once=None, heuristic="full
             def key(x, t=state["t"]):
                 later = [pos[c] for c in succs[x] if pos[c] > t]
                 dist = float(min(later) - t) if later else float(n + 1 - t)
-                return (spin[x] > 0, -(float(memory[x]) * dist / belady_cost(x)), x)
+                return (2 * (spin[x] > 0) + keep[x], -(float(memory[x]) * dist / belady_cost(x)), x)
 
             best = min(cands, key=key)
             steps.append(-1 - best)

@@ -743,14 +743,16 @@ def dtr_case(draw):
     g = sft.Graph(list(range(n)), edges, mem, dur, once=once if draw(st.booleans()) else None)
     lo, _ = g.min_budget()
     b = draw(st.integers(lo, max(lo, g.peak_memory())))
-    return g, b, draw(st.sampled_from(["full", "eq", "belady"])), draw(st.booleans())
+    keep = draw(st.lists(st.booleans(), min_size=n, max_size=n)) if draw(st.booleans()) else None
+    return g, b, draw(st.sampled_from(["full", "eq", "belady"])), draw(st.booleans()), keep
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(dtr_case())
 def test_dtr_equals_the_python_reference_of_its_eviction_rule(case) -> None:
-    g, b, heuristic, lookahead = case
+    g, b, heuristic, lookahead, keep = case
     once = g.once if g.once.any() else None
+    keep_arr = None if keep is None else np.array(keep, dtype=bool)
     rc, steps, peak, dur = _core.remat_dtr(
         g.memory,
         g.duration,
@@ -763,6 +765,7 @@ def test_dtr_equals_the_python_reference_of_its_eviction_rule(case) -> None:
         b,
         heuristic=heuristic,
         lookahead=lookahead,
+        keep=keep_arr,
     )
     want = ref.remat_dtr(
         g.memory.tolist(),
@@ -773,6 +776,7 @@ def test_dtr_equals_the_python_reference_of_its_eviction_rule(case) -> None:
         None if once is None else once.tolist(),
         heuristic,
         lookahead,
+        keep,
     )
     if want is None:
         assert rc == 7 and steps is None
