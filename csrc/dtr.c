@@ -31,6 +31,7 @@ typedef struct {
     const int64_t *mem, *dur;   /* (n,) */
     const int64_t *pptr, *pidx; /* predecessors: (n+1,), (edges,) */
     const int64_t *sptr, *sidx; /* successors: (n+1,), (edges,) */
+    const int64_t *order, *pos; /* (n,) the order and each node's position in it */
     const uint8_t *once;        /* (n,) or NULL */
     const uint8_t *keep;        /* (n,) or NULL: checkpoints, evicted only when nothing else can go */
     int64_t n, budget, cap, max_computes;
@@ -427,6 +428,84 @@ static int belady_materialize(dtr_state *s, int64_t v) {
     return REMAT_OK;
 }
 
+static int cmp_pos(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Cone: compute v after rematerializing all its missing ancestors (the non-resident nodes it
+ * reaches through non-resident nodes) in order position, every read of the cone held (evicted
+ * only when nothing else can go, as Belady's frames); a cone node is left to Belady's rule after
+ * its last read in the cone. If eviction takes away a node the rest of the cone reads, the cone
+ * is collected again from what is resident. */
+static int cone_materialize(dtr_state *s, int64_t v) {
+    int64_t *list = s->frames, *stk = s->fnext; /* (n,) each: the cone, the search stack */
+    for (;;) {
+        /* the missing ancestors, depth-first through non-resident nodes */
+        int64_t nl = 0, sp = 0, stamp = ++s->stamp;
+        s->seen[v] = stamp;
+        stk[sp++] = v;
+        while (sp > 0) {
+            int64_t x = stk[--sp];
+            if (x != v) list[nl++] = s->pos[x];
+            for (int64_t k = s->pptr[x]; k < s->pptr[x + 1]; k++) {
+                int64_t u = s->pidx[k];
+                if (s->resident[u] || s->seen[u] == stamp) continue;
+                s->seen[u] = stamp;
+                stk[sp++] = u;
+            }
+        }
+        /* in order position (a topological order), then v */
+        qsort(list, (size_t)nl, sizeof(int64_t), cmp_pos);
+        for (int64_t i = 0; i < nl; i++) list[i] = s->order[list[i]];
+        list[nl++] = v;
+        /* hold every read of the cone */
+        for (int64_t i = 0; i < nl; i++)
+            for (int64_t k = s->pptr[list[i]]; k < s->pptr[list[i] + 1]; k++) s->spin[s->pidx[k]]++;
+        int64_t i = 0;
+        int st = REMAT_OK, missing = 0;
+        for (; i < nl && st == REMAT_OK; i++) {
+            int64_t x = list[i];
+            for (int64_t k = s->pptr[x]; k < s->pptr[x + 1] && !missing; k++)
+                missing = !s->resident[s->pidx[k]];
+            if (missing || (st = count_compute(s)) != REMAT_OK) break;
+            for (int64_t k = s->pptr[x]; k < s->pptr[x + 1]; k++) s->lock[s->pidx[k]]++;
+            st = belady_make_room(s, s->mem[x]);
+            for (int64_t k = s->pptr[x]; k < s->pptr[x + 1]; k++) {
+                s->lock[s->pidx[k]]--;
+                s->spin[s->pidx[k]]--;
+            }
+            if (st != REMAT_OK) {
+                i++; /* its reads are released already */
+                break;
+            }
+            emit(s, x);
+            if (__builtin_add_overflow(s->total, s->dur[x], &s->total)) {
+                st = REMAT_EOVERFLOW;
+                i++;
+                break;
+            }
+            s->resident[x] = 1;
+            live_add(s, x);
+            s->cur += s->mem[x];
+            if (s->cur > s->peak) s->peak = s->cur;
+            int was_evicted = s->computed[x];
+            s->computed[x] = 1;
+            if (was_evicted) {
+                for (int64_t k = s->pptr[x]; k < s->pptr[x + 1] && st == REMAT_OK; k++) {
+                    int64_t u = s->pidx[k];
+                    if (--s->need[u] == 0) st = release(s, u);
+                }
+            }
+        }
+        /* release the holds of the cone nodes not computed */
+        for (int64_t j = i; j < nl; j++)
+            for (int64_t k = s->pptr[list[j]]; k < s->pptr[list[j] + 1]; k++) s->spin[s->pidx[k]]--;
+        if (st != REMAT_OK) return st;
+        if (!missing) return REMAT_OK;
+    }
+}
+
 int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const int64_t *duration,
               const int64_t *pred_ptr, const int64_t *pred_idx, const int64_t *succ_ptr,
               const int64_t *succ_idx, const int64_t *order, const uint8_t *once, const uint8_t *keep,
@@ -449,7 +528,7 @@ int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const in
     s.max_computes =
         max_computes > 0
             ? max_computes
-            : (heuristic == REMAT_DTR_BELADY ? BELADY_COMPUTES_PER_NODE : DTR_COMPUTES_PER_NODE) * n +
+            : (heuristic >= REMAT_DTR_BELADY ? BELADY_COMPUTES_PER_NODE : DTR_COMPUTES_PER_NODE) * n +
                   DTR_COMPUTES_EXTRA;
     s.deadline = time_limit > 0.0 ? now_seconds() + time_limit : 0.0;
     s.budget = budget;
@@ -486,6 +565,8 @@ int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const in
         goto done;
     }
     for (int64_t t = 0; t < n; t++) pos[order[t]] = t;
+    s.order = order;
+    s.pos = pos;
     /* once ancestry, in topological order */
     for (int64_t t = 0; once && t < n; t++) {
         int64_t v = order[t];
@@ -502,7 +583,9 @@ int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const in
         int64_t v = order[t];
         s.t = t;
         if (s.computed[v]) continue; /* cannot happen for a permutation; kept for safety */
-        status = heuristic == REMAT_DTR_BELADY ? belady_materialize(&s, v) : materialize(&s, v);
+        status = heuristic == REMAT_DTR_BELADY ? belady_materialize(&s, v)
+                 : heuristic == REMAT_DTR_CONE ? cone_materialize(&s, v)
+                                               : materialize(&s, v);
         for (int64_t k = pred_ptr[v]; status == REMAT_OK && k < pred_ptr[v + 1]; k++) {
             int64_t u = pred_idx[k];
             if (--s.need[u] == 0) status = release(&s, u);

@@ -1094,9 +1094,12 @@ static PyObject *remat_run_planner(PyObject *args, PyObject *kwargs, int kind) {
     }
     int hcode = strcmp(heuristic, "eq") == 0       ? REMAT_DTR_EQ
                 : strcmp(heuristic, "belady") == 0 ? REMAT_DTR_BELADY
+                : strcmp(heuristic, "cone") == 0   ? REMAT_DTR_CONE
                                                    : REMAT_DTR_FULL;
-    if (strcmp(heuristic, "full") != 0 && strcmp(heuristic, "eq") != 0 && strcmp(heuristic, "belady") != 0) {
-        PyErr_Format(PyExc_ValueError, "heuristic: expected 'full', 'eq' or 'belady', got '%s'", heuristic);
+    if (strcmp(heuristic, "full") != 0 && strcmp(heuristic, "eq") != 0 && strcmp(heuristic, "belady") != 0 &&
+        strcmp(heuristic, "cone") != 0) {
+        PyErr_Format(PyExc_ValueError, "heuristic: expected 'full', 'eq', 'belady' or 'cone', got '%s'",
+                     heuristic);
         return NULL;
     }
     PyArrayObject *mem, *dur, *ptr, *idx, *sptr, *sidx, *order, *seg = NULL, *once = NULL, *keep = NULL;

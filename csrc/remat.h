@@ -95,6 +95,9 @@ int remat_greedy(int64_t *out_steps, int64_t *info, const int64_t *memory, const
 #define REMAT_DTR_EQ 1
 /* Belady-style: evict the highest memory * next-use distance / recompute cost (see dtr.c) */
 #define REMAT_DTR_BELADY 2
+/* Belady's eviction, with each computation's missing ancestors rematerialized as one cone in order
+ * position (see dtr.c) */
+#define REMAT_DTR_CONE 3
 int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const int64_t *duration,
               const int64_t *pred_ptr, const int64_t *pred_idx, const int64_t *succ_ptr,
               const int64_t *succ_idx, const int64_t *order, const uint8_t *once, const uint8_t *keep,

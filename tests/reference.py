@@ -725,6 +725,11 @@ def remat_dtr(memory, duration, preds, order, budget, once=None, heuristic="full
     memory * (next first use - t, or n + 1 - t) / (1 + duration + 1 + duration of each non-resident
     ancestor, x4 past 64); ties: the lowest index; more than 64 n + 1024 computations: None.
 
+    ``heuristic="cone"``: Belady's eviction, but a computation's missing ancestors (reached through
+    non-resident nodes) are rematerialized as one cone in order position, every read of the cone
+    held as Belady's frames hold theirs; when the rest of the cone misses a node evicted meanwhile,
+    the cone is collected again. Same computation limit.
+
     ``keep`` (checkpoints): a node with ``keep[x]`` true is evicted only when no node without it
     can be (for "belady": after the other free nodes, before the inputs of frames in progress).
     """
@@ -919,9 +924,64 @@ def remat_dtr(memory, duration, preds, order, budget, once=None, heuristic="full
                         release(u)
         return True
 
+    def cone_materialize(v):
+        # the missing ancestors in order position, then v; every read of the cone held (spin); a
+        # node evicted that the rest of the cone reads: collect the cone again
+        while True:
+            seen, stack, cone = {v}, [v], []
+            while stack:
+                x = stack.pop()
+                if x != v:
+                    cone.append(x)
+                for u in preds[x]:
+                    if not resident[u] and u not in seen:
+                        seen.add(u)
+                        stack.append(u)
+            cone = sorted(cone, key=lambda x: pos[x]) + [v]
+            for x in cone:
+                for u in preds[x]:
+                    spin[u] += 1
+            i, missing = 0, False
+            while i < len(cone):
+                x = cone[i]
+                if any(not resident[u] for u in preds[x]):
+                    missing = True
+                    break
+                state["computes"] += 1
+                if state["computes"] > 64 * n + 1024:
+                    return False
+                for u in preds[x]:
+                    lock[u] += 1
+                ok = belady_make_room(memory[x])
+                for u in preds[x]:
+                    lock[u] -= 1
+                    spin[u] -= 1
+                if not ok:
+                    return False
+                steps.append(x)
+                state["total"] += duration[x]
+                resident[x] = True
+                state["cur"] += memory[x]
+                state["peak"] = max(state["peak"], state["cur"])
+                was_evicted = computed[x]
+                computed[x] = True
+                if was_evicted:
+                    for u in preds[x]:
+                        need[u] -= 1
+                        if need[u] == 0:
+                            release(u)
+                i += 1
+            for x in cone[i:]:
+                for u in preds[x]:
+                    spin[u] -= 1
+            if not missing:
+                return True
+
     def materialize(v):
         if heuristic == "belady":
             return belady_materialize(v)
+        if heuristic == "cone":
+            return cone_materialize(v)
         # two passes over a frame's inputs: missing ones first (held once back), then the rest
         frames = [[v, 0, set()]]
         while frames:

@@ -29,7 +29,10 @@ SOLVERS = ("moccasin", "checkmate", "chen", "greedy", "blocks", "dtr", "auto", "
 # DTR variants the "dtr" solver runs, the cheapest first (each takes milliseconds where it succeeds;
 # one that thrashes can take seconds, so later variants start only within the time limit)
 # "belady" first: eviction by next use (issue 20), the variant that reaches the tightest budgets
-_DTR_VARIANTS = (("belady", True), ("eq", True), ("full", True), ("eq", False), ("full", False))
+# "cone" (Belady's eviction, missing ancestors rematerialized as one cone in order position) next
+_DTR_VARIANTS = (("belady", True), ("cone", True), ("eq", True), ("full", True), ("eq", False), ("full", False))
+# a DTR run gets at most this share of the time left (one that thrashes stops at its time limit)
+_DTR_RUN_SHARE = 1.0 / 3.0
 # checkpointed Belady (issue 20): checkpoint every k-th level of the longest-path depth; the
 # checkpoints are evicted only when nothing else can go, which bounds the ancestor cones that
 # rematerializations rebuild. Tried when plain DTR fails or recomputes a lot, within the time limit.
@@ -589,12 +592,17 @@ class Planner:
 
         return self._best_within(block_schedules(self._plan_graph, self.budget))
 
+    def _slack(self) -> float:
+        """Seconds below which a step that cannot be interrupted (building the CP-SAT model, the C
+        greedy runs) is not started: a tenth of the time limit, at most 1 s."""
+        return min(1.0, 0.1 * self.time_limit)
+
     def _left(self) -> float:
         """Seconds left before the current planning order's deadline (0 when past it)."""
         return max(0.0, self._deadline - time.perf_counter())
 
     def _run_dtr(self, heuristic: str, lookahead: bool, keep: np.ndarray | None = None) -> np.ndarray | None:
-        """One DTR run over the planning order, given at most the time left (at least 10 ms)."""
+        """One DTR run over the planning order, given a share of the time left (at least 10 ms)."""
         g = self._plan_graph
         rc, steps, _, _ = _core.remat_dtr(
             g.memory,
@@ -609,7 +617,7 @@ class Planner:
             heuristic=heuristic,
             lookahead=lookahead,
             keep=keep,
-            time_limit=max(0.01, self._left()) if math.isfinite(self._deadline) else 0.0,
+            time_limit=max(0.01, _DTR_RUN_SHARE * self._left()) if math.isfinite(self._deadline) else 0.0,
         )
         return steps if rc == 0 else None
 
@@ -808,7 +816,7 @@ class Planner:
             "seed": self.seed,
             "t0": t0,
         }
-        if self._left() <= 0:  # the heuristics used the time: their best schedule, if any
+        if self._left() < self._slack():  # the heuristics used the time: their best schedule, if any
             status = "feasible" if fallback[0] is not None else "unknown"
             return fallback[0], status, fallback[2], None
         if hint is None:
@@ -852,6 +860,8 @@ class Planner:
         # DTR first: it is the one that reaches tight budgets, and each heuristic gets a share of
         # the time left (the interval splitting in "greedy" a quarter of what DTR leaves)
         for name, fn in (("dtr", self._dtr), ("blocks", self._blocks), ("greedy", self._greedy)):
+            if name == "greedy" and self._left() < self._slack():
+                break  # its C runs are not time-limited: only with time to spare
             codes, dur = fn()
             if codes is not None:
                 found[name] = (codes, dur)
