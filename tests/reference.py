@@ -703,7 +703,9 @@ def adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
 
 
 # ---- remat ----
-def remat_dtr(memory, duration, preds, order, budget, once=None, heuristic="full", lookahead=False, keep=None):
+def remat_dtr(
+    memory, duration, preds, order, budget, once=None, heuristic="full", lookahead=False, keep=None
+):
     """Twin of ``_core.remat_dtr``: DTR over ``order`` with eviction by h = cost / (memory * span).
 
     Every node is computed once in ``order``; non-resident inputs are rematerialized depth-first
@@ -937,7 +939,7 @@ def remat_dtr(memory, duration, preds, order, budget, once=None, heuristic="full
                     if not resident[u] and u not in seen:
                         seen.add(u)
                         stack.append(u)
-            cone = sorted(cone, key=lambda x: pos[x]) + [v]
+            cone = [*sorted(cone, key=lambda x: pos[x]), v]
             for x in cone:
                 for u in preds[x]:
                     spin[u] += 1

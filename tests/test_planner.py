@@ -970,7 +970,14 @@ def test_dtr_long_schedule_past_the_first_buffer_equals_the_reference(heuristic:
     for b in (lo + 20, lo + 10, lo):
         rc, steps, p, d = _core.remat_dtr(*_dtr_args(g), None, b, heuristic=heuristic, lookahead=True)
         want = ref.remat_dtr(
-            g.memory.tolist(), g.duration.tolist(), preds_of(g), g.order_idx.tolist(), b, None, heuristic, True
+            g.memory.tolist(),
+            g.duration.tolist(),
+            preds_of(g),
+            g.order_idx.tolist(),
+            b,
+            None,
+            heuristic,
+            True,
         )
         if want is None:
             assert rc == 7 and steps is None

@@ -30,7 +30,14 @@ SOLVERS = ("moccasin", "checkmate", "chen", "greedy", "blocks", "dtr", "auto", "
 # one that thrashes can take seconds, so later variants start only within the time limit)
 # "belady" first: eviction by next use (issue 20), the variant that reaches the tightest budgets
 # "cone" (Belady's eviction, missing ancestors rematerialized as one cone in order position) next
-_DTR_VARIANTS = (("belady", True), ("cone", True), ("eq", True), ("full", True), ("eq", False), ("full", False))
+_DTR_VARIANTS = (
+    ("belady", True),
+    ("cone", True),
+    ("eq", True),
+    ("full", True),
+    ("eq", False),
+    ("full", False),
+)
 # a DTR run gets at most this share of the time left (one that thrashes stops at its time limit)
 _DTR_RUN_SHARE = 1.0 / 3.0
 # checkpointed Belady (issue 20): checkpoint every k-th level of the longest-path depth; the
