@@ -389,10 +389,19 @@ static int belady_materialize(dtr_state *s, int64_t v) {
     for (int64_t k = s->pptr[v]; k < s->pptr[v + 1]; k++) s->spin[s->pidx[k]]++;
     while (sp > 0) {
         int64_t x = s->frames[sp - 1], miss = -1;
+        double miss_cost = -1.0;
         for (int64_t k = s->pptr[x]; k < s->pptr[x + 1]; k++) {
-            if (!s->resident[s->pidx[k]]) {
-                miss = s->pidx[k];
+            int64_t u = s->pidx[k];
+            if (s->resident[u]) continue;
+            if (s->heuristic != REMAT_DTR_LARGEST) {
+                miss = u; /* the first missing input */
                 break;
+            }
+            /* REMAT_DTR_LARGEST: the missing input with the costliest cone first (Sethi-Ullman) */
+            double c = belady_cost(s, u);
+            if (c > miss_cost) {
+                miss_cost = c;
+                miss = u;
             }
         }
         if (miss >= 0) {
@@ -583,9 +592,9 @@ int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const in
         int64_t v = order[t];
         s.t = t;
         if (s.computed[v]) continue; /* cannot happen for a permutation; kept for safety */
-        status = heuristic == REMAT_DTR_BELADY ? belady_materialize(&s, v)
-                 : heuristic == REMAT_DTR_CONE ? cone_materialize(&s, v)
-                                               : materialize(&s, v);
+        status = heuristic == REMAT_DTR_BELADY || heuristic == REMAT_DTR_LARGEST ? belady_materialize(&s, v)
+                 : heuristic == REMAT_DTR_CONE                                   ? cone_materialize(&s, v)
+                                                                                 : materialize(&s, v);
         for (int64_t k = pred_ptr[v]; status == REMAT_OK && k < pred_ptr[v + 1]; k++) {
             int64_t u = pred_idx[k];
             if (--s.need[u] == 0) status = release(&s, u);

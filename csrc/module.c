@@ -1092,14 +1092,15 @@ static PyObject *remat_run_planner(PyObject *args, PyObject *kwargs, int kind) {
         PyErr_SetString(PyExc_ValueError, "time_limit: expected seconds in [0, 1e9] (0: no limit)");
         return NULL;
     }
-    int hcode = strcmp(heuristic, "eq") == 0       ? REMAT_DTR_EQ
-                : strcmp(heuristic, "belady") == 0 ? REMAT_DTR_BELADY
-                : strcmp(heuristic, "cone") == 0   ? REMAT_DTR_CONE
-                                                   : REMAT_DTR_FULL;
+    int hcode = strcmp(heuristic, "eq") == 0        ? REMAT_DTR_EQ
+                : strcmp(heuristic, "belady") == 0  ? REMAT_DTR_BELADY
+                : strcmp(heuristic, "cone") == 0    ? REMAT_DTR_CONE
+                : strcmp(heuristic, "largest") == 0 ? REMAT_DTR_LARGEST
+                                                    : REMAT_DTR_FULL;
     if (strcmp(heuristic, "full") != 0 && strcmp(heuristic, "eq") != 0 && strcmp(heuristic, "belady") != 0 &&
-        strcmp(heuristic, "cone") != 0) {
-        PyErr_Format(PyExc_ValueError, "heuristic: expected 'full', 'eq', 'belady' or 'cone', got '%s'",
-                     heuristic);
+        strcmp(heuristic, "cone") != 0 && strcmp(heuristic, "largest") != 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "heuristic: expected 'full', 'eq', 'belady', 'cone' or 'largest', got '%s'", heuristic);
         return NULL;
     }
     PyArrayObject *mem, *dur, *ptr, *idx, *sptr, *sidx, *order, *seg = NULL, *once = NULL, *keep = NULL;

@@ -98,6 +98,8 @@ int remat_greedy(int64_t *out_steps, int64_t *info, const int64_t *memory, const
 /* Belady's eviction, with each computation's missing ancestors rematerialized as one cone in order
  * position (see dtr.c) */
 #define REMAT_DTR_CONE 3
+/* Belady, a frame rematerializing its missing input with the costliest cone first (see dtr.c) */
+#define REMAT_DTR_LARGEST 4
 int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const int64_t *duration,
               const int64_t *pred_ptr, const int64_t *pred_idx, const int64_t *succ_ptr,
               const int64_t *succ_idx, const int64_t *order, const uint8_t *once, const uint8_t *keep,

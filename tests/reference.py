@@ -732,6 +732,9 @@ def remat_dtr(
     held as Belady's frames hold theirs; when the rest of the cone misses a node evicted meanwhile,
     the cone is collected again. Same computation limit.
 
+    ``heuristic="largest"``: Belady, but a frame rematerializes the missing input with the largest
+    Belady cost first (the first of equal ones), as Sethi-Ullman orders register allocation.
+
     ``keep`` (checkpoints): a node with ``keep[x]`` true is evicted only when no node without it
     can be (for "belady": after the other free nodes, before the inputs of frames in progress).
     """
@@ -896,6 +899,9 @@ def remat_dtr(
             x = frames[-1]
             miss = [u for u in preds[x] if not resident[u]]
             if miss:
+                if heuristic == "largest":  # the costliest cone first (the first of equals)
+                    costs = [belady_cost(u) for u in miss]
+                    miss = [miss[costs.index(max(costs))]]
                 frames.append(miss[0])
                 for u in preds[miss[0]]:
                     spin[u] += 1
@@ -980,7 +986,7 @@ def remat_dtr(
                 return True
 
     def materialize(v):
-        if heuristic == "belady":
+        if heuristic in ("belady", "largest"):
             return belady_materialize(v)
         if heuristic == "cone":
             return cone_materialize(v)

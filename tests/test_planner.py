@@ -744,7 +744,7 @@ def dtr_case(draw):
     lo, _ = g.min_budget()
     b = draw(st.integers(lo, max(lo, g.peak_memory())))
     keep = draw(st.lists(st.booleans(), min_size=n, max_size=n)) if draw(st.booleans()) else None
-    return g, b, draw(st.sampled_from(["full", "eq", "belady", "cone"])), draw(st.booleans()), keep
+    return g, b, draw(st.sampled_from(["full", "eq", "belady", "cone", "largest"])), draw(st.booleans()), keep
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -997,7 +997,7 @@ def test_dtr_long_schedule_past_the_first_buffer_equals_the_reference(heuristic:
         ({"max_computes": -1}, ValueError, "max_computes"),
         ({"time_limit": -1.0}, ValueError, "time_limit"),
         ({"time_limit": float("nan")}, ValueError, "time_limit"),
-        ({"heuristic": "bogus"}, ValueError, "'cone'"),
+        ({"heuristic": "bogus"}, ValueError, "'cone' or 'largest'"),
     ],
 )
 def test_dtr_bad_arguments(kwargs: dict, exc: type, match: str) -> None:

@@ -29,10 +29,12 @@ SOLVERS = ("moccasin", "checkmate", "chen", "greedy", "blocks", "dtr", "auto", "
 # DTR variants the "dtr" solver runs, the cheapest first (each takes milliseconds where it succeeds;
 # one that thrashes can take seconds, so later variants start only within the time limit)
 # "belady" first: eviction by next use (issue 20), the variant that reaches the tightest budgets
-# "cone" (Belady's eviction, missing ancestors rematerialized as one cone in order position) next
+# "cone" (Belady's eviction, missing ancestors rematerialized as one cone in order position) next,
+# then "largest" (Belady, a frame's costliest missing input first)
 _DTR_VARIANTS = (
     ("belady", True),
     ("cone", True),
+    ("largest", True),
     ("eq", True),
     ("full", True),
     ("eq", False),
