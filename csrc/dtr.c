@@ -13,6 +13,7 @@
  * See remat.h for the memory model and the step encoding. No Python, no NumPy. */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "remat.h"
 
@@ -30,8 +31,11 @@ typedef struct {
     const int64_t *mem, *dur;   /* (n,) */
     const int64_t *pptr, *pidx; /* predecessors: (n+1,), (edges,) */
     const int64_t *sptr, *sidx; /* successors: (n+1,), (edges,) */
+    const int64_t *order, *pos; /* (n,) the order and each node's position in it */
     const uint8_t *once;        /* (n,) or NULL */
-    int64_t n, budget, cap;
+    const uint8_t *keep;        /* (n,) or NULL: checkpoints, evicted only when nothing else can go */
+    int64_t n, budget, cap, max_computes;
+    double deadline; /* CLOCK_MONOTONIC seconds past which the run gives up (REMAT_ETIME); 0: none */
     int heuristic, lookahead;
     /* per-node state */
     uint8_t *resident, *computed;
@@ -55,9 +59,30 @@ typedef struct {
     int64_t *out; /* (cap,) steps */
 } dtr_state;
 
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* one more computation: REMAT_EBUDGET past the computation cap (the run thrashes), REMAT_ETIME
+ * past the deadline (checked every 256 computations) */
+static int count_compute(dtr_state *s) {
+    if (++s->computes > s->max_computes) return REMAT_EBUDGET;
+    if (s->deadline > 0.0 && (s->computes & 255) == 0 && now_seconds() > s->deadline) return REMAT_ETIME;
+    return REMAT_OK;
+}
+
+/* eviction tier of x: checkpoints (keep) go only when no other node can */
+static int keep_tier(const dtr_state *s, int64_t x) {
+    return s->keep && s->keep[x] ? 1 : 0;
+}
+
+/* past the buffer's capacity the run goes on counting steps (w), so that the caller learns the size
+ * it needs from one run (REMAT_ECAPACITY, info[0] = steps) */
 static int emit(dtr_state *s, int64_t code) {
-    if (s->w >= s->cap) return REMAT_ECAPACITY;
-    s->out[s->w++] = code;
+    if (s->w < s->cap) s->out[s->w] = code;
+    s->w++;
     return REMAT_OK;
 }
 
@@ -219,9 +244,11 @@ static int make_room(dtr_state *s, int64_t bytes) {
     while (s->cur + bytes > s->budget) {
         int64_t best = -1;
         double best_h = 0.0;
+        int best_tier = 2;
         for (int64_t k = 0; k < s->nlive; k++) {
             int64_t x = s->live[k];
-            if (!evictable(s, x)) continue;
+            int tier = keep_tier(s, x);
+            if (tier > best_tier || !evictable(s, x)) continue;
             double span;
             if (s->lookahead) {
                 int64_t nu = remat_next_use(s->spos, s->cursor, s->sptr, x, s->t);
@@ -230,9 +257,10 @@ static int make_room(dtr_state *s, int64_t bytes) {
                 span = (double)(s->clock - s->last[x] + 1);
             }
             double h = dtr_cost(s, x) / ((double)s->mem[x] * span);
-            if (best < 0 || h < best_h || (h == best_h && x < best)) {
+            if (best < 0 || tier < best_tier || h < best_h || (h == best_h && x < best)) {
                 best = x;
                 best_h = h;
+                best_tier = tier;
             }
         }
         if (best < 0) return REMAT_EBUDGET;
@@ -269,8 +297,9 @@ static int materialize(dtr_state *s, int64_t v) {
             continue;
         }
         /* every input of x is resident and locked */
-        if (++s->computes > DTR_COMPUTES_PER_NODE * s->n + DTR_COMPUTES_EXTRA) return REMAT_EBUDGET;
-        int st = make_room(s, s->mem[x]);
+        int st = count_compute(s);
+        if (st != REMAT_OK) return st;
+        st = make_room(s, s->mem[x]);
         if (st != REMAT_OK) return st;
         if ((st = emit(s, x)) != REMAT_OK) return st;
         if (__builtin_add_overflow(s->total, s->dur[x], &s->total)) return REMAT_EOVERFLOW;
@@ -329,19 +358,19 @@ static int belady_make_room(dtr_state *s, int64_t bytes) {
     while (s->cur + bytes > s->budget) {
         int64_t best = -1;
         double best_h = 0.0;
-        int best_soft = 1;
+        int best_tier = 4;
         for (int64_t k = 0; k < s->nlive; k++) {
             int64_t x = s->live[k];
-            int soft = s->spin[x] > 0;
-            if (soft && !best_soft) continue;
-            if (!evictable(s, x)) continue;
+            /* tiers: free nodes, then checkpoints, then inputs of frames in progress */
+            int tier = (s->spin[x] > 0 ? 2 : 0) + keep_tier(s, x);
+            if (tier > best_tier || !evictable(s, x)) continue;
             int64_t nu = remat_next_use(s->spos, s->cursor, s->sptr, x, s->t);
             double span = nu == INT64_MAX ? (double)(s->n + 1 - s->t) : (double)(nu - s->t);
             double h = (double)s->mem[x] * span / belady_cost(s, x);
-            if (best < 0 || (best_soft && !soft) || h > best_h || (h == best_h && x < best)) {
+            if (best < 0 || tier < best_tier || h > best_h || (h == best_h && x < best)) {
                 best = x;
                 best_h = h;
-                best_soft = soft;
+                best_tier = tier;
             }
         }
         if (best < 0) return REMAT_EBUDGET;
@@ -360,10 +389,19 @@ static int belady_materialize(dtr_state *s, int64_t v) {
     for (int64_t k = s->pptr[v]; k < s->pptr[v + 1]; k++) s->spin[s->pidx[k]]++;
     while (sp > 0) {
         int64_t x = s->frames[sp - 1], miss = -1;
+        double miss_cost = -1.0;
         for (int64_t k = s->pptr[x]; k < s->pptr[x + 1]; k++) {
-            if (!s->resident[s->pidx[k]]) {
-                miss = s->pidx[k];
+            int64_t u = s->pidx[k];
+            if (s->resident[u]) continue;
+            if (s->heuristic != REMAT_DTR_LARGEST) {
+                miss = u; /* the first missing input */
                 break;
+            }
+            /* REMAT_DTR_LARGEST: the missing input with the costliest cone first (Sethi-Ullman) */
+            double c = belady_cost(s, u);
+            if (c > miss_cost) {
+                miss_cost = c;
+                miss = u;
             }
         }
         if (miss >= 0) {
@@ -371,9 +409,10 @@ static int belady_materialize(dtr_state *s, int64_t v) {
             for (int64_t k = s->pptr[miss]; k < s->pptr[miss + 1]; k++) s->spin[s->pidx[k]]++;
             continue;
         }
-        if (++s->computes > BELADY_COMPUTES_PER_NODE * s->n + DTR_COMPUTES_EXTRA) return REMAT_EBUDGET;
+        int st = count_compute(s);
+        if (st != REMAT_OK) return st;
         for (int64_t k = s->pptr[x]; k < s->pptr[x + 1]; k++) s->lock[s->pidx[k]]++;
-        int st = belady_make_room(s, s->mem[x]);
+        st = belady_make_room(s, s->mem[x]);
         for (int64_t k = s->pptr[x]; k < s->pptr[x + 1]; k++) {
             s->lock[s->pidx[k]]--;
             s->spin[s->pidx[k]]--;
@@ -398,12 +437,91 @@ static int belady_materialize(dtr_state *s, int64_t v) {
     return REMAT_OK;
 }
 
+static int cmp_pos(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Cone: compute v after rematerializing all its missing ancestors (the non-resident nodes it
+ * reaches through non-resident nodes) in order position, every read of the cone held (evicted
+ * only when nothing else can go, as Belady's frames); a cone node is left to Belady's rule after
+ * its last read in the cone. If eviction takes away a node the rest of the cone reads, the cone
+ * is collected again from what is resident. */
+static int cone_materialize(dtr_state *s, int64_t v) {
+    int64_t *list = s->frames, *stk = s->fnext; /* (n,) each: the cone, the search stack */
+    for (;;) {
+        /* the missing ancestors, depth-first through non-resident nodes */
+        int64_t nl = 0, sp = 0, stamp = ++s->stamp;
+        s->seen[v] = stamp;
+        stk[sp++] = v;
+        while (sp > 0) {
+            int64_t x = stk[--sp];
+            if (x != v) list[nl++] = s->pos[x];
+            for (int64_t k = s->pptr[x]; k < s->pptr[x + 1]; k++) {
+                int64_t u = s->pidx[k];
+                if (s->resident[u] || s->seen[u] == stamp) continue;
+                s->seen[u] = stamp;
+                stk[sp++] = u;
+            }
+        }
+        /* in order position (a topological order), then v */
+        qsort(list, (size_t)nl, sizeof(int64_t), cmp_pos);
+        for (int64_t i = 0; i < nl; i++) list[i] = s->order[list[i]];
+        list[nl++] = v;
+        /* hold every read of the cone */
+        for (int64_t i = 0; i < nl; i++)
+            for (int64_t k = s->pptr[list[i]]; k < s->pptr[list[i] + 1]; k++) s->spin[s->pidx[k]]++;
+        int64_t i = 0;
+        int st = REMAT_OK, missing = 0;
+        for (; i < nl && st == REMAT_OK; i++) {
+            int64_t x = list[i];
+            for (int64_t k = s->pptr[x]; k < s->pptr[x + 1] && !missing; k++)
+                missing = !s->resident[s->pidx[k]];
+            if (missing || (st = count_compute(s)) != REMAT_OK) break;
+            for (int64_t k = s->pptr[x]; k < s->pptr[x + 1]; k++) s->lock[s->pidx[k]]++;
+            st = belady_make_room(s, s->mem[x]);
+            for (int64_t k = s->pptr[x]; k < s->pptr[x + 1]; k++) {
+                s->lock[s->pidx[k]]--;
+                s->spin[s->pidx[k]]--;
+            }
+            if (st != REMAT_OK) {
+                i++; /* its reads are released already */
+                break;
+            }
+            emit(s, x);
+            if (__builtin_add_overflow(s->total, s->dur[x], &s->total)) {
+                st = REMAT_EOVERFLOW;
+                i++;
+                break;
+            }
+            s->resident[x] = 1;
+            live_add(s, x);
+            s->cur += s->mem[x];
+            if (s->cur > s->peak) s->peak = s->cur;
+            int was_evicted = s->computed[x];
+            s->computed[x] = 1;
+            if (was_evicted) {
+                for (int64_t k = s->pptr[x]; k < s->pptr[x + 1] && st == REMAT_OK; k++) {
+                    int64_t u = s->pidx[k];
+                    if (--s->need[u] == 0) st = release(s, u);
+                }
+            }
+        }
+        /* release the holds of the cone nodes not computed */
+        for (int64_t j = i; j < nl; j++)
+            for (int64_t k = s->pptr[list[j]]; k < s->pptr[list[j] + 1]; k++) s->spin[s->pidx[k]]--;
+        if (st != REMAT_OK) return st;
+        if (!missing) return REMAT_OK;
+    }
+}
+
 int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const int64_t *duration,
               const int64_t *pred_ptr, const int64_t *pred_idx, const int64_t *succ_ptr,
-              const int64_t *succ_idx, const int64_t *order, const uint8_t *once, int64_t n, int64_t budget,
-              int heuristic, int lookahead, int64_t cap) {
+              const int64_t *succ_idx, const int64_t *order, const uint8_t *once, const uint8_t *keep,
+              int64_t n, int64_t budget, int heuristic, int lookahead, int64_t max_computes,
+              double time_limit, int64_t cap) {
     /* out_steps (cap,), info (3,), memory/duration (n,), pred_ptr/succ_ptr (n+1,),
-     * pred_idx/succ_idx (edges,), order (n,), once (n,) or NULL */
+     * pred_idx/succ_idx (edges,), order (n,), once (n,) or NULL, keep (n,) or NULL */
     info[0] = info[1] = info[2] = 0;
     dtr_state s;
     memset(&s, 0, sizeof(s));
@@ -414,7 +532,14 @@ int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const in
     s.sptr = succ_ptr;
     s.sidx = succ_idx;
     s.once = once;
+    s.keep = keep;
     s.n = n;
+    s.max_computes =
+        max_computes > 0
+            ? max_computes
+            : (heuristic >= REMAT_DTR_BELADY ? BELADY_COMPUTES_PER_NODE : DTR_COMPUTES_PER_NODE) * n +
+                  DTR_COMPUTES_EXTRA;
+    s.deadline = time_limit > 0.0 ? now_seconds() + time_limit : 0.0;
     s.budget = budget;
     s.cap = cap;
     s.heuristic = heuristic;
@@ -449,6 +574,8 @@ int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const in
         goto done;
     }
     for (int64_t t = 0; t < n; t++) pos[order[t]] = t;
+    s.order = order;
+    s.pos = pos;
     /* once ancestry, in topological order */
     for (int64_t t = 0; once && t < n; t++) {
         int64_t v = order[t];
@@ -465,14 +592,19 @@ int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const in
         int64_t v = order[t];
         s.t = t;
         if (s.computed[v]) continue; /* cannot happen for a permutation; kept for safety */
-        status = heuristic == REMAT_DTR_BELADY ? belady_materialize(&s, v) : materialize(&s, v);
+        status = heuristic == REMAT_DTR_BELADY || heuristic == REMAT_DTR_LARGEST ? belady_materialize(&s, v)
+                 : heuristic == REMAT_DTR_CONE                                   ? cone_materialize(&s, v)
+                                                                                 : materialize(&s, v);
         for (int64_t k = pred_ptr[v]; status == REMAT_OK && k < pred_ptr[v + 1]; k++) {
             int64_t u = pred_idx[k];
             if (--s.need[u] == 0) status = release(&s, u);
         }
         if (status == REMAT_OK && s.need[v] == 0) status = release(&s, v);
     }
-    if (status == REMAT_OK) {
+    if (status == REMAT_OK && s.w > cap) {
+        info[0] = s.w;
+        status = REMAT_ECAPACITY;
+    } else if (status == REMAT_OK) {
         info[0] = s.w;
         info[1] = s.peak;
         info[2] = s.total;

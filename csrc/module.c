@@ -1060,10 +1060,14 @@ static PyObject *remat_run_planner(PyObject *args, PyObject *kwargs, int kind) {
                                 "order",  "seg_end",  "budget",   "mem_exp",  "dist_exp", NULL};
     static char *kw_greedy[] = {"memory",   "duration", "pred_ptr", "pred_idx", "succ_ptr",
                                 "succ_idx", "order",    "budget",   NULL};
-    static char *kw_dtr[] = {"memory", "duration", "pred_ptr", "pred_idx",  "succ_ptr",  "succ_idx",
-                             "order",  "once",     "budget",   "heuristic", "lookahead", NULL};
+    static char *kw_dtr[] = {"memory",    "duration", "pred_ptr",     "pred_idx",   "succ_ptr",
+                             "succ_idx",  "order",    "once",         "budget",     "heuristic",
+                             "lookahead", "keep",     "max_computes", "time_limit", NULL};
     PyObject *mo, *dO, *po, *io, *spo, *sio, *oo, *sego = Py_None, *onceo = Py_None, *bo, *meo = NULL,
-                                                  *deo = NULL, *ho = NULL, *lo = NULL;
+                                                  *deo = NULL, *ho = NULL, *lo = NULL, *keepo = Py_None,
+                                                  *mco = NULL, *tlo = NULL;
+    long long max_computes = 0;
+    double dtr_time = 0.0;
     long long budget;
     double mem_exp = 1.0, dist_exp = 1.0;
     const char *heuristic = "full";
@@ -1072,24 +1076,35 @@ static PyObject *remat_run_planner(PyObject *args, PyObject *kwargs, int kind) {
         okp = PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOO:remat_greedy", kw_greedy, &mo, &dO, &po,
                                           &io, &spo, &sio, &oo, &bo);
     else if (kind == PLAN_DTR)
-        okp = PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOO|OO:remat_dtr", kw_dtr, &mo, &dO, &po, &io,
-                                          &spo, &sio, &oo, &onceo, &bo, &ho, &lo);
+        okp = PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOO|OOOOO:remat_dtr", kw_dtr, &mo, &dO, &po,
+                                          &io, &spo, &sio, &oo, &onceo, &bo, &ho, &lo, &keepo, &mco, &tlo);
     else
         okp = PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOOOO:remat_plan_stages", kw_stages, &mo, &dO,
                                           &po, &io, &spo, &sio, &oo, &sego, &bo, &meo, &deo);
     if (!okp || arg_int64(bo, "budget", 0, LLONG_MAX, &budget) < 0 ||
         (meo != NULL && arg_real(meo, "mem_exp", &mem_exp) < 0) ||
         (deo != NULL && arg_real(deo, "dist_exp", &dist_exp) < 0) ||
-        (ho != NULL && arg_str(ho, "heuristic", &heuristic) < 0) || arg_flag(lo, "lookahead", &lookahead) < 0)
+        (ho != NULL && arg_str(ho, "heuristic", &heuristic) < 0) ||
+        arg_flag(lo, "lookahead", &lookahead) < 0 ||
+        (mco != NULL && arg_int64(mco, "max_computes", 0, LLONG_MAX, &max_computes) < 0) ||
+        (tlo != NULL && arg_real(tlo, "time_limit", &dtr_time) < 0))
         return NULL;
-    int hcode = strcmp(heuristic, "eq") == 0       ? REMAT_DTR_EQ
-                : strcmp(heuristic, "belady") == 0 ? REMAT_DTR_BELADY
-                                                   : REMAT_DTR_FULL;
-    if (strcmp(heuristic, "full") != 0 && strcmp(heuristic, "eq") != 0 && strcmp(heuristic, "belady") != 0) {
-        PyErr_Format(PyExc_ValueError, "heuristic: expected 'full', 'eq' or 'belady', got '%s'", heuristic);
+    if (!(dtr_time >= 0.0 && dtr_time <= 1e9)) {
+        PyErr_SetString(PyExc_ValueError, "time_limit: expected seconds in [0, 1e9] (0: no limit)");
         return NULL;
     }
-    PyArrayObject *mem, *dur, *ptr, *idx, *sptr, *sidx, *order, *seg = NULL, *once = NULL;
+    int hcode = strcmp(heuristic, "eq") == 0        ? REMAT_DTR_EQ
+                : strcmp(heuristic, "belady") == 0  ? REMAT_DTR_BELADY
+                : strcmp(heuristic, "cone") == 0    ? REMAT_DTR_CONE
+                : strcmp(heuristic, "largest") == 0 ? REMAT_DTR_LARGEST
+                                                    : REMAT_DTR_FULL;
+    if (strcmp(heuristic, "full") != 0 && strcmp(heuristic, "eq") != 0 && strcmp(heuristic, "belady") != 0 &&
+        strcmp(heuristic, "cone") != 0 && strcmp(heuristic, "largest") != 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "heuristic: expected 'full', 'eq', 'belady', 'cone' or 'largest', got '%s'", heuristic);
+        return NULL;
+    }
+    PyArrayObject *mem, *dur, *ptr, *idx, *sptr, *sidx, *order, *seg = NULL, *once = NULL, *keep = NULL;
     if (arg_costs(&mem, &dur, mo, dO) < 0) return NULL;
     npy_intp n = PyArray_DIM(mem, 0);
     if (arg_csr(&ptr, &idx, po, io, "pred_ptr", "pred_idx", n) < 0) return NULL;
@@ -1103,6 +1118,10 @@ static PyObject *remat_run_planner(PyObject *args, PyObject *kwargs, int kind) {
     if (onceo != Py_None) {
         if ((once = arg_array(onceo, "once", NPY_BOOL, 1)) == NULL) return NULL;
         if (arg_dim(once, "once", 0, n, "number of nodes") < 0) return NULL;
+    }
+    if (keepo != Py_None) {
+        if ((keep = arg_array(keepo, "keep", NPY_BOOL, 1)) == NULL) return NULL;
+        if (arg_dim(keep, "keep", 0, n, "number of nodes") < 0) return NULL;
     }
     if (!(mem_exp >= 0.0 && mem_exp <= 16.0) || !(dist_exp >= 0.0 && dist_exp <= 16.0)) {
         char msg[160];
@@ -1119,13 +1138,15 @@ static PyObject *remat_run_planner(PyObject *args, PyObject *kwargs, int kind) {
         int rc;
         int64_t *o = (int64_t *)PyArray_DATA(out);
         const uint8_t *once_p = once ? (const uint8_t *)PyArray_DATA(once) : NULL;
+        const uint8_t *keep_p = keep ? (const uint8_t *)PyArray_DATA(keep) : NULL;
         Py_BEGIN_ALLOW_THREADS
         if (kind == PLAN_GREEDY)
             rc = remat_greedy(o, info, i64(mem), i64(dur), i64(ptr), i64(idx), i64(sptr), i64(sidx),
                               i64(order), (int64_t)n, (int64_t)budget, (int64_t)cap);
         else if (kind == PLAN_DTR)
             rc = remat_dtr(o, info, i64(mem), i64(dur), i64(ptr), i64(idx), i64(sptr), i64(sidx), i64(order),
-                           once_p, (int64_t)n, (int64_t)budget, hcode, lookahead, (int64_t)cap);
+                           once_p, keep_p, (int64_t)n, (int64_t)budget, hcode, lookahead,
+                           (int64_t)max_computes, dtr_time, (int64_t)cap);
         else
             rc = remat_plan_stages(o, info, i64(mem), i64(dur), i64(ptr), i64(idx), i64(sptr), i64(sidx),
                                    i64(order), seg ? i64(seg) : NULL, (int64_t)n, (int64_t)budget, mem_exp,
@@ -1133,7 +1154,8 @@ static PyObject *remat_run_planner(PyObject *args, PyObject *kwargs, int kind) {
         Py_END_ALLOW_THREADS
         if (rc == REMAT_ECAPACITY && cap < ((npy_intp)1 << 40)) {
             Py_DECREF(out);
-            cap *= 4;
+            /* DTR counts the steps it needs past the capacity: one more run fits them */
+            cap = kind == PLAN_DTR && info[0] > (int64_t)cap ? (npy_intp)info[0] : cap * 4;
             continue;
         }
         if (rc == REMAT_ENOMEM) {

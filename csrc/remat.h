@@ -27,6 +27,7 @@
 #define REMAT_EBUDGET 7      /* the heuristic could not stay within the budget */
 #define REMAT_ECAPACITY 8    /* the output buffer is too small */
 #define REMAT_EOVERFLOW 9    /* the total duration does not fit in int64 */
+#define REMAT_ETIME 10       /* the heuristic ran out of its time limit */
 
 /* Input checks used by the Python wrappers before calling the functions below.
  * remat_check_csr: 1 if ptr (n+1,) starts at 0, never decreases, ends at nidx, and every
@@ -83,16 +84,27 @@ int remat_greedy(int64_t *out_steps, int64_t *info, const int64_t *memory, const
  * neighbourhood approximated by union-find equivalence classes of evicted nodes, never split).
  * lookahead: 0 for s = staleness (steps since the last access), 1 for s = distance in `order` to
  * the next first use. once: (n,) or NULL; a node with once[v] != 0 is never evicted (computed once).
- * A run that needs more than 8 n + 1024 computations gives up (REMAT_EBUDGET): it thrashes.
- * Same outputs as remat_plan_stages; also REMAT_EOVERFLOW. */
+ * keep: (n,) or NULL; nodes with keep[v] != 0 are checkpoints, evicted only when no other node can be
+ * (for Belady: before the inputs of frames in progress).
+ * A run that needs more than max_computes computations gives up (REMAT_EBUDGET): it thrashes;
+ * max_computes <= 0 means 8 n + 1024 (Belady: 64 n + 1024). time_limit > 0: seconds after which the
+ * run gives up (REMAT_ETIME); <= 0: none.
+ * Same outputs as remat_plan_stages; also REMAT_EOVERFLOW, REMAT_ETIME, and REMAT_ECAPACITY with
+ * info[0] = the number of steps the run needs (it counts past cap). */
 #define REMAT_DTR_FULL 0
 #define REMAT_DTR_EQ 1
 /* Belady-style: evict the highest memory * next-use distance / recompute cost (see dtr.c) */
 #define REMAT_DTR_BELADY 2
+/* Belady's eviction, with each computation's missing ancestors rematerialized as one cone in order
+ * position (see dtr.c) */
+#define REMAT_DTR_CONE 3
+/* Belady, a frame rematerializing its missing input with the costliest cone first (see dtr.c) */
+#define REMAT_DTR_LARGEST 4
 int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const int64_t *duration,
               const int64_t *pred_ptr, const int64_t *pred_idx, const int64_t *succ_ptr,
-              const int64_t *succ_idx, const int64_t *order, const uint8_t *once, int64_t n, int64_t budget,
-              int heuristic, int lookahead, int64_t cap);
+              const int64_t *succ_idx, const int64_t *order, const uint8_t *once, const uint8_t *keep,
+              int64_t n, int64_t budget, int heuristic, int lookahead, int64_t max_computes,
+              double time_limit, int64_t cap);
 
 /* Helpers shared by the planners.
  * remat_sorted_use_positions: spos (succ_ptr[n],) out, the positions pos[] of each node's users,

@@ -355,4 +355,7 @@ def remat_dtr(
     budget: int,
     heuristic: str = ...,
     lookahead: bool = ...,
+    keep: npt.NDArray[np.bool_] | None = ...,
+    max_computes: int = ...,
+    time_limit: float = ...,
 ) -> tuple[int, npt.NDArray[np.int64] | None, int, int]: ...

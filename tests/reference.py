@@ -703,7 +703,9 @@ def adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
 
 
 # ---- remat ----
-def remat_dtr(memory, duration, preds, order, budget, once=None, heuristic="full", lookahead=False):
+def remat_dtr(
+    memory, duration, preds, order, budget, once=None, heuristic="full", lookahead=False, keep=None
+):
     """Twin of ``_core.remat_dtr``: DTR over ``order`` with eviction by h = cost / (memory * span).
 
     Every node is computed once in ``order``; non-resident inputs are rematerialized depth-first
@@ -724,9 +726,21 @@ def remat_dtr(memory, duration, preds, order, budget, once=None, heuristic="full
     those of the computation about to run never; the evicted node has the highest
     memory * (next first use - t, or n + 1 - t) / (1 + duration + 1 + duration of each non-resident
     ancestor, x4 past 64); ties: the lowest index; more than 64 n + 1024 computations: None.
+
+    ``heuristic="cone"``: Belady's eviction, but a computation's missing ancestors (reached through
+    non-resident nodes) are rematerialized as one cone in order position, every read of the cone
+    held as Belady's frames hold theirs; when the rest of the cone misses a node evicted meanwhile,
+    the cone is collected again. Same computation limit.
+
+    ``heuristic="largest"``: Belady, but a frame rematerializes the missing input with the largest
+    Belady cost first (the first of equal ones), as Sethi-Ullman orders register allocation.
+
+    ``keep`` (checkpoints): a node with ``keep[x]`` true is evicted only when no node without it
+    can be (for "belady": after the other free nodes, before the inputs of frames in progress).
     """
     n = len(memory)
     once = [False] * n if once is None else [bool(x) for x in once]
+    keep = [0] * n if keep is None else [int(bool(x)) for x in keep]
     succs = [[] for _ in range(n)]
     for v in range(n):
         for u in preds[v]:
@@ -840,7 +854,7 @@ def remat_dtr(memory, duration, preds, order, budget, once=None, heuristic="full
             cands = evictable()
             if not cands:
                 return False
-            best = min(cands, key=lambda x: (cost(x) / (memory[x] * span(x)), x))
+            best = min(cands, key=lambda x: (keep[x], cost(x) / (memory[x] * span(x)), x))
             steps.append(-1 - best)
             evict(best)
         return True
@@ -870,7 +884,7 @@ def remat_dtr(memory, duration, preds, order, budget, once=None, heuristic="full
             def key(x, t=state["t"]):
                 later = [pos[c] for c in succs[x] if pos[c] > t]
                 dist = float(min(later) - t) if later else float(n + 1 - t)
-                return (spin[x] > 0, -(float(memory[x]) * dist / belady_cost(x)), x)
+                return (2 * (spin[x] > 0) + keep[x], -(float(memory[x]) * dist / belady_cost(x)), x)
 
             best = min(cands, key=key)
             steps.append(-1 - best)
@@ -885,6 +899,9 @@ def remat_dtr(memory, duration, preds, order, budget, once=None, heuristic="full
             x = frames[-1]
             miss = [u for u in preds[x] if not resident[u]]
             if miss:
+                if heuristic == "largest":  # the costliest cone first (the first of equals)
+                    costs = [belady_cost(u) for u in miss]
+                    miss = [miss[costs.index(max(costs))]]
                 frames.append(miss[0])
                 for u in preds[miss[0]]:
                     spin[u] += 1
@@ -915,9 +932,64 @@ def remat_dtr(memory, duration, preds, order, budget, once=None, heuristic="full
                         release(u)
         return True
 
+    def cone_materialize(v):
+        # the missing ancestors in order position, then v; every read of the cone held (spin); a
+        # node evicted that the rest of the cone reads: collect the cone again
+        while True:
+            seen, stack, cone = {v}, [v], []
+            while stack:
+                x = stack.pop()
+                if x != v:
+                    cone.append(x)
+                for u in preds[x]:
+                    if not resident[u] and u not in seen:
+                        seen.add(u)
+                        stack.append(u)
+            cone = [*sorted(cone, key=lambda x: pos[x]), v]
+            for x in cone:
+                for u in preds[x]:
+                    spin[u] += 1
+            i, missing = 0, False
+            while i < len(cone):
+                x = cone[i]
+                if any(not resident[u] for u in preds[x]):
+                    missing = True
+                    break
+                state["computes"] += 1
+                if state["computes"] > 64 * n + 1024:
+                    return False
+                for u in preds[x]:
+                    lock[u] += 1
+                ok = belady_make_room(memory[x])
+                for u in preds[x]:
+                    lock[u] -= 1
+                    spin[u] -= 1
+                if not ok:
+                    return False
+                steps.append(x)
+                state["total"] += duration[x]
+                resident[x] = True
+                state["cur"] += memory[x]
+                state["peak"] = max(state["peak"], state["cur"])
+                was_evicted = computed[x]
+                computed[x] = True
+                if was_evicted:
+                    for u in preds[x]:
+                        need[u] -= 1
+                        if need[u] == 0:
+                            release(u)
+                i += 1
+            for x in cone[i:]:
+                for u in preds[x]:
+                    spin[u] -= 1
+            if not missing:
+                return True
+
     def materialize(v):
-        if heuristic == "belady":
+        if heuristic in ("belady", "largest"):
             return belady_materialize(v)
+        if heuristic == "cone":
+            return cone_materialize(v)
         # two passes over a frame's inputs: missing ones first (held once back), then the rest
         frames = [[v, 0, set()]]
         while frames:

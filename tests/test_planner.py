@@ -743,14 +743,16 @@ def dtr_case(draw):
     g = sft.Graph(list(range(n)), edges, mem, dur, once=once if draw(st.booleans()) else None)
     lo, _ = g.min_budget()
     b = draw(st.integers(lo, max(lo, g.peak_memory())))
-    return g, b, draw(st.sampled_from(["full", "eq", "belady"])), draw(st.booleans())
+    keep = draw(st.lists(st.booleans(), min_size=n, max_size=n)) if draw(st.booleans()) else None
+    return g, b, draw(st.sampled_from(["full", "eq", "belady", "cone", "largest"])), draw(st.booleans()), keep
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(dtr_case())
 def test_dtr_equals_the_python_reference_of_its_eviction_rule(case) -> None:
-    g, b, heuristic, lookahead = case
+    g, b, heuristic, lookahead, keep = case
     once = g.once if g.once.any() else None
+    keep_arr = None if keep is None else np.array(keep, dtype=bool)
     rc, steps, peak, dur = _core.remat_dtr(
         g.memory,
         g.duration,
@@ -763,6 +765,7 @@ def test_dtr_equals_the_python_reference_of_its_eviction_rule(case) -> None:
         b,
         heuristic=heuristic,
         lookahead=lookahead,
+        keep=keep_arr,
     )
     want = ref.remat_dtr(
         g.memory.tolist(),
@@ -773,6 +776,7 @@ def test_dtr_equals_the_python_reference_of_its_eviction_rule(case) -> None:
         None if once is None else once.tolist(),
         heuristic,
         lookahead,
+        keep,
     )
     if want is None:
         assert rc == 7 and steps is None
@@ -937,3 +941,79 @@ def test_dtr_schedule_in_stage_form_hints_moccasin() -> None:
     plan = planner.solve()
     check_schedule(g, plan)
     assert plan.duration <= sdur
+
+
+# ------------------------------------------------------------------ tight budgets (issue 20, part 2)
+def _dtr_args(g: sft.Graph) -> tuple:
+    return (g.memory, g.duration, g.pred_ptr, g.pred_idx, g.succ_ptr, g.succ_idx, g.order_idx)
+
+
+def test_dtr_gives_up_at_its_computation_cap_and_its_deadline() -> None:
+    # a budget where Belady thrashes on a random layered graph: a small cap gives up (rc 7), a
+    # tiny deadline with no cap gives up with rc 10 (REMAT_ETIME), never a schedule over budget
+    g = sft.graphs.random_layered(400, seed=0)
+    b = int(0.5 * g.peak_memory())
+    rc, steps, _, _ = _core.remat_dtr(*_dtr_args(g), None, b, heuristic="belady", max_computes=g.n)
+    assert rc == 7 and steps is None
+    rc, steps, _, _ = _core.remat_dtr(
+        *_dtr_args(g), None, b, heuristic="cone", max_computes=2**62, time_limit=1e-6
+    )
+    assert rc == 10 and steps is None
+
+
+@pytest.mark.parametrize("heuristic", ["belady", "cone", "eq"])
+def test_dtr_long_schedule_past_the_first_buffer_equals_the_reference(heuristic: str) -> None:
+    # schedules longer than the first output buffer (4 n + 16 steps): the run counts its steps,
+    # the module runs it once more with room for them, and the result is the reference's
+    g = sft.graphs.training_graph(20, memory=[10] * 20, duration=[1] * 20)
+    lo, _ = g.min_budget()
+    for b in (lo + 20, lo + 10, lo):
+        rc, steps, p, d = _core.remat_dtr(*_dtr_args(g), None, b, heuristic=heuristic, lookahead=True)
+        want = ref.remat_dtr(
+            g.memory.tolist(),
+            g.duration.tolist(),
+            preds_of(g),
+            g.order_idx.tolist(),
+            b,
+            None,
+            heuristic,
+            True,
+        )
+        if want is None:
+            assert rc == 7 and steps is None
+            continue
+        assert rc == 0 and steps.tolist() == want[0] and (p, d) == want[1:] and p <= b
+        if len(steps) > 4 * g.n + 16:
+            return
+    pytest.fail("no schedule longer than the first buffer: pick a tighter case")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"keep": np.zeros(3, dtype=bool)}, ValueError, "keep"),
+        ({"keep": np.zeros(4, dtype=np.int64)}, TypeError, "keep"),
+        ({"keep": [True] * 4}, TypeError, "keep"),
+        ({"max_computes": -1}, ValueError, "max_computes"),
+        ({"time_limit": -1.0}, ValueError, "time_limit"),
+        ({"time_limit": float("nan")}, ValueError, "time_limit"),
+        ({"heuristic": "bogus"}, ValueError, "'cone' or 'largest'"),
+    ],
+)
+def test_dtr_bad_arguments(kwargs: dict, exc: type, match: str) -> None:
+    g = sft.graphs.training_graph(2)
+    with pytest.raises(exc, match=match):
+        _core.remat_dtr(*_dtr_args(g), None, g.peak_memory(), **kwargs)
+
+
+def test_auto_at_tight_budgets_valid_or_honest_and_within_its_limit_on_random_graphs() -> None:
+    # from the peak down towards the bound: every schedule re-checked, "unknown" only without steps
+    for n, seed in ((50, 7), (300, 8)):
+        g = sft.graphs.random_layered(n, seed=seed)
+        peak, (lo, _) = g.peak_memory(), g.min_budget()
+        for frac in (0.9, 0.7, 0.55):
+            if frac * peak < lo:
+                continue
+            plan = sft.Planner(g, int(frac * peak), solver="auto", time_limit=1, threads=1).solve()
+            check_schedule(g, plan)
+            assert (plan.status in ("feasible", "optimal")) == bool(plan.steps)

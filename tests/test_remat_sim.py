@@ -249,7 +249,11 @@ def test_core_simulate_reports_duration_overflow_from_recomputations() -> None:
         ({"budget": -1}, ValueError, r"budget: expected an int in \[0, 9223372036854775807\], got -1"),
         ({"budget": 1.5}, TypeError, r"budget: expected an int, got float"),
         ({"budget": None}, TypeError, r"budget: expected an int, got NoneType"),
-        ({"heuristic": "lru"}, ValueError, r"heuristic: expected 'full', 'eq' or 'belady', got 'lru'"),
+        (
+            {"heuristic": "lru"},
+            ValueError,
+            r"heuristic: expected 'full', 'eq', 'belady', 'cone' or 'largest', got 'lru'",
+        ),
         (
             {"once": np.zeros(3, dtype=bool)},
             ValueError,

@@ -29,7 +29,25 @@ SOLVERS = ("moccasin", "checkmate", "chen", "greedy", "blocks", "dtr", "auto", "
 # DTR variants the "dtr" solver runs, the cheapest first (each takes milliseconds where it succeeds;
 # one that thrashes can take seconds, so later variants start only within the time limit)
 # "belady" first: eviction by next use (issue 20), the variant that reaches the tightest budgets
-_DTR_VARIANTS = (("belady", True), ("eq", True), ("full", True), ("eq", False), ("full", False))
+# "cone" (Belady's eviction, missing ancestors rematerialized as one cone in order position) next,
+# then "largest" (Belady, a frame's costliest missing input first)
+_DTR_VARIANTS = (
+    ("belady", True),
+    ("cone", True),
+    ("largest", True),
+    ("eq", True),
+    ("full", True),
+    ("eq", False),
+    ("full", False),
+)
+# a DTR run gets at most this share of the time left (one that thrashes stops at its time limit)
+_DTR_RUN_SHARE = 1.0 / 3.0
+# checkpointed Belady (issue 20): checkpoint every k-th level of the longest-path depth; the
+# checkpoints are evicted only when nothing else can go, which bounds the ancestor cones that
+# rematerializations rebuild. Tried when plain DTR fails or recomputes a lot, within the time limit.
+_CHECKPOINT_LEVELS = (6, 4, 8, 12, 3, 16)
+# run the checkpointed variants too when the best DTR schedule's overhead is above this
+_CHECKPOINT_OVERHEAD = 0.5
 ORDERS = ("given", "auto")
 # with order="auto" and two orders to plan over: the share of the time limit for the first
 # (the lower-peak order); the given order gets the rest
@@ -558,7 +576,7 @@ class Planner:
         )
         if rc == 0 and steps is not None:
             found.append(steps)
-        comp = split_heuristic(g, self.budget, time_limit=min(10.0, self._limit / 4))
+        comp = split_heuristic(g, self.budget, time_limit=min(10.0, self._left() / 4))
         if comp is not None:
             found.append(np.array(comp, dtype=np.int64))
         return self._best_within(found)
@@ -583,28 +601,56 @@ class Planner:
 
         return self._best_within(block_schedules(self._plan_graph, self.budget))
 
-    def _dtr(self) -> tuple[np.ndarray | None, int]:
-        """The best DTR schedule within the budget over :data:`_DTR_VARIANTS` ((None, 0) if none)."""
+    def _slack(self) -> float:
+        """Seconds below which a step that cannot be interrupted (building the CP-SAT model, the C
+        greedy runs) is not started: a tenth of the time limit, at most 1 s."""
+        return min(1.0, 0.1 * self.time_limit)
+
+    def _left(self) -> float:
+        """Seconds left before the current planning order's deadline (0 when past it)."""
+        return max(0.0, self._deadline - time.perf_counter())
+
+    def _run_dtr(self, heuristic: str, lookahead: bool, keep: np.ndarray | None = None) -> np.ndarray | None:
+        """One DTR run over the planning order, given a share of the time left (at least 10 ms)."""
         g = self._plan_graph
-        once = g._once if g._has_once else None
+        rc, steps, _, _ = _core.remat_dtr(
+            g.memory,
+            g.duration,
+            g.pred_ptr,
+            g.pred_idx,
+            g.succ_ptr,
+            g.succ_idx,
+            g.order_idx,
+            g._once if g._has_once else None,
+            self.budget,
+            heuristic=heuristic,
+            lookahead=lookahead,
+            keep=keep,
+            time_limit=max(0.01, _DTR_RUN_SHARE * self._left()) if math.isfinite(self._deadline) else 0.0,
+        )
+        return steps if rc == 0 else None
+
+    def _dtr(self) -> tuple[np.ndarray | None, int]:
+        """The best DTR schedule within the budget over :data:`_DTR_VARIANTS`, then, when none
+        is found or the best recomputes a lot, over Belady with checkpoints
+        (:data:`_CHECKPOINT_LEVELS`); every run within the time left ((None, 0) if none)."""
         found = []
         for k, (heuristic, lookahead) in enumerate(_DTR_VARIANTS):
-            if k > 0 and time.perf_counter() > self._deadline:
+            if k > 0 and self._left() <= 0:
                 break
-            rc, steps, _, _ = _core.remat_dtr(
-                g.memory,
-                g.duration,
-                g.pred_ptr,
-                g.pred_idx,
-                g.succ_ptr,
-                g.succ_idx,
-                g.order_idx,
-                once,
-                self.budget,
-                heuristic=heuristic,
-                lookahead=lookahead,
-            )
-            if rc == 0 and steps is not None:
+            steps = self._run_dtr(heuristic, lookahead)
+            if steps is not None:
+                found.append(steps)
+        best = self._best_within(found)
+        total = self.graph.total_duration
+        if best[0] is not None and best[1] <= (1.0 + _CHECKPOINT_OVERHEAD) * total:
+            return best
+        depth = _depth(self._plan_graph)
+        for levels in _CHECKPOINT_LEVELS:
+            if self._left() <= 0:
+                break
+            steps = self._run_dtr("belady", True, keep=depth % levels == 0)
+            if steps is not None:
                 found.append(steps)
         return self._best_within(found)
 
@@ -653,8 +699,10 @@ class Planner:
         pos = np.empty(g.n, dtype=np.int64)
         pos[g.order_idx] = np.arange(g.n)
         for k in range(1, 8):
+            if self._left() <= 0:
+                break
             b = self.budget + (self.no_remat_peak - self.budget) * k // 8
-            comp = split_heuristic(g, b, time_limit=min(2.0, self._limit / 40))
+            comp = split_heuristic(g, b, time_limit=min(2.0, self._left() / 16))
             if comp is None:
                 continue
             copies = hint_copies(comp, g, pos)
@@ -777,6 +825,9 @@ class Planner:
             "seed": self.seed,
             "t0": t0,
         }
+        if self._left() < self._slack():  # the heuristics used the time: their best schedule, if any
+            status = "feasible" if fallback[0] is not None else "unknown"
+            return fallback[0], status, fallback[2], None
         if hint is None:
             # no stage schedule within budget known: from an over-budget start (a looser heuristic
             # schedule, or no remat), shave the peak down to the budget first, and stop there
@@ -815,7 +866,11 @@ class Planner:
         """The in-budget schedules of the fast heuristics, by solver name ("greedy", "blocks",
         "dtr"): each the best of its variants, as (schedule, duration)."""
         found = {}
-        for name, fn in (("greedy", self._greedy), ("blocks", self._blocks), ("dtr", self._dtr)):
+        # DTR first: it is the one that reaches tight budgets, and each heuristic gets a share of
+        # the time left (the interval splitting in "greedy" a quarter of what DTR leaves)
+        for name, fn in (("dtr", self._dtr), ("blocks", self._blocks), ("greedy", self._greedy)):
+            if name == "greedy" and self._left() < self._slack():
+                break  # its C runs are not time-limited: only with time to spare
             codes, dur = fn()
             if codes is not None:
                 found[name] = (codes, dur)
@@ -883,6 +938,16 @@ def _best_result(graph: Graph, results: list[_Result]) -> _Result:
     if lower is not None and lower > best_dur:  # cannot happen for exact bounds; stay consistent
         lower = best_dur
     return best[0], "optimal" if settled else "feasible", best[2], lower
+
+
+def _depth(g: Graph) -> np.ndarray:
+    """Longest-path depth of every node from the sources (0 for a source), int64 (n,)."""
+    depth = np.zeros(g.n, dtype=np.int64)
+    preds = g._preds
+    for v in g.order_idx.tolist():
+        if preds[v]:
+            depth[v] = max(int(depth[u]) for u in preds[v]) + 1
+    return depth
 
 
 def chen_candidates(g: Graph) -> list[int]:
