@@ -25,6 +25,7 @@ from sparseft.remat import Planner, Schedule
 from sparseft.remat.planner import SOLVERS
 from sparseft.train import checkpoint as ckpt
 from sparseft.train.executor import ActivationStore, execute
+from sparseft.train.pool import BufferPool
 from sparseft.train.optim import SCHEDULES, AdamW, clip_grad_norm, lr_at
 from sparseft.train.stepgraph import (
     StepGraph,
@@ -192,6 +193,12 @@ def _vocab_size(model: Any) -> int | None:
     return int(v) if isinstance(v, (int, np.integer)) else None
 
 
+def _planned_peak(sched: Schedule) -> int:
+    """The schedule's simulated activation peak (bytes): the buffer pool's limit."""
+    peak = sched.peak_memory
+    return 0 if peak is None else int(peak)
+
+
 class Trainer:
     """Fine-tune a model's sparse weights or its LoRS adapters, under an executed memory budget.
 
@@ -237,6 +244,14 @@ class Trainer:
     sync_weights : {"check", "broadcast"}
         With ``comm``: compare a SHA-256 of every rank's weights at start and raise if they
         differ ("check"), or copy rank 0's weights to the ranks that differ ("broadcast").
+    reuse_buffers : bool
+        Keep the buffers of freed activations and hand them back as the outputs of later ops
+        (the norms, attention, residual adds, activations and gradient sums), instead of fresh
+        memory that page-faults on first touch: a :class:`~sparseft.train.pool.BufferPool` that
+        only takes buffers nothing else references, and holds them only while the live
+        activations plus the pooled bytes stay within the schedule's planned peak (released at
+        the end of :meth:`fit` and before an evaluation). Results are bit-identical either way;
+        False allocates every output afresh.
 
     Attributes
     ----------
@@ -265,6 +280,7 @@ class Trainer:
         plan_time_limit: float = 30.0,
         comm: Any = None,
         sync_weights: str = "check",
+        reuse_buffers: bool = True,
     ) -> None:
         _model_ops(model)
         if sync_weights not in ("check", "broadcast"):
@@ -288,6 +304,9 @@ class Trainer:
         self.planner = planner
         self.seed = _int("seed", seed, 0)
         self.plan_time_limit = _number("plan_time_limit", plan_time_limit, 0.0, lo_open=True)
+        if not isinstance(reuse_buffers, bool):
+            raise TypeError(f"reuse_buffers: expected a bool, got {type(reuse_buffers).__name__}")
+        self.reuse_buffers = reuse_buffers
         self.adapter = adapter
         _attach_adapter(model, adapter)
         self._lors_pending = adapter is not None and adapter.init == "lors"  # fit() runs init_lors first
@@ -322,6 +341,7 @@ class Trainer:
             "planner": self.planner,
             "seed": self.seed,
             "plan_time_limit": self.plan_time_limit,
+            "reuse_buffers": self.reuse_buffers,
         }
 
     # ---------------------------------------------------------------- ranks
@@ -524,7 +544,8 @@ class Trainer:
         fresh = key not in self._profiled
         sg, sched = self.plan_for(rows.stop - rows.start, seq_len)
         self.plan = sched
-        store = ActivationStore()
+        pool = BufferPool(_planned_peak(sched)) if self.reuse_buffers else None
+        store = ActivationStore(pool)
         self.peak_activation_bytes = 0
         tokens = batch_size * seq_len * self.accumulate
         bar = None
@@ -584,10 +605,14 @@ class Trainer:
                     self._profiled.add(key)
                     sg, sched = self._plans[key]
                     self.plan = sched
+                    if pool is not None:
+                        pool.set_limit(_planned_peak(sched))
                     fresh = False
                 if eval_ds is not None and (
                     (eval_every is not None and self.step % eval_every == 0) or self.step == steps
                 ):
+                    if pool is not None:
+                        pool.clear()  # the evaluation allocates its own; the pool refills next step
                     ev = self.evaluate(eval_ds, batch_size=batch_size, seq_len=seq_len)
                     h.eval_step.append(self.step)
                     h.eval_loss.append(ev["loss"])
@@ -609,6 +634,8 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            if pool is not None:
+                pool.clear()  # nothing is held between fits
         return self.history
 
     def init_lors(
