@@ -262,6 +262,10 @@ class Trainer:
     step : int
         Optimizer steps taken so far.
     history : History
+    reuse_stats : dict
+        The buffer pool's counters over the last :meth:`fit` (``hits``, ``misses``,
+        ``reused_bytes``, ``released``, see :meth:`sparseft.train.pool.BufferPool.stats`); empty
+        with ``reuse_buffers=False``.
     """
 
     def __init__(
@@ -322,6 +326,7 @@ class Trainer:
         self.history = History()
         self.plan: Schedule | None = None
         self.peak_activation_bytes = 0
+        self.reuse_stats: dict[str, int] = {}
         self._plans: dict[tuple[int, int, int | float | None], tuple[StepGraph, Schedule]] = {}
         self._profiled: set[tuple[int, int, int | float | None]] = (
             set()
@@ -635,6 +640,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
             if pool is not None:
+                self.reuse_stats = pool.stats()
                 pool.clear()  # nothing is held between fits
         return self.history
 
