@@ -13,7 +13,7 @@ from sparseft.train import ActivationStore, build_step_graph, execute
 from sparseft.train.executor import _add
 from sparseft.train.pool import ALIGN, BufferPool
 from sparseft.train.stepgraph import block_checkpoint_steps, liveness_steps
-from tests.test_executor import F4, Add, Linear, SoftmaxCE, Tanh, TinyLM, _batch, _grads
+from tests.test_executor import F4, Add, Linear, SoftmaxCE, TinyLM, _batch, _grads
 
 KIB = 1024
 
@@ -108,7 +108,9 @@ def test_min_bytes_leaves_small_arrays_to_the_allocator() -> None:
     assert pool.recycle([small], 0) == 0 and len(pool) == 0
 
 
-@pytest.mark.parametrize("bad, err", [(-1, ValueError), (1.5, TypeError), ("1", TypeError), (True, TypeError)])
+@pytest.mark.parametrize(
+    "bad, err", [(-1, ValueError), (1.5, TypeError), ("1", TypeError), (True, TypeError)]
+)
 def test_bad_limits_are_errors(bad, err) -> None:
     with pytest.raises(err, match="limit"):
         BufferPool(bad)
@@ -228,7 +230,7 @@ class Held(TinyLM):
     def __init__(self, seed=0):
         super().__init__(n_layer=2, d=16, h=24, seed=seed)
         rng = np.random.default_rng(seed + 7)
-        emb, *rest = self._ops
+        emb = self._ops[0]
         self._ops = [
             emb,
             Same("same", "wte", 16),
@@ -316,7 +318,13 @@ def _text():
 
 @pytest.mark.parametrize(
     "kind, adapter, budget",
-    [("gpt", True, None), ("gpt", True, 0.5), ("llama", True, 0.5), ("gpt", False, None), ("llama", False, None)],
+    [
+        ("gpt", True, None),
+        ("gpt", True, 0.5),
+        ("llama", True, 0.5),
+        ("gpt", False, None),
+        ("llama", False, None),
+    ],
 )
 def test_trainer_steps_are_bit_identical_with_and_without_reuse(kind, adapter, budget) -> None:
     runs = {}

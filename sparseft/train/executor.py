@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from sparseft.models.graph import BATCH_NAMES, Op, act_nbytes, primary
+from sparseft.models.graph import BATCH_NAMES, act_nbytes, primary
 from sparseft.train.pool import BufferPool
 from sparseft.train.stepgraph import StepGraph
 
@@ -188,19 +188,23 @@ def execute(
     def arg(s: Any) -> Any:
         return data[s] if isinstance(s, str) else st.get(s)
 
-    def forward(c: int, op: Op) -> float | None:
+    def forward(c: int, op: Any) -> float | None:
         # a function of its own: its locals (inputs, output) are gone when the next "free" runs,
         # so a freed buffer is referenced by nothing and may go to the pool
         xs = [arg(s) for s in srcs[c]]
-        y = op.train_forward(*xs, alloc=alloc) if alloc is not None and op.takes_alloc else op.train_forward(*xs)
+        y = (
+            op.train_forward(*xs, alloc=alloc)
+            if alloc is not None and op.takes_alloc
+            else op.train_forward(*xs)
+        )
         value = float(primary(y)) if c == n - 1 else None
         st.put(c, y, int(mem[c]), f"op {op.name!r}: forward returned")
         return value
 
-    def backward(c: int, i: int, op: Op) -> None:
+    def backward(c: int, i: int, op: Any) -> None:
         gy: np.ndarray | None = None
         for ci, k in reversed(sg.consumers[i]):
-            g = st.get(sg.bwd_node[ci])[k]  # type: ignore[index]
+            g = st.get(sg.bwd_node[ci])[k]  # type: ignore[index, arg-type]
             if g is not None:
                 gy = _add(gy, g, alloc)
         if i < n - 1 and gy is None:

@@ -25,8 +25,8 @@ from sparseft.remat import Planner, Schedule
 from sparseft.remat.planner import SOLVERS
 from sparseft.train import checkpoint as ckpt
 from sparseft.train.executor import ActivationStore, execute
-from sparseft.train.pool import BufferPool
 from sparseft.train.optim import SCHEDULES, AdamW, clip_grad_norm, lr_at
+from sparseft.train.pool import BufferPool
 from sparseft.train.stepgraph import (
     StepGraph,
     block_checkpoint_steps,
