@@ -366,3 +366,30 @@ def test_trainer_reuse_buffers_must_be_a_bool() -> None:
         sft.Trainer(TinyLM(), reuse_buffers=1)  # type: ignore[arg-type]
     tr = sft.Trainer(TinyLM(), reuse_buffers=False)
     assert tr.config()["reuse_buffers"] is False
+
+
+def test_dense_base_writes_into_a_given_out_with_the_same_bits() -> None:
+    from sparseft.formats.dense import DenseBase
+
+    rng = np.random.default_rng(2)
+    W = rng.standard_normal((24, 40)).astype(np.float32)
+    base = DenseBase.from_dense(W * (W > 0), W > 0)
+    x = rng.standard_normal((9, 40)).astype(np.float32)
+    gy = rng.standard_normal((9, 24)).astype(np.float32)
+    bias = rng.standard_normal(24).astype(np.float32)
+    y = np.full((9, 24), np.nan, np.float32)
+    assert base.dense_forward(x, bias, out=y) is y
+    assert np.array_equal(y, base.dense_forward(x, bias))
+    gx = np.full((9, 40), np.nan, np.float32)
+    assert base.dense_backward_input(gy, out=gx) is gx
+    assert np.array_equal(gx, base.dense_backward_input(gy))
+    with pytest.raises(ValueError, match="out"):
+        base.dense_backward_input(gy, out=np.empty((9, 41), np.float32))
+    with pytest.raises(ValueError, match="out"):
+        base.dense_forward(x, out=x[:, :24])  # overlaps x (and is not C-contiguous)
+    flat = rng.standard_normal(9 * 40 + 9 * 24).astype(np.float32)
+    xs = flat[: 9 * 40].reshape(9, 40)
+    with pytest.raises(ValueError, match="shares memory"):  # C-contiguous, overlapping x
+        base.dense_forward(xs, out=flat[100 : 100 + 9 * 24].reshape(9, 24))
+    with pytest.raises(TypeError, match="out"):
+        base.dense_forward(x, out=np.empty((9, 24), np.float64))

@@ -72,6 +72,8 @@ class LinearOp(Op):
       G = gyᵀx sampled at the mask positions, so the optimizer never moves a pruned zero.
     """
 
+    takes_alloc = True  # dense base mode writes y and gx into ``alloc``'s buffers (see Op.takes_alloc)
+
     def __init__(self, name: str, src: str, block: int, layer: LoRSLinear, conv1d: bool) -> None:
         super().__init__(name, (src,), block)
         self._layer = layer
@@ -158,20 +160,27 @@ class LinearOp(Op):
             return g
         return {}
 
-    def forward(self, *xs: Act) -> Act:
+    def train_forward(self, *xs: Act, alloc: Alloc | None = None) -> Act:
+        return self.forward(*xs, alloc=alloc)
+
+    def forward(self, *xs: Act, alloc: Alloc | None = None) -> Act:
         x = primary(xs[0])
         layer = self.layer
         if self.mode == "adapter":
             return layer.forward(x, save=False)
         if self.mode == "base" and isinstance(layer.base, DenseBase):
-            y = layer.base.dense_forward(_rows(x), layer.bias)  # the GEMM core alone, bias fused
+            x2 = _rows(x)
+            out = _out(alloc, (x2.shape[0], self.out_features))
+            y = layer.base.dense_forward(x2, layer.bias, out=out)  # the GEMM core alone, bias fused
             return y.reshape(*x.shape[:-1], self.out_features)
         y = layer.base.forward(_rows(x), layer.A, layer.B, 0.0)
         if layer.bias is not None:
             y += layer.bias
         return y.reshape(*x.shape[:-1], self.out_features)
 
-    def backward(self, gy: Act | None, *xs: Act, y: Act) -> tuple[np.ndarray | None, ...]:
+    def backward(
+        self, gy: Act | None, *xs: Act, y: Act, alloc: Alloc | None = None
+    ) -> tuple[np.ndarray | None, ...]:
         assert isinstance(gy, np.ndarray)
         x = primary(xs[0])
         layer = self.layer
@@ -185,7 +194,7 @@ class LinearOp(Op):
         if self.mode == "base" and isinstance(base, DenseBase):
             # dense values: gx = gy W and gW += (gyᵀ x) ⊙ M accumulated in place (no out×in temporary)
             assert self._gw is not None
-            gx = base.dense_backward_input(gy2)
+            gx = base.dense_backward_input(gy2, out=_out(alloc, (gy2.shape[0], self.in_features)))
             base.weight_grad_into(self._gw, gy2, _rows(x), full=self._mask is None)
             if self._gb is not None:
                 self._gb += gy2.sum(axis=0, dtype=F32)
