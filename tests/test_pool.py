@@ -11,7 +11,7 @@ from sparseft.models import GPT, GPTConfig, Llama, LlamaConfig
 from sparseft.models.graph import Op, primary
 from sparseft.train import ActivationStore, build_step_graph, execute
 from sparseft.train.executor import _add
-from sparseft.train.pool import ALIGN, BufferPool
+from sparseft.train.pool import ALIGN, STREAM_BYTES, BufferPool
 from sparseft.train.stepgraph import block_checkpoint_steps, liveness_steps
 from tests.test_executor import F4, Add, Linear, SoftmaxCE, TinyLM, _batch, _grads
 
@@ -51,7 +51,13 @@ def test_empty_is_aligned_writeable_and_shaped() -> None:
         a = pool.empty(shape, dt)
         assert a.shape == shape and a.dtype == dt
         assert a.flags.c_contiguous and a.flags.writeable
-        assert a.ctypes.data % ALIGN == 0
+    big = pool.empty((STREAM_BYTES // 4 + 3,))  # from STREAM_BYTES on: 64-byte aligned, as the kernels'
+    assert big.ctypes.data % ALIGN == 0 and big.base.nbytes == big.nbytes + ALIGN
+    values = [big]
+    del big
+    assert pool.recycle(values, 0) > 0
+    again = pool.empty((STREAM_BYTES // 4 + 3,))  # the same buffer, still aligned
+    assert again.ctypes.data % ALIGN == 0 and pool.hits == 1
     assert pool.empty(4).shape == (4,)
     with pytest.raises(ValueError, match="shape"):
         pool.empty((2, -1))

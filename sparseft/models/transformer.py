@@ -72,13 +72,12 @@ class LinearOp(Op):
       G = gyᵀx sampled at the mask positions, so the optimizer never moves a pruned zero.
     """
 
-    takes_alloc = True  # dense base mode writes y and gx into ``alloc``'s buffers (see Op.takes_alloc)
-
     def __init__(self, name: str, src: str, block: int, layer: LoRSLinear, conv1d: bool) -> None:
         super().__init__(name, (src,), block)
         self._layer = layer
         self.conv1d = conv1d  # stored (in, out) in the checkpoint (GPT-2's Conv1D)
         self.mode = "frozen"
+        self.takes_alloc = False  # True in base mode on a dense base: y and gx go into alloc's buffers
         self._gw: np.ndarray | None = None
         self._gb: np.ndarray | None = None
         self._pos: np.ndarray | None = None
@@ -138,6 +137,7 @@ class LinearOp(Op):
             self._values().flags.writeable = False
             self._gw = self._gb = self._pos = self._mask = None
         self.mode = mode
+        self.takes_alloc = mode == "base" and isinstance(self._layer.base, DenseBase)
 
     def params(self) -> dict[str, np.ndarray]:
         if self.mode == "adapter":

@@ -231,10 +231,12 @@ def execute(
                 st.free(-1 - c)
                 continue
             t0 = time.perf_counter_ns()
-            if pool is not None:  # room for this node's output within the plan's peak
-                pool.reserve(st.live + int(mem[c]))
             i = sg.node_op[c]
             op = ops[i]
+            if pool is not None:  # room for this node's output within the plan's peak
+                pool.reserve(st.live + int(mem[c]))
+                if not op.takes_alloc:  # it allocates its output itself: hand the allocator a buffer
+                    pool.release(int(mem[c]))
             if c < n:
                 value = forward(c, op)
                 if value is not None and loss is None:

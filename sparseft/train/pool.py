@@ -30,10 +30,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ALIGN", "BufferPool"]
+__all__ = ["ALIGN", "STREAM_BYTES", "BufferPool"]
 
 ALIGN = 64
 """Byte alignment of the buffers the pool hands out (the row kernels stream aligned stores)."""
+
+STREAM_BYTES = 8 << 20
+"""From this size a new buffer gets ``ALIGN`` spare bytes to start on a 64-byte boundary, as the
+row kernels allocate their own outputs (``NN_STREAM_MIN_BYTES`` in ``csrc/nn.h``: they stream their
+stores from there); smaller ones are exactly their size, like the kernels', so that a buffer the pool
+gives back to the allocator fits the next kernel-allocated array of that size."""
 
 _SLACK = 4096 + ALIGN
 """A pooled buffer serves a request at most this many bytes smaller than itself: the store counts
@@ -105,9 +111,9 @@ class BufferPool:
     # ---- handing out ----
 
     def empty(self, shape: int | tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
-        """An uninitialized C-contiguous writeable array of ``shape`` and ``dtype``, starting on a
-        64-byte boundary: a pooled buffer of about its size when one is held (removed from the
-        pool: no other request gets it), else a new one.
+        """An uninitialized C-contiguous writeable array of ``shape`` and ``dtype``: a pooled buffer
+        of about its size when one is held (removed from the pool: no other request gets it), else
+        a new one; from ``STREAM_BYTES`` on, it starts on a 64-byte boundary.
 
         Raises
         ------
@@ -131,7 +137,7 @@ class BufferPool:
                 best, best_key = i, key
         if best < 0:
             self.misses += 1
-            raw = np.empty(need + ALIGN, np.uint8)
+            raw = np.empty(need + (ALIGN if need >= STREAM_BYTES else 0), np.uint8)
         else:
             raw = self._bufs.pop(best)
             self.pooled -= raw.nbytes
@@ -204,6 +210,18 @@ class BufferPool:
         while self._bufs and need + self.pooled > self.limit:
             self.pooled -= self._bufs.pop(0).nbytes
             self.released += 1
+
+    def release(self, nbytes: int) -> bool:
+        """Give one pooled buffer of about ``nbytes`` (as :meth:`empty` would serve) back to the
+        allocator, if one is held: an op about to allocate an output of that size itself (a kernel
+        without ``out=``) then gets that memory from the allocator instead of new pages, and the
+        pool and the allocator do not both hold memory for the same output."""
+        for i in range(len(self._bufs) - 1, -1, -1):
+            if nbytes <= self._bufs[i].nbytes <= nbytes + _SLACK:
+                self.pooled -= self._bufs.pop(i).nbytes
+                self.released += 1
+                return True
+        return False
 
     def clear(self) -> None:
         """Release every pooled buffer."""
