@@ -146,10 +146,11 @@ def _profile(tr: Any, data: np.ndarray) -> dict[str, Any]:
     from sparseft import _core
     from sparseft.train.executor import ActivationStore, execute
     from sparseft.train.pool import BufferPool
+    from sparseft.train.trainer import _pool_limit
 
     sg, sched = tr.plan_for(B, T)
     x, y = tr._dataset(data, "data").sample(np.random.default_rng(1), B, T)
-    store = ActivationStore(BufferPool(int(sched.peak_memory or 0)) if tr.reuse_buffers else None)
+    store = ActivationStore(BufferPool(_pool_limit(sched)) if tr.reuse_buffers else None)
     execute(sg, sched.codes, x, y, store)  # fills the pool, as the Trainer's steps after the first
     d: dict[int, int] = {}
     time.sleep(0.25)
