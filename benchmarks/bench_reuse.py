@@ -7,7 +7,7 @@ alternating: one warm-up step, then ``--steps`` steps measured: minor page fault
 total CPU time per step (CPU time is steadier than wall time on a shared host), wall time, and
 the peak RSS growth over the resident memory before the first step (``/proc/self/clear_refs``
 resets the high-water mark; malloc's free lists are trimmed first). The pool's limit is the
-Trainer's (90% of the plan's peak).
+Trainer's (``POOL_SHARE`` of the plan's peak).
 
     python benchmarks/bench_reuse.py [--steps 4] [--rounds 2] [--budget none|blocks]
 """

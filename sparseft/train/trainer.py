@@ -193,11 +193,11 @@ def _vocab_size(model: Any) -> int | None:
     return int(v) if isinstance(v, (int, np.integer)) else None
 
 
-POOL_SHARE = 0.9
+POOL_SHARE = 0.8
 """The buffer pool's limit as a share of the schedule's planned activation peak: live + pooled
 bytes stay within it. The rest is headroom for the allocator's own free blocks (glibc keeps freed
-arrays for reuse too); with the whole peak, the process's peak RSS rose by about 2.5% on the
-benchmark GPT, with 0.9 it matched the run without a pool (benchmarks/RESULTS.md)."""
+arrays for reuse too): on the benchmark GPT the process's peak RSS rose about 2.5% with the whole
+peak, 1% with 0.9, and matched the run without a pool within noise with 0.8 (benchmarks/RESULTS.md)."""
 
 
 def _pool_limit(sched: Schedule) -> int:
@@ -256,7 +256,7 @@ class Trainer:
         (the norms, attention, residual adds, activations and gradient sums), instead of fresh
         memory that page-faults on first touch: a :class:`~sparseft.train.pool.BufferPool` that
         only takes buffers nothing else references, and holds them only while the live
-        activations plus the pooled bytes stay within 90% of the schedule's planned peak
+        activations plus the pooled bytes stay within 80% of the schedule's planned peak
         (released at the end of :meth:`fit` and before an evaluation). Results are bit-identical either way;
         False allocates every output afresh.
 
