@@ -343,7 +343,7 @@ def test_trainer_steps_are_bit_identical_with_and_without_reuse(kind, adapter, b
             memory_budget=budget,
             planner="greedy",
             plan_time_limit=5,
-            reuse_buffers=reuse,
+            reuse_buffers=reuse,  # True forces the pool under a recomputing budget too
         )
         tr.fit(_text(), steps=3, batch_size=4, seq_len=64, progress=False)
         runs[reuse] = (tr, m)
@@ -367,11 +367,24 @@ def test_trainer_steps_are_bit_identical_with_and_without_reuse(kind, adapter, b
     assert tr1.reuse_stats["hits"] > 0 and tr0.reuse_stats == {}
 
 
-def test_trainer_reuse_buffers_must_be_a_bool() -> None:
+def test_trainer_reuse_buffers_must_be_a_bool_or_auto() -> None:
     with pytest.raises(TypeError, match="reuse_buffers"):
         sft.Trainer(TinyLM(), reuse_buffers=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="reuse_buffers"):
+        sft.Trainer(TinyLM(), reuse_buffers="yes")
     tr = sft.Trainer(TinyLM(), reuse_buffers=False)
     assert tr.config()["reuse_buffers"] is False
+    assert sft.Trainer(TinyLM()).config()["reuse_buffers"] == "auto"
+
+
+def test_auto_reuses_only_when_the_schedule_recomputes_nothing() -> None:
+    stats = {}
+    for budget in (None, 0.5):
+        tr = sft.Trainer(_model("gpt"), adapter=sft.LoRSConfig(r=4), memory_budget=budget, planner="greedy")
+        tr.fit(_text(), steps=2, batch_size=4, seq_len=64, progress=False)
+        stats[budget] = tr.reuse_stats
+        assert (tr.plan.solver == "none") == (budget is None)
+    assert stats[None]["hits"] > 0 and stats[0.5] == {}
 
 
 def test_dense_base_writes_into_a_given_out_with_the_same_bits() -> None:

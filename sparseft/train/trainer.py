@@ -251,14 +251,18 @@ class Trainer:
     sync_weights : {"check", "broadcast"}
         With ``comm``: compare a SHA-256 of every rank's weights at start and raise if they
         differ ("check"), or copy rank 0's weights to the ranks that differ ("broadcast").
-    reuse_buffers : bool
+    reuse_buffers : bool or "auto"
         Keep the buffers of freed activations and hand them back as the outputs of later ops
         (the norms, attention, residual adds, activations and gradient sums), instead of fresh
         memory that page-faults on first touch: a :class:`~sparseft.train.pool.BufferPool` that
         only takes buffers nothing else references, and holds them only while the live
         activations plus the pooled bytes stay within 80% of the schedule's planned peak
         (released at the end of :meth:`fit` and before an evaluation). Results are bit-identical either way;
-        False allocates every output afresh.
+        False allocates every output afresh. ``"auto"`` (the default) reuses when the executed
+        schedule recomputes nothing (no budget, or one the whole step fits in): there it saves
+        most page faults; under a recomputing budget the allocator already recycles the memory
+        the schedule keeps freeing, and a pool only adds resident memory (measured in
+        benchmarks/RESULTS.md).
 
     Attributes
     ----------
@@ -291,7 +295,7 @@ class Trainer:
         plan_time_limit: float = 30.0,
         comm: Any = None,
         sync_weights: str = "check",
-        reuse_buffers: bool = True,
+        reuse_buffers: bool | str = "auto",
     ) -> None:
         _model_ops(model)
         if sync_weights not in ("check", "broadcast"):
@@ -315,8 +319,10 @@ class Trainer:
         self.planner = planner
         self.seed = _int("seed", seed, 0)
         self.plan_time_limit = _number("plan_time_limit", plan_time_limit, 0.0, lo_open=True)
-        if not isinstance(reuse_buffers, bool):
-            raise TypeError(f"reuse_buffers: expected a bool, got {type(reuse_buffers).__name__}")
+        if not isinstance(reuse_buffers, (bool, str)):
+            raise TypeError(f"reuse_buffers: expected a bool or 'auto', got {type(reuse_buffers).__name__}")
+        if isinstance(reuse_buffers, str) and reuse_buffers != "auto":
+            raise ValueError(f"reuse_buffers: expected True, False or 'auto', got {reuse_buffers!r}")
         self.reuse_buffers = reuse_buffers
         self.adapter = adapter
         _attach_adapter(model, adapter)
@@ -397,6 +403,12 @@ class Trainer:
         return result
 
     # ---------------------------------------------------------------- planning
+    def _reuses(self, sched: Schedule) -> bool:
+        """Whether steps by ``sched`` draw outputs from a buffer pool (see ``reuse_buffers``)."""
+        if self.reuse_buffers == "auto":
+            return sched.solver == "none"  # a schedule that recomputes nothing
+        return bool(self.reuse_buffers)
+
     def _unbudgeted(self, sg: StepGraph) -> Schedule:
         steps = liveness_steps(sg.graph, [*range(sg.n_ops), *sg.backward_nodes()])
         peak = sg.graph.peak_memory()
@@ -556,7 +568,7 @@ class Trainer:
         fresh = key not in self._profiled
         sg, sched = self.plan_for(rows.stop - rows.start, seq_len)
         self.plan = sched
-        pool = BufferPool(_pool_limit(sched)) if self.reuse_buffers else None
+        pool = BufferPool(_pool_limit(sched)) if self._reuses(sched) else None
         store = ActivationStore(pool)
         self.peak_activation_bytes = 0
         tokens = batch_size * seq_len * self.accumulate
@@ -618,7 +630,7 @@ class Trainer:
                     sg, sched = self._plans[key]
                     self.plan = sched
                     if pool is not None:
-                        pool.set_limit(_pool_limit(sched))
+                        pool.set_limit(_pool_limit(sched) if self._reuses(sched) else 0)
                     fresh = False
                 if eval_ds is not None and (
                     (eval_every is not None and self.step % eval_every == 0) or self.step == steps
