@@ -4,9 +4,10 @@ Model: GPT-2 layout, 6 layers, d=512, 8 heads, byte vocabulary (256), seq 256, b
 block linear pruned to 50% (magnitude) and adapted with rank 16; AdamW on the adapters.
 
 - sparseft: ``Trainer(adapter=LoRSConfig(r=16))`` without a budget, and with a budget of half the
-  step's no-recompute activation peak (the Planner's schedule executed; bit-identical results);
-  each also with ``reuse_buffers=False`` (every activation in fresh memory, no buffer pool), run
-  alternately with the default, with the minor page faults and system time per step.
+  step's no-recompute activation peak (the Planner's schedule executed; bit-identical results),
+  with the default ``reuse_buffers="auto"`` (a buffer pool without a budget, none under it); and
+  each the other way (``reuse_buffers=False`` without a budget, ``True`` under it), with the minor
+  page faults and system time per step.
 - PyTorch, written as a new user would (``F.scaled_dot_product_attention``, ``F.cross_entropy`` on
   materialized logits, ``torch.optim.AdamW``): an SPP/SQFT-style masked adapter
   W + s·(B A) ⊙ M under autograd; the same with ``torch.utils.checkpoint`` around every block; and
@@ -107,7 +108,7 @@ def worker_sparseft(opt: str, steps: int) -> dict[str, Any]:
         adapter=sft.LoRSConfig(r=R, alpha=2 * R),
         lr=1e-3,
         memory_budget=None if budget == "none" else 0.5,
-        reuse_buffers=flag != "noreuse",
+        reuse_buffers={"noreuse": False, "reuse": True}.get(flag, "auto"),
     )
     data = _corpus()
     t0 = time.perf_counter()
@@ -496,10 +497,11 @@ def main_dense(steps: int) -> None:
 def _reuse_report(res: dict[str, Any], names: list[str], steps: int, rounds: int) -> None:
     """Buffer reuse against fresh outputs: the rows above, plus ``rounds - 1`` more alternating
     pairs per budget; ratios of tokens/s and peak growth within each pair, and their medians."""
-    pairs = {"none": [(res[names[0]], res[names[3]])], "half": [(res[names[1]], res[names[2]])]}
+    # the default ("auto") pools without a budget and not under the recomputing one
+    pairs = {"none": [(res[names[0]], res[names[3]])], "half": [(res[names[2]], res[names[1]])]}
     for _ in range(rounds - 1):
         for b in ("half", "none"):
-            on = _run(["--worker", f"sparseft:{b}", "--steps", str(steps)])
+            on = _run(["--worker", f"sparseft:{b}-reuse", "--steps", str(steps)])
             off = _run(["--worker", f"sparseft:{b}-noreuse", "--steps", str(steps)])
             if "error" not in on and "error" not in off:
                 pairs[b].append((on, off))
@@ -575,7 +577,7 @@ def main() -> None:
     rows = [
         ("sparseft LoRS, no budget", ["--worker", "sparseft:none"]),
         ("sparseft LoRS, budget 0.5x peak", ["--worker", "sparseft:half"]),
-        ("  same, reuse_buffers=False", ["--worker", "sparseft:half-noreuse"]),
+        ("  same, reuse_buffers=True", ["--worker", "sparseft:half-reuse"]),
         ("  no budget, reuse_buffers=False", ["--worker", "sparseft:none-noreuse"]),
         ("torch SPP-style masked adapter", ["--worker", "torch:spp"]),
         ("torch SPP-style + checkpoint/block", ["--worker", "torch:spp_ckpt"]),

@@ -16,7 +16,8 @@ Safety rests on two rules:
   twice, kept, or took from the batch or its parameters is left alone). Such a buffer would be
   deallocated at that moment; the pool keeps it instead and hands it out once, to one request.
 * **Memory never grows.** The pool holds a buffer only while the store's live bytes plus the pooled
-  bytes stay within ``limit`` (the schedule's planned peak), and before each compute the executor
+  bytes stay within ``limit`` (the Trainer gives it 80% of the schedule's planned peak, leaving the
+  allocator headroom for its own free blocks), and before each compute the executor
   releases pooled buffers until live + pooled + the node's declared output bytes fit too. Released
   buffers go back to the allocator as they would have without a pool.
 
@@ -68,8 +69,8 @@ class BufferPool:
     Parameters
     ----------
     limit : int
-        Bytes the store's live activations plus the pooled buffers may reach (the schedule's
-        planned peak, ``Schedule.peak_memory``); 0 keeps nothing.
+        Bytes the store's live activations plus the pooled buffers may reach (at most the
+        schedule's planned peak, ``Schedule.peak_memory``); 0 keeps nothing.
     min_bytes : int
         Smaller buffers are neither pooled nor served (the allocator recycles small blocks well).
 
