@@ -4,7 +4,10 @@ Model: GPT-2 layout, 6 layers, d=512, 8 heads, byte vocabulary (256), seq 256, b
 block linear pruned to 50% (magnitude) and adapted with rank 16; AdamW on the adapters.
 
 - sparseft: ``Trainer(adapter=LoRSConfig(r=16))`` without a budget, and with a budget of half the
-  step's no-recompute activation peak (the Planner's schedule executed; bit-identical results).
+  step's no-recompute activation peak (the Planner's schedule executed; bit-identical results),
+  with the default ``reuse_buffers="auto"`` (a buffer pool without a budget, none under it); and
+  each the other way (``reuse_buffers=False`` without a budget, ``True`` under it), with the minor
+  page faults and system time per step.
 - PyTorch, written as a new user would (``F.scaled_dot_product_attention``, ``F.cross_entropy`` on
   materialized logits, ``torch.optim.AdamW``): an SPP/SQFT-style masked adapter
   W + s·(B A) ⊙ M under autograd; the same with ``torch.utils.checkpoint`` around every block; and
@@ -17,7 +20,7 @@ Each configuration runs in its own process: "peak growth" is the peak resident m
 timed steps minus the resident memory after the model, the optimizer and one warm-up step
 (``/proc/self/clear_refs`` resets the high-water mark; glibc's free lists are trimmed first).
 
-    python benchmarks/bench_trainer.py [--steps 3] [--skip-dense]
+    python benchmarks/bench_trainer.py [--steps 3] [--skip-dense] [--reuse-rounds 1]
     python benchmarks/bench_trainer.py --only-dense [--steps 5]   # the dense line in detail
 """
 
@@ -28,6 +31,7 @@ import ctypes
 import functools
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -94,21 +98,28 @@ def _sparseft_model(sparse: bool, cfg: dict[str, int] | None = None) -> Any:
     return m
 
 
-def worker_sparseft(budget: str, steps: int) -> dict[str, Any]:
+def worker_sparseft(opt: str, steps: int) -> dict[str, Any]:
     import sparseft as sft
 
+    budget, _, flag = opt.partition("-")
     m = _sparseft_model(True)
     tr = sft.Trainer(
-        m, adapter=sft.LoRSConfig(r=R, alpha=2 * R), lr=1e-3, memory_budget=None if budget == "none" else 0.5
+        m,
+        adapter=sft.LoRSConfig(r=R, alpha=2 * R),
+        lr=1e-3,
+        memory_budget=None if budget == "none" else 0.5,
+        reuse_buffers={"noreuse": False, "reuse": True}.get(flag, "auto"),
     )
     data = _corpus()
     t0 = time.perf_counter()
     tr.fit(data, steps=1, batch_size=B, seq_len=T, progress=False)  # warm-up, plan, profile, re-plan
     first = time.perf_counter() - t0
     base = _baseline()
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     tr.fit(data, steps=1 + steps, batch_size=B, seq_len=T, progress=False)
     dt = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
     plan = tr.plan
     assert plan is not None
     return {
@@ -119,7 +130,11 @@ def worker_sparseft(budget: str, steps: int) -> dict[str, Any]:
         f"predicted overhead {100 * (plan.overhead or 0):.1f}%",
         "first_step_s": first,
         "loss": tr.history.loss[-1],
-        **(_profile(tr, data) if budget == "none" else {}),
+        "minflt_per_step": (ru1.ru_minflt - ru0.ru_minflt) / steps,
+        "sys_s_per_step": (ru1.ru_stime - ru0.ru_stime) / steps,
+        "cpu_s_per_step": (ru1.ru_stime - ru0.ru_stime + ru1.ru_utime - ru0.ru_utime) / steps,
+        "reuse": tr.reuse_stats,
+        **(_profile(tr, data) if opt == "none" else {}),
     }
 
 
@@ -131,13 +146,17 @@ def _profile(tr: Any, data: np.ndarray) -> dict[str, Any]:
 
     from sparseft import _core
     from sparseft.train.executor import ActivationStore, execute
+    from sparseft.train.pool import BufferPool
+    from sparseft.train.trainer import _pool_limit
 
     sg, sched = tr.plan_for(B, T)
     x, y = tr._dataset(data, "data").sample(np.random.default_rng(1), B, T)
+    store = ActivationStore(BufferPool(_pool_limit(sched)) if tr.reuse_buffers else None)
+    execute(sg, sched.codes, x, y, store)  # fills the pool, as the Trainer's steps after the first
     d: dict[int, int] = {}
     time.sleep(0.25)
     t0 = time.perf_counter_ns()
-    execute(sg, sched.codes, x, y, ActivationStore(), d)
+    execute(sg, sched.codes, x, y, store, d)
     step_us = (time.perf_counter_ns() - t0) / 1000
     tr.model.zero_grad()
     kinds: Counter[str] = Counter()
@@ -475,6 +494,33 @@ def main_dense(steps: int) -> None:
     print("\n".join(r["gemms"]))
 
 
+def _reuse_report(res: dict[str, Any], names: list[str], steps: int, rounds: int) -> None:
+    """Buffer reuse against fresh outputs: the rows above, plus ``rounds - 1`` more alternating
+    pairs per budget; ratios of tokens/s and peak growth within each pair, and their medians."""
+    # the default ("auto") pools without a budget and not under the recomputing one
+    pairs = {"none": [(res[names[0]], res[names[3]])], "half": [(res[names[2]], res[names[1]])]}
+    for _ in range(rounds - 1):
+        for b in ("half", "none"):
+            on = _run(["--worker", f"sparseft:{b}-reuse", "--steps", str(steps)])
+            off = _run(["--worker", f"sparseft:{b}-noreuse", "--steps", str(steps)])
+            if "error" not in on and "error" not in off:
+                pairs[b].append((on, off))
+    for b, label in (("none", "no budget"), ("half", "budget 0.5x")):
+        sp = [on["tokens_per_s"] / off["tokens_per_s"] for on, off in pairs[b]]
+        gr = [on["peak_growth"] / max(off["peak_growth"], 1) for on, off in pairs[b]]
+        fl = [(on["minflt_per_step"], off["minflt_per_step"]) for on, off in pairs[b]]
+        st = [(on["store_peak"], off["store_peak"]) for on, off in pairs[b]]
+        hits = [on["reuse"].get("reused_bytes", 0) / 2**20 / steps for on, _ in pairs[b]]
+        print(
+            f"reuse_buffers, {label}: tokens/s with/without {', '.join(f'{x:.3f}' for x in sp)} "
+            f"(median {float(np.median(sp)):.3f}x); peak growth with/without "
+            f"{', '.join(f'{x:.2f}' for x in gr)}; minor faults per step "
+            f"{', '.join(f'{a:.0f} vs {c:.0f}' for a, c in fl)}; store peak "
+            f"{', '.join(f'{a / 2**20:.1f} vs {c / 2**20:.1f} MiB' for a, c in st)}; "
+            f"reused {', '.join(f'{h:.0f}' for h in hits)} MiB per step"
+        )
+
+
 def _run(args: list[str]) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, os.path.abspath(__file__), *args], capture_output=True, text=True, check=False
@@ -488,6 +534,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
     ap.add_argument("--skip-dense", action="store_true", help="skip the GPT-2 124M dense line")
+    ap.add_argument(
+        "--reuse-rounds",
+        type=int,
+        default=1,
+        help="rounds of the buffer-reuse comparison (each runs the with/without pair alternately)",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument(
         "--only-dense",
@@ -525,6 +577,8 @@ def main() -> None:
     rows = [
         ("sparseft LoRS, no budget", ["--worker", "sparseft:none"]),
         ("sparseft LoRS, budget 0.5x peak", ["--worker", "sparseft:half"]),
+        ("  same, reuse_buffers=True", ["--worker", "sparseft:half-reuse"]),
+        ("  no budget, reuse_buffers=False", ["--worker", "sparseft:none-noreuse"]),
         ("torch SPP-style masked adapter", ["--worker", "torch:spp"]),
         ("torch SPP-style + checkpoint/block", ["--worker", "torch:spp_ckpt"]),
         ("torch plain LoRA (unmasked)", ["--worker", "torch:lora"]),
@@ -539,7 +593,11 @@ def main() -> None:
             continue
         note = ""
         if "plan" in r:
-            note = f"store peak {r['store_peak'] / 2**20:.1f} MiB; {r['plan']}; first step {r['first_step_s']:.1f} s"
+            note = (
+                f"store peak {r['store_peak'] / 2**20:.1f} MiB; {r['plan']}; first step {r['first_step_s']:.1f} s; "
+                f"per step {r['minflt_per_step']:.0f} minor faults, sys {r['sys_s_per_step']:.2f} s of "
+                f"{r['cpu_s_per_step']:.2f} s CPU"
+            )
         print(f"{name:38s} {r['tokens_per_s']:9.0f} {r['peak_growth'] / 2**20:9.1f} MiB  {note}")
         if "profile" in r:
             shares = ", ".join(f"{k} {100 * v:.1f}%" for k, v in r["profile"].items() if v >= 0.005)
@@ -554,8 +612,9 @@ def main() -> None:
             )
     ok = all("error" not in r for r in res.values())
     if ok:
+        _reuse_report(res, [rows[k][0] for k in range(4)], args.steps, args.reuse_rounds)
         sp0, sp1 = res[rows[0][0]], res[rows[1][0]]
-        spp, ck = res[rows[2][0]], res[rows[3][0]]
+        spp, ck = res[rows[4][0]], res[rows[5][0]]
         print(
             f"target no budget >= 2x SPP tokens/s at <= 0.6x its growth: "
             f"{sp0['tokens_per_s'] / spp['tokens_per_s']:.2f}x tokens/s, "

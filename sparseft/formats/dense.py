@@ -108,17 +108,25 @@ class DenseBase:
 
     # ---- plain-W kernels of dense full fine-tuning (no adapter term; see docs/dense_training.md) ----
 
-    def dense_forward(self, x: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    def dense_forward(
+        self, x: np.ndarray, bias: np.ndarray | None = None, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """y (N, out) = x Wᵀ (+ bias) by the GEMM core alone, for x float32 (N, in) C-contiguous.
 
         W is read live: in sparse full fine-tuning the optimizer updates it in place. The bias (if
-        any) is written into y first and the product accumulated onto it (no second pass).
+        any) is written into y first and the product accumulated onto it (no second pass). ``out``:
+        a writeable float32 C-contiguous (N, out) array sharing no memory with x to write y into
+        (returned; e.g. a reused buffer).
         """
-        out, in_ = self.shape
+        n_out, in_ = self.shape
         x = check_array(x, "x", np.float32, 2, " (N, in)")
         if x.shape[1] != in_:
             raise ValueError(f"x: expected {in_} columns (in), got shape {x.shape}")
-        y = np.empty((x.shape[0], out), np.float32)
+        y = (
+            np.empty((x.shape[0], n_out), np.float32)
+            if out is None
+            else self._out(out, (x.shape[0], n_out), x)
+        )
         if bias is None:
             _core.gemm_into(y, x, self._W, trans_b=True)
         else:
@@ -126,12 +134,31 @@ class DenseBase:
             _core.gemm_into(y, x, self._W, trans_b=True, beta=1.0)
         return y
 
-    def dense_backward_input(self, gy: np.ndarray) -> np.ndarray:
-        """gx (N, in) = gy W for gy float32 (N, out) C-contiguous, by the GEMM core alone."""
+    def dense_backward_input(self, gy: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """gx (N, in) = gy W for gy float32 (N, out) C-contiguous, by the GEMM core alone (into
+        ``out`` when given, as in :meth:`dense_forward`)."""
         gy = check_array(gy, "gy", np.float32, 2, " (N, out)")
         if gy.shape[1] != self.shape[0]:
             raise ValueError(f"gy: expected {self.shape[0]} columns (out), got shape {gy.shape}")
-        return _core.matmul(gy, self._W)
+        if out is None:
+            return _core.matmul(gy, self._W)
+        gx = self._out(out, (gy.shape[0], self.shape[1]), gy)
+        _core.gemm_into(gx, gy, self._W)
+        return gx
+
+    @staticmethod
+    def _out(out: object, shape: tuple[int, int], x: np.ndarray) -> np.ndarray:
+        if not isinstance(out, np.ndarray) or out.dtype != np.float32:
+            raise TypeError(
+                f"out: expected a float32 numpy.ndarray, got {getattr(out, 'dtype', type(out).__name__)}"
+            )
+        if out.shape != shape or not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError(
+                f"out: expected a writeable C-contiguous array of shape {shape}, got {out.shape}"
+            )
+        if np.may_share_memory(out, x):
+            raise ValueError("out: shares memory with the input")
+        return out
 
     def weight_grad_into(self, gw: np.ndarray, gy: np.ndarray, x: np.ndarray, full: bool = False) -> None:
         """gw (out, in) += (gyᵀ x) ⊙ M in place, for gy (N, out) and x (N, in) float32 C-contiguous.

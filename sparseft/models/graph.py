@@ -22,21 +22,29 @@ Conventions
   more, e.g. the per-token log-sum-exp its backward reuses).
 * The last op of :meth:`Model.ops` is the loss: its forward returns a float32 0-d array (mean loss
   over the batch) and its inputs include ``"target"``.
+* An op whose ``takes_alloc`` is true also accepts ``alloc=`` in :meth:`Op.train_forward` and
+  :meth:`Op.backward`: a callable ``alloc(shape, dtype=float32)`` returning an uninitialized
+  C-contiguous writeable array that shares memory with nothing live (the Trainer's executor passes
+  its buffer pool's, :class:`sparseft.train.pool.BufferPool`), for the op's large outputs. An op
+  uses it only for arrays it returns or drops (never keeps them), and gets identical results either way.
 
 See ``docs/models.md``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["BATCH_NAMES", "Act", "Model", "Op", "act_nbytes", "check_ops", "primary", "run_step"]
+__all__ = ["BATCH_NAMES", "Act", "Alloc", "Model", "Op", "act_nbytes", "check_ops", "primary", "run_step"]
 
 Act = np.ndarray | tuple[np.ndarray, ...]
 """An activation: one array, or a tuple whose first array is the primary output."""
+
+Alloc = Callable[..., np.ndarray]
+"""``alloc(shape, dtype=numpy.float32)``: an uninitialized output buffer (see ``Op.takes_alloc``)."""
 
 BATCH_NAMES = ("input", "target")
 """Input names that denote the batch rather than another op's output."""
@@ -72,6 +80,9 @@ class Op:
     name: str
     inputs: tuple[str, ...]
     block: int | None
+    takes_alloc: bool = False
+    """Whether :meth:`train_forward` and :meth:`backward` accept ``alloc=`` (an :data:`Alloc` an
+    executor passes to hand out reused output buffers; see the module docstring)."""
 
     def __init__(self, name: str, inputs: Sequence[str], block: int | None = None) -> None:
         if not isinstance(name, str) or not name or name in BATCH_NAMES:

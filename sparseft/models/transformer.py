@@ -20,7 +20,7 @@ from sparseft.adapters.lors import LoRSConfig, LoRSLinear
 from sparseft.formats.dense import DenseBase
 from sparseft.models import ops as F
 from sparseft.models.config import GPTConfig, LlamaConfig
-from sparseft.models.graph import Act, Model, Op, check_ops, primary
+from sparseft.models.graph import Act, Alloc, Model, Op, check_ops, primary
 
 __all__ = ["GPT", "Decoder", "LinearOp", "Llama", "build", "weight_spec"]
 
@@ -36,6 +36,29 @@ def _rows(a: np.ndarray) -> np.ndarray:
 
 
 # ---- ops --------------------------------------------------------------------------------------
+
+
+def _empty(alloc: Alloc | None, shape: tuple[int, ...]) -> np.ndarray:
+    """A new float32 array of ``shape``, from ``alloc`` (an executor's buffer pool) when given."""
+    return np.empty(shape, F32) if alloc is None else alloc(shape)
+
+
+def _out(alloc: Alloc | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    """An output buffer for a kernel's ``out=`` (None: the kernel allocates)."""
+    return None if alloc is None else alloc(shape)
+
+
+class _AllocOp(Op):
+    """An op whose training forward and backward take ``alloc=`` for their large outputs (the
+    executor's buffer pool, see ``Op.takes_alloc``); ``forward`` alone allocates as usual."""
+
+    takes_alloc = True
+
+    def forward(self, *xs: Act, alloc: Alloc | None = None) -> Act:
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def train_forward(self, *xs: Act, alloc: Alloc | None = None) -> Act:
+        return self.forward(*xs, alloc=alloc)
 
 
 class LinearOp(Op):
@@ -54,6 +77,7 @@ class LinearOp(Op):
         self._layer = layer
         self.conv1d = conv1d  # stored (in, out) in the checkpoint (GPT-2's Conv1D)
         self.mode = "frozen"
+        self.takes_alloc = False  # True in base mode on a dense base: y and gx go into alloc's buffers
         self._gw: np.ndarray | None = None
         self._gb: np.ndarray | None = None
         self._pos: np.ndarray | None = None
@@ -113,6 +137,7 @@ class LinearOp(Op):
             self._values().flags.writeable = False
             self._gw = self._gb = self._pos = self._mask = None
         self.mode = mode
+        self.takes_alloc = mode == "base" and isinstance(self._layer.base, DenseBase)
 
     def params(self) -> dict[str, np.ndarray]:
         if self.mode == "adapter":
@@ -135,20 +160,27 @@ class LinearOp(Op):
             return g
         return {}
 
-    def forward(self, *xs: Act) -> Act:
+    def train_forward(self, *xs: Act, alloc: Alloc | None = None) -> Act:
+        return self.forward(*xs, alloc=alloc)
+
+    def forward(self, *xs: Act, alloc: Alloc | None = None) -> Act:
         x = primary(xs[0])
         layer = self.layer
         if self.mode == "adapter":
             return layer.forward(x, save=False)
         if self.mode == "base" and isinstance(layer.base, DenseBase):
-            y = layer.base.dense_forward(_rows(x), layer.bias)  # the GEMM core alone, bias fused
+            x2 = _rows(x)
+            out = _out(alloc, (x2.shape[0], self.out_features))
+            y = layer.base.dense_forward(x2, layer.bias, out=out)  # the GEMM core alone, bias fused
             return y.reshape(*x.shape[:-1], self.out_features)
         y = layer.base.forward(_rows(x), layer.A, layer.B, 0.0)
         if layer.bias is not None:
             y += layer.bias
         return y.reshape(*x.shape[:-1], self.out_features)
 
-    def backward(self, gy: Act | None, *xs: Act, y: Act) -> tuple[np.ndarray | None, ...]:
+    def backward(
+        self, gy: Act | None, *xs: Act, y: Act, alloc: Alloc | None = None
+    ) -> tuple[np.ndarray | None, ...]:
         assert isinstance(gy, np.ndarray)
         x = primary(xs[0])
         layer = self.layer
@@ -162,7 +194,7 @@ class LinearOp(Op):
         if self.mode == "base" and isinstance(base, DenseBase):
             # dense values: gx = gy W and gW += (gyᵀ x) ⊙ M accumulated in place (no out×in temporary)
             assert self._gw is not None
-            gx = base.dense_backward_input(gy2)
+            gx = base.dense_backward_input(gy2, out=_out(alloc, (gy2.shape[0], self.in_features)))
             base.weight_grad_into(self._gw, gy2, _rows(x), full=self._mask is None)
             if self._gb is not None:
                 self._gb += gy2.sum(axis=0, dtype=F32)
@@ -192,7 +224,7 @@ class LinearOp(Op):
         return (True, False)  # x (the adapter's and the weight's gradients, gx's shape), never y
 
 
-class _Norm(Op):
+class _Norm(_AllocOp):
     """LayerNorm (w, b; output (y, mean, rstd)) or RMSNorm (w; output (y, rstd)) over C."""
 
     def __init__(
@@ -214,20 +246,24 @@ class _Norm(Op):
             return {}
         return {"weight": self.gw} if self.gb is None else {"weight": self.gw, "bias": self.gb}
 
-    def forward(self, *xs: Act) -> Act:
+    def forward(self, *xs: Act, alloc: Alloc | None = None) -> Act:
         x = primary(xs[0])
+        out = _out(alloc, x.shape)
         if self.b is None:
-            return F.rmsnorm_forward(x, self.w, self.eps)
-        return F.layernorm_forward(x, self.w, self.b, self.eps)
+            return F.rmsnorm_forward(x, self.w, self.eps, out=out)
+        return F.layernorm_forward(x, self.w, self.b, self.eps, out=out)
 
-    def backward(self, gy: Act | None, *xs: Act, y: Act) -> tuple[np.ndarray | None, ...]:
+    def backward(
+        self, gy: Act | None, *xs: Act, y: Act, alloc: Alloc | None = None
+    ) -> tuple[np.ndarray | None, ...]:
         assert isinstance(gy, np.ndarray) and isinstance(y, tuple)
         x = primary(xs[0])
+        out = _out(alloc, x.shape)
         if self.b is None:
-            dx, dw = F.rmsnorm_backward(gy, x, self.w, y[1])
+            dx, dw = F.rmsnorm_backward(gy, x, self.w, y[1], out=out)
             db = None
         else:
-            dx, dw, db = F.layernorm_backward(gy, x, self.w, y[1], y[2])
+            dx, dw, db = F.layernorm_backward(gy, x, self.w, y[1], y[2], out=out)
         if self.trainable:
             self.gw += dw
             if self.gb is not None and db is not None:
@@ -311,7 +347,7 @@ class _Embed(Op):
         return (True, False)  # the ids (the batch, resident anyway) for a trainable embedding
 
 
-class _Rope(Op):
+class _Rope(_AllocOp):
     """RoPE on (B, T, heads·D) viewed as (B, T, heads, D): the ``ops`` kernel for plain RoPE, or a
     rotation by the given per-pair frequencies (Llama 3.1's scaled ones), same rotate_half layout."""
 
@@ -328,22 +364,26 @@ class _Rope(Op):
         super().__init__(name, (src,), block)
         self.heads, self.hd, self.theta, self.inv_freq = heads, head_dim, theta, inv_freq
 
-    def _rotate(self, x: np.ndarray, sign: float) -> np.ndarray:
+    def _rotate(self, x: np.ndarray, sign: float, alloc: Alloc | None = None) -> np.ndarray:
         B, T = x.shape[:2]
         x4 = x.reshape(B, T, self.heads, self.hd)
         f = F.rope_forward if sign > 0 else F.rope_backward
+        out = _out(alloc, x4.shape)
         if self.inv_freq is None:
-            return f(x4, self.theta).reshape(x.shape)
+            return f(x4, self.theta, out=out).reshape(x.shape)
         # the given frequencies as float32 (as Hugging Face holds them): the kernel takes cos/sin
         # once per position, not per head
-        return f(x4, self.theta, inv_freq=np.ascontiguousarray(self.inv_freq, dtype=F32)).reshape(x.shape)
+        freq = np.ascontiguousarray(self.inv_freq, dtype=F32)
+        return f(x4, self.theta, inv_freq=freq, out=out).reshape(x.shape)
 
-    def forward(self, *xs: Act) -> Act:
-        return self._rotate(primary(xs[0]), 1.0)
+    def forward(self, *xs: Act, alloc: Alloc | None = None) -> Act:
+        return self._rotate(primary(xs[0]), 1.0, alloc)
 
-    def backward(self, gy: Act | None, *xs: Act, y: Act) -> tuple[np.ndarray | None, ...]:
+    def backward(
+        self, gy: Act | None, *xs: Act, y: Act, alloc: Alloc | None = None
+    ) -> tuple[np.ndarray | None, ...]:
         assert isinstance(gy, np.ndarray)
-        return (self._rotate(gy, -1.0),)  # a rotation: its gradient is the inverse rotation
+        return (self._rotate(gy, -1.0, alloc),)  # a rotation: its gradient is the inverse rotation
 
     def out_nbytes(self, batch: int, seq: int) -> int:
         return 4 * batch * seq * self.heads * self.hd
@@ -367,7 +407,7 @@ def _merge_heads(x: np.ndarray) -> np.ndarray:
     return x.reshape(B, T, h * d)
 
 
-class _Attention(Op):
+class _Attention(_AllocOp):
     """Causal attention; output (o (B, T, H·D), lse (B, H, T)).
 
     GPT-2 reads one fused qkv (B, T, 3C); Llama reads q, k, v (k and v with ``n_kv`` heads). The
@@ -394,14 +434,16 @@ class _Attention(Op):
         q, k, v = (primary(a) for a in xs)
         return _heads(q, H, D), _heads(k, Hkv, D), _heads(v, Hkv, D)
 
-    def forward(self, *xs: Act) -> Act:
+    def forward(self, *xs: Act, alloc: Alloc | None = None) -> Act:
         q, k, v = self._qkv(xs)
         B, T = q.shape[:2]
-        o = np.empty((B, T, self.H * self.D), np.float32)
+        o = _empty(alloc, (B, T, self.H * self.D))
         _, lse = F.attention_forward(q, k, v, causal=True, layout="bthd", out=_heads(o, self.H, self.D))
         return (o, lse)
 
-    def backward(self, gy: Act | None, *xs: Act, y: Act) -> tuple[np.ndarray | None, ...]:
+    def backward(
+        self, gy: Act | None, *xs: Act, y: Act, alloc: Alloc | None = None
+    ) -> tuple[np.ndarray | None, ...]:
         assert isinstance(gy, np.ndarray) and isinstance(y, tuple)
         q, k, v = self._qkv(xs)
         H, Hkv, D = self.H, self.Hkv, self.D
@@ -409,14 +451,14 @@ class _Attention(Op):
         o, do = _heads(y[0], H, D), _heads(gy, H, D)
         if len(xs) == 1:
             C = H * D
-            g = np.empty((B, T, 3 * C), np.float32)
+            g = _empty(alloc, (B, T, 3 * C))
             out = (_heads(g[..., :C], H, D), _heads(g[..., C : 2 * C], H, D), _heads(g[..., 2 * C :], H, D))
             F.attention_backward(do, q, k, v, o, y[1], causal=True, layout="bthd", out=out)
             return (g,)
         grads = (
-            np.empty((B, T, H * D), np.float32),
-            np.empty((B, T, Hkv * D), np.float32),
-            np.empty((B, T, Hkv * D), np.float32),
+            _empty(alloc, (B, T, H * D)),
+            _empty(alloc, (B, T, Hkv * D)),
+            _empty(alloc, (B, T, Hkv * D)),
         )
         out = (_heads(grads[0], H, D), _heads(grads[1], Hkv, D), _heads(grads[2], Hkv, D))
         F.attention_backward(do, q, k, v, o, y[1], causal=True, layout="bthd", out=out)
@@ -429,17 +471,26 @@ class _Attention(Op):
         return 4 * batch * seq * self.D * (self.H + 2 * self.Hkv)
 
 
-class _Add(Op):
+class _Add(_AllocOp):
     """Residual add; its backward passes gy on to both inputs (the same array twice)."""
 
     def __init__(self, name: str, a: str, b: str, block: int, C: int) -> None:
         super().__init__(name, (a, b), block)
         self.C = C
 
-    def forward(self, *xs: Act) -> Act:
-        return primary(xs[0]) + primary(xs[1])
+    def forward(self, *xs: Act, alloc: Alloc | None = None) -> Act:
+        a, b = primary(xs[0]), primary(xs[1])
+        if alloc is None or a.shape != b.shape or a.dtype != F32 or b.dtype != F32:
+            return a + b
+        out = alloc(a.shape)
+        # NumPy allows an out that overlaps an input: a pool must never hand out a live buffer
+        if np.may_share_memory(out, a) or np.may_share_memory(out, b):
+            raise ValueError(f"alloc: op {self.name!r} got an output buffer that overlaps an input")
+        return np.add(a, b, out=out)  # the same ufunc loop as a + b: the same bits
 
-    def backward(self, gy: Act | None, *xs: Act, y: Act) -> tuple[np.ndarray | None, ...]:
+    def backward(
+        self, gy: Act | None, *xs: Act, y: Act, alloc: Alloc | None = None
+    ) -> tuple[np.ndarray | None, ...]:
         assert isinstance(gy, np.ndarray)
         return (gy, gy)
 
@@ -452,17 +503,21 @@ class _Add(Op):
         return (False, False, False)
 
 
-class _Gelu(Op):
+class _Gelu(_AllocOp):
     def __init__(self, name: str, src: str, block: int, width: int) -> None:
         super().__init__(name, (src,), block)
         self.width = width
 
-    def forward(self, *xs: Act) -> Act:
-        return F.gelu_forward(primary(xs[0]))
+    def forward(self, *xs: Act, alloc: Alloc | None = None) -> Act:
+        x = primary(xs[0])
+        return F.gelu_forward(x, out=_out(alloc, x.shape))
 
-    def backward(self, gy: Act | None, *xs: Act, y: Act) -> tuple[np.ndarray | None, ...]:
+    def backward(
+        self, gy: Act | None, *xs: Act, y: Act, alloc: Alloc | None = None
+    ) -> tuple[np.ndarray | None, ...]:
         assert isinstance(gy, np.ndarray)
-        return (F.gelu_backward(gy, primary(xs[0])),)
+        x = primary(xs[0])
+        return (F.gelu_backward(gy, x, out=_out(alloc, x.shape)),)
 
     def out_nbytes(self, batch: int, seq: int) -> int:
         return 4 * batch * seq * self.width
@@ -473,17 +528,22 @@ class _Gelu(Op):
         return (True, False)
 
 
-class _SwiGLU(Op):
+class _SwiGLU(_AllocOp):
     def __init__(self, name: str, gate: str, up: str, block: int, width: int) -> None:
         super().__init__(name, (gate, up), block)
         self.width = width
 
-    def forward(self, *xs: Act) -> Act:
-        return F.swiglu_forward(primary(xs[0]), primary(xs[1]))
+    def forward(self, *xs: Act, alloc: Alloc | None = None) -> Act:
+        up = primary(xs[1])
+        return F.swiglu_forward(primary(xs[0]), up, out=_out(alloc, up.shape))
 
-    def backward(self, gy: Act | None, *xs: Act, y: Act) -> tuple[np.ndarray | None, ...]:
+    def backward(
+        self, gy: Act | None, *xs: Act, y: Act, alloc: Alloc | None = None
+    ) -> tuple[np.ndarray | None, ...]:
         assert isinstance(gy, np.ndarray)
-        return F.swiglu_backward(gy, primary(xs[0]), primary(xs[1]))
+        up = primary(xs[1])
+        out = None if alloc is None else (alloc(up.shape), alloc(up.shape))
+        return F.swiglu_backward(gy, primary(xs[0]), up, out=out)
 
     def out_nbytes(self, batch: int, seq: int) -> int:
         return 4 * batch * seq * self.width

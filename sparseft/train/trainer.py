@@ -26,6 +26,7 @@ from sparseft.remat.planner import SOLVERS
 from sparseft.train import checkpoint as ckpt
 from sparseft.train.executor import ActivationStore, execute
 from sparseft.train.optim import SCHEDULES, AdamW, clip_grad_norm, lr_at
+from sparseft.train.pool import BufferPool
 from sparseft.train.stepgraph import (
     StepGraph,
     block_checkpoint_steps,
@@ -192,6 +193,19 @@ def _vocab_size(model: Any) -> int | None:
     return int(v) if isinstance(v, (int, np.integer)) else None
 
 
+POOL_SHARE = 0.8
+"""The buffer pool's limit as a share of the schedule's planned activation peak: live + pooled
+bytes stay within it. The rest is headroom for the allocator's own free blocks (glibc keeps freed
+arrays for reuse too): on the benchmark GPT the process's peak RSS rose about 2.5% with the whole
+peak, 1% with 0.9, and matched the run without a pool within noise with 0.8 (benchmarks/RESULTS.md)."""
+
+
+def _pool_limit(sched: Schedule) -> int:
+    """The buffer pool's limit (bytes) for a schedule: ``POOL_SHARE`` of its simulated peak."""
+    peak = sched.peak_memory
+    return 0 if peak is None else int(POOL_SHARE * int(peak))
+
+
 class Trainer:
     """Fine-tune a model's sparse weights or its LoRS adapters, under an executed memory budget.
 
@@ -237,6 +251,18 @@ class Trainer:
     sync_weights : {"check", "broadcast"}
         With ``comm``: compare a SHA-256 of every rank's weights at start and raise if they
         differ ("check"), or copy rank 0's weights to the ranks that differ ("broadcast").
+    reuse_buffers : bool or "auto"
+        Keep the buffers of freed activations and hand them back as the outputs of later ops
+        (the norms, attention, residual adds, activations and gradient sums), instead of fresh
+        memory that page-faults on first touch: a :class:`~sparseft.train.pool.BufferPool` that
+        only takes buffers nothing else references, and holds them only while the live
+        activations plus the pooled bytes stay within 80% of the schedule's planned peak
+        (released at the end of :meth:`fit` and before an evaluation). Results are bit-identical either way;
+        False allocates every output afresh. ``"auto"`` (the default) reuses when the executed
+        schedule recomputes nothing (no budget, or one the whole step fits in): there it saves
+        most page faults; under a recomputing budget the allocator already recycles the memory
+        the schedule keeps freeing, and a pool only adds resident memory (measured in
+        benchmarks/RESULTS.md).
 
     Attributes
     ----------
@@ -247,6 +273,10 @@ class Trainer:
     step : int
         Optimizer steps taken so far.
     history : History
+    reuse_stats : dict
+        The buffer pool's counters over the last :meth:`fit` (``hits``, ``misses``,
+        ``reused_bytes``, ``released``, see :meth:`sparseft.train.pool.BufferPool.stats`); empty
+        with ``reuse_buffers=False``.
     """
 
     def __init__(
@@ -265,6 +295,7 @@ class Trainer:
         plan_time_limit: float = 30.0,
         comm: Any = None,
         sync_weights: str = "check",
+        reuse_buffers: bool | str = "auto",
     ) -> None:
         _model_ops(model)
         if sync_weights not in ("check", "broadcast"):
@@ -288,6 +319,11 @@ class Trainer:
         self.planner = planner
         self.seed = _int("seed", seed, 0)
         self.plan_time_limit = _number("plan_time_limit", plan_time_limit, 0.0, lo_open=True)
+        if not isinstance(reuse_buffers, (bool, str)):
+            raise TypeError(f"reuse_buffers: expected a bool or 'auto', got {type(reuse_buffers).__name__}")
+        if isinstance(reuse_buffers, str) and reuse_buffers != "auto":
+            raise ValueError(f"reuse_buffers: expected True, False or 'auto', got {reuse_buffers!r}")
+        self.reuse_buffers = reuse_buffers
         self.adapter = adapter
         _attach_adapter(model, adapter)
         self._lors_pending = adapter is not None and adapter.init == "lors"  # fit() runs init_lors first
@@ -303,6 +339,7 @@ class Trainer:
         self.history = History()
         self.plan: Schedule | None = None
         self.peak_activation_bytes = 0
+        self.reuse_stats: dict[str, int] = {}
         self._plans: dict[tuple[int, int, int | float | None], tuple[StepGraph, Schedule]] = {}
         self._profiled: set[tuple[int, int, int | float | None]] = (
             set()
@@ -322,6 +359,7 @@ class Trainer:
             "planner": self.planner,
             "seed": self.seed,
             "plan_time_limit": self.plan_time_limit,
+            "reuse_buffers": self.reuse_buffers,
         }
 
     # ---------------------------------------------------------------- ranks
@@ -365,6 +403,12 @@ class Trainer:
         return result
 
     # ---------------------------------------------------------------- planning
+    def _reuses(self, sched: Schedule) -> bool:
+        """Whether steps by ``sched`` draw outputs from a buffer pool (see ``reuse_buffers``)."""
+        if self.reuse_buffers == "auto":
+            return sched.solver == "none"  # a schedule that recomputes nothing
+        return bool(self.reuse_buffers)
+
     def _unbudgeted(self, sg: StepGraph) -> Schedule:
         steps = liveness_steps(sg.graph, [*range(sg.n_ops), *sg.backward_nodes()])
         peak = sg.graph.peak_memory()
@@ -524,7 +568,8 @@ class Trainer:
         fresh = key not in self._profiled
         sg, sched = self.plan_for(rows.stop - rows.start, seq_len)
         self.plan = sched
-        store = ActivationStore()
+        pool = BufferPool(_pool_limit(sched)) if self._reuses(sched) else None
+        store = ActivationStore(pool)
         self.peak_activation_bytes = 0
         tokens = batch_size * seq_len * self.accumulate
         bar = None
@@ -584,10 +629,14 @@ class Trainer:
                     self._profiled.add(key)
                     sg, sched = self._plans[key]
                     self.plan = sched
+                    if pool is not None:
+                        pool.set_limit(_pool_limit(sched) if self._reuses(sched) else 0)
                     fresh = False
                 if eval_ds is not None and (
                     (eval_every is not None and self.step % eval_every == 0) or self.step == steps
                 ):
+                    if pool is not None:
+                        pool.clear()  # the evaluation allocates its own; the pool refills next step
                     ev = self.evaluate(eval_ds, batch_size=batch_size, seq_len=seq_len)
                     h.eval_step.append(self.step)
                     h.eval_loss.append(ev["loss"])
@@ -609,6 +658,9 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            if pool is not None:
+                self.reuse_stats = pool.stats()
+                pool.clear()  # nothing is held between fits
         return self.history
 
     def init_lors(
