@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from sparseft import _core
+from sparseft.remat.bounds import cut_lower_bound
 from sparseft.remat.graph import Graph, atomic_write_json
 
 __all__ = ["SOLVERS", "Planner", "Schedule", "simulate"]
@@ -181,8 +182,15 @@ class Schedule:
     time_to_best : float or None
         Seconds from the start of :meth:`Planner.solve` until this schedule was found.
     lower_bound : int or None
-        A lower bound on the duration of any schedule of the class (from the exact solvers;
-        for "moccasin" with at most ``max_copies`` computations per node).
+        A lower bound on the duration of every schedule of the class searched: for every solver
+        at least the memory-cut bound (:func:`sparseft.remat.cut_lower_bound`, valid for every
+        schedule whose first computations follow the planning order, DTR's general schedules
+        included), raised to the exact solver's proved bound when the schedule lies in that
+        solver's class (for "moccasin", at most ``max_copies`` computations per node); with
+        ``order="auto"`` the least over the planning orders. None when no schedule of any
+        planning order's class fits the budget (``status`` is then "infeasible").
+    gap : float or None
+        ``(duration - lower_bound) / lower_bound``: how far from optimal the schedule can be.
     """
 
     def __init__(
@@ -223,6 +231,17 @@ class Schedule:
     def codes(self) -> np.ndarray:
         """The steps as int64 codes: node index to compute, ``-1 - index`` to free."""
         return self._codes.copy()
+
+    @property
+    def gap(self) -> float | None:
+        """``(duration - lower_bound) / lower_bound``, the most the schedule can be above the
+        optimum of the class, relative to the bound (0.0 when proved optimal); None without a
+        schedule or a bound."""
+        if self.duration is None or self.lower_bound is None:
+            return None
+        if self.lower_bound <= 0:
+            return 0.0 if self.duration <= self.lower_bound else math.inf
+        return (self.duration - self.lower_bound) / self.lower_bound
 
     @property
     def recomputations(self) -> int:
@@ -502,9 +521,10 @@ class Planner:
         """
         t0 = time.perf_counter()
         fn = getattr(self, f"_solve_{self.solver}")
-        results = []
+        results: list[_Result] = []
         self._sources: list[str] = []  # with "auto": the solver behind each order's result
         self._dtr_stage: np.ndarray | None = None  # DTR's schedule in stage form (a Moccasin hint)
+        cuts: list[int | None] = []  # the memory-cut bound of each planning order
         try:
             for k, pg in enumerate(self._plan_graphs):
                 elapsed = time.perf_counter() - t0
@@ -512,13 +532,27 @@ class Planner:
                 self._plan_graph, self.plan_peak = pg, pg.peak_memory()
                 self._limit = elapsed + max(0.01, share * (self.time_limit - elapsed))
                 self._deadline = t0 + self._limit
+                cuts.append(cut_lower_bound(pg, self.budget))
+                if cuts[-1] is None:  # proved: no schedule of this order's class fits the budget
+                    results.append((None, "infeasible", None, None))
+                    self._sources.append(self.solver)
+                    continue
                 results.append(fn(t0))
                 if self._recomputes_nothing(results[-1][0]):
                     break  # nothing can be better
         finally:
             self._plan_graph, self._limit = self._plan_graphs[0], self.time_limit
             self.plan_peak = self._plan_graph.peak_memory()
-        codes, status, t_best, lower = _best_result(self.graph, results)
+        codes, status, t_best, _ = _best_result(self.graph, results)
+        lower = self._lower_bound(results, cuts)
+        if codes is None and lower is None:
+            status = "infeasible"  # every order's class is proved empty
+        elif codes is not None and lower is not None:
+            _, dur, _ = _sim(self.graph, codes, profile=False)
+            lower = min(lower, dur)  # cannot bind for valid bounds; stay consistent
+            # "optimal" exactly when the schedule attains the bound (the proofs of the exact
+            # solvers enter through their bound, see _lower_bound)
+            status = "optimal" if dur == lower else "feasible"
         solver = self.solver
         if solver == "auto":  # name the solver whose schedule won
             won = next((k for k, r in enumerate(results) if codes is not None and r[0] is codes), None)
@@ -539,6 +573,36 @@ class Planner:
             time_to_best=t_best,
             lower_bound=lower,
         )
+
+    def _lower_bound(self, results: list[_Result], cuts: list[int | None]) -> int | None:
+        """The lower bound of the whole solve: the least over the planning orders of each
+        order's bound, which is its memory-cut bound (valid for every schedule whose first
+        computations follow the order, general ones included), raised to the exact solver's bound
+        when the order's schedule lies in that solver's class (a stage schedule; for Moccasin
+        with at most ``max_copies`` computations per node). An order whose class is proved empty
+        (by the cut bound, or by the exact solver when it returned no schedule) does not count.
+        None when every order's class is proved empty."""
+        from sparseft.remat.solvers.moccasin import hint_copies
+
+        exact = self.solver in ("moccasin", "checkmate", "auto")
+        best: int | None = None
+        for pg, res, cut in zip(self._plan_graphs, results, cuts, strict=False):
+            codes, status, _, solver_bound = res
+            if cut is None or (codes is None and exact and status == "infeasible"):
+                continue
+            bound = cut
+            if codes is not None and solver_bound is not None and solver_bound > cut:
+                if self.solver == "none":
+                    bound = solver_bound  # the no-recompute schedule: the total duration
+                elif exact:
+                    pos = np.empty(pg.n, dtype=np.int64)
+                    pos[pg.order_idx] = np.arange(pg.n)
+                    copies = hint_copies(codes.tolist(), pg, pos)
+                    limit = self.max_copies if self.solver != "checkmate" else pg.n
+                    if copies is not None and max(len(c) for c in copies) <= limit:
+                        bound = solver_bound
+            best = bound if best is None else min(best, bound)
+        return best
 
     def _recomputes_nothing(self, codes: np.ndarray | None) -> bool:
         return codes is not None and int(np.count_nonzero(np.asarray(codes) >= 0)) == self.graph.n
