@@ -269,3 +269,49 @@ def test_inputs_not_modified_and_public() -> None:
     cut_bound(g, 9, exact=True, time_limit=2)
     assert g.to_json() == before
     assert sft.remat.cut_lower_bound is cut_lower_bound
+
+
+# ------------------------------------------------------------------ the local search (solvers/polish.py)
+def test_polish_drops_a_useless_recomputation() -> None:
+    from sparseft.remat.solvers.polish import polish
+
+    g = skip_chain()
+
+    def duration(codes: np.ndarray) -> tuple[int, int]:
+        codes = sft._core.remat_compact(codes, g.pred_ptr, g.pred_idx, g.n)  # frees after last reads
+        return sft.simulate(g, [("compute", c) if c >= 0 else ("free", -1 - c) for c in codes.tolist()])
+
+    once_more = np.array([0, 1, 2, 3, 0, 4], dtype=np.int64)  # node 0 recomputed before 4
+    assert duration(polish(g, 9, once_more)) == (9, 10)  # needed at 9: kept
+    assert duration(polish(g, 12, once_more)) == (12, 7)  # not needed at 12: dropped
+    twice = np.array([0, 1, 2, 0, 3, 0, 4], dtype=np.int64)
+    assert duration(polish(g, 9, twice)) == (9, 10)
+
+
+def test_polish_keeps_schedules_valid_and_never_longer() -> None:
+    from sparseft.remat.solvers.moccasin import hint_copies
+    from sparseft.remat.solvers.polish import polish
+
+    rng = np.random.default_rng(5)
+    improved = 0
+    for k in range(12):
+        g = sft.graphs.random_layered(int(rng.integers(20, 80)), seed=k)
+        for frac in (0.9, 0.75):
+            b = int(frac * g.peak_memory())
+            if b < g.min_budget()[0]:
+                continue
+            plan = sft.Planner(g, b, solver="dtr", order="given").solve()
+            if plan.duration is None:
+                continue
+            out = polish(g, b, plan.codes)
+            codes = out.tolist()
+            peak, dur, _ = ref.remat_simulate(codes, g.memory.tolist(), g.duration.tolist(), preds_of(g))
+            assert peak <= b and dur <= plan.duration
+            lb = cut_lower_bound(g, b)
+            assert lb is not None and lb <= dur
+            improved += dur < plan.duration
+            pos = np.empty(g.n, dtype=np.int64)
+            pos[g.order_idx] = np.arange(g.n)
+            if hint_copies(plan.codes.tolist(), g, pos) is not None:  # a stage schedule stays one
+                assert hint_copies(codes, g, pos) is not None
+    assert improved >= 1

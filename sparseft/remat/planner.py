@@ -37,6 +37,8 @@ ORDERS = ("given", "auto")
 _FIRST_ORDER_SHARE = 2.0 / 3.0
 # seconds of the full CP-SAT portfolio on Moccasin's soft start before it switches to LNS alone
 _EXACT_SLICE = 5.0
+# seconds at most for each local-search pass over a schedule (drop/delay moves, solvers/polish.py)
+_POLISH_SECONDS = 10.0
 _INT32_MAX = 2**31 - 1  # CP-SAT's random_seed and num_workers are int32
 _INT64_MAX = 2**63 - 1
 
@@ -833,6 +835,15 @@ class Planner:
                 self._dtr_stage = staged[0]
                 stage.append(staged)
         hint, hint_dur = min(stage, key=lambda x: x[1]) if stage else (None, 0)
+        if hint is not None:  # drop the recomputations it does not need (it stays a stage schedule)
+            was_dtr = hint is self._dtr_stage
+            hint, hint_dur = self._polish(hint)
+            if was_dtr:
+                self._dtr_stage = hint
+        if fallback[0] is not None:
+            fallback = (*self._polish(fallback[0]), fallback[2])
+            self._last_hint = (fallback[0], fallback[1], self._last_hint[2])
+        t_found = time.perf_counter() - t0
         t_hint: float | None = t_found
         args: dict[str, Any] = {
             "time_limit": self._limit,
@@ -872,8 +883,28 @@ class Planner:
         # the plain model, hinted with an in-budget schedule
         res = solve_moccasin(self._plan_graph, self.budget, hint=hint.tolist(), **args)
         if fallback[0] is not None and fallback[1] < hint_dur:
-            return self._best_of(res, *fallback)
-        return self._best_of(res, hint, hint_dur, t_hint)
+            return self._polished(self._best_of(res, *fallback), t0)
+        return self._polished(self._best_of(res, hint, hint_dur, t_hint), t0)
+
+    def _polish(self, codes: np.ndarray) -> tuple[np.ndarray, int]:
+        """``codes`` after the drop/delay local search (:mod:`sparseft.remat.solvers.polish`), a
+        few seconds at most, and its duration."""
+        from sparseft.remat.solvers.polish import polish
+
+        out = polish(self._plan_graph, self.budget, codes, time_limit=min(_POLISH_SECONDS, self._limit / 20))
+        _, dur, _ = _sim(self._plan_graph, out, profile=False)
+        return out, dur
+
+    def _polished(self, res: _Result, t0: float) -> _Result:
+        """A solver's result with its schedule polished; "optimal" stays so only if unchanged."""
+        codes, _, _, lower = res
+        if codes is None:
+            return res
+        _, before, _ = _sim(self._plan_graph, codes, profile=False)
+        out, dur = self._polish(codes)
+        if dur >= before:
+            return res
+        return out, "feasible", time.perf_counter() - t0, lower
 
     def _heuristics(self) -> dict[str, tuple[np.ndarray, int]]:
         """The in-budget schedules of the fast heuristics, by solver name ("greedy", "blocks",
