@@ -39,6 +39,10 @@ _FIRST_ORDER_SHARE = 2.0 / 3.0
 _EXACT_SLICE = 5.0
 # seconds at most for each local-search pass over a schedule (drop/delay moves, solvers/polish.py)
 _POLISH_SECONDS = 10.0
+# Moccasin's multi-start before CP-SAT: Belady at budgets 0%, 1%, ... (at most this many) below the
+# budget, each polished at the budget, within this share of the order's time
+_MULTISTART_STARTS = 31
+_MULTISTART_SHARE = 0.3
 _INT32_MAX = 2**31 - 1  # CP-SAT's random_seed and num_workers are int32
 _INT64_MAX = 2**63 - 1
 
@@ -817,6 +821,7 @@ class Planner:
         if self.plan_peak <= self.budget:  # nothing to recompute: the planning order fits
             return self._solve_none(t0)
         found = self._heuristics()
+        self._multistart(found, t0)
         t_found = time.perf_counter() - t0
         # the fallback: the best heuristic schedule of any kind; the model's hint: the best
         # stage-structured one (DTR's general schedules are outside the model's class)
@@ -837,7 +842,7 @@ class Planner:
         hint, hint_dur = min(stage, key=lambda x: x[1]) if stage else (None, 0)
         if hint is not None:  # drop the recomputations it does not need (it stays a stage schedule)
             was_dtr = hint is self._dtr_stage
-            hint, hint_dur = self._polish(hint)
+            hint, hint_dur = self._polish(hint, stage=True)
             if was_dtr:
                 self._dtr_stage = hint
         if fallback[0] is not None:
@@ -886,12 +891,61 @@ class Planner:
             return self._polished(self._best_of(res, *fallback), t0)
         return self._polished(self._best_of(res, hint, hint_dur, t_hint), t0)
 
-    def _polish(self, codes: np.ndarray) -> tuple[np.ndarray, int]:
+    def _multistart(self, found: dict[str, tuple[np.ndarray, int]], t0: float) -> None:
+        """Belady (DTR's next-use eviction) at budgets 1%, 2%, ... below the budget, each
+        schedule polished at the budget (:mod:`sparseft.remat.solvers.polish`): a tighter start
+        leaves the drop and swap moves room to work with. The best, if better than DTR's own,
+        replaces ``found["dtr"]``. Uses at most ``_MULTISTART_SHARE`` of the order's time."""
+        from sparseft.remat.solvers.polish import polish
+
+        g = self._plan_graph
+        once = g._once if g._has_once else None
+        now = time.perf_counter()
+        deadline = now + _MULTISTART_SHARE * max(0.0, t0 + self._limit - now)
+        lo, _ = g.min_budget()
+        best = found.get("dtr")
+        for k in range(_MULTISTART_STARTS):
+            b = int(self.budget * (1.0 - 0.01 * k))
+            if b < lo or time.perf_counter() > deadline:
+                break
+            rc, steps, _, _ = _core.remat_dtr(
+                g.memory,
+                g.duration,
+                g.pred_ptr,
+                g.pred_idx,
+                g.succ_ptr,
+                g.succ_idx,
+                g.order_idx,
+                once,
+                b,
+                heuristic="belady",
+                lookahead=True,
+            )
+            if rc != 0 or steps is None:
+                continue
+            try:
+                steps = self._compact(steps)
+                out = polish(g, self.budget, steps, time_limit=max(0.05, deadline - time.perf_counter()))
+                peak, dur, _ = _sim(g, out, profile=False)
+            except ValueError:  # never keep an invalid schedule
+                continue
+            if peak <= self.budget and (best is None or dur < best[1]):
+                best = (out, dur)
+        if best is not None:
+            found["dtr"] = best
+
+    def _polish(self, codes: np.ndarray, stage: bool = False) -> tuple[np.ndarray, int]:
         """``codes`` after the drop/delay local search (:mod:`sparseft.remat.solvers.polish`), a
         few seconds at most, and its duration."""
         from sparseft.remat.solvers.polish import polish
 
-        out = polish(self._plan_graph, self.budget, codes, time_limit=min(_POLISH_SECONDS, self._limit / 20))
+        out = polish(
+            self._plan_graph,
+            self.budget,
+            codes,
+            time_limit=min(_POLISH_SECONDS, self._limit / 20),
+            max_copies=self.max_copies if stage else None,
+        )
         _, dur, _ = _sim(self._plan_graph, out, profile=False)
         return out, dur
 
