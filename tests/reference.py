@@ -1042,3 +1042,47 @@ def remat_dtr(
         if need[v] == 0:
             release(v)
     return steps, state["peak"], state["total"]
+
+
+def remat_brute_force_general(memory, duration, preds, order, budget, once=None):
+    """Least duration over ALL schedules whose first computations follow ``order`` (Dijkstra), or None.
+
+    The class of the memory-cut bound (sparseft.remat.bounds): the node at position k of
+    ``order`` is the k-th node computed for the first time; any already computed node (not
+    ``once``) may be recomputed at any time, in any order, and frees are allowed anywhere. A
+    computation needs its inputs resident and itself not, and the resident memory including its
+    output within ``budget``. The state is (number of nodes computed so far, resident set).
+    Exponential: for graphs of at most ~8 nodes.
+    """
+    import heapq
+
+    n = len(memory)
+    once = [False] * n if once is None else [bool(x) for x in once]
+    pmask = [sum(1 << u for u in preds[v]) for v in range(n)]
+
+    def mem_of(mask):
+        return sum(memory[v] for v in range(n) if mask >> v & 1)
+
+    dist = {(0, 0): 0}
+    heap = [(0, (0, 0))]
+    while heap:
+        d, state = heapq.heappop(heap)
+        if dist.get(state) != d:
+            continue
+        k, mask = state
+        if k == n:
+            return d
+        moves = [(0, (k, mask & ~(1 << v))) for v in range(n) if mask >> v & 1]
+        cands = [(order[k], k + 1)] + [(u, k) for u in order[:k] if not once[u]]
+        for v, k2 in cands:
+            if mask >> v & 1 or (pmask[v] & mask) != pmask[v]:
+                continue
+            new = mask | 1 << v
+            if mem_of(new) <= budget:
+                moves.append((duration[v], (k2, new)))
+        for c, nxt in moves:
+            nd = d + c
+            if nd < dist.get(nxt, 1 << 62):
+                dist[nxt] = nd
+                heapq.heappush(heap, (nd, nxt))
+    return None

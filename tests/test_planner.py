@@ -858,9 +858,10 @@ def test_moccasin_falls_back_to_dtr_where_nothing_else_fits(monkeypatch) -> None
     monkeypatch.setattr("sparseft.remat.solvers.moccasin.solve_moccasin", lambda *a, **k: _unknown())
     plan = sft.Planner(g, b, solver="moccasin", time_limit=1, threads=1, order="given").solve()
     check_schedule(g, plan)
-    assert plan.status == "feasible" and plan.duration == dtr.duration
+    # DTR's schedule, after the drop/delay local search (solvers/polish.py): never longer
+    assert plan.status in ("feasible", "optimal") and plan.duration <= dtr.duration
     auto = sft.Planner(g, b, solver="auto", time_limit=1, threads=1, order="given").solve()
-    assert auto.solver == "dtr" and auto.duration == dtr.duration
+    assert auto.solver == "dtr" and auto.duration == plan.duration
 
 
 def _unknown():

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from sparseft import _core
+from sparseft.remat.bounds import cut_lower_bound
 from sparseft.remat.graph import Graph, atomic_write_json
 
 __all__ = ["SOLVERS", "Planner", "Schedule", "simulate"]
@@ -54,6 +55,12 @@ ORDERS = ("given", "auto")
 _FIRST_ORDER_SHARE = 2.0 / 3.0
 # seconds of the full CP-SAT portfolio on Moccasin's soft start before it switches to LNS alone
 _EXACT_SLICE = 5.0
+# seconds at most for each local-search pass over a schedule (drop/delay moves, solvers/polish.py)
+_POLISH_SECONDS = 10.0
+# Moccasin's multi-start before CP-SAT: Belady at budgets 0%, 1%, ... (at most this many) below the
+# budget, each polished at the budget, within this share of the order's time
+_MULTISTART_STARTS = 31
+_MULTISTART_SHARE = 0.3
 _INT32_MAX = 2**31 - 1  # CP-SAT's random_seed and num_workers are int32
 _INT64_MAX = 2**63 - 1
 
@@ -199,8 +206,15 @@ class Schedule:
     time_to_best : float or None
         Seconds from the start of :meth:`Planner.solve` until this schedule was found.
     lower_bound : int or None
-        A lower bound on the duration of any schedule of the class (from the exact solvers;
-        for "moccasin" with at most ``max_copies`` computations per node).
+        A lower bound on the duration of every schedule of the class searched: for every solver
+        at least the memory-cut bound (:func:`sparseft.remat.cut_lower_bound`, valid for every
+        schedule whose first computations follow the planning order, DTR's general schedules
+        included), raised to the exact solver's proved bound when the schedule lies in that
+        solver's class (for "moccasin", at most ``max_copies`` computations per node); with
+        ``order="auto"`` the least over the planning orders. None when no schedule of any
+        planning order's class fits the budget (``status`` is then "infeasible").
+    gap : float or None
+        ``(duration - lower_bound) / lower_bound``: how far from optimal the schedule can be.
     """
 
     def __init__(
@@ -241,6 +255,17 @@ class Schedule:
     def codes(self) -> np.ndarray:
         """The steps as int64 codes: node index to compute, ``-1 - index`` to free."""
         return self._codes.copy()
+
+    @property
+    def gap(self) -> float | None:
+        """``(duration - lower_bound) / lower_bound``, the most the schedule can be above the
+        optimum of the class, relative to the bound (0.0 when proved optimal); None without a
+        schedule or a bound."""
+        if self.duration is None or self.lower_bound is None:
+            return None
+        if self.lower_bound <= 0:
+            return 0.0 if self.duration <= self.lower_bound else math.inf
+        return (self.duration - self.lower_bound) / self.lower_bound
 
     @property
     def recomputations(self) -> int:
@@ -520,9 +545,10 @@ class Planner:
         """
         t0 = time.perf_counter()
         fn = getattr(self, f"_solve_{self.solver}")
-        results = []
+        results: list[_Result] = []
         self._sources: list[str] = []  # with "auto": the solver behind each order's result
         self._dtr_stage: np.ndarray | None = None  # DTR's schedule in stage form (a Moccasin hint)
+        cuts: list[int | None] = []  # the memory-cut bound of each planning order
         try:
             for k, pg in enumerate(self._plan_graphs):
                 elapsed = time.perf_counter() - t0
@@ -530,13 +556,27 @@ class Planner:
                 self._plan_graph, self.plan_peak = pg, pg.peak_memory()
                 self._limit = elapsed + max(0.01, share * (self.time_limit - elapsed))
                 self._deadline = t0 + self._limit
+                cuts.append(cut_lower_bound(pg, self.budget))
+                if cuts[-1] is None:  # proved: no schedule of this order's class fits the budget
+                    results.append((None, "infeasible", None, None))
+                    self._sources.append(self.solver)
+                    continue
                 results.append(fn(t0))
                 if self._recomputes_nothing(results[-1][0]):
                     break  # nothing can be better
         finally:
             self._plan_graph, self._limit = self._plan_graphs[0], self.time_limit
             self.plan_peak = self._plan_graph.peak_memory()
-        codes, status, t_best, lower = _best_result(self.graph, results)
+        codes, status, t_best, _ = _best_result(self.graph, results)
+        lower = self._lower_bound(results, cuts)
+        if codes is None and lower is None:
+            status = "infeasible"  # every order's class is proved empty
+        elif codes is not None and lower is not None:
+            _, dur, _ = _sim(self.graph, codes, profile=False)
+            lower = min(lower, dur)  # cannot bind for valid bounds; stay consistent
+            # "optimal" exactly when the schedule attains the bound (the proofs of the exact
+            # solvers enter through their bound, see _lower_bound)
+            status = "optimal" if dur == lower else "feasible"
         solver = self.solver
         if solver == "auto":  # name the solver whose schedule won
             won = next((k for k, r in enumerate(results) if codes is not None and r[0] is codes), None)
@@ -557,6 +597,36 @@ class Planner:
             time_to_best=t_best,
             lower_bound=lower,
         )
+
+    def _lower_bound(self, results: list[_Result], cuts: list[int | None]) -> int | None:
+        """The lower bound of the whole solve: the least over the planning orders of each
+        order's bound, which is its memory-cut bound (valid for every schedule whose first
+        computations follow the order, general ones included), raised to the exact solver's bound
+        when the order's schedule lies in that solver's class (a stage schedule; for Moccasin
+        with at most ``max_copies`` computations per node). An order whose class is proved empty
+        (by the cut bound, or by the exact solver when it returned no schedule) does not count.
+        None when every order's class is proved empty."""
+        from sparseft.remat.solvers.moccasin import hint_copies
+
+        exact = self.solver in ("moccasin", "checkmate", "auto")
+        best: int | None = None
+        for pg, res, cut in zip(self._plan_graphs, results, cuts, strict=False):
+            codes, status, _, solver_bound = res
+            if cut is None or (codes is None and exact and status == "infeasible"):
+                continue
+            bound = cut
+            if codes is not None and solver_bound is not None and solver_bound > cut:
+                if self.solver == "none":
+                    bound = solver_bound  # the no-recompute schedule: the total duration
+                elif exact:
+                    pos = np.empty(pg.n, dtype=np.int64)
+                    pos[pg.order_idx] = np.arange(pg.n)
+                    copies = hint_copies(codes.tolist(), pg, pos)
+                    limit = self.max_copies if self.solver != "checkmate" else pg.n
+                    if copies is not None and max(len(c) for c in copies) <= limit:
+                        bound = solver_bound
+            best = bound if best is None else min(best, bound)
+        return best
 
     def _recomputes_nothing(self, codes: np.ndarray | None) -> bool:
         return codes is not None and int(np.count_nonzero(np.asarray(codes) >= 0)) == self.graph.n
@@ -799,6 +869,7 @@ class Planner:
         if self.plan_peak <= self.budget:  # nothing to recompute: the planning order fits
             return self._solve_none(t0)
         found = self._heuristics()
+        self._multistart(found, t0)
         t_found = time.perf_counter() - t0
         # the fallback: the best heuristic schedule of any kind; the model's hint: the best
         # stage-structured one (DTR's general schedules are outside the model's class)
@@ -817,6 +888,15 @@ class Planner:
                 self._dtr_stage = staged[0]
                 stage.append(staged)
         hint, hint_dur = min(stage, key=lambda x: x[1]) if stage else (None, 0)
+        if hint is not None:  # drop the recomputations it does not need (it stays a stage schedule)
+            was_dtr = hint is self._dtr_stage
+            hint, hint_dur = self._polish(hint, stage=True)
+            if was_dtr:
+                self._dtr_stage = hint
+        if fallback[0] is not None:
+            fallback = (*self._polish(fallback[0]), fallback[2])
+            self._last_hint = (fallback[0], fallback[1], self._last_hint[2])
+        t_found = time.perf_counter() - t0
         t_hint: float | None = t_found
         args: dict[str, Any] = {
             "time_limit": self._limit,
@@ -859,8 +939,77 @@ class Planner:
         # the plain model, hinted with an in-budget schedule
         res = solve_moccasin(self._plan_graph, self.budget, hint=hint.tolist(), **args)
         if fallback[0] is not None and fallback[1] < hint_dur:
-            return self._best_of(res, *fallback)
-        return self._best_of(res, hint, hint_dur, t_hint)
+            return self._polished(self._best_of(res, *fallback), t0)
+        return self._polished(self._best_of(res, hint, hint_dur, t_hint), t0)
+
+    def _multistart(self, found: dict[str, tuple[np.ndarray, int]], t0: float) -> None:
+        """Belady (DTR's next-use eviction) at budgets 1%, 2%, ... below the budget, each
+        schedule polished at the budget (:mod:`sparseft.remat.solvers.polish`): a tighter start
+        leaves the drop and swap moves room to work with. The best, if better than DTR's own,
+        replaces ``found["dtr"]``. Uses at most ``_MULTISTART_SHARE`` of the order's time."""
+        from sparseft.remat.solvers.polish import polish
+
+        g = self._plan_graph
+        once = g._once if g._has_once else None
+        now = time.perf_counter()
+        deadline = now + _MULTISTART_SHARE * max(0.0, t0 + self._limit - now)
+        lo, _ = g.min_budget()
+        best = found.get("dtr")
+        for k in range(_MULTISTART_STARTS):
+            b = int(self.budget * (1.0 - 0.01 * k))
+            if b < lo or time.perf_counter() > deadline:
+                break
+            rc, steps, _, _ = _core.remat_dtr(
+                g.memory,
+                g.duration,
+                g.pred_ptr,
+                g.pred_idx,
+                g.succ_ptr,
+                g.succ_idx,
+                g.order_idx,
+                once,
+                b,
+                heuristic="belady",
+                lookahead=True,
+            )
+            if rc != 0 or steps is None:
+                continue
+            try:
+                steps = self._compact(steps)
+                out = polish(g, self.budget, steps, time_limit=max(0.05, deadline - time.perf_counter()))
+                peak, dur, _ = _sim(g, out, profile=False)
+            except ValueError:  # never keep an invalid schedule
+                continue
+            if peak <= self.budget and (best is None or dur < best[1]):
+                best = (out, dur)
+        if best is not None:
+            found["dtr"] = best
+
+    def _polish(self, codes: np.ndarray, stage: bool = False) -> tuple[np.ndarray, int]:
+        """``codes`` after the drop/delay local search (:mod:`sparseft.remat.solvers.polish`), a
+        few seconds at most, and its duration."""
+        from sparseft.remat.solvers.polish import polish
+
+        out = polish(
+            self._plan_graph,
+            self.budget,
+            codes,
+            time_limit=min(_POLISH_SECONDS, self._limit / 20),
+            max_copies=self.max_copies if stage else None,
+        )
+        _, dur, _ = _sim(self._plan_graph, out, profile=False)
+        return out, dur
+
+    def _polished(self, res: _Result, t0: float) -> _Result:
+        """A solver's result with its schedule polished; "optimal" stays so only if unchanged."""
+        codes, _, _, lower = res
+        if codes is None:
+            return res
+        _, before, _ = _sim(self._plan_graph, codes, profile=False)
+        out, dur = self._polish(codes)
+        if dur >= before:
+            return res
+        return out, "feasible", time.perf_counter() - t0, lower
 
     def _heuristics(self) -> dict[str, tuple[np.ndarray, int]]:
         """The in-budget schedules of the fast heuristics, by solver name ("greedy", "blocks",
