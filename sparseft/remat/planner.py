@@ -971,6 +971,7 @@ class Planner:
                 b,
                 heuristic="belady",
                 lookahead=True,
+                time_limit=max(0.01, deadline - time.perf_counter()),  # a failing run ends at the deadline
             )
             if rc != 0 or steps is None:
                 continue
