@@ -15,7 +15,6 @@ Trainer's (``POOL_SHARE`` of the plan's peak).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import resource
@@ -28,16 +27,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import cpu_line
+from bench_trainer import _baseline, _hwm
 
 L, D, H, V, T, B, R = 6, 512, 8, 256, 256, 8, 16
-
-
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def worker(reuse: bool, steps: int, budget: str) -> dict[str, Any]:
@@ -58,13 +50,7 @@ def worker(reuse: bool, steps: int, budget: str) -> dict[str, Any]:
     x, y = tr._dataset(builtin_corpus(), "data").sample(np.random.default_rng(1), B, T)
     pool = BufferPool(_pool_limit(sched)) if reuse else None
     store = ActivationStore(pool)
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base = _status("VmRSS:")
+    base = _baseline()
     losses = [execute(sg, sched.codes, x, y, store)]  # warm-up: the pool fills
     m.zero_grad()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -79,7 +65,7 @@ def worker(reuse: bool, steps: int, budget: str) -> dict[str, Any]:
         "sys": (ru1.ru_stime - ru0.ru_stime) / steps,
         "cpu": (ru1.ru_stime - ru0.ru_stime + ru1.ru_utime - ru0.ru_utime) / steps,
         "wall": wall / steps,
-        "growth": _status("VmHWM:") - base,
+        "growth": _hwm() - base,
         "store_peak": store.peak,
         "plan_peak": int(sched.peak_memory or 0),
         "losses": losses,

@@ -84,7 +84,9 @@ def _order_index(graph: Graph, order: Sequence[Hashable] | None) -> np.ndarray:
     return graph.with_order(list(order)).order_idx  # checks it: every node once, topological
 
 
-def _resolve_budget(graph: Graph, budget: Any) -> int:
+def budget_units(budget: Any, peak: int) -> int:
+    """``budget`` in memory units: an int as given (> 0), a float in (0, 1] as that fraction of
+    ``peak`` rounded down (the Planner's and the bound's reading of a budget)."""
     if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)):
         raise TypeError(
             f"budget must be an int (memory units) or a float in (0, 1] (fraction of the no-remat "
@@ -94,7 +96,7 @@ def _resolve_budget(graph: Graph, budget: Any) -> int:
         b = float(budget)
         if not (0.0 < b <= 1.0):
             raise ValueError(f"budget as a float must be a fraction in (0, 1] of the no-remat peak, got {b}")
-        return math.floor(b * graph.peak_memory())
+        return math.floor(b * peak)
     value = int(budget)
     if value <= 0:
         raise ValueError(f"budget must be a positive amount of memory, got {value}")
@@ -188,7 +190,7 @@ def cut_bound(
     if not (math.isfinite(float(time_limit)) and float(time_limit) > 0):
         raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
     t0 = time.perf_counter()
-    b = _resolve_budget(graph, budget)
+    b = budget_units(budget, graph.peak_memory())
     oidx = _order_index(graph, order)
     total = graph.total_duration
     demand, cols, infeasible = _problem(graph, b, oidx)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from sparseft import _core
-from sparseft.remat.bounds import cut_lower_bound
+from sparseft.remat.bounds import budget_units, cut_lower_bound
 from sparseft.remat.graph import Graph, atomic_write_json
 
 __all__ = ["SOLVERS", "Planner", "Schedule", "simulate"]
@@ -507,24 +507,8 @@ class Planner:
         self._deadline = math.inf  # perf_counter() time by which the current order's solve should end
 
     def _resolve_budget(self, budget: Any) -> int:
-        if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)):
-            raise TypeError(
-                f"budget must be an int (memory units) or a float in (0, 1] (fraction of the "
-                f"no-remat peak), got {type(budget).__name__}"
-            )
-        if isinstance(budget, (float, np.floating)):
-            b = float(budget)
-            if not (0.0 < b <= 1.0):
-                raise ValueError(
-                    f"budget as a float must be a fraction in (0, 1] of the no-remat peak, got {b}"
-                )
-            value = math.floor(b * self.no_remat_peak)
-        else:
-            value = int(budget)
-            if value <= 0:
-                raise ValueError(f"budget must be a positive amount of memory, got {value}")
-            # no schedule holds more than the sum of memory (< 2**62): a larger budget is no constraint
-            value = min(value, _INT64_MAX)
+        # no schedule holds more than the sum of memory (< 2**62): a larger budget is no constraint
+        value = min(budget_units(budget, self.no_remat_peak), _INT64_MAX)
         need, node = self.graph.min_budget()
         if value < need:
             raise ValueError(
@@ -680,9 +664,19 @@ class Planner:
         """Seconds left before the current planning order's deadline (0 when past it)."""
         return max(0.0, self._deadline - time.perf_counter())
 
-    def _run_dtr(self, heuristic: str, lookahead: bool, keep: np.ndarray | None = None) -> np.ndarray | None:
-        """One DTR run over the planning order, given a share of the time left (at least 10 ms)."""
+    def _run_dtr(
+        self,
+        heuristic: str,
+        lookahead: bool,
+        keep: np.ndarray | None = None,
+        budget: int | None = None,
+        time_limit: float | None = None,
+    ) -> np.ndarray | None:
+        """One DTR run over the planning order at ``budget`` (default the Planner's), given
+        ``time_limit`` seconds (default a share of the time left, at least 10 ms)."""
         g = self._plan_graph
+        if time_limit is None:
+            time_limit = max(0.01, _DTR_RUN_SHARE * self._left()) if math.isfinite(self._deadline) else 0.0
         rc, steps, _, _ = _core.remat_dtr(
             g.memory,
             g.duration,
@@ -692,11 +686,11 @@ class Planner:
             g.succ_idx,
             g.order_idx,
             g._once if g._has_once else None,
-            self.budget,
+            self.budget if budget is None else budget,
             heuristic=heuristic,
             lookahead=lookahead,
             keep=keep,
-            time_limit=max(0.01, _DTR_RUN_SHARE * self._left()) if math.isfinite(self._deadline) else 0.0,
+            time_limit=time_limit,
         )
         return steps if rc == 0 else None
 
@@ -950,7 +944,6 @@ class Planner:
         from sparseft.remat.solvers.polish import polish
 
         g = self._plan_graph
-        once = g._once if g._has_once else None
         now = time.perf_counter()
         deadline = now + _MULTISTART_SHARE * max(0.0, t0 + self._limit - now)
         lo, _ = g.min_budget()
@@ -959,21 +952,11 @@ class Planner:
             b = int(self.budget * (1.0 - 0.01 * k))
             if b < lo or time.perf_counter() > deadline:
                 break
-            rc, steps, _, _ = _core.remat_dtr(
-                g.memory,
-                g.duration,
-                g.pred_ptr,
-                g.pred_idx,
-                g.succ_ptr,
-                g.succ_idx,
-                g.order_idx,
-                once,
-                b,
-                heuristic="belady",
-                lookahead=True,
-                time_limit=max(0.01, deadline - time.perf_counter()),  # a failing run ends at the deadline
+            # a failing run ends at the deadline
+            steps = self._run_dtr(
+                "belady", True, budget=b, time_limit=max(0.01, deadline - time.perf_counter())
             )
-            if rc != 0 or steps is None:
+            if steps is None:
                 continue
             try:
                 steps = self._compact(steps)
