@@ -55,6 +55,7 @@ typedef struct {
     int64_t *spin;     /* (n,) frames in progress that read a node (REMAT_DTR_BELADY) */
     int64_t *live;     /* (n,) resident nodes, unordered */
     int64_t *where;    /* (n,) index of a resident node in live */
+    int64_t *su_idx; /* (edges,) REMAT_DTR_SU: each node's inputs by from-scratch need - memory, descending */
     int64_t nlive, stamp, cur, peak, total, clock, t, w, computes;
     int64_t *out; /* (cap,) steps */
 } dtr_state;
@@ -437,6 +438,92 @@ static int belady_materialize(dtr_state *s, int64_t v) {
     return REMAT_OK;
 }
 
+/* Sethi-Ullman need (REMAT_DTR_SU): P(x), the memory that computing x from nothing takes when a
+ * frame rebuilds its inputs one at a time in the order of su_idx, holding each once it is back:
+ * P(x) = max(max_i (mem of inputs before i + P(input i)), mem of all inputs + mem(x)), inputs sorted
+ * by P - mem descending (the order that minimizes that maximum). A run never holds more than the
+ * frames' finished inputs, so it keeps within any budget >= max P whatever it keeps resident
+ * (without once nodes); the resident nodes only shorten the rebuilds. */
+static int su_prepare(dtr_state *s) {
+    int64_t n = s->n, ne = s->pptr[n];
+    int64_t *P = (int64_t *)malloc((size_t)(n > 0 ? n : 1) * sizeof(int64_t));
+    s->su_idx = (int64_t *)malloc((size_t)(ne > 0 ? ne : 1) * sizeof(int64_t));
+    if (!P || !s->su_idx) {
+        free(P);
+        return REMAT_ENOMEM;
+    }
+    memcpy(s->su_idx, s->pidx, (size_t)ne * sizeof(int64_t));
+    for (int64_t t = 0; t < n; t++) {
+        int64_t x = s->order[t], *in = s->su_idx + s->pptr[x], deg = s->pptr[x + 1] - s->pptr[x];
+        /* insertion sort by P - mem descending, stable (fan-in is small) */
+        for (int64_t i = 1; i < deg; i++) {
+            int64_t u = in[i], key = P[u] - s->mem[u], j = i;
+            while (j > 0 && P[in[j - 1]] - s->mem[in[j - 1]] < key) {
+                in[j] = in[j - 1];
+                j--;
+            }
+            in[j] = u;
+        }
+        int64_t held = 0, best = 0;
+        for (int64_t i = 0; i < deg; i++) {
+            if (held + P[in[i]] > best) best = held + P[in[i]];
+            held += s->mem[in[i]]; /* sums stay below the total memory (< 2^62, checked by the caller) */
+        }
+        P[x] = best > held + s->mem[x] ? best : held + s->mem[x];
+    }
+    free(P);
+    return REMAT_OK;
+}
+
+/* Sethi-Ullman: compute v, a frame taking its inputs in su_idx order: a resident one is held at
+ * once, a missing one rebuilt first (its own frame); held inputs are never evicted, the frame's
+ * inputs not reached yet only when nothing else can go (as Belady's frames hold theirs). */
+static int su_materialize(dtr_state *s, int64_t v) {
+    int64_t sp = 0;
+    s->frames[sp] = v;
+    s->fnext[sp++] = 0;
+    for (int64_t k = s->pptr[v]; k < s->pptr[v + 1]; k++) s->spin[s->pidx[k]]++;
+    while (sp > 0) {
+        int64_t x = s->frames[sp - 1], i = s->fnext[sp - 1];
+        if (i < s->pptr[x + 1] - s->pptr[x]) {
+            int64_t u = s->su_idx[s->pptr[x] + i];
+            if (s->resident[u]) {
+                s->lock[u]++;
+                s->fnext[sp - 1]++;
+            } else {
+                s->frames[sp] = u; /* back here with u resident */
+                s->fnext[sp++] = 0;
+                for (int64_t k = s->pptr[u]; k < s->pptr[u + 1]; k++) s->spin[s->pidx[k]]++;
+            }
+            continue;
+        }
+        /* every input of x is resident and held */
+        int st = count_compute(s);
+        if (st == REMAT_OK) st = belady_make_room(s, s->mem[x]);
+        if (st != REMAT_OK) return st;
+        for (int64_t k = s->pptr[x]; k < s->pptr[x + 1]; k++) {
+            s->lock[s->pidx[k]]--;
+            s->spin[s->pidx[k]]--;
+        }
+        if ((st = emit(s, x)) != REMAT_OK) return st;
+        if (__builtin_add_overflow(s->total, s->dur[x], &s->total)) return REMAT_EOVERFLOW;
+        s->resident[x] = 1;
+        live_add(s, x);
+        s->cur += s->mem[x];
+        if (s->cur > s->peak) s->peak = s->cur;
+        int was_evicted = s->computed[x];
+        s->computed[x] = 1;
+        sp--;
+        if (was_evicted) {
+            for (int64_t k = s->pptr[x]; k < s->pptr[x + 1]; k++) {
+                int64_t u = s->pidx[k];
+                if (--s->need[u] == 0 && (st = release(s, u)) != REMAT_OK) return st;
+            }
+        }
+    }
+    return REMAT_OK;
+}
+
 static int cmp_pos(const void *a, const void *b) {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
     return (x > y) - (x < y);
@@ -583,6 +670,7 @@ int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const in
         for (int64_t k = pred_ptr[v]; k < pred_ptr[v + 1]; k++) s.once_anc[v] |= s.once_anc[pred_idx[k]];
     }
     remat_sorted_use_positions(s.spos, s.cursor, succ_ptr, succ_idx, pos, n);
+    if (heuristic == REMAT_DTR_SU && (status = su_prepare(&s)) != REMAT_OK) goto done;
     for (int64_t v = 0; v < n; v++) {
         s.need[v] = succ_ptr[v + 1] - succ_ptr[v];
         s.uf[v] = v;
@@ -594,6 +682,7 @@ int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const in
         if (s.computed[v]) continue; /* cannot happen for a permutation; kept for safety */
         status = heuristic == REMAT_DTR_BELADY || heuristic == REMAT_DTR_LARGEST ? belady_materialize(&s, v)
                  : heuristic == REMAT_DTR_CONE                                   ? cone_materialize(&s, v)
+                 : heuristic == REMAT_DTR_SU                                     ? su_materialize(&s, v)
                                                                                  : materialize(&s, v);
         for (int64_t k = pred_ptr[v]; status == REMAT_OK && k < pred_ptr[v + 1]; k++) {
             int64_t u = pred_idx[k];
@@ -628,6 +717,7 @@ done:
     free(s.spin);
     free(s.live);
     free(s.where);
+    free(s.su_idx);
     free(pos);
     return status;
 }

@@ -1097,11 +1097,13 @@ static PyObject *remat_run_planner(PyObject *args, PyObject *kwargs, int kind) {
                 : strcmp(heuristic, "belady") == 0  ? REMAT_DTR_BELADY
                 : strcmp(heuristic, "cone") == 0    ? REMAT_DTR_CONE
                 : strcmp(heuristic, "largest") == 0 ? REMAT_DTR_LARGEST
+                : strcmp(heuristic, "su") == 0      ? REMAT_DTR_SU
                                                     : REMAT_DTR_FULL;
     if (strcmp(heuristic, "full") != 0 && strcmp(heuristic, "eq") != 0 && strcmp(heuristic, "belady") != 0 &&
-        strcmp(heuristic, "cone") != 0 && strcmp(heuristic, "largest") != 0) {
+        strcmp(heuristic, "cone") != 0 && strcmp(heuristic, "largest") != 0 && strcmp(heuristic, "su") != 0) {
         PyErr_Format(PyExc_ValueError,
-                     "heuristic: expected 'full', 'eq', 'belady', 'cone' or 'largest', got '%s'", heuristic);
+                     "heuristic: expected 'full', 'eq', 'belady', 'cone', 'largest' or 'su', got '%s'",
+                     heuristic);
         return NULL;
     }
     PyArrayObject *mem, *dur, *ptr, *idx, *sptr, *sidx, *order, *seg = NULL, *once = NULL, *keep = NULL;

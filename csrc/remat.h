@@ -100,6 +100,10 @@ int remat_greedy(int64_t *out_steps, int64_t *info, const int64_t *memory, const
 #define REMAT_DTR_CONE 3
 /* Belady, a frame rematerializing its missing input with the costliest cone first (see dtr.c) */
 #define REMAT_DTR_LARGEST 4
+/* Belady's eviction, a frame rebuilding its inputs in Sethi-Ullman order of their from-scratch
+ * memory need and holding each once back: succeeds at every budget >= that need's maximum when
+ * nothing is once (see dtr.c) */
+#define REMAT_DTR_SU 5
 int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const int64_t *duration,
               const int64_t *pred_ptr, const int64_t *pred_idx, const int64_t *succ_ptr,
               const int64_t *succ_idx, const int64_t *order, const uint8_t *once, const uint8_t *keep,

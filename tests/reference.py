@@ -735,6 +735,11 @@ def remat_dtr(
     ``heuristic="largest"``: Belady, but a frame rematerializes the missing input with the largest
     Belady cost first (the first of equal ones), as Sethi-Ullman orders register allocation.
 
+    ``heuristic="su"``: Belady's eviction, but a frame takes its inputs in Sethi-Ullman order of
+    :func:`remat_su_need` minus memory (descending, stable): a resident one is held (never evicted)
+    at once, a missing one rebuilt first; the inputs not reached yet are held as Belady's frames
+    hold theirs. Same computation limit.
+
     ``keep`` (checkpoints): a node with ``keep[x]`` true is evicted only when no node without it
     can be (for "belady": after the other free nodes, before the inputs of frames in progress).
     """
@@ -932,6 +937,48 @@ def remat_dtr(
                         release(u)
         return True
 
+    su_need = remat_su_need(memory, preds, order) if heuristic == "su" else None
+
+    def su_inputs(x):
+        return sorted(preds[x], key=lambda u: -(su_need[u] - memory[u]))  # stable
+
+    def su_materialize(v):
+        frames = [[v, su_inputs(v), 0]]
+        for u in preds[v]:
+            spin[u] += 1
+        while frames:
+            x, ins, i = frames[-1]
+            if i < len(ins):
+                u = ins[i]
+                if resident[u]:
+                    lock[u] += 1
+                    frames[-1][2] += 1
+                else:
+                    frames.append([u, su_inputs(u), 0])
+                    for w in preds[u]:
+                        spin[w] += 1
+                continue
+            state["computes"] += 1
+            if state["computes"] > 64 * n + 1024 or not belady_make_room(memory[x]):
+                return False
+            for u in preds[x]:
+                lock[u] -= 1
+                spin[u] -= 1
+            steps.append(x)
+            state["total"] += duration[x]
+            resident[x] = True
+            state["cur"] += memory[x]
+            state["peak"] = max(state["peak"], state["cur"])
+            was_evicted = computed[x]
+            computed[x] = True
+            frames.pop()
+            if was_evicted:
+                for u in preds[x]:
+                    need[u] -= 1
+                    if need[u] == 0:
+                        release(u)
+        return True
+
     def cone_materialize(v):
         # the missing ancestors in order position, then v; every read of the cone held (spin); a
         # node evicted that the rest of the cone reads: collect the cone again
@@ -990,6 +1037,8 @@ def remat_dtr(
             return belady_materialize(v)
         if heuristic == "cone":
             return cone_materialize(v)
+        if heuristic == "su":
+            return su_materialize(v)
         # two passes over a frame's inputs: missing ones first (held once back), then the rest
         frames = [[v, 0, set()]]
         while frames:
@@ -1042,6 +1091,21 @@ def remat_dtr(
         if need[v] == 0:
             release(v)
     return steps, state["peak"], state["total"]
+
+
+def remat_su_need(memory, preds, order):
+    """From-scratch memory need of each node when a frame rebuilds its inputs one at a time in
+    order of need minus memory (descending), holding each once back: P(x) = max(max_i (memory of
+    the inputs before i + P(input i)), memory of all inputs + memory(x)), by plain recursion."""
+    need = [0] * len(memory)
+    for x in order:
+        ins = sorted(preds[x], key=lambda u: -(need[u] - memory[u]))
+        held, best = 0, 0
+        for u in ins:
+            best = max(best, held + need[u])
+            held += memory[u]
+        need[x] = max(best, held + memory[x])
+    return need
 
 
 def remat_brute_force_general(memory, duration, preds, order, budget, once=None):

@@ -108,7 +108,7 @@ def test_exact_solvers_equal_brute_force_on_tiny_graphs(case) -> None:
     best = ref.remat_brute_force(*args)  # over the stage schedules of the order (the exact class)
     general = ref.remat_brute_force_general(*args)  # over every schedule following the order
     # min_budget is a lower bound only: a budget above it may still admit no schedule at all
-    assert general is None and best is None or general is not None and (best is None or general <= best)
+    assert (general is None and best is None) or (general is not None and (best is None or general <= best))
     for solver in ("moccasin", "checkmate"):
         plan = sft.Planner(
             g, b, solver=solver, time_limit=20, threads=1, max_copies=g.n, order="given"
@@ -755,7 +755,13 @@ def dtr_case(draw):
     lo, _ = g.min_budget()
     b = draw(st.integers(lo, max(lo, g.peak_memory())))
     keep = draw(st.lists(st.booleans(), min_size=n, max_size=n)) if draw(st.booleans()) else None
-    return g, b, draw(st.sampled_from(["full", "eq", "belady", "cone", "largest"])), draw(st.booleans()), keep
+    return (
+        g,
+        b,
+        draw(st.sampled_from(["full", "eq", "belady", "cone", "largest", "su"])),
+        draw(st.booleans()),
+        keep,
+    )
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -960,6 +966,26 @@ def _dtr_args(g: sft.Graph) -> tuple:
     return (g.memory, g.duration, g.pred_ptr, g.pred_idx, g.succ_ptr, g.succ_idx, g.order_idx)
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(1, 40), st.integers(0, 2**31 - 1), st.sampled_from([0, 1, 3]))
+def test_dtr_su_fits_every_budget_down_to_its_need(n: int, seed: int, slack: int) -> None:
+    # "su" holds only its frames' finished inputs, so without once nodes it stays within any budget
+    # >= the largest Sethi-Ullman need (tests/reference.py), however little it keeps resident
+    rng = np.random.default_rng(seed)
+    g = random_dag(rng, n, p=float(rng.uniform(0.05, 0.5)))
+    need = ref.remat_su_need(g.memory.tolist(), preds_of(g), g.order_idx.tolist())
+    b = max(need) + slack
+    rc, steps, peak, dur = _core.remat_dtr(
+        *_dtr_args(g), None, b, heuristic="su", lookahead=True, max_computes=2**40, time_limit=60.0
+    )
+    assert rc == 0, (rc, b)
+    assert ref.remat_simulate(steps.tolist(), g.memory.tolist(), g.duration.tolist(), preds_of(g))[:2] == (
+        peak,
+        dur,
+    )
+    assert peak <= b
+
+
 def test_dtr_gives_up_at_its_computation_cap_and_its_deadline() -> None:
     # a budget where Belady thrashes on a random layered graph: a small cap gives up (rc 7), a
     # tiny deadline with no cap gives up with rc 10 (REMAT_ETIME), never a schedule over budget
@@ -973,7 +999,7 @@ def test_dtr_gives_up_at_its_computation_cap_and_its_deadline() -> None:
     assert rc == 10 and steps is None
 
 
-@pytest.mark.parametrize("heuristic", ["belady", "cone", "eq"])
+@pytest.mark.parametrize("heuristic", ["belady", "cone", "eq", "su"])
 def test_dtr_long_schedule_past_the_first_buffer_equals_the_reference(heuristic: str) -> None:
     # schedules longer than the first output buffer (4 n + 16 steps): the run counts its steps,
     # the module runs it once more with room for them, and the result is the reference's
@@ -1009,7 +1035,7 @@ def test_dtr_long_schedule_past_the_first_buffer_equals_the_reference(heuristic:
         ({"max_computes": -1}, ValueError, "max_computes"),
         ({"time_limit": -1.0}, ValueError, "time_limit"),
         ({"time_limit": float("nan")}, ValueError, "time_limit"),
-        ({"heuristic": "bogus"}, ValueError, "'cone' or 'largest'"),
+        ({"heuristic": "bogus"}, ValueError, "'largest' or 'su'"),
     ],
 )
 def test_dtr_bad_arguments(kwargs: dict, exc: type, match: str) -> None:

@@ -252,7 +252,7 @@ def test_core_simulate_reports_duration_overflow_from_recomputations() -> None:
         (
             {"heuristic": "lru"},
             ValueError,
-            r"heuristic: expected 'full', 'eq', 'belady', 'cone' or 'largest', got 'lru'",
+            r"heuristic: expected 'full', 'eq', 'belady', 'cone', 'largest' or 'su', got 'lru'",
         ),
         (
             {"once": np.zeros(3, dtype=bool)},

@@ -31,11 +31,14 @@ SOLVERS = ("moccasin", "checkmate", "chen", "greedy", "blocks", "dtr", "auto", "
 # one that thrashes can take seconds, so later variants start only within the time limit)
 # "belady" first: eviction by next use (issue 20), the variant that reaches the tightest budgets
 # "cone" (Belady's eviction, missing ancestors rematerialized as one cone in order position) next,
-# then "largest" (Belady, a frame's costliest missing input first)
+# then "largest" (Belady, a frame's costliest missing input first), then "su" (inputs rebuilt in
+# Sethi-Ullman order of their from-scratch need, each held once back: it fits every budget down to
+# that need's maximum, where the others thrash, at the price of much recomputation)
 _DTR_VARIANTS = (
     ("belady", True),
     ("cone", True),
     ("largest", True),
+    ("su", True),
     ("eq", True),
     ("full", True),
     ("eq", False),
