@@ -352,6 +352,25 @@ static double belady_cost(dtr_state *s, int64_t x) {
     return cost;
 }
 
+/* x was just computed (Belady, cone, Sethi-Ullman; its inputs are resident and room was made):
+ * record the step and make x resident; a rematerialization no longer holds its inputs needed. */
+static int store(dtr_state *s, int64_t x) {
+    int st = emit(s, x);
+    if (st != REMAT_OK) return st;
+    if (__builtin_add_overflow(s->total, s->dur[x], &s->total)) return REMAT_EOVERFLOW;
+    s->resident[x] = 1;
+    live_add(s, x);
+    s->cur += s->mem[x];
+    if (s->cur > s->peak) s->peak = s->cur;
+    int was_evicted = s->computed[x];
+    s->computed[x] = 1;
+    for (int64_t k = s->pptr[x]; was_evicted && k < s->pptr[x + 1]; k++) {
+        int64_t u = s->pidx[k];
+        if (--s->need[u] == 0 && (st = release(s, u)) != REMAT_OK) return st;
+    }
+    return REMAT_OK;
+}
+
 /* Belady: evict the resident node with the highest memory * (next first use - t) / cost until
  * `bytes` more fit; inputs of the computation about to run (lock) are never evicted, and inputs
  * held by frames still rematerializing their own inputs (spin) only when nothing else is left. */
@@ -418,22 +437,8 @@ static int belady_materialize(dtr_state *s, int64_t v) {
             s->lock[s->pidx[k]]--;
             s->spin[s->pidx[k]]--;
         }
-        if (st != REMAT_OK) return st;
-        if ((st = emit(s, x)) != REMAT_OK) return st;
-        if (__builtin_add_overflow(s->total, s->dur[x], &s->total)) return REMAT_EOVERFLOW;
-        s->resident[x] = 1;
-        live_add(s, x);
-        s->cur += s->mem[x];
-        if (s->cur > s->peak) s->peak = s->cur;
-        int was_evicted = s->computed[x];
-        s->computed[x] = 1;
+        if (st != REMAT_OK || (st = store(s, x)) != REMAT_OK) return st;
         sp--;
-        if (was_evicted) {
-            for (int64_t k = s->pptr[x]; k < s->pptr[x + 1]; k++) {
-                int64_t u = s->pidx[k];
-                if (--s->need[u] == 0 && (st = release(s, u)) != REMAT_OK) return st;
-            }
-        }
     }
     return REMAT_OK;
 }
@@ -505,21 +510,8 @@ static int su_materialize(dtr_state *s, int64_t v) {
             s->lock[s->pidx[k]]--;
             s->spin[s->pidx[k]]--;
         }
-        if ((st = emit(s, x)) != REMAT_OK) return st;
-        if (__builtin_add_overflow(s->total, s->dur[x], &s->total)) return REMAT_EOVERFLOW;
-        s->resident[x] = 1;
-        live_add(s, x);
-        s->cur += s->mem[x];
-        if (s->cur > s->peak) s->peak = s->cur;
-        int was_evicted = s->computed[x];
-        s->computed[x] = 1;
+        if ((st = store(s, x)) != REMAT_OK) return st;
         sp--;
-        if (was_evicted) {
-            for (int64_t k = s->pptr[x]; k < s->pptr[x + 1]; k++) {
-                int64_t u = s->pidx[k];
-                if (--s->need[u] == 0 && (st = release(s, u)) != REMAT_OK) return st;
-            }
-        }
     }
     return REMAT_OK;
 }
@@ -575,23 +567,9 @@ static int cone_materialize(dtr_state *s, int64_t v) {
                 i++; /* its reads are released already */
                 break;
             }
-            emit(s, x);
-            if (__builtin_add_overflow(s->total, s->dur[x], &s->total)) {
-                st = REMAT_EOVERFLOW;
+            if ((st = store(s, x)) != REMAT_OK) {
                 i++;
                 break;
-            }
-            s->resident[x] = 1;
-            live_add(s, x);
-            s->cur += s->mem[x];
-            if (s->cur > s->peak) s->peak = s->cur;
-            int was_evicted = s->computed[x];
-            s->computed[x] = 1;
-            if (was_evicted) {
-                for (int64_t k = s->pptr[x]; k < s->pptr[x + 1] && st == REMAT_OK; k++) {
-                    int64_t u = s->pidx[k];
-                    if (--s->need[u] == 0) st = release(s, u);
-                }
             }
         }
         /* release the holds of the cone nodes not computed */
