@@ -26,6 +26,13 @@
 /* exact neighbourhood search limit: past it, the cost found so far is scaled up as a penalty */
 #define DTR_NEIGHBOURHOOD_LIMIT 64
 
+/* a Belady eviction candidate: an upper bound of its score from its direct inputs only */
+struct belady_cand {
+    double ub;
+    int64_t x;
+    double num; /* memory * span, the score's numerator */
+};
+
 typedef struct {
     /* graph */
     const int64_t *mem, *dur;   /* (n,) */
@@ -56,8 +63,9 @@ typedef struct {
     int64_t *live;     /* (n,) resident nodes, unordered */
     int64_t *where;    /* (n,) index of a resident node in live */
     int64_t *su_idx; /* (edges,) REMAT_DTR_SU: each node's inputs by from-scratch need - memory, descending */
+    struct belady_cand *cand; /* (n,) Belady's eviction candidates of one choice */
     int64_t nlive, stamp, cur, peak, total, clock, t, w, computes;
-    int64_t *out; /* (cap,) steps */
+    int64_t *out; /* (cap,) steps, grown by emit; handed to the caller on success */
 } dtr_state;
 
 static double now_seconds(void) {
@@ -79,11 +87,17 @@ static int keep_tier(const dtr_state *s, int64_t x) {
     return s->keep && s->keep[x] ? 1 : 0;
 }
 
-/* past the buffer's capacity the run goes on counting steps (w), so that the caller learns the size
- * it needs from one run (REMAT_ECAPACITY, info[0] = steps) */
+/* append one step, doubling the buffer when full (one run, whatever its length: a second run to
+ * learn the size would double the time of a long one) */
 static int emit(dtr_state *s, int64_t code) {
-    if (s->w < s->cap) s->out[s->w] = code;
-    s->w++;
+    if (s->w == s->cap) {
+        int64_t cap = s->cap < 1024 ? 1024 : 2 * s->cap;
+        int64_t *out = (int64_t *)realloc(s->out, (size_t)cap * sizeof(int64_t));
+        if (!out) return REMAT_ENOMEM;
+        s->out = out;
+        s->cap = cap;
+    }
+    s->out[s->w++] = code;
     return REMAT_OK;
 }
 
@@ -371,29 +385,74 @@ static int store(dtr_state *s, int64_t x) {
     return REMAT_OK;
 }
 
+/* candidate a goes before b: higher bound, then lower id */
+static int cand_before(const struct belady_cand *a, const struct belady_cand *b) {
+    return a->ub > b->ub || (a->ub == b->ub && a->x < b->x);
+}
+
+/* restore the heap order (the first candidate goes before its children) below slot i of h (nc,) */
+static void cand_sift(struct belady_cand *h, int64_t nc, int64_t i) {
+    for (;;) {
+        int64_t c = 2 * i + 1;
+        if (c >= nc) return;
+        if (c + 1 < nc && cand_before(&h[c + 1], &h[c])) c++;
+        if (!cand_before(&h[c], &h[i])) return;
+        struct belady_cand t = h[i];
+        h[i] = h[c];
+        h[c] = t;
+        i = c;
+    }
+}
+
 /* Belady: evict the resident node with the highest memory * (next first use - t) / cost until
  * `bytes` more fit; inputs of the computation about to run (lock) are never evicted, and inputs
  * held by frames still rematerializing their own inputs (spin) only when nothing else is left. */
 static int belady_make_room(dtr_state *s, int64_t bytes) {
     while (s->cur + bytes > s->budget) {
-        int64_t best = -1;
-        double best_h = 0.0;
+        /* the candidates of the lowest tier present, with an upper bound of their score from a lower
+         * bound of the cost (x and its missing direct inputs: the first nodes belady_cost counts) */
+        int64_t nc = 0;
         int best_tier = 4;
         for (int64_t k = 0; k < s->nlive; k++) {
             int64_t x = s->live[k];
             /* tiers: free nodes, then checkpoints, then inputs of frames in progress */
             int tier = (s->spin[x] > 0 ? 2 : 0) + keep_tier(s, x);
             if (tier > best_tier || !evictable(s, x)) continue;
+            if (tier < best_tier) {
+                best_tier = tier;
+                nc = 0;
+            }
             int64_t nu = remat_next_use(s->spos, s->cursor, s->sptr, x, s->t);
             double span = nu == INT64_MAX ? (double)(s->n + 1 - s->t) : (double)(nu - s->t);
-            double h = (double)s->mem[x] * span / belady_cost(s, x);
-            if (best < 0 || tier < best_tier || h > best_h || (h == best_h && x < best)) {
-                best = x;
-                best_h = h;
-                best_tier = tier;
+            double lb = (double)s->dur[x] + 1.0;
+            int64_t stamp = ++s->stamp;
+            for (int64_t j = s->pptr[x]; j < s->pptr[x + 1]; j++) {
+                int64_t u = s->pidx[j];
+                if (s->resident[u] || s->seen[u] == stamp) continue;
+                s->seen[u] = stamp;
+                lb += (double)s->dur[u] + 1.0;
+            }
+            double num = (double)s->mem[x] * span;
+            s->cand[nc++] = (struct belady_cand){num / lb, x, num};
+        }
+        if (nc == 0) return REMAT_EBUDGET;
+        /* the highest score (ties: the lowest id), exact costs taken in bound order (a max-heap)
+         * only while a bound can still beat the best: the same choice as scoring every candidate */
+        struct belady_cand *h = s->cand;
+        for (int64_t i = nc / 2 - 1; i >= 0; i--) cand_sift(h, nc, i);
+        int64_t best = -1;
+        double best_h = 0.0;
+        while (nc > 0) {
+            struct belady_cand c = h[0];
+            if (best >= 0 && (c.ub < best_h || (c.ub == best_h && c.x > best))) break;
+            h[0] = h[--nc];
+            cand_sift(h, nc, 0);
+            double score = c.num / belady_cost(s, c.x);
+            if (best < 0 || score > best_h || (score == best_h && c.x < best)) {
+                best = c.x;
+                best_h = score;
             }
         }
-        if (best < 0) return REMAT_EBUDGET;
         int st = emit(s, -1 - best);
         if (st != REMAT_OK) return st;
         evict(s, best);
@@ -580,14 +639,16 @@ static int cone_materialize(dtr_state *s, int64_t v) {
     }
 }
 
-int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const int64_t *duration,
+int remat_dtr(int64_t **out_steps, int64_t *info, const int64_t *memory, const int64_t *duration,
               const int64_t *pred_ptr, const int64_t *pred_idx, const int64_t *succ_ptr,
               const int64_t *succ_idx, const int64_t *order, const uint8_t *once, const uint8_t *keep,
               int64_t n, int64_t budget, int heuristic, int lookahead, int64_t max_computes,
-              double time_limit, int64_t cap) {
-    /* out_steps (cap,), info (3,), memory/duration (n,), pred_ptr/succ_ptr (n+1,),
-     * pred_idx/succ_idx (edges,), order (n,), once (n,) or NULL, keep (n,) or NULL */
+              double time_limit) {
+    /* *out_steps (info[0],) malloc'd (NULL unless REMAT_OK; the caller frees it), info (3,), memory/duration
+     * (n,), pred_ptr/succ_ptr (n+1,), pred_idx/succ_idx (edges,), order (n,), once (n,) or NULL, keep (n,) or
+     * NULL */
     info[0] = info[1] = info[2] = 0;
+    *out_steps = NULL;
     dtr_state s;
     memset(&s, 0, sizeof(s));
     s.mem = memory;
@@ -606,10 +667,8 @@ int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const in
                   DTR_COMPUTES_EXTRA;
     s.deadline = time_limit > 0.0 ? now_seconds() + time_limit : 0.0;
     s.budget = budget;
-    s.cap = cap;
     s.heuristic = heuristic;
     s.lookahead = lookahead;
-    s.out = out_steps;
     size_t nn = (size_t)(n > 0 ? n : 1);
     size_t ne = (size_t)(succ_ptr[n] > 0 ? succ_ptr[n] : 1);
     s.resident = (uint8_t *)calloc(nn, 1);
@@ -630,11 +689,12 @@ int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const in
     s.spin = (int64_t *)calloc(nn, sizeof(int64_t));
     s.live = (int64_t *)malloc(nn * sizeof(int64_t));
     s.where = (int64_t *)malloc(nn * sizeof(int64_t));
+    s.cand = (struct belady_cand *)malloc(nn * sizeof(struct belady_cand));
     int64_t *pos = (int64_t *)calloc(nn, sizeof(int64_t));
     int status = REMAT_OK;
     if (!s.resident || !s.once_anc || !s.held || !s.computed || !s.lock || !s.need || !s.last || !s.spos ||
         !s.cursor || !s.uf || !s.ufcost || !s.seen || !s.stack || !s.frames || !s.fnext || !s.spin ||
-        !s.live || !s.where || !pos) {
+        !s.live || !s.where || !s.cand || !pos) {
         status = REMAT_ENOMEM;
         goto done;
     }
@@ -668,13 +728,12 @@ int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const in
         }
         if (status == REMAT_OK && s.need[v] == 0) status = release(&s, v);
     }
-    if (status == REMAT_OK && s.w > cap) {
-        info[0] = s.w;
-        status = REMAT_ECAPACITY;
-    } else if (status == REMAT_OK) {
+    if (status == REMAT_OK) {
         info[0] = s.w;
         info[1] = s.peak;
         info[2] = s.total;
+        *out_steps = s.out;
+        s.out = NULL;
     }
 done:
     free(s.resident);
@@ -696,6 +755,8 @@ done:
     free(s.live);
     free(s.where);
     free(s.su_idx);
+    free(s.cand);
+    free(s.out);
     free(pos);
     return status;
 }

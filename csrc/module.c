@@ -1132,6 +1132,29 @@ static PyObject *remat_run_planner(PyObject *args, PyObject *kwargs, int kind) {
         PyErr_SetString(PyExc_ValueError, msg);
         return NULL;
     }
+    if (kind == PLAN_DTR) {
+        /* the run grows its own step buffer: one run, copied into the array */
+        int64_t info[3], *buf = NULL;
+        int rc;
+        const uint8_t *once_p = once ? (const uint8_t *)PyArray_DATA(once) : NULL;
+        const uint8_t *keep_p = keep ? (const uint8_t *)PyArray_DATA(keep) : NULL;
+        Py_BEGIN_ALLOW_THREADS
+        rc = remat_dtr(&buf, info, i64(mem), i64(dur), i64(ptr), i64(idx), i64(sptr), i64(sidx), i64(order),
+                       once_p, keep_p, (int64_t)n, (int64_t)budget, hcode, lookahead, (int64_t)max_computes,
+                       dtr_time);
+        Py_END_ALLOW_THREADS
+        if (rc == REMAT_ENOMEM) return PyErr_NoMemory();
+        if (rc != REMAT_OK) return Py_BuildValue("iOLL", rc, Py_None, 0LL, 0LL);
+        npy_intp len = (npy_intp)info[0];
+        PyArrayObject *steps = (PyArrayObject *)PyArray_EMPTY(1, &len, NPY_INT64, 0);
+        if (steps == NULL) {
+            free(buf);
+            return NULL;
+        }
+        if (len > 0) memcpy(PyArray_DATA(steps), buf, (size_t)len * sizeof(int64_t));
+        free(buf);
+        return Py_BuildValue("iNLL", rc, (PyObject *)steps, (long long)info[1], (long long)info[2]);
+    }
     npy_intp cap = 4 * n + 16;
     for (;;) {
         PyArrayObject *out = (PyArrayObject *)PyArray_EMPTY(1, &cap, NPY_INT64, 0);
@@ -1139,16 +1162,10 @@ static PyObject *remat_run_planner(PyObject *args, PyObject *kwargs, int kind) {
         int64_t info[3];
         int rc;
         int64_t *o = (int64_t *)PyArray_DATA(out);
-        const uint8_t *once_p = once ? (const uint8_t *)PyArray_DATA(once) : NULL;
-        const uint8_t *keep_p = keep ? (const uint8_t *)PyArray_DATA(keep) : NULL;
         Py_BEGIN_ALLOW_THREADS
         if (kind == PLAN_GREEDY)
             rc = remat_greedy(o, info, i64(mem), i64(dur), i64(ptr), i64(idx), i64(sptr), i64(sidx),
                               i64(order), (int64_t)n, (int64_t)budget, (int64_t)cap);
-        else if (kind == PLAN_DTR)
-            rc = remat_dtr(o, info, i64(mem), i64(dur), i64(ptr), i64(idx), i64(sptr), i64(sidx), i64(order),
-                           once_p, keep_p, (int64_t)n, (int64_t)budget, hcode, lookahead,
-                           (int64_t)max_computes, dtr_time, (int64_t)cap);
         else
             rc = remat_plan_stages(o, info, i64(mem), i64(dur), i64(ptr), i64(idx), i64(sptr), i64(sidx),
                                    i64(order), seg ? i64(seg) : NULL, (int64_t)n, (int64_t)budget, mem_exp,
@@ -1156,8 +1173,7 @@ static PyObject *remat_run_planner(PyObject *args, PyObject *kwargs, int kind) {
         Py_END_ALLOW_THREADS
         if (rc == REMAT_ECAPACITY && cap < ((npy_intp)1 << 40)) {
             Py_DECREF(out);
-            /* DTR counts the steps it needs past the capacity: one more run fits them */
-            cap = kind == PLAN_DTR && info[0] > (int64_t)cap ? (npy_intp)info[0] : cap * 4;
+            cap *= 4;
             continue;
         }
         if (rc == REMAT_ENOMEM) {

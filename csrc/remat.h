@@ -89,8 +89,9 @@ int remat_greedy(int64_t *out_steps, int64_t *info, const int64_t *memory, const
  * A run that needs more than max_computes computations gives up (REMAT_EBUDGET): it thrashes;
  * max_computes <= 0 means 8 n + 1024 (Belady: 64 n + 1024). time_limit > 0: seconds after which the
  * run gives up (REMAT_ETIME); <= 0: none.
- * Same outputs as remat_plan_stages; also REMAT_EOVERFLOW, REMAT_ETIME, and REMAT_ECAPACITY with
- * info[0] = the number of steps the run needs (it counts past cap). */
+ * Outputs as remat_plan_stages, except the steps: *out_steps is a malloc'd buffer of info[0] steps
+ * that the caller frees (NULL unless REMAT_OK; the run grows it as it goes). Also REMAT_EOVERFLOW
+ * and REMAT_ETIME. */
 #define REMAT_DTR_FULL 0
 #define REMAT_DTR_EQ 1
 /* Belady-style: evict the highest memory * next-use distance / recompute cost (see dtr.c) */
@@ -104,11 +105,11 @@ int remat_greedy(int64_t *out_steps, int64_t *info, const int64_t *memory, const
  * memory need and holding each once back: succeeds at every budget >= that need's maximum when
  * nothing is once (see dtr.c) */
 #define REMAT_DTR_SU 5
-int remat_dtr(int64_t *out_steps, int64_t *info, const int64_t *memory, const int64_t *duration,
+int remat_dtr(int64_t **out_steps, int64_t *info, const int64_t *memory, const int64_t *duration,
               const int64_t *pred_ptr, const int64_t *pred_idx, const int64_t *succ_ptr,
               const int64_t *succ_idx, const int64_t *order, const uint8_t *once, const uint8_t *keep,
               int64_t n, int64_t budget, int heuristic, int lookahead, int64_t max_computes,
-              double time_limit, int64_t cap);
+              double time_limit);
 
 /* Helpers shared by the planners.
  * remat_sorted_use_positions: spos (succ_ptr[n],) out, the positions pos[] of each node's users,
