@@ -508,6 +508,39 @@ static int belady_materialize(dtr_state *s, int64_t v) {
  * by P - mem descending (the order that minimizes that maximum). A run never holds more than the
  * frames' finished inputs, so it keeps within any budget >= max P whatever it keeps resident
  * (without once nodes); the resident nodes only shorten the rebuilds. */
+static int64_t sat_add(int64_t a, int64_t b) {
+    int64_t c;
+    return __builtin_add_overflow(a, b, &c) ? INT64_MAX : c;
+}
+
+/* P (n,) and each node's inputs in rebuild order (su_idx (edges,), a copy of pred_idx sorted per
+ * node), in topological `order`. P may count a node once per frame that holds it, so the sums
+ * saturate at INT64_MAX rather than overflow. */
+static void su_need(int64_t *P, int64_t *su_idx, const int64_t *mem, const int64_t *pptr, const int64_t *pidx,
+                    const int64_t *order, int64_t n) {
+    memcpy(su_idx, pidx, (size_t)pptr[n] * sizeof(int64_t));
+    for (int64_t t = 0; t < n; t++) {
+        int64_t x = order[t], *in = su_idx + pptr[x], deg = pptr[x + 1] - pptr[x];
+        /* insertion sort by P - mem descending, stable (fan-in is small) */
+        for (int64_t i = 1; i < deg; i++) {
+            int64_t u = in[i], key = P[u] - mem[u], j = i;
+            while (j > 0 && P[in[j - 1]] - mem[in[j - 1]] < key) {
+                in[j] = in[j - 1];
+                j--;
+            }
+            in[j] = u;
+        }
+        int64_t held = 0, best = 0;
+        for (int64_t i = 0; i < deg; i++) {
+            int64_t need = sat_add(held, P[in[i]]);
+            if (need > best) best = need;
+            held += mem[in[i]]; /* distinct inputs: below the total memory (< 2^62, checked by the caller) */
+        }
+        int64_t last = sat_add(held, mem[x]);
+        P[x] = best > last ? best : last;
+    }
+}
+
 static int su_prepare(dtr_state *s) {
     int64_t n = s->n, ne = s->pptr[n];
     int64_t *P = (int64_t *)malloc((size_t)(n > 0 ? n : 1) * sizeof(int64_t));
@@ -516,26 +549,19 @@ static int su_prepare(dtr_state *s) {
         free(P);
         return REMAT_ENOMEM;
     }
-    memcpy(s->su_idx, s->pidx, (size_t)ne * sizeof(int64_t));
-    for (int64_t t = 0; t < n; t++) {
-        int64_t x = s->order[t], *in = s->su_idx + s->pptr[x], deg = s->pptr[x + 1] - s->pptr[x];
-        /* insertion sort by P - mem descending, stable (fan-in is small) */
-        for (int64_t i = 1; i < deg; i++) {
-            int64_t u = in[i], key = P[u] - s->mem[u], j = i;
-            while (j > 0 && P[in[j - 1]] - s->mem[in[j - 1]] < key) {
-                in[j] = in[j - 1];
-                j--;
-            }
-            in[j] = u;
-        }
-        int64_t held = 0, best = 0;
-        for (int64_t i = 0; i < deg; i++) {
-            if (held + P[in[i]] > best) best = held + P[in[i]];
-            held += s->mem[in[i]]; /* sums stay below the total memory (< 2^62, checked by the caller) */
-        }
-        P[x] = best > held + s->mem[x] ? best : held + s->mem[x];
-    }
+    su_need(P, s->su_idx, s->mem, s->pptr, s->pidx, s->order, n);
     free(P);
+    return REMAT_OK;
+}
+
+int remat_su_need(int64_t *out_need, const int64_t *memory, const int64_t *pred_ptr, const int64_t *pred_idx,
+                  const int64_t *order, int64_t n) {
+    /* out_need (n,), memory (n,), pred_ptr (n+1,), pred_idx (edges,), order (n,) topological */
+    int64_t ne = pred_ptr[n];
+    int64_t *scratch = (int64_t *)malloc((size_t)(ne > 0 ? ne : 1) * sizeof(int64_t));
+    if (!scratch) return REMAT_ENOMEM;
+    su_need(out_need, scratch, memory, pred_ptr, pred_idx, order, n);
+    free(scratch);
     return REMAT_OK;
 }
 

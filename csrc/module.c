@@ -1051,6 +1051,47 @@ static PyObject *py_remat_compact(PyObject *self, PyObject *args, PyObject *kwar
     return res;
 }
 
+static PyObject *py_remat_su_need(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"memory", "pred_ptr", "pred_idx", "order", NULL};
+    PyObject *mo, *po, *io, *oo;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO:remat_su_need", kwlist, &mo, &po, &io, &oo))
+        return NULL;
+    PyArrayObject *mem, *ptr, *idx, *order;
+    if (arg_costs(&mem, &mem, mo, mo) < 0) return NULL;
+    npy_intp n = PyArray_DIM(mem, 0);
+    if (arg_csr(&ptr, &idx, po, io, "pred_ptr", "pred_idx", n) < 0) return NULL;
+    if ((order = arg_i64(oo, "order", n, "number of nodes")) == NULL) return NULL;
+    if (!remat_check_perm(i64(order), (int64_t)n)) {
+        PyErr_Format(PyExc_ValueError, "order: expected a permutation of 0..%zd, got something else", n - 1);
+        return NULL;
+    }
+    PyArrayObject *out = (PyArrayObject *)PyArray_ZEROS(1, &n, NPY_INT64, 0);
+    if (out == NULL) return NULL;
+    /* the need of a node is computed from its inputs': every input must come first in order */
+    int64_t *pos = (int64_t *)PyArray_DATA(out);
+    for (npy_intp t = 0; t < n; t++) pos[i64(order)[t]] = (int64_t)t;
+    for (npy_intp v = 0; v < n; v++)
+        for (int64_t k = i64(ptr)[v]; k < i64(ptr)[v + 1]; k++)
+            if (pos[i64(idx)[k]] >= pos[v]) {
+                PyErr_Format(PyExc_ValueError,
+                             "order: expected a topological order (inputs first), got node %lld at or after "
+                             "its user %zd",
+                             (long long)i64(idx)[k], v);
+                Py_DECREF(out);
+                return NULL;
+            }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = remat_su_need((int64_t *)PyArray_DATA(out), i64(mem), i64(ptr), i64(idx), i64(order), (int64_t)n);
+    Py_END_ALLOW_THREADS
+    if (rc != REMAT_OK) {
+        Py_DECREF(out);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)out;
+}
+
 enum { PLAN_STAGES, PLAN_GREEDY, PLAN_DTR };
 
 /* Runs a planner (kind: PLAN_*) with a growing output buffer; returns (status, steps | None, peak,
@@ -2838,6 +2879,10 @@ static PyMethodDef methods[] = {
     {"remat_compact", (PyCFunction)(void (*)(void))py_remat_compact, METH_VARARGS | METH_KEYWORDS,
      "remat_compact(steps, pred_ptr, pred_idx, n) -> ndarray\n\nFree every copy right after its last use and "
      "drop unused recomputations of a valid schedule."},
+    {"remat_su_need", (PyCFunction)(void (*)(void))py_remat_su_need, METH_VARARGS | METH_KEYWORDS,
+     "remat_su_need(memory, pred_ptr, pred_idx, order) -> ndarray\n\nFrom-scratch memory need of every node "
+     "when DTR \"su\" rebuilds it (inputs in Sethi-Ullman order, each held once back); a \"su\" run fits "
+     "every budget >= its maximum when no node is once. order: a topological order."},
     {"remat_plan_stages", (PyCFunction)(void (*)(void))py_remat_plan_stages, METH_VARARGS | METH_KEYWORDS,
      "remat_plan_stages(memory, duration, pred_ptr, pred_idx, succ_ptr, succ_idx, order, seg_end, budget, "
      "mem_exp, dist_exp) -> (status, steps | None, peak, duration)\n\nOne stage-based eviction heuristic."},

@@ -111,6 +111,15 @@ int remat_dtr(int64_t **out_steps, int64_t *info, const int64_t *memory, const i
               int64_t n, int64_t budget, int heuristic, int lookahead, int64_t max_computes,
               double time_limit);
 
+/* remat_su_need: the from-scratch memory need P of every node that REMAT_DTR_SU rebuilds by:
+ * P(x) = max(max_i (memory of inputs before i + P(input i)), memory of all inputs + memory(x)), the
+ * inputs sorted by P - memory descending (stable), computed in `order` (a topological order). A
+ * DTR "su" run fits every budget >= the largest P when no node is once. Sums saturate at INT64_MAX.
+ * out_need (n,), memory (n,) (total < 2^62), pred_ptr (n+1,), pred_idx (edges,), order (n,).
+ * Returns REMAT_OK or REMAT_ENOMEM. */
+int remat_su_need(int64_t *out_need, const int64_t *memory, const int64_t *pred_ptr, const int64_t *pred_idx,
+                  const int64_t *order, int64_t n);
+
 /* Helpers shared by the planners.
  * remat_sorted_use_positions: spos (succ_ptr[n],) out, the positions pos[] of each node's users,
  * sorted per node; cursor (n,) out, set to succ_ptr[u].

@@ -123,6 +123,12 @@ def remat_simulate(
 def remat_compact(
     steps: npt.NDArray[np.int64], pred_ptr: npt.NDArray[np.int64], pred_idx: npt.NDArray[np.int64], n: int
 ) -> npt.NDArray[np.int64]: ...
+def remat_su_need(
+    memory: npt.NDArray[np.int64],
+    pred_ptr: npt.NDArray[np.int64],
+    pred_idx: npt.NDArray[np.int64],
+    order: npt.NDArray[np.int64],
+) -> npt.NDArray[np.int64]: ...
 def remat_plan_stages(
     memory: npt.NDArray[np.int64],
     duration: npt.NDArray[np.int64],

@@ -46,6 +46,10 @@ _DTR_VARIANTS = (
 )
 # a DTR run gets at most this share of the time left (one that thrashes stops at its time limit)
 _DTR_RUN_SHARE = 1.0 / 3.0
+# where "su" is sure to fit the budget (Planner._su_fits), it runs first with this share of the
+# time left and no computation cap (only the deadline stops it)
+_SU_SHARE = 0.5
+_UNCAPPED = 1 << 62
 # checkpointed Belady (issue 20): checkpoint every k-th level of the longest-path depth; the
 # checkpoints are evicted only when nothing else can go, which bounds the ancestor cones that
 # rematerializations rebuild. Tried when plain DTR fails or recomputes a lot, within the time limit.
@@ -674,9 +678,11 @@ class Planner:
         keep: np.ndarray | None = None,
         budget: int | None = None,
         time_limit: float | None = None,
+        max_computes: int = 0,
     ) -> np.ndarray | None:
         """One DTR run over the planning order at ``budget`` (default the Planner's), given
-        ``time_limit`` seconds (default a share of the time left, at least 10 ms)."""
+        ``time_limit`` seconds (default a share of the time left, at least 10 ms) and at most
+        ``max_computes`` computations (0: the C default, a multiple of the node count)."""
         g = self._plan_graph
         if time_limit is None:
             time_limit = max(0.01, _DTR_RUN_SHARE * self._left()) if math.isfinite(self._deadline) else 0.0
@@ -693,17 +699,40 @@ class Planner:
             heuristic=heuristic,
             lookahead=lookahead,
             keep=keep,
+            max_computes=max_computes,
             time_limit=time_limit,
         )
         return steps if rc == 0 else None
+
+    def _su_fits(self) -> bool:
+        """Whether DTR "su" is sure to fit the budget over the planning order: no node is once
+        and the budget covers the largest from-scratch need (``_core.remat_su_need``)."""
+        g = self._plan_graph
+        if g._has_once or g.n == 0:
+            return False
+        need = _core.remat_su_need(g.memory, g.pred_ptr, g.pred_idx, g.order_idx)
+        return self.budget >= int(need.max())
 
     def _dtr(self) -> tuple[np.ndarray | None, int]:
         """The best DTR schedule within the budget over :data:`_DTR_VARIANTS`, then, when none
         is found or the best recomputes a lot, over Belady with checkpoints
         (:data:`_CHECKPOINT_LEVELS`); every run within the time left ((None, 0) if none)."""
         found = []
-        for k, (heuristic, lookahead) in enumerate(_DTR_VARIANTS):
-            if k > 0 and self._left() <= 0:
+        variants: tuple[tuple[str, bool], ...] = _DTR_VARIANTS
+        if self._su_fits():
+            # "su" is sure to find a schedule (given the time): first, with half the time left and
+            # no cap on its recomputations, so that the variants that may thrash cannot starve it
+            # (its schedule can be exponentially long: without a deadline, the C default cap)
+            if math.isfinite(self._deadline):
+                limit, cap = max(0.01, _SU_SHARE * self._left()), _UNCAPPED
+            else:
+                limit, cap = 0.0, 0
+            steps = self._run_dtr("su", True, time_limit=limit, max_computes=cap)
+            if steps is not None:
+                found.append(steps)
+            variants = tuple(v for v in variants if v[0] != "su")
+        for k, (heuristic, lookahead) in enumerate(variants):
+            if (k > 0 or found) and self._left() <= 0:
                 break
             steps = self._run_dtr(heuristic, lookahead)
             if steps is not None:
