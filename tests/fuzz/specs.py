@@ -528,6 +528,20 @@ def _remat_compact(rng: np.random.Generator) -> Call:
     return Call("remat_compact", (np.arange(n, dtype=np.int64), g["pred_ptr"], g["pred_idx"], n))
 
 
+def _check_remat_su_need(call: Call, res: Any) -> None:
+    memory, pp, pi, order = call.args
+    preds = [pi[pp[v] : pp[v + 1]].tolist() for v in range(len(memory))]
+    want = ref.remat_su_need(memory.tolist(), preds, order.tolist())
+    assert np.asarray(res).tolist() == want, f"remat_su_need {np.asarray(res).tolist()} != {want}"
+
+
+@entry("remat_su_need", check=_check_remat_su_need, names=REMAT_NAMES)
+def _remat_su_need(rng: np.random.Generator) -> Call:
+    g = random_dag(rng)
+    n = len(g["memory"])
+    return Call("remat_su_need", (g["memory"], g["pred_ptr"], g["pred_idx"], np.arange(n, dtype=np.int64)))
+
+
 @entry("remat_greedy", names=REMAT_NAMES)
 def _remat_greedy(rng: np.random.Generator) -> Call:
     g = random_dag(rng)
