@@ -933,6 +933,17 @@ static int arg_csr(PyArrayObject **ptr, PyArrayObject **idx, PyObject *ptr_o, Py
     return 0;
 }
 
+/* Checks an order argument: an (n,) int64 permutation of 0..n-1. */
+static PyArrayObject *arg_order(PyObject *obj, npy_intp n) {
+    PyArrayObject *order = arg_i64(obj, "order", n, "number of nodes");
+    if (order == NULL) return NULL;
+    if (!remat_check_perm(i64(order), (int64_t)n)) {
+        PyErr_Format(PyExc_ValueError, "order: expected a permutation of 0..%zd, got something else", n - 1);
+        return NULL;
+    }
+    return order;
+}
+
 /* Checks that memory/duration are (n,) int64 arrays of non-negative values, each summing to less
  * than 2**62 (as sparseft.Graph guarantees): the resident memory of any schedule then fits in int64,
  * and so does the duration of a schedule computing every node at most twice (the kernels check
@@ -1061,11 +1072,7 @@ static PyObject *py_remat_su_need(PyObject *self, PyObject *args, PyObject *kwar
     if (arg_costs(&mem, &mem, mo, mo) < 0) return NULL;
     npy_intp n = PyArray_DIM(mem, 0);
     if (arg_csr(&ptr, &idx, po, io, "pred_ptr", "pred_idx", n) < 0) return NULL;
-    if ((order = arg_i64(oo, "order", n, "number of nodes")) == NULL) return NULL;
-    if (!remat_check_perm(i64(order), (int64_t)n)) {
-        PyErr_Format(PyExc_ValueError, "order: expected a permutation of 0..%zd, got something else", n - 1);
-        return NULL;
-    }
+    if ((order = arg_order(oo, n)) == NULL) return NULL;
     PyArrayObject *out = (PyArrayObject *)PyArray_ZEROS(1, &n, NPY_INT64, 0);
     if (out == NULL) return NULL;
     /* the need of a node is computed from its inputs': every input must come first in order */
@@ -1152,11 +1159,7 @@ static PyObject *remat_run_planner(PyObject *args, PyObject *kwargs, int kind) {
     npy_intp n = PyArray_DIM(mem, 0);
     if (arg_csr(&ptr, &idx, po, io, "pred_ptr", "pred_idx", n) < 0) return NULL;
     if (arg_csr(&sptr, &sidx, spo, sio, "succ_ptr", "succ_idx", n) < 0) return NULL;
-    if ((order = arg_i64(oo, "order", n, "number of nodes")) == NULL) return NULL;
-    if (!remat_check_perm(i64(order), (int64_t)n)) {
-        PyErr_Format(PyExc_ValueError, "order: expected a permutation of 0..%zd, got something else", n - 1);
-        return NULL;
-    }
+    if ((order = arg_order(oo, n)) == NULL) return NULL;
     if (sego != Py_None && (seg = arg_i64(sego, "seg_end", n, "number of nodes")) == NULL) return NULL;
     if (onceo != Py_None) {
         if ((once = arg_array(onceo, "once", NPY_BOOL, 1)) == NULL) return NULL;
